@@ -39,11 +39,11 @@ function isDType(x: string): x is DType {
   return Object.prototype.hasOwnProperty.call(DATA_CTOR, x);
 }
 
-function assertShape(shape: readonly number[], name: string): void {
-  if (!Array.isArray(shape)) throw new TypeError(`tensor '${name}': shape must be an array of sizes`);
+function assertShape(shape: readonly number[], name: string, kind = 'tensor'): void {
+  if (!Array.isArray(shape)) throw new TypeError(`${kind} '${name}': shape must be an array of sizes`);
   for (const d of shape) {
     if (!Number.isSafeInteger(d) || d < 0) {
-      throw new RangeError(`tensor '${name}': shape [${shape.join(', ')}] has an invalid dimension ${String(d)}`);
+      throw new RangeError(`${kind} '${name}': shape [${shape.join(', ')}] has an invalid dimension ${String(d)}`);
     }
   }
 }
@@ -52,24 +52,25 @@ function assertShape(shape: readonly number[], name: string): void {
  * Checks that `t` is a well-formed HostTensor: known dtype, non-negative integer dims, a data array of the class the
  * dtype requires and exactly `prod(shape)` elements.
  * @param name used in error messages (usually the graph input or output name)
+ * @param kind what the tensor is, for messages: `<kind> '<name>': <problem>`. Default 'tensor'.
  * @throws TypeError / RangeError naming the tensor
  */
-export function assertHostTensor(t: HostTensor, name: string): void {
+export function assertHostTensor(t: HostTensor, name: string, kind = 'tensor'): void {
   if (t === null || typeof t !== 'object')
-    throw new TypeError(`tensor '${name}': expected a HostTensor, got ${String(t)}`);
+    throw new TypeError(`${kind} '${name}': expected a HostTensor, got ${String(t)}`);
   if (typeof t.dtype !== 'string' || !isDType(t.dtype)) {
-    throw new TypeError(`tensor '${name}': unknown dtype '${String(t.dtype)}'`);
+    throw new TypeError(`${kind} '${name}': unknown dtype '${String(t.dtype)}'`);
   }
-  assertShape(t.shape, name);
+  assertShape(t.shape, name, kind);
   const ctor = DATA_CTOR[t.dtype];
   if (!(t.data instanceof ctor)) {
     const got = (t.data as object | undefined)?.constructor?.name ?? String(t.data);
-    throw new TypeError(`tensor '${name}': dtype ${t.dtype} needs a ${ctor.name}, got ${got}`);
+    throw new TypeError(`${kind} '${name}': dtype ${t.dtype} needs a ${ctor.name}, got ${got}`);
   }
   const n = sizeOf(t.shape);
   if (t.data.length !== n) {
     throw new RangeError(
-      `tensor '${name}': shape [${t.shape.join(', ')}] has ${n} elements but data has ${t.data.length}`,
+      `${kind} '${name}': shape [${t.shape.join(', ')}] has ${n} elements but data has ${t.data.length}`,
     );
   }
 }

@@ -45,7 +45,7 @@ export function validateFeeds(
   for (const sig of inputs) {
     const t = feeds[sig.name];
     if (t === undefined) throw new Error(`${label}: input '${sig.name}' is missing from the feeds`);
-    assertHostTensor(t, `${label}: input ${sig.name}`);
+    assertHostTensor(t, sig.name, `${label}: input`);
     if (t.dtype !== sig.type) {
       throw new TypeError(`${label}: input '${sig.name}' expects ${sig.type}, got ${t.dtype}`);
     }
