@@ -310,8 +310,9 @@ function writeTemp(path: string, chunks: readonly { offset: number; data: Uint8A
  * Writes `model` to `onnxPath`. Raw initializers above `externalizeAbove` bytes are moved into one external data
  * file next to the model (offsets aligned to EXTERNAL_DATA_ALIGNMENT); initializers that already have `external` are
  * referenced unchanged (e.g. into a .safetensors file) after checking they lie inside the model's directory (see
- * allowExternalOutsideModelDir) and, when the file exists, that the byte range fits in it. Both files are written to temp names,
- * fsynced and renamed into place, data file first and model last, so a crash never leaves a partial model file.
+ * allowExternalOutsideModelDir) and, when the file exists, that the byte range fits in it. Both files are written
+ * to temp names, fsynced and renamed into place, data file first and model last, so a crash never leaves a partial
+ * model file (a crash between the two renames can pair an older .onnx with the new data file).
  * @throws if the model's inline part would exceed ORT's 2 GB limit, if an existing external reference escapes the
  *   model's directory or its file, or if the data file to be written is also the target of an existing reference.
  */
