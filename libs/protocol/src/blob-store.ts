@@ -1,0 +1,188 @@
+/**
+ * Content-addressed blobs in the JetStream Object Store. Weights travel here (chunked, so NATS's 1 MB message
+ * cap does not apply); messages carry only a BlobRef. Every read is checked against the ref's sha256 and
+ * size, and an optional on-disk cache keyed by sha256 means a replica downloads e.g. the base weights once.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { Objm, StorageType, type ObjectStore } from '@nats-io/obj';
+import { streamExists } from './connection.js';
+import { BlobNotFoundError, IntegrityError } from './errors.js';
+import type { BlobRef, Dtype } from './messages.js';
+
+export interface BlobStoreOptions {
+  /** Object-store bucket that `put` writes to (created if missing). See `blobBucketName(jobId)`. */
+  readonly bucket: string;
+  /** Directory for the local sha256-keyed cache; no caching when absent. */
+  readonly cacheDir?: string;
+  /** Server storage of a bucket created here. Default 'file'. */
+  readonly storage?: 'file' | 'memory';
+}
+
+export interface PutOptions {
+  /** Object name; default the sha256 hex, which makes the store content-addressed. */
+  readonly name?: string;
+  /** Recorded in the ref for single-tensor blobs. */
+  readonly dtype?: Dtype;
+  readonly shape?: readonly number[];
+}
+
+/** Transfer counters since the store was opened (bytes are payload bytes, not NATS framing). */
+export interface BlobStats {
+  readonly bytesUp: number;
+  readonly bytesDown: number;
+  readonly puts: number;
+  /** `put`s skipped because the store already held the same content under that name. */
+  readonly putsSkipped: number;
+  readonly cacheHits: number;
+  readonly cacheMisses: number;
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** The Object Store's own digest string for a sha256 (`SHA-256=<base64url, padded>`). */
+function objDigest(hex: string): string {
+  return 'SHA-256=' + Buffer.from(hex, 'hex').toString('base64url') + '=';
+}
+
+export class BlobStore {
+  readonly #objm: Objm;
+  readonly #buckets = new Map<string, Promise<ObjectStore>>();
+  readonly #cacheDir: string | undefined;
+  #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0 };
+
+  private constructor(
+    objm: Objm,
+    readonly bucket: string,
+    cacheDir: string | undefined,
+  ) {
+    this.#objm = objm;
+    this.#cacheDir = cacheDir;
+  }
+
+  /** Opens (creating if needed) the write bucket; other buckets named in refs are opened on first `get`. */
+  static async open(nc: NatsConnection, opts: BlobStoreOptions): Promise<BlobStore> {
+    const objm = new Objm(nc);
+    const store = new BlobStore(objm, opts.bucket, opts.cacheDir);
+    const storage = opts.storage === 'memory' ? StorageType.Memory : StorageType.File;
+    // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
+    const created = streamExists(nc, `OBJ_${opts.bucket}`).then((exists) =>
+      exists ? objm.open(opts.bucket) : objm.create(opts.bucket, { storage }),
+    );
+    store.#buckets.set(opts.bucket, created);
+    await created;
+    if (opts.cacheDir !== undefined) await mkdir(opts.cacheDir, { recursive: true });
+    return store;
+  }
+
+  get stats(): BlobStats {
+    return { ...this.#stats };
+  }
+
+  #bucketHandle(bucket: string): Promise<ObjectStore> {
+    let os = this.#buckets.get(bucket);
+    if (os === undefined) {
+      os = this.#objm.open(bucket);
+      // A failed open must not poison later attempts (the bucket may be created meanwhile).
+      os.catch(() => this.#buckets.delete(bucket));
+      this.#buckets.set(bucket, os);
+    }
+    return os;
+  }
+
+  /**
+   * Uploads `bytes` and returns its ref. When the bucket already holds an object of that name with the
+   * same sha256 and size, nothing is uploaded (a re-`put` of known content costs one info request).
+   */
+  async put(bytes: Uint8Array, opts: PutOptions = {}): Promise<BlobRef> {
+    const sha256 = sha256Hex(bytes);
+    const name = opts.name ?? sha256;
+    const os = await this.#bucketHandle(this.bucket);
+    const existing = await os.info(name);
+    if (existing !== null && !existing.deleted && existing.size === bytes.length && existing.digest === objDigest(sha256)) {
+      this.#stats.putsSkipped++;
+    } else {
+      await os.putBlob({ name }, bytes);
+      this.#stats.bytesUp += bytes.length;
+      this.#stats.puts++;
+    }
+    await this.#cacheWrite(sha256, bytes);
+    return {
+      bucket: this.bucket,
+      name,
+      sha256,
+      bytes: bytes.length,
+      ...(opts.dtype === undefined ? {} : { dtype: opts.dtype }),
+      ...(opts.shape === undefined ? {} : { shape: [...opts.shape] }),
+    };
+  }
+
+  /**
+   * Returns the blob's bytes, from the cache when it holds a copy with the right sha256, else from the
+   * object store. Throws IntegrityError when the downloaded bytes do not match `ref.sha256`/`ref.bytes`
+   * (overwritten or corrupted object), BlobNotFoundError when there is no such object.
+   */
+  async get(ref: Readonly<BlobRef>): Promise<Uint8Array> {
+    const cached = await this.#cacheRead(ref);
+    if (cached !== null) {
+      this.#stats.cacheHits++;
+      return cached;
+    }
+    this.#stats.cacheMisses++;
+    const os = await this.#bucketHandle(ref.bucket);
+    let bytes: Uint8Array | null;
+    try {
+      bytes = await os.getBlob(ref.name);
+    } catch (e) {
+      // The object store checks its own digest of the chunks; a mismatch there is corruption too.
+      throw new IntegrityError(ref.bucket, ref.name, `download failed: ${(e as Error).message}`, { cause: e });
+    }
+    if (bytes === null) throw new BlobNotFoundError(ref.bucket, ref.name);
+    this.#stats.bytesDown += bytes.length;
+    if (bytes.length !== ref.bytes) {
+      throw new IntegrityError(ref.bucket, ref.name, `size is ${bytes.length} bytes, the ref says ${ref.bytes}`);
+    }
+    const actual = sha256Hex(bytes);
+    if (actual !== ref.sha256) {
+      throw new IntegrityError(ref.bucket, ref.name, `sha256 is ${actual}, the ref says ${ref.sha256}`);
+    }
+    await this.#cacheWrite(ref.sha256, bytes);
+    return bytes;
+  }
+
+  /** Deletes the object named by `ref` from its bucket (the local cache keeps its copy). */
+  async delete(ref: Readonly<BlobRef>): Promise<void> {
+    const os = await this.#bucketHandle(ref.bucket);
+    await os.delete(ref.name);
+  }
+
+  async #cacheRead(ref: Readonly<BlobRef>): Promise<Uint8Array | null> {
+    if (this.#cacheDir === undefined) return null;
+    const path = join(this.#cacheDir, ref.sha256);
+    let bytes: Uint8Array;
+    try {
+      const buf = await readFile(path);
+      // A plain Uint8Array, like the network path returns (Buffer's equality and slice semantics differ).
+      bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    } catch {
+      return null;
+    }
+    // A torn or bit-rotted cache file is dropped and re-downloaded rather than trusted.
+    if (bytes.length === ref.bytes && sha256Hex(bytes) === ref.sha256) return bytes;
+    await rm(path, { force: true });
+    return null;
+  }
+
+  async #cacheWrite(sha256: string, bytes: Uint8Array): Promise<void> {
+    if (this.#cacheDir === undefined) return;
+    const path = join(this.#cacheDir, sha256);
+    // Write-then-rename: concurrent readers (other replicas sharing the dir) never see a partial file.
+    const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+    await writeFile(tmp, bytes);
+    await rename(tmp, path);
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * Collection of one round's client updates with quorum + deadline, so stragglers and dead clients cannot
+ * stall a job (peers.md §3.5: wait-for-all with day-long timeouts is the top complaint about FLARE swarms).
+ *
+ * Use: `const c = await collectUpdates(nc, opts)` (resolves once the subscription is live on the server),
+ * then publish the plan / enqueue the tasks, then `await c.result`, and `await c.close()` when late updates
+ * no longer matter. Subscribing before publishing the plan is what makes a fast client impossible to miss.
+ */
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { ProtocolError, QuorumNotReachedError } from './errors.js';
+import { ClientUpdateSchema, decodeMessage, type ClientUpdate } from './messages.js';
+import { assertClientId, assertJobId, assertRound, parseUpdateSubject, roundUpdatesPattern } from './subjects.js';
+import type { ProtocolLogger } from './logger.js';
+
+/** What happens to an update that arrives after the round closed. */
+export type LatePolicy = 'discard' | 'staleness-weighted';
+
+export interface CollectOptions {
+  readonly jobId: string;
+  readonly round: number;
+  /** The clients planned for this round; updates from anyone else are rejected. */
+  readonly expected: readonly string[];
+  /** Distinct updates needed to close the round at the deadline (1..expected.length). */
+  readonly quorum: number;
+  /** Time (ms, from the call) after which the round closes with what it has, or fails below quorum. */
+  readonly deadlineMs: number;
+  /**
+   * 'discard' (default): late updates are only reported. 'staleness-weighted': they are also kept, and
+   * `takeLate()` hands them to the next aggregation, which discounts them by staleness.
+   */
+  readonly onLate?: LatePolicy;
+  /** An update arrived after the round closed (log it with the client id). */
+  readonly onLateUpdate?: (late: LateUpdate) => void;
+  /** A client sent a second update for the round; the first one is kept. */
+  readonly onDuplicate?: (dup: DuplicateUpdate) => void;
+  /** A message on the round's update subjects was malformed, impersonated another client, or came from an unplanned client. */
+  readonly onRejected?: (rejected: RejectedUpdate) => void;
+  /** Default console. */
+  readonly logger?: ProtocolLogger;
+}
+
+export interface LateUpdate {
+  readonly clientId: string;
+  readonly round: number;
+  readonly update: ClientUpdate;
+  /** ms between the round closing and this update arriving. */
+  readonly lateByMs: number;
+  /** True under 'staleness-weighted' (retrievable with `takeLate()`). */
+  readonly kept: boolean;
+}
+
+export interface DuplicateUpdate {
+  readonly clientId: string;
+  readonly round: number;
+}
+
+export interface RejectedUpdate {
+  readonly subject: string;
+  readonly error: ProtocolError;
+}
+
+export interface CollectResult {
+  /** Accepted updates in arrival order, one per client. */
+  readonly updates: readonly ClientUpdate[];
+  /** Planned clients with no update when the round closed. */
+  readonly missing: readonly string[];
+  /** 'all': every planned client delivered; 'deadline': closed at the deadline with >= quorum. */
+  readonly closedBy: 'all' | 'deadline';
+  /** ms from the call to the close. */
+  readonly elapsedMs: number;
+}
+
+/** A live collection: `result` settles once; late updates keep being reported until `close()`. */
+export interface RoundCollection {
+  /** Resolves when all planned clients delivered or the deadline passed with quorum; rejects with QuorumNotReachedError. */
+  readonly result: Promise<CollectResult>;
+  /** Drains the late updates kept under 'staleness-weighted'. */
+  takeLate(): LateUpdate[];
+  /** Stops listening (late updates after this are not seen). Idempotent. */
+  close(): Promise<void>;
+}
+
+function checkOptions(o: CollectOptions): void {
+  assertJobId(o.jobId);
+  assertRound(o.round);
+  o.expected.forEach((c) => assertClientId(c));
+  if (new Set(o.expected).size !== o.expected.length) throw new RangeError(`collectUpdates: expected clients contain duplicates`);
+  if (!Number.isInteger(o.quorum) || o.quorum < 1 || o.quorum > o.expected.length) {
+    throw new RangeError(`collectUpdates: quorum ${o.quorum} must be an integer in 1..${o.expected.length} (the planned clients)`);
+  }
+  if (!(o.deadlineMs > 0) || !Number.isFinite(o.deadlineMs)) {
+    throw new RangeError(`collectUpdates: deadlineMs ${o.deadlineMs} must be a positive number of milliseconds`);
+  }
+}
+
+/** Subscribes to `fl.<job>.round.<r>.update.*` and returns once the server has the subscription. */
+export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): Promise<RoundCollection> {
+  checkOptions(opts);
+  const log = opts.logger ?? console;
+  const policy: LatePolicy = opts.onLate ?? 'discard';
+  const expected = new Set(opts.expected);
+  const accepted = new Map<string, ClientUpdate>();
+  const kept: LateUpdate[] = [];
+  const started = Date.now();
+  let closedAt: number | null = null;
+  let settle!: { resolve: (r: CollectResult) => void; reject: (e: Error) => void };
+  const result = new Promise<CollectResult>((resolve, reject) => (settle = { resolve, reject }));
+  // The caller awaits `result` only after publishing the plan; a rejection before that is not "unhandled".
+  result.catch(() => undefined);
+
+  // A throwing user callback must not kill the subscription, which would blind the rest of the round.
+  const report = <T>(fn: ((x: T) => void) | undefined, x: T): void => {
+    try {
+      fn?.(x);
+    } catch (e) {
+      log.warn(`collector round ${opts.round}: callback threw: ${(e as Error).message}`);
+    }
+  };
+  const reject = (subject: string, error: ProtocolError): void => {
+    log.warn(`collector: rejected update: ${error.message}`);
+    report(opts.onRejected, { subject, error });
+  };
+
+  const closeRound = (): void => {
+    if (closedAt !== null) return;
+    closedAt = Date.now();
+    clearTimeout(timer);
+    const missing = opts.expected.filter((c) => !accepted.has(c));
+    const elapsedMs = closedAt - started;
+    if (missing.length === 0) settle.resolve({ updates: [...accepted.values()], missing, closedBy: 'all', elapsedMs });
+    else if (accepted.size >= opts.quorum) settle.resolve({ updates: [...accepted.values()], missing, closedBy: 'deadline', elapsedMs });
+    else settle.reject(new QuorumNotReachedError(opts.jobId, opts.round, [...accepted.keys()], missing, opts.quorum, opts.deadlineMs));
+  };
+
+  const onMessage = (subject: string, data: Uint8Array): void => {
+    const parts = parseUpdateSubject(subject);
+    if (parts === null) return reject(subject, new ProtocolError(subject, [{ path: '', reason: 'not an update subject' }]));
+    const { clientId } = parts;
+    const decoded = decodeMessage(ClientUpdateSchema, data, subject, { jobId: opts.jobId, round: opts.round, clientId });
+    if (!decoded.ok) return reject(subject, decoded.error);
+    if (!expected.has(clientId)) {
+      return reject(subject, new ProtocolError(subject, [{ path: 'clientId', reason: `${clientId} is not planned for round ${opts.round}` }]));
+    }
+    if (accepted.has(clientId)) {
+      log.warn(`collector round ${opts.round}: duplicate update from ${clientId} ignored (first one kept)`);
+      return report(opts.onDuplicate, { clientId, round: opts.round });
+    }
+    if (closedAt !== null) {
+      const late: LateUpdate = {
+        clientId,
+        round: opts.round,
+        update: decoded.value,
+        lateByMs: Date.now() - closedAt,
+        kept: policy === 'staleness-weighted',
+      };
+      // Remember it either way, so a second late copy from the same client counts as a duplicate.
+      accepted.set(clientId, decoded.value);
+      if (late.kept) kept.push(late);
+      log.warn(`collector round ${opts.round}: late update from ${clientId} (${late.lateByMs} ms after close, ${late.kept ? 'kept' : 'discarded'})`);
+      return report(opts.onLateUpdate, late);
+    }
+    accepted.set(clientId, decoded.value);
+    if (accepted.size === expected.size) closeRound();
+  };
+
+  const sub: Subscription = nc.subscribe(roundUpdatesPattern(opts.jobId, opts.round), {
+    callback: (err, msg) => {
+      if (err !== null) return log.warn(`collector round ${opts.round}: subscription error: ${err.message}`);
+      onMessage(msg.subject, msg.data);
+    },
+  });
+  const timer = setTimeout(closeRound, opts.deadlineMs);
+  try {
+    await nc.flush();
+  } catch (e) {
+    clearTimeout(timer);
+    sub.unsubscribe();
+    throw e;
+  }
+  return {
+    result,
+    takeLate: () => kept.splice(0, kept.length),
+    close: async () => {
+      clearTimeout(timer);
+      if (!sub.isClosed()) sub.unsubscribe();
+      // Closing before the round settled counts as the deadline passing now.
+      closeRound();
+    },
+  };
+}

@@ -1,0 +1,322 @@
+/**
+ * Wire messages of a federated round, validated at the boundary with zod. Messages carry references to
+ * blobs (BlobRef), never weights: NATS caps a message at 1 MB by default, and a LoRA update for a 7B adapter
+ * is already several MB.
+ *
+ * Versioning: every message has `protocolVersion: 1`. Objects are strict (unknown keys are rejected), so a
+ * field added or renamed means a new protocol version; a peer on another version gets a ProtocolError that
+ * says so instead of silently dropping the field.
+ */
+import { z } from 'zod';
+import { ProtocolError, type ProtocolIssue } from './errors.js';
+import { ID_PATTERN } from './subjects.js';
+
+/** The protocol version this build speaks and accepts. */
+export const PROTOCOL_VERSION = 1 as const;
+
+const protocolVersion = z.literal(PROTOCOL_VERSION, {
+  error: (iss) => `unsupported protocolVersion ${JSON.stringify(iss.input)} (this build speaks ${PROTOCOL_VERSION})`,
+});
+const id = z.string().regex(ID_PATTERN, 'not a safe id (1-64 chars of A-Z a-z 0-9 _ -, starting alphanumeric)');
+const round = z.int().nonnegative();
+const count = z.int().nonnegative();
+/** Milliseconds since the Unix epoch. */
+const epochMs = z.int().nonnegative();
+
+function uniqueIds(ids: readonly string[], ctx: z.RefinementCtx): void {
+  const seen = new Set<string>();
+  ids.forEach((v, i) => {
+    if (seen.has(v)) ctx.addIssue({ code: 'custom', path: [i], message: `duplicate id ${JSON.stringify(v)}` });
+    seen.add(v);
+  });
+}
+const idList = z.array(id).min(1).superRefine(uniqueIds);
+
+/** Element types of the safetensors format (its spelling). */
+export const DTYPES = ['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL'] as const;
+export type Dtype = (typeof DTYPES)[number];
+
+/**
+ * A reference to an object-store blob. `name` is the sha256 hex unless the uploader chose a name;
+ * `dtype`/`shape` describe single-tensor blobs and are absent for multi-tensor (safetensors) blobs.
+ */
+export const BlobRefSchema = z.strictObject({
+  bucket: z.string().regex(/^[-\w]{1,128}$/, 'not an object-store bucket name ([-A-Za-z0-9_], 1-128 chars)'),
+  name: z
+    .string()
+    .min(1)
+    .max(255)
+    .regex(/^[^\s*>]+$/, 'blob names may not contain whitespace, * or >'),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex characters'),
+  /** Size in bytes. */
+  bytes: count,
+  dtype: z.enum(DTYPES).optional(),
+  shape: z.array(count).optional(),
+});
+export type BlobRef = z.infer<typeof BlobRefSchema>;
+
+/** Client-side training settings of one round. */
+export const TrainingConfigSchema = z.strictObject({
+  /** K: AdamW steps per client per round. */
+  localSteps: z.int().min(1),
+  learningRate: z.number().positive(),
+  /** Sequences per step. */
+  batchSize: z.int().min(1),
+  /** eps of the proximal term eps * ||theta_A - theta_A^t||^2 (0 = plain local SGD objective). */
+  proximalWeight: z.number().nonnegative(),
+  seed: z.int(),
+});
+export type TrainingConfig = z.infer<typeof TrainingConfigSchema>;
+
+/** Aggregator -> all, on `fl.<job>.round.<r>.plan`: who trains this round, on which weights, until when. */
+export const RoundPlanSchema = z
+  .strictObject({
+    protocolVersion,
+    jobId: id,
+    round,
+    clients: idList,
+    /** Distinct client updates needed to close the round at the deadline. */
+    quorum: z.int().min(1),
+    /** When the aggregator stops waiting (epoch ms). */
+    deadlineAt: epochMs,
+    /** Frozen weights of the compressed model (emulator + adapter layers); the same ref every round, cached. */
+    model: BlobRefSchema,
+    adapterLora: BlobRefSchema,
+    emulatorLora: BlobRefSchema,
+    training: TrainingConfigSchema,
+  })
+  .superRefine((p, ctx) => {
+    if (p.quorum > p.clients.length) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['quorum'],
+        message: `quorum ${p.quorum} exceeds the ${p.clients.length} planned clients`,
+      });
+    }
+  });
+export type RoundPlan = z.infer<typeof RoundPlanSchema>;
+
+/** Aggregator -> trainer replicas, through the work queue: train `clientId` for one round. */
+export const TrainTaskSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  clientId: id,
+  model: BlobRefSchema,
+  adapterLora: BlobRefSchema,
+  emulatorLora: BlobRefSchema,
+  training: TrainingConfigSchema,
+  /** After this (epoch ms) the aggregator no longer waits for the result; a trainer may skip the task. */
+  deadlineAt: epochMs,
+});
+export type TrainTask = z.infer<typeof TrainTaskSchema>;
+
+/** One client -> aggregator, on `fl.<job>.round.<r>.update.<clientId>`. */
+export const ClientUpdateSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  clientId: id,
+  /** safetensors blob with the adapter's LoRA A and B tensors after local training (PEFT names). */
+  adapterLora: BlobRefSchema,
+  /** Training examples seen (FedAvg weight). */
+  examples: count,
+  /** Loss-bearing tokens seen. */
+  tokens: count,
+  /** Mean training loss over the local steps (nats per token). */
+  meanLoss: z.number(),
+  steps: count,
+  /** Wall time of the local training, in ms. */
+  durationMs: count,
+});
+export type ClientUpdate = z.infer<typeof ClientUpdateSchema>;
+
+/** Server-alignment -> all, on `fl.<job>.round.<r>.aligned`: the emulator was re-aligned. */
+export const AlignmentDoneSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  emulatorLora: BlobRefSchema,
+  steps: count,
+  /** Mean alignment loss over the steps. */
+  meanLoss: z.number(),
+});
+export type AlignmentDone = z.infer<typeof AlignmentDoneSchema>;
+
+/** Evaluation settings of docs/fedbiot-algorithm.md §6: base model, adapter on emulator, adapter on full model. */
+export const EVAL_MODES = ['base', 'adapEmu', 'adapFu'] as const;
+export type EvalMode = (typeof EVAL_MODES)[number];
+
+/** Aggregator -> evaluator, on `fl.<job>.round.<r>.evaluate`. */
+export const EvalRequestSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  adapterLora: BlobRefSchema,
+  emulatorLora: BlobRefSchema,
+  modes: z
+    .array(z.enum(EVAL_MODES))
+    .min(1)
+    .superRefine((m, ctx) => uniqueIds(m, ctx)),
+});
+export type EvalRequest = z.infer<typeof EvalRequestSchema>;
+
+export const EvalScoreSchema = z.strictObject({
+  mode: z.enum(EVAL_MODES),
+  /** Mean cross-entropy per loss-bearing token (nats). */
+  loss: z.number(),
+  examples: count,
+  tokens: count,
+  /** Task metrics (accuracy, exact match...), name -> value. */
+  metrics: z.record(z.string().min(1), z.number()),
+});
+export type EvalScore = z.infer<typeof EvalScoreSchema>;
+
+/** Evaluator -> all, on `fl.<job>.round.<r>.evaluated`. */
+export const EvalResultSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  scores: z.array(EvalScoreSchema).min(1),
+  durationMs: count,
+});
+export type EvalResult = z.infer<typeof EvalResultSchema>;
+
+export const JOB_STATUSES = ['created', 'running', 'paused', 'completed', 'failed', 'cancelled'] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+
+/** KV `job`: where a job stands; a restarted aggregator continues at `lastCompletedRound + 1`. */
+export const JobStateSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  status: z.enum(JOB_STATUSES),
+  totalRounds: z.int().min(1),
+  /** -1 before the first round completes. */
+  lastCompletedRound: z.int().min(-1),
+  model: BlobRefSchema.nullable(),
+  /** Global adapter LoRA after `lastCompletedRound` (null before round 0 is aggregated). */
+  adapterLora: BlobRefSchema.nullable(),
+  emulatorLora: BlobRefSchema.nullable(),
+  /** Reason of a `failed`/`cancelled` status, for the operator. */
+  message: z.string().max(2000).nullable(),
+  updatedAt: epochMs,
+});
+export type JobState = z.infer<typeof JobStateSchema>;
+
+export const ROUND_PHASES = ['planned', 'collecting', 'aggregated', 'aligned', 'evaluated', 'failed'] as const;
+export type RoundPhase = (typeof ROUND_PHASES)[number];
+
+/** KV `round.<r>`: progress inside one round. */
+export const RoundStateSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  phase: z.enum(ROUND_PHASES),
+  clients: idList,
+  /** Clients whose update was accepted, in arrival order. */
+  received: z.array(id).superRefine(uniqueIds),
+  /** Aggregated adapter LoRA, once `phase` >= aggregated. */
+  adapterLora: BlobRefSchema.nullable(),
+  startedAt: epochMs,
+  updatedAt: epochMs,
+});
+export type RoundState = z.infer<typeof RoundStateSchema>;
+
+/** Operator -> all, on `fl.<job>.control.<verb>`. */
+export const ControlCommandSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  verb: z.enum(['pause', 'resume', 'cancel']),
+  reason: z.string().max(2000),
+  issuedAt: epochMs,
+});
+export type ControlCommand = z.infer<typeof ControlCommandSchema>;
+
+/** Outcome of decodeMessage: never a thrown exception. */
+export type DecodeResult<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: ProtocolError };
+
+/** Fields a decoded message must agree with (normally taken from its subject). */
+export interface Expected {
+  readonly jobId?: string;
+  readonly round?: number;
+  readonly clientId?: string;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** `['clients', 2, 'x']` -> `clients[2].x`. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else out += out === '' ? String(p) : `.${String(p)}`;
+  }
+  return out;
+}
+
+function zodIssues(error: z.ZodError): ProtocolIssue[] {
+  return error.issues.map((i) => ({ path: formatPath(i.path), reason: i.message }));
+}
+
+/**
+ * A NestJS `ClientProxy.emit/send` on the NATS transport wraps the payload as `{pattern, data, id?}`
+ * (stack-notes §1). Accepting that envelope lets Nest producers talk to plain nats.js consumers.
+ */
+function unwrapNestEnvelope(json: unknown, subject: string): unknown {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return json;
+  const o = json as Record<string, unknown>;
+  const keys = Object.keys(o);
+  const envelopeKeys = keys.every((k) => k === 'pattern' || k === 'data' || k === 'id');
+  return envelopeKeys && 'data' in o && o['pattern'] === subject ? o['data'] : json;
+}
+
+/**
+ * Parses and validates one message. Returns `{ok: false, error}` with a ProtocolError naming `subject`, the
+ * field path and the reason for bytes that are not UTF-8 JSON, do not match `schema`, or disagree with
+ * `expected` (e.g. a `clientId` field that is not the client of the subject it came on). Never throws.
+ */
+export function decodeMessage<S extends z.ZodType>(
+  schema: S,
+  bytes: Uint8Array,
+  subject: string,
+  expected: Expected = {},
+): DecodeResult<z.output<S>> {
+  const fail = (issues: ProtocolIssue[], cause?: unknown): DecodeResult<z.output<S>> => ({
+    ok: false,
+    error: new ProtocolError(subject, issues, cause === undefined ? undefined : { cause }),
+  });
+  let json: unknown;
+  try {
+    json = JSON.parse(utf8.decode(bytes));
+  } catch (e) {
+    return fail([{ path: '', reason: `not UTF-8 JSON (${(e as Error).message})` }], e);
+  }
+  let parsed: ReturnType<S['safeParse']>;
+  try {
+    parsed = schema.safeParse(unwrapNestEnvelope(json, subject)) as ReturnType<S['safeParse']>;
+  } catch (e) {
+    // A refinement that throws is a bug here, but a consumer must still survive the message.
+    return fail([{ path: '', reason: `validation crashed: ${(e as Error).message}` }], e);
+  }
+  if (!parsed.success) return fail(zodIssues(parsed.error));
+  const value = parsed.data as Record<string, unknown>;
+  const mismatches: ProtocolIssue[] = [];
+  for (const key of ['jobId', 'round', 'clientId'] as const) {
+    const want = expected[key];
+    if (want !== undefined && value[key] !== want) {
+      mismatches.push({ path: key, reason: `is ${JSON.stringify(value[key])} but the subject says ${JSON.stringify(want)}` });
+    }
+  }
+  if (mismatches.length > 0) return fail(mismatches);
+  return { ok: true, value: parsed.data as z.output<S> };
+}
+
+/**
+ * Validates `value` and serialises it as UTF-8 JSON. Throws ProtocolError naming `subject`: an invalid
+ * outgoing message is a bug of the sender and must not reach the wire.
+ */
+export function encodeMessage<S extends z.ZodType>(schema: S, value: z.input<S>, subject: string): Uint8Array {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new ProtocolError(subject, zodIssues(parsed.error));
+  return new TextEncoder().encode(JSON.stringify(parsed.data));
+}

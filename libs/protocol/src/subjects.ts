@@ -1,0 +1,155 @@
+/**
+ * Subjects and JetStream resource names of one federated job. Everything lives under `fl.<jobId>.`, so a
+ * job can be given its own NATS account/permissions, and every builder validates its tokens: a job or
+ * client id with `.`, `*`, `>` or whitespace would silently change which subscribers match.
+ *
+ * Subject map (core NATS unless noted):
+ *   fl.<job>.round.<r>.plan                 aggregator -> all        RoundPlan
+ *   fl.<job>.task.<client>                  aggregator -> trainers   TrainTask   (JetStream work queue)
+ *   fl.<job>.round.<r>.update.<client>      one client -> aggregator ClientUpdate (each client publishes only its own)
+ *   fl.<job>.round.<r>.aligned              server-alignment -> all  AlignmentDone
+ *   fl.<job>.round.<r>.evaluate             aggregator -> evaluator  EvalRequest
+ *   fl.<job>.round.<r>.evaluated            evaluator -> all         EvalResult
+ *   fl.<job>.control.<verb>                 operator -> all          ControlCommand
+ */
+import { InvalidIdentifierError } from './errors.js';
+
+/** First token of every subject of this protocol. */
+export const SUBJECT_ROOT = 'fl' as const;
+
+/**
+ * Job and client ids: 1-64 chars of `[A-Za-z0-9_-]`, starting alphanumeric. The same set is legal in NATS
+ * subject tokens, stream names and KV/object-store bucket names, so one id works everywhere.
+ */
+export const ID_PATTERN: RegExp = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+
+/** Operator commands on `fl.<job>.control.<verb>`. */
+export const CONTROL_VERBS = ['pause', 'resume', 'cancel'] as const;
+export type ControlVerb = (typeof CONTROL_VERBS)[number];
+
+function checkId(kind: 'job id' | 'client id', value: unknown): string {
+  if (typeof value !== 'string') throw new InvalidIdentifierError(kind, value, 'must be a string');
+  if (!ID_PATTERN.test(value)) {
+    throw new InvalidIdentifierError(
+      kind,
+      value,
+      'use 1-64 characters of A-Z a-z 0-9 _ -, starting with a letter or digit ' +
+        '(no dots, wildcards or spaces: they would change NATS subject matching)',
+    );
+  }
+  return value;
+}
+
+/** Throws InvalidIdentifierError unless `jobId` is a safe token; returns it unchanged. */
+export function assertJobId<J extends string>(jobId: J): J {
+  return checkId('job id', jobId) as J;
+}
+
+/** Throws InvalidIdentifierError unless `clientId` is a safe token; returns it unchanged. */
+export function assertClientId<C extends string>(clientId: C): C {
+  return checkId('client id', clientId) as C;
+}
+
+/** Throws InvalidIdentifierError unless `round` is a non-negative safe integer. */
+export function assertRound<R extends number>(round: R): R {
+  if (!Number.isSafeInteger(round) || round < 0) {
+    throw new InvalidIdentifierError('round', round, 'must be a non-negative integer');
+  }
+  return round;
+}
+
+export function isValidId(value: unknown): value is string {
+  return typeof value === 'string' && ID_PATTERN.test(value);
+}
+
+const roundBase = <J extends string, R extends number>(jobId: J, round: R) =>
+  `${SUBJECT_ROOT}.${assertJobId(jobId)}.round.${assertRound(round)}` as const;
+
+/** `fl.<job>.round.<r>.plan`: the aggregator's RoundPlan. */
+export function planSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.plan` as const;
+}
+
+/** `fl.<job>.round.<r>.update.<client>`: the one subject `clientId` may publish its ClientUpdate on. */
+export function updateSubject<J extends string, R extends number, C extends string>(jobId: J, round: R, clientId: C) {
+  return `${roundBase(jobId, round)}.update.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.round.<r>.update.*`: what the collector subscribes to. */
+export function roundUpdatesPattern<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.update.*` as const;
+}
+
+/**
+ * `fl.<job>.round.*.update.<client>`: the publish permission to grant one client (NATS `permissions.publish`),
+ * so no client can forge another's update.
+ */
+export function clientUpdatePermission<J extends string, C extends string>(jobId: J, clientId: C) {
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.round.*.update.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.round.<r>.aligned`: server-alignment's AlignmentDone. */
+export function alignedSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.aligned` as const;
+}
+
+/** `fl.<job>.round.<r>.evaluate`: an EvalRequest to the evaluator. */
+export function evaluateSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.evaluate` as const;
+}
+
+/** `fl.<job>.round.<r>.evaluated`: the evaluator's EvalResult. */
+export function evaluatedSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.evaluated` as const;
+}
+
+/** `fl.<job>.control.<verb>`: an operator command. */
+export function controlSubject<J extends string, V extends ControlVerb>(jobId: J, verb: V) {
+  if (!(CONTROL_VERBS as readonly string[]).includes(verb)) {
+    throw new InvalidIdentifierError('control verb', verb, `expected one of ${CONTROL_VERBS.join(', ')}`);
+  }
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.control.${verb}` as const;
+}
+
+/** `fl.<job>.control.*`: every control command of a job. */
+export function controlPattern<J extends string>(jobId: J) {
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.control.*` as const;
+}
+
+/** `fl.<job>.task.<client>`: the subject a TrainTask is stored under in the work-queue stream. */
+export function taskSubject<J extends string, C extends string>(jobId: J, clientId: C) {
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.task.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.task.*`: the subjects of the job's work-queue stream. */
+export function taskPattern<J extends string>(jobId: J) {
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.task.*` as const;
+}
+
+/** JetStream work-queue stream holding a job's TrainTasks (KEDA's `stream`). */
+export function taskStreamName<J extends string>(jobId: J) {
+  return `FL_TASKS_${assertJobId(jobId)}` as const;
+}
+
+/** Durable pull consumer shared by all trainer replicas (KEDA's `consumer`). */
+export const TRAINER_CONSUMER = 'client-trainer' as const;
+
+/** KV bucket with the job's JobState and RoundStates. */
+export function stateBucketName<J extends string>(jobId: J) {
+  return `fl-state-${assertJobId(jobId)}` as const;
+}
+
+/** Object-store bucket with the job's blobs (base weights, LoRA tensors), content-addressed by sha256. */
+export function blobBucketName<J extends string>(jobId: J) {
+  return `fl-blobs-${assertJobId(jobId)}` as const;
+}
+
+/** The parts of an update subject; null when `subject` is not one (or has unsafe tokens). */
+export function parseUpdateSubject(subject: string): { jobId: string; round: number; clientId: string } | null {
+  const t = subject.split('.');
+  if (t.length !== 6 || t[0] !== SUBJECT_ROOT || t[2] !== 'round' || t[4] !== 'update') return null;
+  const [, jobId, , r, , clientId] = t as [string, string, string, string, string, string];
+  if (!isValidId(jobId) || !isValidId(clientId) || !/^(0|[1-9][0-9]*)$/.test(r)) return null;
+  const round = Number(r);
+  return Number.isSafeInteger(round) ? { jobId, round, clientId } : null;
+}

@@ -1,0 +1,254 @@
+/**
+ * Client training work as a JetStream work-queue stream with one durable pull consumer shared by every
+ * trainer replica: each task goes to exactly one replica, a replica that dies before acking gets its task
+ * redelivered to another after `ackWait`, and the consumer's pending count is what KEDA scales on.
+ */
+import { nanos, type NatsConnection } from '@nats-io/transport-node';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type ConsumerConfig,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import { streamExists } from './connection.js';
+import { ProtocolError } from './errors.js';
+import type { ProtocolLogger } from './logger.js';
+import { decodeMessage, encodeMessage, TrainTaskSchema, type TrainTask } from './messages.js';
+import { assertJobId, taskPattern, taskStreamName, taskSubject, TRAINER_CONSUMER } from './subjects.js';
+
+export interface WorkQueueOptions {
+  readonly jobId: string;
+  /** Durable consumer name shared by the replicas. Default `client-trainer` (TRAINER_CONSUMER). */
+  readonly consumer?: string;
+  /** Default 'file'. */
+  readonly storage?: 'file' | 'memory';
+  /** Window (ms) in which re-enqueueing the same job/round/client is dropped as a duplicate. Default 120000. */
+  readonly duplicateWindowMs?: number;
+  /** Default console. */
+  readonly logger?: ProtocolLogger;
+}
+
+export interface ConsumeOptions {
+  /**
+   * How long (ms) a delivered task may go without ack or `inProgress()` before it is redelivered.
+   * Consumer-wide: the durable consumer is created or updated with it, so all replicas should agree.
+   * Default 30000.
+   */
+  readonly ackWaitMs?: number;
+  /** Deliveries per task before it is given up (terminated). Consumer-wide. Default 5. */
+  readonly maxDeliver?: number;
+  /** Longest (ms) one pull waits for a task; bounds how quickly `stop()` returns when idle. Min 1000, default 1000. */
+  readonly pullExpiresMs?: number;
+  /** Called when a malformed task is terminated (in addition to a logger warning). */
+  readonly onRejected?: (info: RejectedTask) => void;
+  /** Called when the handler threw. */
+  readonly onFailed?: (info: FailedTask) => void;
+}
+
+export interface TaskContext {
+  /** Stream sequence of the task (unique per enqueue). */
+  readonly seq: number;
+  /** 1 on the first delivery. */
+  readonly deliveryCount: number;
+  /** Resets the ack timer (`msg.working()`): call it more often than `ackWaitMs` during long steps. */
+  inProgress(): void;
+}
+
+/**
+ * Trains one task. Must resolve only after the client's update blob is uploaded and the ClientUpdate
+ * published: the task is acked when it resolves, and never before.
+ */
+export type TaskHandler = (task: TrainTask, ctx: TaskContext) => Promise<void>;
+
+export interface RejectedTask {
+  readonly seq: number;
+  readonly subject: string;
+  readonly error: ProtocolError;
+}
+
+export interface FailedTask {
+  readonly task: TrainTask;
+  readonly seq: number;
+  readonly deliveryCount: number;
+  readonly error: unknown;
+  /** True when this was the last allowed delivery: the task was terminated, not left for redelivery. */
+  readonly final: boolean;
+}
+
+/** Queue depth as the JetStream consumer sees it. */
+export interface QueueDepth {
+  /** Tasks not yet delivered to any replica (KEDA's lag). */
+  readonly pending: number;
+  /** Delivered, neither acked nor terminated yet. */
+  readonly ackPending: number;
+  /** Tasks delivered more than once so far. */
+  readonly redelivered: number;
+}
+
+/** A running consumption; `stop()` ends pulling and waits for the task in progress to finish. */
+export interface Consumption {
+  stop(): Promise<void>;
+  /** Resolves when the pull loop ended (after `stop()`, or when the connection closed). */
+  readonly done: Promise<void>;
+}
+
+export class WorkQueue {
+  readonly stream: string;
+  readonly consumerName: string;
+  readonly #log: ProtocolLogger;
+
+  private constructor(
+    readonly jobId: string,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    consumer: string,
+    logger: ProtocolLogger,
+  ) {
+    this.stream = taskStreamName(jobId);
+    this.consumerName = consumer;
+    this.#log = logger;
+  }
+
+  /** Opens the job's work-queue stream, creating it if missing. */
+  static async open(nc: NatsConnection, opts: WorkQueueOptions): Promise<WorkQueue> {
+    const jobId = assertJobId(opts.jobId);
+    const jsm = await jetstreamManager(nc);
+    const q = new WorkQueue(jobId, jetstream(nc), jsm, opts.consumer ?? TRAINER_CONSUMER, opts.logger ?? console);
+    // An existing stream is used as it is: `add` with other options would fail on a config mismatch.
+    if (await streamExists(nc, q.stream)) return q;
+    await jsm.streams.add({
+      name: q.stream,
+      subjects: [taskPattern(jobId)],
+      retention: RetentionPolicy.Workqueue,
+      storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
+      duplicate_window: nanos(opts.duplicateWindowMs ?? 120_000),
+    });
+    return q;
+  }
+
+  /**
+   * Validates and enqueues `task`. Enqueueing the same job/round/client again within the duplicate window
+   * is a no-op (`duplicate: true`), so a restarted aggregator can re-plan a round safely.
+   */
+  async enqueue(task: Readonly<TrainTask>): Promise<{ seq: number; duplicate: boolean }> {
+    const subject = taskSubject(this.jobId, task.clientId);
+    if (task.jobId !== this.jobId) {
+      throw new ProtocolError(subject, [{ path: 'jobId', reason: `is ${task.jobId} but this queue serves job ${this.jobId}` }]);
+    }
+    const ack = await this.js.publish(subject, encodeMessage(TrainTaskSchema, task, subject), {
+      msgID: `${task.jobId}.${task.round}.${task.clientId}`,
+    });
+    return { seq: ack.seq, duplicate: ack.duplicate };
+  }
+
+  /** Creates the durable consumer, or updates its ackWait/maxDeliver when they differ. */
+  async #ensureConsumer(ackWaitMs: number, maxDeliver: number): Promise<void> {
+    const wanted: Partial<ConsumerConfig> = { ack_wait: nanos(ackWaitMs), max_deliver: maxDeliver };
+    const info = await this.jsm.consumers.info(this.stream, this.consumerName).catch((e: unknown) => {
+      if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.ConsumerNotFound) return null; // consumer not found
+      throw e;
+    });
+    if (info === null) {
+      await this.jsm.consumers.add(this.stream, {
+        durable_name: this.consumerName,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ...wanted,
+      });
+    } else if (info.config.ack_wait !== wanted.ack_wait || info.config.max_deliver !== maxDeliver) {
+      await this.jsm.consumers.update(this.stream, this.consumerName, wanted);
+    }
+  }
+
+  /**
+   * Pulls tasks one at a time (a replica never holds tasks it is not working on, so they stay available
+   * to others) and runs `handler` on each. Outcomes:
+   * - handler resolves: the task is acked (confirmed by the server);
+   * - handler throws: the task is left unacked and redelivered after `ackWaitMs`, exactly like a crashed
+   *   replica, except on its last allowed delivery, where it is terminated and reported as final;
+   * - the task does not decode: it is terminated with a logged reason, never redelivered.
+   */
+  async consume(handler: TaskHandler, opts: ConsumeOptions = {}): Promise<Consumption> {
+    const ackWaitMs = opts.ackWaitMs ?? 30_000;
+    const maxDeliver = opts.maxDeliver ?? 5;
+    await this.#ensureConsumer(ackWaitMs, maxDeliver);
+    const consumer = await this.js.consumers.get(this.stream, this.consumerName);
+    let stopped = false;
+    let current: ConsumerMessages | undefined;
+    const loop = async (): Promise<void> => {
+      while (!stopped) {
+        current = await consumer.fetch({ max_messages: 1, expires: Math.max(1000, opts.pullExpiresMs ?? 1000) });
+        for await (const msg of current) await this.#handle(msg, handler, maxDeliver, opts);
+      }
+    };
+    const done = loop().catch((e: unknown) => {
+      // A closed connection ends the loop; unacked work is redelivered elsewhere by the server.
+      if (!stopped) this.#log.warn(`work queue ${this.stream}: consumer loop ended: ${(e as Error).message}`);
+    });
+    return {
+      done,
+      stop: async () => {
+        stopped = true;
+        current?.stop();
+        await done;
+      },
+    };
+  }
+
+  async #handle(msg: JsMsg, handler: TaskHandler, maxDeliver: number, opts: ConsumeOptions): Promise<void> {
+    const where = `${msg.subject} (task #${msg.seq})`;
+    const decoded = decodeMessage(TrainTaskSchema, msg.data, where, { jobId: this.jobId });
+    if (!decoded.ok) {
+      msg.term();
+      this.#log.warn(`work queue ${this.stream}: terminated malformed task: ${decoded.error.message}`);
+      opts.onRejected?.({ seq: msg.seq, subject: msg.subject, error: decoded.error });
+      return;
+    }
+    const deliveryCount = msg.info.deliveryCount;
+    try {
+      await handler(decoded.value, { seq: msg.seq, deliveryCount, inProgress: () => msg.working() });
+    } catch (error) {
+      const final = deliveryCount >= maxDeliver;
+      if (final) msg.term();
+      this.#log.warn(
+        `work queue ${this.stream}: task #${msg.seq} (round ${decoded.value.round}, client ${decoded.value.clientId}) ` +
+          `failed on delivery ${deliveryCount}/${maxDeliver}` +
+          `${final ? ', terminated' : ', will be redelivered after ackWait'}: ${(error as Error)?.message ?? error}`,
+      );
+      opts.onFailed?.({ task: decoded.value, seq: msg.seq, deliveryCount, error, final });
+      return;
+    }
+    const confirmed = await msg.ackAck().catch(() => false);
+    if (!confirmed) {
+      // The update is already published; a redelivery would produce a duplicate the collector drops.
+      this.#log.warn(`work queue ${this.stream}: ack of task #${msg.seq} not confirmed; it may be redelivered`);
+    }
+  }
+
+  /** Queue depth for autoscaling (the numbers KEDA's nats-jetstream scaler reads). */
+  async pending(): Promise<QueueDepth> {
+    try {
+      const info = await this.jsm.consumers.info(this.stream, this.consumerName);
+      return { pending: info.num_pending, ackPending: info.num_ack_pending, redelivered: info.num_redelivered };
+    } catch (e) {
+      if (!(e instanceof JetStreamApiError && e.code === JetStreamApiCodes.ConsumerNotFound)) throw e;
+      // No replica has consumed yet: everything in the stream is pending.
+      const s = await this.jsm.streams.info(this.stream);
+      return { pending: s.state.messages, ackPending: 0, redelivered: 0 };
+    }
+  }
+
+  /** Deletes the stream and its consumer (end of a job, tests). */
+  async destroy(): Promise<void> {
+    await this.jsm.streams.delete(this.stream);
+  }
+}
