@@ -114,18 +114,18 @@ export async function openCheckpoint(dir: string, options: OpenCheckpointOptions
 
   for (const [name, shape] of expected) {
     const loc = sources.get(name);
-    if (loc === undefined) throw new CheckpointError(root, name, `missing (config.json implies shape [${shape.join(', ')}])`);
+    if (loc === undefined) throw new CheckpointError(root, name, `is missing (config.json implies shape [${shape.join(', ')}])`);
     const e = loc.header.tensors.get(name)!;
     if (!sameShape(e.shape, shape)) {
-      throw new CheckpointError(loc.file, name, `tensor ${name} has shape [${e.shape.join(', ')}] but config.json implies [${shape.join(', ')}]`);
+      throw new CheckpointError(loc.file, name, `has shape [${e.shape.join(', ')}] but config.json implies [${shape.join(', ')}]`);
     }
     if (e.dtype !== 'F32' && e.dtype !== 'F16' && e.dtype !== 'BF16' && e.dtype !== 'F64') {
-      throw new CheckpointError(loc.file, name, `dtype ${e.dtype} is not a float type (F32, F16, BF16, F64)`);
+      throw new CheckpointError(loc.file, name, `has dtype ${e.dtype}, not a float type (F32, F16, BF16, F64)`);
     }
   }
   for (const [name, loc] of sources) {
     if (!expected.has(name) && !isIgnorable(name, config)) {
-      throw new CheckpointError(loc.file, name, `unexpected tensor: not part of a ${config.modelType} model with this config.json`);
+      throw new CheckpointError(loc.file, name, `is unexpected: not part of a ${config.modelType} model with this config.json`);
     }
   }
 
@@ -137,7 +137,7 @@ export async function openCheckpoint(dir: string, options: OpenCheckpointOptions
 function makeCheckpoint(dir: string, config: ModelConfig, expected: Map<string, readonly number[]>, weights: Map<string, Located>): Checkpoint {
   const resolveName = (name: string): string => {
     const n = name === 'lm_head.weight' && config.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
-    if (!expected.has(n)) throw new CheckpointError(dir, name, 'not a weight of this model');
+    if (!expected.has(n)) throw new CheckpointError(dir, name, 'is not a weight of this model');
     return n;
   };
   const weightRef = (name: string): WeightRef => {
@@ -191,23 +191,23 @@ async function locateTensors(dir: string): Promise<Map<string, Located>> {
   const headers = new Map<string, SafetensorsHeader>();
   for (const [name, shard] of Object.entries(weightMap)) {
     if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-      throw new CheckpointError(index, name, `weight_map entry ${JSON.stringify(shard)} is not a file name in this folder`);
+      throw new CheckpointError(index, name, `is mapped to ${JSON.stringify(shard)}, which is not a file name in this folder`);
     }
     const file = join(dir, shard);
     let header = headers.get(file);
     if (header === undefined) {
-      if (!existsSync(file)) throw new CheckpointError(index, name, `shard ${shard} does not exist`);
+      if (!existsSync(file)) throw new CheckpointError(index, name, `is mapped to shard ${shard}, which does not exist`);
       header = await readHeader(file);
       headers.set(file, header);
     }
-    if (!header.tensors.has(name)) throw new CheckpointError(file, name, `listed in ${basename(index)} but not in the shard`);
+    if (!header.tensors.has(name)) throw new CheckpointError(file, name, `is listed in ${basename(index)} but not in the shard`);
     out.set(name, { file, header });
   }
   for (const [file, header] of headers) {
     for (const name of header.tensors.keys()) {
       const loc = out.get(name);
-      if (loc === undefined) throw new CheckpointError(file, name, `present in the shard but missing from ${basename(index)}`);
-      if (loc.file !== file) throw new CheckpointError(file, name, `also present in ${loc.file}; ${basename(index)} names the other shard`);
+      if (loc === undefined) throw new CheckpointError(file, name, `is present in the shard but missing from ${basename(index)}`);
+      if (loc.file !== file) throw new CheckpointError(file, name, `is also present in ${loc.file}; ${basename(index)} names the other shard`);
     }
   }
   return out;
@@ -305,12 +305,12 @@ export async function writeCheckpoint(dir: string, config: ModelConfig, tensors:
   for (const [name, shape] of expected) {
     const data = tensors.get(name);
     const n = shape.reduce((a, b) => a * b, 1);
-    if (data === undefined) throw new CheckpointError(file, name, `missing from the tensors to write (config implies [${shape.join(', ')}])`);
-    if (data.length !== n) throw new CheckpointError(file, name, `has ${data.length} values but config implies [${shape.join(', ')}] = ${n}`);
+    if (data === undefined) throw new CheckpointError(file, name, `is missing from the tensors to write (config implies [${shape.join(', ')}])`);
+    if (data.length !== n) throw new CheckpointError(file, name, `has ${data.length} values but config.json implies [${shape.join(', ')}] = ${n}`);
     out.set(name, { dtype: 'F32', shape, data });
   }
   for (const name of tensors.keys()) {
-    if (!expected.has(name)) throw new CheckpointError(file, name, 'not a weight of this model config');
+    if (!expected.has(name)) throw new CheckpointError(file, name, 'is not a weight of this model config');
   }
   const generation: Record<string, unknown> = { _from_model_config: true };
   if (config.bosTokenId !== undefined) generation['bos_token_id'] = config.bosTokenId;

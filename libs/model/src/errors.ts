@@ -25,7 +25,8 @@ export class CheckpointError extends Error {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(`${file}${tensor === undefined ? '' : `: tensor ${tensor}`}: ${message}`, options);
+    // Messages about a tensor are predicates ("has shape ..."), so the text reads "file: tensor X has shape ...".
+    super(`${file}: ${tensor === undefined ? '' : `tensor ${tensor} `}${message}`, options);
   }
 }
 
