@@ -103,7 +103,12 @@ export class BlobStore {
     const name = opts.name ?? sha256;
     const os = await this.#bucketHandle(this.bucket);
     const existing = await os.info(name);
-    if (existing !== null && !existing.deleted && existing.size === bytes.length && existing.digest === objDigest(sha256)) {
+    if (
+      existing !== null &&
+      !existing.deleted &&
+      existing.size === bytes.length &&
+      existing.digest === objDigest(sha256)
+    ) {
       this.#stats.putsSkipped++;
     } else {
       await os.putBlob({ name }, bytes);

@@ -84,9 +84,12 @@ function checkOptions(o: CollectOptions): void {
   assertJobId(o.jobId);
   assertRound(o.round);
   o.expected.forEach((c) => assertClientId(c));
-  if (new Set(o.expected).size !== o.expected.length) throw new RangeError(`collectUpdates: expected clients contain duplicates`);
+  if (new Set(o.expected).size !== o.expected.length)
+    throw new RangeError(`collectUpdates: expected clients contain duplicates`);
   if (!Number.isInteger(o.quorum) || o.quorum < 1 || o.quorum > o.expected.length) {
-    throw new RangeError(`collectUpdates: quorum ${o.quorum} must be an integer in 1..${o.expected.length} (the planned clients)`);
+    throw new RangeError(
+      `collectUpdates: quorum ${o.quorum} must be an integer in 1..${o.expected.length} (the planned clients)`,
+    );
   }
   if (!(o.deadlineMs > 0) || !Number.isFinite(o.deadlineMs)) {
     throw new RangeError(`collectUpdates: deadlineMs ${o.deadlineMs} must be a positive number of milliseconds`);
@@ -128,18 +131,32 @@ export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): 
     const missing = opts.expected.filter((c) => !accepted.has(c));
     const elapsedMs = closedAt - started;
     if (missing.length === 0) settle.resolve({ updates: [...accepted.values()], missing, closedBy: 'all', elapsedMs });
-    else if (accepted.size >= opts.quorum) settle.resolve({ updates: [...accepted.values()], missing, closedBy: 'deadline', elapsedMs });
-    else settle.reject(new QuorumNotReachedError(opts.jobId, opts.round, [...accepted.keys()], missing, opts.quorum, opts.deadlineMs));
+    else if (accepted.size >= opts.quorum)
+      settle.resolve({ updates: [...accepted.values()], missing, closedBy: 'deadline', elapsedMs });
+    else
+      settle.reject(
+        new QuorumNotReachedError(opts.jobId, opts.round, [...accepted.keys()], missing, opts.quorum, opts.deadlineMs),
+      );
   };
 
   const onMessage = (subject: string, data: Uint8Array): void => {
     const parts = parseUpdateSubject(subject);
-    if (parts === null) return reject(subject, new ProtocolError(subject, [{ path: '', reason: 'not an update subject' }]));
+    if (parts === null)
+      return reject(subject, new ProtocolError(subject, [{ path: '', reason: 'not an update subject' }]));
     const { clientId } = parts;
-    const decoded = decodeMessage(ClientUpdateSchema, data, subject, { jobId: opts.jobId, round: opts.round, clientId });
+    const decoded = decodeMessage(ClientUpdateSchema, data, subject, {
+      jobId: opts.jobId,
+      round: opts.round,
+      clientId,
+    });
     if (!decoded.ok) return reject(subject, decoded.error);
     if (!expected.has(clientId)) {
-      return reject(subject, new ProtocolError(subject, [{ path: 'clientId', reason: `${clientId} is not planned for round ${opts.round}` }]));
+      return reject(
+        subject,
+        new ProtocolError(subject, [
+          { path: 'clientId', reason: `${clientId} is not planned for round ${opts.round}` },
+        ]),
+      );
     }
     if (accepted.has(clientId)) {
       log.warn(`collector round ${opts.round}: duplicate update from ${clientId} ignored (first one kept)`);
@@ -156,7 +173,9 @@ export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): 
       // Remember it either way, so a second late copy from the same client counts as a duplicate.
       accepted.set(clientId, decoded.value);
       if (late.kept) kept.push(late);
-      log.warn(`collector round ${opts.round}: late update from ${clientId} (${late.lateByMs} ms after close, ${late.kept ? 'kept' : 'discarded'})`);
+      log.warn(
+        `collector round ${opts.round}: late update from ${clientId} (${late.lateByMs} ms after close, ${late.kept ? 'kept' : 'discarded'})`,
+      );
       return report(opts.onLateUpdate, late);
     }
     accepted.set(clientId, decoded.value);

@@ -26,9 +26,13 @@ export async function connectTransport(
     await (await jetstreamManager(nc)).getAccountInfo();
   } catch (e) {
     await nc.close();
-    throw new TransportUnavailableError(servers, `JetStream is not available (start nats-server with -js): ${(e as Error).message}`, {
-      cause: e,
-    });
+    throw new TransportUnavailableError(
+      servers,
+      `JetStream is not available (start nats-server with -js): ${(e as Error).message}`,
+      {
+        cause: e,
+      },
+    );
   }
   return nc;
 }

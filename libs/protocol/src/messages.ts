@@ -233,7 +233,8 @@ export const ControlCommandSchema = z.strictObject({
 export type ControlCommand = z.infer<typeof ControlCommandSchema>;
 
 /** Outcome of decodeMessage: never a thrown exception. */
-export type DecodeResult<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: ProtocolError };
+export type DecodeResult<T> =
+  { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: ProtocolError };
 
 /** Fields a decoded message must agree with (normally taken from its subject). */
 export interface Expected {
@@ -304,7 +305,10 @@ export function decodeMessage<S extends z.ZodType>(
   for (const key of ['jobId', 'round', 'clientId'] as const) {
     const want = expected[key];
     if (want !== undefined && value[key] !== want) {
-      mismatches.push({ path: key, reason: `is ${JSON.stringify(value[key])} but the subject says ${JSON.stringify(want)}` });
+      mismatches.push({
+        path: key,
+        reason: `is ${JSON.stringify(value[key])} but the subject says ${JSON.stringify(want)}`,
+      });
     }
   }
   if (mismatches.length > 0) return fail(mismatches);

@@ -50,7 +50,8 @@ export interface ModifyOptions {
 function isConflict(e: unknown): boolean {
   return (
     e instanceof JetStreamApiError &&
-    (e.code === JetStreamApiCodes.StreamWrongLastSequence || e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+    (e.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      e.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
   );
 }
 
@@ -132,7 +133,8 @@ export class StateStore {
       const cur = await this.get(key, schema);
       const next = fn(cur === null ? null : cur.value);
       try {
-        const revision = cur === null ? await this.create(key, schema, next) : await this.update(key, schema, next, cur.revision);
+        const revision =
+          cur === null ? await this.create(key, schema, next) : await this.update(key, schema, next, cur.revision);
         // create/update validated `next` already; parse once more only to return the schema's output type.
         return { value: schema.parse(next) as z.output<S>, revision };
       } catch (e) {

@@ -28,7 +28,11 @@ function elementCount(shape: readonly number[], source: string, name: string): n
   let n = 1;
   for (const d of shape) {
     if (!Number.isSafeInteger(d) || d < 0) {
-      throw new TensorCodecError(source, `shape ${JSON.stringify(shape)} has a non-integer or negative dimension`, name);
+      throw new TensorCodecError(
+        source,
+        `shape ${JSON.stringify(shape)} has a non-integer or negative dimension`,
+        name,
+      );
     }
     n *= d;
   }
@@ -44,7 +48,7 @@ export function encodeTensors(
   metadata: Readonly<Record<string, string>> = {},
 ): Uint8Array {
   const source = 'encodeTensors';
-  const names = [...tensors.keys()].sort();
+  const names = [...tensors.keys()].toSorted();
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) header[METADATA_KEY] = { ...metadata };
   let offset = 0;
@@ -53,7 +57,11 @@ export function encodeTensors(
     const t = tensors.get(name)!;
     const n = elementCount(t.shape, source, name);
     if (n !== t.data.length) {
-      throw new TensorCodecError(source, `shape ${JSON.stringify(t.shape)} needs ${n} values, data has ${t.data.length}`, name);
+      throw new TensorCodecError(
+        source,
+        `shape ${JSON.stringify(t.shape)} needs ${n} values, data has ${t.data.length}`,
+        name,
+      );
     }
     header[name] = { dtype: 'F32', shape: [...t.shape], data_offsets: [offset, offset + 4 * n] };
     offset += 4 * n;
@@ -89,7 +97,11 @@ function parseEntry(name: string, raw: unknown, source: string): Entry {
   }
   const { dtype, shape, data_offsets: offsets } = raw as Record<string, unknown>;
   if (dtype !== 'F32') {
-    throw new TensorCodecError(source, `dtype ${JSON.stringify(dtype)} is not supported (this codec carries F32 only)`, name);
+    throw new TensorCodecError(
+      source,
+      `dtype ${JSON.stringify(dtype)} is not supported (this codec carries F32 only)`,
+      name,
+    );
   }
   if (!Array.isArray(shape)) throw new TensorCodecError(source, 'shape is not an array', name);
   const n = elementCount(shape as number[], source, name);
@@ -99,11 +111,19 @@ function parseEntry(name: string, raw: unknown, source: string): Entry {
     !offsets.every((o) => Number.isSafeInteger(o) && (o as number) >= 0) ||
     (offsets[0] as number) > (offsets[1] as number)
   ) {
-    throw new TensorCodecError(source, `data_offsets ${JSON.stringify(offsets)} is not [begin, end] with 0 <= begin <= end`, name);
+    throw new TensorCodecError(
+      source,
+      `data_offsets ${JSON.stringify(offsets)} is not [begin, end] with 0 <= begin <= end`,
+      name,
+    );
   }
   const [begin, end] = offsets as [number, number];
   if (end - begin !== 4 * n) {
-    throw new TensorCodecError(source, `data_offsets span ${end - begin} bytes but shape ${JSON.stringify(shape)} needs ${4 * n}`, name);
+    throw new TensorCodecError(
+      source,
+      `data_offsets span ${end - begin} bytes but shape ${JSON.stringify(shape)} needs ${4 * n}`,
+      name,
+    );
   }
   return { name, shape: shape as number[], begin, end };
 }
@@ -115,11 +135,15 @@ function parseEntry(name: string, raw: unknown, source: string): Entry {
  * Returned tensors own their memory (they do not alias `bytes`).
  */
 export function decodeTensors(bytes: Uint8Array, source = 'tensor blob'): DecodedTensors {
-  if (bytes.length < 8) throw new TensorCodecError(source, `truncated: ${bytes.length} bytes, the header length alone takes 8`);
+  if (bytes.length < 8)
+    throw new TensorCodecError(source, `truncated: ${bytes.length} bytes, the header length alone takes 8`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = view.getBigUint64(0, true);
   if (headerLen > BigInt(Math.min(MAX_HEADER_BYTES, bytes.length - 8))) {
-    throw new TensorCodecError(source, `header length ${headerLen} exceeds the ${bytes.length - 8} bytes after it (or the 100 MB cap)`);
+    throw new TensorCodecError(
+      source,
+      `header length ${headerLen} exceeds the ${bytes.length - 8} bytes after it (or the 100 MB cap)`,
+    );
   }
   const n = Number(headerLen);
   let header: unknown;
@@ -155,11 +179,16 @@ export function decodeTensors(bytes: Uint8Array, source = 'tensor blob'): Decode
       throw new TensorCodecError(source, `data_offsets [${e.begin}, ${e.end}] ${what}`, e.name);
     }
     if (e.end > dataLen) {
-      throw new TensorCodecError(source, `truncated: data ends at byte ${e.end} but the data buffer has ${dataLen}`, e.name);
+      throw new TensorCodecError(
+        source,
+        `truncated: data ends at byte ${e.end} but the data buffer has ${dataLen}`,
+        e.name,
+      );
     }
     expected = e.end;
   }
-  if (expected !== dataLen) throw new TensorCodecError(source, `${dataLen - expected} trailing bytes after the last tensor`);
+  if (expected !== dataLen)
+    throw new TensorCodecError(source, `${dataLen - expected} trailing bytes after the last tensor`);
   const tensors = new Map<string, Tensor>();
   for (const e of entries) {
     const count = (e.end - e.begin) / 4;

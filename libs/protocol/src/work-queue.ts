@@ -142,7 +142,9 @@ export class WorkQueue {
   async enqueue(task: Readonly<TrainTask>): Promise<{ seq: number; duplicate: boolean }> {
     const subject = taskSubject(this.jobId, task.clientId);
     if (task.jobId !== this.jobId) {
-      throw new ProtocolError(subject, [{ path: 'jobId', reason: `is ${task.jobId} but this queue serves job ${this.jobId}` }]);
+      throw new ProtocolError(subject, [
+        { path: 'jobId', reason: `is ${task.jobId} but this queue serves job ${this.jobId}` },
+      ]);
     }
     const ack = await this.js.publish(subject, encodeMessage(TrainTaskSchema, task, subject), {
       msgID: `${task.jobId}.${task.round}.${task.clientId}`,
@@ -182,22 +184,23 @@ export class WorkQueue {
     const maxDeliver = opts.maxDeliver ?? 5;
     await this.#ensureConsumer(ackWaitMs, maxDeliver);
     const consumer = await this.js.consumers.get(this.stream, this.consumerName);
-    let stopped = false;
+    const stopping = new AbortController();
     let current: ConsumerMessages | undefined;
     const loop = async (): Promise<void> => {
-      while (!stopped) {
+      while (!stopping.signal.aborted) {
         current = await consumer.fetch({ max_messages: 1, expires: Math.max(1000, opts.pullExpiresMs ?? 1000) });
         for await (const msg of current) await this.#handle(msg, handler, maxDeliver, opts);
       }
     };
     const done = loop().catch((e: unknown) => {
       // A closed connection ends the loop; unacked work is redelivered elsewhere by the server.
-      if (!stopped) this.#log.warn(`work queue ${this.stream}: consumer loop ended: ${(e as Error).message}`);
+      if (!stopping.signal.aborted)
+        this.#log.warn(`work queue ${this.stream}: consumer loop ended: ${(e as Error).message}`);
     });
     return {
       done,
       stop: async () => {
-        stopped = true;
+        stopping.abort();
         current?.stop();
         await done;
       },

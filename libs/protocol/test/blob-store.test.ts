@@ -57,7 +57,10 @@ test('an object overwritten under the same name fails the sha256 check, naming t
     assert.ok(e instanceof IntegrityError);
     assert.equal(e.blob, ref.name);
     assert.equal(e.bucket, bucket);
-    assert.match(e.message, new RegExp(`blob ${bucket}/${ref.name}: sha256 is [0-9a-f]{64}, the ref says ${ref.sha256}`));
+    assert.match(
+      e.message,
+      new RegExp(`blob ${bucket}/${ref.name}: sha256 is [0-9a-f]{64}, the ref says ${ref.sha256}`),
+    );
     return true;
   });
   await os.putBlob({ name: ref.name }, new TextEncoder().encode('short'));
@@ -81,7 +84,14 @@ test('the sha256 cache serves a second replica without downloading, and drops a 
 
   const first = await BlobStore.open(nc, { bucket, cacheDir });
   assert.deepEqual(await first.get(ref), bytes);
-  assert.deepEqual(first.stats, { bytesUp: 0, bytesDown: 200_000, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 1 });
+  assert.deepEqual(first.stats, {
+    bytesUp: 0,
+    bytesDown: 200_000,
+    puts: 0,
+    putsSkipped: 0,
+    cacheHits: 0,
+    cacheMisses: 1,
+  });
 
   const second = await BlobStore.open(nc, { bucket, cacheDir });
   assert.deepEqual(await second.get(ref), bytes);

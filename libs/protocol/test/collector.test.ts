@@ -24,7 +24,12 @@ after(async () => {
 });
 
 function send(jobId: string, round: number, clientId: string, examples = 10): void {
-  publishMessage(clientConn, updateSubject(jobId, round, clientId), ClientUpdateSchema, update(jobId, clientId, round, examples));
+  publishMessage(
+    clientConn,
+    updateSubject(jobId, round, clientId),
+    ClientUpdateSchema,
+    update(jobId, clientId, round, examples),
+  );
 }
 
 test('resolves as soon as every planned client delivered, keeping the first of duplicates', async () => {
@@ -79,7 +84,10 @@ test('closes at the deadline with quorum, reports the missing client and its lat
   assert.equal(r.closedBy, 'deadline');
   assert.ok(r.elapsedMs >= 390, `closed after ${r.elapsedMs} ms, deadline 400`);
   assert.deepEqual(r.missing, ['slow']);
-  assert.deepEqual(r.updates.map((u) => u.clientId), ['a', 'b']);
+  assert.deepEqual(
+    r.updates.map((u) => u.clientId),
+    ['a', 'b'],
+  );
 
   send(jobId, 0, 'slow', 7);
   await waitFor('the late update', () => late.length === 1);
@@ -87,7 +95,10 @@ test('closes at the deadline with quorum, reports the missing client and its lat
   assert.equal(late[0]!.kept, true);
   assert.equal(late[0]!.update.examples, 7);
   assert.ok(late[0]!.lateByMs >= 0);
-  assert.deepEqual(c.takeLate().map((l) => l.clientId), ['slow']);
+  assert.deepEqual(
+    c.takeLate().map((l) => l.clientId),
+    ['slow'],
+  );
   assert.deepEqual(c.takeLate(), [], 'takeLate drains');
   await c.close();
 });
@@ -109,7 +120,10 @@ test('fails with a clear error when the deadline passes below quorum; late ones 
     assert.ok(e instanceof QuorumNotReachedError);
     assert.deepEqual(e.received, ['c']);
     assert.deepEqual(e.missing, ['a', 'b']);
-    assert.match(e.message, new RegExp(`job ${jobId} round 2: deadline of 300 ms passed with 1 of 2 required updates \\(missing: a, b\\)`));
+    assert.match(
+      e.message,
+      new RegExp(`job ${jobId} round 2: deadline of 300 ms passed with 1 of 2 required updates \\(missing: a, b\\)`),
+    );
     return true;
   });
   send(jobId, 2, 'a');
@@ -143,7 +157,10 @@ test('malformed, impersonating, unplanned and other-round messages are rejected 
   send(jobId, 1, 'b');
   const r = await c.result;
   await c.close();
-  assert.deepEqual(r.updates.map((u) => u.clientId), ['a', 'b']);
+  assert.deepEqual(
+    r.updates.map((u) => u.clientId),
+    ['a', 'b'],
+  );
   assert.equal(rejected.length, 3);
   assert.match(rejected[0]!.error.message, /not UTF-8 JSON/);
   assert.match(rejected[1]!.error.message, /clientId: is "mallory" but the subject says "a"/);

@@ -5,7 +5,13 @@ export function fakeRef(bucket = 'fl-blobs-job1', fill = 'a'): BlobRef {
   return { bucket, name: fill.repeat(64), sha256: fill.repeat(64), bytes: 1024 };
 }
 
-export const training: TrainingConfig = { localSteps: 30, learningRate: 1e-4, batchSize: 4, proximalWeight: 0, seed: 7 };
+export const training: TrainingConfig = {
+  localSteps: 30,
+  learningRate: 1e-4,
+  batchSize: 4,
+  proximalWeight: 0,
+  seed: 7,
+};
 
 export function task(jobId: string, clientId: string, round = 0): TrainTask {
   return {

@@ -51,12 +51,15 @@ test('subject builders produce the documented subjects and literal types', () =>
 
 test('unsafe ids and rounds are refused with the offending value in the message', () => {
   for (const bad of ['a.b', 'a*', '>', 'has space', '', '-lead', 'x'.repeat(65)]) {
-    assert.throws(() => updateSubject('job1', 1, bad), (e: unknown) => {
-      assert.ok(e instanceof InvalidIdentifierError);
-      assert.equal(e.kind, 'client id');
-      assert.ok(e.message.includes(`invalid client id ${JSON.stringify(bad)}`), e.message);
-      return true;
-    });
+    assert.throws(
+      () => updateSubject('job1', 1, bad),
+      (e: unknown) => {
+        assert.ok(e instanceof InvalidIdentifierError);
+        assert.equal(e.kind, 'client id');
+        assert.ok(e.message.includes(`invalid client id ${JSON.stringify(bad)}`), e.message);
+        return true;
+      },
+    );
   }
   assert.throws(() => planSubject('job.1', 0), /invalid job id "job.1"/);
   assert.throws(() => planSubject('job1', -1), /invalid round -1/);
@@ -109,12 +112,22 @@ test('array indices, unknown keys, missing fields and wrong versions are reporte
 
   const { meanLoss: _drop, ...missing } = update('job1', 'alice', 3);
   assert.equal(expectError(decodeMessage(ClientUpdateSchema, enc(missing), SUBJ)).issues[0]?.path, 'meanLoss');
-  const v2 = expectError(decodeMessage(ClientUpdateSchema, enc({ ...update('job1', 'alice', 3), protocolVersion: 2 }), SUBJ));
-  assert.deepEqual(v2.issues, [{ path: 'protocolVersion', reason: 'unsupported protocolVersion 2 (this build speaks 1)' }]);
+  const v2 = expectError(
+    decodeMessage(ClientUpdateSchema, enc({ ...update('job1', 'alice', 3), protocolVersion: 2 }), SUBJ),
+  );
+  assert.deepEqual(v2.issues, [
+    { path: 'protocolVersion', reason: 'unsupported protocolVersion 2 (this build speaks 1)' },
+  ]);
 });
 
 test('non-JSON, non-UTF-8 and non-object bytes become ProtocolErrors, never throws', () => {
-  for (const bytes of [new TextEncoder().encode('{"a":'), new Uint8Array([0xff, 0xfe]), enc(null), enc([1]), new Uint8Array()]) {
+  for (const bytes of [
+    new TextEncoder().encode('{"a":'),
+    new Uint8Array([0xff, 0xfe]),
+    enc(null),
+    enc([1]),
+    new Uint8Array(),
+  ]) {
     const err = expectError(decodeMessage(TrainTaskSchema, bytes, 'fl.job1.task.alice'));
     assert.equal(err.subject, 'fl.job1.task.alice');
     assert.equal(err.issues[0]?.path, '');
@@ -123,7 +136,11 @@ test('non-JSON, non-UTF-8 and non-object bytes become ProtocolErrors, never thro
 
 test('a body that contradicts its subject (impersonation, wrong round) is rejected', () => {
   const err = expectError(
-    decodeMessage(ClientUpdateSchema, enc(update('job1', 'mallory', 2)), SUBJ, { jobId: 'job1', round: 3, clientId: 'alice' }),
+    decodeMessage(ClientUpdateSchema, enc(update('job1', 'mallory', 2)), SUBJ, {
+      jobId: 'job1',
+      round: 3,
+      clientId: 'alice',
+    }),
   );
   assert.deepEqual(
     err.issues.map((i) => i.path),

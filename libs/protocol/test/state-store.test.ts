@@ -84,17 +84,23 @@ test('concurrent modify() calls retry on conflict and lose no increment', async 
   await Promise.all(
     writers.flatMap((w, i) =>
       [0, 1].map((j) =>
-        w.modify(key, RoundStateSchema, (cur) => ({ ...cur!, received: [...cur!.received, `c${2 * i + j}`] }), { maxAttempts: 20 }),
+        w.modify(key, RoundStateSchema, (cur) => ({ ...cur!, received: [...cur!.received, `c${2 * i + j}`] }), {
+          maxAttempts: 20,
+        }),
       ),
     ),
   );
   const final = await writers[0]!.get(key, RoundStateSchema);
-  assert.deepEqual([...final!.value.received].sort(), base.clients);
+  assert.deepEqual(final!.value.received.toSorted(), base.clients);
 });
 
 test('a restarted aggregator (new connection) resumes after the last completed round', async () => {
   const first = await StateStore.open(nc, { bucket });
-  await first.modify(JOB_STATE_KEY, JobStateSchema, (cur) => ({ ...cur!, lastCompletedRound: 3, adapterLora: fakeRef(undefined, 'e') }));
+  await first.modify(JOB_STATE_KEY, JobStateSchema, (cur) => ({
+    ...cur!,
+    lastCompletedRound: 3,
+    adapterLora: fakeRef(undefined, 'e'),
+  }));
   const nc2 = await connectOrFail();
   try {
     const restarted = await StateStore.open(nc2, { bucket });

@@ -41,14 +41,14 @@ test('round trip keeps names, shapes and exact float32 values (incl. -0, subnorm
   assert.equal(bytes.length, 8 + headerLen + 4 * (6 + 3 + 1));
   const { tensors: back, metadata } = decodeTensors(bytes, 'roundtrip');
   assert.deepEqual(metadata, { round: '3' });
-  assert.deepEqual([...back.keys()].sort(), [...tensors.keys()].sort());
+  assert.deepEqual([...back.keys()].toSorted(), [...tensors.keys()].toSorted());
   for (const [name, t] of tensors) {
     assert.deepEqual(back.get(name)!.shape, t.shape, name);
     assert.deepEqual([...back.get(name)!.data], [...t.data], name);
   }
   assert.ok(Object.is(back.get('layers.3.lora_B.weight')!.data[3], -0));
   // Deterministic: insertion order does not change the bytes (so the content address is stable).
-  const reversed = new Map([...tensors].reverse());
+  const reversed = new Map([...tensors].toReversed());
   assert.deepEqual(encodeTensors(reversed, { round: '3' }), bytes);
 });
 
@@ -61,36 +61,68 @@ test('decodes a PEFT adapter written by Hugging Face safetensors and re-encodes 
   const a = tensors.get('base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight')!;
   assert.deepEqual(a.shape, [4, 64]);
   // First values read independently with Python struct.unpack('<4f') on the same file.
-  assert.deepEqual([...a.data.slice(0, 4)], [0.03045530617237091, -0.06960533559322357, -0.09616468846797943, -0.015124022960662842]);
+  assert.deepEqual(
+    Array.from(a.data.subarray(0, 4)),
+    [0.03045530617237091, -0.06960533559322357, -0.09616468846797943, -0.015124022960662842],
+  );
   assert.deepEqual(tensors.get('base_model.model.model.layers.2.self_attn.q_proj.lora_B.weight')!.shape, [64, 4]);
   assert.deepEqual(encodeTensors(tensors, metadata), hf);
 });
 
+const entry = (begin: number, end: number, shape = [2]) => ({ dtype: 'F32', shape, data_offsets: [begin, end] });
+
 test('corrupt blobs are rejected with the tensor and the reason', () => {
   const four = new Uint8Array(new Float32Array([1, 2, 3, 4]).buffer);
-  const entry = (begin: number, end: number, shape = [2]) => ({ dtype: 'F32', shape, data_offsets: [begin, end] });
   const good = encodeTensors(new Map([['w', { shape: [2, 2], data: f32(1, 2, 3, 4) }]]));
 
   expectCodecError(() => decodeTensors(good.subarray(0, 5), 'b'), undefined, /^b: truncated: 5 bytes/);
-  expectCodecError(() => decodeTensors(good.subarray(0, good.length - 1), 'b'), 'w', /truncated: data ends at byte 16 but the data buffer has 15/);
+  expectCodecError(
+    () => decodeTensors(good.subarray(0, good.length - 1), 'b'),
+    'w',
+    /truncated: data ends at byte 16 but the data buffer has 15/,
+  );
   const hugeLen = good.slice();
   new DataView(hugeLen.buffer).setBigUint64(0, 1n << 40n, true);
   expectCodecError(() => decodeTensors(hugeLen, 'b'), undefined, /header length 1099511627776 exceeds/);
   const garbled = good.slice();
   garbled[8] = 0x5b; // '[': not an object
   expectCodecError(() => decodeTensors(garbled, 'b'), undefined, /header is not a UTF-8 JSON object/);
-  expectCodecError(() => decodeTensors(handBuilt({ a: entry(0, 8), b: entry(4, 12) }, four), 'b'), 'b', /\[4, 12\] overlaps the previous tensor/);
-  expectCodecError(() => decodeTensors(handBuilt({ a: entry(0, 8), b: entry(12, 20) }, new Uint8Array(20)), 'b'), 'b', /leaves a hole of 4 bytes/);
-  expectCodecError(() => decodeTensors(handBuilt({ a: entry(0, 8) }, four), 'b'), undefined, /8 trailing bytes after the last tensor/);
-  expectCodecError(() => decodeTensors(handBuilt({ a: entry(0, 12) }, four), 'b'), 'a', /span 12 bytes but shape \[2\] needs 8/);
+  expectCodecError(
+    () => decodeTensors(handBuilt({ a: entry(0, 8), b: entry(4, 12) }, four), 'b'),
+    'b',
+    /\[4, 12\] overlaps the previous tensor/,
+  );
+  expectCodecError(
+    () => decodeTensors(handBuilt({ a: entry(0, 8), b: entry(12, 20) }, new Uint8Array(20)), 'b'),
+    'b',
+    /leaves a hole of 4 bytes/,
+  );
+  expectCodecError(
+    () => decodeTensors(handBuilt({ a: entry(0, 8) }, four), 'b'),
+    undefined,
+    /8 trailing bytes after the last tensor/,
+  );
+  expectCodecError(
+    () => decodeTensors(handBuilt({ a: entry(0, 12) }, four), 'b'),
+    'a',
+    /span 12 bytes but shape \[2\] needs 8/,
+  );
   expectCodecError(
     () => decodeTensors(handBuilt({ h: { dtype: 'F16', shape: [2], data_offsets: [0, 4] } }, new Uint8Array(4)), 'b'),
     'h',
     /dtype "F16" is not supported/,
   );
-  expectCodecError(() => decodeTensors(handBuilt({ a: entry(0, 8, [-2]) }, four.subarray(0, 8)), 'b'), 'a', /negative dimension/);
+  expectCodecError(
+    () => decodeTensors(handBuilt({ a: entry(0, 8, [-2]) }, four.subarray(0, 8)), 'b'),
+    'a',
+    /negative dimension/,
+  );
 });
 
 test('encode refuses a shape that does not match the data, naming the tensor', () => {
-  expectCodecError(() => encodeTensors(new Map([['w', { shape: [2, 2], data: f32(1, 2, 3) }]])), 'w', /shape \[2,2\] needs 4 values, data has 3/);
+  expectCodecError(
+    () => encodeTensors(new Map([['w', { shape: [2, 2], data: f32(1, 2, 3) }]])),
+    'w',
+    /shape \[2,2\] needs 4 values, data has 3/,
+  );
 });

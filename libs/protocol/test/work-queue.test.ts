@@ -62,9 +62,12 @@ test('two replicas share 6 tasks, each done exactly once; pending() drains from 
   );
   await waitFor('6 tasks done', () => done.size === 6);
   await Promise.all(runs.map((r) => r.stop()));
-  assert.deepEqual([...done.keys()].sort(), clients);
+  assert.deepEqual([...done.keys()].toSorted(), clients);
   const perReplica = [...done.values()].reduce((m, n) => m.set(n, (m.get(n) ?? 0) + 1), new Map<string, number>());
-  assert.ok((perReplica.get('A') ?? 0) >= 1 && (perReplica.get('B') ?? 0) >= 1, `both replicas worked: ${[...perReplica]}`);
+  assert.ok(
+    (perReplica.get('A') ?? 0) >= 1 && (perReplica.get('B') ?? 0) >= 1,
+    `both replicas worked: ${[...perReplica]}`,
+  );
   assert.deepEqual(await q.pending(), { pending: 0, ackPending: 0, redelivered: 0 });
   const s = await (await jetstreamManager(nc)).streams.info(taskStreamName(q.jobId));
   assert.equal(s.state.messages, 0, 'acked work-queue messages are removed');
@@ -151,7 +154,10 @@ test('a malformed task is terminated with a reason, never redelivered; a throwin
   assert.equal(rejected.length, 1, 'the malformed task was seen exactly once');
   assert.equal(rejected[0]!.subject, taskSubject(q.jobId, 'bad'));
   assert.match(rejected[0]!.error.message, /round: Invalid input: expected number, received string/);
-  assert.ok(warnings.some((w) => /terminated malformed task: invalid message on fl\..*\.task\.bad \(task #1\)/.test(w)), warnings.join('\n'));
+  assert.ok(
+    warnings.some((w) => /terminated malformed task: invalid message on fl\..*\.task\.bad \(task #1\)/.test(w)),
+    warnings.join('\n'),
+  );
   assert.deepEqual(handled, [1, 2]);
   assert.deepEqual(
     failed.map((f) => [f.deliveryCount, f.final, (f.error as Error).message]),
@@ -162,4 +168,7 @@ test('a malformed task is terminated with a reason, never redelivered; a throwin
   );
   assert.ok(warnings.some((w) => /failed on delivery 2\/2, terminated: GPU fell off/.test(w)));
   assert.deepEqual(await q.pending(), { pending: 0, ackPending: 0, redelivered: 0 });
+  const s = await (await jetstreamManager(nc)).streams.info(taskStreamName(q.jobId));
+  assert.equal(s.state.messages, 0, 'terminated tasks leave the work-queue stream');
+  await assert.rejects(q.enqueue(task('other-job', 'x')), /jobId: is other-job but this queue serves job/);
 });
