@@ -240,7 +240,9 @@ test('prod: NetworkPolicies let the services reach only NATS and DNS, and NATS o
   const egress = policies
     .filter((p) => p.spec.policyTypes.includes('Egress') && p.spec.podSelector.matchLabels?.['fedbiot.io/nats-client'])
     .flatMap((p) => p.spec.egress);
-  const allowed = egress.flatMap((rule: K8s) => rule.ports.map((port: K8s) => `${port.protocol}/${port.port}`)).toSorted();
+  const allowed = egress
+    .flatMap((rule: K8s) => rule.ports.map((port: K8s) => `${port.protocol}/${port.port}`))
+    .toSorted();
   assert.deepEqual(allowed, ['TCP/4222', 'TCP/53', 'UDP/53']);
   const natsRule = egress.find((rule: K8s) => rule.ports.some((p: K8s) => p.port === 4222));
   assert.deepEqual(natsRule.to, [{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'nats' } } }]);
