@@ -101,6 +101,10 @@ export interface LlamaGraphOptions {
    */
   readonly kvCache?: { readonly pastLength: number };
   readonly dtype?: 'float32' | 'float64';
+  /** Frozen weights become graph inputs named by their checkpoint keys (full-parameter training, pretraining). */
+  readonly weightsAsInputs?: boolean;
+  /** 'last': the head runs on the last position only, giving logits [B,1,V] (generation). Default 'all'. */
+  readonly logitsFor?: 'all' | 'last';
 }
 
 export interface LlamaGraph {
@@ -115,6 +119,8 @@ export interface LlamaGraph {
   /** LoRA factor inputs by PEFT state-dict name. */
   readonly loraParams: ReadonlyMap<string, Tensor>;
   readonly presents: readonly { key: Tensor; value: Tensor }[];
+  /** Weight inputs by checkpoint key (weightsAsInputs only). */
+  readonly weightInputs: ReadonlyMap<string, Tensor>;
 }
 
 const NEG_INF = -1e9; // additive mask value: exp() of it underflows to exactly 0 in float32 and float64
@@ -137,7 +143,13 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   const w = (name: string): Tensor => {
     let t = bound.get(name);
     if (!t) {
-      t = g.weight(name, dtype, weights.shape(name), weights.source(name, dtype));
+      // Tied heads read the embedding matrix: one tensor, so a trainable embedding gets both gradients.
+      const key = name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
+      t = bound.get(key);
+      if (!t) {
+        t = opts.weightsAsInputs ? g.input(key, dtype, weights.shape(key)) : g.weight(key, dtype, weights.shape(key), weights.source(key, dtype));
+        bound.set(key, t);
+      }
       bound.set(name, t);
     }
     return t;
@@ -255,7 +267,8 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
 
   let logits: Tensor | undefined;
   if (opts.head) {
-    const normed = rmsNorm(x, w('model.norm.weight'), cfg.rmsNormEps);
+    const last = opts.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
+    const normed = rmsNorm(last, w('model.norm.weight'), cfg.rmsNormEps);
     const headName = cfg.tieWordEmbeddings || !has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
     logits = linear(normed, w(headName)); // (B, T, V)
     if (opts.keepHidden) hiddenStates.push(normed);
@@ -268,6 +281,7 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     hiddenStates,
     loraParams,
     presents,
+    weightInputs: opts.weightsAsInputs ? new Map([...bound].filter(([k]) => k !== 'lm_head.weight' || !cfg.tieWordEmbeddings)) : new Map(),
   };
 }
 
