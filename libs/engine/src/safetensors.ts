@@ -75,7 +75,8 @@ export class SafetensorsError extends Error {
 }
 
 /** Typed-array element types returned by readTensor, per dtype. F16 and BF16 come back as raw Uint16Array bits. */
-export type SafetensorsArray = Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array;
+export type SafetensorsArray =
+  Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint8Array;
 
 function numel(shape: readonly number[]): number {
   let n = 1;
@@ -87,7 +88,12 @@ function numel(shape: readonly number[]): number {
  * Parses and validates header bytes. `fileSize` is the total file size; the tensors must tile
  * [0, fileSize - 8 - N) exactly, so a truncated or padded-at-the-end file is rejected here.
  */
-export function parseSafetensorsHeader(file: string, prefix: Uint8Array, headerBytes: Uint8Array, fileSize: number): SafetensorsHeader {
+export function parseSafetensorsHeader(
+  file: string,
+  prefix: Uint8Array,
+  headerBytes: Uint8Array,
+  fileSize: number,
+): SafetensorsHeader {
   const n = Number(new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true));
   const headerLength = n;
   const dataStart = 8 + n;
@@ -96,14 +102,18 @@ export function parseSafetensorsHeader(file: string, prefix: Uint8Array, headerB
   try {
     json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
   } catch (e) {
-    throw new SafetensorsError(file, undefined, `header is not valid UTF-8 JSON (${(e as Error).message})`, { cause: e });
+    throw new SafetensorsError(file, undefined, `header is not valid UTF-8 JSON (${(e as Error).message})`, {
+      cause: e,
+    });
   }
-  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new SafetensorsError(file, undefined, 'header is not a JSON object');
+  if (json === null || typeof json !== 'object' || Array.isArray(json))
+    throw new SafetensorsError(file, undefined, 'header is not a JSON object');
   const tensors = new Map<string, SafetensorsEntry>();
   let metadata: Record<string, string> | undefined;
   for (const [name, raw] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new SafetensorsError(file, undefined, '__metadata__ is not an object');
+      if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+        throw new SafetensorsError(file, undefined, '__metadata__ is not an object');
       for (const [k, v] of Object.entries(raw)) {
         if (typeof v !== 'string') throw new SafetensorsError(file, undefined, `__metadata__.${k} is not a string`);
       }
@@ -113,19 +123,42 @@ export function parseSafetensorsHeader(file: string, prefix: Uint8Array, headerB
     tensors.set(name, parseEntry(file, name, raw));
   }
   const dataSize = fileSize - dataStart;
-  if (dataSize < 0) throw new SafetensorsError(file, undefined, `header length ${n} runs past the end of the ${fileSize}-byte file (truncated?)`);
-  const sorted = [...tensors.entries()].sort((a, b) => a[1].begin - b[1].begin || a[1].end - b[1].end);
+  if (dataSize < 0)
+    throw new SafetensorsError(
+      file,
+      undefined,
+      `header length ${n} runs past the end of the ${fileSize}-byte file (truncated?)`,
+    );
+  const sorted = [...tensors.entries()].toSorted((a, b) => a[1].begin - b[1].begin || a[1].end - b[1].end);
   let cursor = 0;
   for (const [name, e] of sorted) {
-    if (e.begin < cursor) throw new SafetensorsError(file, name, `data_offsets [${e.begin}, ${e.end}] overlap the previous tensor (ends at ${cursor})`);
-    if (e.begin > cursor) throw new SafetensorsError(file, name, `data_offsets [${e.begin}, ${e.end}] leave a hole after byte ${cursor} of the data buffer`);
+    if (e.begin < cursor)
+      throw new SafetensorsError(
+        file,
+        name,
+        `data_offsets [${e.begin}, ${e.end}] overlap the previous tensor (ends at ${cursor})`,
+      );
+    if (e.begin > cursor)
+      throw new SafetensorsError(
+        file,
+        name,
+        `data_offsets [${e.begin}, ${e.end}] leave a hole after byte ${cursor} of the data buffer`,
+      );
     if (e.end > dataSize) {
-      throw new SafetensorsError(file, name, `data_offsets [${e.begin}, ${e.end}] run past the end of the data buffer (${dataSize} bytes; file truncated?)`);
+      throw new SafetensorsError(
+        file,
+        name,
+        `data_offsets [${e.begin}, ${e.end}] run past the end of the data buffer (${dataSize} bytes; file truncated?)`,
+      );
     }
     cursor = e.end;
   }
   if (cursor !== dataSize) {
-    throw new SafetensorsError(file, undefined, `data buffer is ${dataSize} bytes but the tensors cover ${cursor} (trailing bytes or missing tensors)`);
+    throw new SafetensorsError(
+      file,
+      undefined,
+      `data buffer is ${dataSize} bytes but the tensors cover ${cursor} (trailing bytes or missing tensors)`,
+    );
   }
   const out: SafetensorsHeader = { headerLength, dataStart, tensors, fileSize, rawHeader: headerBytes };
   return metadata === undefined ? out : { ...out, metadata };
@@ -140,13 +173,26 @@ function parseEntry(file: string, name: string, raw: unknown): SafetensorsEntry 
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw new SafetensorsError(file, name, `shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
   }
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[1] < offsets[0]) {
-    throw new SafetensorsError(file, name, `data_offsets ${JSON.stringify(offsets)} are not [begin, end] with 0 <= begin <= end`);
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+    offsets[1] < offsets[0]
+  ) {
+    throw new SafetensorsError(
+      file,
+      name,
+      `data_offsets ${JSON.stringify(offsets)} are not [begin, end] with 0 <= begin <= end`,
+    );
   }
   const [begin, end] = offsets as [number, number];
   const expected = SAFETENSORS_DTYPE_BYTES[dtype]! * numel(shape as number[]);
   if (end - begin !== expected) {
-    throw new SafetensorsError(file, name, `${dtype} ${JSON.stringify(shape)} needs ${expected} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`);
+    throw new SafetensorsError(
+      file,
+      name,
+      `${dtype} ${JSON.stringify(shape)} needs ${expected} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`,
+    );
   }
   return { dtype, shape: shape as number[], begin, end };
 }
@@ -161,13 +207,15 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
   }
   try {
     const fileSize = (await fh.stat()).size;
-    if (fileSize < 8) throw new SafetensorsError(path, undefined, `file is ${fileSize} bytes, shorter than the 8-byte length prefix`);
+    if (fileSize < 8)
+      throw new SafetensorsError(path, undefined, `file is ${fileSize} bytes, shorter than the 8-byte length prefix`);
     const prefix = new Uint8Array(8);
     await fh.read(prefix, 0, 8, 0);
     const n = checkHeaderLength(path, prefix, fileSize);
     const headerBytes = new Uint8Array(n);
     const { bytesRead } = await fh.read(headerBytes, 0, n, 8);
-    if (bytesRead !== n) throw new SafetensorsError(path, undefined, `short read of the header (${bytesRead} of ${n} bytes)`);
+    if (bytesRead !== n)
+      throw new SafetensorsError(path, undefined, `short read of the header (${bytesRead} of ${n} bytes)`);
     return parseSafetensorsHeader(path, prefix, headerBytes, fileSize);
   } finally {
     await fh.close();
@@ -184,7 +232,8 @@ export function readSafetensorsHeaderSync(path: string): SafetensorsHeader {
   }
   try {
     const fileSize = fstatSync(fd).size;
-    if (fileSize < 8) throw new SafetensorsError(path, undefined, `file is ${fileSize} bytes, shorter than the 8-byte length prefix`);
+    if (fileSize < 8)
+      throw new SafetensorsError(path, undefined, `file is ${fileSize} bytes, shorter than the 8-byte length prefix`);
     const prefix = new Uint8Array(8);
     readSync(fd, prefix, 0, 8, 0);
     const n = checkHeaderLength(path, prefix, fileSize);
@@ -198,8 +247,18 @@ export function readSafetensorsHeaderSync(path: string): SafetensorsHeader {
 
 function checkHeaderLength(path: string, prefix: Uint8Array, fileSize: number): number {
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(MAX_HEADER_BYTES)) throw new SafetensorsError(path, undefined, `header length ${n} exceeds the 100 MB limit (not a safetensors file?)`);
-  if (8n + n > BigInt(fileSize)) throw new SafetensorsError(path, undefined, `header length ${n} runs past the end of the ${fileSize}-byte file (truncated?)`);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    throw new SafetensorsError(
+      path,
+      undefined,
+      `header length ${n} exceeds the 100 MB limit (not a safetensors file?)`,
+    );
+  if (8n + n > BigInt(fileSize))
+    throw new SafetensorsError(
+      path,
+      undefined,
+      `header length ${n} runs past the end of the ${fileSize}-byte file (truncated?)`,
+    );
   if (n < 2n) throw new SafetensorsError(path, undefined, `header length ${n} is too short for a JSON object`);
   return Number(n);
 }
@@ -220,7 +279,11 @@ function entryOf(path: string, header: SafetensorsHeader, name: string): Safeten
 }
 
 /** Raw bytes of one tensor, in a fresh 8-byte-aligned buffer (so any typed-array view fits). */
-export function readTensorBytesSync(path: string, name: string, header: SafetensorsHeader = readSafetensorsHeaderSync(path)): Uint8Array {
+export function readTensorBytesSync(
+  path: string,
+  name: string,
+  header: SafetensorsHeader = readSafetensorsHeaderSync(path),
+): Uint8Array {
   const e = entryOf(path, header, name);
   const bytes = new Uint8Array(new ArrayBuffer(e.end - e.begin));
   const fd = openSync(path, 'r');
@@ -237,7 +300,8 @@ export function viewAs(dtype: string, bytes: Uint8Array): SafetensorsArray {
   const { byteOffset, byteLength } = bytes;
   const size = SAFETENSORS_DTYPE_BYTES[dtype];
   if (size === undefined) throw new Error(`safetensors: unknown dtype ${dtype}`);
-  if (byteLength % size !== 0) throw new Error(`safetensors: ${byteLength} bytes is not a whole number of ${dtype} elements`);
+  if (byteLength % size !== 0)
+    throw new Error(`safetensors: ${byteLength} bytes is not a whole number of ${dtype} elements`);
   // Typed arrays need aligned offsets; copy only when the caller's view is misaligned.
   const aligned = byteOffset % size === 0 ? bytes : bytes.slice();
   const [b, o, len] = [aligned.buffer, aligned.byteOffset, byteLength / size];
@@ -269,7 +333,11 @@ export function viewAs(dtype: string, bytes: Uint8Array): SafetensorsArray {
  * Reads one tensor as a typed array: F32 Float32Array, F64 Float64Array, F16/BF16 Uint16Array (raw bits; see
  * toFloat32), I64 BigInt64Array, I32 Int32Array, I16 Int16Array, I8 Int8Array, U8/BOOL Uint8Array.
  */
-export async function readTensor(path: string, name: string, header?: SafetensorsHeader): Promise<{ dtype: string; shape: readonly number[]; data: SafetensorsArray }> {
+export async function readTensor(
+  path: string,
+  name: string,
+  header?: SafetensorsHeader,
+): Promise<{ dtype: string; shape: readonly number[]; data: SafetensorsArray }> {
   const h = header ?? (await readSafetensorsHeader(path));
   const e = entryOf(path, h, name);
   const bytes = new Uint8Array(new ArrayBuffer(e.end - e.begin));
@@ -423,7 +491,7 @@ export async function writeSafetensors(
   tensors: ReadonlyMap<string, SafetensorsWriteTensor>,
   metadata?: Readonly<Record<string, string>>,
 ): Promise<void> {
-  const order = [...tensors.keys()].sort((a, b) => {
+  const order = [...tensors.keys()].toSorted((a, b) => {
     const sa = bytesOf(path, a, tensors.get(a)!.dtype);
     const sb = bytesOf(path, b, tensors.get(b)!.dtype);
     return sb - sa || (a < b ? -1 : a > b ? 1 : 0);
@@ -434,7 +502,8 @@ export async function writeSafetensors(
   for (const name of order) {
     if (name === '__metadata__') throw new SafetensorsError(path, name, 'reserved tensor name');
     const t = tensors.get(name)!;
-    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new SafetensorsError(path, name, `bad shape ${JSON.stringify(t.shape)}`);
+    if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+      throw new SafetensorsError(path, name, `bad shape ${JSON.stringify(t.shape)}`);
     const size = bytesOf(path, name, t.dtype) * numel(t.shape);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + size] };
     offset += size;
@@ -462,7 +531,11 @@ export async function writeSafetensors(
       const view = typeof t.data === 'function' ? await t.data() : t.data;
       const want = bytesOf(path, name, t.dtype) * numel(t.shape);
       if (view.byteLength !== want) {
-        throw new SafetensorsError(path, name, `data has ${view.byteLength} bytes but ${t.dtype} ${JSON.stringify(t.shape)} needs ${want}`);
+        throw new SafetensorsError(
+          path,
+          name,
+          `data has ${view.byteLength} bytes but ${t.dtype} ${JSON.stringify(t.shape)} needs ${want}`,
+        );
       }
       await put(new Uint8Array(view.buffer, view.byteOffset, view.byteLength));
     }
@@ -504,5 +577,9 @@ export async function externalRef(path: string, name: string, relativeTo?: strin
   const header = await readSafetensorsHeader(path);
   const e = entryOf(path, header, name);
   const abs = resolve(path);
-  return { location: relativeTo === undefined ? abs : relative(resolve(relativeTo), abs), offset: header.dataStart + e.begin, length: e.end - e.begin };
+  return {
+    location: relativeTo === undefined ? abs : relative(resolve(relativeTo), abs),
+    offset: header.dataStart + e.begin,
+    length: e.end - e.begin,
+  };
 }

@@ -61,7 +61,9 @@ test('externalRef points at the tensor bytes: offset = 8 + N + begin', async () 
   assert.equal(ref.offset, 8 + h.headerLength + e.begin);
   assert.equal(ref.length, 64 * 4);
   const raw = await readFile(llamaModel);
-  const viaRef = new Float32Array(raw.buffer.slice(raw.byteOffset + ref.offset, raw.byteOffset + ref.offset + ref.length));
+  const viaRef = new Float32Array(
+    raw.buffer.slice(raw.byteOffset + ref.offset, raw.byteOffset + ref.offset + ref.length),
+  );
   assert.deepEqual(viaRef, (await readTensor(llamaModel, 'model.norm.weight')).data);
 });
 
@@ -117,16 +119,39 @@ test('validation: every error names the file and, where one is at fault, the ten
       [
         'overlap',
         handMade(
-          { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } },
+          {
+            a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+            b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] },
+          },
           new Uint8Array(8),
         ),
         /overlap/,
         'b',
       ],
-      ['size', handMade({ a: { dtype: 'F16', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)), /needs 6 bytes/, 'a'],
-      ['dtype', handMade({ a: { dtype: 'F17', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(4)), /unknown dtype/, 'a'],
-      ['trailing', handMade({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(8)), /trailing/, undefined],
-      ['notjson', Buffer.concat([Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('[1] ')]), /start with '\{'/, undefined],
+      [
+        'size',
+        handMade({ a: { dtype: 'F16', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)),
+        /needs 6 bytes/,
+        'a',
+      ],
+      [
+        'dtype',
+        handMade({ a: { dtype: 'F17', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(4)),
+        /unknown dtype/,
+        'a',
+      ],
+      [
+        'trailing',
+        handMade({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(8)),
+        /trailing/,
+        undefined,
+      ],
+      [
+        'notjson',
+        Buffer.concat([Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('[1] ')]),
+        /start with '\{'/,
+        undefined,
+      ],
       ['hugeheader', Buffer.from([0, 0, 0, 0, 0, 0, 0, 1, 0]), /100 MB/, undefined],
     ];
     for (const [label, bytes, pattern, tensor] of cases) {
@@ -171,7 +196,10 @@ test('f16 -> f32 is exact on known bit patterns, including subnormals, infinitie
   assert.ok(Object.is(f16BitsToFloat32(0x8000), -0));
   assert.ok(Number.isNaN(f16BitsToFloat32(0x7e00)));
   const bulk = toFloat32('F16', new Uint8Array(Uint16Array.from(known.map(([b]) => b)).buffer));
-  assert.deepEqual([...bulk], known.map(([, v]) => v));
+  assert.deepEqual(
+    [...bulk],
+    known.map(([, v]) => v),
+  );
 });
 
 test('bf16 -> f32 exact on known patterns', () => {
@@ -199,7 +227,10 @@ function nearestBits(value: number, sortedValues: Float64Array, bitsOf: Uint16Ar
   return (bitsOf[lo]! & 1) === 0 ? bitsOf[lo]! : bitsOf[hi]!;
 }
 
-function positiveFiniteTable(decode: (b: number) => number, maxBits: number): { values: Float64Array; bits: Uint16Array } {
+function positiveFiniteTable(
+  decode: (b: number) => number,
+  maxBits: number,
+): { values: Float64Array; bits: Uint16Array } {
   const pairs: [number, number][] = [];
   for (let b = 0; b <= maxBits; b++) pairs.push([decode(b), b]);
   pairs.sort((a, b) => a[0] - b[0]);
@@ -228,7 +259,7 @@ test('f32 -> f16 and f32 -> bf16 round to nearest even (checked against an exhau
   const f16 = positiveFiniteTable(f16BitsToFloat32, 0x7bff);
   const bf16 = positiveFiniteTable(bf16BitsToFloat32, 0x7f7f);
   let seed = 12345;
-  const rand = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rand = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   for (let i = 0; i < 20000; i++) {
     // Random float32 bit patterns in the ranges where each format is finite.
     const scratch = new Float32Array(1);

@@ -60,7 +60,10 @@ export function expectedTensorShapes(cfg: ModelConfig): Map<string, readonly num
 
 /** Tensors some writers add that carry no information for us (old LLaMA checkpoints saved RoPE buffers). */
 function isIgnorable(name: string, cfg: ModelConfig): boolean {
-  return /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(name) || (cfg.tieWordEmbeddings && name === 'lm_head.weight');
+  return (
+    /^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(name) ||
+    (cfg.tieWordEmbeddings && name === 'lm_head.weight')
+  );
 }
 
 /** A weight's bytes inside an fp32 safetensors file, ready to be an ONNX external-data reference. */
@@ -114,10 +117,15 @@ export async function openCheckpoint(dir: string, options: OpenCheckpointOptions
 
   for (const [name, shape] of expected) {
     const loc = sources.get(name);
-    if (loc === undefined) throw new CheckpointError(root, name, `is missing (config.json implies shape [${shape.join(', ')}])`);
+    if (loc === undefined)
+      throw new CheckpointError(root, name, `is missing (config.json implies shape [${shape.join(', ')}])`);
     const e = loc.header.tensors.get(name)!;
     if (!sameShape(e.shape, shape)) {
-      throw new CheckpointError(loc.file, name, `has shape [${e.shape.join(', ')}] but config.json implies [${shape.join(', ')}]`);
+      throw new CheckpointError(
+        loc.file,
+        name,
+        `has shape [${e.shape.join(', ')}] but config.json implies [${shape.join(', ')}]`,
+      );
     }
     if (e.dtype !== 'F32' && e.dtype !== 'F16' && e.dtype !== 'BF16' && e.dtype !== 'F64') {
       throw new CheckpointError(loc.file, name, `has dtype ${e.dtype}, not a float type (F32, F16, BF16, F64)`);
@@ -125,16 +133,27 @@ export async function openCheckpoint(dir: string, options: OpenCheckpointOptions
   }
   for (const [name, loc] of sources) {
     if (!expected.has(name) && !isIgnorable(name, config)) {
-      throw new CheckpointError(loc.file, name, `is unexpected: not part of a ${config.modelType} model with this config.json`);
+      throw new CheckpointError(
+        loc.file,
+        name,
+        `is unexpected: not part of a ${config.modelType} model with this config.json`,
+      );
     }
   }
 
   const allF32 = [...expected.keys()].every((n) => sources.get(n)!.header.tensors.get(n)!.dtype === 'F32');
-  const weights = allF32 ? sources : await fp32Cache(root, sources, expected, options.cacheDir ?? join(homedir(), '.cache', 'fedbiot', 'fp32'));
+  const weights = allF32
+    ? sources
+    : await fp32Cache(root, sources, expected, options.cacheDir ?? join(homedir(), '.cache', 'fedbiot', 'fp32'));
   return makeCheckpoint(root, config, expected, weights);
 }
 
-function makeCheckpoint(dir: string, config: ModelConfig, expected: Map<string, readonly number[]>, weights: Map<string, Located>): Checkpoint {
+function makeCheckpoint(
+  dir: string,
+  config: ModelConfig,
+  expected: Map<string, readonly number[]>,
+  weights: Map<string, Located>,
+): Checkpoint {
   const resolveName = (name: string): string => {
     const n = name === 'lm_head.weight' && config.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
     if (!expected.has(n)) throw new CheckpointError(dir, name, 'is not a weight of this model');
@@ -144,7 +163,13 @@ function makeCheckpoint(dir: string, config: ModelConfig, expected: Map<string, 
     const n = resolveName(name);
     const loc = weights.get(n)!;
     const e = loc.header.tensors.get(n)!;
-    return { file: loc.file, offset: loc.header.dataStart + e.begin, length: e.end - e.begin, shape: e.shape, dtype: 'float32' };
+    return {
+      file: loc.file,
+      offset: loc.header.dataStart + e.begin,
+      length: e.end - e.begin,
+      shape: e.shape,
+      dtype: 'float32',
+    };
   };
   return {
     dir,
@@ -179,7 +204,8 @@ async function locateTensors(dir: string): Promise<Map<string, Located>> {
     for (const name of header.tensors.keys()) out.set(name, { file: single, header });
     return out;
   }
-  if (!existsSync(index)) throw new CheckpointError(dir, undefined, 'neither model.safetensors nor model.safetensors.index.json exists');
+  if (!existsSync(index))
+    throw new CheckpointError(dir, undefined, 'neither model.safetensors nor model.safetensors.index.json exists');
   let weightMap: Record<string, unknown>;
   try {
     const parsed = JSON.parse(await readFile(index, 'utf8')) as { weight_map?: unknown };
@@ -191,23 +217,35 @@ async function locateTensors(dir: string): Promise<Map<string, Located>> {
   const headers = new Map<string, SafetensorsHeader>();
   for (const [name, shard] of Object.entries(weightMap)) {
     if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-      throw new CheckpointError(index, name, `is mapped to ${JSON.stringify(shard)}, which is not a file name in this folder`);
+      throw new CheckpointError(
+        index,
+        name,
+        `is mapped to ${JSON.stringify(shard)}, which is not a file name in this folder`,
+      );
     }
     const file = join(dir, shard);
     let header = headers.get(file);
     if (header === undefined) {
-      if (!existsSync(file)) throw new CheckpointError(index, name, `is mapped to shard ${shard}, which does not exist`);
+      if (!existsSync(file))
+        throw new CheckpointError(index, name, `is mapped to shard ${shard}, which does not exist`);
       header = await readHeader(file);
       headers.set(file, header);
     }
-    if (!header.tensors.has(name)) throw new CheckpointError(file, name, `is listed in ${basename(index)} but not in the shard`);
+    if (!header.tensors.has(name))
+      throw new CheckpointError(file, name, `is listed in ${basename(index)} but not in the shard`);
     out.set(name, { file, header });
   }
   for (const [file, header] of headers) {
     for (const name of header.tensors.keys()) {
       const loc = out.get(name);
-      if (loc === undefined) throw new CheckpointError(file, name, `is present in the shard but missing from ${basename(index)}`);
-      if (loc.file !== file) throw new CheckpointError(file, name, `is also present in ${loc.file}; ${basename(index)} names the other shard`);
+      if (loc === undefined)
+        throw new CheckpointError(file, name, `is present in the shard but missing from ${basename(index)}`);
+      if (loc.file !== file)
+        throw new CheckpointError(
+          file,
+          name,
+          `is also present in ${loc.file}; ${basename(index)} names the other shard`,
+        );
     }
   }
   return out;
@@ -226,11 +264,16 @@ async function readHeader(file: string): Promise<SafetensorsHeader> {
  * Returns the fp32 cache for a non-fp32 checkpoint, writing it first if absent or unusable. The key hashes every
  * source shard's name, size and header bytes, so an edited checkpoint gets a fresh cache entry.
  */
-async function fp32Cache(dir: string, sources: Map<string, Located>, expected: Map<string, readonly number[]>, cacheDir: string): Promise<Map<string, Located>> {
+async function fp32Cache(
+  dir: string,
+  sources: Map<string, Located>,
+  expected: Map<string, readonly number[]>,
+  cacheDir: string,
+): Promise<Map<string, Located>> {
   const hash = createHash('sha256');
   const shards = new Map<string, SafetensorsHeader>();
   for (const loc of sources.values()) shards.set(loc.file, loc.header);
-  for (const file of [...shards.keys()].sort()) {
+  for (const file of [...shards.keys()].toSorted()) {
     const h = shards.get(file)!;
     hash.update(`${basename(file)}\0${h.fileSize}\0`).update(h.rawHeader);
   }
@@ -255,7 +298,11 @@ async function fp32Cache(dir: string, sources: Map<string, Located>, expected: M
     for (const [name, shape] of expected) {
       const loc = sources.get(name)!;
       const dtype = loc.header.tensors.get(name)!.dtype;
-      tensors.set(name, { dtype: 'F32', shape, data: () => toFloat32(dtype, readTensorBytesSync(loc.file, name, loc.header)) });
+      tensors.set(name, {
+        dtype: 'F32',
+        shape,
+        data: () => toFloat32(dtype, readTensorBytesSync(loc.file, name, loc.header)),
+      });
     }
     await writeSafetensors(cacheFile, tensors, { format: 'pt', source: dir });
     header = await readSafetensorsHeader(cacheFile);
@@ -292,21 +339,42 @@ export async function writeDirAtomic(dir: string, fill: (tmpDir: string) => Prom
   }
 }
 
+/** Writes `value` as indented JSON through writeFileAtomic. */
+export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  await writeFileAtomic(path, async (fh) => {
+    await fh.writeFile(JSON.stringify(value, null, 2) + '\n', 'utf8');
+  });
+}
+
 /**
  * Writes a float32 checkpoint that transformers' `from_pretrained` loads: config.json, generation_config.json and
  * model.safetensors (metadata format=pt). `tensors` must be exactly the config's expected tensors (tied lm_head
  * omitted), each a Float32Array of the implied shape.
  * @throws CheckpointError naming the tensor if one is missing, extra or of the wrong size.
  */
-export async function writeCheckpoint(dir: string, config: ModelConfig, tensors: ReadonlyMap<string, Float32Array>): Promise<void> {
+export async function writeCheckpoint(
+  dir: string,
+  config: ModelConfig,
+  tensors: ReadonlyMap<string, Float32Array>,
+): Promise<void> {
   const expected = expectedTensorShapes(config);
   const file = join(resolve(dir), 'model.safetensors');
   const out = new Map<string, SafetensorsWriteTensor>();
   for (const [name, shape] of expected) {
     const data = tensors.get(name);
     const n = shape.reduce((a, b) => a * b, 1);
-    if (data === undefined) throw new CheckpointError(file, name, `is missing from the tensors to write (config implies [${shape.join(', ')}])`);
-    if (data.length !== n) throw new CheckpointError(file, name, `has ${data.length} values but config.json implies [${shape.join(', ')}] = ${n}`);
+    if (data === undefined)
+      throw new CheckpointError(
+        file,
+        name,
+        `is missing from the tensors to write (config implies [${shape.join(', ')}])`,
+      );
+    if (data.length !== n)
+      throw new CheckpointError(
+        file,
+        name,
+        `has ${data.length} values but config.json implies [${shape.join(', ')}] = ${n}`,
+      );
     out.set(name, { dtype: 'F32', shape, data });
   }
   for (const name of tensors.keys()) {
@@ -316,12 +384,9 @@ export async function writeCheckpoint(dir: string, config: ModelConfig, tensors:
   if (config.bosTokenId !== undefined) generation['bos_token_id'] = config.bosTokenId;
   if (config.eosTokenId !== undefined) generation['eos_token_id'] = config.eosTokenId;
   if (config.padTokenId !== undefined) generation['pad_token_id'] = config.padTokenId;
-  const json = (obj: unknown) => async (fh: Parameters<Parameters<typeof writeFileAtomic>[1]>[0]) => {
-    await fh.writeFile(JSON.stringify(obj, null, 2) + '\n', 'utf8');
-  };
   await writeDirAtomic(dir, async (tmp) => {
-    await writeFileAtomic(join(tmp, 'config.json'), json({ ...configToJson({ ...config, torchDtype: 'float32' }) }));
-    await writeFileAtomic(join(tmp, 'generation_config.json'), json(generation));
+    await writeJsonAtomic(join(tmp, 'config.json'), configToJson({ ...config, torchDtype: 'float32' }));
+    await writeJsonAtomic(join(tmp, 'generation_config.json'), generation);
     await writeSafetensors(join(tmp, 'model.safetensors'), out, { format: 'pt' });
   });
 }

@@ -87,7 +87,8 @@ class Fields {
       if (dflt === undefined) this.fail(key, 'required field is missing');
       return dflt;
     }
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) this.fail(key, `expected a positive integer, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
+      this.fail(key, `expected a positive integer, got ${JSON.stringify(v)}`);
     return v;
   }
 
@@ -97,7 +98,8 @@ class Fields {
       if (dflt === undefined) this.fail(key, 'required field is missing');
       return dflt;
     }
-    if (typeof v !== 'number' || !Number.isFinite(v)) this.fail(key, `expected a finite number, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      this.fail(key, `expected a finite number, got ${JSON.stringify(v)}`);
     return v;
   }
 
@@ -111,7 +113,8 @@ class Fields {
   tokenId(key: string): number | undefined {
     const v = this.obj[key];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) this.fail(key, `expected a token id, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      this.fail(key, `expected a token id, got ${JSON.stringify(v)}`);
     return v;
   }
 }
@@ -122,7 +125,8 @@ class Fields {
  *   required size, or inconsistent sizes.
  */
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
-  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new ModelConfigError(file, '(root)', 'config is not a JSON object');
+  if (json === null || typeof json !== 'object' || Array.isArray(json))
+    throw new ModelConfigError(file, '(root)', 'config is not a JSON object');
   const f: Fields = new Fields(file, json as Json);
   const rawType = (json as Json)['model_type'];
   if (rawType !== 'llama' && rawType !== 'mistral' && rawType !== 'qwen2') {
@@ -136,12 +140,15 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const numHeads = f.int('num_attention_heads');
   // transformers: an explicit null means "same as num_attention_heads"; an absent key takes the class default.
   const kvDefault = modelType === 'mistral' ? 8 : modelType === 'qwen2' ? 32 : numHeads;
-  const numKvHeads = (json as Json)['num_key_value_heads'] === null ? numHeads : f.int('num_key_value_heads', kvDefault);
-  if (numHeads % numKvHeads !== 0) f.fail('num_key_value_heads', `${numKvHeads} does not divide num_attention_heads ${numHeads}`);
+  const numKvHeads =
+    (json as Json)['num_key_value_heads'] === null ? numHeads : f.int('num_key_value_heads', kvDefault);
+  if (numHeads % numKvHeads !== 0)
+    f.fail('num_key_value_heads', `${numKvHeads} does not divide num_attention_heads ${numHeads}`);
   let headDim: number;
   if (f.has('head_dim')) headDim = f.int('head_dim');
   else {
-    if (hiddenSize % numHeads !== 0) f.fail('head_dim', `missing, and hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`);
+    if (hiddenSize % numHeads !== 0)
+      f.fail('head_dim', `missing, and hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}`);
     headDim = hiddenSize / numHeads;
   }
   if (headDim % 2 !== 0) f.fail('head_dim', `RoPE needs an even head_dim, got ${headDim}`);
@@ -151,7 +158,8 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const bias = f.bool('attention_bias', false);
   const dtype = (json as Json)['dtype'] ?? (json as Json)['torch_dtype'];
   let slidingWindow: number | null = null;
-  if (modelType === 'mistral') slidingWindow = (json as Json)['sliding_window'] === null ? null : f.int('sliding_window', 4096);
+  if (modelType === 'mistral')
+    slidingWindow = (json as Json)['sliding_window'] === null ? null : f.int('sliding_window', 4096);
   if (modelType === 'qwen2' && f.bool('use_sliding_window', false)) slidingWindow = f.int('sliding_window', 4096);
 
   const cfg: ModelConfig = {
@@ -166,7 +174,10 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     rmsNormEps: f.num('rms_norm_eps', 1e-6),
     ropeTheta,
     rope,
-    maxPositionEmbeddings: f.int('max_position_embeddings', modelType === 'llama' ? 2048 : modelType === 'mistral' ? 131072 : 32768),
+    maxPositionEmbeddings: f.int(
+      'max_position_embeddings',
+      modelType === 'llama' ? 2048 : modelType === 'mistral' ? 131072 : 32768,
+    ),
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
     attentionBias: modelType === 'qwen2' ? true : modelType === 'llama' ? bias : false,
     attentionOutBias: modelType === 'llama' ? bias : false,
@@ -188,7 +199,8 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
 function parseEos(f: Fields): number | readonly number[] | undefined {
   const v = f.obj['eos_token_id'];
   if (Array.isArray(v)) {
-    if (!v.every((x) => Number.isSafeInteger(x) && x >= 0)) f.fail('eos_token_id', `expected token ids, got ${JSON.stringify(v)}`);
+    if (!v.every((x) => Number.isSafeInteger(x) && x >= 0))
+      f.fail('eos_token_id', `expected token ids, got ${JSON.stringify(v)}`);
     return v as number[];
   }
   return f.tokenId('eos_token_id');
@@ -203,7 +215,8 @@ function parseRope(f: Fields): { ropeTheta: number; rope: RopeScaling } {
   const p: Fields = new Fields(f.file, params, `${key}.`);
   const ropeTheta = f.has('rope_theta') ? f.num('rope_theta') : p.num('rope_theta', 10000);
   if (ropeTheta <= 0) f.fail('rope_theta', `must be positive, got ${ropeTheta}`);
-  if (f.has('partial_rotary_factor') && f.num('partial_rotary_factor') !== 1) f.fail('partial_rotary_factor', 'only 1.0 (full rotary) is supported');
+  if (f.has('partial_rotary_factor') && f.num('partial_rotary_factor') !== 1)
+    f.fail('partial_rotary_factor', 'only 1.0 (full rotary) is supported');
   const typeKey = params['rope_type'] !== undefined ? 'rope_type' : 'type';
   const type = params[typeKey] ?? 'default';
   switch (type) {
@@ -219,7 +232,8 @@ function parseRope(f: Fields): { ropeTheta: number; rope: RopeScaling } {
         highFreqFactor: positive(p, 'high_freq_factor'),
         originalMaxPositionEmbeddings: p.int('original_max_position_embeddings'),
       };
-      if (rope.highFreqFactor! <= rope.lowFreqFactor!) p.fail('high_freq_factor', `must exceed low_freq_factor (${rope.lowFreqFactor})`);
+      if (rope.highFreqFactor! <= rope.lowFreqFactor!)
+        p.fail('high_freq_factor', `must exceed low_freq_factor (${rope.lowFreqFactor})`);
       return { ropeTheta, rope };
     }
     default:

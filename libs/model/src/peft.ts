@@ -7,8 +7,15 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { readSafetensorsHeader, readTensorBytesSync, SafetensorsError, toFloat32, writeFileAtomic, writeSafetensors, type SafetensorsWriteTensor } from '../../engine/src/safetensors.js';
-import { writeDirAtomic } from './checkpoint.js';
+import {
+  readSafetensorsHeader,
+  readTensorBytesSync,
+  SafetensorsError,
+  toFloat32,
+  writeSafetensors,
+  type SafetensorsWriteTensor,
+} from '../../engine/src/safetensors.js';
+import { writeDirAtomic, writeJsonAtomic } from './checkpoint.js';
 import type { ModelConfig } from './config.js';
 import { PeftAdapterError } from './errors.js';
 
@@ -58,16 +65,23 @@ function parseAdapterConfig(json: unknown, file: string): LoraAdapterConfig {
   };
   if (json === null || typeof json !== 'object' || Array.isArray(json)) return fail('(root)', 'not a JSON object');
   const o = json as Record<string, unknown>;
-  if (o['peft_type'] !== 'LORA') fail('peft_type', `only LORA adapters are supported, got ${JSON.stringify(o['peft_type'])}`);
+  if (o['peft_type'] !== 'LORA')
+    fail('peft_type', `only LORA adapters are supported, got ${JSON.stringify(o['peft_type'])}`);
   const r = o['r'];
-  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail('r', `expected a positive integer, got ${JSON.stringify(r)}`);
+  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0)
+    fail('r', `expected a positive integer, got ${JSON.stringify(r)}`);
   const alpha = o['lora_alpha'];
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail('lora_alpha', `expected a number, got ${JSON.stringify(alpha)}`);
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha))
+    fail('lora_alpha', `expected a number, got ${JSON.stringify(alpha)}`);
   const dropout = o['lora_dropout'] ?? 0;
-  if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1) fail('lora_dropout', `expected a number in [0, 1), got ${JSON.stringify(dropout)}`);
+  if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1)
+    fail('lora_dropout', `expected a number in [0, 1), got ${JSON.stringify(dropout)}`);
   const targets = o['target_modules'];
   if (!Array.isArray(targets) || !targets.every((t) => typeof t === 'string')) {
-    fail('target_modules', `expected a list of module names (regex strings are not supported), got ${JSON.stringify(targets)}`);
+    fail(
+      'target_modules',
+      `expected a list of module names (regex strings are not supported), got ${JSON.stringify(targets)}`,
+    );
   }
   // Features that change what the tensors mean; refusing them beats silently computing something else.
   if (o['use_dora'] === true) fail('use_dora', 'DoRA adapters are not supported');
@@ -76,16 +90,20 @@ function parseAdapterConfig(json: unknown, file: string): LoraAdapterConfig {
   if (o['lora_bias'] === true) fail('lora_bias', 'LoRA bias terms are not supported');
   for (const key of ['rank_pattern', 'alpha_pattern'] as const) {
     const v = o[key];
-    if (v !== undefined && v !== null && (typeof v !== 'object' || Object.keys(v).length > 0)) fail(key, 'per-module ranks/alphas are not supported');
+    if (v !== undefined && v !== null && (typeof v !== 'object' || Object.keys(v).length > 0))
+      fail(key, 'per-module ranks/alphas are not supported');
   }
-  if (o['modules_to_save'] !== undefined && o['modules_to_save'] !== null) fail('modules_to_save', 'fully trained extra modules are not supported');
+  if (o['modules_to_save'] !== undefined && o['modules_to_save'] !== null)
+    fail('modules_to_save', 'fully trained extra modules are not supported');
   let layers: number[] | undefined;
   const ltt = o['layers_to_transform'];
   if (typeof ltt === 'number') layers = [ltt];
   else if (Array.isArray(ltt)) {
-    if (!ltt.every((x) => Number.isSafeInteger(x) && x >= 0)) fail('layers_to_transform', `expected layer indices, got ${JSON.stringify(ltt)}`);
+    if (!ltt.every((x) => Number.isSafeInteger(x) && x >= 0))
+      fail('layers_to_transform', `expected layer indices, got ${JSON.stringify(ltt)}`);
     layers = ltt as number[];
-  } else if (ltt !== undefined && ltt !== null) fail('layers_to_transform', `expected a list of layer indices, got ${JSON.stringify(ltt)}`);
+  } else if (ltt !== undefined && ltt !== null)
+    fail('layers_to_transform', `expected a list of layer indices, got ${JSON.stringify(ltt)}`);
   const base = o['base_model_name_or_path'];
   const cfg: LoraAdapterConfig = {
     r: r as number,
@@ -127,15 +145,26 @@ export async function readPeftAdapter(dir: string): Promise<LoraAdapter> {
   const halves = new Map<string, { A?: string; B?: string }>();
   for (const name of header.tensors.keys()) {
     const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(name);
-    if (m === null) throw new PeftAdapterError(wFile, name, 'not a LoRA lora_A/lora_B weight (other PEFT tensors are not supported)');
+    if (m === null)
+      throw new PeftAdapterError(wFile, name, 'not a LoRA lora_A/lora_B weight (other PEFT tensors are not supported)');
     const module = m[1]!;
     const mm = MODULE_RE.exec(module);
-    if (mm === null) throw new PeftAdapterError(wFile, name, `${module} is not an adaptable linear of a LLaMA-family layer`);
+    if (mm === null)
+      throw new PeftAdapterError(wFile, name, `${module} is not an adaptable linear of a LLaMA-family layer`);
     const suffix = mm[2]!.split('.')[1]!;
-    if (!config.targetModules.includes(suffix)) throw new PeftAdapterError(wFile, name, `${suffix} is not in target_modules ${JSON.stringify(config.targetModules)}`);
+    if (!config.targetModules.includes(suffix))
+      throw new PeftAdapterError(
+        wFile,
+        name,
+        `${suffix} is not in target_modules ${JSON.stringify(config.targetModules)}`,
+      );
     const layer = Number(mm[1]);
     if (config.layersToTransform !== undefined && !config.layersToTransform.includes(layer)) {
-      throw new PeftAdapterError(wFile, name, `layer ${layer} is not in layers_to_transform ${JSON.stringify(config.layersToTransform)}`);
+      throw new PeftAdapterError(
+        wFile,
+        name,
+        `layer ${layer} is not in layers_to_transform ${JSON.stringify(config.layersToTransform)}`,
+      );
     }
     const h = halves.get(module) ?? {};
     h[m[2] as 'A' | 'B'] = name;
@@ -148,8 +177,10 @@ export async function readPeftAdapter(dir: string): Promise<LoraAdapter> {
     }
     const a = header.tensors.get(h.A)!;
     const b = header.tensors.get(h.B)!;
-    if (a.shape.length !== 2 || a.shape[0] !== config.r) throw new PeftAdapterError(wFile, h.A, `shape [${a.shape.join(', ')}] is not [r=${config.r}, in]`);
-    if (b.shape.length !== 2 || b.shape[1] !== config.r) throw new PeftAdapterError(wFile, h.B, `shape [${b.shape.join(', ')}] is not [out, r=${config.r}]`);
+    if (a.shape.length !== 2 || a.shape[0] !== config.r)
+      throw new PeftAdapterError(wFile, h.A, `shape [${a.shape.join(', ')}] is not [r=${config.r}, in]`);
+    if (b.shape.length !== 2 || b.shape[1] !== config.r)
+      throw new PeftAdapterError(wFile, h.B, `shape [${b.shape.join(', ')}] is not [out, r=${config.r}]`);
     const read = (name: string, dtype: string): Float32Array => {
       try {
         return toFloat32(dtype, readTensorBytesSync(wFile, name, header));
@@ -157,7 +188,13 @@ export async function readPeftAdapter(dir: string): Promise<LoraAdapter> {
         throw new PeftAdapterError(wFile, name, (e as Error).message, { cause: e });
       }
     };
-    tensors.set(module, { A: read(h.A, a.dtype), B: read(h.B, b.dtype), r: config.r, inFeatures: a.shape[1]!, outFeatures: b.shape[0]! });
+    tensors.set(module, {
+      A: read(h.A, a.dtype),
+      B: read(h.B, b.dtype),
+      r: config.r,
+      inFeatures: a.shape[1]!,
+      outFeatures: b.shape[0]!,
+    });
   }
   return { config, tensors };
 }
@@ -192,15 +229,25 @@ export function validateAdapterFor(cfg: ModelConfig, adapter: LoraAdapter, file:
     const tA = `${PREFIX}${module}.lora_A.weight`;
     const tB = `${PREFIX}${module}.lora_B.weight`;
     const m = MODULE_RE.exec(module);
-    if (m === null) throw new PeftAdapterError(file, tA, `${module} is not an adaptable linear of a ${cfg.modelType} layer`);
+    if (m === null)
+      throw new PeftAdapterError(file, tA, `${module} is not an adaptable linear of a ${cfg.modelType} layer`);
     const layer = Number(m[1]);
-    if (layer >= cfg.numLayers) throw new PeftAdapterError(file, tA, `layer ${layer} does not exist (the model has ${cfg.numLayers} layers)`);
+    if (layer >= cfg.numLayers)
+      throw new PeftAdapterError(file, tA, `layer ${layer} does not exist (the model has ${cfg.numLayers} layers)`);
     const want = linearShape(cfg, m[2]!);
     if (p.inFeatures !== want.inFeatures || p.A.length !== p.r * p.inFeatures) {
-      throw new PeftAdapterError(file, tA, `shape [${p.r}, ${p.inFeatures}] but the model's ${m[2]} needs [${p.r}, ${want.inFeatures}]`);
+      throw new PeftAdapterError(
+        file,
+        tA,
+        `shape [${p.r}, ${p.inFeatures}] but the model's ${m[2]} needs [${p.r}, ${want.inFeatures}]`,
+      );
     }
     if (p.outFeatures !== want.outFeatures || p.B.length !== p.outFeatures * p.r) {
-      throw new PeftAdapterError(file, tB, `shape [${p.outFeatures}, ${p.r}] but the model's ${m[2]} needs [${want.outFeatures}, ${p.r}]`);
+      throw new PeftAdapterError(
+        file,
+        tB,
+        `shape [${p.outFeatures}, ${p.r}] but the model's ${m[2]} needs [${want.outFeatures}, ${p.r}]`,
+      );
     }
   }
 }
@@ -214,8 +261,10 @@ export async function writePeftAdapter(dir: string, adapter: LoraAdapter): Promi
   const wFile = join(resolve(dir), ADAPTER_WEIGHTS);
   const tensors = new Map<string, SafetensorsWriteTensor>();
   for (const [module, p] of adapter.tensors) {
-    if (!MODULE_RE.test(module)) throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `${module} is not an adaptable linear`);
-    if (p.r !== c.r) throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `rank ${p.r} differs from config r=${c.r}`);
+    if (!MODULE_RE.test(module))
+      throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `${module} is not an adaptable linear`);
+    if (p.r !== c.r)
+      throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `rank ${p.r} differs from config r=${c.r}`);
     tensors.set(`${PREFIX}${module}.lora_A.weight`, { dtype: 'F32', shape: [p.r, p.inFeatures], data: p.A });
     tensors.set(`${PREFIX}${module}.lora_B.weight`, { dtype: 'F32', shape: [p.outFeatures, p.r], data: p.B });
   }
@@ -242,9 +291,7 @@ export async function writePeftAdapter(dir: string, adapter: LoraAdapter): Promi
     revision: null,
   };
   await writeDirAtomic(dir, async (tmp) => {
-    await writeFileAtomic(join(tmp, ADAPTER_CONFIG), async (fh) => {
-      await fh.writeFile(JSON.stringify(config, null, 2) + '\n', 'utf8');
-    });
+    await writeJsonAtomic(join(tmp, ADAPTER_CONFIG), config);
     await writeSafetensors(join(tmp, ADAPTER_WEIGHTS), tensors, { format: 'pt' });
   });
 }

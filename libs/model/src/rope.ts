@@ -75,8 +75,10 @@ export interface RopeTables {
  * @param offset first position (e.g. the KV-cache length during generation). Default 0.
  */
 export function ropeTables(cfg: RopeConfig, positions: number, offset = 0): RopeTables {
-  if (!Number.isSafeInteger(positions) || positions < 0) throw new RangeError(`ropeTables: positions must be a non-negative integer, got ${positions}`);
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`ropeTables: offset must be a non-negative integer, got ${offset}`);
+  if (!Number.isSafeInteger(positions) || positions < 0)
+    throw new RangeError(`ropeTables: positions must be a non-negative integer, got ${positions}`);
+  if (!Number.isSafeInteger(offset) || offset < 0)
+    throw new RangeError(`ropeTables: offset must be a non-negative integer, got ${offset}`);
   const inv = ropeInvFreq(cfg);
   const dim = cfg.headDim;
   const half = dim / 2;

@@ -38,7 +38,8 @@ export interface TextTokenizer {
 /** tokenizer_config.json writes special tokens either as a string or as an AddedToken object. */
 function tokenString(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
-  if (v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  if (v !== null && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string')
+    return (v as { content: string }).content;
   return undefined;
 }
 
@@ -60,14 +61,19 @@ async function readJson(file: string): Promise<Record<string, unknown>> {
 
 /** Picks the template: chat_template.jinja (newer transformers) over tokenizer_config's chat_template (a string,
  * or a list of {name, template} from which 'default' is used). */
-async function findChatTemplate(dir: string, cfg: Record<string, unknown>, cfgFile: string): Promise<string | undefined> {
+async function findChatTemplate(
+  dir: string,
+  cfg: Record<string, unknown>,
+  cfgFile: string,
+): Promise<string | undefined> {
   const jinjaFile = join(dir, 'chat_template.jinja');
   if (existsSync(jinjaFile)) return readFile(jinjaFile, 'utf8');
   const t = cfg['chat_template'];
   if (t === undefined || t === null) return undefined;
   if (typeof t === 'string') return t;
   if (Array.isArray(t)) {
-    const d = t.find((x: unknown) => (x as { name?: unknown })?.name === 'default') as { template?: unknown } | undefined;
+    const d = t.find((x: unknown) => (x as { name?: unknown })?.name === 'default') as
+      { template?: unknown } | undefined;
     if (typeof d?.template === 'string') return d.template;
   }
   throw new TokenizerError(cfgFile, 'chat_template is neither a string nor a list with a "default" entry');
@@ -97,7 +103,8 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
     const s = tokenString(cfg[key]);
     if (s === undefined) continue;
     const id = tok.token_to_id(s);
-    if (id === undefined) throw new TokenizerError(cfgFile, `${key} ${JSON.stringify(s)} is not in the vocabulary of tokenizer.json`);
+    if (id === undefined)
+      throw new TokenizerError(cfgFile, `${key} ${JSON.stringify(s)} is not in the vocabulary of tokenizer.json`);
     special[key] = s;
     ids[key] = id;
   }
@@ -130,7 +137,11 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
       return tok.decode([...idList], { skip_special_tokens: options.skipSpecialTokens ?? false });
     },
     applyChatTemplate(messages, options = {}) {
-      if (template === undefined) throw new TokenizerError(cfgFile, 'no chat_template (tokenizer_config.json) or chat_template.jinja in this folder');
+      if (template === undefined)
+        throw new TokenizerError(
+          cfgFile,
+          'no chat_template (tokenizer_config.json) or chat_template.jinja in this folder',
+        );
       try {
         return template.render({
           ...special,

@@ -4,7 +4,13 @@ import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, writeF
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
-import { bf16BitsToFloat32, f16BitsToFloat32, float32ArrayTo, readSafetensorsHeader, writeSafetensors } from '../../engine/src/safetensors.js';
+import {
+  bf16BitsToFloat32,
+  f16BitsToFloat32,
+  float32ArrayTo,
+  readSafetensorsHeader,
+  writeSafetensors,
+} from '../../engine/src/safetensors.js';
 import { expectedTensorShapes, openCheckpoint, writeCheckpoint } from '../src/checkpoint.js';
 import { readModelConfig } from '../src/config.js';
 import { CheckpointError } from '../src/errors.js';
@@ -35,7 +41,9 @@ test('llama-tiny-a opens: 39 weights, hand-counted parameters, weightRef bytes =
   assert.equal(ref.length, 64 * 176 * 4);
   assert.equal(ref.file, join(modelDir('llama-tiny-a'), 'model.safetensors'));
   const raw = await readFile(ref.file);
-  const viaRef = new Float32Array(raw.buffer.slice(raw.byteOffset + ref.offset, raw.byteOffset + ref.offset + ref.length));
+  const viaRef = new Float32Array(
+    raw.buffer.slice(raw.byteOffset + ref.offset, raw.byteOffset + ref.offset + ref.length),
+  );
   assert.deepEqual(viaRef, ck.readFloat32('model.layers.3.mlp.down_proj.weight'));
   assert.throws(() => ck.weightRef('model.layers.4.mlp.down_proj.weight'), CheckpointError);
 });
@@ -59,13 +67,19 @@ test('mistral-tiny: q_proj is [96, 64] and o_proj [64, 96] because head_dim is 2
 test('a config.json that disagrees with a tensor shape: the error names the tensor and both shapes', async () => {
   await withTmp(async (dir) => {
     await copyFile(join(modelDir('llama-tiny-a'), 'model.safetensors'), join(dir, 'model.safetensors'));
-    const cfg = JSON.parse(await readFile(join(modelDir('llama-tiny-a'), 'config.json'), 'utf8')) as Record<string, unknown>;
+    const cfg = JSON.parse(await readFile(join(modelDir('llama-tiny-a'), 'config.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     await writeFile(join(dir, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: 180 }));
     await assert.rejects(openCheckpoint(dir), (e: unknown) => {
       assert.ok(e instanceof CheckpointError);
       assert.equal(e.tensor, 'model.layers.0.mlp.gate_proj.weight');
       assert.equal(e.file, join(dir, 'model.safetensors'));
-      assert.match(e.message, /tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[176, 64\] but config\.json implies \[180, 64\]/);
+      assert.match(
+        e.message,
+        /tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[176, 64\] but config\.json implies \[180, 64\]/,
+      );
       assert.ok(e.message.startsWith(join(dir, 'model.safetensors')));
       return true;
     });
@@ -80,20 +94,34 @@ test('truncated, missing-tensor, extra-tensor and absent weight files are detect
 
     await copyFile(join(src, 'model.safetensors'), join(dir, 'model.safetensors'));
     await truncate(join(dir, 'model.safetensors'), 900_000);
-    await assert.rejects(openCheckpoint(dir), (e: unknown) => e instanceof CheckpointError && e.file === join(dir, 'model.safetensors') && /truncated/.test(e.message));
+    await assert.rejects(
+      openCheckpoint(dir),
+      (e: unknown) =>
+        e instanceof CheckpointError && e.file === join(dir, 'model.safetensors') && /truncated/.test(e.message),
+    );
 
     const tensors = await allTensors(src);
     const ck = await openCheckpoint(src);
     const without = new Map(
-      [...tensors].filter(([n]) => n !== 'model.norm.weight').map(([n, d]) => [n, { dtype: 'F32', shape: ck.weightRef(n).shape, data: d }]),
+      [...tensors]
+        .filter(([n]) => n !== 'model.norm.weight')
+        .map(([n, d]) => [n, { dtype: 'F32', shape: ck.weightRef(n).shape, data: d }]),
     );
     await writeSafetensors(join(dir, 'model.safetensors'), without);
-    await assert.rejects(openCheckpoint(dir), (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.norm.weight' && /is missing/.test(e.message));
+    await assert.rejects(
+      openCheckpoint(dir),
+      (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.norm.weight' && /is missing/.test(e.message),
+    );
 
-    const extra = new Map(ck.tensorNames.map((n) => [n, { dtype: 'F32', shape: ck.weightRef(n).shape, data: tensors.get(n)! }]));
+    const extra = new Map(
+      ck.tensorNames.map((n) => [n, { dtype: 'F32', shape: ck.weightRef(n).shape, data: tensors.get(n)! }]),
+    );
     extra.set('model.layers.0.mlp.extra.weight', { dtype: 'F32', shape: [2], data: new Float32Array(2) });
     await writeSafetensors(join(dir, 'model.safetensors'), extra);
-    await assert.rejects(openCheckpoint(dir), (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.layers.0.mlp.extra.weight');
+    await assert.rejects(
+      openCheckpoint(dir),
+      (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.layers.0.mlp.extra.weight',
+    );
   });
 });
 
@@ -119,7 +147,11 @@ test('sharded checkpoint (index.json + 2 shards) reads the same tensors; a bad i
 
     const moved = { ...weightMap, 'model.norm.weight': 'model-00003-of-00002.safetensors' };
     await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: moved }));
-    await assert.rejects(openCheckpoint(dir), (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.norm.weight' && /does not exist/.test(e.message));
+    await assert.rejects(
+      openCheckpoint(dir),
+      (e: unknown) =>
+        e instanceof CheckpointError && e.tensor === 'model.norm.weight' && /does not exist/.test(e.message),
+    );
   });
 });
 
@@ -133,7 +165,9 @@ for (const dtype of ['BF16', 'F16'] as const) {
       const ck32 = await openCheckpoint(src);
       await mkdir(ckDir);
       await copyFile(join(src, 'config.json'), join(ckDir, 'config.json'));
-      const half = new Map([...original].map(([n, d]) => [n, { dtype, shape: ck32.weightRef(n).shape, data: float32ArrayTo(dtype, d) }]));
+      const half = new Map(
+        [...original].map(([n, d]) => [n, { dtype, shape: ck32.weightRef(n).shape, data: float32ArrayTo(dtype, d) }]),
+      );
       await writeSafetensors(join(ckDir, 'model.safetensors'), half, { format: 'pt' });
 
       const ck = await openCheckpoint(ckDir, { cacheDir });
@@ -151,7 +185,8 @@ for (const dtype of ['BF16', 'F16'] as const) {
         const orig = original.get(n)!;
         // Rounding error of the half-precision copy: at most half an ulp, 2^-8 (bf16) or 2^-11 (f16) relative.
         const rel = dtype === 'BF16' ? 2 ** -8 : 2 ** -11;
-        for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - orig[i]!) <= rel * Math.abs(orig[i]!) + 1e-7, n);
+        for (let i = 0; i < got.length; i++)
+          assert.ok(Math.abs(got[i]! - orig[i]!) <= rel * Math.abs(orig[i]!) + 1e-7, n);
       }
       const before = await stat(ref.file);
       const again = await openCheckpoint(ckDir, { cacheDir });
@@ -170,7 +205,7 @@ test('writeCheckpoint -> openCheckpoint reproduces config and every tensor; wron
     const tensors = await allTensors(src);
     const out = join(dir, 'merged');
     await writeCheckpoint(out, config, tensors);
-    assert.deepEqual((await readdir(out)).sort(), ['config.json', 'generation_config.json', 'model.safetensors']);
+    assert.deepEqual((await readdir(out)).toSorted(), ['config.json', 'generation_config.json', 'model.safetensors']);
     const back = await openCheckpoint(out);
     assert.deepEqual(back.config, config);
     for (const [n, d] of tensors) assert.deepEqual(back.readFloat32(n), d, n);
@@ -181,7 +216,10 @@ test('writeCheckpoint -> openCheckpoint reproduces config and every tensor; wron
 
     const bad = new Map(tensors);
     bad.set('model.norm.weight', new Float32Array(3));
-    await assert.rejects(writeCheckpoint(join(dir, 'bad'), config, bad), (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.norm.weight');
+    await assert.rejects(
+      writeCheckpoint(join(dir, 'bad'), config, bad),
+      (e: unknown) => e instanceof CheckpointError && e.tensor === 'model.norm.weight',
+    );
     assert.deepEqual(await readdir(dir), ['merged']); // nothing half-written
     assert.equal(expectedTensorShapes(config).size, tensors.size);
   });

@@ -69,7 +69,13 @@ const base = {
 
 test('transformers-4 spellings: top-level rope_theta, rope_scaling with "type", torch_dtype, eos list', () => {
   const c = parseModelConfig(
-    { ...base, rope_theta: 500000, rope_scaling: { type: 'linear', factor: 4 }, torch_dtype: 'bfloat16', eos_token_id: [2, 7] },
+    {
+      ...base,
+      rope_theta: 500000,
+      rope_scaling: { type: 'linear', factor: 4 },
+      torch_dtype: 'bfloat16',
+      eos_token_id: [2, 7],
+    },
     'cfg.json',
   );
   assert.equal(c.ropeTheta, 500000);
@@ -98,7 +104,13 @@ test('rope_theta omitted entirely defaults to 10000; llama3 scaling read from ro
     'cfg.json',
   );
   assert.equal(c.ropeTheta, 500000);
-  assert.deepEqual(c.rope, { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 });
+  assert.deepEqual(c.rope, {
+    type: 'llama3',
+    factor: 8,
+    lowFreqFactor: 1,
+    highFreqFactor: 4,
+    originalMaxPositionEmbeddings: 8192,
+  });
 });
 
 test('llama attention_bias covers o_proj too; mistral sliding_window is recorded', () => {
@@ -106,7 +118,10 @@ test('llama attention_bias covers o_proj too; mistral sliding_window is recorded
   assert.equal(l.attentionBias, true);
   assert.equal(l.attentionOutBias, true);
   assert.equal(l.mlpBias, true);
-  const m = parseModelConfig({ ...base, model_type: 'mistral', sliding_window: 4096, num_key_value_heads: 2 }, 'c.json');
+  const m = parseModelConfig(
+    { ...base, model_type: 'mistral', sliding_window: 4096, num_key_value_heads: 2 },
+    'c.json',
+  );
   assert.equal(m.slidingWindow, 4096);
 });
 
@@ -126,8 +141,16 @@ function expectConfigError(json: unknown, field: string, pattern: RegExp): void 
 
 test('bad configs name the file and the field', () => {
   expectConfigError({ ...base, model_type: 'gpt2' }, 'model_type', /unsupported model type "gpt2"/);
-  expectConfigError({ ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } }, 'rope_scaling.rope_type', /unsupported RoPE type "yarn"/);
-  expectConfigError({ ...base, rope_parameters: { rope_type: 'dynamic', rope_theta: 1e4 } }, 'rope_parameters.rope_type', /dynamic/);
+  expectConfigError(
+    { ...base, rope_scaling: { rope_type: 'yarn', factor: 4 } },
+    'rope_scaling.rope_type',
+    /unsupported RoPE type "yarn"/,
+  );
+  expectConfigError(
+    { ...base, rope_parameters: { rope_type: 'dynamic', rope_theta: 1e4 } },
+    'rope_parameters.rope_type',
+    /dynamic/,
+  );
   expectConfigError({ ...base, rope_scaling: { type: 'linear' } }, 'rope_scaling.factor', /missing/);
   const { hidden_size: _drop, ...noHidden } = base;
   expectConfigError(noHidden, 'hidden_size', /required field is missing/);
@@ -137,7 +160,10 @@ test('bad configs name the file and the field', () => {
 });
 
 test('readModelConfig names the file when it is missing or not JSON', async () => {
-  await assert.rejects(readModelConfig('/nonexistent/config.json'), (e: unknown) => e instanceof ModelConfigError && e.file === '/nonexistent/config.json');
+  await assert.rejects(
+    readModelConfig('/nonexistent/config.json'),
+    (e: unknown) => e instanceof ModelConfigError && e.file === '/nonexistent/config.json',
+  );
 });
 
 test('configToJson round-trips every fixture config and a llama3-scaled one', async () => {
@@ -147,7 +173,13 @@ test('configToJson round-trips every fixture config and a llama3-scaled one', as
     parseModelConfig(
       {
         ...base,
-        rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+        rope_scaling: {
+          rope_type: 'llama3',
+          factor: 8,
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 8192,
+        },
         eos_token_id: [1, 2],
         pad_token_id: 0,
       },

@@ -86,7 +86,11 @@ function hfFloat32Max(cfg: RopeConfig, T: number): number {
     for (let j = 0; j < dim / 2; j++) {
       const inv = f(1 / f(cfg.ropeTheta ** f((2 * j) / dim)));
       const a = f(t * inv);
-      worst = Math.max(worst, Math.abs(f(Math.cos(a)) - cos[t * dim + j]!), Math.abs(f(Math.sin(a)) - sin[t * dim + j]!));
+      worst = Math.max(
+        worst,
+        Math.abs(f(Math.cos(a)) - cos[t * dim + j]!),
+        Math.abs(f(Math.sin(a)) - sin[t * dim + j]!),
+      );
     }
   }
   return worst;

@@ -36,12 +36,26 @@ const VOCAB: Record<string, number> = {
   '▁world': 22,
   '!': 23,
 };
-const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+const special = (id: number, content: string) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
 const TOKENIZER_JSON = {
   version: '1.0',
   truncation: null,
   padding: null,
-  added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>'), special(3, '<|user|>'), special(4, '<|assistant|>')],
+  added_tokens: [
+    special(0, '<unk>'),
+    special(1, '<s>'),
+    special(2, '</s>'),
+    special(3, '<|user|>'),
+    special(4, '<|assistant|>'),
+  ],
   normalizer: {
     type: 'Sequence',
     normalizers: [
@@ -53,7 +67,11 @@ const TOKENIZER_JSON = {
   post_processor: {
     type: 'TemplateProcessing',
     single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-    pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
+    pair: [
+      { SpecialToken: { id: '<s>', type_id: 0 } },
+      { Sequence: { id: 'A', type_id: 0 } },
+      { Sequence: { id: 'B', type_id: 1 } },
+    ],
     special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
   },
   decoder: {
@@ -85,14 +103,25 @@ const TEMPLATE =
   "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
 const TOKENIZER_CONFIG = {
   bos_token: '<s>',
-  eos_token: { content: '</s>', lstrip: false, normalized: false, rstrip: false, single_word: false, __type: 'AddedToken' },
+  eos_token: {
+    content: '</s>',
+    lstrip: false,
+    normalized: false,
+    rstrip: false,
+    single_word: false,
+    __type: 'AddedToken',
+  },
   unk_token: '<unk>',
   pad_token: null,
   clean_up_tokenization_spaces: false,
   chat_template: TEMPLATE,
 };
 
-async function withTokenizerDir(config: object | undefined, fn: (dir: string) => Promise<void>, extra: Record<string, string> = {}): Promise<void> {
+async function withTokenizerDir(
+  config: object | undefined,
+  fn: (dir: string) => Promise<void>,
+  extra: Record<string, string> = {},
+): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'h5-tok-'));
   try {
     await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(TOKENIZER_JSON));
@@ -129,12 +158,20 @@ test('chat template renders as transformers would, and its special tokens encode
       { role: 'assistant', content: 'world' },
     ];
     assert.equal(tok.applyChatTemplate(messages), '<s><|user|>\nhello</s>\n<|assistant|>\nworld</s>\n');
-    assert.equal(tok.applyChatTemplate(messages.slice(0, 1), { addGenerationPrompt: true }), '<s><|user|>\nhello</s>\n<|assistant|>\n');
-    const ids = tok.encode(tok.applyChatTemplate(messages.slice(0, 1), { addGenerationPrompt: true }), { addSpecialTokens: false });
+    assert.equal(
+      tok.applyChatTemplate(messages.slice(0, 1), { addGenerationPrompt: true }),
+      '<s><|user|>\nhello</s>\n<|assistant|>\n',
+    );
+    const ids = tok.encode(tok.applyChatTemplate(messages.slice(0, 1), { addGenerationPrompt: true }), {
+      addSpecialTokens: false,
+    });
     // Each text piece between special tokens is normalized on its own, so it gets a "▁" prefix (the LLaMA-2
     // "legacy" behaviour); "\n" is not in this vocabulary and becomes <unk>.
     assert.deepEqual(ids, [1, 3, 5, 0, 16, 2, 5, 0, 4, 5, 0]);
-    assert.throws(() => tok.applyChatTemplate([{ role: 'tool', content: 'x' }]), (e: unknown) => e instanceof TokenizerError && /Unknown role: tool/.test(e.message));
+    assert.throws(
+      () => tok.applyChatTemplate([{ role: 'tool', content: 'x' }]),
+      (e: unknown) => e instanceof TokenizerError && /Unknown role: tool/.test(e.message),
+    );
   });
 });
 
@@ -157,7 +194,10 @@ test('without tokenizer_config.json: no special ids, no chat template (applyChat
     assert.equal(tok.padTokenId, undefined);
     assert.equal(tok.hasChatTemplate, false);
     assert.deepEqual(tok.encode('hello'), [1, 17]);
-    assert.throws(() => tok.applyChatTemplate([{ role: 'user', content: 'x' }]), (e: unknown) => e instanceof TokenizerError && /no chat_template/.test(e.message));
+    assert.throws(
+      () => tok.applyChatTemplate([{ role: 'user', content: 'x' }]),
+      (e: unknown) => e instanceof TokenizerError && /no chat_template/.test(e.message),
+    );
   });
 });
 
@@ -165,8 +205,14 @@ test('a special token missing from the vocabulary is an error naming tokenizer_c
   await withTokenizerDir({ ...TOKENIZER_CONFIG, bos_token: '<|begin_of_text|>' }, async (dir) => {
     await assert.rejects(
       loadTokenizer(dir),
-      (e: unknown) => e instanceof TokenizerError && e.file === join(dir, 'tokenizer_config.json') && /bos_token "<\|begin_of_text\|>"/.test(e.message),
+      (e: unknown) =>
+        e instanceof TokenizerError &&
+        e.file === join(dir, 'tokenizer_config.json') &&
+        /bos_token "<\|begin_of_text\|>"/.test(e.message),
     );
   });
-  await assert.rejects(loadTokenizer('/nonexistent-tokenizer-dir'), (e: unknown) => e instanceof TokenizerError && /tokenizer\.json/.test(e.message));
+  await assert.rejects(
+    loadTokenizer('/nonexistent-tokenizer-dir'),
+    (e: unknown) => e instanceof TokenizerError && /tokenizer\.json/.test(e.message),
+  );
 });
