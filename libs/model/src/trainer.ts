@@ -1,0 +1,251 @@
+/**
+ * Training on compiled graphs: a graph computes `loss` and `grad.<param>` for its trainable inputs; the trainer
+ * feeds parameters, accumulates gradients over micro-batches, adds the proximal term, clips, and steps the
+ * optimizer (in TypeScript, on Float32Arrays: cheaper than an optimizer graph, engine-notes §2.5).
+ */
+import {
+  AdamW,
+  SGD,
+  clipGradNorm,
+  crossEntropy,
+  gradients,
+  type HostTensor,
+  type ModelRunner,
+  type Optimizer,
+  type ScheduleSpec,
+} from '../../engine/src/index.js';
+import type { CausalLM, LoraWeights, TokenBatch } from './causal-lm.js';
+import { layersKey, loraFeeds, loraKey, shapeOfLora } from './causal-lm.js';
+import { linearFeatures, loraParamNames, moduleName, type LoraSpec } from './llama.js';
+
+export interface OptimizerConfig {
+  readonly kind: 'adamw' | 'sgd';
+  readonly lr: number;
+  readonly betas?: readonly [number, number];
+  readonly weightDecay?: number;
+  readonly eps?: number;
+  readonly momentum?: number;
+  readonly schedule?: ScheduleSpec;
+}
+
+export function makeOptimizer(params: ReadonlyMap<string, Float32Array>, cfg: OptimizerConfig): Optimizer {
+  const schedule = cfg.schedule ? { schedule: cfg.schedule } : {};
+  if (cfg.kind === 'sgd') {
+    return new SGD(params, { lr: cfg.lr, momentum: cfg.momentum ?? 0, weightDecay: cfg.weightDecay ?? 0, ...schedule });
+  }
+  return new AdamW(params, {
+    lr: cfg.lr,
+    betas: [...(cfg.betas ?? [0.9, 0.999])] as [number, number],
+    weightDecay: cfg.weightDecay ?? 0.01,
+    ...(cfg.eps !== undefined ? { eps: cfg.eps } : {}),
+    ...schedule,
+  });
+}
+
+export interface StepResult {
+  /** Training loss of the step (the graph's loss summed over micro-batches, plus the proximal term). */
+  readonly loss: number;
+  /** Global gradient norm before clipping. */
+  readonly gradNorm: number;
+}
+
+/**
+ * Steps a graph whose outputs are `loss` and `grad.<name>` for each trainable parameter input `<name>`.
+ * Micro-batch losses must already be normalised so that their sum is the step's loss (e.g. token weights
+ * mask / tokens-in-step), so summing gradients is gradient accumulation.
+ */
+export class GraphTrainer {
+  readonly optimizer: Optimizer;
+  private anchor: Map<string, Float32Array> | undefined;
+
+  constructor(
+    readonly runner: ModelRunner,
+    readonly params: Map<string, Float32Array>,
+    readonly shapes: ReadonlyMap<string, readonly number[]>,
+    optimizer: OptimizerConfig | Optimizer,
+    readonly options: { readonly maxGradNorm?: number; readonly proxEps?: number } = {},
+  ) {
+    this.optimizer = 'step' in optimizer ? optimizer : makeOptimizer(params, optimizer);
+  }
+
+  /** Fixes θ_t for the proximal term eps * ||θ - θ_t||² (FedBiOT clients: the broadcast adapter). */
+  setAnchor(values: ReadonlyMap<string, Float32Array> = this.params): void {
+    this.anchor = new Map([...values].map(([k, v]) => [k, Float32Array.from(v)]));
+  }
+
+  paramFeeds(): Record<string, HostTensor> {
+    const feeds: Record<string, HostTensor> = {};
+    for (const [name, data] of this.params) feeds[name] = { dtype: 'float32', shape: this.shapes.get(name)!, data };
+    return feeds;
+  }
+
+  async step(microBatches: readonly Record<string, HostTensor>[]): Promise<StepResult> {
+    if (microBatches.length === 0) throw new Error('GraphTrainer.step: no micro-batches');
+    const grads = new Map<string, Float32Array>();
+    let loss = 0;
+    const fetches = ['loss', ...[...this.params.keys()].map((n) => `grad.${n}`)];
+    for (const feeds of microBatches) {
+      const out = await this.runner.run({ ...feeds, ...this.paramFeeds() }, fetches);
+      loss += (out['loss']!.data as Float32Array)[0]!;
+      for (const name of this.params.keys()) {
+        const g = out[`grad.${name}`]!.data as Float32Array;
+        const acc = grads.get(name);
+        if (acc) for (let i = 0; i < g.length; i++) acc[i]! += g[i]!;
+        else grads.set(name, g);
+      }
+    }
+    const eps = this.options.proxEps ?? 0;
+    if (eps > 0 && this.anchor) {
+      // eps * ||θ - θ_t||² is a real term of the objective: its gradient 2 eps (θ - θ_t) joins the LoRA
+      // gradients (the reference implementation computed it on detached tensors, which made it a no-op).
+      for (const [name, theta] of this.params) {
+        const a = this.anchor.get(name)!;
+        const g = grads.get(name)!;
+        for (let i = 0; i < theta.length; i++) {
+          const d = theta[i]! - a[i]!;
+          loss += eps * d * d;
+          g[i]! += 2 * eps * d;
+        }
+      }
+    }
+    const gradNorm = this.options.maxGradNorm ? clipGradNorm(grads, this.options.maxGradNorm) : norm(grads);
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      throw new Error(`training step produced a non-finite ${Number.isFinite(loss) ? 'gradient' : 'loss'} (loss ${loss}); parameters left unchanged`);
+    }
+    this.optimizer.step(this.params, grads);
+    return { loss, gradNorm };
+  }
+}
+
+function norm(grads: ReadonlyMap<string, Float32Array>): number {
+  let s = 0;
+  for (const g of grads.values()) for (const v of g) s += v * v;
+  return Math.sqrt(s);
+}
+
+/** PEFT's LoRA initialisation: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0. */
+export function initLora(spec: LoraSpec, cfg: CausalLM['config'], seed: number): Map<string, Float32Array> {
+  const uniform = seededUniform(seed);
+  const out = new Map<string, Float32Array>();
+  for (const layer of spec.layers) {
+    for (const target of spec.targets) {
+      const [fin, fout] = linearFeatures(cfg, target);
+      const names = loraParamNames(moduleName(layer, target), spec.name);
+      const bound = 1 / Math.sqrt(fin);
+      out.set(names.a, Float32Array.from({ length: spec.r * fin }, () => (2 * uniform() - 1) * bound));
+      out.set(names.b, new Float32Array(fout * spec.r));
+    }
+  }
+  return out;
+}
+
+export interface LoraTrainerOptions {
+  readonly batch: number;
+  readonly seq: number;
+  /** Layers to run (default all); LoRA layers outside it are ignored. */
+  readonly layers?: readonly number[];
+  readonly trainable: LoraWeights;
+  /** Other adapters attached to the model but not trained. */
+  readonly frozen?: readonly LoraWeights[];
+  readonly optimizer: OptimizerConfig;
+  readonly maxGradNorm?: number;
+  readonly proxEps?: number;
+  /** Seed for LoRA dropout masks (when the trainable spec has dropout > 0). */
+  readonly seed?: number;
+}
+
+/**
+ * Next-token cross-entropy training of one LoRA adapter (the FedBiOT client step, and LoRA fine-tuning in
+ * general). Everything below the lowest trainable layer is forward-only: autodiff never reaches it.
+ */
+export class LoraTrainer {
+  private constructor(
+    readonly lm: CausalLM,
+    readonly trainer: GraphTrainer,
+    readonly opts: LoraTrainerOptions,
+    private readonly frozenFeeds: Record<string, HostTensor>,
+    private readonly dropoutInputs: readonly { name: string; shape: readonly number[] }[],
+    private readonly rand: () => number,
+  ) {}
+
+  static async create(lm: CausalLM, opts: LoraTrainerOptions): Promise<LoraTrainer> {
+    const layers = opts.layers ?? lm.allLayers;
+    const { batch: B, seq: T } = opts;
+    const spec = opts.trainable.spec;
+    const frozen = opts.frozen ?? [];
+    const dropout = spec.dropout > 0;
+    const key = `train-B${B}-T${T}-L${layersKey(layers)}-${loraKey([opts.trainable])}-F${loraKey(frozen)}-d${dropout ? 1 : 0}`;
+    const dropoutInputs: { name: string; shape: readonly number[] }[] = [];
+    const runner = await lm.graphs.get(key, (g) => {
+      const m = lm.build(g, { batch: B, seq: T, layers, start: 'ids', head: true, loras: [spec, ...frozen.map((f) => f.spec)], loraDropout: dropout });
+      const labels = g.input('labels', 'int64', [B, T]);
+      const weights = g.input('loss_weights', 'float32', [B, T]);
+      const loss = crossEntropy(m.logits!, labels, weights);
+      const trainable = [...m.loraParams].filter(([n]) => opts.trainable.tensors.has(n));
+      const grads = gradients(loss, trainable.map(([, t]) => t));
+      g.output(loss, 'loss');
+      grads.forEach((gr, i) => g.output(gr!, `grad.${trainable[i]![0]}`));
+    });
+    for (const name of runner.inputNames) {
+      if (name.includes('.lora_dropout.')) {
+        const module = name.slice(0, name.indexOf('.lora_dropout.'));
+        const target = module.slice(module.lastIndexOf('.') + 1) as Parameters<typeof linearFeatures>[1];
+        dropoutInputs.push({ name, shape: [B, T, linearFeatures(lm.config, target)[0]] });
+      }
+    }
+    const params = new Map([...opts.trainable.tensors].map(([k, v]) => [k, Float32Array.from(v)]));
+    const shapes = new Map([...params].map(([n, t]) => [n, shapeOfLora(n, t, spec)]));
+    const missing = [...params.keys()].filter((n) => !runner.outputNames.includes(`grad.${n}`));
+    if (missing.length) throw new Error(`LoraTrainer: adapter tensors not in the trained layers: ${missing.join(', ')}`);
+    const frozenShapes = new Map<string, readonly number[]>();
+    for (const f of frozen) for (const [n, t] of f.tensors) if (runner.inputNames.includes(n)) frozenShapes.set(n, shapeOfLora(n, t, f.spec));
+    const trainer = new GraphTrainer(runner, params, shapes, opts.optimizer, {
+      ...(opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {}),
+      ...(opts.proxEps ? { proxEps: opts.proxEps } : {}),
+    });
+    trainer.setAnchor();
+    return new LoraTrainer(lm, trainer, opts, loraFeeds(frozenShapes, frozen), dropoutInputs, seededUniform(opts.seed ?? 0));
+  }
+
+  /** Current adapter values (live arrays; copy before keeping). */
+  get params(): Map<string, Float32Array> {
+    return this.trainer.params;
+  }
+
+  /** One optimizer step over micro-batches, each [batch, seq]; the loss is the token mean over all of them. */
+  async step(microBatches: readonly TokenBatch[]): Promise<StepResult & { tokens: number }> {
+    let tokens = 0;
+    for (const mb of microBatches) for (const v of mb.lossMask) tokens += v;
+    const scale = 1 / Math.max(tokens, 1);
+    const p = this.opts.trainable.spec.dropout;
+    const feeds = microBatches.map((mb) => {
+      const f = this.lm.tokenFeeds(mb);
+      const w = Float32Array.from(mb.lossMask, (v) => v * scale);
+      const out: Record<string, HostTensor> = {
+        input_ids: f['input_ids']!,
+        labels: f['labels']!,
+        loss_weights: { dtype: 'float32', shape: [mb.batch, mb.seq], data: w },
+        ...this.frozenFeeds,
+      };
+      for (const d of this.dropoutInputs) {
+        // inverted dropout, as torch: kept values are scaled by 1/(1-p)
+        const n = d.shape.reduce((a, b) => a * b, 1);
+        out[d.name] = { dtype: 'float32', shape: d.shape, data: Float32Array.from({ length: n }, () => (this.rand() < p ? 0 : 1 / (1 - p))) };
+      }
+      return out;
+    });
+    const r = await this.trainer.step(feeds);
+    return { ...r, tokens };
+  }
+}
+
+function seededUniform(seed: number): () => number {
+  let a = (seed ^ 0x9e3779b9) >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
