@@ -93,6 +93,29 @@ test('public corpus: numbers as digits and words, arithmetic statements, none of
   assert.match(text, /[A-Z][a-z-]+ is written as \d+\./);
 });
 
+test('demo options are validated by name', () => {
+  assert.throws(
+    () => generateDemoFederation({ trainPerClient: 0 }),
+    /trainPerClient must be a positive integer, got 0/,
+  );
+  assert.throws(() => generateDemoFederation({ tasks: ['add', 'add'] }), /tasks must be distinct ids/);
+  assert.throws(
+    () => generateDemoFederation({ tasks: ['div' as 'add'] }),
+    /tasks must be distinct ids among add, sub, mul/,
+  );
+  const one = generateDemoFederation({
+    tasks: ['mul'],
+    trainPerClient: 5,
+    testPerClient: 2,
+    globalTestPerTask: 1,
+    corpusBytes: 100,
+  });
+  assert.deepEqual(
+    one.clients.map((c) => c.id),
+    ['mul'],
+  );
+});
+
 test('numberToWords', () => {
   assert.equal(numberToWords(0), 'zero');
   assert.equal(numberToWords(13), 'thirteen');

@@ -46,12 +46,41 @@ const DEFAULTS = {
   vocabSize: 768,
 } as const;
 
+type ResolvedOptions = Required<Omit<DemoFederationOptions, 'tasks'>> & { tasks: readonly DemoTaskId[] };
+
+/** Fills defaults (an explicit `undefined` means the default too) and rejects bad values by option name. */
+function resolveOptions(opts: DemoFederationOptions): ResolvedOptions {
+  const o: ResolvedOptions = {
+    seed: opts.seed ?? DEFAULTS.seed,
+    tasks: opts.tasks ?? DEFAULTS.tasks,
+    trainPerClient: opts.trainPerClient ?? DEFAULTS.trainPerClient,
+    testPerClient: opts.testPerClient ?? DEFAULTS.testPerClient,
+    globalTestPerTask: opts.globalTestPerTask ?? DEFAULTS.globalTestPerTask,
+    corpusBytes: opts.corpusBytes ?? DEFAULTS.corpusBytes,
+    vocabSize: opts.vocabSize ?? DEFAULTS.vocabSize,
+  };
+  for (const k of ['trainPerClient', 'testPerClient', 'globalTestPerTask', 'corpusBytes', 'vocabSize'] as const) {
+    if (!Number.isInteger(o[k]) || o[k] < 1)
+      throw new RangeError(`demo federation: ${k} must be a positive integer, got ${o[k]}`);
+  }
+  if (!Number.isSafeInteger(o.seed) || Math.abs(o.seed) > 2 ** 40) {
+    throw new RangeError(`demo federation: seed must be an integer within +-2^40, got ${o.seed}`);
+  }
+  const unknown = o.tasks.filter((t) => !DEMO_TASK_IDS.includes(t));
+  if (o.tasks.length === 0 || unknown.length > 0 || new Set(o.tasks).size !== o.tasks.length) {
+    throw new RangeError(
+      `demo federation: tasks must be distinct ids among ${DEMO_TASK_IDS.join(', ')}, got ${JSON.stringify(o.tasks)}`,
+    );
+  }
+  return o;
+}
+
 /**
  * The built-in federation in memory. Splits are disjoint by problem text; each part draws from its own seeded
  * stream (seed, part), so changing one size does not reshuffle the others.
  */
 export function generateDemoFederation(opts: DemoFederationOptions = {}): DemoFederation {
-  const o = { ...DEFAULTS, ...opts };
+  const o = resolveOptions(opts);
   const seen = new Map<DemoTaskId, Set<string>>(o.tasks.map((t) => [t, new Set<string>()]));
   const stream = (part: number): ReturnType<typeof createRng> => createRng(o.seed * 1000 + part);
   const clients = o.tasks.map((id, c) => ({
@@ -81,7 +110,7 @@ export interface DemoManifest {
   readonly name: 'fedbiot-demo-federation';
   readonly version: 1;
   readonly seed: number;
-  readonly options: Required<Omit<DemoFederationOptions, 'tasks'>> & { tasks: readonly DemoTaskId[] };
+  readonly options: ResolvedOptions;
   /** Record format of every JSONL file, and the extra field that names the task. */
   readonly format: 'alpaca';
   readonly labelField: 'category';
@@ -99,7 +128,7 @@ export interface DemoManifest {
  * file. Same options -> same bytes.
  */
 export async function writeDemoFederation(dir: string, opts: DemoFederationOptions = {}): Promise<DemoManifest> {
-  const o = { ...DEFAULTS, ...opts };
+  const o = resolveOptions(opts);
   const fed = generateDemoFederation(o);
   const write = async (rel: string, content: string, count?: number): Promise<DemoFileEntry> => {
     const path = join(dir, rel);
