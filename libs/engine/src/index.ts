@@ -14,3 +14,4 @@ export * from './onnx/serialize.js';
 export * from './runtime/index.js';
 export * from './optim/index.js';
 export * from './safetensors.js';
+export { GraphTrainer, makeOptimizer, type OptimizerConfig, type StepResult } from './train.js';

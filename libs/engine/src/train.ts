@@ -1,0 +1,113 @@
+/**
+ * Training on compiled graphs: a graph computes `loss` and `grad.<param>` for its trainable inputs; the trainer
+ * feeds parameters, accumulates gradients over micro-batches, adds the proximal term, clips, and steps the
+ * optimizer (in TypeScript, on Float32Arrays: cheaper than an optimizer graph, engine-notes §2.5).
+ */
+import { AdamW, SGD, clipGradNorm, type Optimizer, type ScheduleSpec } from './optim/index.js';
+import type { HostTensor, ModelRunner } from './runtime/index.js';
+
+export interface OptimizerConfig {
+  readonly kind: 'adamw' | 'sgd';
+  readonly lr: number;
+  readonly betas?: readonly [number, number];
+  readonly weightDecay?: number;
+  readonly eps?: number;
+  readonly momentum?: number;
+  readonly schedule?: ScheduleSpec;
+}
+
+export function makeOptimizer(params: ReadonlyMap<string, Float32Array>, cfg: OptimizerConfig): Optimizer {
+  const schedule = cfg.schedule ? { schedule: cfg.schedule } : {};
+  if (cfg.kind === 'sgd') {
+    return new SGD(params, { lr: cfg.lr, momentum: cfg.momentum ?? 0, weightDecay: cfg.weightDecay ?? 0, ...schedule });
+  }
+  return new AdamW(params, {
+    lr: cfg.lr,
+    betas: [...(cfg.betas ?? [0.9, 0.999])] as [number, number],
+    weightDecay: cfg.weightDecay ?? 0.01,
+    ...(cfg.eps !== undefined ? { eps: cfg.eps } : {}),
+    ...schedule,
+  });
+}
+
+export interface StepResult {
+  /** Training loss of the step (the graph's loss summed over micro-batches, plus the proximal term). */
+  readonly loss: number;
+  /** Global gradient norm before clipping. */
+  readonly gradNorm: number;
+}
+
+/**
+ * Steps a graph whose outputs are `loss` and `grad.<name>` for each trainable parameter input `<name>`.
+ * Micro-batch losses must already be normalised so that their sum is the step's loss (e.g. token weights
+ * mask / tokens-in-step), so summing gradients is gradient accumulation.
+ */
+export class GraphTrainer {
+  readonly optimizer: Optimizer;
+  private anchor: Map<string, Float32Array> | undefined;
+
+  constructor(
+    readonly runner: ModelRunner,
+    readonly params: Map<string, Float32Array>,
+    readonly shapes: ReadonlyMap<string, readonly number[]>,
+    optimizer: OptimizerConfig | Optimizer,
+    readonly options: { readonly maxGradNorm?: number; readonly proxEps?: number } = {},
+  ) {
+    this.optimizer = 'step' in optimizer ? optimizer : makeOptimizer(params, optimizer);
+  }
+
+  /** Fixes θ_t for the proximal term eps * ||θ - θ_t||² (FedBiOT clients: the broadcast adapter). */
+  setAnchor(values: ReadonlyMap<string, Float32Array> = this.params): void {
+    this.anchor = new Map([...values].map(([k, v]) => [k, Float32Array.from(v)]));
+  }
+
+  paramFeeds(): Record<string, HostTensor> {
+    const feeds: Record<string, HostTensor> = {};
+    for (const [name, data] of this.params) feeds[name] = { dtype: 'float32', shape: this.shapes.get(name)!, data };
+    return feeds;
+  }
+
+  async step(microBatches: readonly Record<string, HostTensor>[]): Promise<StepResult> {
+    if (microBatches.length === 0) throw new Error('GraphTrainer.step: no micro-batches');
+    const grads = new Map<string, Float32Array>();
+    let loss = 0;
+    const fetches = ['loss', ...[...this.params.keys()].map((n) => `grad.${n}`)];
+    for (const feeds of microBatches) {
+      const out = await this.runner.run({ ...feeds, ...this.paramFeeds() }, fetches);
+      loss += (out['loss']!.data as Float32Array)[0]!;
+      for (const name of this.params.keys()) {
+        const g = out[`grad.${name}`]!.data as Float32Array;
+        const acc = grads.get(name);
+        if (acc) for (let i = 0; i < g.length; i++) acc[i]! += g[i]!;
+        else grads.set(name, g);
+      }
+    }
+    const eps = this.options.proxEps ?? 0;
+    if (eps > 0 && this.anchor) {
+      // eps * ||θ - θ_t||² is a real term of the objective: its gradient 2 eps (θ - θ_t) joins the LoRA
+      // gradients (the reference implementation computed it on detached tensors, which made it a no-op).
+      for (const [name, theta] of this.params) {
+        const a = this.anchor.get(name)!;
+        const g = grads.get(name)!;
+        for (let i = 0; i < theta.length; i++) {
+          const d = theta[i]! - a[i]!;
+          loss += eps * d * d;
+          g[i]! += 2 * eps * d;
+        }
+      }
+    }
+    const gradNorm = this.options.maxGradNorm ? clipGradNorm(grads, this.options.maxGradNorm) : norm(grads);
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      throw new Error(`training step produced a non-finite ${Number.isFinite(loss) ? 'gradient' : 'loss'} (loss ${loss}); parameters left unchanged`);
+    }
+    this.optimizer.step(this.params, grads);
+    return { loss, gradNorm };
+  }
+}
+
+function norm(grads: ReadonlyMap<string, Float32Array>): number {
+  let s = 0;
+  for (const g of grads.values()) for (const v of g) s += v * v;
+  return Math.sqrt(s);
+}
+
