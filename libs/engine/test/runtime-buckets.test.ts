@@ -60,7 +60,7 @@ test('BucketCache builds once per key, shares concurrent builds, retries failure
   assert.equal((await cache.get([9, 1])).id, '9x1');
   assert.equal(cache.size, 3);
   await cache.releaseAll();
-  assert.deepEqual(released.sort(), ['1x128', '2x128', '9x1']);
+  assert.deepEqual(released.toSorted(), ['1x128', '2x128', '9x1']);
   assert.equal(cache.size, 0);
   await cache.get([1, 128]);
   assert.deepEqual(built, ['1x128', '2x128', '9x1', '1x128'], 'rebuilt after releaseAll');
@@ -77,7 +77,7 @@ test('BucketCache releaseAll releases every value even when one release fails', 
   });
   await Promise.all([cache.get(1), cache.get(2), cache.get(3)]);
   await assert.rejects(cache.releaseAll(), /release 1 failed/);
-  assert.deepEqual(released.sort(), [1, 2, 3]);
+  assert.deepEqual(released.toSorted(), [1, 2, 3]);
 });
 
 /** y = ReduceSum(x [1, T]) over the last axis: one static-shape graph per bucket length T. */

@@ -344,15 +344,13 @@ test('a worker runner keeps the event loop responsive while the main-thread runn
       `worker run ${worker.runMs.toFixed(1)} ms, largest tick gap ${worker.gapMs.toFixed(1)} ms`,
   );
   // The main-thread run happens inside one macrotask: the loop stalls for (almost) the whole step.
-  assert.ok(
-    main.gapMs >= 50 && main.gapMs >= 0.7 * main.runMs,
-    `main-thread gap ${main.gapMs} ms for ${main.runMs} ms run`,
-  );
-  // The worker's step runs elsewhere; ticks only wait for message handling (and the OS scheduler on a busy box).
-  assert.ok(worker.runMs >= 50, `worker step ${worker.runMs} ms is too short to show anything`);
-  // 50 ms on a quiet machine; on a loaded one (load average 10 on 2 cores seen) the scheduler alone delays ticks by
-  // up to ~25 ms, so the bound grows with the step, still far below the blocked case where gap ≈ the whole step.
-  assert.ok(worker.gapMs < Math.max(50, worker.runMs / 4), `worker gap ${worker.gapMs} ms for ${worker.runMs} ms run`);
+  assert.ok(main.runMs >= 20, `main-thread step ${main.runMs} ms is too short to show anything`);
+  assert.ok(main.gapMs >= 0.7 * main.runMs, `main-thread gap ${main.gapMs} ms for a ${main.runMs} ms step`);
+  // The worker's step runs elsewhere; ticks only wait for message handling and the OS scheduler (up to ~25 ms seen
+  // at load average 10 on 2 cores, where the step itself takes 300-400 ms; ~1 ms on a quiet 16-core machine). A
+  // blocked loop would show a gap of about the whole step.
+  assert.ok(worker.runMs >= 20, `worker step ${worker.runMs} ms is too short to show anything`);
+  assert.ok(worker.gapMs < worker.runMs / 3, `worker gap ${worker.gapMs} ms for a ${worker.runMs} ms step`);
   // Same session options and thread count: the two runners compute bit-identical results.
   assert.deepEqual(outputs[1], outputs[0]);
 });

@@ -111,7 +111,7 @@ export function toOrtTensor(t: HostTensor, name: string): ort.Tensor {
  */
 export function fromOrtTensor(t: ort.Tensor, name: string): HostTensor {
   if (t.location !== 'cpu' && t.location !== 'cpu-pinned') {
-    throw new TypeError(`tensor '${name}': data lives on '${t.location}', not in CPU memory; download it first`);
+    throw new TypeError(`tensor '${name}': data lives on '${t.location}', not in CPU memory`);
   }
   if (!isDType(t.type))
     throw new TypeError(`tensor '${name}': element type '${t.type}' is not supported by HostTensor`);

@@ -1,5 +1,5 @@
 import * as ort from 'onnxruntime-node';
-import { fromOrtTensor, toOrtTensor, type HostData, type HostTensor } from './host-tensor.js';
+import { fromOrtTensor, toOrtTensor, type HostTensor } from './host-tensor.js';
 import { signaturesOf, type TensorSignature } from './signature.js';
 
 /** Where a model comes from: an .onnx file (external data resolved next to it) or its serialized bytes. */
@@ -26,8 +26,10 @@ export function signatureOf(session: ort.InferenceSession, label: string): Sessi
 }
 
 /**
- * Runs `session` on already validated feeds and returns the fetched outputs in CPU memory. Outputs a WebGPU session
- * left on the GPU ('gpu-buffer') are downloaded here, because a HostTensor is CPU memory by definition.
+ * Runs `session` on already validated feeds and returns the fetched outputs as HostTensors sharing ORT's fresh output
+ * arrays.
+ * @throws for an output left on a GPU: onnxruntime-node 1.30 aborts the whole process when such an output is
+ *   downloaded, so it is refused here instead (see SessionConfig.preferredOutputLocation)
  */
 export async function runSession(
   session: ort.InferenceSession,
@@ -41,13 +43,7 @@ export async function runSession(
   for (const name of fetches) {
     const value = results[name];
     if (value === undefined) throw new Error(`ORT returned no value for output '${name}'`);
-    const t = value as ort.Tensor;
-    if (t.location === 'cpu' || t.location === 'cpu-pinned') {
-      out[name] = fromOrtTensor(t, name);
-    } else {
-      const data = (await t.getData(true)) as HostData;
-      out[name] = fromOrtTensor(new ort.Tensor(t.type as 'float32', data as Float32Array, t.dims), name);
-    }
+    out[name] = fromOrtTensor(value as ort.Tensor, name);
   }
   return out;
 }

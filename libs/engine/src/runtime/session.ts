@@ -27,7 +27,7 @@ export interface ModelRunner {
 }
 
 /** Options of {@link openRunner}. */
-export interface OpenRunnerOptions extends Omit<SessionConfig, 'provider'> {
+export interface OpenRunnerOptions extends Omit<SessionConfig, 'provider' | 'preferredOutputLocation'> {
   /** Provider requested; probed once per process (see resolveProvider). Default 'cpu'. */
   readonly provider?: ExecutionProvider;
   /** Fall back to 'cpu' with one warning when the provider is unavailable; false throws. Default true. */
@@ -217,7 +217,8 @@ class WorkerRunner implements ModelRunner {
   #settle(id: number): Pending | undefined {
     const p = this.#pending.get(id);
     this.#pending.delete(id);
-    if (this.#pending.size === 0) this.worker.unref();
+    // While releasing, the worker stays referenced until it confirms, so the process cannot exit in between.
+    if (this.#pending.size === 0 && this.#released === undefined) this.worker.unref();
     return p;
   }
 
@@ -229,7 +230,7 @@ class WorkerRunner implements ModelRunner {
   #fail(e: Error): void {
     if (this.#failure !== undefined) return;
     this.#failure = e;
-    for (const id of [...this.#pending.keys()]) this.#settle(id)?.reject(e);
+    for (const id of this.#pending.keys()) this.#settle(id)?.reject(e);
   }
 
   release(): Promise<void> {
@@ -250,7 +251,7 @@ class WorkerRunner implements ModelRunner {
         });
         this.worker.ref();
         const msg: ToWorker = { type: 'release' };
-        this.worker.postMessage(msg);
+        this.worker.postMessage(msg, []);
         await done;
       }
       this.#failure ??= new Error(`${this.label}: runner was released`);
@@ -273,9 +274,16 @@ export async function openRunner(model: ModelSource, opts: OpenRunnerOptions = {
     fallback: opts.fallbackToCpu ?? true,
     ...(opts.warn !== undefined ? { warn: opts.warn } : {}),
   });
-  // 'gpu-buffer' outputs only exist on WebGPU; after a fallback to cpu they would be an error, not a preference.
-  const keepOnGpu = provider === 'webgpu' ? opts.preferredOutputLocation : undefined;
-  const options = buildSessionOptions({ ...opts, provider, preferredOutputLocation: keepOnGpu });
+  const {
+    provider: _requested,
+    thread: _thread,
+    label: _label,
+    warn: _warn,
+    fallbackToCpu: _fallback,
+    ...config
+  } = opts;
+  // Outputs must come back as HostTensors, so they stay in CPU memory (see SessionConfig.preferredOutputLocation).
+  const options = buildSessionOptions({ ...config, provider, preferredOutputLocation: 'cpu' });
   if ((opts.thread ?? 'worker') === 'worker') return WorkerRunner.open(model, options, label, provider);
   let session: ort.InferenceSession;
   try {
