@@ -48,9 +48,18 @@ export class SamplingError extends Error {
 /** One problem in a job specification: `<file>: <path.to.field>: <message>`. */
 export interface JobSpecIssue {
   readonly file: string;
-  /** Dotted path of the field, '' for the document itself, `line:col` for syntax errors. */
+  /** Dotted path of the field; '' for the document itself or a syntax error. */
   readonly path: string;
   readonly message: string;
+  /** 1-based position of a syntax error. */
+  readonly line?: number;
+  readonly col?: number;
+}
+
+/** `<file>: <path>: <message>`, or `<file>:<line>:<col>: <message>` for a syntax error. */
+export function formatJobSpecIssue(i: JobSpecIssue): string {
+  const where = i.line === undefined ? i.file : `${i.file}:${i.line}:${i.col ?? 1}`;
+  return `${where}: ${i.path === '' ? '' : `${i.path}: `}${i.message}`;
 }
 
 /** A job specification is invalid. Lists every problem found in one pass. */
@@ -59,7 +68,7 @@ export class JobSpecError extends Error {
   constructor(readonly issues: readonly JobSpecIssue[]) {
     super(
       `invalid job specification (${issues.length} problem${issues.length === 1 ? '' : 's'}):\n` +
-        issues.map((i) => `  ${i.file}: ${i.path === '' ? '' : `${i.path}: `}${i.message}`).join('\n'),
+        issues.map((i) => `  ${formatJobSpecIssue(i)}`).join('\n'),
     );
   }
 }

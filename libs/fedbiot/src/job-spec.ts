@@ -1,0 +1,401 @@
+import { readFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { EXAMPLE_FORMATS } from '../../data/src/types.js';
+import { JobSpecError, type JobSpecIssue } from './errors.js';
+import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
+
+/**
+ * The job specification: one YAML/JSON document that says which model, data, method and hyper-parameters a
+ * federated run uses. Unknown keys are errors (typos must not silently fall back to defaults), every problem is
+ * reported at once as `<file>: <path.to.field>: <message>`, and every default lives in DEFAULTS.
+ */
+
+/** Training methods a job can run (fedbiot-algorithm.md, "Our decisions" 8). */
+export const METHODS = ['fedbiot', 'offsite-tuning', 'fedavg-lora', 'local-only'] as const;
+export type Method = (typeof METHODS)[number];
+
+/** The seven LLaMA linears LoRA can target (PEFT module names). */
+export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+
+/** Prompt templates, as libs/data names them ('auto' picks by record format; 'raw' is the prompt as-is). */
+export const TEMPLATES = ['auto', 'alpaca', 'chat', 'raw'] as const;
+
+/**
+ * Every default of the job spec. Values follow the "Our decisions" block (split, LoRA, lambda, mu, eps, weighting)
+ * and the reference configs (betas, alignment steps); sizes (rounds, steps, batch, lengths) are small so that the
+ * built-in demo job finishes in minutes on two CPU cores.
+ */
+export const DEFAULTS = {
+  job: { seed: 0, method: 'fedbiot' as Method, rounds: 5, outDir: 'runs' },
+  model: { checkpoint: 'models/demo-llama', provider: 'cpu' as const },
+  split: { adapterLayers: 2, adapterBottom: 0, offsiteTuningAdapterBottom: 2, dropRate: 0.2 },
+  lora: { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] as (typeof LORA_TARGETS)[number][] },
+  data: { federation: 'demo', template: 'auto' as const, maxLength: 64, partition: { kind: 'iid' as const }, testFraction: 0.1 },
+  clients: { localSteps: 10, batchSize: 8, gradAccum: 1, lr: 1e-3, betas: [0.9, 0.95] as [number, number], weightDecay: 0.01, proxEps: 0 },
+  alignment: { preRounds: 2, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
+  aggregation: { weighting: 'tokens' as const },
+  eval: { every: 1, maxNewTokens: 8 },
+  baselines: { offsiteTuning: false, localOnly: false, fedavgLora: false },
+} as const;
+
+const posInt = () => z.number().int().min(1);
+const nonNegInt = () => z.number().int().min(0);
+const posNum = () => z.number().positive();
+const fraction01 = () => z.number().gt(0).lte(1);
+const D = DEFAULTS;
+
+const jobSection = z.strictObject({
+  /** Run directory name; absent: a timestamp plus random suffix. */
+  id: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit')
+    .optional(),
+  seed: z.number().int().default(D.job.seed),
+  method: z.enum(METHODS).default(D.job.method),
+  rounds: posInt().default(D.job.rounds),
+  outDir: z.string().min(1).default(D.job.outDir),
+});
+
+const modelSection = z.strictObject({
+  /** A Hugging Face model folder (config.json, safetensors, tokenizer.json). */
+  checkpoint: z.string().min(1).default(D.model.checkpoint),
+  provider: z.enum(['cpu', 'webgpu', 'cuda']).default(D.model.provider),
+  /** onnxruntime intra-op threads; absent: the runtime's default. */
+  threads: posInt().optional(),
+});
+
+const splitSection = z.strictObject({
+  /** Top adapter layers (the last ones). */
+  adapterLayers: posInt().default(D.split.adapterLayers),
+  /** Bottom adapter layers; absent: 0, or 2 for method offsite-tuning. */
+  adapterBottom: nonNegInt().optional(),
+  /** Emulator layer-dropout rate beta. */
+  dropRate: z.number().min(0).lt(1).default(D.split.dropRate),
+});
+
+const loraSection = z.strictObject({
+  r: posInt().default(D.lora.r),
+  alpha: posNum().default(D.lora.alpha),
+  dropout: z.number().min(0).lt(1).default(D.lora.dropout),
+  targets: z
+    .array(z.enum(LORA_TARGETS))
+    .min(1)
+    .refine((t) => new Set(t).size === t.length, 'targets must not repeat')
+    .default(() => [...D.lora.targets]),
+});
+
+const partitionSection = z.strictObject({
+  kind: z.enum(['iid', 'dirichlet', 'by-field']).default(D.data.partition.kind),
+  /** Dirichlet concentration (kind dirichlet). */
+  alpha: posNum().optional(),
+  /** Record field holding the label or category (kind dirichlet or by-field). */
+  field: z.string().min(1).optional(),
+  /** Number of clients; absent for by-field: one per distinct value. */
+  clients: posInt().optional(),
+}).superRefine((p, ctx) => {
+  // Section-level, so these are reported together with problems elsewhere in the spec (zod skips a refinement
+  // whose own object already failed, not one whose siblings did).
+  if (p.kind === 'dirichlet' && p.alpha === undefined) ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'required when kind is dirichlet' });
+  if (p.kind === 'dirichlet' && p.field === undefined) ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is dirichlet (the label field)' });
+  if (p.kind === 'by-field' && p.field === undefined) ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is by-field' });
+  if (p.kind !== 'dirichlet' && p.alpha !== undefined) ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'only applies to kind dirichlet' });
+});
+
+const dataSection = z.strictObject({
+  /** 'demo' (the built-in federation) or a path to a federation folder or manifest. */
+  federation: z.string().min(1).default(D.data.federation),
+  /** Record format; absent: detected per record. */
+  format: z.enum(EXAMPLE_FORMATS).optional(),
+  template: z.enum(TEMPLATES).default(D.data.template),
+  /** Tokens per training sequence (prompt + response). */
+  maxLength: posInt().default(D.data.maxLength),
+  partition: partitionSection.prefault({}),
+  /** Held-out share of each client's data. */
+  testFraction: z.number().min(0).lt(1).default(D.data.testFraction),
+});
+
+const clientsSection = z.strictObject({
+  perRound: z
+    .strictObject({ fraction: fraction01().optional(), count: posInt().optional() })
+    .refine((p) => p.fraction === undefined || p.count === undefined, 'give fraction or count, not both')
+    .prefault({}),
+  /** AdamW steps per round (K). */
+  localSteps: posInt().default(D.clients.localSteps),
+  batchSize: posInt().default(D.clients.batchSize),
+  gradAccum: posInt().default(D.clients.gradAccum),
+  lr: posNum().default(D.clients.lr),
+  betas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default((): [number, number] => [D.clients.betas[0], D.clients.betas[1]]),
+  weightDecay: z.number().min(0).default(D.clients.weightDecay),
+  /** eps of the proximal term eps * ||theta_A - theta_A^t||^2. */
+  proxEps: z.number().min(0).default(D.clients.proxEps),
+  maxGradNorm: posNum().optional(),
+});
+
+const alignmentSection = z.strictObject({
+  /** Pre-alignment rounds R0 before round 0 (each stepsPerRound steps). */
+  preRounds: nonNegInt().default(D.alignment.preRounds),
+  /** Alignment steps E after every aggregation. */
+  stepsPerRound: nonNegInt().default(D.alignment.stepsPerRound),
+  /** Weight of the KL term. */
+  lambda: z.number().min(0).default(D.alignment.lambda),
+  /** Weight of the public-data cross-entropy. */
+  mu: z.number().min(0).default(D.alignment.mu),
+  lr: posNum().default(D.alignment.lr),
+  batchSize: posInt().default(D.alignment.batchSize),
+  /** Public dataset path; absent: the federation's public corpus. */
+  publicData: z.string().min(1).optional(),
+});
+
+const aggregationSection = z.strictObject({
+  weighting: z.enum(['tokens', 'examples', 'uniform']).default(D.aggregation.weighting),
+  /** Reject client updates whose L2 norm exceeds this. */
+  maxUpdateNorm: posNum().optional(),
+  /** Aggregate once this many updates arrived and the deadline passed. */
+  quorum: posInt().optional(),
+  /** Round deadline in milliseconds. */
+  deadlineMs: posInt().optional(),
+});
+
+const evalSection = z.strictObject({
+  /** Evaluate every this many rounds. */
+  every: posInt().default(D.eval.every),
+  maxNewTokens: posInt().default(D.eval.maxNewTokens),
+  /** Which result rows to evaluate; absent: base + the job's method + enabled baselines. */
+  methods: z
+    .array(z.enum(RESULT_METHODS))
+    .min(1)
+    .refine((m) => new Set(m).size === m.length, 'methods must not repeat')
+    .optional(),
+});
+
+const baselinesSection = z.strictObject({
+  offsiteTuning: z.boolean().default(D.baselines.offsiteTuning),
+  localOnly: z.boolean().default(D.baselines.localOnly),
+  fedavgLora: z.boolean().default(D.baselines.fedavgLora),
+  /** One-shot emulator alignment steps for the offsite-tuning baseline (FS-LLM FedOT); absent: none. */
+  oneShotAlignSteps: posInt().optional(),
+});
+
+/** The zod schema of a job spec (input: the YAML/JSON document; output: with defaults, before method defaults). */
+export const jobSpecSchema = z
+  .strictObject({
+    job: jobSection.prefault({}),
+    model: modelSection.prefault({}),
+    split: splitSection.prefault({}),
+    lora: loraSection.prefault({}),
+    data: dataSection.prefault({}),
+    clients: clientsSection.prefault({}),
+    alignment: alignmentSection.prefault({}),
+    aggregation: aggregationSection.prefault({}),
+    eval: evalSection.prefault({}),
+    baselines: baselinesSection.prefault({}),
+  })
+  .superRefine((s, ctx) => {
+    const issue = (path: (string | number)[], message: string): void => {
+      ctx.addIssue({ code: 'custom', path, message });
+    };
+    if (s.eval.methods !== undefined) {
+      const available = new Set(evalMethodsFor(s.job.method, s.baselines));
+      s.eval.methods.forEach((m, i) => {
+        if (!available.has(m)) issue(['eval', 'methods', i], `"${m}" is not produced by this job (method ${s.job.method}; available: ${[...available].join(', ')})`);
+      });
+    }
+  });
+
+type ParsedSpec = z.output<typeof jobSpecSchema>;
+
+/** A fully resolved job specification: every default filled, including the method-dependent ones. */
+export type JobSpec = Omit<ParsedSpec, 'split' | 'eval'> & {
+  split: Omit<ParsedSpec['split'], 'adapterBottom'> & { adapterBottom: number };
+  eval: Omit<ParsedSpec['eval'], 'methods'> & { methods: ResultMethod[] };
+};
+
+/** The result rows a job produces: base, the method's rows, then enabled baselines (in RESULT_METHODS order). */
+export function evalMethodsFor(method: Method, baselines: { offsiteTuning: boolean; localOnly: boolean; fedavgLora: boolean }): ResultMethod[] {
+  const out = new Set<ResultMethod>(['base']);
+  if (method === 'fedbiot') ['fedbiot-adapemu', 'fedbiot-adapfu'].forEach((m) => out.add(m as ResultMethod));
+  else out.add(method);
+  if (baselines.offsiteTuning) out.add('offsite-tuning');
+  if (baselines.localOnly) out.add('local-only');
+  if (baselines.fedavgLora) out.add('fedavg-lora');
+  return RESULT_METHODS.filter((m) => out.has(m));
+}
+
+/**
+ * Parses the text of a job spec file: JSON for `.json`, YAML otherwise (YAML 1.2, a superset of JSON). An empty
+ * document is `{}` (every default). Returns the raw document for applyOverrides / resolveJobSpec.
+ * @throws JobSpecError listing every syntax error with line and column.
+ */
+export function parseJobSpec(text: string, file: string): unknown {
+  if (extname(file).toLowerCase() === '.json') {
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (e) {
+      throw new JobSpecError([{ file, path: '', message: `invalid JSON: ${(e as Error).message}` }]);
+    }
+  }
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new JobSpecError(
+      doc.errors.map((e) => {
+        const at = e.linePos?.[0];
+        const message = e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+        return { file, path: '', message, ...(at === undefined ? {} : { line: at.line, col: at.col }) };
+      }),
+    );
+  }
+  return doc.toJS() ?? {};
+}
+
+/**
+ * Returns a copy of `raw` with `path=value` overrides applied (e.g. `clients.lr=3e-5`, `job.rounds=3`,
+ * `lora.targets=["q_proj","k_proj"]`). Values are parsed as JSON when they parse, else taken as text; a field that
+ * only holds text (a path, an id, an enum) always takes the text, so `job.id=007` stays "007".
+ * @throws JobSpecError naming each override whose path is not a field of the spec, or that lacks `=`.
+ */
+export function applyOverrides(raw: unknown, overrides: readonly string[], source = 'overrides'): unknown {
+  if (raw != null && !isPlainObject(raw)) {
+    throw new JobSpecError([{ file: source, path: '', message: 'the job spec is not a mapping; overrides cannot apply' }]);
+  }
+  const out: Record<string, unknown> = raw == null ? {} : structuredClone(raw);
+  const issues: JobSpecIssue[] = [];
+  for (const o of overrides) {
+    const eq = o.indexOf('=');
+    if (eq <= 0) {
+      issues.push({ file: source, path: o, message: 'expected path=value' });
+      continue;
+    }
+    const path = o.slice(0, eq).trim().split('.');
+    const text = o.slice(eq + 1);
+    const leaf = resolvePath(path);
+    if (typeof leaf === 'string') {
+      issues.push({ file: source, path: path.join('.'), message: leaf });
+      continue;
+    }
+    let target: Record<string, unknown> = out;
+    let ok = true;
+    for (let i = 0; i < path.length - 1; i++) {
+      const next = target[path[i]];
+      if (next === undefined || next === null) target[path[i]] = {};
+      else if (!isPlainObject(next)) {
+        issues.push({ file: source, path: path.slice(0, i + 1).join('.'), message: `is ${JSON.stringify(next)} in the spec, not a section; cannot set ${path.join('.')}` });
+        ok = false;
+        break;
+      }
+      target = target[path[i]] as Record<string, unknown>;
+    }
+    if (ok) target[path[path.length - 1]] = textOnly(leaf) ? text : parseValue(text);
+  }
+  if (issues.length > 0) throw new JobSpecError(issues);
+  return out;
+}
+
+/**
+ * Validates a raw job spec and fills every default, including split.adapterBottom (2 for offsite-tuning, else 0)
+ * and eval.methods (evalMethodsFor). `source` names the file in messages.
+ * @throws JobSpecError listing every problem as `<source>: <path>: <message>`.
+ */
+export function resolveJobSpec(raw: unknown, source: string): JobSpec {
+  const r = jobSpecSchema.safeParse(raw ?? {});
+  if (!r.success) throw new JobSpecError(r.error.issues.flatMap((i) => issueLines(i, source)));
+  const s = r.data;
+  const adapterBottom = s.split.adapterBottom ?? (s.job.method === 'offsite-tuning' ? D.split.offsiteTuningAdapterBottom : D.split.adapterBottom);
+  return {
+    ...s,
+    split: { ...s.split, adapterBottom },
+    eval: { ...s.eval, methods: s.eval.methods ?? evalMethodsFor(s.job.method, s.baselines) },
+  };
+}
+
+/** Reads, parses, overrides and resolves a job spec file. */
+export async function loadJobSpec(file: string, overrides: readonly string[] = []): Promise<JobSpec> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new JobSpecError([{ file, path: '', message: `cannot read: ${(e as Error).message}` }]);
+  }
+  const raw = applyOverrides(parseJobSpec(text, file), overrides);
+  return resolveJobSpec(raw, overrides.length === 0 ? file : `${file} (with overrides)`);
+}
+
+function issueLines(i: z.core.$ZodIssue, file: string): JobSpecIssue[] {
+  const path = i.path.map(String);
+  const show = (p: readonly PropertyKey[]): string =>
+    p.map((k, j) => (typeof k === 'number' ? `[${k}]` : `${j === 0 ? '' : '.'}${String(k)}`)).join('');
+  if (i.code === 'unrecognized_keys') {
+    const node = resolvePath(path);
+    const allowed = typeof node === 'string' ? [] : Object.keys(objectShape(node) ?? {});
+    return i.keys.map((k) => ({
+      file,
+      path: show([...i.path, k]),
+      message: `unknown key${allowed.length > 0 ? ` (expected one of: ${allowed.join(', ')})` : ''}`,
+    }));
+  }
+  return [{ file, path: show(i.path), message: i.message }];
+}
+
+// --- Schema navigation (for override paths and "expected one of" hints). ---
+
+interface SchemaDef {
+  readonly type: string;
+  readonly innerType?: z.ZodType;
+  readonly shape?: Record<string, z.ZodType>;
+  readonly entries?: Record<string, unknown>;
+}
+
+function defOf(s: z.ZodType): SchemaDef {
+  return (s as unknown as { _zod: { def: SchemaDef } })._zod.def;
+}
+
+/** Strips optional/default/prefault/nullable wrappers. */
+function unwrap(s: z.ZodType): z.ZodType {
+  let cur = s;
+  for (;;) {
+    const d = defOf(cur);
+    if (d.innerType === undefined || !['optional', 'default', 'prefault', 'nullable', 'readonly'].includes(d.type)) return cur;
+    cur = d.innerType;
+  }
+}
+
+function objectShape(s: z.ZodType): Record<string, z.ZodType> | undefined {
+  const u = unwrap(s);
+  const d = defOf(u);
+  return d.type === 'object' ? d.shape : undefined;
+}
+
+/** The schema at `path`, or a message saying why the path is not a field. */
+function resolvePath(path: readonly string[]): z.ZodType | string {
+  // In zod 4 superRefine adds a check to the object schema itself, so the root is still an object.
+  let node: z.ZodType = jobSpecSchema;
+  for (let i = 0; i < path.length; i++) {
+    const shape = objectShape(node);
+    const here = path.slice(0, i).join('.');
+    if (shape === undefined) return `${here} is a value, not a section`;
+    const key = path[i];
+    if (key === '' || !Object.hasOwn(shape, key)) {
+      return `unknown ${i === 0 ? 'section' : `key in ${here}`} "${key}" (expected one of: ${Object.keys(shape).join(', ')})`;
+    }
+    node = shape[key];
+  }
+  return node;
+}
+
+function textOnly(s: z.ZodType): boolean {
+  const t = defOf(unwrap(s)).type;
+  return t === 'string' || t === 'enum';
+}
+
+function parseValue(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

@@ -1,0 +1,188 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULTS, applyOverrides, evalMethodsFor, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
+import { JobSpecError } from '../src/errors.js';
+
+/** The formatted problem lines of a JobSpecError thrown by `f`. */
+function problems(f: () => unknown): string[] {
+  try {
+    f();
+  } catch (e) {
+    assert.ok(e instanceof JobSpecError, `expected JobSpecError, got ${String(e)}`);
+    return e.message.split('\n').slice(1).map((l) => l.trim());
+  }
+  assert.fail('expected a JobSpecError');
+}
+
+test('an empty spec resolves to the documented defaults (decisions block values)', () => {
+  const s = resolveJobSpec(parseJobSpec('', 'empty.yaml'), 'empty.yaml');
+  assert.equal(s.job.method, 'fedbiot');
+  assert.equal(s.job.outDir, 'runs');
+  assert.equal(s.job.id, undefined);
+  assert.equal(s.model.checkpoint, 'models/demo-llama');
+  assert.equal(s.model.provider, 'cpu');
+  assert.deepEqual(s.split, { adapterLayers: 2, adapterBottom: 0, dropRate: 0.2 });
+  assert.deepEqual(s.lora, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
+  assert.equal(s.alignment.lambda, 1);
+  assert.equal(s.alignment.mu, 0);
+  assert.equal(s.clients.proxEps, 0);
+  assert.deepEqual(s.clients.betas, [0.9, 0.95]);
+  assert.deepEqual(s.clients.perRound, {});
+  assert.equal(s.aggregation.weighting, 'tokens');
+  assert.deepEqual(s.data.partition, { kind: 'iid' });
+  assert.equal(s.data.federation, 'demo');
+  assert.deepEqual(s.eval.methods, ['base', 'fedbiot-adapemu', 'fedbiot-adapfu']);
+  assert.deepEqual(s.baselines, { offsiteTuning: false, localOnly: false, fedavgLora: false });
+  assert.equal(s.job.rounds, DEFAULTS.job.rounds);
+  assert.equal(s.clients.localSteps, DEFAULTS.clients.localSteps);
+  // Defaults are fresh per call: mutating one resolved spec must not leak into the next.
+  s.lora.targets.push('k_proj');
+  assert.deepEqual(resolveJobSpec({}, 'x').lora.targets, ['q_proj', 'v_proj']);
+});
+
+test('method-dependent defaults: offsite-tuning gets 2 bottom adapter layers; explicit values win', () => {
+  const ot = resolveJobSpec({ job: { method: 'offsite-tuning' } }, 'ot.yaml');
+  assert.equal(ot.split.adapterBottom, 2);
+  assert.equal(ot.split.adapterLayers, 2);
+  assert.deepEqual(ot.eval.methods, ['base', 'offsite-tuning']);
+  assert.equal(resolveJobSpec({ job: { method: 'offsite-tuning' }, split: { adapterBottom: 1 } }, 'x').split.adapterBottom, 1);
+  const withBaselines = resolveJobSpec({ baselines: { localOnly: true, offsiteTuning: true, fedavgLora: true } }, 'x');
+  assert.deepEqual(withBaselines.eval.methods, ['base', 'fedbiot-adapemu', 'fedbiot-adapfu', 'offsite-tuning', 'local-only', 'fedavg-lora']);
+  assert.deepEqual(evalMethodsFor('local-only', { offsiteTuning: false, localOnly: false, fedavgLora: false }), ['base', 'local-only']);
+});
+
+test('YAML and JSON specs give the same resolved job', () => {
+  const yaml = `
+job:
+  id: exp-1
+  seed: 7
+  rounds: 3
+clients:
+  lr: 3e-5            # YAML 1.2: a float
+  perRound: { fraction: 0.5 }
+lora:
+  targets: [q_proj, k_proj, v_proj]
+data:
+  partition:
+    kind: dirichlet
+    alpha: 0.3
+    field: category
+`;
+  const json = JSON.stringify({
+    job: { id: 'exp-1', seed: 7, rounds: 3 },
+    clients: { lr: 3e-5, perRound: { fraction: 0.5 } },
+    lora: { targets: ['q_proj', 'k_proj', 'v_proj'] },
+    data: { partition: { kind: 'dirichlet', alpha: 0.3, field: 'category' } },
+  });
+  const a = resolveJobSpec(parseJobSpec(yaml, 'job.yaml'), 'job.yaml');
+  const b = resolveJobSpec(parseJobSpec(json, 'job.json'), 'job.json');
+  assert.deepEqual(a, b);
+  assert.equal(a.clients.lr, 3e-5);
+  assert.deepEqual(a.data.partition, { kind: 'dirichlet', alpha: 0.3, field: 'category' });
+});
+
+test('an unknown key is an error naming its full path and the allowed keys', () => {
+  const p = problems(() => resolveJobSpec(parseJobSpec('clients:\n  learningRate: 0.1\n', 'job.yaml'), 'job.yaml'));
+  assert.equal(p.length, 1);
+  assert.match(p[0], /^job\.yaml: clients\.learningRate: unknown key \(expected one of: perRound, localSteps, .*lr.*\)$/);
+  const top = problems(() => resolveJobSpec({ trainer: {} }, 'j.json'));
+  assert.match(top[0], /^j\.json: trainer: unknown key/);
+});
+
+test('several bad values are reported together, each as <file>: <path>: <message>', () => {
+  const p = problems(() =>
+    resolveJobSpec(
+      {
+        job: { rounds: 0, method: 'fedprox' },
+        model: { provider: 'tpu' },
+        lora: { r: 2.5, targets: ['q_proj', 'attn'] },
+        clients: { lr: 'fast', perRound: { fraction: 0.5, count: 2 } },
+        data: { partition: { kind: 'by-field' } },
+        split: { dropRate: 1 },
+        eval: { methods: ['local-only'] },
+      },
+      'bad.yaml',
+    ),
+  );
+  const paths = p.map((l) => l.split(': ')[1]).sort();
+  assert.deepEqual(paths, [
+    'clients.lr',
+    'clients.perRound',
+    'data.partition.field',
+    'job.method',
+    'job.rounds',
+    'lora.r',
+    'lora.targets[1]',
+    'model.provider',
+    'split.dropRate',
+  ]);
+  assert.ok(p.every((l) => l.startsWith('bad.yaml: ')));
+  assert.ok(p.some((l) => l === 'bad.yaml: clients.perRound: give fraction or count, not both'));
+  // The method-vs-eval check runs once the sections are valid.
+  const e = problems(() => resolveJobSpec({ eval: { methods: ['base', 'local-only'] } }, 'e.yaml'));
+  assert.deepEqual(e, ['e.yaml: eval.methods[1]: "local-only" is not produced by this job (method fedbiot; available: base, fedbiot-adapemu, fedbiot-adapfu)']);
+});
+
+test('syntax errors carry file:line:col; a non-mapping document is rejected', () => {
+  const p = problems(() => parseJobSpec('job:\n  rounds: 3\n  rounds: 4\n', 'dup.yaml'));
+  assert.equal(p.length, 1);
+  assert.match(p[0], /^dup\.yaml:3:3: Map keys must be unique$/);
+  assert.match(problems(() => parseJobSpec('{"job": ', 'j.json'))[0], /^j\.json: invalid JSON: /);
+  assert.match(problems(() => resolveJobSpec(parseJobSpec('- 1\n- 2\n', 'list.yaml'), 'list.yaml'))[0], /^list\.yaml: Invalid input: expected object/);
+});
+
+test('overrides: JSON values when they parse, text otherwise, text-only fields keep the text', () => {
+  const raw = { job: { rounds: 9 }, clients: { batchSize: 2 } };
+  const out = applyOverrides(raw, [
+    'clients.lr=3e-5',
+    'job.rounds=3',
+    'job.id=007',
+    'lora.targets=["q_proj","k_proj"]',
+    'data.federation=./fed/manifest.json',
+    'baselines.localOnly=true',
+    'clients.betas=[0.9,0.99]',
+    'model.checkpoint=123',
+  ]);
+  assert.deepEqual(raw, { job: { rounds: 9 }, clients: { batchSize: 2 } }, 'input not mutated');
+  const s = resolveJobSpec(out, 'x');
+  assert.equal(s.clients.lr, 3e-5);
+  assert.equal(s.clients.batchSize, 2);
+  assert.equal(s.job.rounds, 3);
+  assert.equal(s.job.id, '007');
+  assert.deepEqual(s.lora.targets, ['q_proj', 'k_proj']);
+  assert.equal(s.data.federation, './fed/manifest.json');
+  assert.equal(s.baselines.localOnly, true);
+  assert.deepEqual(s.clients.betas, [0.9, 0.99]);
+  assert.equal(s.model.checkpoint, '123');
+  // A value of the wrong type is caught by validation, not silently coerced.
+  assert.match(problems(() => resolveJobSpec(applyOverrides({}, ['job.rounds=three']), 'x'))[0], /^x: job\.rounds: Invalid input: expected number, received string$/);
+});
+
+test('overrides: every bad path is reported, naming it', () => {
+  const p = problems(() => applyOverrides({ clients: 5 }, ['clients.lrr=1', 'nope.x=2', 'job.rounds.x=3', 'noequals', 'clients.lr=1']));
+  assert.deepEqual(p, [
+    'overrides: clients.lrr: unknown key in clients "lrr" (expected one of: perRound, localSteps, batchSize, gradAccum, lr, betas, weightDecay, proxEps, maxGradNorm)',
+    'overrides: nope.x: unknown section "nope" (expected one of: job, model, split, lora, data, clients, alignment, aggregation, eval, baselines)',
+    'overrides: job.rounds.x: job.rounds is a value, not a section',
+    'overrides: noequals: expected path=value',
+    'overrides: clients: is 5 in the spec, not a section; cannot set clients.lr',
+  ]);
+});
+
+test('loadJobSpec reads a file and applies overrides', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-jobspec-'));
+  try {
+    const file = join(dir, 'job.yaml');
+    await writeFile(file, 'job:\n  rounds: 4\nclients:\n  localSteps: 3\n');
+    const s = await loadJobSpec(file, ['job.rounds=2']);
+    assert.equal(s.job.rounds, 2);
+    assert.equal(s.clients.localSteps, 3);
+    await assert.rejects(loadJobSpec(join(dir, 'missing.yaml')), /missing\.yaml: cannot read/);
+    await assert.rejects(loadJobSpec(file, ['clients.localSteps=0']), /job\.yaml \(with overrides\): clients\.localSteps: Too small/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
