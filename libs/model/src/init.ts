@@ -52,3 +52,9 @@ export function memoryWeights(cfg: ModelConfig, weights: ReadonlyMap<string, Flo
     },
   };
 }
+
+/** Writes a checkpoint folder with freshly initialised weights (benchmarks, pretraining from scratch). */
+export async function writeRandomCheckpoint(dir: string, cfg: ModelConfig, seed: number, std = 0.02): Promise<void> {
+  const { writeCheckpoint } = await import('./checkpoint.js');
+  await writeCheckpoint(dir, cfg, initWeights(cfg, seed, std));
+}

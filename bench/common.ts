@@ -1,0 +1,62 @@
+/** Shared benchmark plumbing: timing, memory, machine description, table printing, JSON results. */
+import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+
+export interface Timing {
+  readonly median: number;
+  readonly min: number;
+  readonly runs: number;
+}
+
+/** Runs `fn` `warmup` times, then `runs` times, and returns milliseconds (median and min). */
+export async function time(fn: () => Promise<unknown>, runs: number, warmup = 2): Promise<Timing> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const ms: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await fn();
+    ms.push(performance.now() - t0);
+  }
+  ms.sort((a, b) => a - b);
+  return { median: ms[Math.floor(ms.length / 2)]!, min: ms[0]!, runs };
+}
+
+/** Peak resident set size of this process (workers included) in MiB. */
+export function peakRssMib(): number {
+  return Math.round(process.resourceUsage().maxRSS / 1024);
+}
+
+export function machine(): string {
+  const c = cpus();
+  return `${c.length} x ${c[0]?.model ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, node ${process.version}`;
+}
+
+export function printTable(rows: readonly Record<string, unknown>[], columns: readonly string[]): void {
+  const cell = (v: unknown): string => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v ?? ''));
+  const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]): string => '| ' + vals.map((v, i) => v.padEnd(widths[i]!)).join(' | ') + ' |';
+  console.log(line([...columns]));
+  console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
+  for (const r of rows) console.log(line(columns.map((c) => cell(r[c]))));
+}
+
+/**
+ * Writes rows to bench/results/<name>.json, replacing earlier rows of the same (case, provider) so CPU runs
+ * here and GPU runs on the device machine accumulate in one file.
+ */
+export function writeResults(name: string, rows: readonly Record<string, unknown>[], dir = join(process.cwd(), 'bench', 'results')): string {
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `${name}.json`);
+  const key = (r: Record<string, unknown>): string => `${String(r['case'])}|${String(r['provider'])}|${String(r['task'] ?? '')}`;
+  const old: Record<string, unknown>[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>[]) : [];
+  const fresh = new Set(rows.map(key));
+  writeFileSync(file, JSON.stringify([...old.filter((r) => !fresh.has(key(r))), ...rows], null, 1) + '\n');
+  return file;
+}
+
+/** `--name value` style options. */
+export function argOf(args: readonly string[], name: string): string | undefined {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+}
