@@ -1,0 +1,104 @@
+import cliProgress from 'cli-progress';
+
+/**
+ * Progress for long steps (pre-alignment, local training, evaluation): a live bar when the output is a terminal,
+ * and plain lines otherwise (CI logs, `| tee`, Kubernetes pods), where redrawing a bar would flood the log.
+ */
+
+/** Extra figures shown after the count, e.g. `{ loss: 2.31 }` or a short text. */
+export type ProgressInfo = Readonly<Record<string, string | number>> | string;
+
+export interface Progress {
+  /** Advances by `n` steps (default 1) and sets the info shown with the bar or line. */
+  tick(n?: number, info?: ProgressInfo): void;
+  /** Finishes: stops the bar, or prints the final line with the elapsed time. Idempotent. */
+  done(info?: ProgressInfo): void;
+}
+
+export interface ProgressOptions {
+  /** Where to draw. Default process.stderr, so stdout stays clean for tables and JSON. */
+  readonly stream?: NodeJS.WritableStream & { isTTY?: boolean };
+  /** Force bar (true) or line (false) mode; default: bar iff the stream is a TTY and CI is not set. */
+  readonly tty?: boolean;
+  /** Plain mode: print when progress crosses each multiple of this percentage. Default 10. */
+  readonly everyPercent?: number;
+  /** Clock in ms, for tests. Default Date.now. */
+  readonly now?: () => number;
+}
+
+/**
+ * Starts a progress display for `total` steps (a positive integer).
+ * Plain mode prints `<label>: <value>/<total> (<pct>%) <info>` each time progress crosses a multiple of
+ * `everyPercent`, and `<label>: done <total>/<total> in <s>s <info>` at done().
+ */
+export function progress(label: string, total: number, opts: ProgressOptions = {}): Progress {
+  if (!Number.isInteger(total) || total < 1) throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
+  const stream = opts.stream ?? process.stderr;
+  const tty = opts.tty ?? (stream.isTTY === true && process.env['CI'] === undefined);
+  return tty ? barProgress(label, total, stream) : lineProgress(label, total, stream, opts.everyPercent ?? 10, opts.now ?? Date.now);
+}
+
+function formatInfo(info: ProgressInfo | undefined): string {
+  if (info === undefined) return '';
+  if (typeof info === 'string') return info;
+  return Object.entries(info)
+    .map(([k, v]) => `${k}=${typeof v === 'number' ? fmtNumber(v) : v}`)
+    .join(' ');
+}
+
+function fmtNumber(v: number): string {
+  if (Number.isInteger(v)) return String(v);
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : v.toPrecision(4);
+}
+
+function barProgress(label: string, total: number, stream: NodeJS.WritableStream): Progress {
+  const bar = new cliProgress.SingleBar(
+    { format: `${label} [{bar}] {percentage}% | {value}/{total} | {duration_formatted} < {eta_formatted} | {info}`, stream, hideCursor: true },
+    cliProgress.Presets.shades_classic,
+  );
+  bar.start(total, 0, { info: '' });
+  let value = 0;
+  let finished = false;
+  return {
+    tick(n = 1, info) {
+      if (finished) return;
+      value = Math.min(total, value + n);
+      bar.update(value, { info: formatInfo(info) });
+    },
+    done(info) {
+      if (finished) return;
+      finished = true;
+      if (info !== undefined) bar.update(value, { info: formatInfo(info) });
+      bar.stop();
+    },
+  };
+}
+
+function lineProgress(label: string, total: number, stream: NodeJS.WritableStream, everyPercent: number, now: () => number): Progress {
+  const start = now();
+  const step = Math.max(1, (total * everyPercent) / 100);
+  let value = 0;
+  let nextMark = step;
+  let finished = false;
+  const suffix = (info: ProgressInfo | undefined): string => {
+    const s = formatInfo(info);
+    return s === '' ? '' : ` ${s}`;
+  };
+  return {
+    tick(n = 1, info) {
+      if (finished) return;
+      value = Math.min(total, value + n);
+      if (value >= nextMark && value < total) {
+        stream.write(`${label}: ${value}/${total} (${Math.floor((100 * value) / total)}%)${suffix(info)}\n`);
+        while (nextMark <= value) nextMark += step;
+      }
+    },
+    done(info) {
+      if (finished) return;
+      finished = true;
+      const secs = ((now() - start) / 1000).toFixed(1);
+      stream.write(`${label}: done ${value}/${total} in ${secs}s${suffix(info)}\n`);
+    },
+  };
+}
