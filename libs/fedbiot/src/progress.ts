@@ -49,7 +49,8 @@ function formatInfo(info: ProgressInfo | undefined): string {
 function fmtNumber(v: number): string {
   if (Number.isInteger(v)) return String(v);
   const a = Math.abs(v);
-  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : v.toPrecision(4);
+  // Number(...) drops trailing zeros: 0.5 not 0.5000.
+  return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : String(Number(v.toPrecision(4)));
 }
 
 function barProgress(label: string, total: number, stream: NodeJS.WritableStream): Progress {

@@ -1,0 +1,265 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../../../engine/src/safetensors.js';
+import { CONFIG_FILE, METRICS_FILE, readMetrics, type MetricsEvent } from '../run-dir.js';
+import { RESULT_METHODS, compareClients, isEvalEvent, resultsFromEvents, type Results } from './results-json.js';
+import { formatBytes } from './results-table.js';
+
+/**
+ * report.html: one self-contained page per run (no scripts, fonts or images from elsewhere, so it opens offline
+ * and can be mailed): line charts drawn as inline SVG from metrics.jsonl, the results tables and the resolved
+ * configuration.
+ */
+
+export interface ReportInput {
+  readonly title?: string;
+  readonly events: readonly MetricsEvent[];
+  /** Final results; default: resultsFromEvents(events). */
+  readonly results?: Results;
+  /** The resolved job spec, shown verbatim. */
+  readonly config?: unknown;
+}
+
+/** One line of a chart. */
+export interface Series {
+  readonly name: string;
+  /** (round, value) pairs; non-finite values are skipped. */
+  readonly points: readonly (readonly [number, number])[];
+}
+
+export interface ChartSpec {
+  readonly title: string;
+  readonly xLabel: string;
+  readonly yLabel: string;
+  readonly series: readonly Series[];
+}
+
+/** Series of one eval metric, one per (method, client), points ordered by round (latest event per round wins). */
+export function evalSeries(events: readonly MetricsEvent[], metric: 'test_loss' | 'accuracy', scale = 1): Series[] {
+  const byKey = new Map<string, { method: string; client: string; points: Map<number, number> }>();
+  for (const e of events) {
+    if (!isEvalEvent(e)) continue;
+    const v = e[metric];
+    if (typeof v !== 'number' || !Number.isFinite(v)) continue;
+    const key = `${e.method}\u0000${e.client}`;
+    let s = byKey.get(key);
+    if (s === undefined) byKey.set(key, (s = { method: e.method, client: e.client, points: new Map() }));
+    s.points.set(e.round, v * scale);
+  }
+  return [...byKey.values()]
+    .sort((a, b) => methodOrder(a.method) - methodOrder(b.method) || compareClients(a.client, b.client))
+    .map((s) => ({ name: `${s.method} / ${s.client}`, points: [...s.points].sort((p, q) => p[0] - q[0]) }));
+}
+
+/** Training-loss series from 'train' events with a numeric `loss`, one per (method, client), mean per round. */
+export function trainSeries(events: readonly MetricsEvent[]): Series[] {
+  const byKey = new Map<string, Map<number, { sum: number; n: number }>>();
+  for (const e of events) {
+    if (e.kind !== 'train' || typeof e['loss'] !== 'number' || !Number.isFinite(e['loss'])) continue;
+    const key = `${e.method ?? 'train'} / ${e.client ?? 'all'}`;
+    let rounds = byKey.get(key);
+    if (rounds === undefined) byKey.set(key, (rounds = new Map()));
+    const acc = rounds.get(e.round) ?? { sum: 0, n: 0 };
+    acc.sum += e['loss'];
+    acc.n++;
+    rounds.set(e.round, acc);
+  }
+  return [...byKey]
+    .sort((a, b) => (a[0] < b[0] ? -1 : 1))
+    .map(([name, rounds]) => ({ name, points: [...rounds].sort((p, q) => p[0] - q[0]).map(([r, a]) => [r, a.sum / a.n] as const) }));
+}
+
+const methodOrder = (m: string): number => {
+  const i = (RESULT_METHODS as readonly string[]).indexOf(m);
+  return i < 0 ? RESULT_METHODS.length : i;
+};
+
+/** The full HTML page. */
+export function renderReportHtml(input: ReportInput): string {
+  const title = input.title ?? 'FedBiOT run report';
+  const results = input.results ?? resultsFromEvents(input.events);
+  const charts: ChartSpec[] = [
+    { title: 'Test loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: evalSeries(input.events, 'test_loss') },
+    { title: 'Exact-match accuracy per round', xLabel: 'round', yLabel: 'accuracy (%)', series: evalSeries(input.events, 'accuracy', 100) },
+  ];
+  const train = trainSeries(input.events);
+  if (train.length > 0) charts.push({ title: 'Training loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: train });
+  const chartHtml = charts
+    .filter((c) => c.series.length > 0)
+    .map((c) => `<section class="chart"><h2>${esc(c.title)}</h2>\n${renderLineChart(c)}</section>`)
+    .join('\n');
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${esc(title)}</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
+h1{font-size:22px}h2{font-size:17px;margin:20px 0 8px}
+table{border-collapse:collapse;margin:8px 0 16px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}
+th{background:#f6f8fa}pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px}
+svg text{font-family:inherit;font-size:11px;fill:#1b1f24}
+</style>
+</head>
+<body>
+<h1>${esc(title)}</h1>
+${chartHtml || '<p>No per-round evaluation events yet.</p>'}
+<section class="results"><h2>Results</h2>
+${renderResultsHtml(results)}
+</section>
+${input.config === undefined ? '' : `<section class="config"><h2>Resolved configuration</h2>\n<pre>${esc(JSON.stringify(input.config, null, 2))}</pre></section>`}
+</body>
+</html>
+`;
+}
+
+function renderResultsHtml(results: Results): string {
+  const methods = RESULT_METHODS.filter((m) => results.rows.some((r) => r.method === m));
+  const clients = [...new Set(results.rows.map((r) => r.client))].sort(compareClients);
+  const get = (m: string, c: string) => results.rows.find((r) => r.method === m && r.client === c);
+  const table = (caption: string, fmt: (m: string, c: string) => string): string =>
+    `<table class="results-table"><caption>${esc(caption)}</caption><thead><tr><th>method</th>${clients.map((c) => `<th>${esc(c)}</th>`).join('')}</tr></thead><tbody>\n` +
+    methods.map((m) => `<tr><td>${esc(m)}</td>${clients.map((c) => `<td>${fmt(m, c)}</td>`).join('')}</tr>`).join('\n') +
+    '\n</tbody></table>';
+  if (results.rows.length === 0) return '<p>No evaluation results.</p>';
+  return [
+    table('Test loss (nats/token)', (m, c) => {
+      const v = get(m, c)?.test_loss;
+      return v === undefined || v === null ? '-' : v.toFixed(4);
+    }),
+    table('Exact-match accuracy (%)', (m, c) => {
+      const v = get(m, c)?.accuracy;
+      return v === undefined || v === null ? '-' : (100 * v).toFixed(1);
+    }),
+    `<p>Bytes per round per client: down ${esc(formatBytes(results.bytes_per_round.down))}, up ${esc(formatBytes(results.bytes_per_round.up))}</p>`,
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SVG line chart
+
+const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+const DASHES = ['', '6 3', '2 3', '8 3 2 3'];
+
+/**
+ * An SVG line chart: axes with "nice" ticks (1, 2, 5 x 10^k), one polyline per series (markers at each point, so a
+ * single-round series still shows) and a legend on the right. Colours cycle through 10, then dash patterns vary.
+ */
+export function renderLineChart(chart: ChartSpec, width = 860, height = 320): string {
+  const legendW = 200;
+  const m = { left: 64, right: 16 + legendW, top: 12, bottom: 44 };
+  const pw = width - m.left - m.right;
+  const ph = height - m.top - m.bottom;
+  const all = chart.series.flatMap((s) => s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)));
+  const xs = all.map((p) => p[0]);
+  const ys = all.map((p) => p[1]);
+  const xTicks = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 8, true);
+  const yTicks = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
+  const [x0, x1] = [xTicks[0], xTicks[xTicks.length - 1]];
+  const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
+  const sx = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * pw;
+  const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
+  const f = (v: number): string => v.toFixed(1);
+  const parts: string[] = [];
+  // A long legend extends the picture downwards rather than running off it.
+  const svgH = Math.max(height, m.top + 16 * chart.series.length + 8);
+  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`);
+  parts.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="#fff" stroke="#d0d7de"/>`);
+  for (const t of yTicks) {
+    const y = f(sy(t));
+    parts.push(`<line class="grid" x1="${m.left}" x2="${m.left + pw}" y1="${y}" y2="${y}" stroke="#eaeef2"/>`);
+    parts.push(`<line class="tick" x1="${m.left - 4}" x2="${m.left}" y1="${y}" y2="${y}" stroke="#57606a"/>`);
+    parts.push(`<text class="ytick" x="${m.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${esc(tickLabel(t, yTicks))}</text>`);
+  }
+  for (const t of xTicks) {
+    const x = f(sx(t));
+    parts.push(`<line class="tick" x1="${x}" x2="${x}" y1="${m.top + ph}" y2="${m.top + ph + 4}" stroke="#57606a"/>`);
+    parts.push(`<text class="xtick" x="${x}" y="${m.top + ph + 16}" text-anchor="middle">${esc(tickLabel(t, xTicks))}</text>`);
+  }
+  parts.push(`<line class="axis" x1="${m.left}" x2="${m.left + pw}" y1="${m.top + ph}" y2="${m.top + ph}" stroke="#57606a"/>`);
+  parts.push(`<line class="axis" x1="${m.left}" x2="${m.left}" y1="${m.top}" y2="${m.top + ph}" stroke="#57606a"/>`);
+  parts.push(`<text x="${m.left + pw / 2}" y="${height - 6}" text-anchor="middle">${esc(chart.xLabel)}</text>`);
+  parts.push(`<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${esc(chart.yLabel)}</text>`);
+  chart.series.forEach((s, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    const dash = DASHES[Math.floor(i / PALETTE.length) % DASHES.length];
+    const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+    const dashAttr = dash === '' ? '' : ` stroke-dasharray="${dash}"`;
+    parts.push(
+      `<polyline class="series" data-series="${esc(s.name)}" fill="none" stroke="${color}" stroke-width="2"${dashAttr} points="${pts.map(([x, y]) => `${f(sx(x))},${f(sy(y))}`).join(' ')}"/>`,
+    );
+    for (const [x, y] of pts) parts.push(`<circle cx="${f(sx(x))}" cy="${f(sy(y))}" r="2.5" fill="${color}"><title>${esc(`${s.name}: round ${x}, ${y}`)}</title></circle>`);
+    const ly = m.top + 8 + i * 16;
+    const lx = m.left + pw + 14;
+    parts.push(`<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text></g>`);
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
+/**
+ * Evenly spaced round tick values covering [min, max], about `target` of them, with a step of 1, 2 or 5 x 10^k
+ * (Heckbert, "Nice numbers for graph labels", Graphics Gems 1990). `integer` forces steps >= 1 (round numbers).
+ */
+export function niceTicks(min: number, max: number, target = 6, integer = false): number[] {
+  let lo = min;
+  let hi = max;
+  if (lo === hi) {
+    const pad = lo === 0 ? 1 : Math.abs(lo) * 0.1;
+    lo -= integer ? 1 : pad;
+    hi += integer ? 1 : pad;
+  }
+  const range = niceNum(hi - lo, false);
+  let step = niceNum(range / Math.max(1, target - 1), true);
+  if (integer) step = Math.max(1, Math.round(step));
+  const start = Math.floor(lo / step) * step;
+  const end = Math.ceil(hi / step) * step;
+  const out: number[] = [];
+  // Rebuilding each tick from its index (not by repeated addition) keeps 0.1 + 0.2-style drift out of labels.
+  for (let i = 0; start + i * step <= end + step * 1e-9; i++) out.push(Number((start + i * step).toPrecision(12)));
+  return out;
+}
+
+function niceNum(x: number, round: boolean): number {
+  const exp = Math.floor(Math.log10(x));
+  const f = x / 10 ** exp;
+  let nf: number;
+  if (round) nf = f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10;
+  else nf = f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10;
+  return nf * 10 ** exp;
+}
+
+function tickLabel(v: number, ticks: readonly number[]): string {
+  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : 1;
+  const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return v.toFixed(decimals);
+}
+
+function esc(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+}
+
+/**
+ * Builds `<runDir>/report.html` from the run's metrics.jsonl and config.resolved.json (each optional) and returns
+ * its path. `results` defaults to resultsFromEvents.
+ */
+export async function writeReportHtml(runDir: string, opts: { title?: string; results?: Results } = {}): Promise<string> {
+  const events = await readMetrics(join(runDir, METRICS_FILE)).catch((e: unknown) => {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  });
+  let config: unknown;
+  try {
+    config = JSON.parse(await readFile(join(runDir, CONFIG_FILE), 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${join(runDir, CONFIG_FILE)}: ${(e as Error).message}`);
+  }
+  const html = renderReportHtml({ events, ...(opts.title === undefined ? {} : { title: opts.title }), ...(opts.results === undefined ? {} : { results: opts.results }), config });
+  const path = join(runDir, 'report.html');
+  await writeFileAtomic(path, async (fh) => {
+    await fh.writeFile(html, 'utf8');
+  });
+  return path;
+}
