@@ -38,10 +38,12 @@ export function checkUpdate(
   const clientId = update.clientId;
   const problems: UpdateProblem[] = [];
   for (const name of reference.keys()) {
-    if (!update.tensors.has(name)) problems.push({ clientId, tensor: name, kind: 'missing', message: 'missing from the update' });
+    if (!update.tensors.has(name))
+      problems.push({ clientId, tensor: name, kind: 'missing', message: 'missing from the update' });
   }
   for (const name of update.tensors.keys()) {
-    if (!reference.has(name)) problems.push({ clientId, tensor: name, kind: 'extra', message: 'not an expected tensor' });
+    if (!reference.has(name))
+      problems.push({ clientId, tensor: name, kind: 'extra', message: 'not an expected tensor' });
   }
   let sumSq = 0;
   let finite = true;
@@ -78,7 +80,11 @@ export function checkUpdate(
   if (opts.maxNorm !== undefined && finite) {
     const norm = Math.sqrt(sumSq);
     if (norm > opts.maxNorm) {
-      problems.push({ clientId, kind: 'norm', message: `update L2 norm ${norm.toPrecision(6)} exceeds the bound ${opts.maxNorm}` });
+      problems.push({
+        clientId,
+        kind: 'norm',
+        message: `update L2 norm ${norm.toPrecision(6)} exceeds the bound ${opts.maxNorm}`,
+      });
     }
   }
   return problems;
@@ -88,7 +94,11 @@ export function checkUpdate(
  * Checks every update and throws one UpdateRejectedError listing all problems of all clients, or returns.
  * Use it where a bad update must stop aggregation; use checkUpdate to drop bad clients and continue.
  */
-export function assertUpdates(updates: readonly ClientUpdate[], reference: UpdateReference, opts: CheckOptions = {}): void {
+export function assertUpdates(
+  updates: readonly ClientUpdate[],
+  reference: UpdateReference,
+  opts: CheckOptions = {},
+): void {
   const problems = updates.flatMap((u) => checkUpdate(u, reference, opts));
   if (problems.length > 0) throw new UpdateRejectedError(problems);
 }
@@ -101,12 +111,17 @@ export interface FedAvgOptions {
 }
 
 /** Normalised aggregation weights (sum 1), in the order of `updates`. Throws on bad counts or a zero total. */
-export function aggregationWeights(updates: readonly Pick<ClientUpdate, 'clientId' | 'tokens' | 'examples'>[], weighting: Weighting): number[] {
+export function aggregationWeights(
+  updates: readonly Pick<ClientUpdate, 'clientId' | 'tokens' | 'examples'>[],
+  weighting: Weighting,
+): number[] {
   if (updates.length === 0) throw new AggregationError('fedAvg: no updates to aggregate');
   const raw = updates.map((u) => rawWeight(u, weighting));
   const total = raw.reduce((a, b) => a + b, 0);
   if (!(total > 0)) {
-    throw new AggregationError(`fedAvg: total ${weighting} weight is 0 over clients ${updates.map((u) => u.clientId).join(', ')}`);
+    throw new AggregationError(
+      `fedAvg: total ${weighting} weight is 0 over clients ${updates.map((u) => u.clientId).join(', ')}`,
+    );
   }
   return raw.map((w) => w / total);
 }
@@ -115,7 +130,9 @@ function rawWeight(u: Pick<ClientUpdate, 'clientId' | 'tokens' | 'examples'>, we
   if (weighting === 'uniform') return 1;
   const w = weighting === 'tokens' ? u.tokens : u.examples;
   if (!Number.isFinite(w) || w < 0) {
-    throw new UpdateRejectedError([{ clientId: u.clientId, kind: 'weight', message: `${weighting} must be a finite number >= 0, got ${w}` }]);
+    throw new UpdateRejectedError([
+      { clientId: u.clientId, kind: 'weight', message: `${weighting} must be a finite number >= 0, got ${w}` },
+    ]);
   }
   return w;
 }
@@ -156,7 +173,9 @@ export class FedAvgAccumulator {
   add(update: ClientUpdate): void {
     const w = rawWeight(update, this.weighting);
     if (this.clients.includes(update.clientId)) {
-      throw new UpdateRejectedError([{ clientId: update.clientId, kind: 'extra', message: 'a second update from this client in the same round' }]);
+      throw new UpdateRejectedError([
+        { clientId: update.clientId, kind: 'extra', message: 'a second update from this client in the same round' },
+      ]);
     }
     if (this.clients.length > 0) this.checkConsistent(update);
     for (const [name, values] of update.tensors) {
@@ -191,13 +210,25 @@ export class FedAvgAccumulator {
     const clientId = update.clientId;
     for (const [name, sum] of this.sums) {
       const v = update.tensors.get(name);
-      if (v === undefined) problems.push({ clientId, tensor: name, kind: 'missing', message: `missing; client ${this.clients[0]} sent it` });
+      if (v === undefined)
+        problems.push({
+          clientId,
+          tensor: name,
+          kind: 'missing',
+          message: `missing; client ${this.clients[0]} sent it`,
+        });
       else if (v.length !== sum.length) {
-        problems.push({ clientId, tensor: name, kind: 'shape', message: `has ${v.length} elements; client ${this.clients[0]} sent ${sum.length}` });
+        problems.push({
+          clientId,
+          tensor: name,
+          kind: 'shape',
+          message: `has ${v.length} elements; client ${this.clients[0]} sent ${sum.length}`,
+        });
       }
     }
     for (const name of update.tensors.keys()) {
-      if (!this.sums.has(name)) problems.push({ clientId, tensor: name, kind: 'extra', message: `not sent by client ${this.clients[0]}` });
+      if (!this.sums.has(name))
+        problems.push({ clientId, tensor: name, kind: 'extra', message: `not sent by client ${this.clients[0]}` });
     }
     if (problems.length > 0) throw new UpdateRejectedError(problems);
   }

@@ -26,7 +26,9 @@ export interface UpdateProblem {
 export class UpdateRejectedError extends Error {
   override readonly name = 'UpdateRejectedError';
   constructor(readonly problems: readonly UpdateProblem[]) {
-    super(`rejected update${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${formatProblem(p)}`).join('\n')}`);
+    super(
+      `rejected update${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${formatProblem(p)}`).join('\n')}`,
+    );
   }
 }
 

@@ -32,8 +32,22 @@ export const DEFAULTS = {
   model: { checkpoint: 'models/demo-llama', provider: 'cpu' as const },
   split: { adapterLayers: 2, adapterBottom: 0, offsiteTuningAdapterBottom: 2, dropRate: 0.2 },
   lora: { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] as (typeof LORA_TARGETS)[number][] },
-  data: { federation: 'demo', template: 'auto' as const, maxLength: 64, partition: { kind: 'iid' as const }, testFraction: 0.1 },
-  clients: { localSteps: 10, batchSize: 8, gradAccum: 1, lr: 1e-3, betas: [0.9, 0.95] as [number, number], weightDecay: 0.01, proxEps: 0 },
+  data: {
+    federation: 'demo',
+    template: 'auto' as const,
+    maxLength: 64,
+    partition: { kind: 'iid' as const },
+    testFraction: 0.1,
+  },
+  clients: {
+    localSteps: 10,
+    batchSize: 8,
+    gradAccum: 1,
+    lr: 1e-3,
+    betas: [0.9, 0.95] as [number, number],
+    weightDecay: 0.01,
+    proxEps: 0,
+  },
   alignment: { preRounds: 2, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
   aggregation: { weighting: 'tokens' as const },
   eval: { every: 1, maxNewTokens: 8 },
@@ -50,7 +64,10 @@ const jobSection = z.strictObject({
   /** Run directory name; absent: a timestamp plus random suffix. */
   id: z
     .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit')
+    .regex(
+      /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/,
+      'must be 1-128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit',
+    )
     .optional(),
   seed: z.number().int().default(D.job.seed),
   method: z.enum(METHODS).default(D.job.method),
@@ -86,22 +103,28 @@ const loraSection = z.strictObject({
     .default(() => [...D.lora.targets]),
 });
 
-const partitionSection = z.strictObject({
-  kind: z.enum(['iid', 'dirichlet', 'by-field']).default(D.data.partition.kind),
-  /** Dirichlet concentration (kind dirichlet). */
-  alpha: posNum().optional(),
-  /** Record field holding the label or category (kind dirichlet or by-field). */
-  field: z.string().min(1).optional(),
-  /** Number of clients; absent for by-field: one per distinct value. */
-  clients: posInt().optional(),
-}).superRefine((p, ctx) => {
-  // Section-level, so these are reported together with problems elsewhere in the spec (zod skips a refinement
-  // whose own object already failed, not one whose siblings did).
-  if (p.kind === 'dirichlet' && p.alpha === undefined) ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'required when kind is dirichlet' });
-  if (p.kind === 'dirichlet' && p.field === undefined) ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is dirichlet (the label field)' });
-  if (p.kind === 'by-field' && p.field === undefined) ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is by-field' });
-  if (p.kind !== 'dirichlet' && p.alpha !== undefined) ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'only applies to kind dirichlet' });
-});
+const partitionSection = z
+  .strictObject({
+    kind: z.enum(['iid', 'dirichlet', 'by-field']).default(D.data.partition.kind),
+    /** Dirichlet concentration (kind dirichlet). */
+    alpha: posNum().optional(),
+    /** Record field holding the label or category (kind dirichlet or by-field). */
+    field: z.string().min(1).optional(),
+    /** Number of clients; absent for by-field: one per distinct value. */
+    clients: posInt().optional(),
+  })
+  .superRefine((p, ctx) => {
+    // Section-level, so these are reported together with problems elsewhere in the spec (zod skips a refinement
+    // whose own object already failed, not one whose siblings did).
+    if (p.kind === 'dirichlet' && p.alpha === undefined)
+      ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'required when kind is dirichlet' });
+    if (p.kind === 'dirichlet' && p.field === undefined)
+      ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is dirichlet (the label field)' });
+    if (p.kind === 'by-field' && p.field === undefined)
+      ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is by-field' });
+    if (p.kind !== 'dirichlet' && p.alpha !== undefined)
+      ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'only applies to kind dirichlet' });
+  });
 
 const dataSection = z.strictObject({
   /** 'demo' (the built-in federation) or a path to a federation folder or manifest. */
@@ -126,7 +149,9 @@ const clientsSection = z.strictObject({
   batchSize: posInt().default(D.clients.batchSize),
   gradAccum: posInt().default(D.clients.gradAccum),
   lr: posNum().default(D.clients.lr),
-  betas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default((): [number, number] => [D.clients.betas[0], D.clients.betas[1]]),
+  betas: z
+    .tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)])
+    .default((): [number, number] => [D.clients.betas[0], D.clients.betas[1]]),
   weightDecay: z.number().min(0).default(D.clients.weightDecay),
   /** eps of the proximal term eps * ||theta_A - theta_A^t||^2. */
   proxEps: z.number().min(0).default(D.clients.proxEps),
@@ -199,7 +224,11 @@ export const jobSpecSchema = z
     if (s.eval.methods !== undefined) {
       const available = new Set(evalMethodsFor(s.job.method, s.baselines));
       s.eval.methods.forEach((m, i) => {
-        if (!available.has(m)) issue(['eval', 'methods', i], `"${m}" is not produced by this job (method ${s.job.method}; available: ${[...available].join(', ')})`);
+        if (!available.has(m))
+          issue(
+            ['eval', 'methods', i],
+            `"${m}" is not produced by this job (method ${s.job.method}; available: ${[...available].join(', ')})`,
+          );
       });
     }
   });
@@ -213,7 +242,10 @@ export type JobSpec = Omit<ParsedSpec, 'split' | 'eval'> & {
 };
 
 /** The result rows a job produces: base, the method's rows, then enabled baselines (in RESULT_METHODS order). */
-export function evalMethodsFor(method: Method, baselines: { offsiteTuning: boolean; localOnly: boolean; fedavgLora: boolean }): ResultMethod[] {
+export function evalMethodsFor(
+  method: Method,
+  baselines: { offsiteTuning: boolean; localOnly: boolean; fedavgLora: boolean },
+): ResultMethod[] {
   const out = new Set<ResultMethod>(['base']);
   if (method === 'fedbiot') ['fedbiot-adapemu', 'fedbiot-adapfu'].forEach((m) => out.add(m as ResultMethod));
   else out.add(method);
@@ -257,7 +289,9 @@ export function parseJobSpec(text: string, file: string): unknown {
  */
 export function applyOverrides(raw: unknown, overrides: readonly string[], source = 'overrides'): unknown {
   if (raw != null && !isPlainObject(raw)) {
-    throw new JobSpecError([{ file: source, path: '', message: 'the job spec is not a mapping; overrides cannot apply' }]);
+    throw new JobSpecError([
+      { file: source, path: '', message: 'the job spec is not a mapping; overrides cannot apply' },
+    ]);
   }
   const out: Record<string, unknown> = raw == null ? {} : structuredClone(raw);
   const issues: JobSpecIssue[] = [];
@@ -280,7 +314,11 @@ export function applyOverrides(raw: unknown, overrides: readonly string[], sourc
       const next = target[path[i]];
       if (next === undefined || next === null) target[path[i]] = {};
       else if (!isPlainObject(next)) {
-        issues.push({ file: source, path: path.slice(0, i + 1).join('.'), message: `is ${JSON.stringify(next)} in the spec, not a section; cannot set ${path.join('.')}` });
+        issues.push({
+          file: source,
+          path: path.slice(0, i + 1).join('.'),
+          message: `is ${JSON.stringify(next)} in the spec, not a section; cannot set ${path.join('.')}`,
+        });
         ok = false;
         break;
       }
@@ -301,7 +339,9 @@ export function resolveJobSpec(raw: unknown, source: string): JobSpec {
   const r = jobSpecSchema.safeParse(raw ?? {});
   if (!r.success) throw new JobSpecError(r.error.issues.flatMap((i) => issueLines(i, source)));
   const s = r.data;
-  const adapterBottom = s.split.adapterBottom ?? (s.job.method === 'offsite-tuning' ? D.split.offsiteTuningAdapterBottom : D.split.adapterBottom);
+  const adapterBottom =
+    s.split.adapterBottom ??
+    (s.job.method === 'offsite-tuning' ? D.split.offsiteTuningAdapterBottom : D.split.adapterBottom);
   return {
     ...s,
     split: { ...s.split, adapterBottom },
@@ -321,10 +361,13 @@ export async function loadJobSpec(file: string, overrides: readonly string[] = [
   return resolveJobSpec(raw, overrides.length === 0 ? file : `${file} (with overrides)`);
 }
 
+/** A zod issue path as written in messages: `lora.targets[1]`. */
+function show(p: readonly PropertyKey[]): string {
+  return p.map((k, j) => (typeof k === 'number' ? `[${k}]` : `${j === 0 ? '' : '.'}${String(k)}`)).join('');
+}
+
 function issueLines(i: z.core.$ZodIssue, file: string): JobSpecIssue[] {
   const path = i.path.map(String);
-  const show = (p: readonly PropertyKey[]): string =>
-    p.map((k, j) => (typeof k === 'number' ? `[${k}]` : `${j === 0 ? '' : '.'}${String(k)}`)).join('');
   if (i.code === 'unrecognized_keys') {
     const node = resolvePath(path);
     const allowed = typeof node === 'string' ? [] : Object.keys(objectShape(node) ?? {});
@@ -347,7 +390,7 @@ interface SchemaDef {
 }
 
 function defOf(s: z.ZodType): SchemaDef {
-  return (s as unknown as { _zod: { def: SchemaDef } })._zod.def;
+  return (s as unknown as { def: SchemaDef }).def;
 }
 
 /** Strips optional/default/prefault/nullable wrappers. */
@@ -355,7 +398,8 @@ function unwrap(s: z.ZodType): z.ZodType {
   let cur = s;
   for (;;) {
     const d = defOf(cur);
-    if (d.innerType === undefined || !['optional', 'default', 'prefault', 'nullable', 'readonly'].includes(d.type)) return cur;
+    if (d.innerType === undefined || !['optional', 'default', 'prefault', 'nullable', 'readonly'].includes(d.type))
+      return cur;
     cur = d.innerType;
   }
 }

@@ -32,10 +32,13 @@ export interface ProgressOptions {
  * `everyPercent`, and `<label>: done <total>/<total> in <s>s <info>` at done().
  */
 export function progress(label: string, total: number, opts: ProgressOptions = {}): Progress {
-  if (!Number.isInteger(total) || total < 1) throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
+  if (!Number.isInteger(total) || total < 1)
+    throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
   const stream = opts.stream ?? process.stderr;
   const tty = opts.tty ?? (stream.isTTY === true && process.env['CI'] === undefined);
-  return tty ? barProgress(label, total, stream) : lineProgress(label, total, stream, opts.everyPercent ?? 10, opts.now ?? Date.now);
+  return tty
+    ? barProgress(label, total, stream)
+    : lineProgress(label, total, stream, opts.everyPercent ?? 10, opts.now ?? Date.now);
 }
 
 function formatInfo(info: ProgressInfo | undefined): string {
@@ -53,9 +56,18 @@ function fmtNumber(v: number): string {
   return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(2) : String(Number(v.toPrecision(4)));
 }
 
+function suffix(info: ProgressInfo | undefined): string {
+  const s = formatInfo(info);
+  return s === '' ? '' : ` ${s}`;
+}
+
 function barProgress(label: string, total: number, stream: NodeJS.WritableStream): Progress {
   const bar = new cliProgress.SingleBar(
-    { format: `${label} [{bar}] {percentage}% | {value}/{total} | {duration_formatted} < {eta_formatted} | {info}`, stream, hideCursor: true },
+    {
+      format: `${label} [{bar}] {percentage}% | {value}/{total} | {duration_formatted} < {eta_formatted} | {info}`,
+      stream,
+      hideCursor: true,
+    },
     cliProgress.Presets.shades_classic,
   );
   bar.start(total, 0, { info: '' });
@@ -76,16 +88,18 @@ function barProgress(label: string, total: number, stream: NodeJS.WritableStream
   };
 }
 
-function lineProgress(label: string, total: number, stream: NodeJS.WritableStream, everyPercent: number, now: () => number): Progress {
+function lineProgress(
+  label: string,
+  total: number,
+  stream: NodeJS.WritableStream,
+  everyPercent: number,
+  now: () => number,
+): Progress {
   const start = now();
   const step = Math.max(1, (total * everyPercent) / 100);
   let value = 0;
   let nextMark = step;
   let finished = false;
-  const suffix = (info: ProgressInfo | undefined): string => {
-    const s = formatInfo(info);
-    return s === '' ? '' : ` ${s}`;
-  };
   return {
     tick(n = 1, info) {
       if (finished) return;

@@ -2,7 +2,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readSafetensorsHeader, readTensor, toFloat32, writeFileAtomic, writeSafetensors } from '../../engine/src/safetensors.js';
+import {
+  readSafetensorsHeader,
+  readTensor,
+  toFloat32,
+  writeFileAtomic,
+  writeSafetensors,
+} from '../../engine/src/safetensors.js';
 import { RunDirError } from './errors.js';
 
 /**
@@ -36,10 +42,16 @@ export interface CreateRunDirOptions {
  * timestamp plus 6 random hex digits (20240131-235959-a1b2c3); a generated id that already exists is redrawn, a
  * given one is an error unless `resume` is set.
  */
-export async function createRunDir(outDir: string, jobId?: string, config?: unknown, opts: CreateRunDirOptions = {}): Promise<RunDir> {
+export async function createRunDir(
+  outDir: string,
+  jobId?: string,
+  config?: unknown,
+  opts: CreateRunDirOptions = {},
+): Promise<RunDir> {
   await mkdir(outDir, { recursive: true });
   if (jobId !== undefined) {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(jobId)) throw new RunDirError(`job id "${jobId}" is not a safe folder name`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(jobId))
+      throw new RunDirError(`job id "${jobId}" is not a safe folder name`);
     const dir = join(outDir, jobId);
     try {
       await mkdir(dir);
@@ -86,12 +98,20 @@ async function checkSameConfig(dir: string, config: unknown): Promise<void> {
   }
   const diff = firstDifference(stored, JSON.parse(JSON.stringify(config)) as unknown, '');
   if (diff !== undefined) {
-    throw new RunDirError(`${path}: cannot resume with a different configuration: ${diff.path || '(root)'} was ${JSON.stringify(diff.a)}, now ${JSON.stringify(diff.b)}`);
+    throw new RunDirError(
+      `${path}: cannot resume with a different configuration: ${diff.path || '(root)'} was ${JSON.stringify(diff.a)}, now ${JSON.stringify(diff.b)}`,
+    );
   }
 }
 
 function firstDifference(a: unknown, b: unknown, path: string): { path: string; a: unknown; b: unknown } | undefined {
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) {
+  if (
+    typeof a !== 'object' ||
+    typeof b !== 'object' ||
+    a === null ||
+    b === null ||
+    Array.isArray(a) !== Array.isArray(b)
+  ) {
     return Object.is(a, b) ? undefined : { path, a, b };
   }
   const ao = a as Record<string, unknown>;
@@ -169,8 +189,10 @@ export class MetricsLog {
   /** Appends one event; `ts` defaults to now. Non-finite numbers are written as null (JSON has no NaN). */
   log(event: MetricsInput): MetricsEvent {
     if (this.fd === undefined) throw new RunDirError(`${this.path}: metrics log is closed`);
-    if (!Number.isInteger(event.round)) throw new RunDirError(`${this.path}: event round must be an integer, got ${event.round}`);
-    if (typeof event.kind !== 'string' || event.kind === '') throw new RunDirError(`${this.path}: event kind must be a non-empty string`);
+    if (!Number.isInteger(event.round))
+      throw new RunDirError(`${this.path}: event round must be an integer, got ${event.round}`);
+    if (typeof event.kind !== 'string' || event.kind === '')
+      throw new RunDirError(`${this.path}: event kind must be a non-empty string`);
     const full: MetricsEvent = { ...event, ts: event.ts ?? Date.now() };
     const { ts, round, kind, ...rest } = full;
     writeSync(this.fd, JSON.stringify({ ts, round, kind, ...rest }) + '\n');
@@ -214,7 +236,12 @@ export async function readMetrics(path: string): Promise<MetricsEvent[]> {
       if (i === lines.length - 1 && !endsClean) break; // torn final line: the writer died mid-line
       throw new RunDirError(`${path}:${i + 1}: not JSON: ${(e as Error).message}`);
     }
-    if (typeof v !== 'object' || v === null || typeof (v as MetricsEvent).round !== 'number' || typeof (v as MetricsEvent).kind !== 'string') {
+    if (
+      typeof v !== 'object' ||
+      v === null ||
+      typeof (v as MetricsEvent).round !== 'number' ||
+      typeof (v as MetricsEvent).kind !== 'string'
+    ) {
       throw new RunDirError(`${path}:${i + 1}: not a metrics event (needs numeric round and string kind)`);
     }
     events.push(v as MetricsEvent);
@@ -258,20 +285,37 @@ const roundDirName = (round: number): string => `round-${String(round).padStart(
  * Saving a round that already has a checkpoint replaces it.
  * @returns the checkpoint folder.
  */
-export async function saveCheckpoint(runDir: string, state: CheckpointState, opts: SaveCheckpointOptions = {}): Promise<string> {
+export async function saveCheckpoint(
+  runDir: string,
+  state: CheckpointState,
+  opts: SaveCheckpointOptions = {},
+): Promise<string> {
   const keep = opts.keep ?? 2;
-  if (!Number.isInteger(keep) || keep < 1) throw new RunDirError(`saveCheckpoint: keep must be an integer >= 1, got ${keep}`);
-  if (!Number.isSafeInteger(state.round) || state.round < 0) throw new RunDirError(`saveCheckpoint: round must be an integer >= 0, got ${state.round}`);
+  if (!Number.isInteger(keep) || keep < 1)
+    throw new RunDirError(`saveCheckpoint: keep must be an integer >= 1, got ${keep}`);
+  if (!Number.isSafeInteger(state.round) || state.round < 0)
+    throw new RunDirError(`saveCheckpoint: round must be an integer >= 0, got ${state.round}`);
   const root = join(runDir, CHECKPOINTS_DIR);
   await mkdir(root, { recursive: true });
   const tmp = join(root, `.tmp-${roundDirName(state.round)}-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp);
   try {
     const tensorsPath = join(tmp, TENSORS_FILE);
-    const entries = new Map([...state.tensors].map(([name, data]) => [name, { dtype: 'F32', shape: [data.length], data }] as const));
+    const entries = new Map(
+      [...state.tensors].map(([name, data]) => [name, { dtype: 'F32', shape: [data.length], data }] as const),
+    );
     await writeSafetensors(tensorsPath, entries);
-    const sha256 = createHash('sha256').update(await readFile(tensorsPath)).digest('hex');
-    const doc = { format: FORMAT, version: 1, round: state.round, savedAt: new Date().toISOString(), tensors: { file: TENSORS_FILE, sha256, count: entries.size }, json: state.json };
+    const sha256 = createHash('sha256')
+      .update(await readFile(tensorsPath))
+      .digest('hex');
+    const doc = {
+      format: FORMAT,
+      version: 1,
+      round: state.round,
+      savedAt: new Date().toISOString(),
+      tensors: { file: TENSORS_FILE, sha256, count: entries.size },
+      json: state.json,
+    };
     await writeFileAtomic(join(tmp, STATE_FILE), async (fh) => {
       await fh.writeFile(JSON.stringify(doc) + '\n', 'utf8');
     });
@@ -320,28 +364,45 @@ export async function listCheckpoints(runDir: string): Promise<{ round: number; 
     .map((n) => ({ m: ROUND_DIR.exec(n), n }))
     .filter((x): x is { m: RegExpExecArray; n: string } => x.m !== null)
     .map((x) => ({ round: Number(x.m[1]), dir: join(root, x.n) }))
-    .sort((a, b) => a.round - b.round);
+    .toSorted((a, b) => a.round - b.round);
 }
 
 /** Loads and verifies one checkpoint folder. */
 export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const statePath = join(dir, STATE_FILE);
-  let doc: { format?: unknown; version?: unknown; round?: unknown; tensors?: { file?: unknown; sha256?: unknown }; json?: unknown };
+  let doc: {
+    format?: unknown;
+    version?: unknown;
+    round?: unknown;
+    tensors?: { file?: unknown; sha256?: unknown };
+    json?: unknown;
+  };
   try {
     doc = JSON.parse(await readFile(statePath, 'utf8'));
   } catch (e) {
-    throw new RunDirError(`${statePath}: damaged checkpoint (${(e as Error).message}); delete ${dir} to resume from the previous one`);
+    throw new RunDirError(
+      `${statePath}: damaged checkpoint (${(e as Error).message}); delete ${dir} to resume from the previous one`,
+    );
   }
-  if (doc.format !== FORMAT || doc.version !== 1 || typeof doc.round !== 'number' || typeof doc.tensors?.sha256 !== 'string') {
+  if (
+    doc.format !== FORMAT ||
+    doc.version !== 1 ||
+    typeof doc.round !== 'number' ||
+    typeof doc.tensors?.sha256 !== 'string'
+  ) {
     throw new RunDirError(`${statePath}: not a ${FORMAT} v1 state file`);
   }
   const tensorsPath = join(dir, TENSORS_FILE);
   const bytes = await readFile(tensorsPath).catch((e: unknown) => {
-    throw new RunDirError(`${tensorsPath}: cannot read (${(e as Error).message}); delete ${dir} to resume from the previous one`);
+    throw new RunDirError(
+      `${tensorsPath}: cannot read (${(e as Error).message}); delete ${dir} to resume from the previous one`,
+    );
   });
   const sha = createHash('sha256').update(bytes).digest('hex');
   if (sha !== doc.tensors.sha256) {
-    throw new RunDirError(`${tensorsPath}: sha256 ${sha} does not match the recorded ${doc.tensors.sha256}; delete ${dir} to resume from the previous one`);
+    throw new RunDirError(
+      `${tensorsPath}: sha256 ${sha} does not match the recorded ${doc.tensors.sha256}; delete ${dir} to resume from the previous one`,
+    );
   }
   const header = await readSafetensorsHeader(tensorsPath);
   const tensors = new Map<string, Float32Array>();
@@ -354,7 +415,9 @@ export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
 
 async function prune(root: string, keep: number, ownTmp: string): Promise<void> {
   const names = await readdir(root);
-  const complete = names.filter((n) => ROUND_DIR.test(n)).sort((a, b) => Number(ROUND_DIR.exec(a)![1]) - Number(ROUND_DIR.exec(b)![1]));
+  const complete = names
+    .filter((n) => ROUND_DIR.test(n))
+    .toSorted((a, b) => Number(ROUND_DIR.exec(a)![1]) - Number(ROUND_DIR.exec(b)![1]));
   const doomed = complete.slice(0, Math.max(0, complete.length - keep));
   // Temp and set-aside folders are leftovers of interrupted saves (single writer per run dir).
   const leftovers = names.filter((n) => (n.startsWith('.tmp-') || n.startsWith('.old-')) && join(root, n) !== ownTmp);

@@ -20,15 +20,18 @@ export interface PerRound {
  */
 export function sampleClients(clientIds: readonly string[], perRound: PerRound, seed: number, round: number): string[] {
   if (clientIds.length === 0) throw new SamplingError('sampleClients: no clients to sample from');
-  const ids = [...clientIds].sort(byCodeUnit);
+  const ids = clientIds.toSorted(byCodeUnit);
   for (let i = 1; i < ids.length; i++) {
     if (ids[i] === ids[i - 1]) throw new SamplingError(`sampleClients: client id "${ids[i]}" is listed twice`);
   }
   if (!Number.isSafeInteger(seed)) throw new SamplingError(`sampleClients: seed must be a safe integer, got ${seed}`);
-  if (!Number.isSafeInteger(round) || round < 0) throw new SamplingError(`sampleClients: round must be an integer >= 0, got ${round}`);
+  if (!Number.isSafeInteger(round) || round < 0)
+    throw new SamplingError(`sampleClients: round must be an integer >= 0, got ${round}`);
   const k = clientsPerRound(ids.length, perRound);
   if (k === ids.length) return ids;
-  return shuffled(ids, createRng(roundSeed(seed, round))).slice(0, k).sort(byCodeUnit);
+  return shuffled(ids, createRng(roundSeed(seed, round)))
+    .slice(0, k)
+    .toSorted(byCodeUnit);
 }
 
 /** The number of clients `perRound` selects out of `n`. */
@@ -38,12 +41,14 @@ export function clientsPerRound(n: number, perRound: PerRound): number {
     throw new SamplingError(`clients.perRound: give fraction (${fraction}) or count (${count}), not both`);
   }
   if (count !== undefined) {
-    if (!Number.isInteger(count) || count < 1) throw new SamplingError(`clients.perRound.count: must be an integer >= 1, got ${count}`);
+    if (!Number.isInteger(count) || count < 1)
+      throw new SamplingError(`clients.perRound.count: must be an integer >= 1, got ${count}`);
     if (count > n) throw new SamplingError(`clients.perRound.count: ${count} clients requested but only ${n} exist`);
     return count;
   }
   if (fraction !== undefined) {
-    if (!(fraction > 0 && fraction <= 1)) throw new SamplingError(`clients.perRound.fraction: must be in (0, 1], got ${fraction}`);
+    if (!(fraction > 0 && fraction <= 1))
+      throw new SamplingError(`clients.perRound.fraction: must be in (0, 1], got ${fraction}`);
     // The epsilon absorbs products like 0.29 * 100 = 28.999999999999996 that mean an exact count.
     return Math.max(1, Math.min(n, Math.floor(fraction * n + 1e-9)));
   }

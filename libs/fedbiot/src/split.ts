@@ -40,7 +40,8 @@ export function roundHalfEven(x: number): number {
  * @param dropRate beta in [0, 1)
  */
 export function keptLayerIndices(n: number, dropRate: number): number[] {
-  if (!Number.isInteger(n) || n < 1) throw new SplitConfigError('n', `the block needs an integer >= 1 layers, got ${n}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new SplitConfigError('n', `the block needs an integer >= 1 layers, got ${n}`);
   if (!(dropRate >= 0 && dropRate < 1)) throw new SplitConfigError('dropRate', `must be in [0, 1), got ${dropRate}`);
   const m = roundHalfEven(n * (1 - dropRate));
   if (m <= 1) return [0];
@@ -98,7 +99,10 @@ export const OFFSITE_TUNING_ADAPTER = { adapterBottom: 2, adapterTop: 2 } as con
 export function splitModel(opts: SplitOptions): ModelSplit {
   const { numLayers, adapterBottom, adapterTop, dropRate } = opts;
   if (!Number.isInteger(numLayers) || numLayers < 2) {
-    throw new SplitConfigError('numLayers', `must be an integer >= 2 (one adapter and one emulator layer at least), got ${numLayers}`);
+    throw new SplitConfigError(
+      'numLayers',
+      `must be an integer >= 2 (one adapter and one emulator layer at least), got ${numLayers}`,
+    );
   }
   if (!Number.isInteger(adapterBottom) || adapterBottom < 0) {
     throw new SplitConfigError('adapterBottom', `must be an integer >= 0, got ${adapterBottom}`);
@@ -107,7 +111,10 @@ export function splitModel(opts: SplitOptions): ModelSplit {
     throw new SplitConfigError('adapterTop', `must be an integer >= 0, got ${adapterTop}`);
   }
   if (adapterBottom + adapterTop === 0) {
-    throw new SplitConfigError('adapterTop', 'the adapter is empty (adapterBottom + adapterTop = 0); clients would have nothing to train');
+    throw new SplitConfigError(
+      'adapterTop',
+      'the adapter is empty (adapterBottom + adapterTop = 0); clients would have nothing to train',
+    );
   }
   if (adapterBottom + adapterTop >= numLayers) {
     throw new SplitConfigError(

@@ -3,7 +3,14 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULTS, applyOverrides, evalMethodsFor, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
+import {
+  DEFAULTS,
+  applyOverrides,
+  evalMethodsFor,
+  loadJobSpec,
+  parseJobSpec,
+  resolveJobSpec,
+} from '../src/job-spec.js';
 import { JobSpecError } from '../src/errors.js';
 
 /** The formatted problem lines of a JobSpecError thrown by `f`. */
@@ -12,7 +19,10 @@ function problems(f: () => unknown): string[] {
     f();
   } catch (e) {
     assert.ok(e instanceof JobSpecError, `expected JobSpecError, got ${String(e)}`);
-    return e.message.split('\n').slice(1).map((l) => l.trim());
+    return e.message
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim());
   }
   assert.fail('expected a JobSpecError');
 }
@@ -48,10 +58,23 @@ test('method-dependent defaults: offsite-tuning gets 2 bottom adapter layers; ex
   assert.equal(ot.split.adapterBottom, 2);
   assert.equal(ot.split.adapterLayers, 2);
   assert.deepEqual(ot.eval.methods, ['base', 'offsite-tuning']);
-  assert.equal(resolveJobSpec({ job: { method: 'offsite-tuning' }, split: { adapterBottom: 1 } }, 'x').split.adapterBottom, 1);
+  assert.equal(
+    resolveJobSpec({ job: { method: 'offsite-tuning' }, split: { adapterBottom: 1 } }, 'x').split.adapterBottom,
+    1,
+  );
   const withBaselines = resolveJobSpec({ baselines: { localOnly: true, offsiteTuning: true, fedavgLora: true } }, 'x');
-  assert.deepEqual(withBaselines.eval.methods, ['base', 'fedbiot-adapemu', 'fedbiot-adapfu', 'offsite-tuning', 'local-only', 'fedavg-lora']);
-  assert.deepEqual(evalMethodsFor('local-only', { offsiteTuning: false, localOnly: false, fedavgLora: false }), ['base', 'local-only']);
+  assert.deepEqual(withBaselines.eval.methods, [
+    'base',
+    'fedbiot-adapemu',
+    'fedbiot-adapfu',
+    'offsite-tuning',
+    'local-only',
+    'fedavg-lora',
+  ]);
+  assert.deepEqual(evalMethodsFor('local-only', { offsiteTuning: false, localOnly: false, fedavgLora: false }), [
+    'base',
+    'local-only',
+  ]);
 });
 
 test('YAML and JSON specs give the same resolved job', () => {
@@ -87,7 +110,10 @@ data:
 test('an unknown key is an error naming its full path and the allowed keys', () => {
   const p = problems(() => resolveJobSpec(parseJobSpec('clients:\n  learningRate: 0.1\n', 'job.yaml'), 'job.yaml'));
   assert.equal(p.length, 1);
-  assert.match(p[0], /^job\.yaml: clients\.learningRate: unknown key \(expected one of: perRound, localSteps, .*lr.*\)$/);
+  assert.match(
+    p[0],
+    /^job\.yaml: clients\.learningRate: unknown key \(expected one of: perRound, localSteps, .*lr.*\)$/,
+  );
   const top = problems(() => resolveJobSpec({ trainer: {} }, 'j.json'));
   assert.match(top[0], /^j\.json: trainer: unknown key/);
 });
@@ -107,7 +133,7 @@ test('several bad values are reported together, each as <file>: <path>: <message
       'bad.yaml',
     ),
   );
-  const paths = p.map((l) => l.split(': ')[1]).sort();
+  const paths = p.map((l) => l.split(': ')[1]).toSorted();
   assert.deepEqual(paths, [
     'clients.lr',
     'clients.perRound',
@@ -123,7 +149,9 @@ test('several bad values are reported together, each as <file>: <path>: <message
   assert.ok(p.some((l) => l === 'bad.yaml: clients.perRound: give fraction or count, not both'));
   // The method-vs-eval check runs once the sections are valid.
   const e = problems(() => resolveJobSpec({ eval: { methods: ['base', 'local-only'] } }, 'e.yaml'));
-  assert.deepEqual(e, ['e.yaml: eval.methods[1]: "local-only" is not produced by this job (method fedbiot; available: base, fedbiot-adapemu, fedbiot-adapfu)']);
+  assert.deepEqual(e, [
+    'e.yaml: eval.methods[1]: "local-only" is not produced by this job (method fedbiot; available: base, fedbiot-adapemu, fedbiot-adapfu)',
+  ]);
 });
 
 test('syntax errors carry file:line:col; a non-mapping document is rejected', () => {
@@ -131,7 +159,10 @@ test('syntax errors carry file:line:col; a non-mapping document is rejected', ()
   assert.equal(p.length, 1);
   assert.match(p[0], /^dup\.yaml:3:3: Map keys must be unique$/);
   assert.match(problems(() => parseJobSpec('{"job": ', 'j.json'))[0], /^j\.json: invalid JSON: /);
-  assert.match(problems(() => resolveJobSpec(parseJobSpec('- 1\n- 2\n', 'list.yaml'), 'list.yaml'))[0], /^list\.yaml: Invalid input: expected object/);
+  assert.match(
+    problems(() => resolveJobSpec(parseJobSpec('- 1\n- 2\n', 'list.yaml'), 'list.yaml'))[0],
+    /^list\.yaml: Invalid input: expected object/,
+  );
 });
 
 test('overrides: JSON values when they parse, text otherwise, text-only fields keep the text', () => {
@@ -158,11 +189,16 @@ test('overrides: JSON values when they parse, text otherwise, text-only fields k
   assert.deepEqual(s.clients.betas, [0.9, 0.99]);
   assert.equal(s.model.checkpoint, '123');
   // A value of the wrong type is caught by validation, not silently coerced.
-  assert.match(problems(() => resolveJobSpec(applyOverrides({}, ['job.rounds=three']), 'x'))[0], /^x: job\.rounds: Invalid input: expected number, received string$/);
+  assert.match(
+    problems(() => resolveJobSpec(applyOverrides({}, ['job.rounds=three']), 'x'))[0],
+    /^x: job\.rounds: Invalid input: expected number, received string$/,
+  );
 });
 
 test('overrides: every bad path is reported, naming it', () => {
-  const p = problems(() => applyOverrides({ clients: 5 }, ['clients.lrr=1', 'nope.x=2', 'job.rounds.x=3', 'noequals', 'clients.lr=1']));
+  const p = problems(() =>
+    applyOverrides({ clients: 5 }, ['clients.lrr=1', 'nope.x=2', 'job.rounds.x=3', 'noequals', 'clients.lr=1']),
+  );
   assert.deepEqual(p, [
     'overrides: clients.lrr: unknown key in clients "lrr" (expected one of: perRound, localSteps, batchSize, gradAccum, lr, betas, weightDecay, proxEps, maxGradNorm)',
     'overrides: nope.x: unknown section "nope" (expected one of: job, model, split, lora, data, clients, alignment, aggregation, eval, baselines)',
@@ -181,7 +217,10 @@ test('loadJobSpec reads a file and applies overrides', async () => {
     assert.equal(s.job.rounds, 2);
     assert.equal(s.clients.localSteps, 3);
     await assert.rejects(loadJobSpec(join(dir, 'missing.yaml')), /missing\.yaml: cannot read/);
-    await assert.rejects(loadJobSpec(file, ['clients.localSteps=0']), /job\.yaml \(with overrides\): clients\.localSteps: Too small/);
+    await assert.rejects(
+      loadJobSpec(file, ['clients.localSteps=0']),
+      /job\.yaml \(with overrides\): clients\.localSteps: Too small/,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

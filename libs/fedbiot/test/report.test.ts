@@ -8,7 +8,13 @@ import type { MetricsEvent } from '../src/run-dir.js';
 import { MetricsLog, createRunDir } from '../src/run-dir.js';
 import { resultsFromEvents, validateResults, writeResultsJson, type ResultRow } from '../src/report/results-json.js';
 import { formatBytes, formatResultsTable } from '../src/report/results-table.js';
-import { evalSeries, niceTicks, renderLineChart, renderReportHtml, writeReportHtml } from '../src/report/report-html.js';
+import {
+  evalSeries,
+  niceTicks,
+  renderLineChart,
+  renderReportHtml,
+  writeReportHtml,
+} from '../src/report/report-html.js';
 import { progress } from '../src/progress.js';
 
 // Two rounds of a FedBiOT demo run: 2 clients + the global set, three methods, plus comm and train events.
@@ -16,12 +22,28 @@ function demoEvents(): MetricsEvent[] {
   const ev: MetricsEvent[] = [];
   let ts = 0;
   for (const round of [0, 1, 2]) {
-    for (const client of ['add', 'sub']) ev.push({ ts: ts++, round, kind: 'train', method: 'fedbiot', client, loss: 3 - round * 0.5 - (client === 'sub' ? 0.1 : 0) });
+    for (const client of ['add', 'sub'])
+      ev.push({
+        ts: ts++,
+        round,
+        kind: 'train',
+        method: 'fedbiot',
+        client,
+        loss: 3 - round * 0.5 - (client === 'sub' ? 0.1 : 0),
+      });
     ev.push({ ts: ts++, round, kind: 'comm', down: 1000 + round * 10, up: 500 });
     for (const method of ['base', 'fedbiot-adapemu', 'fedbiot-adapfu'] as const) {
       for (const client of ['add', 'sub', 'all']) {
         const gain = method === 'base' ? 0 : round * 0.2;
-        ev.push({ ts: ts++, round, kind: 'eval', method, client, test_loss: 2.5 - gain, accuracy: method === 'base' ? 0.1 : 0.1 + round * 0.15 });
+        ev.push({
+          ts: ts++,
+          round,
+          kind: 'eval',
+          method,
+          client,
+          test_loss: 2.5 - gain,
+          accuracy: method === 'base' ? 0.1 : 0.1 + round * 0.15,
+        });
       }
     }
   }
@@ -31,11 +53,14 @@ function demoEvents(): MetricsEvent[] {
 test('resultsFromEvents takes each (method, client) from its latest round and averages bytes per round', () => {
   const r = resultsFromEvents(demoEvents());
   assert.equal(r.rows.length, 9);
-  assert.deepEqual(r.rows.slice(0, 3).map((x) => [x.method, x.client]), [
-    ['base', 'add'],
-    ['base', 'sub'],
-    ['base', 'all'],
-  ]);
+  assert.deepEqual(
+    r.rows.slice(0, 3).map((x) => [x.method, x.client]),
+    [
+      ['base', 'add'],
+      ['base', 'sub'],
+      ['base', 'all'],
+    ],
+  );
   const emu = r.rows.find((x) => x.method === 'fedbiot-adapemu' && x.client === 'all')!;
   assert.ok(Math.abs(emu.test_loss! - 2.1) < 1e-12);
   assert.ok(Math.abs(emu.accuracy! - 0.4) < 1e-12);
@@ -93,7 +118,10 @@ test('the results table is fixed-width, methods as rows, clients as columns with
   assert.ok(text.includes('Exact-match accuracy (%)'));
   assert.ok(text.includes('fedbiot-adapfu  | 40.0 | 40.0 | 40.0'));
   assert.ok(text.includes('Bytes per round per client: down 1.50 KiB (1536 B), up 500 B'));
-  const missing = formatResultsTable([{ method: 'base', client: 'a', test_loss: 1, accuracy: null }, { method: 'local-only', client: 'b', test_loss: 2, accuracy: 0.5 }]);
+  const missing = formatResultsTable([
+    { method: 'base', client: 'a', test_loss: 1, accuracy: null },
+    { method: 'local-only', client: 'b', test_loss: 2, accuracy: 0.5 },
+  ]);
   assert.ok(missing.includes('base       | 1.0000 |      -'));
   assert.equal(formatBytes(3 * 1024 * 1024), '3.00 MiB (3145728 B)');
 });
@@ -103,7 +131,10 @@ test('report.html: one <svg> per chart, one polyline per series, a legend, the t
   const html = renderReportHtml({ title: 'demo <run>', events, config: { job: { rounds: 3, id: 'a&b' } } });
   const svgs = html.match(/<svg[\s>]/g) ?? [];
   assert.equal(svgs.length, 3, 'test loss, accuracy and training loss');
-  const charts = html.split('<svg').slice(1).map((c) => c.slice(0, c.indexOf('</svg>')));
+  const charts = html
+    .split('<svg')
+    .slice(1)
+    .map((c) => c.slice(0, c.indexOf('</svg>')));
   for (const [i, expected] of [9, 9, 2].entries()) {
     const polylines = charts[i].match(/<polyline /g) ?? [];
     assert.equal(polylines.length, expected, `chart ${i}`);
@@ -129,14 +160,35 @@ test('chart geometry: points map linearly onto the axes built from nice ticks', 
   assert.deepEqual(niceTicks(0.13, 0.87, 5), [0, 0.2, 0.4, 0.6, 0.8, 1]);
   assert.deepEqual(niceTicks(1, 1, 5, true), [0, 1, 2]);
   assert.deepEqual(niceTicks(0, 3, 8, true), [0, 1, 2, 3]);
-  const svg = renderLineChart({ title: 't', xLabel: 'round', yLabel: 'v', series: [{ name: 's', points: [[0, 0], [10, 10], [5, 2.5]] }] }, 860, 320);
+  const svg = renderLineChart(
+    {
+      title: 't',
+      xLabel: 'round',
+      yLabel: 'v',
+      series: [
+        {
+          name: 's',
+          points: [
+            [0, 0],
+            [10, 10],
+            [5, 2.5],
+          ],
+        },
+      ],
+    },
+    860,
+    320,
+  );
   // Plot box: left 64, width 860 - 64 - 216 = 580; top 12, height 320 - 12 - 44 = 264; axes 0..10 both ways.
   const pts = /points="([^"]+)"/.exec(svg)![1];
   assert.equal(pts, '64.0,276.0 644.0,12.0 354.0,210.0');
   // A single-round series still gets a marker.
   const one = renderLineChart({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', points: [[3, 1]] }] });
   assert.equal((one.match(/<circle /g) ?? []).length, 1);
-  assert.deepEqual(evalSeries([{ ts: 0, round: 0, kind: 'eval', method: 'base', client: 'x', accuracy: Number.NaN }], 'accuracy'), []);
+  assert.deepEqual(
+    evalSeries([{ ts: 0, round: 0, kind: 'eval', method: 'base', client: 'x', accuracy: Number.NaN }], 'accuracy'),
+    [],
+  );
 });
 
 test('writeReportHtml builds the page from a run folder', async () => {

@@ -46,7 +46,10 @@ test('createRunDir: generated ids are unique, a given id is used, config.resolve
     const named = await createRunDir(out, 'exp-1', config);
     assert.deepEqual(named, { id: 'exp-1', dir: join(out, 'exp-1'), resumed: false });
     assert.deepEqual(JSON.parse(await readFile(join(named.dir, CONFIG_FILE), 'utf8')), config);
-    await assert.rejects(createRunDir(out, 'exp-1', config), (e: unknown) => e instanceof RunDirError && /already exists; resume it/.test(e.message));
+    await assert.rejects(
+      createRunDir(out, 'exp-1', config),
+      (e: unknown) => e instanceof RunDirError && /already exists; resume it/.test(e.message),
+    );
     assert.equal((await createRunDir(out, 'exp-1', config, { resume: true })).resumed, true);
     await assert.rejects(
       createRunDir(out, 'exp-1', { job: { rounds: 4 }, lora: { r: 8 } }, { resume: true }),
@@ -66,7 +69,7 @@ test('checkpoint save/load round-trips round, JSON state and tensors bit for bit
     assert.ok(back);
     assert.equal(back.round, 4);
     assert.deepEqual(back.json, s.json);
-    assert.deepEqual([...back.tensors.keys()].sort(), [...s.tensors.keys()].sort());
+    assert.deepEqual([...back.tensors.keys()].toSorted(), [...s.tensors.keys()].toSorted());
     for (const [k, v] of s.tensors) assert.deepEqual(back.tensors.get(k), v, k);
   });
 });
@@ -74,7 +77,10 @@ test('checkpoint save/load round-trips round, JSON state and tensors bit for bit
 test('resume picks the newest complete checkpoint, keeps the last 2, and ignores a torn temp folder', async () => {
   await withTmp(async (dir) => {
     for (const r of [1, 2, 3]) await saveCheckpoint(dir, state(r));
-    assert.deepEqual((await listCheckpoints(dir)).map((c) => c.round), [2, 3]);
+    assert.deepEqual(
+      (await listCheckpoints(dir)).map((c) => c.round),
+      [2, 3],
+    );
     // A save of round 4 that died before its rename: a temp folder with a partial state and tensors file.
     const torn = join(dir, 'checkpoints', '.tmp-round-000004-999-deadbeef');
     await mkdir(torn);
@@ -85,14 +91,17 @@ test('resume picks the newest complete checkpoint, keeps the last 2, and ignores
     assert.deepEqual(latest?.json, state(3).json);
     // The next successful save clears the leftover and still keeps two complete checkpoints.
     await saveCheckpoint(dir, state(4));
-    assert.deepEqual((await readdir(join(dir, 'checkpoints'))).sort(), ['round-000003', 'round-000004']);
+    assert.deepEqual((await readdir(join(dir, 'checkpoints'))).toSorted(), ['round-000003', 'round-000004']);
     assert.equal((await loadLatestCheckpoint(dir))?.round, 4);
     // Re-saving an existing round replaces it.
     await saveCheckpoint(dir, { ...state(4), json: { replaced: true } });
     assert.deepEqual((await loadLatestCheckpoint(dir))?.json, { replaced: true });
     // keep: 1 prunes down to the newest.
     await saveCheckpoint(dir, state(5), { keep: 1 });
-    assert.deepEqual((await listCheckpoints(dir)).map((c) => c.round), [5]);
+    assert.deepEqual(
+      (await listCheckpoints(dir)).map((c) => c.round),
+      [5],
+    );
   });
 });
 
@@ -104,7 +113,11 @@ test('a damaged newest checkpoint is an error naming it, not a silent fallback',
     const bytes = await readFile(tensors);
     bytes[bytes.length - 1] ^= 0xff;
     await writeFile(tensors, bytes);
-    await assert.rejects(loadLatestCheckpoint(dir), (e: unknown) => e instanceof RunDirError && e.message.includes('round-000002') && /sha256 .* does not match/.test(e.message));
+    await assert.rejects(
+      loadLatestCheckpoint(dir),
+      (e: unknown) =>
+        e instanceof RunDirError && e.message.includes('round-000002') && /sha256 .* does not match/.test(e.message),
+    );
     await writeFile(join(second, 'state.json'), '{');
     await assert.rejects(loadLatestCheckpoint(dir), /state\.json: damaged checkpoint .*delete .*round-000002/);
     // After removing it as the message says, resume continues from round 1.

@@ -8,9 +8,9 @@ const ids = Array.from({ length: 20 }, (_, i) => `client-${String(i).padStart(2,
 test('sampleClients is deterministic per (seed, round), sorted, and independent of the input order', () => {
   const a = sampleClients(ids, { count: 5 }, 42, 3);
   assert.deepEqual(sampleClients(ids, { count: 5 }, 42, 3), a);
-  assert.deepEqual(sampleClients([...ids].reverse(), { count: 5 }, 42, 3), a);
+  assert.deepEqual(sampleClients(ids.toReversed(), { count: 5 }, 42, 3), a);
   assert.equal(a.length, 5);
-  assert.deepEqual(a, [...a].sort());
+  assert.deepEqual(a, a.toSorted());
   assert.equal(new Set(a).size, 5);
   assert.ok(a.every((c) => ids.includes(c)));
 });
@@ -24,7 +24,8 @@ test('sampleClients differs across rounds and seeds, and covers every client ove
   assert.equal(seen.size, 20);
   // Each client is picked with probability 1/4; over 400 rounds the counts stay near 100 (binomial sd ~8.7).
   const counts = new Map<string, number>();
-  for (let r = 0; r < 400; r++) for (const c of sampleClients(ids, { fraction: 0.25 }, 11, r)) counts.set(c, (counts.get(c) ?? 0) + 1);
+  for (let r = 0; r < 400; r++)
+    for (const c of sampleClients(ids, { fraction: 0.25 }, 11, r)) counts.set(c, (counts.get(c) ?? 0) + 1);
   for (const [c, n] of counts) assert.ok(n > 60 && n < 140, `${c} picked ${n} times of 400 (expected ~100)`);
 });
 
@@ -43,7 +44,8 @@ test('fraction and count edge cases', () => {
 });
 
 test('bad values are errors that name the field', () => {
-  const bad = (f: () => unknown, re: RegExp) => assert.throws(f, (e: unknown) => e instanceof SamplingError && re.test(e.message));
+  const bad = (f: () => unknown, re: RegExp) =>
+    assert.throws(f, (e: unknown) => e instanceof SamplingError && re.test(e.message));
   bad(() => sampleClients(ids, { fraction: 0 }, 0, 0), /perRound\.fraction: must be in \(0, 1\], got 0/);
   bad(() => sampleClients(ids, { fraction: 1.5 }, 0, 0), /perRound\.fraction/);
   bad(() => sampleClients(ids, { fraction: Number.NaN }, 0, 0), /perRound\.fraction/);

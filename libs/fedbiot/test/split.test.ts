@@ -35,13 +35,69 @@ test('roundHalfEven matches Python round() on ties and near-ties', () => {
 });
 
 // fedbiot-algorithm.md §1.2, LLaMA-2-7B (32 layers), all six rows.
-const TABLE: { name: string; bottom: number; top: number; beta: number; kept: number[]; adapter: number[]; total: number }[] = [
-  { name: 'FedBiOT adpt2 b=0.2', bottom: 0, top: 2, beta: 0.2, kept: [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 29], adapter: [30, 31], total: 26 },
-  { name: 'FedBiOT adpt2 b=0.5', bottom: 0, top: 2, beta: 0.5, kept: [...range(0, 14).map((i) => 2 * i), 29], adapter: [30, 31], total: 17 },
-  { name: 'FedBiOT adpt4 b=0.2', bottom: 0, top: 4, beta: 0.2, kept: [0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 18, 19, 20, 21, 23, 24, 25, 27], adapter: [28, 29, 30, 31], total: 26 },
-  { name: 'FedBiOT adpt4 b=0.5', bottom: 0, top: 4, beta: 0.5, kept: [...range(0, 13).map((i) => 2 * i), 27], adapter: [28, 29, 30, 31], total: 18 },
-  { name: 'OT/FedOT b=0.2', bottom: 2, top: 2, beta: 0.2, kept: [2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 29], adapter: [0, 1, 30, 31], total: 26 },
-  { name: 'OT/FedOT b=0.5', bottom: 2, top: 2, beta: 0.5, kept: [...range(1, 14).map((i) => 2 * i), 29], adapter: [0, 1, 30, 31], total: 18 },
+const TABLE: {
+  name: string;
+  bottom: number;
+  top: number;
+  beta: number;
+  kept: number[];
+  adapter: number[];
+  total: number;
+}[] = [
+  {
+    name: 'FedBiOT adpt2 b=0.2',
+    bottom: 0,
+    top: 2,
+    beta: 0.2,
+    kept: [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 29],
+    adapter: [30, 31],
+    total: 26,
+  },
+  {
+    name: 'FedBiOT adpt2 b=0.5',
+    bottom: 0,
+    top: 2,
+    beta: 0.5,
+    kept: [...range(0, 14).map((i) => 2 * i), 29],
+    adapter: [30, 31],
+    total: 17,
+  },
+  {
+    name: 'FedBiOT adpt4 b=0.2',
+    bottom: 0,
+    top: 4,
+    beta: 0.2,
+    kept: [0, 1, 2, 3, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 18, 19, 20, 21, 23, 24, 25, 27],
+    adapter: [28, 29, 30, 31],
+    total: 26,
+  },
+  {
+    name: 'FedBiOT adpt4 b=0.5',
+    bottom: 0,
+    top: 4,
+    beta: 0.5,
+    kept: [...range(0, 13).map((i) => 2 * i), 27],
+    adapter: [28, 29, 30, 31],
+    total: 18,
+  },
+  {
+    name: 'OT/FedOT b=0.2',
+    bottom: 2,
+    top: 2,
+    beta: 0.2,
+    kept: [2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 29],
+    adapter: [0, 1, 30, 31],
+    total: 26,
+  },
+  {
+    name: 'OT/FedOT b=0.5',
+    bottom: 2,
+    top: 2,
+    beta: 0.5,
+    kept: [...range(1, 14).map((i) => 2 * i), 29],
+    adapter: [0, 1, 30, 31],
+    total: 18,
+  },
 ];
 
 for (const row of TABLE) {
@@ -52,7 +108,10 @@ for (const row of TABLE) {
     assert.equal(s.clientLayers.length, row.total);
     assert.deepEqual(s.teacher, { start: row.bottom, end: 32 - row.top });
     assert.deepEqual(s.clientLayers, [...range(0, row.bottom), ...row.kept, ...range(32 - row.top, 32)]);
-    assert.deepEqual(s.emulatorToTeacher, row.kept.map((k) => k - row.bottom));
+    assert.deepEqual(
+      s.emulatorToTeacher,
+      row.kept.map((k) => k - row.bottom),
+    );
   });
 }
 
@@ -75,7 +134,10 @@ test('keptLayerIndices matches the exact formula on other sizes (incl. half-even
       assert.deepEqual(got, oracle(n, beta), `n=${n} beta=${beta}`);
       assert.equal(got[0], 0);
       if (got.length > 1) assert.equal(got[got.length - 1], n - 1, `last layer kept n=${n} beta=${beta}`);
-      assert.ok(got.every((v, i) => i === 0 || v > got[i - 1]), 'strictly ascending, no duplicates');
+      assert.ok(
+        got.every((v, i) => i === 0 || v > got[i - 1]),
+        'strictly ascending, no duplicates',
+      );
     }
   }
 });
@@ -93,10 +155,16 @@ test('keptLayerIndices edge cases: beta=0 keeps all, m<=1 keeps the first layer,
   assert.deepEqual(keptLayerIndices(1, 0.2), [0]);
   assert.deepEqual(keptLayerIndices(2, 0.5), [0]); // m = round(1.0) = 1: the reference divides by zero
   assert.deepEqual(keptLayerIndices(4, 0.9), [0]); // m = round(0.4) = 0, clamped to one layer
-  assert.throws(() => keptLayerIndices(4, 1), (e: unknown) => e instanceof SplitConfigError && e.field === 'dropRate');
+  assert.throws(
+    () => keptLayerIndices(4, 1),
+    (e: unknown) => e instanceof SplitConfigError && e.field === 'dropRate',
+  );
   assert.throws(() => keptLayerIndices(4, -0.1), /dropRate/);
   assert.throws(() => keptLayerIndices(4, Number.NaN), /dropRate/);
-  assert.throws(() => keptLayerIndices(0, 0.2), (e: unknown) => e instanceof SplitConfigError && e.field === 'n');
+  assert.throws(
+    () => keptLayerIndices(0, 0.2),
+    (e: unknown) => e instanceof SplitConfigError && e.field === 'n',
+  );
   assert.throws(() => keptLayerIndices(2.5, 0.2), /split: n:/);
 });
 
@@ -119,10 +187,19 @@ test('FedBiOT and FedOT are two configurations of one split function on a small 
 
 test('splitModel rejects impossible configurations, naming the field', () => {
   const field = (f: string) => (e: unknown) => e instanceof SplitConfigError && e.field === f;
-  assert.throws(() => splitModel({ numLayers: 4, adapterBottom: 2, adapterTop: 2, dropRate: 0.2 }), field('adapterTop'));
+  assert.throws(
+    () => splitModel({ numLayers: 4, adapterBottom: 2, adapterTop: 2, dropRate: 0.2 }),
+    field('adapterTop'),
+  );
   assert.throws(() => splitModel({ numLayers: 4, adapterBottom: 0, adapterTop: 0, dropRate: 0.2 }), /adapter is empty/);
-  assert.throws(() => splitModel({ numLayers: 4, adapterBottom: -1, adapterTop: 2, dropRate: 0.2 }), field('adapterBottom'));
-  assert.throws(() => splitModel({ numLayers: 4, adapterBottom: 0, adapterTop: 1.5, dropRate: 0.2 }), field('adapterTop'));
+  assert.throws(
+    () => splitModel({ numLayers: 4, adapterBottom: -1, adapterTop: 2, dropRate: 0.2 }),
+    field('adapterBottom'),
+  );
+  assert.throws(
+    () => splitModel({ numLayers: 4, adapterBottom: 0, adapterTop: 1.5, dropRate: 0.2 }),
+    field('adapterTop'),
+  );
   assert.throws(() => splitModel({ numLayers: 1, adapterBottom: 0, adapterTop: 1, dropRate: 0.2 }), field('numLayers'));
   assert.throws(() => splitModel({ numLayers: 8, adapterBottom: 0, adapterTop: 2, dropRate: 1.2 }), field('dropRate'));
 });

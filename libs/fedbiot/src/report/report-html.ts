@@ -47,8 +47,8 @@ export function evalSeries(events: readonly MetricsEvent[], metric: 'test_loss' 
     s.points.set(e.round, v * scale);
   }
   return [...byKey.values()]
-    .sort((a, b) => methodOrder(a.method) - methodOrder(b.method) || compareClients(a.client, b.client))
-    .map((s) => ({ name: `${s.method} / ${s.client}`, points: [...s.points].sort((p, q) => p[0] - q[0]) }));
+    .toSorted((a, b) => methodOrder(a.method) - methodOrder(b.method) || compareClients(a.client, b.client))
+    .map((s) => ({ name: `${s.method} / ${s.client}`, points: [...s.points].toSorted((p, q) => p[0] - q[0]) }));
 }
 
 /** Training-loss series from 'train' events with a numeric `loss`, one per (method, client), mean per round. */
@@ -65,8 +65,11 @@ export function trainSeries(events: readonly MetricsEvent[]): Series[] {
     rounds.set(e.round, acc);
   }
   return [...byKey]
-    .sort((a, b) => (a[0] < b[0] ? -1 : 1))
-    .map(([name, rounds]) => ({ name, points: [...rounds].sort((p, q) => p[0] - q[0]).map(([r, a]) => [r, a.sum / a.n] as const) }));
+    .toSorted((a, b) => (a[0] < b[0] ? -1 : 1))
+    .map(([name, rounds]) => ({
+      name,
+      points: [...rounds].toSorted((p, q) => p[0] - q[0]).map(([r, a]) => [r, a.sum / a.n] as const),
+    }));
 }
 
 const methodOrder = (m: string): number => {
@@ -79,11 +82,22 @@ export function renderReportHtml(input: ReportInput): string {
   const title = input.title ?? 'FedBiOT run report';
   const results = input.results ?? resultsFromEvents(input.events);
   const charts: ChartSpec[] = [
-    { title: 'Test loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: evalSeries(input.events, 'test_loss') },
-    { title: 'Exact-match accuracy per round', xLabel: 'round', yLabel: 'accuracy (%)', series: evalSeries(input.events, 'accuracy', 100) },
+    {
+      title: 'Test loss per round',
+      xLabel: 'round',
+      yLabel: 'loss (nats/token)',
+      series: evalSeries(input.events, 'test_loss'),
+    },
+    {
+      title: 'Exact-match accuracy per round',
+      xLabel: 'round',
+      yLabel: 'accuracy (%)',
+      series: evalSeries(input.events, 'accuracy', 100),
+    },
   ];
   const train = trainSeries(input.events);
-  if (train.length > 0) charts.push({ title: 'Training loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: train });
+  if (train.length > 0)
+    charts.push({ title: 'Training loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: train });
   const chartHtml = charts
     .filter((c) => c.series.length > 0)
     .map((c) => `<section class="chart"><h2>${esc(c.title)}</h2>\n${renderLineChart(c)}</section>`)
@@ -117,11 +131,13 @@ ${input.config === undefined ? '' : `<section class="config"><h2>Resolved config
 
 function renderResultsHtml(results: Results): string {
   const methods = RESULT_METHODS.filter((m) => results.rows.some((r) => r.method === m));
-  const clients = [...new Set(results.rows.map((r) => r.client))].sort(compareClients);
+  const clients = [...new Set(results.rows.map((r) => r.client))].toSorted(compareClients);
   const get = (m: string, c: string) => results.rows.find((r) => r.method === m && r.client === c);
   const table = (caption: string, fmt: (m: string, c: string) => string): string =>
     `<table class="results-table"><caption>${esc(caption)}</caption><thead><tr><th>method</th>${clients.map((c) => `<th>${esc(c)}</th>`).join('')}</tr></thead><tbody>\n` +
-    methods.map((m) => `<tr><td>${esc(m)}</td>${clients.map((c) => `<td>${fmt(m, c)}</td>`).join('')}</tr>`).join('\n') +
+    methods
+      .map((m) => `<tr><td>${esc(m)}</td>${clients.map((c) => `<td>${fmt(m, c)}</td>`).join('')}</tr>`)
+      .join('\n') +
     '\n</tbody></table>';
   if (results.rows.length === 0) return '<p>No evaluation results.</p>';
   return [
@@ -140,7 +156,18 @@ function renderResultsHtml(results: Results): string {
 // ---------------------------------------------------------------------------------------------------------------
 // SVG line chart
 
-const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+const PALETTE = [
+  '#1f77b4',
+  '#d62728',
+  '#2ca02c',
+  '#ff7f0e',
+  '#9467bd',
+  '#8c564b',
+  '#e377c2',
+  '#7f7f7f',
+  '#bcbd22',
+  '#17becf',
+];
 const DASHES = ['', '6 3', '2 3', '8 3 2 3'];
 
 /**
@@ -161,27 +188,36 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const sx = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
-  const f = (v: number): string => v.toFixed(1);
   const parts: string[] = [];
   // A long legend extends the picture downwards rather than running off it.
   const svgH = Math.max(height, m.top + 16 * chart.series.length + 8);
-  parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`);
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`,
+  );
   parts.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="#fff" stroke="#d0d7de"/>`);
   for (const t of yTicks) {
     const y = f(sy(t));
     parts.push(`<line class="grid" x1="${m.left}" x2="${m.left + pw}" y1="${y}" y2="${y}" stroke="#eaeef2"/>`);
     parts.push(`<line class="tick" x1="${m.left - 4}" x2="${m.left}" y1="${y}" y2="${y}" stroke="#57606a"/>`);
-    parts.push(`<text class="ytick" x="${m.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${esc(tickLabel(t, yTicks))}</text>`);
+    parts.push(
+      `<text class="ytick" x="${m.left - 6}" y="${y}" text-anchor="end" dominant-baseline="middle">${esc(tickLabel(t, yTicks))}</text>`,
+    );
   }
   for (const t of xTicks) {
     const x = f(sx(t));
     parts.push(`<line class="tick" x1="${x}" x2="${x}" y1="${m.top + ph}" y2="${m.top + ph + 4}" stroke="#57606a"/>`);
-    parts.push(`<text class="xtick" x="${x}" y="${m.top + ph + 16}" text-anchor="middle">${esc(tickLabel(t, xTicks))}</text>`);
+    parts.push(
+      `<text class="xtick" x="${x}" y="${m.top + ph + 16}" text-anchor="middle">${esc(tickLabel(t, xTicks))}</text>`,
+    );
   }
-  parts.push(`<line class="axis" x1="${m.left}" x2="${m.left + pw}" y1="${m.top + ph}" y2="${m.top + ph}" stroke="#57606a"/>`);
+  parts.push(
+    `<line class="axis" x1="${m.left}" x2="${m.left + pw}" y1="${m.top + ph}" y2="${m.top + ph}" stroke="#57606a"/>`,
+  );
   parts.push(`<line class="axis" x1="${m.left}" x2="${m.left}" y1="${m.top}" y2="${m.top + ph}" stroke="#57606a"/>`);
   parts.push(`<text x="${m.left + pw / 2}" y="${height - 6}" text-anchor="middle">${esc(chart.xLabel)}</text>`);
-  parts.push(`<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${esc(chart.yLabel)}</text>`);
+  parts.push(
+    `<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${esc(chart.yLabel)}</text>`,
+  );
   chart.series.forEach((s, i) => {
     const color = PALETTE[i % PALETTE.length];
     const dash = DASHES[Math.floor(i / PALETTE.length) % DASHES.length];
@@ -190,13 +226,23 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
     parts.push(
       `<polyline class="series" data-series="${esc(s.name)}" fill="none" stroke="${color}" stroke-width="2"${dashAttr} points="${pts.map(([x, y]) => `${f(sx(x))},${f(sy(y))}`).join(' ')}"/>`,
     );
-    for (const [x, y] of pts) parts.push(`<circle cx="${f(sx(x))}" cy="${f(sy(y))}" r="2.5" fill="${color}"><title>${esc(`${s.name}: round ${x}, ${y}`)}</title></circle>`);
+    for (const [x, y] of pts)
+      parts.push(
+        `<circle cx="${f(sx(x))}" cy="${f(sy(y))}" r="2.5" fill="${color}"><title>${esc(`${s.name}: round ${x}, ${y}`)}</title></circle>`,
+      );
     const ly = m.top + 8 + i * 16;
     const lx = m.left + pw + 14;
-    parts.push(`<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text></g>`);
+    parts.push(
+      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text></g>`,
+    );
   });
   parts.push('</svg>');
   return parts.join('\n');
+}
+
+/** SVG coordinates with one decimal: enough for screen pixels, short files. */
+function f(v: number): string {
+  return v.toFixed(1);
 }
 
 /**
@@ -224,10 +270,10 @@ export function niceTicks(min: number, max: number, target = 6, integer = false)
 
 function niceNum(x: number, round: boolean): number {
   const exp = Math.floor(Math.log10(x));
-  const f = x / 10 ** exp;
+  const frac = x / 10 ** exp;
   let nf: number;
-  if (round) nf = f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10;
-  else nf = f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10;
+  if (round) nf = frac < 1.5 ? 1 : frac < 3 ? 2 : frac < 7 ? 5 : 10;
+  else nf = frac <= 1 ? 1 : frac <= 2 ? 2 : frac <= 5 ? 5 : 10;
   return nf * 10 ** exp;
 }
 
@@ -245,7 +291,10 @@ function esc(s: string): string {
  * Builds `<runDir>/report.html` from the run's metrics.jsonl and config.resolved.json (each optional) and returns
  * its path. `results` defaults to resultsFromEvents.
  */
-export async function writeReportHtml(runDir: string, opts: { title?: string; results?: Results } = {}): Promise<string> {
+export async function writeReportHtml(
+  runDir: string,
+  opts: { title?: string; results?: Results } = {},
+): Promise<string> {
   const events = await readMetrics(join(runDir, METRICS_FILE)).catch((e: unknown) => {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw e;
@@ -254,9 +303,15 @@ export async function writeReportHtml(runDir: string, opts: { title?: string; re
   try {
     config = JSON.parse(await readFile(join(runDir, CONFIG_FILE), 'utf8'));
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${join(runDir, CONFIG_FILE)}: ${(e as Error).message}`);
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw new Error(`${join(runDir, CONFIG_FILE)}: ${(e as Error).message}`, { cause: e });
   }
-  const html = renderReportHtml({ events, ...(opts.title === undefined ? {} : { title: opts.title }), ...(opts.results === undefined ? {} : { results: opts.results }), config });
+  const html = renderReportHtml({
+    events,
+    ...(opts.title === undefined ? {} : { title: opts.title }),
+    ...(opts.results === undefined ? {} : { results: opts.results }),
+    config,
+  });
   const path = join(runDir, 'report.html');
   await writeFileAtomic(path, async (fh) => {
     await fh.writeFile(html, 'utf8');

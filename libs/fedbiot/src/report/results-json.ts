@@ -10,7 +10,14 @@ import type { MetricsEvent } from '../run-dir.js';
 
 /** Model variants a run can report. AdapEmu = emulator + adapter (what clients run); AdapFu = the full model with
  * the adapter plugged back in (what the model owner ships); base = the untouched full model, zero-shot. */
-export const RESULT_METHODS = ['base', 'fedbiot-adapemu', 'fedbiot-adapfu', 'offsite-tuning', 'local-only', 'fedavg-lora'] as const;
+export const RESULT_METHODS = [
+  'base',
+  'fedbiot-adapemu',
+  'fedbiot-adapfu',
+  'offsite-tuning',
+  'local-only',
+  'fedavg-lora',
+] as const;
 export type ResultMethod = (typeof RESULT_METHODS)[number];
 
 /** The client column value for the global test set. */
@@ -82,13 +89,23 @@ export function resultsFromEvents(events: readonly MetricsEvent[]): Results {
       comms++;
     }
   }
-  const rows = [...latest.values()].map((e) => ({ method: e.method, client: e.client, test_loss: e.test_loss ?? null, accuracy: e.accuracy ?? null }));
-  return { rows: sortRows(rows), bytes_per_round: { down: comms === 0 ? 0 : down / comms, up: comms === 0 ? 0 : up / comms } };
+  const rows = [...latest.values()].map((e) => ({
+    method: e.method,
+    client: e.client,
+    test_loss: e.test_loss ?? null,
+    accuracy: e.accuracy ?? null,
+  }));
+  return {
+    rows: sortRows(rows),
+    bytes_per_round: { down: comms === 0 ? 0 : down / comms, up: comms === 0 ? 0 : up / comms },
+  };
 }
 
 /** Rows in report order: methods as in RESULT_METHODS, clients by id with 'all' last. */
 export function sortRows(rows: readonly ResultRow[]): ResultRow[] {
-  return [...rows].sort((a, b) => RESULT_METHODS.indexOf(a.method) - RESULT_METHODS.indexOf(b.method) || compareClients(a.client, b.client));
+  return rows.toSorted(
+    (a, b) => RESULT_METHODS.indexOf(a.method) - RESULT_METHODS.indexOf(b.method) || compareClients(a.client, b.client),
+  );
 }
 
 /** Client ids in display order: by code unit, 'all' last. */
@@ -105,10 +122,14 @@ export function validateResults(results: Results): string[] {
   const seen = new Set<string>();
   results.rows.forEach((r, i) => {
     const at = `rows[${i}]`;
-    if (!(RESULT_METHODS as readonly string[]).includes(r.method)) problems.push(`${at}.method: unknown method "${r.method}" (one of ${RESULT_METHODS.join(', ')})`);
-    if (typeof r.client !== 'string' || r.client === '') problems.push(`${at}.client: must be a client id or '${ALL_CLIENTS}'`);
-    if (r.test_loss !== null && !(Number.isFinite(r.test_loss) && r.test_loss >= 0)) problems.push(`${at}.test_loss: must be a finite number >= 0 or null, got ${r.test_loss}`);
-    if (r.accuracy !== null && !(r.accuracy >= 0 && r.accuracy <= 1)) problems.push(`${at}.accuracy: must be in [0, 1] or null, got ${r.accuracy}`);
+    if (!(RESULT_METHODS as readonly string[]).includes(r.method))
+      problems.push(`${at}.method: unknown method "${r.method}" (one of ${RESULT_METHODS.join(', ')})`);
+    if (typeof r.client !== 'string' || r.client === '')
+      problems.push(`${at}.client: must be a client id or '${ALL_CLIENTS}'`);
+    if (r.test_loss !== null && !(Number.isFinite(r.test_loss) && r.test_loss >= 0))
+      problems.push(`${at}.test_loss: must be a finite number >= 0 or null, got ${r.test_loss}`);
+    if (r.accuracy !== null && !(r.accuracy >= 0 && r.accuracy <= 1))
+      problems.push(`${at}.accuracy: must be in [0, 1] or null, got ${r.accuracy}`);
     const key = `${r.method}/${r.client}`;
     if (seen.has(key)) problems.push(`${at}: duplicate row for method ${r.method}, client ${r.client}`);
     seen.add(key);
@@ -126,7 +147,8 @@ export function validateResults(results: Results): string[] {
  */
 export async function writeResultsJson(runDir: string, results: Results): Promise<string> {
   const problems = validateResults(results);
-  if (problems.length > 0) throw new Error(`results.json: invalid results:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+  if (problems.length > 0)
+    throw new Error(`results.json: invalid results:\n${problems.map((p) => `  ${p}`).join('\n')}`);
   const path = join(runDir, 'results.json');
   const body = { rows: sortRows(results.rows), bytes_per_round: results.bytes_per_round };
   await writeFileAtomic(path, async (fh) => {

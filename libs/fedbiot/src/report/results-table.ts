@@ -7,14 +7,17 @@ import { RESULT_METHODS, compareClients, type BytesPerRound, type ResultRow } fr
  */
 export function formatResultsTable(rows: readonly ResultRow[], bytesPerRound?: BytesPerRound): string {
   const methods = RESULT_METHODS.filter((m) => rows.some((r) => r.method === m));
-  const clients = [...new Set(rows.map((r) => r.client))].sort(compareClients);
+  const clients = [...new Set(rows.map((r) => r.client))].toSorted(compareClients);
   const cell = new Map(rows.map((r) => [`${r.method}\u0000${r.client}`, r]));
   const table = (title: string, value: (r: ResultRow) => string): string => {
     const header = ['method', ...clients];
-    const body = methods.map((m) => [m, ...clients.map((c) => {
-      const r = cell.get(`${m}\u0000${c}`);
-      return r === undefined ? '-' : value(r);
-    })]);
+    const body = methods.map((m) => [
+      m,
+      ...clients.map((c) => {
+        const r = cell.get(`${m}\u0000${c}`);
+        return r === undefined ? '-' : value(r);
+      }),
+    ]);
     return `${title}\n${renderGrid(header, body)}`;
   };
   const parts = [
@@ -22,7 +25,9 @@ export function formatResultsTable(rows: readonly ResultRow[], bytesPerRound?: B
     table('Exact-match accuracy (%)', (r) => (r.accuracy === null ? '-' : (100 * r.accuracy).toFixed(1))),
   ];
   if (bytesPerRound !== undefined) {
-    parts.push(`Bytes per round per client: down ${formatBytes(bytesPerRound.down)}, up ${formatBytes(bytesPerRound.up)}`);
+    parts.push(
+      `Bytes per round per client: down ${formatBytes(bytesPerRound.down)}, up ${formatBytes(bytesPerRound.up)}`,
+    );
   }
   if (rows.length === 0) parts.unshift('(no evaluation results)');
   return parts.join('\n\n') + '\n';
@@ -32,7 +37,10 @@ export function formatResultsTable(rows: readonly ResultRow[], bytesPerRound?: B
 function renderGrid(header: readonly string[], body: readonly (readonly string[])[]): string {
   const widths = header.map((h, j) => Math.max(h.length, ...body.map((row) => row[j].length)));
   const line = (cells: readonly string[]): string =>
-    cells.map((c, j) => (j === 0 ? c.padEnd(widths[j]) : c.padStart(widths[j]))).join(' | ').trimEnd();
+    cells
+      .map((c, j) => (j === 0 ? c.padEnd(widths[j]) : c.padStart(widths[j])))
+      .join(' | ')
+      .trimEnd();
   const rule = widths.map((w) => '-'.repeat(w)).join('-+-');
   return [line(header), rule, ...body.map(line)].join('\n');
 }
