@@ -130,3 +130,68 @@ function seededUniform(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+export interface FullTrainerOptions {
+  readonly batch: number;
+  readonly seq: number;
+  /** Initial values of every weight (checkpoint keys). */
+  readonly weights: ReadonlyMap<string, Float32Array>;
+  readonly optimizer: OptimizerConfig;
+  readonly maxGradNorm?: number;
+}
+
+/**
+ * Full-parameter next-token training (pretraining the demo model): every weight is a graph input and gets a
+ * gradient. Same loss and micro-batch convention as LoraTrainer.
+ */
+export class FullTrainer {
+  private constructor(
+    readonly lm: CausalLM,
+    readonly trainer: GraphTrainer,
+  ) {}
+
+  static async create(lm: CausalLM, opts: FullTrainerOptions): Promise<FullTrainer> {
+    const { batch: B, seq: T } = opts;
+    const names: string[] = [];
+    const runner = await lm.graphs.get(`pretrain-B${B}-T${T}`, (g) => {
+      const m = lm.build(g, { batch: B, seq: T, layers: lm.allLayers, start: 'ids', head: true, weightsAsInputs: true });
+      const labels = g.input('labels', 'int64', [B, T]);
+      const weights = g.input('loss_weights', 'float32', [B, T]);
+      const loss = crossEntropy(m.logits!, labels, weights);
+      names.push(...m.weightInputs.keys());
+      const grads = gradients(loss, names.map((n) => m.weightInputs.get(n)!));
+      g.output(loss, 'loss');
+      grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
+    });
+    const params = new Map<string, Float32Array>();
+    const shapes = new Map<string, readonly number[]>();
+    for (const name of runner.inputNames) {
+      if (name === 'input_ids' || name === 'labels' || name === 'loss_weights') continue;
+      const v = opts.weights.get(name);
+      if (!v) throw new Error(`FullTrainer: no initial value for weight ${name}`);
+      params.set(name, Float32Array.from(v));
+      shapes.set(name, lm.weights.shape(name));
+    }
+    const trainer = new GraphTrainer(runner, params, shapes, opts.optimizer, opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {});
+    return new FullTrainer(lm, trainer);
+  }
+
+  get params(): Map<string, Float32Array> {
+    return this.trainer.params;
+  }
+
+  async step(microBatches: readonly TokenBatch[]): Promise<StepResult & { tokens: number }> {
+    let tokens = 0;
+    for (const mb of microBatches) for (const v of mb.lossMask) tokens += v;
+    const scale = 1 / Math.max(tokens, 1);
+    const feeds = microBatches.map((mb) => {
+      const f = this.lm.tokenFeeds(mb);
+      return {
+        input_ids: f['input_ids']!,
+        labels: f['labels']!,
+        loss_weights: { dtype: 'float32' as const, shape: [mb.batch, mb.seq], data: Float32Array.from(mb.lossMask, (v) => v * scale) },
+      };
+    });
+    return { ...(await this.trainer.step(feeds)), tokens };
+  }
+}
