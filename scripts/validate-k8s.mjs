@@ -22,7 +22,7 @@
 //   reference      ScaledObject targets, Service/PDB selectors, ConfigMap/PVC volumes resolve
 //                  within the rendered set (Secrets may be provided out of band and are not checked)
 //   keda           nats-jetstream triggers name endpoint, stream and consumer; the stream is
-//                  FL_TASKS_<id> of the job spec ConfigMap when one is rendered
+//                  FL_TASKS_<job.id> of the job spec ConfigMap when one is rendered
 // Warnings (never fail): Secrets annotated fedbiot.io/example-credentials=true.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -354,7 +354,7 @@ function contextOf(objects) {
     if (o?.kind === 'ConfigMap' && typeof o.data?.['job.yaml'] === 'string') {
       try {
         const spec = parseYaml(o.data['job.yaml']);
-        if (typeof spec?.id === 'string') jobId = spec.id;
+        if (typeof spec?.job?.id === 'string') jobId = spec.job.id;
       } catch {
         // A malformed job spec is the job-spec loader's error to report, with its own context.
       }

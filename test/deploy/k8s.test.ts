@@ -15,6 +15,8 @@ import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { connect, nkeyAuthenticator } from '@nats-io/transport-node';
 import { jetstreamManager, RetentionPolicy } from '@nats-io/jetstream';
 import { createUser } from '@nats-io/nkeys';
+import { parseJobSpec, resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { taskStreamName, TRAINER_CONSUMER } from '../../libs/protocol/src/subjects.js';
 import { repoRoot } from '../support/paths.js';
 
 // Rendered YAML is untyped by nature; the assertions below are the type checks.
@@ -99,7 +101,7 @@ test('every overlay renders and passes schema + policy validation', () => {
   );
   assert.equal(report.failed, 0);
   for (const t of report.targets) {
-    assert.ok(t.objects.length >= 19, `${t.target}: only ${t.objects.length} objects`);
+    assert.ok(t.objects.length >= 20, `${t.target}: only ${t.objects.length} objects`);
     for (const o of t.objects) {
       assert.deepEqual([o.schema, o.policy], [[], []], `${t.target} ${o.kind}/${o.name}`);
     }
@@ -114,7 +116,7 @@ test('the table output names every object and ends with the verdict', () => {
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /Deployment\/client-trainer\s+ok\s+ok/);
   assert.match(r.stdout, /StatefulSet\/nats\s+ok\s+ok/);
-  assert.match(r.stdout, /19 valid, 0 invalid/);
+  assert.match(r.stdout, /20 valid, 0 invalid/);
   assert.match(r.stdout, /all valid\s*$/);
 });
 
@@ -166,10 +168,27 @@ test('the services get the runtime contract: env, job spec, credentials, cache, 
       assert.ok(mountAt('/tmp').emptyDir, `${where}: /tmp must be an emptyDir (read-only root)`);
       const cache = mountAt('/var/cache/fedbiot');
       if (name === 'client-trainer') assert.equal(cache.persistentVolumeClaim.claimName, 'model-cache', where);
+      if (name !== 'client-trainer')
+        assert.equal(mountAt('/var/lib/fedbiot').persistentVolumeClaim.claimName, 'fedbiot-runs', where);
     }
     const pvc = find(objects, 'PersistentVolumeClaim', 'model-cache');
     assert.deepEqual(pvc.spec.accessModes, overlay === 'prod' ? ['ReadWriteMany'] : ['ReadWriteOnce']);
   }
+});
+
+test('the example job spec passes the project job-spec loader and fits the mounts and the protocol', () => {
+  for (const overlay of OVERLAYS) {
+    const objects = render(overlayDir(overlay));
+    const text = findGenerated(objects, 'ConfigMap', 'fedbiot-job').data['job.yaml'] as string;
+    const spec = resolveJobSpec(parseJobSpec(text, `${overlay}/job.yaml`), `${overlay}/job.yaml`);
+    assert.equal(spec.job.id, 'demo');
+    // The protocol's id check is stricter than the run-folder id (no "."); it throws on a bad one.
+    assert.equal(taskStreamName(spec.job.id), 'FL_TASKS_demo');
+    assert.ok(spec.job.outDir.startsWith('/var/lib/fedbiot/'), 'run folders on the fedbiot-runs volume');
+    assert.ok(spec.model.checkpoint.startsWith('/var/cache/fedbiot/'), 'checkpoint on the model-cache volume');
+  }
+  // Control: the loader does reject what the manifests could get wrong.
+  assert.throws(() => resolveJobSpec(parseJobSpec('job:\n  idd: demo\n', 'typo.yaml'), 'typo.yaml'), /idd/);
 });
 
 test('dev: one trainer, local images, no KEDA', () => {
@@ -191,8 +210,8 @@ test('prod: KEDA scales the trainers on the job work queue; PDBs; GPU trainer va
   assert.equal(so.spec.maxReplicaCount, 16);
   const [trigger] = so.spec.triggers;
   assert.equal(trigger.type, 'nats-jetstream');
-  assert.equal(trigger.metadata.stream, `FL_TASKS_${jobSpec.id}`);
-  assert.equal(trigger.metadata.consumer, 'client-trainer');
+  assert.equal(trigger.metadata.stream, taskStreamName(jobSpec.job.id));
+  assert.equal(trigger.metadata.consumer, TRAINER_CONSUMER);
   assert.equal(trigger.metadata.account, '$G');
   assert.equal(typeof trigger.metadata.lagThreshold, 'string');
   assert.equal(trigger.metadata.natsServerMonitoringEndpoint, 'nats.fedbiot.svc.cluster.local:8222');
@@ -417,7 +436,7 @@ test(
         server.stderr.on('data', () => log.includes('Server is ready') && (clearTimeout(t), ok()));
         server.once('exit', (code) => (clearTimeout(t), fail(new Error(`nats-server exited ${code}:\n${log}`))));
       });
-      const jobId = (parseYaml(findGenerated(objects, 'ConfigMap', 'fedbiot-job').data['job.yaml']) as K8s).id;
+      const jobId = (parseYaml(findGenerated(objects, 'ConfigMap', 'fedbiot-job').data['job.yaml']) as K8s).job.id;
       const stream = find(objects, 'ScaledObject', 'client-trainer').spec.triggers[0].metadata.stream;
 
       for (const name of SERVICES) {
