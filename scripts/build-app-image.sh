@@ -75,7 +75,7 @@ cp -al "$MODULES/node_modules" "$CONTEXT/node_modules" 2>/dev/null || cp -a "$MO
 (cd "$DIST_DIR" && dist_files | tar --null -T - -cf -) | tar -C "$CONTEXT/dist" -xf -
 
 # Debian 12 has no buildx, so the legacy builder; it uploads the whole context, hence the staging.
-DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$BASE" \
+DOCKER_BUILDKIT=0 docker build --force-rm -q --build-arg "BASE=$BASE" \
   --label "org.fedbiot.content-hash=$CONTENT_HASH" -t "$TAG" "$CONTEXT" >/dev/null
 rm -rf "$CONTEXT"
 echo "build-app-image: built $TAG ($CONTENT_HASH)"

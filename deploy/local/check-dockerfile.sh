@@ -68,7 +68,7 @@ mkdir -p "$CONTEXT/deploy"
 cp deploy/Dockerfile deploy/tsconfig.build.json "$CONTEXT/deploy/"
 mkdir -p "$CONTEXT/services" "$CONTEXT/bin"  # COPY of a directory that has no tracked files yet
 
-DOCKER_BUILDKIT=0 docker build --network host -q --build-arg "NODE_IMAGE=$STANDIN" \
+DOCKER_BUILDKIT=0 docker build --network host --force-rm -q --build-arg "NODE_IMAGE=$STANDIN" \
   -f "$CONTEXT/deploy/Dockerfile" -t "$TAG" "$CONTEXT" >/dev/null
 echo "check-dockerfile: built $TAG from deploy/Dockerfile"
 docker image prune -f >/dev/null  # intermediate stages of the legacy builder
