@@ -35,6 +35,8 @@ export interface StepResult {
   readonly loss: number;
   /** Global gradient norm before clipping. */
   readonly gradNorm: number;
+  /** Scalar outputs asked for with `extraOutputs`, summed over micro-batches (e.g. the terms of a loss). */
+  readonly extras: Readonly<Record<string, number>>;
 }
 
 /**
@@ -67,14 +69,16 @@ export class GraphTrainer {
     return feeds;
   }
 
-  async step(microBatches: readonly Record<string, HostTensor>[]): Promise<StepResult> {
+  async step(microBatches: readonly Record<string, HostTensor>[], extraOutputs: readonly string[] = []): Promise<StepResult> {
     if (microBatches.length === 0) throw new Error('GraphTrainer.step: no micro-batches');
     const grads = new Map<string, Float32Array>();
     let loss = 0;
-    const fetches = ['loss', ...[...this.params.keys()].map((n) => `grad.${n}`)];
+    const fetches = ['loss', ...extraOutputs, ...[...this.params.keys()].map((n) => `grad.${n}`)];
+    const extras: Record<string, number> = Object.fromEntries(extraOutputs.map((n) => [n, 0]));
     for (const feeds of microBatches) {
       const out = await this.runner.run({ ...feeds, ...this.paramFeeds() }, fetches);
       loss += (out['loss']!.data as Float32Array)[0]!;
+      for (const n of extraOutputs) extras[n]! += (out[n]!.data as Float32Array)[0]!;
       for (const name of this.params.keys()) {
         const g = out[`grad.${name}`]!.data as Float32Array;
         const acc = grads.get(name);
@@ -101,7 +105,7 @@ export class GraphTrainer {
       throw new Error(`training step produced a non-finite ${Number.isFinite(loss) ? 'gradient' : 'loss'} (loss ${loss}); parameters left unchanged`);
     }
     this.optimizer.step(this.params, grads);
-    return { loss, gradNorm };
+    return { loss, gradNorm, extras };
   }
 }
 

@@ -35,7 +35,7 @@ export const DEFAULTS = {
   data: {
     federation: 'demo',
     template: 'auto' as const,
-    maxLength: 64,
+    maxLength: 96,
     partition: { kind: 'iid' as const },
     testFraction: 0.1,
   },
@@ -51,7 +51,7 @@ export const DEFAULTS = {
   alignment: { preRounds: 2, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
   aggregation: { weighting: 'tokens' as const },
   eval: { every: 1, maxNewTokens: 8 },
-  baselines: { offsiteTuning: false, localOnly: false, fedavgLora: false },
+  baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
 } as const;
 
 const posInt = () => z.number().int().min(1);

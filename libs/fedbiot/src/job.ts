@@ -1,0 +1,361 @@
+/**
+ * A whole federated job in one process (the embedded default of the main job): base evaluation, the job's method
+ * (FedBiOT by default) through the round coordinator, the enabled baselines, then results.json, report.html, the
+ * final adapter in PEFT format and a merged model. Resumable from the last completed round.
+ */
+import { join, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
+import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
+import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
+import type { TokenizedExample } from '../../data/src/index.js';
+import { ExampleStream } from './batches.js';
+import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
+import { loadFederation, type ClientData, type FederationData } from './federation.js';
+import type { JobSpec } from './job-spec.js';
+import { progress } from './progress.js';
+import { AlignmentServer, copyLora, evaluateVariant, initialLora, loraSpecs, trainLocally, type EvalScores } from './roles.js';
+import { createRunDir, loadLatestCheckpoint, readMetrics, saveCheckpoint, MetricsLog, METRICS_FILE, type MetricsEvent } from './run-dir.js';
+import { splitModel, type ModelSplit } from './split.js';
+import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
+import { formatResultsTable } from './report/results-table.js';
+import { writeReportHtml } from './report/report-html.js';
+import { writeFileAtomic } from '../../engine/src/safetensors.js';
+
+export interface JobOptions {
+  /** Reopen runs/<job.id> and continue from its last completed round. */
+  readonly resume?: boolean;
+  /** Lines for the user (progress goes to stderr through progress()). */
+  readonly log?: (line: string) => void;
+}
+
+export interface JobResult {
+  readonly runDir: string;
+  readonly table: string;
+}
+
+const PHASES = ['base', 'main', 'offsite-tuning', 'local-only', 'fedavg-lora'] as const;
+type Phase = (typeof PHASES)[number];
+/** Checkpoint "rounds" are global: phase index * PHASE_STRIDE + round, so one ordered list serves all phases. */
+const PHASE_STRIDE = 100_000;
+
+interface Ctx {
+  readonly spec: JobSpec;
+  readonly lm: CausalLM;
+  readonly data: FederationData;
+  readonly runDir: string;
+  readonly metrics: MetricsLog;
+  readonly log: (line: string) => void;
+  readonly seq: number;
+}
+
+/** Mean of per-client scores weighted by their tokens (loss) and items (accuracy): the 'all' row. */
+function pooled(scores: readonly EvalScores[]): EvalScores {
+  const tokens = scores.reduce((s, x) => s + x.tokens, 0);
+  const items = scores.reduce((s, x) => s + x.items, 0);
+  return {
+    testLoss: scores.reduce((s, x) => s + x.testLoss * x.tokens, 0) / Math.max(tokens, 1),
+    accuracy: scores.reduce((s, x) => s + x.accuracy * x.items, 0) / Math.max(items, 1),
+    tokens,
+    items,
+  };
+}
+
+async function evaluateOn(
+  ctx: Ctx,
+  method: string,
+  variantFor: (client: ClientData) => { layers?: readonly number[]; loras?: readonly LoraWeights[] },
+  clients: readonly ClientData[] = ctx.data.clients,
+): Promise<{ method: string; client: string; scores: EvalScores }[]> {
+  const out: { method: string; client: string; scores: EvalScores }[] = [];
+  for (const c of clients) {
+    const scores = await evaluateVariant(ctx.lm, variantFor(c), c.test, c.testItems, {
+      batch: ctx.spec.clients.batchSize,
+      seq: ctx.seq,
+      maxNewTokens: ctx.spec.eval.maxNewTokens,
+    });
+    out.push({ method, client: c.id, scores });
+  }
+  out.push({ method, client: 'all', scores: pooled(out.map((o) => o.scores)) });
+  return out;
+}
+
+function logEval(ctx: Ctx, phase: Phase, round: number, rows: { method: string; client: string; scores: EvalScores }[]): void {
+  for (const r of rows) ctx.metrics.log({ round, phase, kind: 'eval', method: r.method, client: r.client, test_loss: r.scores.testLoss, accuracy: r.scores.accuracy });
+}
+
+function clientSettings(spec: JobSpec, seq: number) {
+  const c = spec.clients;
+  return {
+    localSteps: c.localSteps,
+    batchSize: c.batchSize,
+    gradAccum: c.gradAccum,
+    seq,
+    lr: c.lr,
+    betas: c.betas,
+    weightDecay: c.weightDecay,
+    proxEps: c.proxEps,
+    ...(c.maxGradNorm !== undefined ? { maxGradNorm: c.maxGradNorm } : {}),
+  };
+}
+
+interface FederatedPhaseConfig {
+  readonly phase: Phase;
+  readonly split: ModelSplit;
+  /** 'fedbiot': per-round alignment + AdapEmu/AdapFu; 'offsite-tuning': no per-round alignment; 'fedavg-lora': full model. */
+  readonly kind: 'fedbiot' | 'offsite-tuning' | 'fedavg-lora';
+  readonly preAlignSteps: number;
+  readonly alignStepsPerRound: number;
+  readonly evalMethods: readonly { method: ResultMethod; on: 'emu' | 'full' }[];
+}
+
+/** One federated method run through the coordinator with in-process ports; returns the final state. */
+async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { round: number; json: Record<string, unknown>; tensors: ReadonlyMap<string, Float32Array> }): Promise<CoordinatorState> {
+  const { spec, lm, data } = ctx;
+  const specs = loraSpecs(cfg.split, { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, targets: spec.lora.targets });
+  const clientLayers = cfg.kind === 'fedavg-lora' ? lm.allLayers : cfg.split.clientLayers;
+  const pick = (prefix: string, l: LoraWeights): LoraWeights =>
+    resumeFrom ? { spec: l.spec, tensors: new Map([...l.tensors.keys()].map((k) => [k, Float32Array.from(resumeFrom.tensors.get(`${prefix}/${k}`)!)])) } : l;
+  let adapter = pick('adapter', initialLora(specs.adapter, lm, spec.job.seed + 1));
+  const emulator = pick('emulator', initialLora(specs.emulator, lm, spec.job.seed + 2));
+  const streamStates = (resumeFrom?.json['streams'] as Record<string, { epoch: number; pos: number }> | undefined) ?? {};
+  const streams = new Map(data.clients.map((c, i) => [c.id, new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i, streamStates[c.id])]));
+  const server =
+    cfg.kind === 'fedavg-lora' || (cfg.preAlignSteps === 0 && cfg.alignStepsPerRound === 0)
+      ? undefined
+      : new AlignmentServer(
+          lm,
+          cfg.split,
+          specs,
+          { lambda: spec.alignment.lambda, mu: spec.alignment.mu, lr: spec.alignment.lr, batchSize: spec.alignment.batchSize, seq: ctx.seq, seed: spec.job.seed },
+          data.publicWindows,
+          emulator,
+          resumeFrom?.json['serverStream'] as { epoch: number; pos: number } | undefined,
+        );
+  if (server && resumeFrom?.json['optimizerMeta']) {
+    const optTensors = new Map([...resumeFrom.tensors].filter(([k]) => k.startsWith('optim.')));
+    await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
+  }
+  const settings = clientSettings(spec, ctx.seq);
+  const ports: RoundPorts = {
+    trainClients: async (round, clients, adapterNow, emulatorNow) => {
+      const out: ClientRoundResult[] = [];
+      const bar = progress(`${cfg.phase} round ${round + 1}/${spec.job.rounds} local training`, clients.length * settings.localSteps);
+      for (const id of clients) {
+        const frozen = cfg.kind === 'fedavg-lora' ? [] : [emulatorNow];
+        const r = await trainLocally(lm, clientLayers, copyLora(adapterNow), frozen, streams.get(id)!, settings, spec.job.seed + round * 131 + id.length, (loss) => bar.tick(1, `${id} loss ${loss.toFixed(3)}`));
+        out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
+      }
+      bar.done();
+      return out;
+    },
+    align: async (adapterNow, steps) => {
+      if (!server || steps === 0) return null;
+      const bar = progress(`${cfg.phase} alignment`, 1);
+      const stats = await server.align(adapterNow, steps);
+      bar.done(`L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
+      return { emulator: server.emulator, stats };
+    },
+    evaluate: async (round, adapterNow, emulatorNow) => {
+      const rows = [];
+      for (const m of cfg.evalMethods) {
+        const variant =
+          m.on === 'emu'
+            ? { layers: cfg.split.clientLayers, loras: [emulatorNow, adapterNow] }
+            : { layers: lm.allLayers, loras: [adapterNow] }; // AdapFu: the adapter plugged into the full model
+        rows.push(...(await evaluateOn(ctx, m.method, () => variant)));
+      }
+      const all = rows.filter((r) => r.client === 'all').map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
+      ctx.log(`  round ${round}: ${all.join(' | ')}`);
+      return rows;
+    },
+  };
+  const start: CoordinatorState = resumeFrom
+    ? { round: resumeFrom.round, adapter, emulator, preAligned: true }
+    : { round: 0, adapter, emulator, preAligned: false };
+  const phaseIndex = PHASES.indexOf(cfg.phase);
+  const final = await runRounds(
+    ports,
+    {
+      rounds: spec.job.rounds,
+      clientIds: data.clients.map((c) => c.id),
+      perRound: spec.clients.perRound,
+      seed: spec.job.seed,
+      preAlignSteps: cfg.preAlignSteps,
+      alignStepsPerRound: cfg.alignStepsPerRound,
+      weighting: spec.aggregation.weighting,
+      ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+      evalEvery: spec.eval.every,
+      broadcastEmulator: cfg.kind === 'fedbiot',
+    },
+    start,
+    {
+      onEvent: (e) => {
+        if (e.kind === 'comm' && cfg.phase !== 'main') ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
+        else ctx.metrics.log({ ...e, phase: cfg.phase });
+      },
+      onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
+      onCheckpoint: async (state) => {
+        ctx.metrics.sync();
+        const tensors = new Map<string, Float32Array>();
+        for (const [k, v] of state.adapter.tensors) tensors.set(`adapter/${k}`, v);
+        for (const [k, v] of state.emulator.tensors) tensors.set(`emulator/${k}`, v);
+        const json: Record<string, unknown> = {
+          phase: cfg.phase,
+          round: state.round,
+          streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
+        };
+        const opt = server?.exportOptimizerState();
+        if (server && opt) {
+          const t = stateToTensors(opt, 'optim.');
+          for (const [k, v] of t.tensors) tensors.set(k, v);
+          json['optimizerMeta'] = t.meta;
+          json['serverStream'] = server.streamState;
+        }
+        await saveCheckpoint(ctx.runDir, { round: phaseIndex * PHASE_STRIDE + state.round, json, tensors });
+      },
+    },
+  );
+  adapter = final.adapter;
+  return final;
+}
+
+/** Local-only baseline: every client trains its own adapter on the emulator, never aggregated. */
+async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights): Promise<void> {
+  const { spec, lm, data } = ctx;
+  const specs = loraSpecs(split, { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, targets: spec.lora.targets });
+  const settings = clientSettings(spec, ctx.seq);
+  const scores = [];
+  for (const [i, c] of data.clients.entries()) {
+    let adapter = initialLora(specs.adapter, lm, spec.job.seed + 1);
+    const stream = new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i);
+    const bar = progress(`local-only ${c.id}`, spec.job.rounds * settings.localSteps);
+    for (let round = 0; round < spec.job.rounds; round++) {
+      const r = await trainLocally(lm, split.clientLayers, adapter, [emulator], stream, settings, spec.job.seed + round * 131 + i, (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`));
+      adapter = r.adapter;
+      ctx.metrics.log({ round, phase: 'local-only', kind: 'train', method: 'local-only', client: c.id, loss: r.meanLoss });
+    }
+    bar.done();
+    const [row] = await evaluateOn(ctx, 'local-only', () => ({ layers: lm.allLayers, loras: [adapter] }), [c]);
+    scores.push(row!);
+  }
+  const all = { method: 'local-only', client: 'all', scores: pooled(scores.map((s) => s.scores)) };
+  logEval(ctx, 'local-only', spec.job.rounds, [...scores, all]);
+  ctx.log(`  local-only: loss ${all.scores.testLoss.toFixed(3)} acc ${(100 * all.scores.accuracy).toFixed(1)}%`);
+}
+
+/** Runs (or resumes) the job described by `spec`. The run folder's path is in the result. */
+export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
+  const log = opts.log ?? ((l: string) => console.log(l));
+  const t0 = performance.now();
+  const run = await createRunDir(spec.job.outDir, spec.job.id, spec, { resume: opts.resume === true });
+  const runDir = resolve(run.dir);
+  const checkpoint = run.resumed ? await loadLatestCheckpoint(runDir) : undefined;
+  const resumePhase = checkpoint ? ((checkpoint.json as { phase: Phase }).phase ?? 'base') : undefined;
+  const resumeIndex = resumePhase ? PHASES.indexOf(resumePhase) : -1;
+  if (run.resumed) {
+    // Keep only metrics the checkpoint covers: earlier phases, and rounds of its phase it completed.
+    const metricsPath = join(runDir, METRICS_FILE);
+    const events: MetricsEvent[] = existsSync(metricsPath) ? await readMetrics(metricsPath) : [];
+    const localRound = checkpoint ? checkpoint.round % PHASE_STRIDE : -1;
+    const kept = events.filter((e) => {
+      const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
+      return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
+    });
+    await writeFileAtomic(metricsPath, async (fh) => fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'));
+    log(checkpoint ? `resuming ${runDir} at phase ${resumePhase}, round ${localRound}` : `resuming ${runDir} from the start (no checkpoint yet)`);
+  }
+  const metrics = await MetricsLog.open(runDir);
+  const cacheRoot = defaultCacheRoot();
+  const lm = await CausalLM.load(spec.model.checkpoint, { provider: spec.model.provider, ...(spec.model.threads ? { threads: spec.model.threads } : {}) });
+  try {
+    if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
+    const data = await loadFederation(spec, lm.tokenizer, cacheRoot);
+    log(`model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`);
+    log(`data ${data.source}: ${data.clients.map((c) => `${c.id} ${c.train.length}/${c.test.length}`).join(', ')} (train/test); public windows ${data.publicWindows.length}`);
+    const ctx: Ctx = { spec, lm, data, runDir, metrics, log, seq: spec.data.maxLength };
+    const L = lm.config.numLayers;
+    const main = spec.job.method;
+    const fedbiotSplit = splitModel({ numLayers: L, adapterBottom: main === 'offsite-tuning' ? spec.split.adapterBottom : 0, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate });
+    log(`split: adapter layers ${fedbiotSplit.adapterLayers.join(',')}; emulator keeps ${fedbiotSplit.emulatorLayers.join(',')} of block [${fedbiotSplit.teacher.start}, ${fedbiotSplit.teacher.end})`);
+    const resumeFor = (phase: Phase) =>
+      checkpoint && resumePhase === phase ? { round: checkpoint.round % PHASE_STRIDE, json: checkpoint.json as Record<string, unknown>, tensors: checkpoint.tensors } : undefined;
+    const done = (phase: Phase): boolean => resumeIndex > PHASES.indexOf(phase);
+
+    if (!done('base') && resumePhase !== 'base') {
+      log('evaluating the base model ...');
+      const rows = await evaluateOn(ctx, 'base', () => ({ layers: lm.allLayers, loras: [] }));
+      logEval(ctx, 'base', 0, rows);
+      await saveCheckpoint(runDir, { round: 0, json: { phase: 'main', round: 0, fresh: true }, tensors: new Map() });
+    }
+    let mainState: CoordinatorState | undefined;
+    if (!done('main')) {
+      log(`running ${main} for ${spec.job.rounds} rounds ...`);
+      const r = resumeFor('main');
+      mainState = await runFederated(
+        ctx,
+        {
+          phase: 'main',
+          split: fedbiotSplit,
+          kind: main === 'offsite-tuning' ? 'offsite-tuning' : main === 'fedavg-lora' ? 'fedavg-lora' : 'fedbiot',
+          preAlignSteps: main === 'fedbiot' ? spec.alignment.preRounds * spec.alignment.stepsPerRound : (spec.baselines.oneShotAlignSteps ?? 0),
+          alignStepsPerRound: main === 'fedbiot' ? spec.alignment.stepsPerRound : 0,
+          evalMethods:
+            main === 'fedbiot'
+              ? [{ method: 'fedbiot-adapemu', on: 'emu' }, { method: 'fedbiot-adapfu', on: 'full' }]
+              : [{ method: main as ResultMethod, on: 'full' }],
+        },
+        r && !(r.json['fresh'] === true) ? r : undefined,
+      );
+      const adapterDir = join(runDir, 'adapter');
+      await savePeftAdapter(adapterDir, renamed(mainState.adapter, 'default'), lm.config, spec.model.checkpoint);
+      await exportMerged(join(runDir, 'merged-model'), lm.config, lm.checkpoint!.tensorNames, (n) => lm.checkpoint!.readFloat32(n), [mainState.adapter], spec.model.checkpoint);
+      await saveCheckpoint(runDir, { round: PHASES.indexOf('offsite-tuning') * PHASE_STRIDE, json: { phase: 'offsite-tuning', round: 0, fresh: true }, tensors: new Map() });
+    }
+    if (main === 'fedbiot' && spec.baselines.offsiteTuning && !done('offsite-tuning')) {
+      log('baseline offsite-tuning (FedOT: first 2 + last 2 layers as adapter, no per-round alignment) ...');
+      const r = resumeFor('offsite-tuning');
+      await runFederated(
+        ctx,
+        {
+          phase: 'offsite-tuning',
+          split: splitModel({ numLayers: L, adapterBottom: 2, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate }),
+          kind: 'offsite-tuning',
+          preAlignSteps: spec.baselines.oneShotAlignSteps ?? 0,
+          alignStepsPerRound: 0,
+          evalMethods: [{ method: 'offsite-tuning', on: 'full' }],
+        },
+        r && !(r.json['fresh'] === true) ? r : undefined,
+      );
+    }
+    if (spec.baselines.localOnly) {
+      log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
+      const emulator = mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, { ...spec.lora }).emulator, lm, spec.job.seed + 2);
+      await runLocalOnly(ctx, fedbiotSplit, emulator);
+    }
+    if (main === 'fedbiot' && spec.baselines.fedavgLora) {
+      log('baseline fedavg-lora (clients hold the full model) ...');
+      await runFederated(ctx, { phase: 'fedavg-lora', split: fedbiotSplit, kind: 'fedavg-lora', preAlignSteps: 0, alignStepsPerRound: 0, evalMethods: [{ method: 'fedavg-lora', on: 'full' }] });
+    }
+    metrics.sync();
+    const events = await readMetrics(join(runDir, METRICS_FILE));
+    const results = resultsFromEvents(events);
+    await writeResultsJson(runDir, results);
+    await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}` });
+    const table = formatResultsTable(results.rows, results.bytes_per_round);
+    await writeFile(join(runDir, 'results.txt'), table + '\n');
+    log(`\n${table}`);
+    log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    return { runDir, table };
+  } finally {
+    metrics.close();
+    await lm.release();
+  }
+}
+
+function renamed(l: LoraWeights, name: string): LoraWeights {
+  const from = `.${l.spec.name}.`;
+  return { spec: { ...l.spec, name }, tensors: new Map([...l.tensors].map(([k, v]) => [k.replace(from, `.${name}.`), v])) };
+}
