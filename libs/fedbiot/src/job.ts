@@ -16,7 +16,7 @@ import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPor
 import { loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
-import { AlignmentServer, copyLora, evaluateVariant, initialLora, loraSpecs, trainLocally, type EvalScores } from './roles.js';
+import { AlignmentServer, copyLora, evalVariant, evaluateVariant, initialLora, loraSpecs, trainLocally, type EvalScores } from './roles.js';
 import { createRunDir, loadLatestCheckpoint, readMetrics, saveCheckpoint, MetricsLog, METRICS_FILE, type MetricsEvent } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
@@ -29,6 +29,8 @@ export interface JobOptions {
   readonly resume?: boolean;
   /** Lines for the user (progress goes to stderr through progress()). */
   readonly log?: (line: string) => void;
+  /** Called after each checkpoint is on disk (tests use it to stop a job at a given point). */
+  readonly afterCheckpoint?: (phase: string, round: number) => void;
 }
 
 export interface JobResult {
@@ -49,6 +51,7 @@ interface Ctx {
   readonly metrics: MetricsLog;
   readonly log: (line: string) => void;
   readonly seq: number;
+  readonly afterCheckpoint?: (phase: string, round: number) => void;
 }
 
 /** Mean of per-client scores weighted by their tokens (loss) and items (accuracy): the 'all' row. */
@@ -153,18 +156,16 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
     },
     align: async (adapterNow, steps) => {
       if (!server || steps === 0) return null;
-      const bar = progress(`${cfg.phase} alignment`, 1);
+      const bar = progress(`${cfg.phase} alignment (${steps} steps)`, 1);
       const stats = await server.align(adapterNow, steps);
-      bar.done(`L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
+      bar.tick(1, `L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
+      bar.done();
       return { emulator: server.emulator, stats };
     },
     evaluate: async (round, adapterNow, emulatorNow) => {
       const rows = [];
       for (const m of cfg.evalMethods) {
-        const variant =
-          m.on === 'emu'
-            ? { layers: cfg.split.clientLayers, loras: [emulatorNow, adapterNow] }
-            : { layers: lm.allLayers, loras: [adapterNow] }; // AdapFu: the adapter plugged into the full model
+        const variant = evalVariant(m.on, cfg.split, lm.config.numLayers, adapterNow, emulatorNow);
         rows.push(...(await evaluateOn(ctx, m.method, () => variant)));
       }
       const all = rows.filter((r) => r.client === 'all').map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
@@ -215,6 +216,7 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
           json['serverStream'] = server.streamState;
         }
         await saveCheckpoint(ctx.runDir, { round: phaseIndex * PHASE_STRIDE + state.round, json, tensors });
+        ctx.afterCheckpoint?.(cfg.phase, state.round);
       },
     },
   );
@@ -275,7 +277,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const data = await loadFederation(spec, lm.tokenizer, cacheRoot);
     log(`model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`);
     log(`data ${data.source}: ${data.clients.map((c) => `${c.id} ${c.train.length}/${c.test.length}`).join(', ')} (train/test); public windows ${data.publicWindows.length}`);
-    const ctx: Ctx = { spec, lm, data, runDir, metrics, log, seq: spec.data.maxLength };
+    const ctx: Ctx = { spec, lm, data, runDir, metrics, log, seq: spec.data.maxLength, ...(opts.afterCheckpoint ? { afterCheckpoint: opts.afterCheckpoint } : {}) };
     const L = lm.config.numLayers;
     const main = spec.job.method;
     const fedbiotSplit = splitModel({ numLayers: L, adapterBottom: main === 'offsite-tuning' ? spec.split.adapterBottom : 0, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate });

@@ -2,7 +2,7 @@
  * The three FedBiOT roles on a model, independent of transport: the server's emulator alignment (lower level),
  * a client's local adapter training (upper level), and evaluation of base / AdapEmu / AdapFu.
  */
-import { GraphTrainer, crossEntropy, gradients, ops as O, type HostTensor, type OptimizerState } from '../../engine/src/index.js';
+import { GraphTrainer, crossEntropy, gradients, ops as O, type HostTensor, type OptimizerState, type Tensor } from '../../engine/src/index.js';
 import type { CausalLM, LoraWeights, TokenBatch } from '../../model/src/causal-lm.js';
 import { layersKey, loraFeeds, loraKey, shapeOfLora } from '../../model/src/causal-lm.js';
 import type { LoraSpec, LoraTarget } from '../../model/src/llama.js';
@@ -165,23 +165,20 @@ export class AlignmentServer {
         const m = lm.build(g, { batch: B, seq: T, layers, start: 'ids', head, keepHidden: true, loras: [this.specs.emulator, this.specs.adapter] });
         const mask = g.input('token_mask', 'float32', [B, T]);
         const teacherHidden = g.input('teacher_hidden', 'float32', [B, T, cfg.hiddenSize]);
-        const s = m.hiddenStates[this.studentHidden]!;
-        const m3 = O.unsqueeze(mask, [-1]); // (B, T, 1)
-        const diff = O.sub(teacherHidden, s);
-        const l2 = O.div(O.sumAll(O.mul(O.mul(diff, diff), m3)), O.max(O.sumAll(O.mul(O.mul(teacherHidden, teacherHidden), m3)), 1e-12));
-        let loss = l2;
-        let kl = g.constant(0, 'float32');
-        if (lambda > 0) {
-          const tlp = g.input('teacher_logprobs', 'float32', [B, T, cfg.vocabSize]);
-          const perToken = O.reduceSum(O.mul(O.exp(tlp), O.sub(tlp, O.logSoftmax(m.logits!, -1))), [-1]); // (B, T)
-          kl = O.div(O.sumAll(O.mul(perToken, mask)), O.max(O.sumAll(mask), 1));
-          loss = O.add(loss, O.mul(kl, lambda));
-        }
+        const terms = alignmentLoss({
+          teacherHidden,
+          studentHidden: m.hiddenStates[this.studentHidden]!,
+          mask,
+          lambda,
+          ...(lambda > 0 ? { teacherLogprobs: g.input('teacher_logprobs', 'float32', [B, T, cfg.vocabSize]), studentLogits: m.logits! } : {}),
+        });
+        let loss = terms.loss;
         if (mu > 0) {
           const labels = g.input('labels', 'int64', [B, T]);
           const w = g.input('loss_weights', 'float32', [B, T]);
           loss = O.add(loss, O.mul(crossEntropy(m.logits!, labels, w), mu));
         }
+        const { l2, kl } = terms;
         const trainable = [...m.loraParams].filter(([n]) => n.includes(`.${EMULATOR}.`));
         names.push(...trainable.map(([n]) => n));
         const grads = gradients(loss, trainable.map(([, t]) => t));
@@ -200,6 +197,37 @@ export class AlignmentServer {
     });
     return this.trainer;
   }
+}
+
+/**
+ * The alignment objective on graph tensors: normalised L2 between the teacher's and the emulator's hidden states
+ * plus lambda times the token-averaged KL(teacher || student) of the next-token distributions, both over the
+ * positions where `mask` is 1. `teacherLogprobs` are log-probabilities; `studentLogits` raw logits.
+ *   l2 = sum_m (T - S)^2 / sum_m T^2          (= mean((T-S)^2)/mean(T^2) over real tokens)
+ *   kl = sum_m sum_v p_T (log p_T - log p_S) / sum_m 1
+ */
+export function alignmentLoss(t: {
+  teacherHidden: Tensor;
+  studentHidden: Tensor;
+  mask: Tensor;
+  lambda: number;
+  teacherLogprobs?: Tensor;
+  studentLogits?: Tensor;
+}): { loss: Tensor; l2: Tensor; kl: Tensor } {
+  const g = t.mask.graph;
+  const m3 = O.unsqueeze(t.mask, [-1]); // (B, T, 1)
+  const diff = O.sub(t.teacherHidden, t.studentHidden);
+  const l2 = O.div(O.sumAll(O.mul(O.mul(diff, diff), m3)), O.max(O.sumAll(O.mul(O.mul(t.teacherHidden, t.teacherHidden), m3)), 1e-12));
+  let kl = g.constant(0, t.mask.dtype);
+  let loss = l2;
+  if (t.lambda > 0) {
+    if (!t.teacherLogprobs || !t.studentLogits) throw new Error('alignmentLoss: lambda > 0 needs teacher log-probabilities and student logits');
+    const tlp = t.teacherLogprobs;
+    const perToken = O.reduceSum(O.mul(O.exp(tlp), O.sub(tlp, O.logSoftmax(t.studentLogits, -1))), [-1]); // (B, T)
+    kl = O.div(O.sumAll(O.mul(perToken, t.mask)), O.max(O.sumAll(t.mask), 1));
+    loss = O.add(loss, O.mul(kl, t.lambda));
+  }
+  return { loss, l2, kl };
 }
 
 export interface ClientSettings {
@@ -263,6 +291,16 @@ export async function trainLocally(
     onStep?.(r.loss);
   }
   return { adapter: { spec: adapter.spec, tensors: new Map([...trainer.params].map(([k, v]) => [k, Float32Array.from(v)])) }, tokens, examples, meanLoss: lossSum / s.localSteps };
+}
+
+/**
+ * The model a method is evaluated as. AdapEmu: the client model (emulator layers + adapter layers) with both
+ * LoRAs, what clients run. AdapFu: the adapter's LoRA plugged into the original full model (every layer, original
+ * weights, no emulator LoRA), what the model owner ships.
+ */
+export function evalVariant(on: 'emu' | 'full', split: ModelSplit, numLayers: number, adapter: LoraWeights, emulator: LoraWeights): { layers: number[]; loras: LoraWeights[] } {
+  if (on === 'emu') return { layers: [...split.clientLayers], loras: [emulator, adapter] };
+  return { layers: Array.from({ length: numLayers }, (_, i) => i), loras: [adapter] };
 }
 
 export interface EvalScores {

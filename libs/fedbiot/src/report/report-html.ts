@@ -149,7 +149,7 @@ function renderResultsHtml(results: Results): string {
       const v = get(m, c)?.accuracy;
       return v === undefined || v === null ? '-' : (100 * v).toFixed(1);
     }),
-    `<p>Bytes per round per client: down ${esc(formatBytes(results.bytes_per_round.down))}, up ${esc(formatBytes(results.bytes_per_round.up))}</p>`,
+    `<p>Bytes per round (all selected clients together): down ${esc(formatBytes(results.bytes_per_round.down))}, up ${esc(formatBytes(results.bytes_per_round.up))}</p>`,
   ].join('\n');
 }
 

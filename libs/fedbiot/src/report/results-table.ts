@@ -26,7 +26,7 @@ export function formatResultsTable(rows: readonly ResultRow[], bytesPerRound?: B
   ];
   if (bytesPerRound !== undefined) {
     parts.push(
-      `Bytes per round per client: down ${formatBytes(bytesPerRound.down)}, up ${formatBytes(bytesPerRound.up)}`,
+      `Bytes per round (all selected clients together): down ${formatBytes(bytesPerRound.down)}, up ${formatBytes(bytesPerRound.up)}`,
     );
   }
   if (rows.length === 0) parts.unshift('(no evaluation results)');
