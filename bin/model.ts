@@ -1,0 +1,112 @@
+/**
+ * `npm run model -- <command>` for users of libs/model:
+ *   generate --model DIR [--adapter DIR] (--prompt TEXT | --chat JSON) [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
+ *   eval     --model DIR [--adapter DIR] --data FILE.jsonl|.txt [--max-length N] [--batch B]
+ *   inspect  --model DIR
+ */
+import { readPeftAdapter } from '../libs/model/src/peft.js';
+import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
+import { fromPeftAdapter } from '../libs/model/src/adapters.js';
+import { chunkCorpus, readDataset, tokenizeExample, type TokenizedExample } from '../libs/data/src/index.js';
+import { chunks, toTokenBatch } from '../libs/fedbiot/src/batches.js';
+import type { ExecutionProvider } from '../libs/engine/src/index.js';
+
+const [command, ...args] = process.argv.slice(2);
+const opt = (name: string): string | undefined => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const need = (name: string): string => {
+  const v = opt(name);
+  if (v === undefined) throw new Error(`${command}: --${name} is required`);
+  return v;
+};
+
+async function open(): Promise<{ lm: CausalLM; loras: LoraWeights[] }> {
+  const lm = await CausalLM.load(need('model'), { provider: (opt('provider') ?? 'cpu') as ExecutionProvider, thread: 'main' });
+  const adapterDir = opt('adapter');
+  const loras = adapterDir ? [fromPeftAdapter(await readPeftAdapter(adapterDir), lm.config, 'default', `${adapterDir}/adapter_model.safetensors`)] : [];
+  return { lm, loras };
+}
+
+async function main(): Promise<void> {
+  if (command === 'inspect') {
+    const { lm } = await open();
+    const c = lm.config;
+    const params = lm.checkpoint!.parameterCount();
+    const rows: [string, string][] = [
+      ['model type', c.modelType],
+      ['layers', String(c.numLayers)],
+      ['hidden size', String(c.hiddenSize)],
+      ['attention heads (kv)', `${c.numHeads} (${c.numKvHeads})`],
+      ['head dim', String(c.headDim)],
+      ['intermediate size', String(c.intermediateSize)],
+      ['vocabulary', String(c.vocabSize)],
+      ['tied embeddings', String(c.tieWordEmbeddings)],
+      ['rope', `${c.rope.type}, theta ${c.ropeTheta}`],
+      ['parameters', params.toLocaleString('en')],
+      ['fp32 weights (memory-mapped once)', `${((params * 4) / 2 ** 20).toFixed(1)} MiB`],
+      ['KV cache per token (fp32)', `${((2 * c.numLayers * c.numKvHeads * c.headDim * 4) / 1024).toFixed(1)} KiB`],
+      ['tokenizer', lm.tokenizer ? `${lm.tokenizer.vocabSize} tokens, chat template: ${lm.tokenizer.hasChatTemplate}` : 'none'],
+    ];
+    for (const [k, v] of rows) console.log(`${k.padEnd(34)} ${v}`);
+    await lm.release();
+    return;
+  }
+  if (command === 'generate') {
+    const { lm, loras } = await open();
+    try {
+      const tok = lm.tokenizer;
+      if (!tok) throw new Error(`${need('model')} has no tokenizer.json`);
+      const chat = opt('chat');
+      const text = chat ? tok.applyChatTemplate(JSON.parse(chat) as { role: string; content: string }[], { addGenerationPrompt: true }) : need('prompt');
+      const ids = tok.encode(text, { addSpecialTokens: !chat });
+      const [out] = await lm.generate(
+        [ids],
+        {
+          maxNewTokens: Number(opt('max-new-tokens') ?? 64),
+          temperature: Number(opt('temperature') ?? 0),
+          topP: Number(opt('top-p') ?? 1),
+          seed: Number(opt('seed') ?? 0),
+        },
+        { loras },
+      );
+      console.log(tok.decode(out!, { skipSpecialTokens: true }));
+    } finally {
+      await lm.release();
+    }
+    return;
+  }
+  if (command === 'eval') {
+    const { lm, loras } = await open();
+    try {
+      const tok = lm.tokenizer;
+      if (!tok) throw new Error(`${need('model')} has no tokenizer.json`);
+      const maxLength = Number(opt('max-length') ?? 128);
+      const batch = Number(opt('batch') ?? 8);
+      const examples = await readDataset(need('data'));
+      const tokenized: TokenizedExample[] =
+        examples.every((e) => e.format === 'text')
+          ? chunkCorpus(examples.map((e) => (e as { text: string }).text), tok, { seq: maxLength })
+          : examples.map((e) => tokenizeExample(e, tok, { maxLength }));
+      let nll = 0;
+      let tokens = 0;
+      for (const group of chunks(tokenized, batch)) {
+        const r = await lm.lossSum(toTokenBatch(group, batch, maxLength, tok.padTokenId ?? 0), { loras });
+        nll += r.nllSum;
+        tokens += r.tokens;
+      }
+      console.log(`| examples | tokens | loss | perplexity |\n|---|---|---|---|\n| ${tokenized.length} | ${tokens} | ${(nll / tokens).toFixed(4)} | ${Math.exp(nll / tokens).toFixed(3)} |`);
+    } finally {
+      await lm.release();
+    }
+    return;
+  }
+  console.error('usage: npm run model -- generate|eval|inspect --model DIR [...] (see bin/model.ts)');
+  process.exit(2);
+}
+
+main().catch((e: unknown) => {
+  console.error(`error: ${(e as Error).message}`);
+  process.exit(1);
+});
