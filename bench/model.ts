@@ -64,7 +64,7 @@ export async function main(args: string[]): Promise<void> {
       const tt = await time(() => trainer.step([batch]), steps, 1);
       const common = { provider: trainer.trainer.runner.provider, threads: threads ?? 'cores', machine: machine(), date: new Date().toISOString() };
       rows.push({ case: 'smollm135m-client-top2', task: 'train', batch: B, seq: T, tokens_per_s: +((B * T) / (tt.median / 1000)).toFixed(1), ms_per_step: +tt.median.toFixed(1), peak_rss_mib: peakRssMib(), ...common });
-      for (const gb of [1, 4]) {
+      for (const gb of args.includes('--no-generate') ? [] : args.includes('--generate-b1') ? [1] : [1, 4]) {
         const prompts = Array.from({ length: gb }, (_, b) => Array.from(randomBatch(1, 32, cfg.vocabSize, 7 + b).inputIds));
         const newTokens = 32;
         console.log(`generation, batch ${gb} ...`);

@@ -1,0 +1,50 @@
+# The Python stack a user would otherwise pick (transformers + peft, AdamW), timed on the same shapes as
+# `npm run bench -- model` / `-- engine`, so both sides run on one machine in one call. Usage:
+#   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, smollm-cpu16, smollm-cpu2
+import json, sys, time
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+
+SMOLLM = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+              num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+BLOCK = dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=1,
+             num_attention_heads=4, num_key_value_heads=4)
+
+def client_step(name, shape, B, T, top, device, threads=None, steps=5, warm=2):
+    if threads: torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**shape)).to(device)
+    L = shape['num_hidden_layers']
+    layers = list(range(L - top, L))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                  target_modules=['q_proj', 'v_proj'], layers_to_transform=layers))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+    ids = torch.randint(0, shape['vocab_size'], (B, T), device=device)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        peft_model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    for _ in range(warm): step()
+    if device == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter(); step()
+        if device == 'cuda': torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort(); med = times[len(times) // 2]
+    row = dict(case=name, side='pytorch', device=device, threads=torch.get_num_threads() if device == 'cpu' else None,
+               batch=B, seq=T, ms_per_step=round(med * 1e3, 2), tokens_per_s=round(B * T / med, 1),
+               peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if device == 'cuda' else None)
+    print(json.dumps(row), flush=True)
+    return row
+
+CASES = {
+    'block': lambda: client_step('block-d256-T128', BLOCK, 4, 128, 1, 'cuda'),
+    'smollm-cuda': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cuda'),
+    'smollm-cpu16': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 16, steps=3, warm=1),
+    'smollm-cpu2': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 2, steps=2, warm=1),
+}
+out = sys.argv[1]
+rows = [CASES[c]() for c in (sys.argv[2:] or list(CASES))]
+json.dump(rows, open(out, 'w'), indent=1)
