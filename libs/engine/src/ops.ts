@@ -320,9 +320,28 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   return emit1(x.graph, 'Softmax', [x], x.dtype, x.shape, { axis: attr.int(normAxis('Softmax', axis, x.rank)) });
 }
 
+/**
+ * log(softmax(x)) along `axis`, computed as x - max - log(sum(exp(x - max))) with a fused VJP
+ * (ȳ - exp(y) * sum(ȳ)). Not the LogSoftmax op: onnxruntime's WebGPU provider has no kernel for it and would run
+ * it on the CPU over the whole [tokens, vocab] logits (measured on the H200).
+ */
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   if (!isFloat(x.dtype)) throw new ShapeError(`LogSoftmax: needs a floating-point tensor, got ${x}`);
-  return emit1(x.graph, 'LogSoftmax', [x], x.dtype, x.shape, { axis: attr.int(normAxis('LogSoftmax', axis, x.rank)) });
+  const a = normAxis('LogSoftmax', axis, x.rank);
+  const [y] = x.graph.composite(
+    'LogSoftmax',
+    [x],
+    () => {
+      const shifted = sub(x, reduceMax(x, [a], true));
+      return [sub(shifted, log(reduceSum(exp(shifted), [a], true)))];
+    },
+    (ctx) => {
+      const g = ctx.gradOutputs[0]!;
+      const out = ctx.outputs[0]!;
+      return [sub(g, mul(exp(out), reduceSum(g, [a], true)))];
+    },
+  );
+  return y!;
 }
 
 // ---- indexing ---------------------------------------------------------------------------------------------

@@ -136,12 +136,6 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
     const g = g0(ctx);
     return [O.mul(y, O.sub(g, O.reduceSum(O.mul(g, y), [axis], true)))];
   },
-  LogSoftmax: (ctx) => {
-    const y = ctx.outputs[0]!;
-    const axis = ctx.attrs['axis']!.value as number;
-    const g = g0(ctx);
-    return [O.sub(g, O.mul(O.exp(y), O.reduceSum(g, [axis], true)))];
-  },
   Concat: (ctx) => {
     const axis = ctx.attrs['axis']!.value as number;
     const parts = O.split(g0(ctx), ctx.inputs.map((x) => x.shape[axis]!), axis);
