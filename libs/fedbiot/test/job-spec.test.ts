@@ -44,8 +44,9 @@ test('an empty spec resolves to the documented defaults (decisions block values)
   assert.equal(s.aggregation.weighting, 'tokens');
   assert.deepEqual(s.data.partition, { kind: 'iid' });
   assert.equal(s.data.federation, 'demo');
-  assert.deepEqual(s.eval.methods, ['base', 'fedbiot-adapemu', 'fedbiot-adapfu']);
-  assert.deepEqual(s.baselines, { offsiteTuning: false, localOnly: false, fedavgLora: false });
+  // npm start shows FedBiOT next to offsite-tuning and local-only, so those baselines are on by default.
+  assert.deepEqual(s.eval.methods, ['base', 'fedbiot-adapemu', 'fedbiot-adapfu', 'offsite-tuning', 'local-only']);
+  assert.deepEqual(s.baselines, { offsiteTuning: true, localOnly: true, fedavgLora: false });
   assert.equal(s.job.rounds, DEFAULTS.job.rounds);
   assert.equal(s.clients.localSteps, DEFAULTS.clients.localSteps);
   // Defaults are fresh per call: mutating one resolved spec must not leak into the next.
@@ -57,7 +58,7 @@ test('method-dependent defaults: offsite-tuning gets 2 bottom adapter layers; ex
   const ot = resolveJobSpec({ job: { method: 'offsite-tuning' } }, 'ot.yaml');
   assert.equal(ot.split.adapterBottom, 2);
   assert.equal(ot.split.adapterLayers, 2);
-  assert.deepEqual(ot.eval.methods, ['base', 'offsite-tuning']);
+  assert.deepEqual(ot.eval.methods, ['base', 'offsite-tuning', 'local-only']);
   assert.equal(
     resolveJobSpec({ job: { method: 'offsite-tuning' }, split: { adapterBottom: 1 } }, 'x').split.adapterBottom,
     1,
@@ -148,9 +149,9 @@ test('several bad values are reported together, each as <file>: <path>: <message
   assert.ok(p.every((l) => l.startsWith('bad.yaml: ')));
   assert.ok(p.some((l) => l === 'bad.yaml: clients.perRound: give fraction or count, not both'));
   // The method-vs-eval check runs once the sections are valid.
-  const e = problems(() => resolveJobSpec({ eval: { methods: ['base', 'local-only'] } }, 'e.yaml'));
+  const e = problems(() => resolveJobSpec({ eval: { methods: ['base', 'fedavg-lora'] } }, 'e.yaml'));
   assert.deepEqual(e, [
-    'e.yaml: eval.methods[1]: "local-only" is not produced by this job (method fedbiot; available: base, fedbiot-adapemu, fedbiot-adapfu)',
+    'e.yaml: eval.methods[1]: "fedavg-lora" is not produced by this job (method fedbiot; available: base, fedbiot-adapemu, fedbiot-adapfu, offsite-tuning, local-only)',
   ]);
 });
 

@@ -117,7 +117,7 @@ test('the results table is fixed-width, methods as rows, clients as columns with
   assert.equal(new Set(table1.map((l) => l.length)).size, 1);
   assert.ok(text.includes('Exact-match accuracy (%)'));
   assert.ok(text.includes('fedbiot-adapfu  | 40.0 | 40.0 | 40.0'));
-  assert.ok(text.includes('Bytes per round per client: down 1.50 KiB (1536 B), up 500 B'));
+  assert.ok(text.includes('Bytes per round (all selected clients together): down 1.50 KiB (1536 B), up 500 B'));
   const missing = formatResultsTable([
     { method: 'base', client: 'a', test_loss: 1, accuracy: null },
     { method: 'local-only', client: 'b', test_loss: 2, accuracy: 0.5 },
