@@ -1,0 +1,425 @@
+/**
+ * The NATS binding of the round coordinator's ports (distributed FedBiOT): what the aggregator calls instead of the
+ * in-process ports of job.ts, plus the job context every service builds from the same JobSpec so that all four
+ * compute exactly what the standalone job computes (same split, LoRA specs, initial LoRAs, seeds and data streams).
+ *
+ *   trainClients: adapter + emulator LoRA -> BlobStore; one TrainTask per client on the work queue; ClientUpdates
+ *                 collected with quorum + deadline; update blobs downloaded; results in the planned client order
+ *   align:        request on fl.<job>.align (server-alignment replies with the emulator LoRA's blob ref)
+ *   evaluate:     request on fl.<job>.round.<r>.evaluate (the evaluator replies with per-client rows)
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
+import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
+import type { LoraSpec } from '../../model/src/llama.js';
+import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import {
+  BlobRefSchema,
+  EvalRequestSchema,
+  PROTOCOL_VERSION,
+  QuorumNotReachedError,
+  RoundPlanSchema,
+  collectUpdates,
+  decodeMessage,
+  decodeTensors,
+  encodeMessage,
+  encodeTensors,
+  evaluateSubject,
+  planSubject,
+  publishMessage,
+  type BlobRef,
+  type BlobStore,
+  type Tensor,
+  type TrainingConfig,
+  type WorkQueue,
+} from '../../protocol/src/index.js';
+import type { ClientRoundResult, RoundPorts } from './coordinator.js';
+import { loadFederation, type FederationData } from './federation.js';
+import type { JobSpec } from './job-spec.js';
+import { initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
+import { splitModel, type ModelSplit } from './split.js';
+
+/** Everything a service derives from the job spec; identical in every service of a job. */
+export interface JobContext {
+  readonly spec: JobSpec;
+  /** The protocol job id (spec.job.id). */
+  readonly jobId: string;
+  readonly lm: CausalLM;
+  readonly data: FederationData;
+  readonly split: ModelSplit;
+  readonly specs: { adapter: LoraSpec; emulator: LoraSpec };
+  readonly clientSettings: ClientSettings;
+  /** Path of the base checkpoint's safetensors file (its sha256 is the job's model ref). */
+  readonly modelFile: string;
+}
+
+/**
+ * Loads the model and the federation for `spec`, as runJob does for its main phase. Only method `fedbiot` runs
+ * distributed; the baselines stay standalone.
+ */
+export async function openJobContext(spec: JobSpec): Promise<JobContext> {
+  if (spec.job.method !== 'fedbiot')
+    throw new Error(`job.method: the distributed runtime runs fedbiot only, not ${spec.job.method}`);
+  if (!spec.job.id)
+    throw new Error('job.id: required by the distributed runtime (it names the NATS subjects, streams and buckets)');
+  const lm = await CausalLM.load(spec.model.checkpoint, {
+    provider: spec.model.provider,
+    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+  });
+  if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
+  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot());
+  const split = splitModel({
+    numLayers: lm.config.numLayers,
+    adapterBottom: 0,
+    adapterTop: spec.split.adapterLayers,
+    dropRate: spec.split.dropRate,
+  });
+  const specs = loraSpecs(split, {
+    r: spec.lora.r,
+    alpha: spec.lora.alpha,
+    dropout: spec.lora.dropout,
+    targets: spec.lora.targets,
+  });
+  const c = spec.clients;
+  const clientSettings: ClientSettings = {
+    localSteps: c.localSteps,
+    batchSize: c.batchSize,
+    gradAccum: c.gradAccum,
+    seq: spec.data.maxLength,
+    lr: c.lr,
+    betas: c.betas,
+    weightDecay: c.weightDecay,
+    proxEps: c.proxEps,
+    ...(c.maxGradNorm !== undefined ? { maxGradNorm: c.maxGradNorm } : {}),
+  };
+  return {
+    spec,
+    jobId: spec.job.id,
+    lm,
+    data,
+    split,
+    specs,
+    clientSettings,
+    modelFile: join(spec.model.checkpoint, 'model.safetensors'),
+  };
+}
+
+/** The initial adapter and emulator LoRA of the job (seeds as in job.ts). */
+export function initialLoras(ctx: JobContext): { adapter: LoraWeights; emulator: LoraWeights } {
+  return {
+    adapter: initialLora(ctx.specs.adapter, ctx.lm, ctx.spec.job.seed + 1),
+    emulator: initialLora(ctx.specs.emulator, ctx.lm, ctx.spec.job.seed + 2),
+  };
+}
+
+/** Local-training seed of `clientId` in `round` (job.ts: seed + round * 131 + id.length). */
+export function clientSeed(spec: JobSpec, round: number, clientId: string): number {
+  return spec.job.seed + round * 131 + clientId.length;
+}
+
+/** Seed of a client's example stream: job.ts seeds it by the client's index in the federation. */
+export function streamSeed(ctx: JobContext, clientId: string): number {
+  const i = ctx.data.clients.findIndex((c) => c.id === clientId);
+  if (i < 0) throw new Error(`client ${clientId} is not in the federation ${ctx.data.source}`);
+  return ctx.spec.job.seed * 1000 + i;
+}
+
+export async function sha256File(path: string): Promise<string> {
+  return createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
+}
+
+/** Serialises a LoRA as a safetensors blob; tensors travel flat (the LoraSpec on both ends gives their shapes). */
+export function encodeLora(l: LoraWeights): Uint8Array {
+  return encodeTensors(new Map<string, Tensor>([...l.tensors].map(([k, v]) => [k, { shape: [v.length], data: v }])), {
+    lora: l.spec.name,
+  });
+}
+
+/** Inverse of encodeLora; `source` names the blob in errors. Tensor names and sizes are checked by assertUpdates. */
+export function decodeLora(bytes: Uint8Array, spec: LoraSpec, source: string): LoraWeights {
+  const d = decodeTensors(bytes, source);
+  return { spec, tensors: new Map([...d.tensors].map(([k, t]) => [k, Float32Array.from(t.data)])) };
+}
+
+export async function putLora(blobs: BlobStore, l: LoraWeights): Promise<BlobRef> {
+  return blobs.put(encodeLora(l));
+}
+
+export async function getLora(blobs: BlobStore, ref: BlobRef, spec: LoraSpec): Promise<LoraWeights> {
+  return decodeLora(await blobs.get(ref), spec, `${ref.bucket}/${ref.name}`);
+}
+
+// ---- request/reply messages between the aggregator and server-alignment / evaluator --------------------------
+
+const protocolVersion = z.literal(PROTOCOL_VERSION);
+const errorReply = z.strictObject({ protocolVersion, jobId: z.string(), error: z.string().min(1) });
+
+/** Subject on which server-alignment answers alignment requests (queue group `server-alignment`). */
+export function alignSubject(jobId: string): `fl.${string}.align` {
+  return `fl.${jobId}.align`;
+}
+
+/** Pattern of every round's evaluation request (queue group `evaluator`). */
+export function evaluatePattern(jobId: string): `fl.${string}.round.*.evaluate` {
+  return `fl.${jobId}.round.*.evaluate`;
+}
+
+/**
+ * Aggregator -> server-alignment. `call` numbers the alignments of a job (0: pre-alignment, r + 1: after round r),
+ * so a repeated request (aggregator restarted after the server aligned) is answered from the stored result
+ * instead of aligning twice.
+ */
+export const AlignRequestSchema = z.strictObject({
+  protocolVersion,
+  jobId: z.string(),
+  call: z.int().nonnegative(),
+  adapterLora: BlobRefSchema,
+  steps: z.int().nonnegative(),
+});
+export type AlignRequest = z.infer<typeof AlignRequestSchema>;
+
+export const AlignOkSchema = z.strictObject({
+  protocolVersion,
+  jobId: z.string(),
+  call: z.int().nonnegative(),
+  emulatorLora: BlobRefSchema,
+  loss: z.number(),
+  l2: z.number(),
+  kl: z.number(),
+  steps: z.int().nonnegative(),
+});
+export const AlignReplySchema = z.union([AlignOkSchema, errorReply]);
+export type AlignReply = z.infer<typeof AlignReplySchema>;
+
+export const EvalRowSchema = z.strictObject({
+  method: z.string().min(1),
+  client: z.string().min(1),
+  testLoss: z.number(),
+  accuracy: z.number(),
+  tokens: z.int().nonnegative(),
+  items: z.int().nonnegative(),
+});
+export type EvalRow = z.infer<typeof EvalRowSchema>;
+export const EvalOkSchema = z.strictObject({
+  protocolVersion,
+  jobId: z.string(),
+  round: z.int().nonnegative(),
+  rows: z.array(EvalRowSchema).min(1),
+});
+export const EvalReplySchema = z.union([EvalOkSchema, errorReply]);
+export type EvalReply = z.infer<typeof EvalReplySchema>;
+
+/** Mode of an EvalRequest -> the result method of job.ts. */
+export const EVAL_METHOD = { adapEmu: 'fedbiot-adapemu', adapFu: 'fedbiot-adapfu', base: 'base' } as const;
+
+/** Mean of per-client scores weighted by tokens (loss) and items (accuracy): the 'all' row, as in job.ts. */
+export function pooledScores(scores: readonly EvalScores[]): EvalScores {
+  const tokens = scores.reduce((s, x) => s + x.tokens, 0);
+  const items = scores.reduce((s, x) => s + x.items, 0);
+  return {
+    testLoss: scores.reduce((s, x) => s + x.testLoss * x.tokens, 0) / Math.max(tokens, 1),
+    accuracy: scores.reduce((s, x) => s + x.accuracy * x.items, 0) / Math.max(items, 1),
+    tokens,
+    items,
+  };
+}
+
+/**
+ * A request that waits for a responder: services start in any order, so "no responders" is retried until
+ * `timeoutMs` runs out. Other failures (a timeout while a responder works) propagate.
+ */
+export async function requestWithRetry(
+  nc: NatsConnection,
+  subject: string,
+  body: Uint8Array,
+  timeoutMs: number,
+): Promise<Uint8Array> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const m = await nc.request(subject, body, { timeout: Math.max(1, until - Date.now()) });
+      return m.data;
+    } catch (e) {
+      const noResponders =
+        /no responders/i.test(String((e as Error).message)) || (e as { code?: string }).code === '503';
+      if (!noResponders || Date.now() + 250 > until)
+        throw new Error(`request on ${subject} failed: ${(e as Error).message}`, { cause: e });
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
+// ---- the ports -------------------------------------------------------------------------------------------------
+
+export interface NatsPortsOptions {
+  readonly nc: NatsConnection;
+  readonly blobs: BlobStore;
+  readonly queue: WorkQueue;
+  /** Blob ref of the base checkpoint (trainers check it against their local copy). */
+  readonly model: BlobRef;
+  /** Updates needed to close a round at the deadline; default every planned client. */
+  readonly quorum?: number;
+  /** Round deadline (ms); default 600000. */
+  readonly deadlineMs?: number;
+  /** Limit for one alignment / evaluation request (ms, including waiting for a responder); default 600000. */
+  readonly requestTimeoutMs?: number;
+  /** Index of the next alignment call (0 on a fresh job; resumed jobs: completed rounds + 1). */
+  readonly nextAlignCall: number;
+  /** A client's update was dropped (malformed message, impersonation, unreadable blob). */
+  readonly onRejected?: (clientId: string, reason: string) => void;
+  /** Late or duplicate updates (logged by the caller). */
+  readonly onNotice?: (message: string) => void;
+  /** Round phases as they happen (metrics, dashboard). */
+  readonly onPhase?: (round: number, phase: 'collecting' | 'collected', detail: Record<string, unknown>) => void;
+}
+
+/** The coordinator's ports bound to NATS; see the module comment. */
+export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts {
+  const { nc, blobs, queue } = o;
+  const jobId = ctx.jobId;
+  const deadlineMs = o.deadlineMs ?? ctx.spec.aggregation.deadlineMs ?? 600_000;
+  const requestTimeoutMs = o.requestTimeoutMs ?? 600_000;
+  let alignCall = o.nextAlignCall;
+  const training = (round: number, clientId: string): TrainingConfig => ({
+    localSteps: ctx.clientSettings.localSteps,
+    learningRate: ctx.clientSettings.lr,
+    batchSize: ctx.clientSettings.batchSize,
+    proximalWeight: ctx.clientSettings.proxEps,
+    seed: clientSeed(ctx.spec, round, clientId),
+  });
+  return {
+    trainClients: async (round, clients, adapter, emulator): Promise<ClientRoundResult[]> => {
+      const adapterRef = await putLora(blobs, adapter);
+      const emulatorRef = await putLora(blobs, emulator);
+      const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
+      const deadlineAt = Date.now() + deadlineMs;
+      const collection = await collectUpdates(nc, {
+        jobId,
+        round,
+        expected: clients,
+        quorum,
+        deadlineMs,
+        onRejected: (r) => o.onRejected?.(r.subject.split('.').at(-1) ?? '?', r.error.message),
+        onLateUpdate: (l) =>
+          o.onNotice?.(`late update from ${l.clientId} for round ${l.round} (${l.lateByMs} ms after close), discarded`),
+        onDuplicate: (d) => o.onNotice?.(`duplicate update from ${d.clientId} for round ${d.round}, first kept`),
+        // onRejected/onLateUpdate/onDuplicate report everything; the collector's own warnings would repeat them.
+        logger: { warn: () => {} },
+      });
+      try {
+        const plan = {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId,
+          round,
+          clients: [...clients],
+          quorum,
+          deadlineAt,
+          model: o.model,
+          adapterLora: adapterRef,
+          emulatorLora: emulatorRef,
+          training: training(round, clients[0]!),
+        };
+        publishMessage(nc, planSubject(jobId, round), RoundPlanSchema, plan);
+        for (const clientId of clients) {
+          await queue.enqueue({
+            protocolVersion: PROTOCOL_VERSION,
+            jobId,
+            round,
+            clientId,
+            model: o.model,
+            adapterLora: adapterRef,
+            emulatorLora: emulatorRef,
+            training: training(round, clientId),
+            deadlineAt,
+          });
+        }
+        o.onPhase?.(round, 'collecting', { clients: [...clients], quorum, deadlineAt });
+        let result;
+        try {
+          result = await collection.result;
+        } catch (e) {
+          if (e instanceof QuorumNotReachedError) throw new Error(`round ${round}: ${e.message}`, { cause: e });
+          throw e;
+        }
+        o.onPhase?.(round, 'collected', {
+          received: result.updates.map((u) => u.clientId),
+          missing: result.missing,
+          closedBy: result.closedBy,
+          elapsedMs: result.elapsedMs,
+        });
+        // The planned order, not arrival order: FedAvg then sums in the same order as the standalone job.
+        const byClient = new Map(result.updates.map((u) => [u.clientId, u]));
+        const out: ClientRoundResult[] = [];
+        for (const clientId of clients) {
+          const u = byClient.get(clientId);
+          if (!u) continue;
+          try {
+            const lora = await getLora(blobs, u.adapterLora, ctx.specs.adapter);
+            out.push({ clientId, adapter: lora, tokens: u.tokens, examples: u.examples, meanLoss: u.meanLoss });
+          } catch (e) {
+            o.onRejected?.(clientId, `update blob ${u.adapterLora.name}: ${(e as Error).message}`);
+          }
+        }
+        return out;
+      } finally {
+        await collection.close();
+      }
+    },
+    align: async (adapter, steps) => {
+      const call = alignCall++;
+      if (steps === 0) return null;
+      const subject = alignSubject(jobId);
+      const req: AlignRequest = {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId,
+        call,
+        adapterLora: await putLora(blobs, adapter),
+        steps,
+      };
+      const bytes = await requestWithRetry(
+        nc,
+        subject,
+        encodeMessage(AlignRequestSchema, req, subject),
+        requestTimeoutMs,
+      );
+      const r = decodeMessage(AlignReplySchema, bytes, `reply to ${subject}`);
+      if (!r.ok) throw r.error;
+      if ('error' in r.value) throw new Error(`server-alignment refused call ${call}: ${r.value.error}`);
+      const v = r.value;
+      return {
+        emulator: await getLora(blobs, v.emulatorLora, ctx.specs.emulator),
+        stats: { loss: v.loss, l2: v.l2, kl: v.kl, steps: v.steps },
+      };
+    },
+    evaluate: async (round, adapter, emulator) => {
+      const subject = evaluateSubject(jobId, round);
+      const req = {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId,
+        round,
+        adapterLora: await putLora(blobs, adapter),
+        emulatorLora: await putLora(blobs, emulator),
+        modes: ['adapEmu', 'adapFu'] as ('adapEmu' | 'adapFu')[],
+      };
+      const bytes = await requestWithRetry(
+        nc,
+        subject,
+        encodeMessage(EvalRequestSchema, req, subject),
+        requestTimeoutMs,
+      );
+      const r = decodeMessage(EvalReplySchema, bytes, `reply to ${subject}`);
+      if (!r.ok) throw r.error;
+      if ('error' in r.value) throw new Error(`evaluator refused round ${round}: ${r.value.error}`);
+      return r.value.rows.map((row) => ({
+        method: row.method,
+        client: row.client,
+        scores: { testLoss: row.testLoss, accuracy: row.accuracy, tokens: row.tokens, items: row.items },
+      }));
+    },
+  };
+}

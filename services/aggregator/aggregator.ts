@@ -1,0 +1,192 @@
+/**
+ * The aggregator: runs the standalone round loop (runRounds) with NATS-bound ports, keeps job state in KV after
+ * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
+ */
+import { readFile } from 'node:fs/promises';
+import type { NatsConnection } from '@nats-io/transport-node';
+import {
+  BlobStore,
+  JOB_STATE_KEY,
+  JobStateSchema,
+  PROTOCOL_VERSION,
+  StateStore,
+  WorkQueue,
+  blobBucketName,
+  connectTransport,
+  stateBucketName,
+  type BlobRef,
+} from '../../libs/protocol/src/index.js';
+import { runRounds, type CoordinatorState } from '../../libs/fedbiot/src/coordinator.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  getLora,
+  initialLoras,
+  natsRoundPorts,
+  openJobContext,
+  putLora,
+  type JobContext,
+} from '../../libs/fedbiot/src/ports-nats.js';
+import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { ServiceMetrics } from '../common/metrics.js';
+import type { ServiceRole } from '../common/role.js';
+
+/** A coordinator event as runRounds reports it. */
+export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
+
+export interface AggregatorOptions {
+  readonly natsUrl: string;
+  readonly spec: JobSpec;
+  readonly logSink?: (r: LogRecord) => void;
+  /** Overrides spec.aggregation.deadlineMs / quorum. */
+  readonly deadlineMs?: number;
+  readonly quorum?: number;
+}
+
+export class Aggregator implements ServiceRole {
+  readonly name = 'aggregator';
+  readonly log: JsonLogger;
+  readonly metrics = new ServiceMetrics('aggregator');
+  /** Coordinator events of this incarnation (train, comm, align, eval, rejected...). */
+  readonly events: RoundEvent[] = [];
+  #nc: NatsConnection | undefined;
+  #ctx: JobContext | undefined;
+  #run: Promise<CoordinatorState | null> | undefined;
+  #ready = false;
+
+  constructor(private readonly opts: AggregatorOptions) {
+    this.log = new JsonLogger('aggregator', opts.logSink);
+  }
+
+  ready(): boolean {
+    return this.#ready;
+  }
+
+  /** Settles when the job completed (the final state), or with the error that stopped it. null: it was already complete. */
+  get done(): Promise<CoordinatorState | null> {
+    if (!this.#run) throw new Error('aggregator: not started');
+    return this.#run;
+  }
+
+  async start(): Promise<void> {
+    const spec = this.opts.spec;
+    this.#ctx = await openJobContext(spec);
+    const ctx = this.#ctx;
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const jobId = ctx.jobId;
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    this.metrics.trackBlobs(() => blobs.stats);
+    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
+    const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
+    // Base weights once per job; the name keeps a restart from uploading them again.
+    const model = await blobs.put(await readFile(ctx.modelFile), { name: 'base-model' });
+    const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
+    const init = initialLoras(ctx);
+    let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };
+    if (stored) {
+      const j = stored.value;
+      if (j.status === 'completed') {
+        this.log.info('job already completed', { jobId, rounds: j.totalRounds });
+        this.#ready = true;
+        this.#run = Promise.resolve(null);
+        return;
+      }
+      if (j.totalRounds !== spec.job.rounds)
+        throw new Error(`job ${jobId}: stored state has ${j.totalRounds} rounds, the spec ${spec.job.rounds}`);
+      start = {
+        round: j.lastCompletedRound + 1,
+        adapter: j.adapterLora ? await getLora(blobs, j.adapterLora, ctx.specs.adapter) : init.adapter,
+        emulator: j.emulatorLora ? await getLora(blobs, j.emulatorLora, ctx.specs.emulator) : init.emulator,
+        preAligned: j.emulatorLora !== null,
+      };
+      this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
+    }
+    this.metrics.round.set(start.round);
+    const ports = natsRoundPorts(ctx, {
+      nc,
+      blobs,
+      queue,
+      model,
+      ...(this.opts.quorum !== undefined ? { quorum: this.opts.quorum } : {}),
+      ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
+      nextAlignCall: start.preAligned ? start.round + 1 : 0,
+      onRejected: (clientId, reason) => {
+        this.metrics.rejectedUpdates.inc({ reason: 'message' });
+        this.log.write('warn', 'update rejected', { clientId, reason });
+      },
+      onNotice: (m) => this.log.write('warn', m),
+      onPhase: (round, phase, detail) => this.log.info(`round ${phase}`, { round, ...detail }),
+    });
+    const writeState = async (
+      s: CoordinatorState,
+      adapterLora: BlobRef | null,
+      emulatorLora: BlobRef | null,
+    ): Promise<void> => {
+      await state.put(JOB_STATE_KEY, JobStateSchema, {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId,
+        status: s.round >= spec.job.rounds ? 'completed' : 'running',
+        totalRounds: spec.job.rounds,
+        lastCompletedRound: s.round - 1,
+        model,
+        adapterLora,
+        emulatorLora,
+        message: null,
+        updatedAt: Date.now(),
+      });
+    };
+    if (!stored) await writeState(start, null, null);
+    this.#ready = true;
+    this.log.info('job started', { jobId, rounds: spec.job.rounds, clients: ctx.data.clients.map((c) => c.id) });
+    this.#run = runRounds(
+      ports,
+      {
+        rounds: spec.job.rounds,
+        clientIds: ctx.data.clients.map((c) => c.id),
+        perRound: spec.clients.perRound,
+        seed: spec.job.seed,
+        preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
+        alignStepsPerRound: spec.alignment.stepsPerRound,
+        weighting: spec.aggregation.weighting,
+        ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+        evalEvery: spec.eval.every,
+        broadcastEmulator: true,
+      },
+      start,
+      {
+        onEvent: (e) => {
+          this.events.push(e);
+          this.log.info(e.kind, { ...e });
+        },
+        onRejected: (clientId, reason) => {
+          this.metrics.rejectedUpdates.inc({ reason: 'check' });
+          this.log.write('warn', 'update rejected', { clientId, reason });
+        },
+        onCheckpoint: async (s) => {
+          await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
+          this.metrics.round.set(s.round);
+          this.log.info('checkpoint', { round: s.round });
+        },
+      },
+    ).then(
+      (final) => {
+        this.log.info('job completed', { jobId, rounds: final.round });
+        return final;
+      },
+      async (e: unknown) => {
+        this.log.write('error', 'job failed', { jobId, error: (e as Error).message });
+        throw e;
+      },
+    );
+    // A rejection is observed through `done`; keep Node from reporting it as unhandled meanwhile.
+    this.#run.catch(() => {});
+  }
+
+  async stop(): Promise<void> {
+    this.#ready = false;
+    const nc = this.#nc;
+    this.#nc = undefined;
+    if (nc) await nc.drain().catch(() => nc.close());
+    await this.#ctx?.lm.release();
+    this.#ctx = undefined;
+  }
+}

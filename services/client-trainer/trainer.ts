@@ -1,0 +1,233 @@
+/**
+ * A client-trainer replica: pulls TrainTasks from the job's work queue (one at a time; any number of replicas, each
+ * serving any client), trains the client's adapter with trainLocally, uploads it, publishes the ClientUpdate on the
+ * client's update subject, and only then lets the queue ack the task. A replica that dies before that leaves the
+ * task to be redelivered.
+ *
+ * Determinism across replicas: a client's example stream position lives in KV (`stream.<client>`), written after
+ * the update is published, together with the position it started from; a redelivered task for the same round
+ * restarts from that position, so any replica computes the same update as the standalone job.
+ */
+import type { NatsConnection } from '@nats-io/transport-node';
+import { z } from 'zod';
+import {
+  BlobStore,
+  ClientUpdateSchema,
+  PROTOCOL_VERSION,
+  StateStore,
+  WorkQueue,
+  blobBucketName,
+  connectTransport,
+  publishMessage,
+  stateBucketName,
+  updateSubject,
+  type Consumption,
+  type FailedTask,
+  type RejectedTask,
+  type TaskContext,
+  type TrainTask,
+} from '../../libs/protocol/src/index.js';
+import type { TokenizedExample } from '../../libs/data/src/index.js';
+import { ExampleStream } from '../../libs/fedbiot/src/batches.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  clientSeed,
+  getLora,
+  openJobContext,
+  putLora,
+  sha256File,
+  streamSeed,
+  type JobContext,
+} from '../../libs/fedbiot/src/ports-nats.js';
+import { trainLocally } from '../../libs/fedbiot/src/roles.js';
+import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { ServiceMetrics } from '../common/metrics.js';
+import type { ServiceRole } from '../common/role.js';
+
+const position = z.strictObject({ epoch: z.int().nonnegative(), pos: z.int().nonnegative() });
+/** KV `stream.<client>`: where the client's data stream stood before and after its last trained round. */
+export const StreamStateSchema = z.strictObject({
+  protocolVersion: z.literal(PROTOCOL_VERSION),
+  clientId: z.string(),
+  round: z.int().nonnegative(),
+  before: position.nullable(),
+  after: position,
+});
+
+export interface TrainerOptions {
+  readonly natsUrl: string;
+  readonly spec: JobSpec;
+  /** Replica name in logs and metrics. */
+  readonly replica?: string;
+  readonly logSink?: (r: LogRecord) => void;
+  /** Redelivery delay after a replica stops responding (ms). Default 60000. */
+  readonly ackWaitMs?: number;
+}
+
+export class ClientTrainer implements ServiceRole {
+  readonly name: string;
+  readonly log: JsonLogger;
+  readonly metrics: ServiceMetrics;
+  /** Tasks this replica completed, as `round/client`. */
+  readonly completed: string[] = [];
+  #nc: NatsConnection | undefined;
+  #ctx: JobContext | undefined;
+  #consumption: Consumption | undefined;
+  #modelSha = '';
+  #stopping = false;
+  #loop: Promise<void> = Promise.resolve();
+  #ready = false;
+
+  constructor(private readonly opts: TrainerOptions) {
+    this.name = opts.replica ?? 'client-trainer';
+    this.log = new JsonLogger(this.name, opts.logSink);
+    this.metrics = new ServiceMetrics(this.name);
+  }
+
+  ready(): boolean {
+    return this.#ready;
+  }
+
+  async start(): Promise<void> {
+    const ctx = (this.#ctx = await openJobContext(this.opts.spec));
+    this.#modelSha = await sha256File(ctx.modelFile);
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
+    this.metrics.trackBlobs(() => blobs.stats);
+    const state = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
+    const queue = await WorkQueue.open(nc, { jobId: ctx.jobId, logger: { warn: (m) => this.log.warn(m) } });
+    const consumeOpts = {
+      ackWaitMs: this.opts.ackWaitMs ?? 60_000,
+      maxDeliver: 5,
+      onRejected: (r: RejectedTask) =>
+        this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
+      onFailed: (f: FailedTask) =>
+        this.log.write('error', 'task failed', {
+          round: f.task.round,
+          clientId: f.task.clientId,
+          delivery: f.deliveryCount,
+          final: f.final,
+          error: String((f.error as Error)?.message ?? f.error),
+        }),
+    };
+    const handler = (task: TrainTask, tc: TaskContext): Promise<void> => this.#train(ctx, nc, blobs, state, task, tc);
+    // The pull loop of WorkQueue.consume ends when its fetch misses heartbeats, which happens whenever one task
+    // trains longer than the fetch's heartbeat window (the task itself is acked first). Pull again until stopped.
+    const keepConsuming = async (): Promise<void> => {
+      while (!this.#stopping && !nc.isClosed()) {
+        this.#consumption = await queue.consume(handler, consumeOpts);
+        await this.#consumption.done;
+      }
+    };
+    this.#loop = keepConsuming().catch((e: unknown) => {
+      if (!this.#stopping) this.log.write('error', 'work queue consumption stopped', { error: (e as Error).message });
+    });
+    this.#ready = true;
+  }
+
+  async #train(
+    ctx: JobContext,
+    nc: NatsConnection,
+    blobs: BlobStore,
+    state: StateStore,
+    task: TrainTask,
+    tc: TaskContext,
+  ): Promise<void> {
+    const { round, clientId } = task;
+    if (task.jobId !== ctx.jobId) throw new Error(`task for job ${task.jobId} on the queue of job ${ctx.jobId}`);
+    if (Date.now() > task.deadlineAt) {
+      this.log.write('warn', 'task past its deadline, skipped', { round, clientId });
+      return;
+    }
+    if (task.model.sha256 !== this.#modelSha)
+      throw new Error(
+        `base model mismatch: the task wants ${task.model.sha256}, ${ctx.modelFile} is ${this.#modelSha}`,
+      );
+    const expectedSeed = clientSeed(ctx.spec, round, clientId);
+    if (task.training.seed !== expectedSeed)
+      throw new Error(`task seed ${task.training.seed} differs from this spec's ${expectedSeed} (different job spec?)`);
+    const client = ctx.data.clients.find((c) => c.id === clientId);
+    if (!client) throw new Error(`client ${clientId} is not in this replica's federation ${ctx.data.source}`);
+    const key = `stream.${clientId}`;
+    const prev = await state.get(key, StreamStateSchema);
+    // A redelivered task of the round already recorded restarts from where that round started.
+    const from =
+      prev === null
+        ? null
+        : prev.value.round === round
+          ? prev.value.before
+          : prev.value.round < round
+            ? prev.value.after
+            : undefined;
+    if (from === undefined)
+      throw new Error(
+        `client ${clientId}: stream state is at round ${prev!.value.round}, task is round ${round} (stale task)`,
+      );
+    const stream = new ExampleStream<TokenizedExample>(client.train, streamSeed(ctx, clientId), from ?? undefined);
+    const adapter = await getLora(blobs, task.adapterLora, ctx.specs.adapter);
+    const emulator = await getLora(blobs, task.emulatorLora, ctx.specs.emulator);
+    this.metrics.round.set(round);
+    const t0 = performance.now();
+    let last = t0;
+    const r = await trainLocally(
+      ctx.lm,
+      ctx.split.clientLayers,
+      adapter,
+      [emulator],
+      stream,
+      ctx.clientSettings,
+      expectedSeed,
+      () => {
+        const now = performance.now();
+        this.metrics.stepSeconds.observe((now - last) / 1000);
+        last = now;
+        tc.inProgress();
+      },
+    );
+    const ms = performance.now() - t0;
+    this.metrics.tokensPerSecond.set(r.tokens / Math.max(ms / 1000, 1e-9));
+    const ref = await putLora(blobs, r.adapter);
+    publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      jobId: ctx.jobId,
+      round,
+      clientId,
+      adapterLora: ref,
+      examples: r.examples,
+      tokens: r.tokens,
+      meanLoss: r.meanLoss,
+      steps: ctx.clientSettings.localSteps,
+      durationMs: Math.round(ms),
+    });
+    await nc.flush();
+    await state.put(key, StreamStateSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      clientId,
+      round,
+      before: from,
+      after: stream.state,
+    });
+    this.completed.push(`${round}/${clientId}`);
+    this.log.info('update published', {
+      round,
+      clientId,
+      loss: r.meanLoss,
+      tokens: r.tokens,
+      ms: Math.round(ms),
+      delivery: tc.deliveryCount,
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.#ready = false;
+    this.#stopping = true;
+    await this.#consumption?.stop();
+    await this.#loop;
+    this.#consumption = undefined;
+    const nc = this.#nc;
+    this.#nc = undefined;
+    if (nc) await nc.drain().catch(() => nc.close());
+    await this.#ctx?.lm.release();
+    this.#ctx = undefined;
+  }
+}

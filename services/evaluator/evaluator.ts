@@ -1,0 +1,195 @@
+/**
+ * The evaluator: answers `fl.<job>.round.<r>.evaluate` requests with per-client test loss and exact-match accuracy
+ * of AdapEmu / AdapFu (evaluateVariant, as the standalone job), publishes the pooled scores as an EvalResult on
+ * `…evaluated`, and keeps the history (plus the clients' training losses seen on the update subjects) for the
+ * dashboard.
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import {
+  BlobStore,
+  ClientUpdateSchema,
+  EvalRequestSchema,
+  EvalResultSchema,
+  PROTOCOL_VERSION,
+  blobBucketName,
+  connectTransport,
+  decodeMessage,
+  encodeMessage,
+  evaluatedSubject,
+  parseUpdateSubject,
+  publishMessage,
+  type EvalMode,
+  type EvalRequest,
+} from '../../libs/protocol/src/index.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  EVAL_METHOD,
+  EvalReplySchema,
+  evaluatePattern,
+  getLora,
+  openJobContext,
+  pooledScores,
+  type EvalReply,
+  type EvalRow,
+  type JobContext,
+} from '../../libs/fedbiot/src/ports-nats.js';
+import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
+import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { ServiceMetrics } from '../common/metrics.js';
+import type { ServiceRole } from '../common/role.js';
+
+export interface EvaluatorOptions {
+  readonly natsUrl: string;
+  readonly spec: JobSpec;
+  readonly logSink?: (r: LogRecord) => void;
+}
+
+/** What the dashboard shows. */
+export interface Progress {
+  readonly jobId: string;
+  readonly totalRounds: number;
+  /** Evaluation rows per evaluated round (round = rounds completed). */
+  readonly evals: { round: number; rows: EvalRow[] }[];
+  /** Training loss per client update seen (0-based round). */
+  readonly train: { round: number; client: string; loss: number; tokens: number }[];
+}
+
+const MODES: Record<EvalMode, 'emu' | 'full' | 'base'> = { adapEmu: 'emu', adapFu: 'full', base: 'base' };
+
+export class Evaluator implements ServiceRole {
+  readonly name = 'evaluator';
+  readonly log: JsonLogger;
+  readonly metrics = new ServiceMetrics('evaluator');
+  #nc: NatsConnection | undefined;
+  #ctx: JobContext | undefined;
+  #subs: Subscription[] = [];
+  #queue: Promise<void> = Promise.resolve();
+  #ready = false;
+  #progress: { evals: Progress['evals']; train: Progress['train'] } = { evals: [], train: [] };
+
+  constructor(private readonly opts: EvaluatorOptions) {
+    this.log = new JsonLogger('evaluator', opts.logSink);
+  }
+
+  ready(): boolean {
+    return this.#ready;
+  }
+
+  progress(): Progress {
+    return { jobId: this.opts.spec.job.id ?? '', totalRounds: this.opts.spec.job.rounds, ...this.#progress };
+  }
+
+  async #rows(ctx: JobContext, blobs: BlobStore, req: EvalRequest): Promise<EvalRow[]> {
+    const adapter = await getLora(blobs, req.adapterLora, ctx.specs.adapter);
+    const emulator = await getLora(blobs, req.emulatorLora, ctx.specs.emulator);
+    const L = ctx.lm.config.numLayers;
+    const rows: EvalRow[] = [];
+    for (const mode of req.modes) {
+      const on = MODES[mode];
+      const variant =
+        on === 'base' ? { layers: ctx.lm.allLayers, loras: [] } : evalVariant(on, ctx.split, L, adapter, emulator);
+      const scores = [];
+      for (const c of ctx.data.clients) {
+        const s = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
+          batch: ctx.spec.clients.batchSize,
+          seq: ctx.spec.data.maxLength,
+          maxNewTokens: ctx.spec.eval.maxNewTokens,
+        });
+        scores.push(s);
+        rows.push({ method: EVAL_METHOD[mode], client: c.id, ...s });
+      }
+      rows.push({ method: EVAL_METHOD[mode], client: 'all', ...pooledScores(scores) });
+    }
+    return rows;
+  }
+
+  async start(): Promise<void> {
+    const ctx = (this.#ctx = await openJobContext(this.opts.spec));
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
+    this.metrics.trackBlobs(() => blobs.stats);
+    const pattern = evaluatePattern(ctx.jobId);
+    this.#subs.push(
+      nc.subscribe(pattern, {
+        queue: 'evaluator',
+        callback: (err, msg: Msg) => {
+          if (err) return this.log.write('error', 'subscription error', { subject: pattern, error: err.message });
+          this.#queue = this.#queue.then(() => this.#answer(ctx, nc, blobs, msg));
+        },
+      }),
+    );
+    // Training losses for the dashboard; malformed messages are the aggregator's to reject, here they are skipped.
+    this.#subs.push(
+      nc.subscribe(`fl.${ctx.jobId}.round.*.update.*`, {
+        callback: (err, msg: Msg) => {
+          if (err) return;
+          const where = parseUpdateSubject(msg.subject);
+          const d = decodeMessage(ClientUpdateSchema, msg.data, msg.subject, where ?? {});
+          if (d.ok)
+            this.#progress.train.push({
+              round: d.value.round,
+              client: d.value.clientId,
+              loss: d.value.meanLoss,
+              tokens: d.value.tokens,
+            });
+        },
+      }),
+    );
+    await nc.flush();
+    this.#ready = true;
+  }
+
+  async #answer(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, msg: Msg): Promise<void> {
+    const round = Number(msg.subject.split('.').at(-2));
+    const decoded = decodeMessage(EvalRequestSchema, msg.data, msg.subject, { jobId: ctx.jobId, round });
+    let reply: EvalReply;
+    if (!decoded.ok) {
+      this.log.write('warn', 'eval request rejected', { reason: decoded.error.message });
+      reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: decoded.error.message };
+    } else {
+      try {
+        const t0 = performance.now();
+        const rows = await this.#rows(ctx, blobs, decoded.value);
+        const durationMs = Math.round(performance.now() - t0);
+        reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, round, rows };
+        this.#progress.evals = [...this.#progress.evals.filter((e) => e.round !== round), { round, rows }];
+        this.metrics.round.set(round);
+        const all = rows.filter((r) => r.client === 'all');
+        publishMessage(nc, evaluatedSubject(ctx.jobId, round), EvalResultSchema, {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId: ctx.jobId,
+          round,
+          scores: decoded.value.modes.map((mode, i) => ({
+            mode,
+            loss: all[i]!.testLoss,
+            examples: all[i]!.items,
+            tokens: all[i]!.tokens,
+            metrics: { accuracy: all[i]!.accuracy },
+          })),
+          durationMs,
+        });
+        this.log.info('evaluated', {
+          round,
+          durationMs,
+          all: all.map((r) => ({ method: r.method, loss: r.testLoss, accuracy: r.accuracy })),
+        });
+      } catch (e) {
+        this.log.write('error', 'evaluation failed', { round, error: (e as Error).message });
+        reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: (e as Error).message };
+      }
+    }
+    if (msg.reply) msg.respond(encodeMessage(EvalReplySchema, reply, msg.reply));
+  }
+
+  async stop(): Promise<void> {
+    this.#ready = false;
+    for (const s of this.#subs) s.unsubscribe();
+    this.#subs = [];
+    await this.#queue;
+    const nc = this.#nc;
+    this.#nc = undefined;
+    if (nc) await nc.drain().catch(() => nc.close());
+    await this.#ctx?.lm.release();
+    this.#ctx = undefined;
+  }
+}

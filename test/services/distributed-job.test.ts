@@ -1,0 +1,193 @@
+/**
+ * The four services on a real NATS (NATS_URL, default nats://127.0.0.1:4222), in one process: a 2-round FedBiOT
+ * job with 3 clients and 2 trainer replicas must end with the standalone job's final metrics (same spec and seed),
+ * while malformed messages are published on the clients' update subjects throughout (rejected, logged with the
+ * reason, the rounds still complete). Also checks health, readiness, metrics and the dashboard data.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { runJob } from '../../libs/fedbiot/src/job.js';
+import { connectTransport, deleteJobResources, updateSubject } from '../../libs/protocol/src/index.js';
+import { startService, type RunningService } from '../../services/common/http.js';
+import type { LogRecord } from '../../services/common/logger.js';
+import type { ServiceRole } from '../../services/common/role.js';
+import { Aggregator } from '../../services/aggregator/aggregator.js';
+import { ClientTrainer } from '../../services/client-trainer/trainer.js';
+import { ServerAlignment } from '../../services/server-alignment/alignment.js';
+import { Evaluator } from '../../services/evaluator/evaluator.js';
+import { DashboardController } from '../../services/evaluator/dashboard.js';
+import { repoRoot } from '../support/paths.js';
+
+const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+let tmp = '';
+
+/** The settings of test/e2e/fedbiot-job.test.ts (3 clients: add, sub, mul). */
+function spec(id: string): JobSpec {
+  return resolveJobSpec(
+    {
+      job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+      data: { federation: join(tmp, 'federation'), maxLength: 96 },
+      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
+      alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
+      eval: { maxNewTokens: 4 },
+      baselines: { offsiteTuning: false, localOnly: false },
+    },
+    'services test job',
+  );
+}
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-services-'));
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 48,
+    testPerClient: 8,
+    globalTestPerTask: 2,
+    corpusBytes: 60_000,
+  });
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+interface EvalEvent {
+  round: number;
+  kind: string;
+  method: string;
+  client: string;
+  test_loss: number;
+  accuracy: number;
+}
+
+test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
+  const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+
+  const t0 = performance.now();
+  const { runDir } = await runJob(s, { log: () => {} });
+  const standaloneMs = performance.now() - t0;
+  const reference = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
+    .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
+  assert.equal(reference.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
+
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  const t1 = performance.now();
+  let garbage: NodeJS.Timeout | undefined;
+  let passed = false;
+  try {
+    const alignment = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0);
+    services.push(alignment);
+    const evaluator = await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0, [
+      DashboardController,
+    ]);
+    services.push(evaluator);
+    const trainers = [];
+    for (const replica of ['trainer-a', 'trainer-b']) {
+      const t = await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0);
+      services.push(t);
+      trainers.push(t);
+    }
+    // Malformed bodies on a planned client's update subject in both rounds: not JSON, and JSON of another version.
+    let n = 0;
+    garbage = setInterval(() => {
+      for (const round of [0, 1]) {
+        nc.publish(
+          updateSubject(jobId, round, 'add'),
+          n++ % 2 === 0 ? '{not json' : JSON.stringify({ protocolVersion: 2, jobId, round, clientId: 'add' }),
+        );
+      }
+    }, 100);
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    clearInterval(garbage);
+    const distributedMs = performance.now() - t1;
+    assert.equal(final?.round, 2);
+
+    const got = aggregator.role.events.filter(
+      (e) => e.kind === 'eval' && e.round === s.job.rounds,
+    ) as unknown as EvalEvent[];
+    assert.equal(got.length, reference.length);
+    for (const ref of reference) {
+      const row = got.find((g) => g.method === ref.method && g.client === ref.client);
+      assert.ok(row, `distributed row ${ref.method}/${ref.client}`);
+      assert.ok(
+        Math.abs(row.test_loss - ref.test_loss) < 1e-6,
+        `${ref.method}/${ref.client} test loss ${row.test_loss} vs standalone ${ref.test_loss}`,
+      );
+      assert.equal(row.accuracy, ref.accuracy, `${ref.method}/${ref.client} accuracy`);
+    }
+
+    const done = trainers.map((t) => (t.role as ClientTrainer).completed);
+    assert.deepEqual(done.flat().toSorted(), ['0/add', '0/mul', '0/sub', '1/add', '1/mul', '1/sub']);
+    assert.ok(
+      done.every((d) => d.length > 0),
+      `both replicas trained: ${JSON.stringify(done)}`,
+    );
+
+    const rejected = logs.filter((r) => r.service === 'aggregator' && r.msg === 'update rejected');
+    assert.ok(rejected.length > 0, 'malformed updates were logged');
+    assert.ok(
+      rejected.some((r) => /not UTF-8 JSON/.test(String(r['reason']))),
+      'reason: not JSON',
+    );
+    assert.ok(
+      rejected.some((r) => /unsupported protocolVersion 2/.test(String(r['reason']))),
+      'reason: protocol version',
+    );
+    assert.ok(rejected.every((r) => r['clientId'] === 'add'));
+
+    for (const svc of services) {
+      assert.equal((await fetch(`${svc.url}/health/live`)).status, 200);
+      assert.equal((await fetch(`${svc.url}/health/ready`)).status, 200, `${svc.role.name} ready`);
+    }
+    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    const count = Number(/fl_rejected_updates_total\{reason="message",service="aggregator"\} (\d+)/.exec(metrics)?.[1]);
+    assert.equal(count, rejected.length, 'rejected-updates counter matches the log');
+    assert.match(metrics, /fl_round\{service="aggregator"\} 2/);
+    assert.match(
+      await (await fetch(`${trainers[0]!.url}/metrics`)).text(),
+      /fl_bytes_out_total\{service="trainer-a"\} [1-9]/,
+    );
+    const dash = (await (await fetch(`${evaluator.url}/dashboard/data`)).json()) as {
+      evals: { round: number }[];
+      train: unknown[];
+    };
+    assert.deepEqual(
+      dash.evals.map((e) => e.round),
+      [1, 2],
+    );
+    assert.equal(dash.train.length, 6);
+    assert.match(await (await fetch(`${evaluator.url}/dashboard`)).text(), /<table id="evals">/);
+    const maxDiff = Math.max(
+      ...reference.map((ref) =>
+        Math.abs(got.find((g) => g.method === ref.method && g.client === ref.client)!.test_loss - ref.test_loss),
+      ),
+    );
+    passed = true;
+    console.log(
+      `max |test loss difference| ${maxDiff.toExponential(2)}; standalone ${(standaloneMs / 1000).toFixed(1)} s (incl. base eval), distributed ${(distributedMs / 1000).toFixed(1)} s (incl. 5 model loads), ${rejected.length} malformed updates rejected`,
+    );
+  } finally {
+    clearInterval(garbage);
+    // On failure, what the services said (the aggregator's rejections are expected noise).
+    if (!passed)
+      for (const r of logs) if (r.level !== 'debug' && r.msg !== 'update rejected') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
