@@ -8,7 +8,12 @@ const svc = await runServiceProcess(
   new Aggregator({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }),
   env.httpPort,
 );
-// The process stays up after the job (health / metrics) until it is told to stop.
-await svc.role.done.catch(() => {
-  process.exitCode = 1;
-});
+// The process stays up after the job (health / metrics) until told to stop, unless EXIT_WHEN_DONE=1.
+const ok = await svc.role.done.then(
+  () => true,
+  () => false,
+);
+if (process.env['EXIT_WHEN_DONE'] === '1') {
+  await svc.close();
+  process.exit(ok ? 0 : 1);
+} else if (!ok) process.exitCode = 1;

@@ -1,0 +1,84 @@
+/**
+ * Starts the four services of a distributed job locally, one child process each, against NATS_URL:
+ *   npm run build && JOB_SPEC=job.yaml node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done]
+ * HTTP ports: P aggregator, P+1 server-alignment, P+2 evaluator (dashboard at /dashboard), P+3.. trainers
+ * (default P = 8080, N = 2). Logs are the children's JSON lines on stdout. SIGINT/SIGTERM stop every child; a
+ * child that fails stops the others. With --exit-when-done the aggregator exits when the job completed, and the
+ * launcher then stops the rest and exits with the aggregator's status.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_NATS_URL } from '../services/common/env.js';
+
+const args = process.argv.slice(2);
+let trainers = 2;
+let portBase = 8080;
+let exitWhenDone = false;
+for (let i = 0; i < args.length; i++) {
+  const a = args[i]!;
+  if (a === '--trainers') trainers = Number(args[++i]);
+  else if (a === '--port-base') portBase = Number(args[++i]);
+  else if (a === '--exit-when-done') exitWhenDone = true;
+  else if (a === '--help' || a === '-h') {
+    console.log(
+      'usage: JOB_SPEC=job.yaml [NATS_URL=...] node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done]',
+    );
+    process.exit(0);
+  } else {
+    console.error(`unknown argument ${a} (see --help)`);
+    process.exit(2);
+  }
+}
+if (!Number.isInteger(trainers) || trainers < 1) throw new Error(`--trainers: ${trainers} is not a positive integer`);
+if (!Number.isInteger(portBase) || portBase < 1 || portBase + 3 + trainers > 65535)
+  throw new Error(`--port-base: ${portBase} leaves no room for ${3 + trainers} ports`);
+if (!process.env['JOB_SPEC']) {
+  console.error('JOB_SPEC: set it to the path of the job spec (YAML or JSON)');
+  process.exit(2);
+}
+
+const main = (name: string): string => fileURLToPath(new URL(`../services/${name}/main.js`, import.meta.url));
+const plan: { name: string; script: string; env: Record<string, string> }[] = [
+  { name: 'server-alignment', script: main('server-alignment'), env: { HTTP_PORT: String(portBase + 1) } },
+  { name: 'evaluator', script: main('evaluator'), env: { HTTP_PORT: String(portBase + 2) } },
+  ...Array.from({ length: trainers }, (_, i) => ({
+    name: `client-trainer-${i + 1}`,
+    script: main('client-trainer'),
+    env: { HTTP_PORT: String(portBase + 3 + i), REPLICA: `client-trainer-${i + 1}` },
+  })),
+  {
+    name: 'aggregator',
+    script: main('aggregator'),
+    env: { HTTP_PORT: String(portBase), ...(exitWhenDone ? { EXIT_WHEN_DONE: '1' } : {}) },
+  },
+];
+
+const children = new Map<string, ChildProcess>();
+let stopping = false;
+const say = (msg: string, fields: Record<string, unknown> = {}): void =>
+  void process.stdout.write(
+    JSON.stringify({ time: new Date().toISOString(), level: 'info', service: 'launcher', msg, ...fields }) + '\n',
+  );
+
+function stopAll(code: number): void {
+  if (stopping) return;
+  stopping = true;
+  process.exitCode = code;
+  for (const c of children.values()) if (c.exitCode === null) c.kill('SIGTERM');
+}
+
+for (const p of plan) {
+  const child = spawn(process.execPath, [p.script], {
+    env: { ...process.env, NATS_URL: process.env['NATS_URL'] ?? DEFAULT_NATS_URL, ...p.env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  children.set(p.name, child);
+  say('started', { child: p.name, pid: child.pid, port: Number(p.env['HTTP_PORT']) });
+  child.on('exit', (code, signal) => {
+    say('exited', { child: p.name, code, signal });
+    if (p.name === 'aggregator' && exitWhenDone) stopAll(code ?? 1);
+    else if (!stopping) stopAll(code === 0 ? 1 : (code ?? 1));
+  });
+}
+process.once('SIGINT', () => stopAll(0));
+process.once('SIGTERM', () => stopAll(0));
