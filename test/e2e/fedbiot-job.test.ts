@@ -91,3 +91,14 @@ test('a job stopped after round 1 resumes with the same round counter, optimizer
   const rounds = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.kind === 'comm').map((e) => e.round);
   assert.deepEqual(rounds, [0, 1], 'each round logged once');
 });
+
+test('the FedAvg-LoRA baseline (clients hold the full model) trains the same adapter layers and beats the base model', async () => {
+  const s = spec('fedavg');
+  const { runDir } = await runJob({ ...s, job: { ...s.job, method: 'fedavg-lora', rounds: 1 }, eval: { ...s.eval, methods: ['base', 'fedavg-lora'] } }, { log: quiet });
+  const r = results(runDir);
+  const loss = (method: string): number => r.rows.find((x) => x.method === method && x.client === 'all')!.test_loss;
+  assert.ok(loss('fedavg-lora') < loss('base'), `fedavg-lora ${loss('fedavg-lora')} vs base ${loss('base')}`);
+  assert.equal(r.rows.filter((x) => x.method.startsWith('fedbiot')).length, 0);
+  // no emulator in this method: the broadcast is the adapter only, the same size as an update
+  assert.equal(r.bytes_per_round.down, r.bytes_per_round.up);
+});
