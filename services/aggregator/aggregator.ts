@@ -52,6 +52,7 @@ export class Aggregator implements ServiceRole {
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
   #ready = false;
+  readonly #abort = new AbortController();
 
   constructor(private readonly opts: AggregatorOptions) {
     this.log = new JsonLogger('aggregator', opts.logSink);
@@ -105,6 +106,8 @@ export class Aggregator implements ServiceRole {
       nc,
       blobs,
       queue,
+      state,
+      signal: this.#abort.signal,
       model,
       ...(this.opts.quorum !== undefined ? { quorum: this.opts.quorum } : {}),
       ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
@@ -183,6 +186,7 @@ export class Aggregator implements ServiceRole {
 
   async stop(): Promise<void> {
     this.#ready = false;
+    this.#abort.abort(new Error('aggregator stopped'));
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());

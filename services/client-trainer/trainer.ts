@@ -21,6 +21,7 @@ import {
   publishMessage,
   stateBucketName,
   updateSubject,
+  type ClientUpdate,
   type Consumption,
   type FailedTask,
   type RejectedTask,
@@ -37,6 +38,7 @@ import {
   putLora,
   sha256File,
   streamSeed,
+  updateKey,
   type JobContext,
 } from '../../libs/fedbiot/src/ports-nats.js';
 import { trainLocally } from '../../libs/fedbiot/src/roles.js';
@@ -187,7 +189,7 @@ export class ClientTrainer implements ServiceRole {
     const ms = performance.now() - t0;
     this.metrics.tokensPerSecond.set(r.tokens / Math.max(ms / 1000, 1e-9));
     const ref = await putLora(blobs, r.adapter);
-    publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, {
+    const update: ClientUpdate = {
       protocolVersion: PROTOCOL_VERSION,
       jobId: ctx.jobId,
       round,
@@ -198,7 +200,10 @@ export class ClientTrainer implements ServiceRole {
       meanLoss: r.meanLoss,
       steps: ctx.clientSettings.localSteps,
       durationMs: Math.round(ms),
-    });
+    };
+    // Durable first: an aggregator that was down when this is published replays it from KV.
+    await state.put(updateKey(round, clientId), ClientUpdateSchema, update);
+    publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, update);
     await nc.flush();
     await state.put(key, StreamStateSchema, {
       protocolVersion: PROTOCOL_VERSION,

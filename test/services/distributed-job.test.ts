@@ -63,19 +63,47 @@ interface EvalEvent {
   accuracy: number;
 }
 
+let referenceRows: Promise<{ rows: EvalEvent[]; ms: number }> | undefined;
+/** The standalone job's final eval rows for the test spec (run once; the job id does not enter any seed). */
+function standalone(): Promise<{ rows: EvalEvent[]; ms: number }> {
+  referenceRows ??= (async () => {
+    const s = spec(`standalone-${process.pid}`);
+    const t0 = performance.now();
+    const { runDir } = await runJob(s, { log: () => {} });
+    const ms = performance.now() - t0;
+    const rows = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
+      .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
+    assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
+    return { rows, ms };
+  })();
+  return referenceRows;
+}
+
+/** Asserts the distributed final eval rows equal the standalone ones; returns the largest loss difference. */
+function assertSameFinal(got: readonly EvalEvent[], reference: readonly EvalEvent[]): number {
+  assert.equal(got.length, reference.length);
+  let maxDiff = 0;
+  for (const ref of reference) {
+    const row = got.find((g) => g.method === ref.method && g.client === ref.client);
+    assert.ok(row, `distributed row ${ref.method}/${ref.client}`);
+    const d = Math.abs(row.test_loss - ref.test_loss);
+    assert.ok(d < 1e-6, `${ref.method}/${ref.client} test loss ${row.test_loss} vs standalone ${ref.test_loss}`);
+    assert.equal(row.accuracy, ref.accuracy, `${ref.method}/${ref.client} accuracy`);
+    maxDiff = Math.max(maxDiff, d);
+  }
+  return maxDiff;
+}
+
+const finalEvals = (a: Aggregator, rounds: number): EvalEvent[] =>
+  a.events.filter((e) => e.kind === 'eval' && e.round === rounds) as unknown as EvalEvent[];
+
 test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
   const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
-
-  const t0 = performance.now();
-  const { runDir } = await runJob(s, { log: () => {} });
-  const standaloneMs = performance.now() - t0;
-  const reference = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
-    .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
-  assert.equal(reference.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
+  const { rows: reference, ms: standaloneMs } = await standalone();
 
   const logs: LogRecord[] = [];
   const sink = (r: LogRecord): void => void logs.push(r);
@@ -117,19 +145,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
 
-    const got = aggregator.role.events.filter(
-      (e) => e.kind === 'eval' && e.round === s.job.rounds,
-    ) as unknown as EvalEvent[];
-    assert.equal(got.length, reference.length);
-    for (const ref of reference) {
-      const row = got.find((g) => g.method === ref.method && g.client === ref.client);
-      assert.ok(row, `distributed row ${ref.method}/${ref.client}`);
-      assert.ok(
-        Math.abs(row.test_loss - ref.test_loss) < 1e-6,
-        `${ref.method}/${ref.client} test loss ${row.test_loss} vs standalone ${ref.test_loss}`,
-      );
-      assert.equal(row.accuracy, ref.accuracy, `${ref.method}/${ref.client} accuracy`);
-    }
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
 
     const done = trainers.map((t) => (t.role as ClientTrainer).completed);
     assert.deepEqual(done.flat().toSorted(), ['0/add', '0/mul', '0/sub', '1/add', '1/mul', '1/sub']);
@@ -172,11 +188,6 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     );
     assert.equal(dash.train.length, 6);
     assert.match(await (await fetch(`${evaluator.url}/dashboard`)).text(), /<table id="evals">/);
-    const maxDiff = Math.max(
-      ...reference.map((ref) =>
-        Math.abs(got.find((g) => g.method === ref.method && g.client === ref.client)!.test_loss - ref.test_loss),
-      ),
-    );
     passed = true;
     console.log(
       `max |test loss difference| ${maxDiff.toExponential(2)}; standalone ${(standaloneMs / 1000).toFixed(1)} s (incl. base eval), distributed ${(distributedMs / 1000).toFixed(1)} s (incl. 5 model loads), ${rejected.length} malformed updates rejected`,
@@ -186,6 +197,63 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     // On failure, what the services said (the aggregator's rejections are expected noise).
     if (!passed)
       for (const r of logs) if (r.level !== 'debug' && r.msg !== 'update rejected') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('an aggregator stopped after round 1 is replaced and the job resumes from KV to the standalone result', async () => {
+  const jobId = `svc-restart-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const logs: LogRecord[] = [];
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    const sink = (r: LogRecord): void => void logs.push(r);
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+
+    // First aggregator: stopped as soon as round 0 is checkpointed, while round 1 is being planned.
+    let stopped: Promise<void> | undefined;
+    let first: RunningService<Aggregator> | undefined;
+    const firstSink = (r: LogRecord): void => {
+      logs.push({ ...r, service: 'aggregator-1' });
+      if (r.msg === 'checkpoint' && r['round'] === 1) stopped ??= first!.close();
+    };
+    first = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000 }),
+      0,
+    );
+    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
+    await stopped;
+
+    const second = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(second);
+    const final = await second.role.done;
+    assert.equal(final?.round, 2);
+    assert.ok(
+      logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1),
+      'resumed at round 1',
+    );
+    assert.ok(!second.role.events.some((e) => e.round === 0), 'round 0 is not run again');
+    const calls = logs.filter((r) => r.service === 'server-alignment' && r.msg === 'aligned').map((r) => r['call']);
+    assert.deepEqual(calls, [0, 1, 2], 'each alignment ran once');
+    const maxDiff = assertSameFinal(finalEvals(second.role, s.job.rounds), reference);
+    const trained = logs.filter((r) => r.msg === 'update published').map((r) => `${r['round']}/${r['clientId']}`);
+    passed = true;
+    console.log(
+      `restart: max |test loss difference| ${maxDiff.toExponential(2)}; updates published ${JSON.stringify(trained)}`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();

@@ -18,6 +18,7 @@ import type { LoraSpec } from '../../model/src/llama.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
 import {
   BlobRefSchema,
+  ClientUpdateSchema,
   EvalRequestSchema,
   PROTOCOL_VERSION,
   QuorumNotReachedError,
@@ -29,9 +30,11 @@ import {
   encodeTensors,
   evaluateSubject,
   planSubject,
+  updateSubject,
   publishMessage,
   type BlobRef,
   type BlobStore,
+  type StateStore,
   type Tensor,
   type TrainingConfig,
   type WorkQueue,
@@ -254,12 +257,24 @@ export async function requestWithRetry(
   }
 }
 
+/** KV key of a client's update for a round (written by the trainer before it publishes the update). */
+export function updateKey(round: number, clientId: string): string {
+  return `update.${round}.${clientId}`;
+}
+
 // ---- the ports -------------------------------------------------------------------------------------------------
 
 export interface NatsPortsOptions {
   readonly nc: NatsConnection;
   readonly blobs: BlobStore;
   readonly queue: WorkQueue;
+  /**
+   * The job's KV. Trainers store each ClientUpdate there (`updateKey`) before publishing it; a resumed aggregator
+   * republishes the stored updates of the round it re-runs, since updates published while it was down are gone.
+   */
+  readonly state?: StateStore;
+  /** Aborting closes the round being collected (its deadline timer too) and fails the port calls. */
+  readonly signal?: AbortSignal;
   /** Blob ref of the base checkpoint (trainers check it against their local copy). */
   readonly model: BlobRef;
   /** Updates needed to close a round at the deadline; default every planned client. */
@@ -294,6 +309,7 @@ export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts
   });
   return {
     trainClients: async (round, clients, adapter, emulator): Promise<ClientRoundResult[]> => {
+      o.signal?.throwIfAborted();
       const adapterRef = await putLora(blobs, adapter);
       const emulatorRef = await putLora(blobs, emulator);
       const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
@@ -311,6 +327,8 @@ export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts
         // onRejected/onLateUpdate/onDuplicate report everything; the collector's own warnings would repeat them.
         logger: { warn: () => {} },
       });
+      const abort = (): void => void collection.close();
+      o.signal?.addEventListener('abort', abort, { once: true });
       try {
         const plan = {
           protocolVersion: PROTOCOL_VERSION,
@@ -338,7 +356,15 @@ export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts
             deadlineAt,
           });
         }
-        o.onPhase?.(round, 'collecting', { clients: [...clients], quorum, deadlineAt });
+        let replayed = 0;
+        for (const clientId of clients) {
+          const stored = await o.state?.get(updateKey(round, clientId), ClientUpdateSchema);
+          if (!stored) continue;
+          // The stored message is the client's own, validated again by the collector like any other.
+          nc.publish(updateSubject(jobId, round, clientId), encodeMessage(ClientUpdateSchema, stored.value, 'kv'));
+          replayed++;
+        }
+        o.onPhase?.(round, 'collecting', { clients: [...clients], quorum, deadlineAt, replayed });
         let result;
         try {
           result = await collection.result;
@@ -367,10 +393,12 @@ export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts
         }
         return out;
       } finally {
+        o.signal?.removeEventListener('abort', abort);
         await collection.close();
       }
     },
     align: async (adapter, steps) => {
+      o.signal?.throwIfAborted();
       const call = alignCall++;
       if (steps === 0) return null;
       const subject = alignSubject(jobId);
@@ -397,6 +425,7 @@ export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts
       };
     },
     evaluate: async (round, adapter, emulator) => {
+      o.signal?.throwIfAborted();
       const subject = evaluateSubject(jobId, round);
       const req = {
         protocolVersion: PROTOCOL_VERSION,
