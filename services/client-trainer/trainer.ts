@@ -165,6 +165,7 @@ export class ClientTrainer implements ServiceRole {
       throw new Error(
         `client ${clientId}: stream state is at round ${prev!.value.round}, task is round ${round} (stale task)`,
       );
+    this.log.info('training', { round, clientId, delivery: tc.deliveryCount });
     const stream = new ExampleStream<TokenizedExample>(client.train, streamSeed(ctx, clientId), from ?? undefined);
     const adapter = await getLora(blobs, task.adapterLora, ctx.specs.adapter);
     const emulator = await getLora(blobs, task.emulatorLora, ctx.specs.emulator);

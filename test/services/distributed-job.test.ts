@@ -6,7 +6,10 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
@@ -27,20 +30,18 @@ const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
 let tmp = '';
 
 /** The settings of test/e2e/fedbiot-job.test.ts (3 clients: add, sub, mul). */
-function spec(id: string): JobSpec {
-  return resolveJobSpec(
-    {
-      job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
-      baselines: { offsiteTuning: false, localOnly: false },
-    },
-    'services test job',
-  );
+function rawSpec(id: string): Record<string, unknown> {
+  return {
+    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+    data: { federation: join(tmp, 'federation'), maxLength: 96 },
+    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
+    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
+    eval: { maxNewTokens: 4 },
+    baselines: { offsiteTuning: false, localOnly: false },
+  };
 }
+const spec = (id: string): JobSpec => resolveJobSpec(rawSpec(id), 'services test job');
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'fedbiot-services-'));
@@ -254,6 +255,103 @@ test('an aggregator stopped after round 1 is replaced and the job resumes from K
     );
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('a trainer process killed mid-task: the task is redelivered to the other replica and the result is unchanged', async () => {
+  const jobId = `svc-kill-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const specFile = join(tmp, `${jobId}.json`);
+  writeFileSync(specFile, JSON.stringify(rawSpec(jobId)));
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  const ACK_WAIT_MS = 4000;
+  const child = spawn(
+    process.execPath,
+    [fileURLToPath(new URL('../../services/client-trainer/main.js', import.meta.url))],
+    {
+      env: {
+        ...process.env,
+        JOB_SPEC: specFile,
+        NATS_URL,
+        HTTP_PORT: '0',
+        REPLICA: 'trainer-killed',
+        ACK_WAIT_MS: String(ACK_WAIT_MS),
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+    child.once('exit', (_code, signal) => resolve(signal)),
+  );
+  let killed: { round: unknown; clientId: unknown } | undefined;
+  const childReady = new Promise<void>((resolve, reject) => {
+    child.once('exit', () => reject(new Error('trainer child exited before it was ready')));
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      let r: LogRecord;
+      try {
+        r = JSON.parse(line) as LogRecord;
+      } catch {
+        return;
+      }
+      logs.push(r);
+      if (r.msg === 'ready') resolve();
+      if (r.msg === 'training' && !killed) {
+        killed = { round: r['round'], clientId: r['clientId'] };
+        child.kill('SIGKILL');
+      }
+    });
+  });
+  let passed = false;
+  try {
+    await childReady;
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    const survivor = await startService(
+      new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS }),
+      0,
+    );
+    services.push(survivor);
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    assert.equal(await exited, 'SIGKILL');
+    assert.ok(killed, 'the child trainer took a task before it was killed');
+    const redone = logs.find(
+      (r) =>
+        r.service === 'trainer-b' &&
+        r.msg === 'update published' &&
+        r['round'] === killed!.round &&
+        r['clientId'] === killed!.clientId,
+    );
+    assert.ok(redone, `trainer-b trained the killed task ${JSON.stringify(killed)}`);
+    assert.ok(Number(redone['delivery']) >= 2, 'as a redelivery');
+    assert.deepEqual((survivor.role as ClientTrainer).completed.toSorted(), [
+      '0/add',
+      '0/mul',
+      '0/sub',
+      '1/add',
+      '1/mul',
+      '1/sub',
+    ]);
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
+    passed = true;
+    console.log(
+      `kill: task ${JSON.stringify(killed)} redelivered; max |test loss difference| ${maxDiff.toExponential(2)}`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();
