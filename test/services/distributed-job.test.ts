@@ -204,7 +204,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
   }
 });
 
-test('an aggregator stopped after round 1 is replaced and the job resumes from KV to the standalone result', async () => {
+test('an aggregator stopped while collecting round 1 is replaced; the job resumes from KV (updates replayed) to the standalone result', async () => {
   const jobId = `svc-restart-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const { rows: reference } = await standalone();
@@ -219,12 +219,13 @@ test('an aggregator stopped after round 1 is replaced and the job resumes from K
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
 
-    // First aggregator: stopped as soon as round 0 is checkpointed, while round 1 is being planned.
+    // First aggregator: stopped once round 1's tasks are enqueued; the trainers finish them while no aggregator
+    // listens, so the replacement's re-enqueue is deduplicated and it must replay the updates from KV.
     let stopped: Promise<void> | undefined;
     let first: RunningService<Aggregator> | undefined;
     const firstSink = (r: LogRecord): void => {
       logs.push({ ...r, service: 'aggregator-1' });
-      if (r.msg === 'checkpoint' && r['round'] === 1) stopped ??= first!.close();
+      if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
     };
     first = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000 }),
@@ -232,6 +233,11 @@ test('an aggregator stopped after round 1 is replaced and the job resumes from K
     );
     await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
     await stopped;
+    const published1 = (): number => logs.filter((r) => r.msg === 'update published' && r['round'] === 1).length;
+    for (let waited = 0; published1() < 3; waited += 100) {
+      assert.ok(waited < 30_000, 'the trainers finish round 1 without an aggregator');
+      await new Promise((r) => setTimeout(r, 100));
+    }
 
     const second = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
@@ -245,6 +251,8 @@ test('an aggregator stopped after round 1 is replaced and the job resumes from K
       'resumed at round 1',
     );
     assert.ok(!second.role.events.some((e) => e.round === 0), 'round 0 is not run again');
+    const collecting = logs.find((r) => r.service === 'aggregator' && r.msg === 'round collecting' && r['round'] === 1);
+    assert.equal(collecting?.['replayed'], 3, 'round 1 updates replayed from KV');
     const calls = logs.filter((r) => r.service === 'server-alignment' && r.msg === 'aligned').map((r) => r['call']);
     assert.deepEqual(calls, [0, 1, 2], 'each alignment ran once');
     const maxDiff = assertSameFinal(finalEvals(second.role, s.job.rounds), reference);
