@@ -194,8 +194,10 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
     start,
     {
       onEvent: (e) => {
+        // Training events carry the method so the report draws one training-loss line per method and client.
+        const method = cfg.phase === 'main' ? spec.job.method : cfg.phase;
         if (e.kind === 'comm' && cfg.phase !== 'main') ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
-        else ctx.metrics.log({ ...e, phase: cfg.phase });
+        else ctx.metrics.log({ ...e, phase: cfg.phase, ...(e.kind === 'train' ? { method } : {}) });
       },
       onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
       onCheckpoint: async (state) => {
