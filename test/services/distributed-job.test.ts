@@ -15,7 +15,21 @@ import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
-import { connectTransport, deleteJobResources, updateSubject } from '../../libs/protocol/src/index.js';
+import {
+  BlobStore,
+  ClientUpdateSchema,
+  PROTOCOL_VERSION,
+  RoundPlanSchema,
+  blobBucketName,
+  connectTransport,
+  decodeMessage,
+  decodeTensors,
+  deleteJobResources,
+  encodeTensors,
+  planSubject,
+  publishMessage,
+  updateSubject,
+} from '../../libs/protocol/src/index.js';
 import { startService, type RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
@@ -360,6 +374,86 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('a NaN update is rejected by the update checks, logged with client and reason, and the round completes', async () => {
+  const jobId = `svc-nan-${process.pid}-${Date.now().toString(36)}`;
+  const s = resolveJobSpec(
+    { ...rawSpec(jobId), job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') } },
+    'nan job',
+  );
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    // As soon as round 0 is planned, "client" add sends a well-formed update whose blob holds one NaN, before the
+    // real trainer can (its own update then is a logged duplicate).
+    let injected: Promise<void> | undefined;
+    const sub = nc.subscribe(planSubject(jobId, 0), {
+      callback: (_err, msg) => {
+        const plan = decodeMessage(RoundPlanSchema, msg.data, msg.subject);
+        if (!plan.ok || injected) return;
+        injected = (async () => {
+          const t = decodeTensors(await blobs.get(plan.value.adapterLora)).tensors;
+          const [name, first] = [...t][0]!;
+          const data = Float32Array.from(first.data);
+          data[5] = Number.NaN;
+          t.set(name, { shape: first.shape, data });
+          const ref = await blobs.put(encodeTensors(t));
+          publishMessage(nc, updateSubject(jobId, 0, 'add'), ClientUpdateSchema, {
+            protocolVersion: PROTOCOL_VERSION,
+            jobId,
+            round: 0,
+            clientId: 'add',
+            adapterLora: ref,
+            examples: 12,
+            tokens: 36,
+            meanLoss: 1,
+            steps: 3,
+            durationMs: 1,
+          });
+        })();
+      },
+    });
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(
+      await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }), 0),
+    );
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    sub.unsubscribe();
+    await injected;
+    assert.equal(final?.round, 1, 'the round completed');
+    const rejected = logs.filter((r) => r.service === 'aggregator' && r.msg === 'update rejected');
+    assert.equal(rejected.length, 1);
+    assert.equal(rejected[0]!['clientId'], 'add');
+    assert.match(String(rejected[0]!['reason']), /non-finite/);
+    assert.ok(
+      logs.some((r) => /duplicate update from add/.test(r.msg)),
+      'the real update of add is a logged duplicate',
+    );
+    const train = aggregator.role.events.filter((e) => e.kind === 'rejected');
+    assert.deepEqual(
+      train.map((e) => e['client']),
+      ['add'],
+    );
+    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    assert.match(metrics, /fl_rejected_updates_total\{reason="check",service="aggregator"\} 1/);
+    passed = true;
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();
