@@ -1,0 +1,14 @@
+/** libs/model: LLaMA-family models from Hugging Face checkpoints on the engine. */
+export * from './config.js';
+export * from './errors.js';
+export { expectedTensorShapes, openCheckpoint, writeCheckpoint, type Checkpoint, type WeightRef } from './checkpoint.js';
+export * from './rope.js';
+export * from './tokenizer.js';
+export * from './peft.js';
+export * from './llama.js';
+export { GraphStore, defaultCacheRoot } from './graph-store.js';
+export { CompiledGraphs } from './compiled.js';
+export * from './causal-lm.js';
+export * from './trainer.js';
+export * from './adapters.js';
+export { initWeights, memoryWeights, writeRandomCheckpoint } from './init.js';
