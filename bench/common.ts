@@ -48,7 +48,7 @@ export function printTable(rows: readonly Record<string, unknown>[], columns: re
 export function writeResults(name: string, rows: readonly Record<string, unknown>[], dir = join(process.cwd(), 'bench', 'results')): string {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${name}.json`);
-  const key = (r: Record<string, unknown>): string => `${String(r['case'])}|${String(r['provider'])}|${String(r['task'] ?? '')}|${String(r['threads'] ?? '')}`;
+  const key = (r: Record<string, unknown>): string => `${String(r['case'])}|${String(r['provider'])}|${String(r['task'] ?? '')}|${String(r['threads'] ?? '')}|${String(r['machine'] ?? '')}`;
   const old: Record<string, unknown>[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>[]) : [];
   const fresh = new Set(rows.map(key));
   writeFileSync(file, JSON.stringify([...old.filter((r) => !fresh.has(key(r))), ...rows], null, 1) + '\n');
