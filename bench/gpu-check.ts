@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crossEntropy, gradients, openRunner, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
+import { crossEntropy, gradients, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
 import { CausalLM } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig } from '../libs/model/src/config.js';
 import { writeRandomCheckpoint } from '../libs/model/src/init.js';
@@ -36,11 +36,10 @@ export async function main(args: string[]): Promise<void> {
       const batch = randomBatch(c.B, c.T, cfg.vocabSize, 9);
       const results: Record<string, Record<string, HostTensor>> = {};
       for (const p of ['cpu', provider] as ExecutionProvider[]) {
-        const lm = await CausalLM.load(join(tmp, c.name), { thread: 'main', cacheRoot: join(tmp, 'cache') });
+        const lm = await CausalLM.load(join(tmp, c.name), { thread: 'main', cacheRoot: join(tmp, 'cache'), provider: p });
         try {
-          let path = '';
           const names: string[] = [];
-          await lm.graphs.get(`check-${c.name}`, (g) => {
+          const runner = await lm.graphs.get(`check-${c.name}`, (g) => {
             const m = lm.build(g, { batch: c.B, seq: c.T, layers: lm.allLayers, start: 'ids', head: true, loras: [spec] });
             const labels = g.input('labels', 'int64', [c.B, c.T]);
             const w = g.input('loss_mask', 'float32', [c.B, c.T]);
@@ -49,16 +48,13 @@ export async function main(args: string[]): Promise<void> {
             const grads = gradients(loss, names.map((n) => m.loraParams.get(n)!));
             g.output(loss, 'loss');
             grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
-            path = lm.graphs.store.dir;
-          });
-          const runner = await openRunner({ path: join(path, `check-${c.name}.onnx`) }, { provider: p, thread: 'main', fallbackToCpu: false, ...(verbose && p !== 'cpu' ? { logSeverityLevel: 0 } : {}) });
+          }, { fallbackToCpu: false, ...(verbose && p !== 'cpu' ? { logSeverityLevel: 0 } : {}) });
           const feeds = lm.tokenFeeds(batch);
           for (const [k, v] of lora) feeds[k] = { dtype: 'float32', shape: k.includes('lora_A') ? [8, v.length / 8] : [v.length / 8, 8], data: v };
           results[p] = await runner.run(feeds);
           const t0 = performance.now();
           for (let i = 0; i < 5; i++) await runner.run(feeds);
           rows.push({ case: c.name, provider: p, ms_step: +((performance.now() - t0) / 5).toFixed(2) });
-          await runner.release();
         } finally {
           await lm.release();
         }

@@ -68,9 +68,9 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     const list = pending.get(t.id);
     if (!list || list.length === 0) return null;
     if (list.length > 1) {
-      // A chain of Adds rather than one variadic Sum: onnxruntime's WebGPU provider has no Sum kernel and would
-      // run it on the CPU, copying every accumulated gradient across (measured on the H200).
-      const s = list.slice(1).reduce((acc, x) => O.add(acc, x), list[0]!);
+      // On 'gpu' graphs a chain of Adds rather than one variadic Sum: onnxruntime's WebGPU provider has no Sum
+      // kernel and would run it on the CPU, copying every accumulated gradient across (measured on the H200).
+      const s = g.target === 'gpu' ? list.slice(1).reduce((acc, x) => O.add(acc, x), list[0]!) : O.sum(list);
       pending.set(t.id, [s]);
       return s;
     }

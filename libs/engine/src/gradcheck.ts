@@ -23,6 +23,8 @@ export interface GradCheckOptions {
   readonly eps?: number;
   /** Check at most this many elements per tensor, spread evenly (default: all). */
   readonly maxElements?: number;
+  /** Build the graph for 'cpu' (default) or 'gpu' kernels (see Graph.target). */
+  readonly target?: 'cpu' | 'gpu';
 }
 
 export interface TensorGradReport {
@@ -54,7 +56,7 @@ function ortTensor(t: Tensor, data: FeedValue): ort.Tensor {
  */
 export async function gradCheck(build: (g: Graph) => GradCheckSetup, opts: GradCheckOptions = {}): Promise<GradCheckReport> {
   const eps = opts.eps ?? 1e-6;
-  const g = new Graph('gradcheck');
+  const g = new Graph('gradcheck', { target: opts.target ?? 'cpu' });
   const { loss, wrt, feeds } = build(g);
   for (const w of wrt) {
     if (w.dtype !== 'float64') throw new GraphError(`gradCheck: ${w} must be float64`);

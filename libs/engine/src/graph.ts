@@ -94,11 +94,19 @@ export class Graph {
   private scopePrefix = '';
   private tapeSuspended = 0;
 
+  /**
+   * Which kernels the graph is built for. 'cpu' uses ONNX's fused ops (LogSoftmax, variadic Sum, an Equal one-hot);
+   * 'gpu' replaces the ones onnxruntime's WebGPU provider lacks with equivalent compositions, which would otherwise
+   * run on the CPU with host-device copies of [tokens, vocab] tensors (measured on the H200). Same maths either way.
+   */
+  readonly target: 'cpu' | 'gpu';
+
   constructor(
     readonly name = 'graph',
-    options: { opset?: number } = {},
+    options: { opset?: number; target?: 'cpu' | 'gpu' } = {},
   ) {
     this.opset = options.opset ?? 18;
+    this.target = options.target ?? 'cpu';
     if (this.opset < 18) throw new GraphError(`opset ${this.opset} unsupported: the builder needs >= 18 (axes as inputs)`);
   }
 

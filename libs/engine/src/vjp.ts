@@ -136,6 +136,7 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
     const g = g0(ctx);
     return [O.mul(y, O.sub(g, O.reduceSum(O.mul(g, y), [axis], true)))];
   },
+  LogSoftmax: (ctx) => [O.logSoftmaxVjp(g0(ctx), ctx.outputs[0]!, ctx.attrs['axis']!.value as number)],
   Concat: (ctx) => {
     const axis = ctx.attrs['axis']!.value as number;
     const parts = O.split(g0(ctx), ctx.inputs.map((x) => x.shape[axis]!), axis);

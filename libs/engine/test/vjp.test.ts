@@ -22,7 +22,7 @@ interface Arg {
   readonly int?: { readonly max: number };
 }
 
-async function checkOp(name: string, args: readonly Arg[], f: (...xs: Tensor[]) => Tensor, seed = 1): Promise<void> {
+async function checkOp(name: string, args: readonly Arg[], f: (...xs: Tensor[]) => Tensor, seed = 1, target: 'cpu' | 'gpu' = 'cpu'): Promise<void> {
   const next = rng(seed);
   const report = await gradCheck((g: Graph) => {
     const feeds: Record<string, FeedValue> = {};
@@ -43,7 +43,7 @@ async function checkOp(name: string, args: readonly Arg[], f: (...xs: Tensor[]) 
     const r = g.input('R', 'float64', y.shape);
     feeds['R'] = uniform(next, y.size, 0.5, 1.5);
     return { loss: O.sumAll(O.mul(y, r)), wrt, feeds };
-  });
+  }, { target });
   for (const t of report.tensors) {
     assert.ok(t.relError < TOL, `${name}: gradient of ${t.name} has relative error ${t.relError.toExponential(2)} >= ${TOL}`);
   }
@@ -104,6 +104,30 @@ const cases: [string, Arg[], (...xs: Tensor[]) => Tensor][] = [
 for (const [name, args, f] of cases) {
   test(`VJP ${name}`, async () => checkOp(name, args, f));
 }
+
+// Graphs built for GPU kernels swap LogSoftmax, variadic Sum and the Equal one-hot for compositions (Graph.target):
+// the same gradients must come out.
+test('VJP LogSoftmax, gpu target (max-shift composite)', async () =>
+  checkOp('LogSoftmax gpu', [{ shape: [2, 5], lo: -2, hi: 2 }], (a) => O.logSoftmax(a!, -1), 1, 'gpu'));
+test('gradient accumulation, gpu target (Add chain instead of Sum)', async () =>
+  checkOp('fan-out gpu', [{ shape: [3, 4] }], (a) => O.add(O.mul(O.exp(a!), a!), O.sigmoid(a!)), 1, 'gpu'));
+test('VJP CrossEntropy, gpu target (label term by ScatterElements)', async () => {
+  const next = rng(8);
+  const report = await gradCheck(
+    (g) => {
+      const logits = g.input('logits', 'float64', [2, 3, 6]);
+      const labels = g.input('labels', 'int64', [2, 3]);
+      const w = g.input('w', 'float64', [2, 3]);
+      return {
+        loss: crossEntropy(logits, labels, w),
+        wrt: [logits, w],
+        feeds: { logits: uniform(next, 36, -2, 2), labels: BigInt64Array.from([0, 5, 2, 3, 3, 1].map(BigInt)), w: uniform(next, 6, 0, 1) },
+      };
+    },
+    { target: 'gpu' },
+  );
+  assert.ok(report.worst < TOL, JSON.stringify(report.tensors));
+});
 
 test('VJP CrossEntropy (fused), weights and logits', async () => {
   const next = rng(7);

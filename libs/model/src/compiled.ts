@@ -22,9 +22,11 @@ export class CompiledGraphs {
     let r = this.runners.get(key);
     if (!r) {
       r = (async () => {
-        const g = new Graph(key.slice(0, 64));
+        const target = (options.provider ?? this.runnerOptions.provider ?? 'cpu') === 'cpu' ? 'cpu' : 'gpu';
+        const g = new Graph(key.slice(0, 64), { target });
         build(g);
-        const file = key.length <= 80 && /^[\w.-]+$/.test(key) ? key : `g-${createHash('sha256').update(key).digest('hex').slice(0, 24)}`;
+        const name = `${target}-${key}`;
+        const file = name.length <= 80 && /^[\w.-]+$/.test(name) ? name : `g-${createHash('sha256').update(name).digest('hex').slice(0, 24)}`;
         const path = this.store.write(g, file);
         return openRunner({ path }, { ...this.runnerOptions, ...options, label: key });
       })();
