@@ -1,23 +1,142 @@
-/** GET /dashboard (a page that polls) and GET /dashboard/data (the evaluator's progress as JSON). */
+/**
+ * GET /dashboard (a page that polls) and GET /dashboard/data (the evaluator's progress as JSON, plus the charts
+ * already drawn as inline SVG). The SVG is rendered here with the run report's renderLineChart, so the page and
+ * report.html draw the same pictures and the page needs no chart library, only innerHTML.
+ */
 import { Controller, Get, Header, Inject } from '@nestjs/common';
+import { renderLineChart, type ChartSpec, type Series } from '../../libs/fedbiot/src/report/report-html.js';
 import { ROLE } from '../common/http.js';
 import type { Evaluator, Progress } from './evaluator.js';
 
-const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>FedBiOT job</title>
-<style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head>
-<body><h1 id="title">FedBiOT job</h1><p id="progress">waiting for data...</p><h2>Evaluation</h2><table id="evals"></table><h2>Training loss</h2><table id="train"></table>
+/** One drawn chart of the dashboard. */
+export interface DashboardChart {
+  /** Stable element id (`chart-train-loss`, `chart-test-loss`, `chart-accuracy`). */
+  readonly id: string;
+  readonly title: string;
+  /** A complete `<svg>` element: one `polyline.series` per series. */
+  readonly svg: string;
+}
+
+/** Round counters shown as the job's progress. */
+export interface RoundProgress {
+  readonly totalRounds: number;
+  /** Rounds whose evaluation arrived (rounds completed, as far as the evaluator knows). */
+  readonly evaluated: number;
+  /** The latest round (1-based) any client update was seen for; 0 before the first. */
+  readonly training: number;
+  /** Client updates seen for that round. */
+  readonly updatesInRound: number;
+}
+
+export interface DashboardData extends Progress {
+  readonly progress: RoundProgress;
+  readonly charts: DashboardChart[];
+}
+
+/** Round counters from the evaluator's history. Training rounds are 0-based on the wire, shown 1-based. */
+export function roundProgress(p: Progress): RoundProgress {
+  const evaluated = p.evals.reduce((m, e) => Math.max(m, e.round), 0);
+  const latest = p.train.reduce((m, t) => Math.max(m, t.round), -1);
+  return {
+    totalRounds: p.totalRounds,
+    evaluated,
+    training: latest + 1,
+    updatesInRound: new Set(p.train.filter((t) => t.round === latest).map((t) => t.client)).size,
+  };
+}
+
+/** Sorted (x, y) pairs, the latest value per x winning (a re-evaluated round replaces its points). */
+function toSeries(name: string, points: Map<number, number>): Series {
+  return { name, points: [...points].toSorted((a, b) => a[0] - b[0]) };
+}
+
+const chart = (id: string, spec: ChartSpec): DashboardChart => ({
+  id,
+  title: spec.title,
+  svg: renderLineChart(spec, 860, 300),
+});
+const seriesOf = (m: Map<string, Map<number, number>>): Series[] =>
+  [...m].toSorted(([a], [b]) => a.localeCompare(b)).map(([name, pts]) => toSeries(name, pts));
+
+/**
+ * The dashboard's charts: training loss per client (x = round, 1-based, so it lines up with evaluations after that
+ * round), and test loss and exact-match accuracy (%) per (method, client), pooled clients as client `all`.
+ */
+export function dashboardCharts(p: Progress): DashboardChart[] {
+  const train = new Map<string, Map<number, number>>();
+  for (const t of p.train) {
+    if (!Number.isFinite(t.loss)) continue;
+    const s = train.get(t.client) ?? new Map<number, number>();
+    train.set(t.client, s.set(t.round + 1, t.loss));
+  }
+  const loss = new Map<string, Map<number, number>>();
+  const acc = new Map<string, Map<number, number>>();
+  for (const e of p.evals)
+    for (const r of e.rows) {
+      const key = `${r.method} / ${r.client}`;
+      loss.set(key, (loss.get(key) ?? new Map<number, number>()).set(e.round, r.testLoss));
+      acc.set(key, (acc.get(key) ?? new Map<number, number>()).set(e.round, 100 * r.accuracy));
+    }
+  return [
+    chart('chart-train-loss', {
+      title: 'Training loss per client (mean over local steps)',
+      xLabel: 'round',
+      yLabel: 'loss (nats/token)',
+      series: seriesOf(train),
+    }),
+    chart('chart-test-loss', {
+      title: 'Test loss',
+      xLabel: 'rounds completed',
+      yLabel: 'test loss (nats/token)',
+      series: seriesOf(loss),
+    }),
+    chart('chart-accuracy', {
+      title: 'Exact-match accuracy',
+      xLabel: 'rounds completed',
+      yLabel: 'accuracy (%)',
+      series: seriesOf(acc),
+    }),
+  ];
+}
+
+/** The dashboard's JSON: the raw history, the round counters and the drawn charts. */
+export function dashboardData(p: Progress): DashboardData {
+  return { ...p, progress: roundProgress(p), charts: dashboardCharts(p) };
+}
+
+const PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>FedBiOT job</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1100px}h1{font-size:22px}h2{font-size:17px;margin:20px 0 8px}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums}td,th{border:1px solid #d0d7de;padding:2px 8px;text-align:right}th{background:#f6f8fa}
+progress{width:320px;height:14px;vertical-align:middle;margin-right:8px}svg text{font-size:11px;fill:#1b1f24}
+details{margin-top:16px}
+</style></head>
+<body><h1 id="title">FedBiOT job</h1>
+<p><progress id="round-bar" max="1" value="0"></progress><span id="progress">waiting for data...</span></p>
+<p id="training"></p>
+<div id="charts"></div>
+<details><summary>Tables</summary><h2>Evaluation</h2><table id="evals"></table><h2>Training loss</h2><table id="train"></table></details>
 <script>
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'})[c]);
 async function tick(){
   const p = await (await fetch('dashboard/data')).json();
+  const g = p.progress;
   document.getElementById('title').textContent = 'FedBiOT job ' + p.jobId;
-  const done = p.evals.length ? Math.max(...p.evals.map(e => e.round)) : 0;
-  document.getElementById('progress').textContent = 'rounds evaluated: ' + done + ' / ' + p.totalRounds;
+  const bar = document.getElementById('round-bar');
+  bar.max = g.totalRounds; bar.value = g.evaluated;
+  document.getElementById('progress').textContent = 'rounds evaluated: ' + g.evaluated + ' / ' + g.totalRounds;
+  document.getElementById('training').textContent = g.training === 0 ? 'no client updates yet'
+    : 'training: round ' + g.training + ' / ' + g.totalRounds + ', ' + g.updatesInRound + ' client update(s) seen';
+  document.getElementById('charts').innerHTML = p.charts.map(c => '<section class="chart" id="' + esc(c.id) + '"><h2>' + esc(c.title) + '</h2>' + c.svg + '</section>').join('');
   document.getElementById('evals').innerHTML = '<tr><th>round</th><th>method</th><th>client</th><th>test loss</th><th>accuracy</th></tr>' +
-    p.evals.flatMap(e => e.rows.map(r => '<tr><td>' + e.round + '</td><td>' + r.method + '</td><td>' + r.client + '</td><td>' + r.testLoss.toFixed(4) + '</td><td>' + (100 * r.accuracy).toFixed(1) + '%</td></tr>')).join('');
+    p.evals.flatMap(e => e.rows.map(r => '<tr><td>' + e.round + '</td><td>' + esc(r.method) + '</td><td>' + esc(r.client) + '</td><td>' + r.testLoss.toFixed(4) + '</td><td>' + (100 * r.accuracy).toFixed(1) + '%</td></tr>')).join('');
   document.getElementById('train').innerHTML = '<tr><th>round</th><th>client</th><th>loss</th><th>tokens</th></tr>' +
-    p.train.map(t => '<tr><td>' + t.round + '</td><td>' + t.client + '</td><td>' + t.loss.toFixed(4) + '</td><td>' + t.tokens + '</td></tr>').join('');
+    p.train.map(t => '<tr><td>' + (t.round + 1) + '</td><td>' + esc(t.client) + '</td><td>' + t.loss.toFixed(4) + '</td><td>' + t.tokens + '</td></tr>').join('');
+  document.body.dataset.updated = String(Date.now());
 }
-tick(); setInterval(tick, 2000);
+// A failed poll (evaluator restarting) is retried by the next tick rather than stopping the page.
+const loop = () => tick().catch(() => {}).finally(() => setTimeout(loop, 2000));
+loop();
 </script></body></html>`;
 
 @Controller('dashboard')
@@ -31,7 +150,7 @@ export class DashboardController {
   }
 
   @Get('data')
-  data(): Progress {
-    return this.role.progress();
+  data(): DashboardData {
+    return dashboardData(this.role.progress());
   }
 }

@@ -1,0 +1,213 @@
+/**
+ * The evaluator's live dashboard in headless Chromium (/usr/bin/chromium, Debian's `chromium`; CHROMIUM_BIN to
+ * override), fed with real data over the real NATS (NATS_URL, default nats://127.0.0.1:4222): the test publishes
+ * the clients' ClientUpdates and sends EvalRequests that the real Evaluator answers by evaluating the demo model.
+ * One page stays open: after round 1 it must show the round progress and one SVG polyline per series with one
+ * point each; when round 2's results arrive, its own polling must redraw the curves with two points, without a
+ * reload. DASHBOARD_SCREENSHOT_DIR keeps the two screenshots.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  EvalReplySchema,
+  initialLoras,
+  openJobContext,
+  putLora,
+  type JobContext,
+} from '../../libs/fedbiot/src/ports-nats.js';
+import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
+import {
+  BlobStore,
+  ClientUpdateSchema,
+  EvalRequestSchema,
+  PROTOCOL_VERSION,
+  blobBucketName,
+  connectTransport,
+  decodeMessage,
+  deleteJobResources,
+  encodeMessage,
+  evaluateSubject,
+  publishMessage,
+  updateSubject,
+} from '../../libs/protocol/src/index.js';
+import { startService } from '../../services/common/http.js';
+import type { LogRecord } from '../../services/common/logger.js';
+import { DashboardController } from '../../services/evaluator/dashboard.js';
+import { Evaluator } from '../../services/evaluator/evaluator.js';
+import { HeadlessChromium } from '../support/chromium.js';
+import { repoRoot } from '../support/paths.js';
+import { rng } from '../support/rng.js';
+
+const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+let tmp = '';
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-dashboard-'));
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 16,
+    testPerClient: 4,
+    globalTestPerTask: 2,
+    corpusBytes: 20_000,
+  });
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A copy of `l` with every tensor moved by uniform noise of amplitude `amp` (so round 2 scores differ). */
+function perturbed(l: LoraWeights, seed: number, amp: number): LoraWeights {
+  const next = rng(seed);
+  const tensors = new Map<string, Float32Array>();
+  for (const [name, t] of l.tensors)
+    tensors.set(
+      name,
+      t.map((v) => v + amp * (2 * next() - 1)),
+    );
+  return { spec: l.spec, tensors };
+}
+
+/** What the page shows, read from its DOM. */
+interface Shown {
+  progress: string;
+  bar: { value: number; max: number };
+  training: string;
+  /** chart id -> series name -> number of points of its polyline */
+  charts: Record<string, Record<string, number>>;
+  updated: string | undefined;
+}
+const READ_PAGE = `(() => {
+  const charts = {};
+  for (const s of document.querySelectorAll('section.chart')) {
+    charts[s.id] = {};
+    for (const p of s.querySelectorAll('svg polyline.series'))
+      charts[s.id][p.dataset.series] = p.getAttribute('points').trim().split(/\\s+/).filter(Boolean).length;
+  }
+  const bar = document.getElementById('round-bar');
+  return { progress: document.getElementById('progress').textContent, bar: { value: bar.value, max: bar.max },
+    training: document.getElementById('training').textContent, charts, updated: document.body.dataset.updated };
+})()`;
+
+test('the dashboard in headless Chromium shows round progress and per-client curves that grow as rounds finish', async () => {
+  const jobId = `dash-${process.pid}-${Date.now().toString(36)}`;
+  const spec = resolveJobSpec(
+    {
+      job: { id: jobId, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+      data: { federation: join(tmp, 'federation'), maxLength: 96 },
+      clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
+      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+      eval: { maxNewTokens: 4 },
+      baselines: { offsiteTuning: false, localOnly: false },
+    },
+    'dashboard test job',
+  );
+  const logs: LogRecord[] = [];
+  const nc = await connectTransport(NATS_URL);
+  let ctx: JobContext | undefined;
+  let browser: HeadlessChromium | undefined;
+  const evaluator = await startService(
+    new Evaluator({ natsUrl: NATS_URL, spec, logSink: (r) => void logs.push(r) }),
+    0,
+    [DashboardController],
+  );
+  let passed = false;
+  try {
+    ctx = await openJobContext(spec);
+    const clients = ctx.data.clients.map((c) => c.id);
+    assert.deepEqual(clients.toSorted(), ['add', 'mul', 'sub'], 'the demo federation clients');
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    const init = initialLoras(ctx);
+    const adapterRef = await putLora(blobs, init.adapter);
+
+    /** Round r (0-based) as the rest of the job would make it: the clients' updates, then its evaluation. */
+    const finishRound = async (r: number, adapter: LoraWeights): Promise<void> => {
+      clients.forEach((clientId, i) =>
+        publishMessage(nc, updateSubject(jobId, r, clientId), ClientUpdateSchema, {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId,
+          round: r,
+          clientId,
+          adapterLora: adapterRef,
+          examples: 4,
+          tokens: 100 + i,
+          meanLoss: 2.5 - 0.4 * r - 0.1 * i,
+          steps: 1,
+          durationMs: 10,
+        }),
+      );
+      const subject = evaluateSubject(jobId, r + 1);
+      const req = encodeMessage(
+        EvalRequestSchema,
+        {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId,
+          round: r + 1,
+          adapterLora: await putLora(blobs, adapter),
+          emulatorLora: await putLora(blobs, init.emulator),
+          modes: ['adapEmu', 'adapFu'],
+        },
+        subject,
+      );
+      const reply = decodeMessage(
+        EvalReplySchema,
+        (await nc.request(subject, req, { timeout: 120_000 })).data,
+        subject,
+      );
+      assert.ok(reply.ok && !('error' in reply.value), `evaluation of round ${r + 1}: ${JSON.stringify(reply)}`);
+    };
+
+    await finishRound(0, init.adapter);
+    browser = await HeadlessChromium.launch();
+    const page = await browser.open(`${evaluator.url}/dashboard`);
+    const first = await page.waitFor<Shown>(
+      `(() => { const s = ${READ_PAGE}; return Object.keys(s.charts['chart-test-loss'] ?? {}).length ? s : null; })()`,
+      'the first poll to draw the charts',
+    );
+    assert.equal(first.progress, 'rounds evaluated: 1 / 2');
+    assert.deepEqual(first.bar, { value: 1, max: 2 });
+    assert.equal(first.training, 'training: round 1 / 2, 3 client update(s) seen');
+    const trainSeries = clients.toSorted();
+    const evalSeries = ['fedbiot-adapemu', 'fedbiot-adapfu'].flatMap((m) =>
+      [...clients, 'all'].map((c) => `${m} / ${c}`),
+    );
+    // One polyline per client series, one point per round so far.
+    assert.deepEqual(first.charts['chart-train-loss'], Object.fromEntries(trainSeries.map((s) => [s, 1])));
+    assert.deepEqual(first.charts['chart-test-loss'], Object.fromEntries(evalSeries.toSorted().map((s) => [s, 1])));
+    assert.deepEqual(first.charts['chart-accuracy'], Object.fromEntries(evalSeries.toSorted().map((s) => [s, 1])));
+    const shotDir = process.env['DASHBOARD_SCREENSHOT_DIR'];
+    if (shotDir) mkdirSync(shotDir, { recursive: true });
+    if (shotDir) writeFileSync(join(shotDir, 'dashboard-round1.png'), await page.screenshot());
+    // A marker on the live document: if the page were reloaded instead of redrawn by its polling, it would vanish.
+    await page.evaluate('window.__sameDocument = true');
+
+    await finishRound(1, perturbed(init.adapter, 11, 0.05));
+    const second = await page.waitFor<Shown>(
+      `(() => { const s = ${READ_PAGE}; return s.progress === 'rounds evaluated: 2 / 2' && Object.keys(s.charts['chart-train-loss']).every((k) => s.charts['chart-train-loss'][k] === 2) ? s : null; })()`,
+      'the page to poll round 2',
+    );
+    assert.equal(await page.evaluate<boolean>('window.__sameDocument === true'), true, 'redrawn by polling');
+    assert.deepEqual(second.bar, { value: 2, max: 2 });
+    assert.equal(second.training, 'training: round 2 / 2, 3 client update(s) seen');
+    for (const id of ['chart-train-loss', 'chart-test-loss', 'chart-accuracy'])
+      for (const [name, n] of Object.entries(second.charts[id]!)) assert.equal(n, 2, `${id} ${name} has 2 points`);
+    assert.equal(Object.keys(second.charts['chart-test-loss']!).length, evalSeries.length);
+    // The training-loss polylines descend (published losses fall by 0.4 per round): y grows downwards in SVG.
+    const ys = await page.evaluate<number[][]>(
+      `[...document.querySelectorAll('#chart-train-loss polyline.series')].map((p) => p.getAttribute('points').trim().split(/\\s+/).map((xy) => Number(xy.split(',')[1])))`,
+    );
+    for (const [y1, y2] of ys) assert.ok(y2! > y1!, `training loss curve goes down: ${y1} -> ${y2}`);
+    if (shotDir) writeFileSync(join(shotDir, 'dashboard-round2.png'), await page.screenshot());
+    passed = true;
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    await browser?.close();
+    await evaluator.close().catch(() => {});
+    await ctx?.lm.release();
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
