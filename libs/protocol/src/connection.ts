@@ -3,35 +3,45 @@
  * and removing every JetStream resource of a job when it is over.
  */
 import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
-import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager, type StreamConfig } from '@nats-io/jetstream';
+import { transportSecurityFromEnv, redactServers } from './credentials.js';
 import { TransportUnavailableError } from './errors.js';
 import { blobBucketName, stateBucketName, taskStreamName } from './subjects.js';
 
 /**
- * Connects and checks that JetStream answers. Throws TransportUnavailableError naming the servers.
- * `timeoutMs` (default 2000) bounds the connection attempt.
+ * Connects and checks that JetStream answers. Throws TransportUnavailableError naming the servers (userinfo
+ * redacted; the message never contains a password or seed). `timeoutMs` (default 2000) bounds the connection
+ * attempt.
+ *
+ * Credentials and TLS: unless `opts` sets any of `authenticator`, `user`, `pass`, `token`, `tls`, they come from
+ * `env` (default `process.env`) via `transportSecurityFromEnv`: NATS_CREDS_FILE, NATS_USER + NATS_PASSWORD /
+ * NATS_PASSWORD_FILE, NATS_TLS_CA_FILE / NATS_TLS_CERT_FILE / NATS_TLS_KEY_FILE, NATS_INBOX_PREFIX. Pass
+ * `env: {}` to connect anonymously regardless of the environment.
  */
 export async function connectTransport(
   servers: string,
-  opts: Omit<NodeConnectionOptions, 'servers'> & { timeoutMs?: number } = {},
+  opts: Omit<NodeConnectionOptions, 'servers'> & { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
 ): Promise<NatsConnection> {
-  const { timeoutMs = 2000, ...rest } = opts;
+  const { timeoutMs = 2000, env = process.env, ...rest } = opts;
+  const explicit = ['authenticator', 'user', 'pass', 'token', 'tls'].some(
+    (k) => (rest as Record<string, unknown>)[k] !== undefined,
+  );
+  const shown = redactServers(servers);
+  const security = explicit ? {} : transportSecurityFromEnv(env);
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers, timeout: timeoutMs, ...rest });
+    nc = await connect({ servers, timeout: timeoutMs, ...security, ...rest });
   } catch (e) {
-    throw new TransportUnavailableError(servers, `cannot connect (${(e as Error).message})`, { cause: e });
+    // No `cause`: a logger that serialises the cause chain would print whatever the client attached to it.
+    throw new TransportUnavailableError(shown, `cannot connect (${redactServers((e as Error).message)})`);
   }
   try {
     await (await jetstreamManager(nc)).getAccountInfo();
   } catch (e) {
     await nc.close();
     throw new TransportUnavailableError(
-      servers,
-      `JetStream is not available (start nats-server with -js): ${(e as Error).message}`,
-      {
-        cause: e,
-      },
+      shown,
+      `JetStream is not available (start nats-server with -js, and grant $JS.API.INFO): ${(e as Error).message}`,
     );
   }
   return nc;
@@ -62,6 +72,16 @@ export async function streamExists(nc: NatsConnection, stream: string): Promise<
     return true;
   } catch (e) {
     if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) return false;
+    throw e;
+  }
+}
+
+/** The configuration of a JetStream stream, or null when it does not exist. */
+export async function streamConfig(nc: NatsConnection, stream: string): Promise<StreamConfig | null> {
+  try {
+    return (await (await jetstreamManager(nc)).streams.info(stream)).config;
+  } catch (e) {
+    if (e instanceof JetStreamApiError && e.code === JetStreamApiCodes.StreamNotFound) return null;
     throw e;
   }
 }

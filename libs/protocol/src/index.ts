@@ -112,4 +112,19 @@ export {
 } from './collector.js';
 export { publishMessage } from './publish.js';
 export { connectTransport, deleteJobResources } from './connection.js';
+export { transportSecurityFromEnv, redactServers, CredentialsError, type TransportSecurity } from './credentials.js';
+export {
+  generateJobAuth,
+  renderAuthorization,
+  clientPermissions,
+  servicePermissions,
+  inboxPrefixOf,
+  clientConsumerName,
+  SERVICE_ROLES,
+  type ServiceRoleName,
+  type NatsPermissions,
+  type NatsIdentity,
+  type JobAuth,
+  type JobAuthOptions,
+} from './auth.js';
 export type { ProtocolLogger } from './logger.js';

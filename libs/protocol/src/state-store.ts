@@ -5,7 +5,7 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, StorageType } from '@nats-io/jetstream';
-import { streamExists } from './connection.js';
+import { streamConfig } from './connection.js';
 import { Kvm, type KV } from '@nats-io/kv';
 import type { z } from 'zod';
 import { StateConflictError } from './errors.js';
@@ -64,8 +64,12 @@ export class StateStore {
   static async open(nc: NatsConnection, opts: StateStoreOptions): Promise<StateStore> {
     const kvm = new Kvm(nc);
     // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
-    const kv = (await streamExists(nc, `KV_${opts.bucket}`))
-      ? await kvm.open(opts.bucket)
+    const existing = await streamConfig(nc, `KV_${opts.bucket}`);
+    // `open` binds without reading the stream, so it would fall back to STREAM.MSG.GET (key in the request
+    // body) even on a direct-get stream; with direct get the key is in the subject, which per-client
+    // permissions (auth.ts) can scope to the client's own keys.
+    const kv = existing
+      ? await kvm.open(opts.bucket, { allow_direct: existing.allow_direct ?? false })
       : await kvm.create(opts.bucket, {
           history: opts.history ?? 5,
           storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,

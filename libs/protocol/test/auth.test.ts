@@ -1,0 +1,348 @@
+/**
+ * Per-identity NATS permissions (auth.ts) against a private nats-server started with the generated config, the
+ * credential/TLS wiring of connectTransport (credentials.ts), and that a failed connection never prints a secret.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+import type { NatsConnection, Msg } from '@nats-io/transport-node';
+import { jetstreamManager, AckPolicy } from '@nats-io/jetstream';
+import { generateJobAuth, clientConsumerName, type NatsIdentity } from '../src/auth.js';
+import { connectTransport } from '../src/connection.js';
+import { transportSecurityFromEnv, redactServers, CredentialsError } from '../src/credentials.js';
+import { ClientUpdateSchema, decodeMessage, encodeMessage } from '../src/messages.js';
+import { StateStore } from '../src/state-store.js';
+import { BlobStore } from '../src/blob-store.js';
+import { WorkQueue } from '../src/work-queue.js';
+import { blobBucketName, stateBucketName, taskStreamName, updateSubject } from '../src/subjects.js';
+import { task, update } from './fixtures.js';
+import { waitFor } from './support/nats.js';
+import {
+  checkConfig,
+  hasNatsServer,
+  startPrivateNats,
+  NATS_SERVER_BIN,
+  type PrivateNats,
+} from './support/nats-server.js';
+
+const skip = !hasNatsServer && `${NATS_SERVER_BIN} not installed`;
+const JOB = 'secjob';
+
+interface Denial {
+  operation: string;
+  subject: string;
+}
+
+/** Connects as `who` through the environment variables the services read (seed file + inbox prefix). */
+async function connectAs(server: PrivateNats, who: NatsIdentity): Promise<{ nc: NatsConnection; denials: Denial[] }> {
+  const file = join(server.dir, `${who.name}.nk`);
+  await writeFile(file, `${who.seed}\n`, { mode: 0o600 });
+  const nc = await connectTransport(server.url, {
+    env: { NATS_CREDS_FILE: file, NATS_INBOX_PREFIX: who.inboxPrefix },
+  });
+  const denials: Denial[] = [];
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'error' && s.error.name === 'PermissionViolationError') {
+        const e = s.error as Error & { operation: string; subject: string };
+        denials.push({ operation: e.operation, subject: e.subject });
+      }
+    }
+  })();
+  return { nc, denials };
+}
+
+test('the generated config passes nats-server -t, with NKeys and with passwords', { skip }, async () => {
+  for (const credentials of ['nkey', 'password'] as const) {
+    const auth = generateJobAuth({ jobId: JOB, clients: ['alice', 'bob'], credentials });
+    assert.equal(auth.identities.length, 6);
+    const server = await startPrivateNats(() => auth.config); // startPrivateNats runs `nats-server -t` first
+    await server.stop();
+  }
+  // A broken block is rejected, so the check above can fail.
+  const dir = await mkdtemp(join(tmpdir(), 'fl-auth-'));
+  try {
+    const bad = join(dir, 'bad.conf');
+    await writeFile(bad, 'authorization { users = [ { nkey: "UNOTAKEY", permissions: { publish: } } ] }\n');
+    assert.notEqual(checkConfig(bad).status, 0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('identities: ids are validated, duplicates and unknown roles refused, secrets differ', () => {
+  assert.throws(() => generateJobAuth({ jobId: JOB, clients: ['a.b'] }), /client id "a\.b"/);
+  assert.throws(() => generateJobAuth({ jobId: JOB, clients: ['a', 'a'] }), /a is listed twice/);
+  assert.throws(
+    () => generateJobAuth({ jobId: JOB, clients: [], services: ['boss' as 'aggregator'] }),
+    /unknown role "boss"/,
+  );
+  const a = generateJobAuth({ jobId: JOB, clients: ['alice'], credentials: 'password' });
+  const b = generateJobAuth({ jobId: JOB, clients: ['alice'], credentials: 'password' });
+  assert.notEqual(a.identities[0]!.password, b.identities[0]!.password);
+  assert.match(generateJobAuth({ jobId: JOB, clients: ['alice'] }).identities[0]!.seed!, /^SU[A-Z2-7]{56}$/);
+});
+
+describe('per-client permissions on a private nats-server', { skip }, () => {
+  const auth = generateJobAuth({ jobId: JOB, clients: ['alice', 'bob'] });
+  const who = (name: string): NatsIdentity => auth.identities.find((i) => i.name === name)!;
+  let server: PrivateNats;
+  let agg: { nc: NatsConnection; denials: Denial[] };
+  let alice: { nc: NatsConnection; denials: Denial[] };
+  const received: Msg[] = [];
+
+  before(async () => {
+    server = await startPrivateNats(() => auth.config);
+    agg = await connectAs(server, who('service-aggregator'));
+    agg.nc.subscribe(`fl.${JOB}.round.*.update.*`, {
+      callback: (_e, m) => {
+        received.push(m);
+      },
+    });
+    await agg.nc.flush();
+    alice = await connectAs(server, who('client-alice'));
+  });
+  after(async () => {
+    await alice?.nc.close();
+    await agg?.nc.close();
+    await server?.stop();
+  });
+
+  test("alice publishing on bob's update subject is denied and never reaches the aggregator", async () => {
+    const forged = encodeMessage(ClientUpdateSchema, update(JOB, 'bob', 1), 'test');
+    alice.nc.publish(updateSubject(JOB, 1, 'bob'), forged);
+    await waitFor('the publish denial', () => alice.denials.some((d) => d.operation === 'publish'));
+    assert.deepEqual(
+      alice.denials.find((d) => d.operation === 'publish'),
+      { operation: 'publish', subject: `fl.${JOB}.round.1.update.bob` },
+    );
+    await alice.nc.flush();
+    await agg.nc.flush();
+    assert.equal(received.length, 0);
+  });
+
+  test("alice subscribing to bob's updates (or every inbox) is denied", async () => {
+    for (const subject of [`fl.${JOB}.round.*.update.bob`, `fl.${JOB}.round.1.update.*`, '_INBOX.>']) {
+      const err = await new Promise<Error>((resolve) => {
+        alice.nc.subscribe(subject, {
+          callback: (e) => {
+            if (e) resolve(e);
+          },
+        });
+      });
+      assert.equal(err.name, 'PermissionViolationError', subject);
+      assert.equal((err as Error & { operation: string }).operation, 'subscription', subject);
+      assert.equal((err as Error & { subject: string }).subject, subject);
+    }
+  });
+
+  test("alice's own update reaches the aggregator", async () => {
+    const seen = received.length;
+    alice.nc.publish(
+      updateSubject(JOB, 2, 'alice'),
+      encodeMessage(ClientUpdateSchema, update(JOB, 'alice', 2), 'test'),
+    );
+    await waitFor('the update at the aggregator', () => received.length > seen);
+    const m = received.at(-1)!;
+    assert.equal(m.subject, `fl.${JOB}.round.2.update.alice`);
+    const d = decodeMessage(ClientUpdateSchema, m.data, m.subject, { jobId: JOB, round: 2, clientId: 'alice' });
+    assert.ok(d.ok);
+  });
+
+  test('JetStream: own KV keys only, blobs by name, own filtered task consumer only', async () => {
+    const bucket = stateBucketName(JOB);
+    const aggState = await StateStore.open(agg.nc, { bucket, storage: 'memory' });
+    const aggBlobs = await BlobStore.open(agg.nc, { bucket: blobBucketName(JOB), storage: 'memory' });
+    const queue = await WorkQueue.open(agg.nc, { jobId: JOB });
+    await aggState.put('update.3.bob', ClientUpdateSchema, update(JOB, 'bob', 3));
+
+    const state = await StateStore.open(alice.nc, { bucket });
+    await state.put('update.3.alice', ClientUpdateSchema, update(JOB, 'alice', 3));
+    assert.equal((await aggState.get('update.3.alice', ClientUpdateSchema))?.value.clientId, 'alice');
+    assert.equal((await state.get('update.3.alice', ClientUpdateSchema))?.value.clientId, 'alice');
+    await assert.rejects(state.put('update.3.bob', ClientUpdateSchema, update(JOB, 'alice', 3)));
+    await assert.rejects(state.get('update.3.bob', ClientUpdateSchema));
+    assert.equal((await aggState.get('update.3.bob', ClientUpdateSchema))?.value.clientId, 'bob');
+
+    const bytes = new Uint8Array(300_000).map((_, i) => (i * 7) % 251);
+    const ref = await aggBlobs.put(bytes);
+    const blobs = await BlobStore.open(alice.nc, { bucket: blobBucketName(JOB) });
+    assert.deepEqual(await blobs.get(ref), bytes);
+    // Trainers upload their update LoRAs: alice writes a blob, the aggregator reads it back verified.
+    const mine = bytes.map((v) => 255 - v);
+    const mineRef = await blobs.put(mine);
+    assert.deepEqual(await aggBlobs.get(mineRef), mine);
+
+    await queue.enqueue(task(JOB, 'alice', 0));
+    await queue.enqueue(task(JOB, 'bob', 0));
+    const jsm = await jetstreamManager(alice.nc);
+    const stream = taskStreamName(JOB);
+    const consumer = clientConsumerName('alice');
+    await assert.rejects(
+      jsm.consumers.add(stream, {
+        durable_name: consumer,
+        filter_subject: `fl.${JOB}.task.bob`,
+        ack_policy: AckPolicy.Explicit,
+      }),
+    );
+    // A work-queue stream allows no overlapping consumers; the aggregator's pooled `client-trainer` consumer is
+    // absent here, as in a deployment of per-client trainers.
+    await jsm.consumers.add(stream, {
+      durable_name: consumer,
+      filter_subject: `fl.${JOB}.task.alice`,
+      ack_policy: AckPolicy.Explicit,
+    });
+    const { jetstream } = await import('@nats-io/jetstream');
+    const c = await jetstream(alice.nc).consumers.get(stream, consumer);
+    const m = await c.next({ expires: 2000 });
+    assert.ok(m, 'alice pulls her task');
+    assert.equal(m.subject, `fl.${JOB}.task.alice`);
+    await m.ackAck();
+  });
+});
+
+test(
+  'a failed connection never shows the password, in the error or in what a logger would print',
+  { skip },
+  async () => {
+    const auth = generateJobAuth({ jobId: JOB, clients: ['alice'], credentials: 'password' });
+    const server = await startPrivateNats(() => auth.config);
+    try {
+      const alice = auth.identities.find((i) => i.name === 'client-alice')!;
+      const wrong = `${alice.password!}-wrong-Secret-42`;
+      const file = join(server.dir, 'pw');
+      await writeFile(file, `${wrong}\n`);
+      const cases: [string, Parameters<typeof connectTransport>[1]][] = [
+        [server.url, { env: { NATS_USER: alice.user, NATS_PASSWORD: wrong, NATS_INBOX_PREFIX: alice.inboxPrefix } }],
+        [
+          server.url,
+          { env: { NATS_USER: alice.user, NATS_PASSWORD_FILE: file, NATS_INBOX_PREFIX: alice.inboxPrefix } },
+        ],
+        [
+          `nats://${alice.user}:${encodeURIComponent(wrong)}@127.0.0.1:${server.port}`,
+          { env: { NATS_INBOX_PREFIX: alice.inboxPrefix } },
+        ],
+      ];
+      for (const [url, opts] of cases) {
+        const e = await connectTransport(url, { timeoutMs: 2000, ...opts }).then(
+          () => assert.fail('connected with a wrong password'),
+          (err: unknown) => err as Error,
+        );
+        assert.equal(e.name, 'TransportUnavailableError');
+        assert.match(e.message, /Authorization Violation/i);
+        for (const printed of [e.message, String(e), e.stack ?? '', inspect(e, { depth: 10 }), JSON.stringify(e)]) {
+          assert.ok(!printed.includes(wrong) && !printed.includes('Secret-42'), `secret printed: ${printed}`);
+          assert.ok(!printed.includes(alice.password!), 'real password printed');
+        }
+      }
+      // The right password through the file works (trailing newline stripped).
+      await writeFile(file, `${alice.password!}\n`);
+      const nc = await connectTransport(server.url, {
+        env: { NATS_USER: alice.user, NATS_PASSWORD_FILE: file, NATS_INBOX_PREFIX: alice.inboxPrefix },
+      });
+      await nc.close();
+    } finally {
+      await server.stop();
+    }
+  },
+);
+
+test('transportSecurityFromEnv: names the variable, never the secret', () => {
+  assert.deepEqual(transportSecurityFromEnv({}), {});
+  assert.throws(
+    () => transportSecurityFromEnv({ NATS_PASSWORD: 'pw-XYZ' }),
+    (e: Error) => {
+      assert.ok(e instanceof CredentialsError);
+      assert.match(e.message, /^NATS_PASSWORD: needs NATS_USER/);
+      assert.ok(!e.message.includes('pw-XYZ'));
+      return true;
+    },
+  );
+  assert.throws(() => transportSecurityFromEnv({ NATS_USER: 'u' }), /NATS_USER: needs NATS_PASSWORD/);
+  assert.throws(
+    () => transportSecurityFromEnv({ NATS_CREDS_FILE: '/nonexistent/x.nk' }),
+    /NATS_CREDS_FILE: cannot read \/nonexistent\/x\.nk \(ENOENT\)/,
+  );
+  assert.throws(() => transportSecurityFromEnv({ NATS_TLS_CERT_FILE: '/x' }), /NATS_TLS_KEY_FILE: client certificate/);
+  assert.equal(redactServers('nats://u:p@h:1,tls://a:b@c:2'), 'nats://***@h:1,tls://***@c:2');
+  assert.equal(redactServers('nats://127.0.0.1:4222'), 'nats://127.0.0.1:4222');
+});
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+
+test(
+  'TLS: connects with NATS_TLS_CA_FILE, fails without it',
+  { skip: skip || (!hasOpenssl && 'openssl not installed') },
+  async () => {
+    const server = await startPrivateNats((dir) => {
+      const run = (args: string[]): void => {
+        const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+      };
+      run([
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=test-ca',
+        '-keyout',
+        'ca.key',
+        '-out',
+        'ca.crt',
+      ]);
+      run([
+        'req',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-keyout',
+        'server.key',
+        '-out',
+        'server.csr',
+      ]);
+      const ext = join(dir, 'ext.cnf');
+      spawnSync('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ${JSON.stringify(ext)}`]);
+      run([
+        'x509',
+        '-req',
+        '-in',
+        'server.csr',
+        '-CA',
+        'ca.crt',
+        '-CAkey',
+        'ca.key',
+        '-CAcreateserial',
+        '-days',
+        '1',
+        '-extfile',
+        ext,
+        '-out',
+        'server.crt',
+      ]);
+      assert.ok(existsSync(join(dir, 'server.crt')));
+      return `tls { cert_file: ${JSON.stringify(join(dir, 'server.crt'))}, key_file: ${JSON.stringify(join(dir, 'server.key'))} }\n`;
+    });
+    try {
+      const nc = await connectTransport(server.url, { env: { NATS_TLS_CA_FILE: join(server.dir, 'ca.crt') } });
+      assert.ok(nc.info?.tls_required, 'the server requires TLS');
+      await nc.close();
+      await assert.rejects(
+        connectTransport(server.url, { env: {}, timeoutMs: 2000 }),
+        /TransportUnavailableError|NATS at/,
+      );
+    } finally {
+      await server.stop();
+    }
+  },
+);
