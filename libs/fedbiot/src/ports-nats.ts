@@ -293,8 +293,11 @@ export interface NatsPortsOptions {
   readonly onPhase?: (round: number, phase: 'collecting' | 'collected', detail: Record<string, unknown>) => void;
 }
 
+/** What the ports use of a JobContext: the spec-derived parts, no model or data (a benchmark can build it from a config). */
+export type PortsContext = Pick<JobContext, 'jobId' | 'spec' | 'specs' | 'clientSettings'>;
+
 /** The coordinator's ports bound to NATS; see the module comment. */
-export function natsRoundPorts(ctx: JobContext, o: NatsPortsOptions): RoundPorts {
+export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPorts {
   const { nc, blobs, queue } = o;
   const jobId = ctx.jobId;
   const deadlineMs = o.deadlineMs ?? ctx.spec.aggregation.deadlineMs ?? 600_000;
