@@ -2,12 +2,15 @@
 # Builds the services image (all four NestJS apps, one image) on top of the registry-free
 # local/node:20 base, from a small staged context: package.json, production node_modules
 # (`npm ci --omit=dev --ignore-scripts`, onnxruntime-node's binaries for other platforms
-# removed) and the compiled dist/ without tests.
+# removed), the compiled dist/ without tests (services, bin and the libs they import) and the demo
+# base model models/demo-llama (13 MB) at /app/models/demo-llama, so a demo job runs from the image
+# alone; real checkpoints come from the model-cache volume (deploy/README.md section 1).
 #
 # Usage: scripts/build-app-image.sh [TAG]         (default local/fedbiot-services:dev)
 #   DIST_DIR=dist     compiled output to ship (run `npm run build` first)
 #   BASE=local/node:20 base image (built by scripts/build-node-image.sh if missing)
 #   FORCE=1           rebuild even if the image's content hash is unchanged
+#   MODELS="demo-llama"  directories under models/ to ship (space-separated; "" for none)
 #
 # Idempotent: the image is labelled with a hash of everything it contains; an unchanged
 # tree exits in well under a second. Production node_modules are cached per package-lock
@@ -18,13 +21,19 @@ TAG="${1:-local/fedbiot-services:dev}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIST_DIR="${DIST_DIR:-dist}"
 BASE="${BASE:-local/node:20}"
+MODELS="${MODELS-demo-llama}"
 CACHE="$REPO_ROOT/.cache/app-image"
 cd "$REPO_ROOT"
 
 [[ -d "$DIST_DIR" ]] || { echo "build-app-image: $DIST_DIR/ not found; run npm run build first" >&2; exit 1; }
-if ! ls "$DIST_DIR"/services/*/main.js >/dev/null 2>&1; then
-  echo "build-app-image: warning: no $DIST_DIR/services/*/main.js yet; the image will have no service entry points" >&2
-fi
+# The entry points the manifests and bin/services.js start; an image without them cannot run a job.
+for entry in services/server-alignment/main.js services/aggregator/main.js services/client-trainer/main.js \
+  services/evaluator/main.js bin/services.js; do
+  [[ -f "$DIST_DIR/$entry" ]] || { echo "build-app-image: $DIST_DIR/$entry not found; run npm run build first" >&2; exit 1; }
+done
+for m in $MODELS; do
+  [[ -f "models/$m/config.json" ]] || { echo "build-app-image: models/$m/config.json not found (MODELS=$MODELS)" >&2; exit 1; }
+done
 docker image inspect "$BASE" >/dev/null 2>&1 || "$REPO_ROOT/scripts/build-node-image.sh" "$BASE"
 
 # What goes into dist/ in the image: compiled code and source maps, no tests, no build info.
@@ -40,6 +49,7 @@ CONTENT_HASH="$({
   docker image inspect --format '{{.Id}}' "$BASE"
   sha256sum deploy/local/Dockerfile.app
   (cd "$DIST_DIR" && dist_files | xargs -0 -r sha256sum)
+  for m in $MODELS; do (cd models && find "$m" -type f -print0 | sort -z | xargs -0 -r sha256sum); done
 } | sha256sum | cut -c1-32)"
 
 if [[ "${FORCE:-0}" != "1" ]]; then
@@ -73,6 +83,9 @@ cp deploy/local/Dockerfile.app "$CONTEXT/Dockerfile"
 cp package.json "$CONTEXT/"
 cp -al "$MODULES/node_modules" "$CONTEXT/node_modules" 2>/dev/null || cp -a "$MODULES/node_modules" "$CONTEXT/node_modules"
 (cd "$DIST_DIR" && dist_files | tar --null -T - -cf -) | tar -C "$CONTEXT/dist" -xf -
+# models/ always exists in the context (possibly empty): the Dockerfile's COPY needs it.
+mkdir -p "$CONTEXT/models"
+for m in $MODELS; do cp -a "models/$m" "$CONTEXT/models/$m"; done
 
 # Debian 12 has no buildx, so the legacy builder; it uploads the whole context, hence the staging.
 DOCKER_BUILDKIT=0 docker build --force-rm -q --build-arg "BASE=$BASE" \
