@@ -71,9 +71,11 @@ export async function startService<R extends ServiceRole>(
   // oxlint-disable-next-line no-extraneous-class -- a Nest module is its decorator
   class ServiceModule {}
   const app = await NestFactory.create(ServiceModule, { logger: role.log, abortOnError: false });
-  await app.listen(port, '127.0.0.1');
+  // All interfaces by default: kubelet probes and Prometheus reach the pod IP. HTTP_HOST=127.0.0.1 keeps it local.
+  const host = process.env['HTTP_HOST'] ?? '0.0.0.0';
+  await app.listen(port, host);
   const address = app.getHttpServer().address() as { port: number };
-  const url = `http://127.0.0.1:${address.port}`;
+  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`;
   role.log.info('http listening', { url });
   try {
     await role.start();

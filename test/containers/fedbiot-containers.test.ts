@@ -4,8 +4,8 @@
  * local/fedbiot-services:dev started through Testcontainers, complete a 2-round FedBiOT job with 3 clients.
  *
  * Each service container gets the pod contract of deploy/README.md section 1 as far as it applies without a
- * cluster: uid 1000, read-only root filesystem, tmpfs /tmp and model cache (/var/cache/fedbiot, named by both
- * MODEL_CACHE_DIR and FEDBIOT_CACHE, the variable libs/model reads), all capabilities dropped, no-new-privileges,
+ * cluster: uid 1000, read-only root filesystem, tmpfs /tmp and model cache (/var/cache/fedbiot, given as
+ * FEDBIOT_CACHE, the variable libs/model reads), all capabilities dropped, no-new-privileges,
  * NATS_URL / JOB_SPEC / HTTP_PORT from the environment, the job spec mounted read-only at /etc/fedbiot/job.yaml
  * (the ConfigMap). The demo base model is baked into the image (/app/models/demo-llama, by
  * scripts/build-app-image.sh); the federation data is generated here and bind-mounted read-only, as a data volume
@@ -226,7 +226,6 @@ test(
           POD_NAME: name,
           // The cluster mounts the model-cache volume here. libs/model reads FEDBIOT_CACHE (graph folders, fp32
           // conversions); its default under $HOME is on the read-only root and fails.
-          MODEL_CACHE_DIR: CACHE_DIR,
           FEDBIOT_CACHE: CACHE_DIR,
           ...env,
         })

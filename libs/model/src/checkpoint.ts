@@ -144,7 +144,12 @@ export async function openCheckpoint(dir: string, options: OpenCheckpointOptions
   const allF32 = [...expected.keys()].every((n) => sources.get(n)!.header.tensors.get(n)!.dtype === 'F32');
   const weights = allF32
     ? sources
-    : await fp32Cache(root, sources, expected, options.cacheDir ?? join(homedir(), '.cache', 'fedbiot', 'fp32'));
+    : await fp32Cache(
+        root,
+        sources,
+        expected,
+        options.cacheDir ?? join(process.env['FEDBIOT_CACHE'] ?? join(homedir(), '.cache', 'fedbiot'), 'fp32'),
+      );
   return makeCheckpoint(root, config, expected, weights);
 }
 
