@@ -33,7 +33,8 @@ export function machine(): string {
 }
 
 export function printTable(rows: readonly Record<string, unknown>[], columns: readonly string[]): void {
-  const cell = (v: unknown): string => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v ?? ''));
+  const cell = (v: unknown): string =>
+    typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(2)) : String(v ?? '');
   const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (vals: string[]): string => '| ' + vals.map((v, i) => v.padEnd(widths[i]!)).join(' | ') + ' |';
   console.log(line([...columns]));
@@ -45,11 +46,18 @@ export function printTable(rows: readonly Record<string, unknown>[], columns: re
  * Writes rows to bench/results/<name>.json, replacing earlier rows of the same (case, provider) so CPU runs
  * here and GPU runs on the device machine accumulate in one file.
  */
-export function writeResults(name: string, rows: readonly Record<string, unknown>[], dir = join(process.cwd(), 'bench', 'results')): string {
+export function writeResults(
+  name: string,
+  rows: readonly Record<string, unknown>[],
+  dir = join(process.cwd(), 'bench', 'results'),
+): string {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, `${name}.json`);
-  const key = (r: Record<string, unknown>): string => `${String(r['case'])}|${String(r['provider'])}|${String(r['task'] ?? '')}|${String(r['threads'] ?? '')}|${String(r['machine'] ?? '')}`;
-  const old: Record<string, unknown>[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>[]) : [];
+  const key = (r: Record<string, unknown>): string =>
+    `${String(r['case'])}|${String(r['provider'])}|${String(r['task'] ?? '')}|${String(r['threads'] ?? '')}|${String(r['machine'] ?? '')}`;
+  const old: Record<string, unknown>[] = existsSync(file)
+    ? (JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>[])
+    : [];
   const fresh = new Set(rows.map(key));
   writeFileSync(file, JSON.stringify([...old.filter((r) => !fresh.has(key(r))), ...rows], null, 1) + '\n');
   return file;

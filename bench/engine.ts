@@ -26,16 +26,38 @@ interface BlockCase {
   readonly runs: number;
 }
 
-export async function benchBlock(c: BlockCase, provider: ExecutionProvider, threads: number | undefined, tmp: string): Promise<Record<string, unknown>> {
+export async function benchBlock(
+  c: BlockCase,
+  provider: ExecutionProvider,
+  threads: number | undefined,
+  tmp: string,
+): Promise<Record<string, unknown>> {
   const cfg = parseModelConfig(
-    { model_type: 'llama', vocab_size: 256, hidden_size: c.d, intermediate_size: c.ffn, num_hidden_layers: 1, num_attention_heads: c.heads, num_key_value_heads: c.kvHeads, rms_norm_eps: 1e-5, max_position_embeddings: 4096 },
+    {
+      model_type: 'llama',
+      vocab_size: 256,
+      hidden_size: c.d,
+      intermediate_size: c.ffn,
+      num_hidden_layers: 1,
+      num_attention_heads: c.heads,
+      num_key_value_heads: c.kvHeads,
+      rms_norm_eps: 1e-5,
+      max_position_embeddings: 4096,
+    },
     `${c.name}.json`,
   );
   const dir = join(tmp, c.name);
   await writeRandomCheckpoint(dir, cfg, 1);
   const lm = await CausalLM.load(dir, { provider, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
   try {
-    const spec: LoraSpec = { name: 'default', r: c.r, alpha: 2 * c.r, targets: ['q_proj', 'v_proj'], layers: [0], dropout: 0 };
+    const spec: LoraSpec = {
+      name: 'default',
+      r: c.r,
+      alpha: 2 * c.r,
+      targets: ['q_proj', 'v_proj'],
+      layers: [0],
+      dropout: 0,
+    };
     const lora = initLora(spec, cfg, 2);
     for (const [k, v] of lora) if (k.includes('lora_B')) v.fill(0.01); // non-zero B: every gradient path does work
     const base = { batch: c.B, seq: c.T, layers: [0], start: 'hidden' as const, head: false, loras: [spec] };
@@ -49,15 +71,31 @@ export async function benchBlock(c: BlockCase, provider: ExecutionProvider, thre
       const r = g.input('R', 'float32', m.lastHidden.shape);
       const loss = O.sumAll(O.mul(m.lastHidden, r));
       const names = [...m.loraParams.keys()];
-      const grads = gradients(loss, names.map((n) => m.loraParams.get(n)!));
+      const grads = gradients(
+        loss,
+        names.map((n) => m.loraParams.get(n)!),
+      );
       g.output(loss, 'loss');
       grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
     });
     const n = c.B * c.T * c.d;
-    const hidden: HostTensor = { dtype: 'float32', shape: [c.B, c.T, c.d], data: Float32Array.from({ length: n }, (_, i) => Math.sin(i)) };
+    const hidden: HostTensor = {
+      dtype: 'float32',
+      shape: [c.B, c.T, c.d],
+      data: Float32Array.from({ length: n }, (_, i) => Math.sin(i)),
+    };
     const feeds: Record<string, HostTensor> = { hidden_in: hidden };
-    for (const [k, v] of lora) feeds[k] = { dtype: 'float32', shape: k.includes('lora_A') ? [c.r, v.length / c.r] : [v.length / c.r, c.r], data: v };
-    const rIn: HostTensor = { dtype: 'float32', shape: [c.B, c.T, c.d], data: Float32Array.from({ length: n }, (_, i) => Math.cos(i)) };
+    for (const [k, v] of lora)
+      feeds[k] = {
+        dtype: 'float32',
+        shape: k.includes('lora_A') ? [c.r, v.length / c.r] : [v.length / c.r, c.r],
+        data: v,
+      };
+    const rIn: HostTensor = {
+      dtype: 'float32',
+      shape: [c.B, c.T, c.d],
+      data: Float32Array.from({ length: n }, (_, i) => Math.cos(i)),
+    };
     const tf = await time(() => fwd.run(feeds), c.runs);
     const tt = await time(() => train.run({ ...feeds, R: rIn }), c.runs);
     return {
@@ -83,8 +121,11 @@ export async function benchBlock(c: BlockCase, provider: ExecutionProvider, thre
 export async function main(args: string[]): Promise<void> {
   const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
   const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
-  const cases: BlockCase[] = [{ name: 'block-d256-T128', B: 4, T: 128, d: 256, heads: 4, kvHeads: 4, ffn: 688, r: 8, runs: 30 }];
-  if (args.includes('--large')) cases.push({ name: 'block-d2048-T512', B: 4, T: 512, d: 2048, heads: 32, kvHeads: 4, ffn: 5632, r: 8, runs: 5 });
+  const cases: BlockCase[] = [
+    { name: 'block-d256-T128', B: 4, T: 128, d: 256, heads: 4, kvHeads: 4, ffn: 688, r: 8, runs: 30 },
+  ];
+  if (args.includes('--large'))
+    cases.push({ name: 'block-d2048-T512', B: 4, T: 512, d: 2048, heads: 32, kvHeads: 4, ffn: 5632, r: 8, runs: 5 });
   const tmp = mkdtempSync(join(tmpdir(), 'bench-engine-'));
   const rows: Record<string, unknown>[] = [];
   try {

@@ -22,12 +22,50 @@ export async function main(args: string[]): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'gpu-check-'));
   const rows: Record<string, unknown>[] = [];
   try {
-    const cases: { name: string; cfg: Record<string, unknown>; targets: LoraSpec['targets']; top: number; B: number; T: number }[] = [
-      { name: 'llama-2layer-gqa-lora7', cfg: { vocab_size: 512, hidden_size: 128, intermediate_size: 344, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2 }, targets: LORA_TARGETS, top: 2, B: 2, T: 32 },
-      { name: 'client-step-top2-qv', cfg: { vocab_size: 2048, hidden_size: 256, intermediate_size: 688, num_hidden_layers: 6, num_attention_heads: 4, num_key_value_heads: 4 }, targets: ['q_proj', 'v_proj'], top: 2, B: 4, T: 128 },
+    const cases: {
+      name: string;
+      cfg: Record<string, unknown>;
+      targets: LoraSpec['targets'];
+      top: number;
+      B: number;
+      T: number;
+    }[] = [
+      {
+        name: 'llama-2layer-gqa-lora7',
+        cfg: {
+          vocab_size: 512,
+          hidden_size: 128,
+          intermediate_size: 344,
+          num_hidden_layers: 2,
+          num_attention_heads: 4,
+          num_key_value_heads: 2,
+        },
+        targets: LORA_TARGETS,
+        top: 2,
+        B: 2,
+        T: 32,
+      },
+      {
+        name: 'client-step-top2-qv',
+        cfg: {
+          vocab_size: 2048,
+          hidden_size: 256,
+          intermediate_size: 688,
+          num_hidden_layers: 6,
+          num_attention_heads: 4,
+          num_key_value_heads: 4,
+        },
+        targets: ['q_proj', 'v_proj'],
+        top: 2,
+        B: 4,
+        T: 128,
+      },
     ];
     for (const c of cases) {
-      const cfg = parseModelConfig({ model_type: 'llama', rms_norm_eps: 1e-5, max_position_embeddings: 1024, ...c.cfg }, `${c.name}.json`);
+      const cfg = parseModelConfig(
+        { model_type: 'llama', rms_norm_eps: 1e-5, max_position_embeddings: 1024, ...c.cfg },
+        `${c.name}.json`,
+      );
       await writeRandomCheckpoint(join(tmp, c.name), cfg, 3, 0.05);
       const layers = Array.from({ length: cfg.numLayers }, (_, i) => i).slice(-c.top);
       const spec: LoraSpec = { name: 'default', r: 8, alpha: 16, targets: c.targets, layers, dropout: 0 };
@@ -36,21 +74,44 @@ export async function main(args: string[]): Promise<void> {
       const batch = randomBatch(c.B, c.T, cfg.vocabSize, 9);
       const results: Record<string, Record<string, HostTensor>> = {};
       for (const p of ['cpu', provider] as ExecutionProvider[]) {
-        const lm = await CausalLM.load(join(tmp, c.name), { thread: 'main', cacheRoot: join(tmp, 'cache'), provider: p });
+        const lm = await CausalLM.load(join(tmp, c.name), {
+          thread: 'main',
+          cacheRoot: join(tmp, 'cache'),
+          provider: p,
+        });
         try {
           const names: string[] = [];
-          const runner = await lm.graphs.get(`check-${c.name}`, (g) => {
-            const m = lm.build(g, { batch: c.B, seq: c.T, layers: lm.allLayers, start: 'ids', head: true, loras: [spec] });
-            const labels = g.input('labels', 'int64', [c.B, c.T]);
-            const w = g.input('loss_mask', 'float32', [c.B, c.T]);
-            const loss = crossEntropy(m.logits!, labels, w);
-            names.push(...m.loraParams.keys());
-            const grads = gradients(loss, names.map((n) => m.loraParams.get(n)!));
-            g.output(loss, 'loss');
-            grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
-          }, { fallbackToCpu: false, ...(verbose && p !== 'cpu' ? { logSeverityLevel: 0 } : {}) });
+          const runner = await lm.graphs.get(
+            `check-${c.name}`,
+            (g) => {
+              const m = lm.build(g, {
+                batch: c.B,
+                seq: c.T,
+                layers: lm.allLayers,
+                start: 'ids',
+                head: true,
+                loras: [spec],
+              });
+              const labels = g.input('labels', 'int64', [c.B, c.T]);
+              const w = g.input('loss_mask', 'float32', [c.B, c.T]);
+              const loss = crossEntropy(m.logits!, labels, w);
+              names.push(...m.loraParams.keys());
+              const grads = gradients(
+                loss,
+                names.map((n) => m.loraParams.get(n)!),
+              );
+              g.output(loss, 'loss');
+              grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
+            },
+            { fallbackToCpu: false, ...(verbose && p !== 'cpu' ? { logSeverityLevel: 0 } : {}) },
+          );
           const feeds = lm.tokenFeeds(batch);
-          for (const [k, v] of lora) feeds[k] = { dtype: 'float32', shape: k.includes('lora_A') ? [8, v.length / 8] : [v.length / 8, 8], data: v };
+          for (const [k, v] of lora)
+            feeds[k] = {
+              dtype: 'float32',
+              shape: k.includes('lora_A') ? [8, v.length / 8] : [v.length / 8, 8],
+              data: v,
+            };
           results[p] = await runner.run(feeds);
           const t0 = performance.now();
           for (let i = 0; i < 5; i++) await runner.run(feeds);
@@ -78,5 +139,11 @@ export async function main(args: string[]): Promise<void> {
   }
   console.log(`\nGPU check (${machine()}):`);
   printTable(rows, ['case', 'provider', 'ms_step', 'worst_rel_l2']);
-  console.log(`wrote ${writeResults('gpu-check', rows.map((r) => ({ ...r, task: r['worst_rel_l2'] ? 'grad-diff' : 'time' })), argOf(args, 'out'))}`);
+  console.log(
+    `wrote ${writeResults(
+      'gpu-check',
+      rows.map((r) => ({ ...r, task: r['worst_rel_l2'] ? 'grad-diff' : 'time' })),
+      argOf(args, 'out'),
+    )}`,
+  );
 }

@@ -49,10 +49,21 @@ export async function main(args: string[]): Promise<void> {
   try {
     console.log('writing random SmolLM-135M-shaped checkpoint ...');
     await writeRandomCheckpoint(join(tmp, 'smollm'), cfg, 1);
-    const lm = await CausalLM.load(join(tmp, 'smollm'), { provider, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
+    const lm = await CausalLM.load(join(tmp, 'smollm'), {
+      provider,
+      cacheRoot: join(tmp, 'cache'),
+      ...(threads ? { threads } : {}),
+    });
     try {
       const top2 = [cfg.numLayers - 2, cfg.numLayers - 1];
-      const spec: LoraSpec = { name: 'default', r: 8, alpha: 16, targets: ['q_proj', 'v_proj'], layers: top2, dropout: 0.05 };
+      const spec: LoraSpec = {
+        name: 'default',
+        r: 8,
+        alpha: 16,
+        targets: ['q_proj', 'v_proj'],
+        layers: top2,
+        dropout: 0.05,
+      };
       const trainer = await LoraTrainer.create(lm, {
         batch: B,
         seq: T,
@@ -62,14 +73,39 @@ export async function main(args: string[]): Promise<void> {
       const batch = randomBatch(B, T, cfg.vocabSize);
       console.log(`training steps (B=${B}, T=${T}) ...`);
       const tt = await time(() => trainer.step([batch]), steps, 1);
-      const common = { provider: trainer.trainer.runner.provider, threads: threads ?? 'cores', machine: machine(), date: new Date().toISOString() };
-      rows.push({ case: 'smollm135m-client-top2', task: 'train', batch: B, seq: T, tokens_per_s: +((B * T) / (tt.median / 1000)).toFixed(1), ms_per_step: +tt.median.toFixed(1), peak_rss_mib: peakRssMib(), ...common });
+      const common = {
+        provider: trainer.trainer.runner.provider,
+        threads: threads ?? 'cores',
+        machine: machine(),
+        date: new Date().toISOString(),
+      };
+      rows.push({
+        case: 'smollm135m-client-top2',
+        task: 'train',
+        batch: B,
+        seq: T,
+        tokens_per_s: +((B * T) / (tt.median / 1000)).toFixed(1),
+        ms_per_step: +tt.median.toFixed(1),
+        peak_rss_mib: peakRssMib(),
+        ...common,
+      });
       for (const gb of args.includes('--no-generate') ? [] : args.includes('--generate-b1') ? [1] : [1, 4]) {
-        const prompts = Array.from({ length: gb }, (_, b) => Array.from(randomBatch(1, 32, cfg.vocabSize, 7 + b).inputIds));
+        const prompts = Array.from({ length: gb }, (_, b) =>
+          Array.from(randomBatch(1, 32, cfg.vocabSize, 7 + b).inputIds),
+        );
         const newTokens = 32;
         console.log(`generation, batch ${gb} ...`);
         const tg = await time(() => lm.generate(prompts, { maxNewTokens: newTokens, eosTokenId: null }), 2, 1);
-        rows.push({ case: `smollm135m-generate-b${gb}`, task: 'generate', batch: gb, seq: 32 + newTokens, tokens_per_s: +((gb * newTokens) / (tg.median / 1000)).toFixed(1), ms_per_step: +(tg.median / newTokens).toFixed(2), peak_rss_mib: peakRssMib(), ...common });
+        rows.push({
+          case: `smollm135m-generate-b${gb}`,
+          task: 'generate',
+          batch: gb,
+          seq: 32 + newTokens,
+          tokens_per_s: +((gb * newTokens) / (tg.median / 1000)).toFixed(1),
+          ms_per_step: +(tg.median / newTokens).toFixed(2),
+          peak_rss_mib: peakRssMib(),
+          ...common,
+        });
       }
     } finally {
       await lm.release();

@@ -25,7 +25,9 @@ for (let i = 0; i < args.length; i++) {
   }
 }
 try {
-  const spec = config ? await loadJobSpec(config, overrides) : resolveJobSpec(applyOverrides({}, overrides, 'command line'), 'built-in demo job');
+  const spec = config
+    ? await loadJobSpec(config, overrides)
+    : resolveJobSpec(applyOverrides({}, overrides, 'command line'), 'built-in demo job');
   const r = await runJob(spec, { resume });
   console.log(r.runDir);
 } catch (e) {

@@ -23,9 +23,21 @@ const need = (name: string): string => {
 };
 
 async function open(): Promise<{ lm: CausalLM; loras: LoraWeights[] }> {
-  const lm = await CausalLM.load(need('model'), { provider: (opt('provider') ?? 'cpu') as ExecutionProvider, thread: 'main' });
+  const lm = await CausalLM.load(need('model'), {
+    provider: (opt('provider') ?? 'cpu') as ExecutionProvider,
+    thread: 'main',
+  });
   const adapterDir = opt('adapter');
-  const loras = adapterDir ? [fromPeftAdapter(await readPeftAdapter(adapterDir), lm.config, 'default', `${adapterDir}/adapter_model.safetensors`)] : [];
+  const loras = adapterDir
+    ? [
+        fromPeftAdapter(
+          await readPeftAdapter(adapterDir),
+          lm.config,
+          'default',
+          `${adapterDir}/adapter_model.safetensors`,
+        ),
+      ]
+    : [];
   return { lm, loras };
 }
 
@@ -47,7 +59,10 @@ async function main(): Promise<void> {
       ['parameters', params.toLocaleString('en')],
       ['fp32 weights (memory-mapped once)', `${((params * 4) / 2 ** 20).toFixed(1)} MiB`],
       ['KV cache per token (fp32)', `${((2 * c.numLayers * c.numKvHeads * c.headDim * 4) / 1024).toFixed(1)} KiB`],
-      ['tokenizer', lm.tokenizer ? `${lm.tokenizer.vocabSize} tokens, chat template: ${lm.tokenizer.hasChatTemplate}` : 'none'],
+      [
+        'tokenizer',
+        lm.tokenizer ? `${lm.tokenizer.vocabSize} tokens, chat template: ${lm.tokenizer.hasChatTemplate}` : 'none',
+      ],
     ];
     for (const [k, v] of rows) console.log(`${k.padEnd(34)} ${v}`);
     await lm.release();
@@ -59,7 +74,9 @@ async function main(): Promise<void> {
       const tok = lm.tokenizer;
       if (!tok) throw new Error(`${need('model')} has no tokenizer.json`);
       const chat = opt('chat');
-      const text = chat ? tok.applyChatTemplate(JSON.parse(chat) as { role: string; content: string }[], { addGenerationPrompt: true }) : need('prompt');
+      const text = chat
+        ? tok.applyChatTemplate(JSON.parse(chat) as { role: string; content: string }[], { addGenerationPrompt: true })
+        : need('prompt');
       const ids = tok.encode(text, { addSpecialTokens: !chat });
       const [out] = await lm.generate(
         [ids],
@@ -85,10 +102,13 @@ async function main(): Promise<void> {
       const maxLength = Number(opt('max-length') ?? 128);
       const batch = Number(opt('batch') ?? 8);
       const examples = await readDataset(need('data'));
-      const tokenized: TokenizedExample[] =
-        examples.every((e) => e.format === 'text')
-          ? chunkCorpus(examples.map((e) => (e as { text: string }).text), tok, { seq: maxLength })
-          : examples.map((e) => tokenizeExample(e, tok, { maxLength }));
+      const tokenized: TokenizedExample[] = examples.every((e) => e.format === 'text')
+        ? chunkCorpus(
+            examples.map((e) => (e as { text: string }).text),
+            tok,
+            { seq: maxLength },
+          )
+        : examples.map((e) => tokenizeExample(e, tok, { maxLength }));
       let nll = 0;
       let tokens = 0;
       for (const group of chunks(tokenized, batch)) {
@@ -96,7 +116,9 @@ async function main(): Promise<void> {
         nll += r.nllSum;
         tokens += r.tokens;
       }
-      console.log(`| examples | tokens | loss | perplexity |\n|---|---|---|---|\n| ${tokenized.length} | ${tokens} | ${(nll / tokens).toFixed(4)} | ${Math.exp(nll / tokens).toFixed(3)} |`);
+      console.log(
+        `| examples | tokens | loss | perplexity |\n|---|---|---|---|\n| ${tokenized.length} | ${tokens} | ${(nll / tokens).toFixed(4)} | ${Math.exp(nll / tokens).toFixed(3)} |`,
+      );
     } finally {
       await lm.release();
     }

@@ -23,5 +23,7 @@ const r = await pretrainDemoModel({
 });
 console.log(`\n| steps | tokens | train loss | held-out perplexity | parameters | seconds |`);
 console.log(`|---|---|---|---|---|---|`);
-console.log(`| ${r.steps} | ${r.tokens} | ${r.trainLoss.toFixed(3)} | ${r.heldOutPerplexity.toFixed(2)} | ${r.parameters} | ${r.seconds.toFixed(0)} |`);
+console.log(
+  `| ${r.steps} | ${r.tokens} | ${r.trainLoss.toFixed(3)} | ${r.heldOutPerplexity.toFixed(2)} | ${r.parameters} | ${r.seconds.toFixed(0)} |`,
+);
 console.log(`\nwrote ${outDir}`);

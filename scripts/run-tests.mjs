@@ -26,9 +26,7 @@ const files = [];
     else if (name.endsWith('.test.js')) files.push(path);
   }
 })(dist);
-const chosen = files
-  .filter((f) => filters.length === 0 || filters.some((s) => relative(dist, f).includes(s)))
-  .sort();
+const chosen = files.filter((f) => filters.length === 0 || filters.some((s) => relative(dist, f).includes(s))).sort();
 if (chosen.length === 0) {
   console.error(`run-tests: no test files matched under ${dist}/`);
   process.exit(2);

@@ -38,17 +38,24 @@ interface Row {
   accuracy: number;
 }
 
-const results = (runDir: string): { rows: Row[]; bytes_per_round: { down: number; up: number } } => JSON.parse(readFileSync(join(runDir, 'results.json'), 'utf8'));
+const results = (runDir: string): { rows: Row[]; bytes_per_round: { down: number; up: number } } =>
+  JSON.parse(readFileSync(join(runDir, 'results.json'), 'utf8'));
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'fedbiot-e2e-'));
-  await writeDemoFederation(join(tmp, 'federation'), { seed: 5, trainPerClient: 48, testPerClient: 8, globalTestPerTask: 2, corpusBytes: 60_000 });
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 48,
+    testPerClient: 8,
+    globalTestPerTask: 2,
+    corpusBytes: 60_000,
+  });
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 let reference: ReturnType<typeof results> | undefined;
 
-test('FedBiOT lowers the clients\' test loss below the base model and writes every output', async () => {
+test("FedBiOT lowers the clients' test loss below the base model and writes every output", async () => {
   const { runDir } = await runJob(spec('full'), { log: quiet });
   const r = results(runDir);
   reference = r;
@@ -58,11 +65,26 @@ test('FedBiOT lowers the clients\' test loss below the base model and writes eve
     return row;
   };
   for (const client of ['add', 'sub', 'mul', 'all']) {
-    assert.ok(get('fedbiot-adapfu', client).test_loss < get('base', client).test_loss, `AdapFu beats base on ${client}`);
+    assert.ok(
+      get('fedbiot-adapfu', client).test_loss < get('base', client).test_loss,
+      `AdapFu beats base on ${client}`,
+    );
     get('fedbiot-adapemu', client);
   }
-  assert.ok(r.bytes_per_round.up > 0 && r.bytes_per_round.down > r.bytes_per_round.up, 'broadcast carries adapter + emulator LoRA');
-  for (const f of ['config.resolved.json', 'metrics.jsonl', 'report.html', 'results.json', 'adapter/adapter_config.json', 'adapter/adapter_model.safetensors', 'merged-model/config.json', 'merged-model/model.safetensors']) {
+  assert.ok(
+    r.bytes_per_round.up > 0 && r.bytes_per_round.down > r.bytes_per_round.up,
+    'broadcast carries adapter + emulator LoRA',
+  );
+  for (const f of [
+    'config.resolved.json',
+    'metrics.jsonl',
+    'report.html',
+    'results.json',
+    'adapter/adapter_config.json',
+    'adapter/adapter_model.safetensors',
+    'merged-model/config.json',
+    'merged-model/model.safetensors',
+  ]) {
     assert.ok(existsSync(join(runDir, f)), `${f} written`);
   }
   assert.match(readFileSync(join(runDir, 'report.html'), 'utf8'), /<svg/);
@@ -85,16 +107,31 @@ test('a job stopped after round 1 resumes with the same round counter, optimizer
   assert.equal(r.rows.length, reference.rows.length);
   for (const row of reference.rows) {
     const other = r.rows.find((x) => x.method === row.method && x.client === row.client)!;
-    assert.ok(Math.abs(other.test_loss - row.test_loss) < 1e-5, `${row.method}/${row.client}: ${other.test_loss} vs ${row.test_loss}`);
+    assert.ok(
+      Math.abs(other.test_loss - row.test_loss) < 1e-5,
+      `${row.method}/${row.client}: ${other.test_loss} vs ${row.test_loss}`,
+    );
     assert.equal(other.accuracy, row.accuracy);
   }
-  const rounds = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.kind === 'comm').map((e) => e.round);
+  const rounds = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((e) => e.kind === 'comm')
+    .map((e) => e.round);
   assert.deepEqual(rounds, [0, 1], 'each round logged once');
 });
 
 test('the FedAvg-LoRA baseline (clients hold the full model) trains the same adapter layers and beats the base model', async () => {
   const s = spec('fedavg');
-  const { runDir } = await runJob({ ...s, job: { ...s.job, method: 'fedavg-lora', rounds: 1 }, eval: { ...s.eval, methods: ['base', 'fedavg-lora'] } }, { log: quiet });
+  const { runDir } = await runJob(
+    {
+      ...s,
+      job: { ...s.job, method: 'fedavg-lora', rounds: 1 },
+      eval: { ...s.eval, methods: ['base', 'fedavg-lora'] },
+    },
+    { log: quiet },
+  );
   const r = results(runDir);
   const loss = (method: string): number => r.rows.find((x) => x.method === method && x.client === 'all')!.test_loss;
   assert.ok(loss('fedavg-lora') < loss('base'), `fedavg-lora ${loss('fedavg-lora')} vs base ${loss('base')}`);

@@ -54,7 +54,9 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     if (e.inputs.some((t) => depends.has(t.id))) for (const o of e.outputs) depends.add(o.id);
   }
   if (!depends.has(loss.id) && !opts.allowUnused) {
-    throw new GraphError(`gradients: the loss ${loss.name} does not depend on any of ${wrt.map((w) => w.name).join(', ')}`);
+    throw new GraphError(
+      `gradients: the loss ${loss.name} does not depend on any of ${wrt.map((w) => w.name).join(', ')}`,
+    );
   }
 
   const pending = new Map<number, Tensor[]>();
@@ -77,8 +79,15 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     return list[0]!;
   };
 
-  const seed = opts.seed ?? g.constant(new Array<number>(loss.size).fill(1), loss.dtype, loss.shape);
-  if (seed.dtype !== loss.dtype || seed.size !== 1) throw new GraphError(`gradients: seed ${seed} must match the loss ${loss}`);
+  const seed =
+    opts.seed ??
+    g.constant(
+      Array.from({ length: loss.size }, () => 1),
+      loss.dtype,
+      loss.shape,
+    );
+  if (seed.dtype !== loss.dtype || seed.size !== 1)
+    throw new GraphError(`gradients: seed ${seed} must match the loss ${loss}`);
   push(loss, O.reshape(seed, loss.shape));
 
   // The tape grows while we append gradient nodes: walk only the entries that existed before.
@@ -93,10 +102,15 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     if (!e.vjp) {
       throw new GraphError(
         `gradients: op ${e.op} (output ${e.outputs[0]?.name}) is not differentiable, but the loss depends on ` +
-          `${e.inputs.filter((_, k) => needs[k]).map((t) => t.name).join(', ')} through it`,
+          `${e.inputs
+            .filter((_, k) => needs[k])
+            .map((t) => t.name)
+            .join(', ')} through it`,
       );
     }
-    const grads = g.scope(`grad`, () => e.vjp!({ inputs: e.inputs, outputs: e.outputs, attrs: e.attrs, meta: e.meta, gradOutputs, needs }));
+    const grads = g.scope(`grad`, () =>
+      e.vjp!({ inputs: e.inputs, outputs: e.outputs, attrs: e.attrs, meta: e.meta, gradOutputs, needs }),
+    );
     if (grads.length !== e.inputs.length) {
       throw new GraphError(`internal: VJP of ${e.op} returned ${grads.length} gradients for ${e.inputs.length} inputs`);
     }
@@ -104,7 +118,10 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
       const gk = grads[k];
       if (!needs[k] || !gk) return;
       if (gk.dtype !== x.dtype) throw new GraphError(`internal: VJP of ${e.op} gave ${gk} for input ${x}`);
-      push(x, g.scope('grad', () => unbroadcast(gk, x.shape)));
+      push(
+        x,
+        g.scope('grad', () => unbroadcast(gk, x.shape)),
+      );
     });
   }
 

@@ -49,8 +49,10 @@ export function crossEntropy(logits: Tensor, labels: Tensor, weights: Tensor): T
   const lead = logits.shape.slice(0, -1);
   const vocab = logits.shape[logits.rank - 1]!;
   const same = (t: Tensor): boolean => t.rank === lead.length && t.shape.every((d, i) => d === lead[i]);
-  if (labels.dtype !== 'int64' || !same(labels)) throw new ShapeError(`CrossEntropy: labels ${labels} must be int64 with shape of ${logits} minus the last axis`);
-  if (weights.dtype !== logits.dtype || !same(weights)) throw new ShapeError(`CrossEntropy: weights ${weights} must match ${logits} minus the last axis`);
+  if (labels.dtype !== 'int64' || !same(labels))
+    throw new ShapeError(`CrossEntropy: labels ${labels} must be int64 with shape of ${logits} minus the last axis`);
+  if (weights.dtype !== logits.dtype || !same(weights))
+    throw new ShapeError(`CrossEntropy: weights ${weights} must match ${logits} minus the last axis`);
   let lsm: Tensor | undefined;
   let picked: Tensor | undefined;
   const [loss] = logits.graph.composite(
@@ -69,10 +71,18 @@ export function crossEntropy(logits: Tensor, labels: Tensor, weights: Tensor): T
         if (logits.graph.target === 'gpu') {
           // The label term scattered into zeros rather than built as a one-hot with Equal: the WebGPU provider
           // has no int64 Equal and would run it on the CPU over the whole [tokens, vocab] tensor.
-          const atLabel = O.scatterElementsAdd(O.zeros(logits.graph, logits.shape, logits.dtype), O.unsqueeze(labels, [-1]), scale, -1);
+          const atLabel = O.scatterElementsAdd(
+            O.zeros(logits.graph, logits.shape, logits.dtype),
+            O.unsqueeze(labels, [-1]),
+            scale,
+            -1,
+          );
           glogits = O.sub(O.mul(O.exp(lsm!), scale), atLabel);
         } else {
-          const classes = logits.graph.constant(Array.from({ length: vocab }, (_, i) => i), 'int64');
+          const classes = logits.graph.constant(
+            Array.from({ length: vocab }, (_, i) => i),
+            'int64',
+          );
           const onehot = O.cast(O.equal(O.unsqueeze(labels, [-1]), classes), logits.dtype);
           glogits = O.mul(O.sub(O.exp(lsm!), onehot), scale);
         }

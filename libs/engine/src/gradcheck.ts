@@ -54,7 +54,10 @@ function ortTensor(t: Tensor, data: FeedValue): ort.Tensor {
  * of the loss. Session optimisation is 'basic': at higher levels ORT fuses x*sigmoid(x) into QuickGelu, which has
  * no float64 kernel (engine-notes §2.3).
  */
-export async function gradCheck(build: (g: Graph) => GradCheckSetup, opts: GradCheckOptions = {}): Promise<GradCheckReport> {
+export async function gradCheck(
+  build: (g: Graph) => GradCheckSetup,
+  opts: GradCheckOptions = {},
+): Promise<GradCheckReport> {
   const eps = opts.eps ?? 1e-6;
   const g = new Graph('gradcheck', { target: opts.target ?? 'cpu' });
   const { loss, wrt, feeds } = build(g);
@@ -106,9 +109,19 @@ export async function gradCheck(build: (g: Graph) => GradCheckSetup, opts: GradC
         maxAbs = Math.max(maxAbs, Math.abs(numeric - analytic[i]!));
         maxNumeric = Math.max(maxNumeric, Math.abs(numeric));
       }
-      reports.push({ name: w.name, checked: count, maxAbsError: maxAbs, relError: maxAbs / Math.max(maxNumeric, 1e-30) });
+      reports.push({
+        name: w.name,
+        checked: count,
+        maxAbsError: maxAbs,
+        relError: maxAbs / Math.max(maxNumeric, 1e-30),
+      });
     }
-    return { loss: lossValue, tensors: reports, worst: Math.max(0, ...reports.map((r) => r.relError)), nodes: ir.nodes.length };
+    return {
+      loss: lossValue,
+      tensors: reports,
+      worst: Math.max(0, ...reports.map((r) => r.relError)),
+      nodes: ir.nodes.length,
+    };
   } finally {
     await session.release();
   }

@@ -107,7 +107,8 @@ export class Graph {
   ) {
     this.opset = options.opset ?? 18;
     this.target = options.target ?? 'cpu';
-    if (this.opset < 18) throw new GraphError(`opset ${this.opset} unsupported: the builder needs >= 18 (axes as inputs)`);
+    if (this.opset < 18)
+      throw new GraphError(`opset ${this.opset} unsupported: the builder needs >= 18 (axes as inputs)`);
   }
 
   /** The autodiff tape in creation order (a topological order). */
@@ -145,7 +146,9 @@ export class Graph {
     if ('data' in source) {
       const view = source.data;
       if (view.byteLength !== bytes) {
-        throw new GraphError(`weight ${name}: ${view.byteLength} bytes given, ${dtype}${fmtShape(shape)} needs ${bytes}`);
+        throw new GraphError(
+          `weight ${name}: ${view.byteLength} bytes given, ${dtype}${fmtShape(shape)} needs ${bytes}`,
+        );
       }
       init = { name: t.name, dtype, shape, raw: new Uint8Array(view.buffer, view.byteOffset, view.byteLength) };
     } else {
@@ -189,7 +192,14 @@ export class Graph {
       out = this.newTensor(t.dtype, t.shape, name, true);
       this.kinds.set(out.id, 'node');
       this.nodes.push({
-        node: { opType: 'Identity', domain: '', name: `${name}_identity`, inputs: [t.name], outputs: [out.name], attributes: {} },
+        node: {
+          opType: 'Identity',
+          domain: '',
+          name: `${name}_identity`,
+          inputs: [t.name],
+          outputs: [out.name],
+          attributes: {},
+        },
         inputs: [t],
         outputs: [out],
       });
@@ -242,7 +252,14 @@ export class Graph {
     for (const o of outs) this.kinds.set(o.id, 'node');
     const nodeName = `${this.scopePrefix}${op}_${outs[0]?.id ?? this.tensors.length}`;
     this.nodes.push({
-      node: { opType: op, domain, name: nodeName, inputs: inputs.map((t) => t.name), outputs: outs.map((t) => t.name), attributes: attrs },
+      node: {
+        opType: op,
+        domain,
+        name: nodeName,
+        inputs: inputs.map((t) => t.name),
+        outputs: outs.map((t) => t.name),
+        attributes: attrs,
+      },
       inputs,
       outputs: outs,
     });
@@ -289,7 +306,8 @@ export class Graph {
     const inputs = this.graphInputs.filter((t) => needed.has(t.id)).map(info);
     const valueInfo: IrValueInfo[] = [];
     const outNames = new Set(this.graphOutputs.map((t) => t.name));
-    for (const n of this.nodes) for (const o of n.outputs) if (needed.has(o.id) && !outNames.has(o.name)) valueInfo.push(info(o));
+    for (const n of this.nodes)
+      for (const o of n.outputs) if (needed.has(o.id) && !outNames.has(o.name)) valueInfo.push(info(o));
     return {
       name: this.name,
       opset: this.opset,
@@ -315,7 +333,8 @@ export class Graph {
 
   private newTensor(dtype: DType, shape: readonly number[], base: string, exact: boolean): Tensor {
     for (const d of shape) {
-      if (!Number.isInteger(d) || d < 0) throw new GraphError(`${base}: invalid dimension ${d} in shape ${fmtShape(shape)}`);
+      if (!Number.isInteger(d) || d < 0)
+        throw new GraphError(`${base}: invalid dimension ${d} in shape ${fmtShape(shape)}`);
     }
     const id = this.tensors.length;
     let name: string;

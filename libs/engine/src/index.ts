@@ -9,7 +9,14 @@ export * as ops from './ops.js';
 export { gradients, unbroadcast, type GradientOptions } from './autodiff.js';
 export { crossEntropy, maskedMeanCrossEntropy, rmsNorm } from './composite.js';
 export { linear } from './nn.js';
-export { gradCheck, type FeedValue, type GradCheckOptions, type GradCheckReport, type GradCheckSetup, type TensorGradReport } from './gradcheck.js';
+export {
+  gradCheck,
+  type FeedValue,
+  type GradCheckOptions,
+  type GradCheckReport,
+  type GradCheckSetup,
+  type TensorGradReport,
+} from './gradcheck.js';
 export * from './onnx/serialize.js';
 export * from './runtime/index.js';
 export * from './optim/index.js';

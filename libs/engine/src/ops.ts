@@ -41,19 +41,22 @@ function emit1(
 /** Normalizes a possibly negative axis against `rank`, naming the op on error. */
 export function normAxis(op: string, axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;
-  if (!Number.isInteger(a) || a < 0 || a >= rank) throw new ShapeError(`${op}: axis ${axis} is out of range for rank ${rank}`);
+  if (!Number.isInteger(a) || a < 0 || a >= rank)
+    throw new ShapeError(`${op}: axis ${axis} is out of range for rank ${rank}`);
   return a;
 }
 
 /** Numpy broadcasting of two shapes; the error names the op and both shapes. */
 export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
   const n = Math.max(a.length, b.length);
-  const out: number[] = new Array(n);
+  const out: number[] = Array.from({ length: n }, () => 0);
   for (let i = 0; i < n; i++) {
     const da = a[a.length - n + i] ?? 1;
     const db = b[b.length - n + i] ?? 1;
     if (da !== db && da !== 1 && db !== 1) {
-      throw new ShapeError(`${op}: shapes ${fmtShape(a)} and ${fmtShape(b)} do not broadcast (axis ${i}: ${da} vs ${db})`);
+      throw new ShapeError(
+        `${op}: shapes ${fmtShape(a)} and ${fmtShape(b)} do not broadcast (axis ${i}: ${da} vs ${db})`,
+      );
     }
     out[i] = da === 1 ? db : da;
   }
@@ -193,7 +196,14 @@ export function transpose(x: Tensor, perm: readonly number[]): Tensor {
   if (perm.length !== x.rank || [...perm].sort((p, q) => p - q).some((p, i) => p !== i)) {
     throw new ShapeError(`Transpose: perm ${fmtShape(perm)} is not a permutation of the axes of ${x}`);
   }
-  return emit1(x.graph, 'Transpose', [x], x.dtype, perm.map((p) => x.shape[p]!), { perm: attr.ints(perm) });
+  return emit1(
+    x.graph,
+    'Transpose',
+    [x],
+    x.dtype,
+    perm.map((p) => x.shape[p]!),
+    { perm: attr.ints(perm) },
+  );
 }
 
 /** Reshape to a static shape; one -1 is inferred. */
@@ -205,7 +215,8 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
     if (known === 0 || x.size % known !== 0) throw new ShapeError(`Reshape: cannot reshape ${x} to ${fmtShape(shape)}`);
     out[unknown] = x.size / known;
   }
-  if (sizeOf(out) !== x.size) throw new ShapeError(`Reshape: cannot reshape ${x} (${x.size} elements) to ${fmtShape(shape)}`);
+  if (sizeOf(out) !== x.size)
+    throw new ShapeError(`Reshape: cannot reshape ${x} (${x.size} elements) to ${fmtShape(shape)}`);
   if (out.every((d, i) => d === x.shape[i]) && out.length === x.rank) return x;
   return emit1(x.graph, 'Reshape', [x, x.graph.constant(out, 'int64')], x.dtype, out);
 }
@@ -261,7 +272,13 @@ export function split(x: Tensor, sizes: readonly number[], axis: number): Tensor
     shape[a] = s;
     return { dtype: x.dtype, shape };
   });
-  return x.graph.emit('Split', [x, x.graph.constant(sizes, 'int64')], { axis: attr.int(a) }, outs, VJP['Split'] ?? null);
+  return x.graph.emit(
+    'Split',
+    [x, x.graph.constant(sizes, 'int64')],
+    { axis: attr.int(a) },
+    outs,
+    VJP['Split'] ?? null,
+  );
 }
 
 /** Static slice with step 1 along `axes`; negative starts/ends count from the end. */
@@ -292,7 +309,8 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
 
 /** Zero padding: pads = [begin_0..begin_{r-1}, end_0..end_{r-1}] (the ONNX layout). */
 export function pad(x: Tensor, pads: readonly number[]): Tensor {
-  if (pads.length !== 2 * x.rank || pads.some((p) => p < 0)) throw new ShapeError(`Pad: pads ${fmtShape(pads)} invalid for ${x}`);
+  if (pads.length !== 2 * x.rank || pads.some((p) => p < 0))
+    throw new ShapeError(`Pad: pads ${fmtShape(pads)} invalid for ${x}`);
   const out = x.shape.map((d, i) => d + pads[i]! + pads[i + x.rank]!);
   return emit1(x.graph, 'Pad', [x, x.graph.constant(pads, 'int64')], x.dtype, out, {}, { pads: [...pads] });
 }
@@ -301,18 +319,35 @@ export function pad(x: Tensor, pads: readonly number[]): Tensor {
 
 function reduce(op: string, x: Tensor, axes: readonly number[], keepdims: boolean): Tensor {
   const norm = [...new Set(axes.map((a) => normAxis(op, a, x.rank)))].sort((p, q) => p - q);
-  const out = keepdims ? x.shape.map((d, i) => (norm.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !norm.includes(i));
-  return emit1(x.graph, op, [x, x.graph.constant(norm, 'int64')], x.dtype, out, { keepdims: attr.int(keepdims ? 1 : 0) }, { axes: norm });
+  const out = keepdims
+    ? x.shape.map((d, i) => (norm.includes(i) ? 1 : d))
+    : x.shape.filter((_, i) => !norm.includes(i));
+  return emit1(
+    x.graph,
+    op,
+    [x, x.graph.constant(norm, 'int64')],
+    x.dtype,
+    out,
+    { keepdims: attr.int(keepdims ? 1 : 0) },
+    { axes: norm },
+  );
 }
 
-export const reduceSum = (x: Tensor, axes: readonly number[], keepdims = false): Tensor => reduce('ReduceSum', x, axes, keepdims);
-export const reduceMean = (x: Tensor, axes: readonly number[], keepdims = false): Tensor => reduce('ReduceMean', x, axes, keepdims);
+export const reduceSum = (x: Tensor, axes: readonly number[], keepdims = false): Tensor =>
+  reduce('ReduceSum', x, axes, keepdims);
+export const reduceMean = (x: Tensor, axes: readonly number[], keepdims = false): Tensor =>
+  reduce('ReduceMean', x, axes, keepdims);
 /** Not differentiable (used for numerics only, e.g. stabilising a softmax computed by hand). */
-export const reduceMax = (x: Tensor, axes: readonly number[], keepdims = false): Tensor => reduce('ReduceMax', x, axes, keepdims);
+export const reduceMax = (x: Tensor, axes: readonly number[], keepdims = false): Tensor =>
+  reduce('ReduceMax', x, axes, keepdims);
 
 /** Sum of all elements, as a scalar (shape []). */
 export function sumAll(x: Tensor): Tensor {
-  return reduceSum(x, x.shape.map((_, i) => i), false);
+  return reduceSum(
+    x,
+    x.shape.map((_, i) => i),
+    false,
+  );
 }
 
 export function softmax(x: Tensor, axis = -1): Tensor {
@@ -351,7 +386,8 @@ export function logSoftmaxVjp(g: Tensor, y: Tensor, axis: number): Tensor {
 
 /** data[indices] along `axis` (ONNX Gather): output shape = data[:axis] + indices + data[axis+1:]. */
 export function gather(data: Tensor, indices: Tensor, axis = 0): Tensor {
-  if (indices.dtype !== 'int64' && indices.dtype !== 'int32') throw new ShapeError(`Gather: indices must be int64/int32, got ${indices}`);
+  if (indices.dtype !== 'int64' && indices.dtype !== 'int32')
+    throw new ShapeError(`Gather: indices must be int64/int32, got ${indices}`);
   const a = normAxis('Gather', axis, data.rank);
   const out = [...data.shape.slice(0, a), ...indices.shape, ...data.shape.slice(a + 1)];
   return emit1(data.graph, 'Gather', [data, indices], data.dtype, out, { axis: attr.int(a) });
@@ -360,7 +396,8 @@ export function gather(data: Tensor, indices: Tensor, axis = 0): Tensor {
 /** ONNX GatherElements: out[i][j] = data[index[i][j]][j] for axis 0, etc. Output has the indices' shape. */
 export function gatherElements(data: Tensor, indices: Tensor, axis: number): Tensor {
   const a = normAxis('GatherElements', axis, data.rank);
-  if (indices.rank !== data.rank) throw new ShapeError(`GatherElements: ${indices} and ${data} must have the same rank`);
+  if (indices.rank !== data.rank)
+    throw new ShapeError(`GatherElements: ${indices} and ${data} must have the same rank`);
   return emit1(data.graph, 'GatherElements', [data, indices], data.dtype, indices.shape, { axis: attr.int(a) });
 }
 
@@ -377,7 +414,9 @@ function zeroBytes(dtype: DType): Uint8Array {
 
 /** ScatterND with reduction 'add' into `data` (the gradient of Gather). */
 export function scatterNDAdd(data: Tensor, indices: Tensor, updates: Tensor): Tensor {
-  return emit1(data.graph, 'ScatterND', [data, indices, updates], data.dtype, data.shape, { reduction: attr.string('add') });
+  return emit1(data.graph, 'ScatterND', [data, indices, updates], data.dtype, data.shape, {
+    reduction: attr.string('add'),
+  });
 }
 
 /** ScatterElements with reduction 'add' (the gradient of GatherElements). */

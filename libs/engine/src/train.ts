@@ -69,7 +69,10 @@ export class GraphTrainer {
     return feeds;
   }
 
-  async step(microBatches: readonly Record<string, HostTensor>[], extraOutputs: readonly string[] = []): Promise<StepResult> {
+  async step(
+    microBatches: readonly Record<string, HostTensor>[],
+    extraOutputs: readonly string[] = [],
+  ): Promise<StepResult> {
     if (microBatches.length === 0) throw new Error('GraphTrainer.step: no micro-batches');
     const grads = new Map<string, Float32Array>();
     let loss = 0;
@@ -102,7 +105,9 @@ export class GraphTrainer {
     }
     const gradNorm = this.options.maxGradNorm ? clipGradNorm(grads, this.options.maxGradNorm) : norm(grads);
     if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-      throw new Error(`training step produced a non-finite ${Number.isFinite(loss) ? 'gradient' : 'loss'} (loss ${loss}); parameters left unchanged`);
+      throw new Error(
+        `training step produced a non-finite ${Number.isFinite(loss) ? 'gradient' : 'loss'} (loss ${loss}); parameters left unchanged`,
+      );
     }
     this.optimizer.step(this.params, grads);
     return { loss, gradNorm, extras };
@@ -114,4 +119,3 @@ function norm(grads: ReadonlyMap<string, Float32Array>): number {
   for (const g of grads.values()) for (const v of g) s += v * v;
   return Math.sqrt(s);
 }
-

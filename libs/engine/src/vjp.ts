@@ -76,7 +76,10 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
   Max: (ctx) => {
     const [a, b] = ctx.inputs as [Tensor, Tensor];
     const firstWins = O.greaterOrEqual(a, b);
-    return [when(ctx.needs[0], () => O.where(firstWins, g0(ctx), 0)), when(ctx.needs[1], () => O.where(firstWins, 0, g0(ctx)))];
+    return [
+      when(ctx.needs[0], () => O.where(firstWins, g0(ctx), 0)),
+      when(ctx.needs[1], () => O.where(firstWins, 0, g0(ctx))),
+    ];
   },
   Neg: (ctx) => [O.neg(g0(ctx))],
   Identity: (ctx) => [g0(ctx)],
@@ -114,7 +117,7 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
   Transpose: (ctx) => {
     const permAttr = ctx.attrs['perm'];
     const perm = permAttr?.kind === 'ints' ? permAttr.value : [];
-    const inv = new Array<number>(perm.length);
+    const inv: number[] = Array.from({ length: perm.length }, () => 0);
     perm.forEach((p, i) => (inv[p] = i));
     return [O.transpose(g0(ctx), inv)];
   },
@@ -139,7 +142,11 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
   LogSoftmax: (ctx) => [O.logSoftmaxVjp(g0(ctx), ctx.outputs[0]!, ctx.attrs['axis']!.value as number)],
   Concat: (ctx) => {
     const axis = ctx.attrs['axis']!.value as number;
-    const parts = O.split(g0(ctx), ctx.inputs.map((x) => x.shape[axis]!), axis);
+    const parts = O.split(
+      g0(ctx),
+      ctx.inputs.map((x) => x.shape[axis]!),
+      axis,
+    );
     return parts.map((p, i) => (ctx.needs[i] ? p : null));
   },
   Split: (ctx) => {
@@ -153,7 +160,7 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
     const starts = ctx.meta['starts'] as number[];
     const ends = ctx.meta['ends'] as number[];
     const axes = ctx.meta['axes'] as number[];
-    const pads = new Array<number>(2 * x.rank).fill(0);
+    const pads = Array.from({ length: 2 * x.rank }, () => 0);
     axes.forEach((a, i) => {
       pads[a] = starts[i]!;
       pads[a + x.rank] = x.shape[a]! - ends[i]!;
@@ -164,12 +171,21 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
     const x = ctx.inputs[0]!;
     const pads = ctx.meta['pads'] as number[];
     const axes = x.shape.map((_, i) => i);
-    return [O.slice(g0(ctx), axes.map((a) => pads[a]!), axes.map((a) => pads[a]! + x.shape[a]!), axes), null];
+    return [
+      O.slice(
+        g0(ctx),
+        axes.map((a) => pads[a]!),
+        axes.map((a) => pads[a]! + x.shape[a]!),
+        axes,
+      ),
+      null,
+    ];
   },
   Gather: (ctx) => {
     const [data, idx] = ctx.inputs as [Tensor, Tensor];
     const axis = ctx.attrs['axis']!.value as number;
-    if (axis !== 0) throw new GraphError(`Gather: gradient is implemented for axis 0 only (got axis ${axis} on ${data})`);
+    if (axis !== 0)
+      throw new GraphError(`Gather: gradient is implemented for axis 0 only (got axis ${axis} on ${data})`);
     // Embedding gradient: rows scattered back with 'add' so repeated token ids accumulate.
     const rows = O.scatterNDAdd(O.zeros(data.graph, data.shape, data.dtype), O.unsqueeze(idx, [-1]), g0(ctx));
     return [rows, null];

@@ -11,8 +11,15 @@ test('shape mismatch names the op and both shapes', () => {
   const g = new Graph('g');
   const a = g.input('a', 'float32', [2, 3]);
   const b = g.input('b', 'float32', [4, 5]);
-  assert.throws(() => O.matmul(a, b), (e: Error) => e instanceof ShapeError && /MatMul/.test(e.message) && /\[2, 3\]/.test(e.message) && /\[4, 5\]/.test(e.message));
-  assert.throws(() => O.add(a, b), (e: Error) => e instanceof ShapeError && /Add/.test(e.message) && /\[2, 3\] and \[4, 5\]/.test(e.message));
+  assert.throws(
+    () => O.matmul(a, b),
+    (e: Error) =>
+      e instanceof ShapeError && /MatMul/.test(e.message) && /\[2, 3\]/.test(e.message) && /\[4, 5\]/.test(e.message),
+  );
+  assert.throws(
+    () => O.add(a, b),
+    (e: Error) => e instanceof ShapeError && /Add/.test(e.message) && /\[2, 3\] and \[4, 5\]/.test(e.message),
+  );
   const w = g.input('w', 'float32', [8, 7]);
   assert.throws(() => linear(a, w), /linear: weight w:float32\[8, 7\] does not take inputs of 3 features/);
   assert.throws(() => O.reshape(a, [4, 2]), /Reshape: cannot reshape a:float32\[2, 3\]/);
@@ -30,7 +37,11 @@ test('a tensor of another graph is an unknown tensor', () => {
   const g2 = new Graph('two');
   const a = g1.input('a', 'float32', [2]);
   const b = g2.input('b', 'float32', [2]);
-  assert.throws(() => O.add(a, b), (e: Error) => e instanceof GraphError && /belongs to graph two, not one|belongs to graph one, not two/.test(e.message));
+  assert.throws(
+    () => O.add(a, b),
+    (e: Error) =>
+      e instanceof GraphError && /belongs to graph two, not one|belongs to graph one, not two/.test(e.message),
+  );
 });
 
 test('gradient of a non-scalar is refused', () => {

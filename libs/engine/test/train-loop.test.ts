@@ -7,7 +7,16 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Graph, GraphTrainer, gradients, linear, maskedMeanCrossEntropy, openRunner, writeModel, ops as O } from '../src/index.js';
+import {
+  Graph,
+  GraphTrainer,
+  gradients,
+  linear,
+  maskedMeanCrossEntropy,
+  openRunner,
+  writeModel,
+  ops as O,
+} from '../src/index.js';
 import { rng } from '../../../test/support/rng.js';
 
 test('a small training loop drives the loss down (MLP, AdamW, worker-thread session)', async () => {
@@ -23,7 +32,11 @@ test('a small training loop drives the loss down (MLP, AdamW, worker-thread sess
   const g = new Graph('mlp');
   const xin = g.input('x', 'float32', [N, D]);
   const labels = g.input('y', 'int64', [N]);
-  const mask = g.constant(new Array<number>(N).fill(1), 'float32', [N]);
+  const mask = g.constant(
+    Array.from({ length: N }, () => 1),
+    'float32',
+    [N],
+  );
   const w1 = g.input('w1', 'float32', [H, D]);
   const b1 = g.input('b1', 'float32', [H]);
   const w2 = g.input('w2', 'float32', [C, H]);
@@ -35,7 +48,10 @@ test('a small training loop drives the loss down (MLP, AdamW, worker-thread sess
   grads.forEach((gr, i) => g.output(gr!, `grad.${params[i]!.name}`));
 
   const dir = mkdtempSync(join(tmpdir(), 'train-loop-'));
-  const runner = await openRunner({ path: writeModel(g.toIr(), join(dir, 'mlp.onnx')).onnxPath }, { thread: 'worker', intraOpNumThreads: 1 });
+  const runner = await openRunner(
+    { path: writeModel(g.toIr(), join(dir, 'mlp.onnx')).onnxPath },
+    { thread: 'worker', intraOpNumThreads: 1 },
+  );
   try {
     const values = new Map<string, Float32Array>([
       ['w1', Float32Array.from({ length: H * D }, () => (next() * 2 - 1) * 0.5)],
@@ -44,7 +60,10 @@ test('a small training loop drives the loss down (MLP, AdamW, worker-thread sess
     ]);
     const shapes = new Map(params.map((p) => [p.name, p.shape]));
     const trainer = new GraphTrainer(runner, values, shapes, { kind: 'adamw', lr: 0.05, weightDecay: 0 });
-    const feeds = { x: { dtype: 'float32' as const, shape: [N, D], data: x }, y: { dtype: 'int64' as const, shape: [N], data: y } };
+    const feeds = {
+      x: { dtype: 'float32' as const, shape: [N, D], data: x },
+      y: { dtype: 'int64' as const, shape: [N], data: y },
+    };
     const losses: number[] = [];
     for (let step = 0; step < 150; step++) losses.push((await trainer.step([feeds])).loss);
     assert.ok(Math.abs(losses[0]! - Math.log(C)) < 0.5, `initial loss ${losses[0]} near ln(4)`);

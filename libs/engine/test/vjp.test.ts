@@ -22,30 +22,42 @@ interface Arg {
   readonly int?: { readonly max: number };
 }
 
-async function checkOp(name: string, args: readonly Arg[], f: (...xs: Tensor[]) => Tensor, seed = 1, target: 'cpu' | 'gpu' = 'cpu'): Promise<void> {
+async function checkOp(
+  name: string,
+  args: readonly Arg[],
+  f: (...xs: Tensor[]) => Tensor,
+  seed = 1,
+  target: 'cpu' | 'gpu' = 'cpu',
+): Promise<void> {
   const next = rng(seed);
-  const report = await gradCheck((g: Graph) => {
-    const feeds: Record<string, FeedValue> = {};
-    const wrt: Tensor[] = [];
-    const xs = args.map((a, i) => {
-      const n = a.shape.reduce((p, d) => p * d, 1);
-      if (a.int) {
-        const t = g.input(`i${i}`, 'int64', a.shape);
-        feeds[t.name] = BigInt64Array.from({ length: n }, () => BigInt(Math.floor(next() * a.int!.max)));
+  const report = await gradCheck(
+    (g: Graph) => {
+      const feeds: Record<string, FeedValue> = {};
+      const wrt: Tensor[] = [];
+      const xs = args.map((a, i) => {
+        const n = a.shape.reduce((p, d) => p * d, 1);
+        if (a.int) {
+          const t = g.input(`i${i}`, 'int64', a.shape);
+          feeds[t.name] = BigInt64Array.from({ length: n }, () => BigInt(Math.floor(next() * a.int!.max)));
+          return t;
+        }
+        const t = g.input(`x${i}`, 'float64', a.shape);
+        feeds[t.name] = uniform(next, n, a.lo ?? -1, a.hi ?? 1);
+        if (!a.frozen) wrt.push(t);
         return t;
-      }
-      const t = g.input(`x${i}`, 'float64', a.shape);
-      feeds[t.name] = uniform(next, n, a.lo ?? -1, a.hi ?? 1);
-      if (!a.frozen) wrt.push(t);
-      return t;
-    });
-    const y = f(...xs);
-    const r = g.input('R', 'float64', y.shape);
-    feeds['R'] = uniform(next, y.size, 0.5, 1.5);
-    return { loss: O.sumAll(O.mul(y, r)), wrt, feeds };
-  }, { target });
+      });
+      const y = f(...xs);
+      const r = g.input('R', 'float64', y.shape);
+      feeds['R'] = uniform(next, y.size, 0.5, 1.5);
+      return { loss: O.sumAll(O.mul(y, r)), wrt, feeds };
+    },
+    { target },
+  );
   for (const t of report.tensors) {
-    assert.ok(t.relError < TOL, `${name}: gradient of ${t.name} has relative error ${t.relError.toExponential(2)} >= ${TOL}`);
+    assert.ok(
+      t.relError < TOL,
+      `${name}: gradient of ${t.name} has relative error ${t.relError.toExponential(2)} >= ${TOL}`,
+    );
   }
 }
 
@@ -70,10 +82,21 @@ const cases: [string, Arg[], (...xs: Tensor[]) => Tensor][] = [
   ['MatMul batched, broadcast batch', [{ shape: [2, 3, 3, 4] }, { shape: [3, 4, 2] }], (a, b) => O.matmul(a!, b!)],
   ['Gemm', [{ shape: [3, 4] }, { shape: [4, 5] }], (a, b) => O.gemm(a!, b!)],
   ['Gemm transA', [{ shape: [4, 3] }, { shape: [4, 5] }], (a, b) => O.gemm(a!, b!, { transA: true })],
-  ['Gemm transB + bias', [{ shape: [3, 4] }, { shape: [5, 4] }, { shape: [5] }], (a, b, c) => O.gemm(a!, b!, { transB: true }, c)],
-  ['Gemm transA transB alpha beta', [{ shape: [4, 3] }, { shape: [5, 4] }, { shape: [3, 5] }], (a, b, c) =>
-    O.gemm(a!, b!, { transA: true, transB: true, alpha: 0.7, beta: 1.3 }, c)],
-  ['linear (3-D input, bias)', [{ shape: [2, 3, 4] }, { shape: [5, 4] }, { shape: [5] }], (x, w, b) => linear(x!, w!, b)],
+  [
+    'Gemm transB + bias',
+    [{ shape: [3, 4] }, { shape: [5, 4] }, { shape: [5] }],
+    (a, b, c) => O.gemm(a!, b!, { transB: true }, c),
+  ],
+  [
+    'Gemm transA transB alpha beta',
+    [{ shape: [4, 3] }, { shape: [5, 4] }, { shape: [3, 5] }],
+    (a, b, c) => O.gemm(a!, b!, { transA: true, transB: true, alpha: 0.7, beta: 1.3 }, c),
+  ],
+  [
+    'linear (3-D input, bias)',
+    [{ shape: [2, 3, 4] }, { shape: [5, 4] }, { shape: [5] }],
+    (x, w, b) => linear(x!, w!, b),
+  ],
   ['Transpose', [{ shape: [2, 3, 4] }], (a) => O.transpose(a!, [2, 0, 1])],
   ['Reshape', [{ shape: [2, 6] }], (a) => O.reshape(a!, [3, -1])],
   ['Unsqueeze', [{ shape: [2, 3] }], (a) => O.unsqueeze(a!, [0, -1])],
@@ -87,15 +110,27 @@ const cases: [string, Arg[], (...xs: Tensor[]) => Tensor][] = [
   ['LogSoftmax', [{ shape: [2, 5], lo: -2, hi: 2 }], (a) => O.logSoftmax(a!, -1)],
   ['Concat', [{ shape: [2, 3] }, { shape: [2, 2] }], (a, b) => O.concat([a!, b!], 1)],
   ['Split (one part unused)', [{ shape: [2, 5] }], (a) => O.split(a!, [2, 3], 1)[1]!],
-  ['Split (both parts)', [{ shape: [4, 3] }], (a) => {
-    const [p, q] = O.split(a!, [1, 3], 0);
-    return O.add(O.mul(p!, 2), q!);
-  }],
+  [
+    'Split (both parts)',
+    [{ shape: [4, 3] }],
+    (a) => {
+      const [p, q] = O.split(a!, [1, 3], 0);
+      return O.add(O.mul(p!, 2), q!);
+    },
+  ],
   ['Slice', [{ shape: [3, 5] }], (a) => O.slice(a!, [1, 0], [3, -1], [0, 1])],
   ['Pad', [{ shape: [2, 3] }], (a) => O.pad(a!, [1, 0, 0, 2])],
-  ['Gather (embedding, repeated ids)', [{ shape: [5, 3] }, { shape: [2, 4], int: { max: 5 } }], (e, i) => O.gather(e!, i!, 0)],
+  [
+    'Gather (embedding, repeated ids)',
+    [{ shape: [5, 3] }, { shape: [2, 4], int: { max: 5 } }],
+    (e, i) => O.gather(e!, i!, 0),
+  ],
   ['GatherElements', [{ shape: [3, 5] }, { shape: [3, 2], int: { max: 5 } }], (d, i) => O.gatherElements(d!, i!, 1)],
-  ['Where', [{ shape: [2, 3], frozen: true }, { shape: [2, 3] }, { shape: [3] }], (c, a, b) => O.where(O.less(c!, 0), a!, b!)],
+  [
+    'Where',
+    [{ shape: [2, 3], frozen: true }, { shape: [2, 3] }, { shape: [3] }],
+    (c, a, b) => O.where(O.less(c!, 0), a!, b!),
+  ],
   ['Sum', [{ shape: [2, 3] }, { shape: [3] }, { shape: [2, 3] }], (a, b, c) => O.sum([a!, b!, c!])],
   ['Cast through float64 -> float64 (identity)', [{ shape: [3] }], (a) => O.cast(a!, 'float64')],
   ['RMSNorm (fused)', [{ shape: [2, 3, 8] }, { shape: [8], lo: 0.5, hi: 1.5 }], (x, w) => rmsNorm(x!, w!, 1e-6)],
@@ -121,7 +156,11 @@ test('VJP CrossEntropy, gpu target (label term by ScatterElements)', async () =>
       return {
         loss: crossEntropy(logits, labels, w),
         wrt: [logits, w],
-        feeds: { logits: uniform(next, 36, -2, 2), labels: BigInt64Array.from([0, 5, 2, 3, 3, 1].map(BigInt)), w: uniform(next, 6, 0, 1) },
+        feeds: {
+          logits: uniform(next, 36, -2, 2),
+          labels: BigInt64Array.from([0, 5, 2, 3, 3, 1].map(BigInt)),
+          w: uniform(next, 6, 0, 1),
+        },
       };
     },
     { target: 'gpu' },
@@ -163,7 +202,11 @@ test('masked mean cross-entropy equals the hand-computed mean NLL and its gradie
     return {
       loss: maskedMeanCrossEntropy(l, y, m),
       wrt: [l],
-      feeds: { logits: Float64Array.from(logits), labels: BigInt64Array.from(labels.map(BigInt)), mask: Float64Array.from(mask) },
+      feeds: {
+        logits: Float64Array.from(logits),
+        labels: BigInt64Array.from(labels.map(BigInt)),
+        mask: Float64Array.from(mask),
+      },
     };
   });
   assert.ok(Math.abs(report.loss - expected) < 1e-12, `loss ${report.loss} vs ${expected}`);

@@ -22,11 +22,20 @@ export interface ClientRoundResult {
 
 export interface RoundPorts {
   /** Runs local training for `clients` from the broadcast; resolves with the updates that arrived. */
-  trainClients(round: number, clients: readonly string[], adapter: LoraWeights, emulator: LoraWeights): Promise<ClientRoundResult[]>;
+  trainClients(
+    round: number,
+    clients: readonly string[],
+    adapter: LoraWeights,
+    emulator: LoraWeights,
+  ): Promise<ClientRoundResult[]>;
   /** E alignment steps of the emulator against the (new) adapter; null when this method does not align. */
   align(adapter: LoraWeights, steps: number): Promise<{ emulator: LoraWeights; stats: AlignmentStats } | null>;
   /** Scores per (method, client) for the current adapter and emulator. */
-  evaluate(round: number, adapter: LoraWeights, emulator: LoraWeights): Promise<{ method: string; client: string; scores: EvalScores }[]>;
+  evaluate(
+    round: number,
+    adapter: LoraWeights,
+    emulator: LoraWeights,
+  ): Promise<{ method: string; client: string; scores: EvalScores }[]>;
 }
 
 export interface CoordinatorSettings {
@@ -65,7 +74,12 @@ export function loraBytes(l: LoraWeights): number {
   return n;
 }
 
-export async function runRounds(ports: RoundPorts, settings: CoordinatorSettings, start: CoordinatorState, events: CoordinatorEvents): Promise<CoordinatorState> {
+export async function runRounds(
+  ports: RoundPorts,
+  settings: CoordinatorSettings,
+  start: CoordinatorState,
+  events: CoordinatorEvents,
+): Promise<CoordinatorState> {
   let state = start;
   if (!state.preAligned) {
     const aligned = await ports.align(state.adapter, settings.preAlignSteps);
@@ -80,14 +94,26 @@ export async function runRounds(ports: RoundPorts, settings: CoordinatorSettings
     const clients = sampleClients(settings.clientIds, settings.perRound, settings.seed, round);
     const results = await ports.trainClients(round, clients, state.adapter, state.emulator);
     for (const r of results) {
-      events.onEvent({ round, kind: 'train', client: r.clientId, loss: r.meanLoss, tokens: r.tokens, examples: r.examples });
+      events.onEvent({
+        round,
+        kind: 'train',
+        client: r.clientId,
+        loss: r.meanLoss,
+        tokens: r.tokens,
+        examples: r.examples,
+      });
     }
     // Validate every update before averaging: one bad client (NaN, wrong shapes, too large) is rejected and
     // logged, the others are still averaged.
     const reference = new Map([...state.adapter.tensors].map(([k, v]) => [k, { shape: [v.length] }]));
     const accepted: ClientUpdate[] = [];
     for (const r of results) {
-      const u: ClientUpdate = { clientId: r.clientId, tensors: r.adapter.tensors, tokens: r.tokens, examples: r.examples };
+      const u: ClientUpdate = {
+        clientId: r.clientId,
+        tensors: r.adapter.tensors,
+        tokens: r.tokens,
+        examples: r.examples,
+      };
       try {
         assertUpdates([u], reference, settings.maxUpdateNorm !== undefined ? { maxNorm: settings.maxUpdateNorm } : {});
         accepted.push(u);
@@ -97,11 +123,13 @@ export async function runRounds(ports: RoundPorts, settings: CoordinatorSettings
       }
     }
     let adapter = state.adapter;
-    if (accepted.length > 0) adapter = { spec: state.adapter.spec, tensors: fedAvg(accepted, { weighting: settings.weighting }) };
+    if (accepted.length > 0)
+      adapter = { spec: state.adapter.spec, tensors: fedAvg(accepted, { weighting: settings.weighting }) };
     else events.onEvent({ round, kind: 'skipped', reason: 'no acceptable update this round; adapter kept' });
     // Bytes on the wire this round: the broadcast (adapter, and the emulator LoRA when it changes) to each
     // selected client, and one adapter update back from each.
-    const down = clients.length * (loraBytes(state.adapter) + (settings.broadcastEmulator ? loraBytes(state.emulator) : 0));
+    const down =
+      clients.length * (loraBytes(state.adapter) + (settings.broadcastEmulator ? loraBytes(state.emulator) : 0));
     const up = results.reduce((s, r) => s + loraBytes(r.adapter), 0);
     events.onEvent({ round, kind: 'comm', down, up, clients: clients.length });
     let emulator = state.emulator;
@@ -113,7 +141,14 @@ export async function runRounds(ports: RoundPorts, settings: CoordinatorSettings
     state = { round: round + 1, adapter, emulator, preAligned: true };
     if ((round + 1) % settings.evalEvery === 0 || round + 1 === settings.rounds) {
       for (const e of await ports.evaluate(round + 1, adapter, emulator)) {
-        events.onEvent({ round: round + 1, kind: 'eval', method: e.method, client: e.client, test_loss: e.scores.testLoss, accuracy: e.scores.accuracy });
+        events.onEvent({
+          round: round + 1,
+          kind: 'eval',
+          method: e.method,
+          client: e.client,
+          test_loss: e.scores.testLoss,
+          accuracy: e.scores.accuracy,
+        });
       }
     }
     await events.onCheckpoint(state);

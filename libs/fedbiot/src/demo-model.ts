@@ -143,7 +143,11 @@ export async function pretrainDemoModel(opts: PretrainOptions): Promise<Pretrain
         await cp(join(tokDir, f), join(tmp, f));
       await writeFile(
         join(tmp, 'pretrain.json'),
-        JSON.stringify({ seed, batch: B, seq: T, lr: opts.lr ?? 3e-3, provider: trainer.trainer.runner.provider, ...result }, null, 1) + '\n',
+        JSON.stringify(
+          { seed, batch: B, seq: T, lr: opts.lr ?? 3e-3, provider: trainer.trainer.runner.provider, ...result },
+          null,
+          1,
+        ) + '\n',
       );
     });
     return result;

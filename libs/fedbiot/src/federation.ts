@@ -78,10 +78,18 @@ async function readManifestFederation(dir: string): Promise<RawFederation> {
   }
   const clients = [];
   for (const c of manifest.clients) {
-    clients.push({ id: c.id, train: await readJsonl(join(dir, c.train.path)), test: await readJsonl(join(dir, c.test.path)) });
+    clients.push({
+      id: c.id,
+      train: await readJsonl(join(dir, c.train.path)),
+      test: await readJsonl(join(dir, c.test.path)),
+    });
   }
-  const globalTest = manifest.globalTest ? await readJsonl(join(dir, manifest.globalTest.path)) : clients.flatMap((c) => c.test);
-  const publicTexts = manifest.publicCorpus ? (await readText(join(dir, manifest.publicCorpus.path))).map((t) => t.text) : [];
+  const globalTest = manifest.globalTest
+    ? await readJsonl(join(dir, manifest.globalTest.path))
+    : clients.flatMap((c) => c.test);
+  const publicTexts = manifest.publicCorpus
+    ? (await readText(join(dir, manifest.publicCorpus.path))).map((t) => t.text)
+    : [];
   return { clients, globalTest, publicTexts, source: dir };
 }
 
@@ -97,26 +105,43 @@ async function readPooledFederation(dir: string, spec: JobSpec): Promise<RawFede
     const split = trainTestSplit(s.items, spec.data.testFraction || 0.1, seed + i);
     return { id: s.id, train: split.train, test: split.test };
   });
-  const globalTest = existsSync(join(dir, 'test.jsonl')) ? await readJsonl(join(dir, 'test.jsonl')) : clients.flatMap((c) => c.test);
-  const publicTexts = existsSync(join(dir, 'public.txt')) ? (await readText(join(dir, 'public.txt'))).map((t) => t.text) : [];
+  const globalTest = existsSync(join(dir, 'test.jsonl'))
+    ? await readJsonl(join(dir, 'test.jsonl'))
+    : clients.flatMap((c) => c.test);
+  const publicTexts = existsSync(join(dir, 'public.txt'))
+    ? (await readText(join(dir, 'public.txt'))).map((t) => t.text)
+    : [];
   return { clients, globalTest, publicTexts, source: dir };
 }
 
-export async function loadFederation(spec: JobSpec, tokenizer: TextTokenizer, cacheRoot: string): Promise<FederationData> {
+export async function loadFederation(
+  spec: JobSpec,
+  tokenizer: TextTokenizer,
+  cacheRoot: string,
+): Promise<FederationData> {
   const where = spec.data.federation;
   const dir = where === 'demo' ? await demoFederationDir(cacheRoot, spec.job.seed) : resolve(where);
   let raw: RawFederation;
   if (existsSync(join(dir, 'manifest.json'))) raw = await readManifestFederation(dir);
   else if (existsSync(join(dir, 'train.jsonl'))) raw = await readPooledFederation(dir, spec);
   else throw new Error(`data.federation: ${dir} has neither a manifest.json nor a train.jsonl`);
-  if (spec.alignment.publicData) raw = { ...raw, publicTexts: (await readText(resolve(spec.alignment.publicData))).map((t) => t.text) };
+  if (spec.alignment.publicData)
+    raw = { ...raw, publicTexts: (await readText(resolve(spec.alignment.publicData))).map((t) => t.text) };
   const maxLength = spec.data.maxLength;
   const template = spec.data.template;
   const tok = (ex: Example): TokenizedExample => tokenizeExample(ex, tokenizer, { maxLength, template });
-  const item = (ex: Example): EvalItem => ({ prompt: tokenizePrompt(ex, tokenizer, { template, maxLength }), answer: responseOf(ex) });
+  const item = (ex: Example): EvalItem => ({
+    prompt: tokenizePrompt(ex, tokenizer, { template, maxLength }),
+    answer: responseOf(ex),
+  });
   const publicWindows = raw.publicTexts.length > 0 ? chunkCorpus(raw.publicTexts, tokenizer, { seq: maxLength }) : [];
   return {
-    clients: raw.clients.map((c) => ({ id: c.id, train: c.train.map(tok), test: c.test.map(tok), testItems: c.test.map(item) })),
+    clients: raw.clients.map((c) => ({
+      id: c.id,
+      train: c.train.map(tok),
+      test: c.test.map(tok),
+      testItems: c.test.map(item),
+    })),
     global: { test: raw.globalTest.map(tok), testItems: raw.globalTest.map(item) },
     publicWindows,
     source: raw.source,

@@ -16,8 +16,25 @@ import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPor
 import { loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
-import { AlignmentServer, copyLora, evalVariant, evaluateVariant, initialLora, loraSpecs, trainLocally, type EvalScores } from './roles.js';
-import { createRunDir, loadLatestCheckpoint, readMetrics, saveCheckpoint, MetricsLog, METRICS_FILE, type MetricsEvent } from './run-dir.js';
+import {
+  AlignmentServer,
+  copyLora,
+  evalVariant,
+  evaluateVariant,
+  initialLora,
+  loraSpecs,
+  trainLocally,
+  type EvalScores,
+} from './roles.js';
+import {
+  createRunDir,
+  loadLatestCheckpoint,
+  readMetrics,
+  saveCheckpoint,
+  MetricsLog,
+  METRICS_FILE,
+  type MetricsEvent,
+} from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
@@ -85,8 +102,22 @@ async function evaluateOn(
   return out;
 }
 
-function logEval(ctx: Ctx, phase: Phase, round: number, rows: { method: string; client: string; scores: EvalScores }[]): void {
-  for (const r of rows) ctx.metrics.log({ round, phase, kind: 'eval', method: r.method, client: r.client, test_loss: r.scores.testLoss, accuracy: r.scores.accuracy });
+function logEval(
+  ctx: Ctx,
+  phase: Phase,
+  round: number,
+  rows: { method: string; client: string; scores: EvalScores }[],
+): void {
+  for (const r of rows)
+    ctx.metrics.log({
+      round,
+      phase,
+      kind: 'eval',
+      method: r.method,
+      client: r.client,
+      test_loss: r.scores.testLoss,
+      accuracy: r.scores.accuracy,
+    });
 }
 
 function clientSettings(spec: JobSpec, seq: number) {
@@ -115,16 +146,38 @@ interface FederatedPhaseConfig {
 }
 
 /** One federated method run through the coordinator with in-process ports; returns the final state. */
-async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { round: number; json: Record<string, unknown>; tensors: ReadonlyMap<string, Float32Array> }): Promise<CoordinatorState> {
+async function runFederated(
+  ctx: Ctx,
+  cfg: FederatedPhaseConfig,
+  resumeFrom?: { round: number; json: Record<string, unknown>; tensors: ReadonlyMap<string, Float32Array> },
+): Promise<CoordinatorState> {
   const { spec, lm, data } = ctx;
-  const specs = loraSpecs(cfg.split, { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, targets: spec.lora.targets });
+  const specs = loraSpecs(cfg.split, {
+    r: spec.lora.r,
+    alpha: spec.lora.alpha,
+    dropout: spec.lora.dropout,
+    targets: spec.lora.targets,
+  });
   const clientLayers = cfg.kind === 'fedavg-lora' ? lm.allLayers : cfg.split.clientLayers;
   const pick = (prefix: string, l: LoraWeights): LoraWeights =>
-    resumeFrom ? { spec: l.spec, tensors: new Map([...l.tensors.keys()].map((k) => [k, Float32Array.from(resumeFrom.tensors.get(`${prefix}/${k}`)!)])) } : l;
+    resumeFrom
+      ? {
+          spec: l.spec,
+          tensors: new Map(
+            [...l.tensors.keys()].map((k) => [k, Float32Array.from(resumeFrom.tensors.get(`${prefix}/${k}`)!)]),
+          ),
+        }
+      : l;
   let adapter = pick('adapter', initialLora(specs.adapter, lm, spec.job.seed + 1));
   const emulator = pick('emulator', initialLora(specs.emulator, lm, spec.job.seed + 2));
-  const streamStates = (resumeFrom?.json['streams'] as Record<string, { epoch: number; pos: number }> | undefined) ?? {};
-  const streams = new Map(data.clients.map((c, i) => [c.id, new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i, streamStates[c.id])]));
+  const streamStates =
+    (resumeFrom?.json['streams'] as Record<string, { epoch: number; pos: number }> | undefined) ?? {};
+  const streams = new Map(
+    data.clients.map((c, i) => [
+      c.id,
+      new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i, streamStates[c.id]),
+    ]),
+  );
   const server =
     cfg.kind === 'fedavg-lora' || (cfg.preAlignSteps === 0 && cfg.alignStepsPerRound === 0)
       ? undefined
@@ -132,7 +185,14 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
           lm,
           cfg.split,
           specs,
-          { lambda: spec.alignment.lambda, mu: spec.alignment.mu, lr: spec.alignment.lr, batchSize: spec.alignment.batchSize, seq: ctx.seq, seed: spec.job.seed },
+          {
+            lambda: spec.alignment.lambda,
+            mu: spec.alignment.mu,
+            lr: spec.alignment.lr,
+            batchSize: spec.alignment.batchSize,
+            seq: ctx.seq,
+            seed: spec.job.seed,
+          },
           data.publicWindows,
           emulator,
           resumeFrom?.json['serverStream'] as { epoch: number; pos: number } | undefined,
@@ -145,10 +205,22 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       const out: ClientRoundResult[] = [];
-      const bar = progress(`${cfg.phase} round ${round + 1}/${spec.job.rounds} local training`, clients.length * settings.localSteps);
+      const bar = progress(
+        `${cfg.phase} round ${round + 1}/${spec.job.rounds} local training`,
+        clients.length * settings.localSteps,
+      );
       for (const id of clients) {
         const frozen = cfg.kind === 'fedavg-lora' ? [] : [emulatorNow];
-        const r = await trainLocally(lm, clientLayers, copyLora(adapterNow), frozen, streams.get(id)!, settings, spec.job.seed + round * 131 + id.length, (loss) => bar.tick(1, `${id} loss ${loss.toFixed(3)}`));
+        const r = await trainLocally(
+          lm,
+          clientLayers,
+          copyLora(adapterNow),
+          frozen,
+          streams.get(id)!,
+          settings,
+          spec.job.seed + round * 131 + id.length,
+          (loss) => bar.tick(1, `${id} loss ${loss.toFixed(3)}`),
+        );
         out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
       }
       bar.done();
@@ -168,7 +240,9 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
         const variant = evalVariant(m.on, cfg.split, lm.config.numLayers, adapterNow, emulatorNow);
         rows.push(...(await evaluateOn(ctx, m.method, () => variant)));
       }
-      const all = rows.filter((r) => r.client === 'all').map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
+      const all = rows
+        .filter((r) => r.client === 'all')
+        .map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
       ctx.log(`  round ${round}: ${all.join(' | ')}`);
       return rows;
     },
@@ -196,7 +270,8 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
       onEvent: (e) => {
         // Training events carry the method so the report draws one training-loss line per method and client.
         const method = cfg.phase === 'main' ? spec.job.method : cfg.phase;
-        if (e.kind === 'comm' && cfg.phase !== 'main') ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
+        if (e.kind === 'comm' && cfg.phase !== 'main')
+          ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
         else ctx.metrics.log({ ...e, phase: cfg.phase, ...(e.kind === 'train' ? { method } : {}) });
       },
       onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
@@ -229,7 +304,12 @@ async function runFederated(ctx: Ctx, cfg: FederatedPhaseConfig, resumeFrom?: { 
 /** Local-only baseline: every client trains its own adapter on the emulator, never aggregated. */
 async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights): Promise<void> {
   const { spec, lm, data } = ctx;
-  const specs = loraSpecs(split, { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, targets: spec.lora.targets });
+  const specs = loraSpecs(split, {
+    r: spec.lora.r,
+    alpha: spec.lora.alpha,
+    dropout: spec.lora.dropout,
+    targets: spec.lora.targets,
+  });
   const settings = clientSettings(spec, ctx.seq);
   const scores = [];
   for (const [i, c] of data.clients.entries()) {
@@ -237,9 +317,25 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
     const stream = new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i);
     const bar = progress(`local-only ${c.id}`, spec.job.rounds * settings.localSteps);
     for (let round = 0; round < spec.job.rounds; round++) {
-      const r = await trainLocally(lm, split.clientLayers, adapter, [emulator], stream, settings, spec.job.seed + round * 131 + i, (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`));
+      const r = await trainLocally(
+        lm,
+        split.clientLayers,
+        adapter,
+        [emulator],
+        stream,
+        settings,
+        spec.job.seed + round * 131 + i,
+        (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`),
+      );
       adapter = r.adapter;
-      ctx.metrics.log({ round, phase: 'local-only', kind: 'train', method: 'local-only', client: c.id, loss: r.meanLoss });
+      ctx.metrics.log({
+        round,
+        phase: 'local-only',
+        kind: 'train',
+        method: 'local-only',
+        client: c.id,
+        loss: r.meanLoss,
+      });
     }
     bar.done();
     const [row] = await evaluateOn(ctx, 'local-only', () => ({ layers: lm.allLayers, loras: [adapter] }), [c]);
@@ -268,24 +364,59 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
       return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
     });
-    await writeFileAtomic(metricsPath, async (fh) => fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'));
-    log(checkpoint ? `resuming ${runDir} at phase ${resumePhase}, round ${localRound}` : `resuming ${runDir} from the start (no checkpoint yet)`);
+    await writeFileAtomic(metricsPath, async (fh) =>
+      fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
+    );
+    log(
+      checkpoint
+        ? `resuming ${runDir} at phase ${resumePhase}, round ${localRound}`
+        : `resuming ${runDir} from the start (no checkpoint yet)`,
+    );
   }
   const metrics = await MetricsLog.open(runDir);
   const cacheRoot = defaultCacheRoot();
-  const lm = await CausalLM.load(spec.model.checkpoint, { provider: spec.model.provider, ...(spec.model.threads ? { threads: spec.model.threads } : {}) });
+  const lm = await CausalLM.load(spec.model.checkpoint, {
+    provider: spec.model.provider,
+    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+  });
   try {
     if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
     const data = await loadFederation(spec, lm.tokenizer, cacheRoot);
-    log(`model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`);
-    log(`data ${data.source}: ${data.clients.map((c) => `${c.id} ${c.train.length}/${c.test.length}`).join(', ')} (train/test); public windows ${data.publicWindows.length}`);
-    const ctx: Ctx = { spec, lm, data, runDir, metrics, log, seq: spec.data.maxLength, ...(opts.afterCheckpoint ? { afterCheckpoint: opts.afterCheckpoint } : {}) };
+    log(
+      `model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`,
+    );
+    log(
+      `data ${data.source}: ${data.clients.map((c) => `${c.id} ${c.train.length}/${c.test.length}`).join(', ')} (train/test); public windows ${data.publicWindows.length}`,
+    );
+    const ctx: Ctx = {
+      spec,
+      lm,
+      data,
+      runDir,
+      metrics,
+      log,
+      seq: spec.data.maxLength,
+      ...(opts.afterCheckpoint ? { afterCheckpoint: opts.afterCheckpoint } : {}),
+    };
     const L = lm.config.numLayers;
     const main = spec.job.method;
-    const fedbiotSplit = splitModel({ numLayers: L, adapterBottom: main === 'offsite-tuning' ? spec.split.adapterBottom : 0, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate });
-    log(`split: adapter layers ${fedbiotSplit.adapterLayers.join(',')}; emulator keeps ${fedbiotSplit.emulatorLayers.join(',')} of block [${fedbiotSplit.teacher.start}, ${fedbiotSplit.teacher.end})`);
+    const fedbiotSplit = splitModel({
+      numLayers: L,
+      adapterBottom: main === 'offsite-tuning' ? spec.split.adapterBottom : 0,
+      adapterTop: spec.split.adapterLayers,
+      dropRate: spec.split.dropRate,
+    });
+    log(
+      `split: adapter layers ${fedbiotSplit.adapterLayers.join(',')}; emulator keeps ${fedbiotSplit.emulatorLayers.join(',')} of block [${fedbiotSplit.teacher.start}, ${fedbiotSplit.teacher.end})`,
+    );
     const resumeFor = (phase: Phase) =>
-      checkpoint && resumePhase === phase ? { round: checkpoint.round % PHASE_STRIDE, json: checkpoint.json as Record<string, unknown>, tensors: checkpoint.tensors } : undefined;
+      checkpoint && resumePhase === phase
+        ? {
+            round: checkpoint.round % PHASE_STRIDE,
+            json: checkpoint.json as Record<string, unknown>,
+            tensors: checkpoint.tensors,
+          }
+        : undefined;
     const done = (phase: Phase): boolean => resumeIndex > PHASES.indexOf(phase);
 
     if (!done('base') && resumePhase !== 'base') {
@@ -304,19 +435,36 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
           phase: 'main',
           split: fedbiotSplit,
           kind: main === 'offsite-tuning' ? 'offsite-tuning' : main === 'fedavg-lora' ? 'fedavg-lora' : 'fedbiot',
-          preAlignSteps: main === 'fedbiot' ? spec.alignment.preRounds * spec.alignment.stepsPerRound : (spec.baselines.oneShotAlignSteps ?? 0),
+          preAlignSteps:
+            main === 'fedbiot'
+              ? spec.alignment.preRounds * spec.alignment.stepsPerRound
+              : (spec.baselines.oneShotAlignSteps ?? 0),
           alignStepsPerRound: main === 'fedbiot' ? spec.alignment.stepsPerRound : 0,
           evalMethods:
             main === 'fedbiot'
-              ? [{ method: 'fedbiot-adapemu', on: 'emu' }, { method: 'fedbiot-adapfu', on: 'full' }]
+              ? [
+                  { method: 'fedbiot-adapemu', on: 'emu' },
+                  { method: 'fedbiot-adapfu', on: 'full' },
+                ]
               : [{ method: main as ResultMethod, on: 'full' }],
         },
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
       const adapterDir = join(runDir, 'adapter');
       await savePeftAdapter(adapterDir, renamed(mainState.adapter, 'default'), lm.config, spec.model.checkpoint);
-      await exportMerged(join(runDir, 'merged-model'), lm.config, lm.checkpoint!.tensorNames, (n) => lm.checkpoint!.readFloat32(n), [mainState.adapter], spec.model.checkpoint);
-      await saveCheckpoint(runDir, { round: PHASES.indexOf('offsite-tuning') * PHASE_STRIDE, json: { phase: 'offsite-tuning', round: 0, fresh: true }, tensors: new Map() });
+      await exportMerged(
+        join(runDir, 'merged-model'),
+        lm.config,
+        lm.checkpoint!.tensorNames,
+        (n) => lm.checkpoint!.readFloat32(n),
+        [mainState.adapter],
+        spec.model.checkpoint,
+      );
+      await saveCheckpoint(runDir, {
+        round: PHASES.indexOf('offsite-tuning') * PHASE_STRIDE,
+        json: { phase: 'offsite-tuning', round: 0, fresh: true },
+        tensors: new Map(),
+      });
     }
     if (main === 'fedbiot' && spec.baselines.offsiteTuning && !done('offsite-tuning')) {
       log('baseline offsite-tuning (FedOT: first 2 + last 2 layers as adapter, no per-round alignment) ...');
@@ -325,7 +473,12 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         ctx,
         {
           phase: 'offsite-tuning',
-          split: splitModel({ numLayers: L, adapterBottom: 2, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate }),
+          split: splitModel({
+            numLayers: L,
+            adapterBottom: 2,
+            adapterTop: spec.split.adapterLayers,
+            dropRate: spec.split.dropRate,
+          }),
           kind: 'offsite-tuning',
           preAlignSteps: spec.baselines.oneShotAlignSteps ?? 0,
           alignStepsPerRound: 0,
@@ -336,12 +489,20 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     }
     if (spec.baselines.localOnly) {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
-      const emulator = mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, { ...spec.lora }).emulator, lm, spec.job.seed + 2);
+      const emulator =
+        mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, { ...spec.lora }).emulator, lm, spec.job.seed + 2);
       await runLocalOnly(ctx, fedbiotSplit, emulator);
     }
     if (main === 'fedbiot' && spec.baselines.fedavgLora) {
       log('baseline fedavg-lora (clients hold the full model) ...');
-      await runFederated(ctx, { phase: 'fedavg-lora', split: fedbiotSplit, kind: 'fedavg-lora', preAlignSteps: 0, alignStepsPerRound: 0, evalMethods: [{ method: 'fedavg-lora', on: 'full' }] });
+      await runFederated(ctx, {
+        phase: 'fedavg-lora',
+        split: fedbiotSplit,
+        kind: 'fedavg-lora',
+        preAlignSteps: 0,
+        alignStepsPerRound: 0,
+        evalMethods: [{ method: 'fedavg-lora', on: 'full' }],
+      });
     }
     metrics.sync();
     const events = await readMetrics(join(runDir, METRICS_FILE));
@@ -361,5 +522,8 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
 
 function renamed(l: LoraWeights, name: string): LoraWeights {
   const from = `.${l.spec.name}.`;
-  return { spec: { ...l.spec, name }, tensors: new Map([...l.tensors].map(([k, v]) => [k.replace(from, `.${name}.`), v])) };
+  return {
+    spec: { ...l.spec, name },
+    tensors: new Map([...l.tensors].map(([k, v]) => [k.replace(from, `.${name}.`), v])),
+  };
 }

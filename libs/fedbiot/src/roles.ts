@@ -2,7 +2,15 @@
  * The three FedBiOT roles on a model, independent of transport: the server's emulator alignment (lower level),
  * a client's local adapter training (upper level), and evaluation of base / AdapEmu / AdapFu.
  */
-import { GraphTrainer, crossEntropy, gradients, ops as O, type HostTensor, type OptimizerState, type Tensor } from '../../engine/src/index.js';
+import {
+  GraphTrainer,
+  crossEntropy,
+  gradients,
+  ops as O,
+  type HostTensor,
+  type OptimizerState,
+  type Tensor,
+} from '../../engine/src/index.js';
 import type { CausalLM, LoraWeights, TokenBatch } from '../../model/src/causal-lm.js';
 import { layersKey, loraFeeds, loraKey, shapeOfLora } from '../../model/src/causal-lm.js';
 import type { LoraSpec, LoraTarget } from '../../model/src/llama.js';
@@ -25,8 +33,22 @@ export const EMULATOR = 'emulator';
 /** The adapter LoRA (clients train it) and the emulator LoRA (the server aligns it) of a split. */
 export function loraSpecs(split: ModelSplit, lora: LoraSettings): { adapter: LoraSpec; emulator: LoraSpec } {
   return {
-    adapter: { name: ADAPTER, r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets, layers: split.adapterLayers },
-    emulator: { name: EMULATOR, r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targets, layers: split.emulatorLayers },
+    adapter: {
+      name: ADAPTER,
+      r: lora.r,
+      alpha: lora.alpha,
+      dropout: lora.dropout,
+      targets: lora.targets,
+      layers: split.adapterLayers,
+    },
+    emulator: {
+      name: EMULATOR,
+      r: lora.r,
+      alpha: lora.alpha,
+      dropout: lora.dropout,
+      targets: lora.targets,
+      layers: split.emulatorLayers,
+    },
   };
 }
 
@@ -88,7 +110,10 @@ export class AlignmentServer {
     public emulator: LoraWeights,
     streamState?: { epoch: number; pos: number },
   ) {
-    if (publicWindows.length === 0) throw new Error('alignment: the public dataset is empty (set alignment.publicData or use a federation with a public corpus)');
+    if (publicWindows.length === 0)
+      throw new Error(
+        'alignment: the public dataset is empty (set alignment.publicData or use a federation with a public corpus)',
+      );
     this.stream = new ExampleStream(publicWindows, settings.seed + 7, streamState);
     // index, in client-layer run order, of the emulator's last layer: its output is compared with the teacher's
     this.studentHidden = split.clientLayers.indexOf(split.emulatorLayers.at(-1)!);
@@ -122,7 +147,11 @@ export class AlignmentServer {
         let n = 0;
         for (const v of batch.lossMask) n += v;
         feeds['labels'] = tokens['labels']!;
-        feeds['loss_weights'] = { dtype: 'float32', shape: [B, T], data: Float32Array.from(batch.lossMask, (v) => v / Math.max(n, 1)) };
+        feeds['loss_weights'] = {
+          dtype: 'float32',
+          shape: [B, T],
+          data: Float32Array.from(batch.lossMask, (v) => v / Math.max(n, 1)),
+        };
       }
       const r = await trainer.step([feeds], ['l2', 'kl']);
       sum = { loss: sum.loss + r.loss, l2: sum.l2 + r.extras['l2']!, kl: sum.kl + r.extras['kl']! };
@@ -144,11 +173,22 @@ export class AlignmentServer {
     const { batchSize: B, seq: T } = this.settings;
     const lm = this.lm;
     const teacherEnd = this.split.teacher.end - 1;
-    return lm.graphs.get(`align-teacher-B${B}-T${T}-${loraKey([this.specs.adapter])}-e${teacherEnd}-k${this.settings.lambda > 0 ? 1 : 0}`, (g) => {
-      const m = lm.build(g, { batch: B, seq: T, layers: lm.allLayers, start: 'ids', head: this.settings.lambda > 0, keepHidden: true, loras: [this.specs.adapter] });
-      g.output(m.hiddenStates[teacherEnd]!, 'teacher_hidden');
-      if (this.settings.lambda > 0) g.output(O.logSoftmax(m.logits!, -1), 'teacher_logprobs');
-    });
+    return lm.graphs.get(
+      `align-teacher-B${B}-T${T}-${loraKey([this.specs.adapter])}-e${teacherEnd}-k${this.settings.lambda > 0 ? 1 : 0}`,
+      (g) => {
+        const m = lm.build(g, {
+          batch: B,
+          seq: T,
+          layers: lm.allLayers,
+          start: 'ids',
+          head: this.settings.lambda > 0,
+          keepHidden: true,
+          loras: [this.specs.adapter],
+        });
+        g.output(m.hiddenStates[teacherEnd]!, 'teacher_hidden');
+        if (this.settings.lambda > 0) g.output(O.logSoftmax(m.logits!, -1), 'teacher_logprobs');
+      },
+    );
   }
 
   private async ensureTrainer(): Promise<GraphTrainer> {
@@ -162,7 +202,15 @@ export class AlignmentServer {
       `align-student-B${B}-T${T}-L${layersKey(layers)}-${loraKey([this.specs.emulator, this.specs.adapter])}-l${lambda}-m${mu}`,
       (g) => {
         const head = lambda > 0 || mu > 0;
-        const m = lm.build(g, { batch: B, seq: T, layers, start: 'ids', head, keepHidden: true, loras: [this.specs.emulator, this.specs.adapter] });
+        const m = lm.build(g, {
+          batch: B,
+          seq: T,
+          layers,
+          start: 'ids',
+          head,
+          keepHidden: true,
+          loras: [this.specs.emulator, this.specs.adapter],
+        });
         const mask = g.input('token_mask', 'float32', [B, T]);
         const teacherHidden = g.input('teacher_hidden', 'float32', [B, T, cfg.hiddenSize]);
         const terms = alignmentLoss({
@@ -170,7 +218,12 @@ export class AlignmentServer {
           studentHidden: m.hiddenStates[this.studentHidden]!,
           mask,
           lambda,
-          ...(lambda > 0 ? { teacherLogprobs: g.input('teacher_logprobs', 'float32', [B, T, cfg.vocabSize]), studentLogits: m.logits! } : {}),
+          ...(lambda > 0
+            ? {
+                teacherLogprobs: g.input('teacher_logprobs', 'float32', [B, T, cfg.vocabSize]),
+                studentLogits: m.logits!,
+              }
+            : {}),
         });
         let loss = terms.loss;
         if (mu > 0) {
@@ -181,7 +234,10 @@ export class AlignmentServer {
         const { l2, kl } = terms;
         const trainable = [...m.loraParams].filter(([n]) => n.includes(`.${EMULATOR}.`));
         names.push(...trainable.map(([n]) => n));
-        const grads = gradients(loss, trainable.map(([, t]) => t));
+        const grads = gradients(
+          loss,
+          trainable.map(([, t]) => t),
+        );
         g.output(loss, 'loss');
         g.output(l2, 'l2');
         g.output(O.identity(kl), 'kl');
@@ -217,11 +273,15 @@ export function alignmentLoss(t: {
   const g = t.mask.graph;
   const m3 = O.unsqueeze(t.mask, [-1]); // (B, T, 1)
   const diff = O.sub(t.teacherHidden, t.studentHidden);
-  const l2 = O.div(O.sumAll(O.mul(O.mul(diff, diff), m3)), O.max(O.sumAll(O.mul(O.mul(t.teacherHidden, t.teacherHidden), m3)), 1e-12));
+  const l2 = O.div(
+    O.sumAll(O.mul(O.mul(diff, diff), m3)),
+    O.max(O.sumAll(O.mul(O.mul(t.teacherHidden, t.teacherHidden), m3)), 1e-12),
+  );
   let kl = g.constant(0, t.mask.dtype);
   let loss = l2;
   if (t.lambda > 0) {
-    if (!t.teacherLogprobs || !t.studentLogits) throw new Error('alignmentLoss: lambda > 0 needs teacher log-probabilities and student logits');
+    if (!t.teacherLogprobs || !t.studentLogits)
+      throw new Error('alignmentLoss: lambda > 0 needs teacher log-probabilities and student logits');
     const tlp = t.teacherLogprobs;
     const perToken = O.reduceSum(O.mul(O.exp(tlp), O.sub(tlp, O.logSoftmax(t.studentLogits, -1))), [-1]); // (B, T)
     kl = O.div(O.sumAll(O.mul(perToken, t.mask)), O.max(O.sumAll(t.mask), 1));
@@ -290,7 +350,12 @@ export async function trainLocally(
     lossSum += r.loss;
     onStep?.(r.loss);
   }
-  return { adapter: { spec: adapter.spec, tensors: new Map([...trainer.params].map(([k, v]) => [k, Float32Array.from(v)])) }, tokens, examples, meanLoss: lossSum / s.localSteps };
+  return {
+    adapter: { spec: adapter.spec, tensors: new Map([...trainer.params].map(([k, v]) => [k, Float32Array.from(v)])) },
+    tokens,
+    examples,
+    meanLoss: lossSum / s.localSteps,
+  };
 }
 
 /**
@@ -298,7 +363,13 @@ export async function trainLocally(
  * LoRAs, what clients run. AdapFu: the adapter's LoRA plugged into the original full model (every layer, original
  * weights, no emulator LoRA), what the model owner ships.
  */
-export function evalVariant(on: 'emu' | 'full', split: ModelSplit, numLayers: number, adapter: LoraWeights, emulator: LoraWeights): { layers: number[]; loras: LoraWeights[] } {
+export function evalVariant(
+  on: 'emu' | 'full',
+  split: ModelSplit,
+  numLayers: number,
+  adapter: LoraWeights,
+  emulator: LoraWeights,
+): { layers: number[]; loras: LoraWeights[] } {
   if (on === 'emu') return { layers: [...split.clientLayers], loras: [emulator, adapter] };
   return { layers: Array.from({ length: numLayers }, (_, i) => i), loras: [adapter] };
 }
@@ -330,7 +401,7 @@ export async function evaluateVariant(
   let correct = 0;
   for (const group of chunks(items, opts.batch)) {
     // A full batch keeps one compiled generation graph per variant; padding rows repeat the last prompt.
-    const prompts = [...group.map((i) => i.prompt)];
+    const prompts = group.map((i) => i.prompt);
     while (prompts.length < opts.batch) prompts.push(group.at(-1)!.prompt);
     const outs = await lm.generate(prompts, { maxNewTokens: opts.maxNewTokens }, variant);
     group.forEach((item, i) => {
@@ -338,5 +409,10 @@ export async function evaluateVariant(
       if (exactMatch(text, item.answer)) correct++;
     });
   }
-  return { testLoss: nll / Math.max(tokens, 1), accuracy: items.length ? correct / items.length : 0, tokens, items: items.length };
+  return {
+    testLoss: nll / Math.max(tokens, 1),
+    accuracy: items.length ? correct / items.length : 0,
+    tokens,
+    items: items.length,
+  };
 }

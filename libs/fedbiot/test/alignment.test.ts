@@ -44,13 +44,29 @@ test('alignment loss equals the hand-computed normalised L2 + lambda * masked KL
   const tl = g.input('tl', 'float64', [1, 3, 3]);
   const sl = g.input('sl', 'float64', [1, 3, 3]);
   const { ops: O } = await import('../../engine/src/index.js');
-  const r = alignmentLoss({ teacherHidden: th, studentHidden: sh, mask: m, lambda, teacherLogprobs: O.logSoftmax(tl, -1), studentLogits: sl });
+  const r = alignmentLoss({
+    teacherHidden: th,
+    studentHidden: sh,
+    mask: m,
+    lambda,
+    teacherLogprobs: O.logSoftmax(tl, -1),
+    studentLogits: sl,
+  });
   g.output(r.loss, 'loss');
   g.output(r.l2, 'l2');
   g.output(r.kl, 'kl');
   const session = await ort.InferenceSession.create(encodeModel(g.toIr()), { graphOptimizationLevel: 'basic' });
-  const f = (name: string, data: number[], dims: number[]) => [name, new ort.Tensor('float64', Float64Array.from(data), dims)] as const;
-  const out = await session.run(Object.fromEntries([f('th', T, [1, 3, 2]), f('sh', S, [1, 3, 2]), f('m', mask, [1, 3]), f('tl', tLogits, [1, 3, 3]), f('sl', sLogits, [1, 3, 3])]));
+  const f = (name: string, data: number[], dims: number[]) =>
+    [name, new ort.Tensor('float64', Float64Array.from(data), dims)] as const;
+  const out = await session.run(
+    Object.fromEntries([
+      f('th', T, [1, 3, 2]),
+      f('sh', S, [1, 3, 2]),
+      f('m', mask, [1, 3]),
+      f('tl', tLogits, [1, 3, 3]),
+      f('sl', sLogits, [1, 3, 3]),
+    ]),
+  );
   const v = (k: string): number => (out[k]!.data as Float64Array)[0]!;
   assert.ok(Math.abs(v('l2') - expected.l2) < 1e-12, `l2 ${v('l2')} vs ${expected.l2}`);
   assert.ok(Math.abs(v('kl') - expected.kl) < 1e-12, `kl ${v('kl')} vs ${expected.kl}`);
@@ -60,7 +76,10 @@ test('alignment loss equals the hand-computed normalised L2 + lambda * masked KL
 
 test('AdapFu is the full model with only the adapter LoRA; AdapEmu is the client model with both LoRAs', () => {
   const split = splitModel({ numLayers: 8, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
-  const lora = (name: string) => ({ spec: { name, r: 2, alpha: 4, dropout: 0, targets: ['q_proj' as const], layers: [] }, tensors: new Map() });
+  const lora = (name: string) => ({
+    spec: { name, r: 2, alpha: 4, dropout: 0, targets: ['q_proj' as const], layers: [] },
+    tensors: new Map(),
+  });
   const adapter = lora('adapter');
   const emulator = lora('emulator');
   const fu = evalVariant('full', split, 8, adapter, emulator);
@@ -78,8 +97,17 @@ test('alignment steps lower the L2 gap between the emulator and the full model (
     const split = splitModel({ numLayers: lm.config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.5 });
     const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'v_proj'] });
     // Four windows and batch 4: every step sees the same batch, so first and last measurements are comparable.
-    const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, { seq: 32 }).slice(0, 4);
-    const server = new AlignmentServer(lm, split, specs, { lambda: 1, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 }, windows, initialLora(specs.emulator, lm, 2));
+    const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, {
+      seq: 32,
+    }).slice(0, 4);
+    const server = new AlignmentServer(
+      lm,
+      split,
+      specs,
+      { lambda: 1, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 },
+      windows,
+      initialLora(specs.emulator, lm, 2),
+    );
     const adapter = initialLora(specs.adapter, lm, 1);
     const first = await server.align(adapter, 1);
     await server.align(adapter, 24);

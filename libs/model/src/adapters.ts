@@ -40,7 +40,12 @@ export function toPeftAdapter(lora: LoraWeights, cfg: ModelConfig, baseModel?: s
 }
 
 /** A PEFT adapter (as read by readPeftAdapter) as our runtime form under adapter name `name`. */
-export function fromPeftAdapter(adapter: LoraAdapter, cfg: ModelConfig, name = 'default', file = 'adapter_model.safetensors'): LoraWeights {
+export function fromPeftAdapter(
+  adapter: LoraAdapter,
+  cfg: ModelConfig,
+  name = 'default',
+  file = 'adapter_model.safetensors',
+): LoraWeights {
   validateAdapterFor(cfg, adapter, file);
   if (adapter.config.useRslora) throw new Error(`${file}: rsLoRA adapters are not supported`);
   const targets = new Set<LoraTarget>();
@@ -48,7 +53,8 @@ export function fromPeftAdapter(adapter: LoraAdapter, cfg: ModelConfig, name = '
   const tensors = new Map<string, Float32Array>();
   for (const [module, pair] of adapter.tensors) {
     const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$/.exec(module);
-    if (!m || !(LORA_TARGETS as readonly string[]).includes(m[2]!)) throw new Error(`${file}: unsupported LoRA module ${module}`);
+    if (!m || !(LORA_TARGETS as readonly string[]).includes(m[2]!))
+      throw new Error(`${file}: unsupported LoRA module ${module}`);
     layers.add(Number(m[1]));
     targets.add(m[2] as LoraTarget);
     const names = loraParamNames(module, name);
@@ -64,18 +70,31 @@ export function fromPeftAdapter(adapter: LoraAdapter, cfg: ModelConfig, name = '
     dropout: adapter.config.loraDropout,
   };
   // Every (layer, target) pair must be present: the graph attaches the adapter to all of them.
-  for (const l of spec.layers) for (const t of spec.targets) if (!tensors.has(loraParamNames(moduleName(l, t), name).a)) {
-    throw new Error(`${file}: adapter covers ${t} in some layers but not in layer ${l}; such sparse adapters are not supported`);
-  }
+  for (const l of spec.layers)
+    for (const t of spec.targets)
+      if (!tensors.has(loraParamNames(moduleName(l, t), name).a)) {
+        throw new Error(
+          `${file}: adapter covers ${t} in some layers but not in layer ${l}; such sparse adapters are not supported`,
+        );
+      }
   return { spec, tensors };
 }
 
-export async function savePeftAdapter(dir: string, lora: LoraWeights, cfg: ModelConfig, baseModel?: string): Promise<void> {
+export async function savePeftAdapter(
+  dir: string,
+  lora: LoraWeights,
+  cfg: ModelConfig,
+  baseModel?: string,
+): Promise<void> {
   await writePeftAdapter(dir, toPeftAdapter(lora, cfg, baseModel));
 }
 
 /** W + (alpha/r) B A for every adapted linear: the base weights with the adapters folded in (new arrays). */
-export function mergeLora(base: (name: string) => Float32Array, cfg: ModelConfig, loras: readonly LoraWeights[]): Map<string, Float32Array> {
+export function mergeLora(
+  base: (name: string) => Float32Array,
+  cfg: ModelConfig,
+  loras: readonly LoraWeights[],
+): Map<string, Float32Array> {
   const merged = new Map<string, Float32Array>();
   for (const { spec, tensors } of loras) {
     const scale = spec.alpha / spec.r;

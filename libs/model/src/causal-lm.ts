@@ -4,7 +4,13 @@
  */
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { crossEntropy, type ExecutionProvider, type Graph, type HostTensor, type ModelRunner } from '../../engine/src/index.js';
+import {
+  crossEntropy,
+  type ExecutionProvider,
+  type Graph,
+  type HostTensor,
+  type ModelRunner,
+} from '../../engine/src/index.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { CompiledGraphs } from './compiled.js';
 import type { ModelConfig } from './config.js';
@@ -67,7 +73,10 @@ export function layersKey(layers: readonly number[]): string {
 }
 
 /** Feeds for LoRA factors: every tensor of every adapter, with the shapes the graph declared. */
-export function loraFeeds(graphInputs: ReadonlyMap<string, readonly number[]>, loras: readonly LoraWeights[]): Record<string, HostTensor> {
+export function loraFeeds(
+  graphInputs: ReadonlyMap<string, readonly number[]>,
+  loras: readonly LoraWeights[],
+): Record<string, HostTensor> {
   const feeds: Record<string, HostTensor> = {};
   for (const l of loras) {
     for (const [name, data] of l.tensors) {
@@ -132,7 +141,9 @@ export class CausalLM {
       g.output(crossEntropy(m.logits!, labels, mask), 'nll_sum');
     });
     for (const l of loras) for (const [n, t] of l.tensors) shapes.set(n, shapeOfLora(n, t, l.spec));
-    const out = await runner.run({ ...this.tokenFeeds(batch), ...loraFeeds(filterInputs(runner, shapes), loras) }, ['nll_sum']);
+    const out = await runner.run({ ...this.tokenFeeds(batch), ...loraFeeds(filterInputs(runner, shapes), loras) }, [
+      'nll_sum',
+    ]);
     let tokens = 0;
     for (const v of batch.lossMask) tokens += v;
     return { nllSum: (out['nll_sum']!.data as Float32Array)[0]!, tokens };
@@ -151,7 +162,11 @@ export class CausalLM {
    * Generates continuations of token-id prompts (a batch, left-padded internally). A KV cache keeps the prefix:
    * one prefill pass over the prompts, then one single-token pass per new token.
    */
-  async generate(prompts: readonly (readonly number[])[], opts: GenerateOptions, variant: Variant = {}): Promise<number[][]> {
+  async generate(
+    prompts: readonly (readonly number[])[],
+    opts: GenerateOptions,
+    variant: Variant = {},
+  ): Promise<number[][]> {
     const layers = variant.layers ?? this.allLayers;
     const loras = variant.loras ?? [];
     const cfg = this.config;
@@ -165,7 +180,14 @@ export class CausalLM {
     const Hkv = cfg.numKvHeads;
     const eos = opts.eosTokenId === null ? undefined : (opts.eosTokenId ?? this.eosTokenId);
     const lk = `${layersKey(layers)}-${loraKey(loras)}`;
-    const common = { layers, start: 'ids' as const, head: true, positions: 'input' as const, keyMask: true, loras: loras.map((l) => l.spec) };
+    const common = {
+      layers,
+      start: 'ids' as const,
+      head: true,
+      positions: 'input' as const,
+      keyMask: true,
+      loras: loras.map((l) => l.spec),
+    };
     const prefill = await this.graphs.get(`prefill-B${B}-T${Tp}-${lk}`, (g) => {
       const m = this.build(g, { ...common, batch: B, seq: Tp, logitsFor: 'last', kvCache: { pastLength: 0 } });
       g.output(m.logits!, 'logits');
@@ -241,7 +263,7 @@ export class CausalLM {
 
     const rand = seeded(opts.seed ?? 0);
     const outTokens: number[][] = prompts.map(() => []);
-    const done = new Array<boolean>(B).fill(false);
+    const done = Array.from({ length: B }, () => false);
     let logits = first['logits']!.data as Float32Array;
     for (let step = 0; step < opts.maxNewTokens; step++) {
       const next: number[] = [];
@@ -258,7 +280,10 @@ export class CausalLM {
       // Decode one token per row; the cache slot for this step is Tp + step.
       const stepMask = Float32Array.from(valid);
       for (let b = 0; b < B; b++) stepMask[b * (S + 1) + S] = 1; // the new token attends to itself
-      const r = ropeFor(next.map((_, b) => lengths[b]! + step), 1);
+      const r = ropeFor(
+        next.map((_, b) => lengths[b]! + step),
+        1,
+      );
       const feeds: Record<string, HostTensor> = {
         input_ids: { dtype: 'int64', shape: [B, 1], data: BigInt64Array.from(next, (v) => BigInt(v)) },
         attention_mask: { dtype: 'float32', shape: [B, S + 1], data: stepMask },

@@ -26,7 +26,10 @@ export class CompiledGraphs {
         const g = new Graph(key.slice(0, 64), { target });
         build(g);
         const name = `${target}-${key}`;
-        const file = name.length <= 80 && /^[\w.-]+$/.test(name) ? name : `g-${createHash('sha256').update(name).digest('hex').slice(0, 24)}`;
+        const file =
+          name.length <= 80 && /^[\w.-]+$/.test(name)
+            ? name
+            : `g-${createHash('sha256').update(name).digest('hex').slice(0, 24)}`;
         const path = this.store.write(g, file);
         return openRunner({ path }, { ...this.runnerOptions, ...options, label: key });
       })();

@@ -42,7 +42,8 @@ export class GraphStore {
       shape: (name) => this.checkpoint.weightRef(name).shape,
       source: (name, dtype: DType): WeightSource => {
         const ref = this.checkpoint.weightRef(name);
-        if (dtype === 'float32') return { external: { location: this.link(ref.file), offset: ref.offset, length: ref.length } };
+        if (dtype === 'float32')
+          return { external: { location: this.link(ref.file), offset: ref.offset, length: ref.length } };
         if (dtype === 'float64') return { data: Float64Array.from(this.checkpoint.readFloat32(name)) };
         throw new Error(`GraphStore: weights in ${dtype} are not supported (float32 or float64)`);
       },

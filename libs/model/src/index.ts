@@ -1,7 +1,13 @@
 /** libs/model: LLaMA-family models from Hugging Face checkpoints on the engine. */
 export * from './config.js';
 export * from './errors.js';
-export { expectedTensorShapes, openCheckpoint, writeCheckpoint, type Checkpoint, type WeightRef } from './checkpoint.js';
+export {
+  expectedTensorShapes,
+  openCheckpoint,
+  writeCheckpoint,
+  type Checkpoint,
+  type WeightRef,
+} from './checkpoint.js';
 export * from './rope.js';
 export * from './tokenizer.js';
 export * from './peft.js';

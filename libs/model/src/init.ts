@@ -34,9 +34,13 @@ export function initWeights(cfg: ModelConfig, seed: number, std = 0.02): Map<str
 }
 
 /** Weights held in memory, given to graphs inline (fine for small models; large ones go through a checkpoint). */
-export function memoryWeights(cfg: ModelConfig, weights: ReadonlyMap<string, Float32Array | Float64Array>): WeightStore {
+export function memoryWeights(
+  cfg: ModelConfig,
+  weights: ReadonlyMap<string, Float32Array | Float64Array>,
+): WeightStore {
   const shapes = expectedTensorShapes(cfg);
-  const resolve = (name: string): string => (name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name);
+  const resolve = (name: string): string =>
+    name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
   return {
     shape: (name) => {
       const s = shapes.get(resolve(name));

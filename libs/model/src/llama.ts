@@ -42,7 +42,8 @@ export interface WeightStore {
 
 /** "model.layers.3.self_attn.q_proj" for q/k/v/o, "model.layers.3.mlp.gate_proj" for the MLP linears. */
 export function moduleName(layer: number, target: LoraTarget): string {
-  const block = target.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(target) ? 'mlp' : 'self_attn';
+  const block =
+    target.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(target) ? 'mlp' : 'self_attn';
   return `model.layers.${layer}.${block}.${target}`;
 }
 
@@ -136,7 +137,8 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   const P = opts.kvCache?.pastLength ?? 0;
   const S = P + T;
   for (const l of opts.layers) {
-    if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers) throw new GraphError(`buildLlama: layer ${l} out of range 0..${cfg.numLayers - 1}`);
+    if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers)
+      throw new GraphError(`buildLlama: layer ${l} out of range 0..${cfg.numLayers - 1}`);
   }
 
   const bound = new Map<string, Tensor>();
@@ -147,7 +149,9 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
       const key = name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
       t = bound.get(key);
       if (!t) {
-        t = opts.weightsAsInputs ? g.input(key, dtype, weights.shape(key)) : g.weight(key, dtype, weights.shape(key), weights.source(key, dtype));
+        t = opts.weightsAsInputs
+          ? g.input(key, dtype, weights.shape(key))
+          : g.weight(key, dtype, weights.shape(key), weights.source(key, dtype));
         bound.set(key, t);
       }
       bound.set(name, t);
@@ -177,7 +181,10 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
         const b = g.input(names.b, dtype, [fout, spec.r]);
         loraParams.set(names.a, a);
         loraParams.set(names.b, b);
-        const drop = opts.loraDropout && spec.dropout > 0 ? g.input(`${module}.lora_dropout.${spec.name}`, dtype, [B, T, fin]) : undefined;
+        const drop =
+          opts.loraDropout && spec.dropout > 0
+            ? g.input(`${module}.lora_dropout.${spec.name}`, dtype, [B, T, fin])
+            : undefined;
         const list = loraFor.get(module) ?? [];
         list.push(drop ? { spec, a, b, drop } : { spec, a, b });
         loraFor.set(module, list);
@@ -281,7 +288,9 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     hiddenStates,
     loraParams,
     presents,
-    weightInputs: opts.weightsAsInputs ? new Map([...bound].filter(([k]) => k !== 'lm_head.weight' || !cfg.tieWordEmbeddings)) : new Map(),
+    weightInputs: opts.weightsAsInputs
+      ? new Map([...bound].filter(([k]) => k !== 'lm_head.weight' || !cfg.tieWordEmbeddings))
+      : new Map(),
   };
 }
 
@@ -315,12 +324,16 @@ function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | undefined): T
   return O.matmul(O.softmax(scores, -1), v); // (B, H, T, hd)
 }
 
-
 /**
  * cos/sin [T, hd] for positions offset..offset+T-1. HF computes inv_freq in float32 and the angles as a float32
  * product, so float32 graphs round the same way; float64 graphs (gradient checks) keep full precision.
  */
-export function ropeTablesFor(cfg: ModelConfig, T: number, offset: number, dtype: DType): { cos: Float64Array; sin: Float64Array } {
+export function ropeTablesFor(
+  cfg: ModelConfig,
+  T: number,
+  offset: number,
+  dtype: DType,
+): { cos: Float64Array; sin: Float64Array } {
   const inv = ropeInvFreq(cfg);
   const hd = cfg.headDim;
   const half = hd / 2;

@@ -1,5 +1,12 @@
 /** LoRA training of causal LMs on the engine's GraphTrainer. */
-import { GraphTrainer, crossEntropy, gradients, type HostTensor, type OptimizerConfig, type StepResult } from '../../engine/src/index.js';
+import {
+  GraphTrainer,
+  crossEntropy,
+  gradients,
+  type HostTensor,
+  type OptimizerConfig,
+  type StepResult,
+} from '../../engine/src/index.js';
 import type { CausalLM, LoraWeights, TokenBatch } from './causal-lm.js';
 import { layersKey, loraFeeds, loraKey, shapeOfLora } from './causal-lm.js';
 import { linearFeatures, loraParamNames, moduleName, type LoraSpec } from './llama.js';
@@ -13,7 +20,10 @@ export function initLora(spec: LoraSpec, cfg: CausalLM['config'], seed: number):
       const [fin, fout] = linearFeatures(cfg, target);
       const names = loraParamNames(moduleName(layer, target), spec.name);
       const bound = 1 / Math.sqrt(fin);
-      out.set(names.a, Float32Array.from({ length: spec.r * fin }, () => (2 * uniform() - 1) * bound));
+      out.set(
+        names.a,
+        Float32Array.from({ length: spec.r * fin }, () => (2 * uniform() - 1) * bound),
+      );
       out.set(names.b, new Float32Array(fout * spec.r));
     }
   }
@@ -58,12 +68,23 @@ export class LoraTrainer {
     const key = `train-B${B}-T${T}-L${layersKey(layers)}-${loraKey([opts.trainable])}-F${loraKey(frozen)}-d${dropout ? 1 : 0}`;
     const dropoutInputs: { name: string; shape: readonly number[] }[] = [];
     const runner = await lm.graphs.get(key, (g) => {
-      const m = lm.build(g, { batch: B, seq: T, layers, start: 'ids', head: true, loras: [spec, ...frozen.map((f) => f.spec)], loraDropout: dropout });
+      const m = lm.build(g, {
+        batch: B,
+        seq: T,
+        layers,
+        start: 'ids',
+        head: true,
+        loras: [spec, ...frozen.map((f) => f.spec)],
+        loraDropout: dropout,
+      });
       const labels = g.input('labels', 'int64', [B, T]);
       const weights = g.input('loss_weights', 'float32', [B, T]);
       const loss = crossEntropy(m.logits!, labels, weights);
       const trainable = [...m.loraParams].filter(([n]) => opts.trainable.tensors.has(n));
-      const grads = gradients(loss, trainable.map(([, t]) => t));
+      const grads = gradients(
+        loss,
+        trainable.map(([, t]) => t),
+      );
       g.output(loss, 'loss');
       grads.forEach((gr, i) => g.output(gr!, `grad.${trainable[i]![0]}`));
     });
@@ -77,15 +98,24 @@ export class LoraTrainer {
     const params = new Map([...opts.trainable.tensors].map(([k, v]) => [k, Float32Array.from(v)]));
     const shapes = new Map([...params].map(([n, t]) => [n, shapeOfLora(n, t, spec)]));
     const missing = [...params.keys()].filter((n) => !runner.outputNames.includes(`grad.${n}`));
-    if (missing.length) throw new Error(`LoraTrainer: adapter tensors not in the trained layers: ${missing.join(', ')}`);
+    if (missing.length)
+      throw new Error(`LoraTrainer: adapter tensors not in the trained layers: ${missing.join(', ')}`);
     const frozenShapes = new Map<string, readonly number[]>();
-    for (const f of frozen) for (const [n, t] of f.tensors) if (runner.inputNames.includes(n)) frozenShapes.set(n, shapeOfLora(n, t, f.spec));
+    for (const f of frozen)
+      for (const [n, t] of f.tensors) if (runner.inputNames.includes(n)) frozenShapes.set(n, shapeOfLora(n, t, f.spec));
     const trainer = new GraphTrainer(runner, params, shapes, opts.optimizer, {
       ...(opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {}),
       ...(opts.proxEps ? { proxEps: opts.proxEps } : {}),
     });
     trainer.setAnchor();
-    return new LoraTrainer(lm, trainer, opts, loraFeeds(frozenShapes, frozen), dropoutInputs, seededUniform(opts.seed ?? 0));
+    return new LoraTrainer(
+      lm,
+      trainer,
+      opts,
+      loraFeeds(frozenShapes, frozen),
+      dropoutInputs,
+      seededUniform(opts.seed ?? 0),
+    );
   }
 
   /** Current adapter values (live arrays; copy before keeping). */
@@ -111,7 +141,11 @@ export class LoraTrainer {
       for (const d of this.dropoutInputs) {
         // inverted dropout, as torch: kept values are scaled by 1/(1-p)
         const n = d.shape.reduce((a, b) => a * b, 1);
-        out[d.name] = { dtype: 'float32', shape: d.shape, data: Float32Array.from({ length: n }, () => (this.rand() < p ? 0 : 1 / (1 - p))) };
+        out[d.name] = {
+          dtype: 'float32',
+          shape: d.shape,
+          data: Float32Array.from({ length: n }, () => (this.rand() < p ? 0 : 1 / (1 - p))),
+        };
       }
       return out;
     });
@@ -154,12 +188,22 @@ export class FullTrainer {
     const { batch: B, seq: T } = opts;
     const names: string[] = [];
     const runner = await lm.graphs.get(`pretrain-B${B}-T${T}`, (g) => {
-      const m = lm.build(g, { batch: B, seq: T, layers: lm.allLayers, start: 'ids', head: true, weightsAsInputs: true });
+      const m = lm.build(g, {
+        batch: B,
+        seq: T,
+        layers: lm.allLayers,
+        start: 'ids',
+        head: true,
+        weightsAsInputs: true,
+      });
       const labels = g.input('labels', 'int64', [B, T]);
       const weights = g.input('loss_weights', 'float32', [B, T]);
       const loss = crossEntropy(m.logits!, labels, weights);
       names.push(...m.weightInputs.keys());
-      const grads = gradients(loss, names.map((n) => m.weightInputs.get(n)!));
+      const grads = gradients(
+        loss,
+        names.map((n) => m.weightInputs.get(n)!),
+      );
       g.output(loss, 'loss');
       grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
     });
@@ -172,7 +216,13 @@ export class FullTrainer {
       params.set(name, Float32Array.from(v));
       shapes.set(name, lm.weights.shape(name));
     }
-    const trainer = new GraphTrainer(runner, params, shapes, opts.optimizer, opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {});
+    const trainer = new GraphTrainer(
+      runner,
+      params,
+      shapes,
+      opts.optimizer,
+      opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {},
+    );
     return new FullTrainer(lm, trainer);
   }
 
@@ -189,7 +239,11 @@ export class FullTrainer {
       return {
         input_ids: f['input_ids']!,
         labels: f['labels']!,
-        loss_weights: { dtype: 'float32' as const, shape: [mb.batch, mb.seq], data: Float32Array.from(mb.lossMask, (v) => v * scale) },
+        loss_weights: {
+          dtype: 'float32' as const,
+          shape: [mb.batch, mb.seq],
+          data: Float32Array.from(mb.lossMask, (v) => v * scale),
+        },
       };
     });
     return { ...(await this.trainer.step(feeds)), tokens };

@@ -34,7 +34,10 @@ test('batched generation with prompts of different lengths gives each row its ow
   const cacheRoot = mkdtempSync(join(tmpdir(), 'gen-'));
   const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), { thread: 'main', threads: 1, cacheRoot });
   try {
-    const ids = Array.from((await readTensor(join(fixturesDir, 'llama-tiny-a', 'reference.safetensors'), 'input_ids')).data as BigInt64Array, Number);
+    const ids = Array.from(
+      (await readTensor(join(fixturesDir, 'llama-tiny-a', 'reference.safetensors'), 'input_ids')).data as BigInt64Array,
+      Number,
+    );
     const prompts = [ids.slice(0, 5), ids.slice(24, 35), ids.slice(3, 12)];
     const batched = await lm.generate(prompts, { maxNewTokens: 7, eosTokenId: null });
     for (let i = 0; i < prompts.length; i++) {

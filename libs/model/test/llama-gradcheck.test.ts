@@ -35,7 +35,8 @@ async function checkStack(cfg: ReturnType<typeof config>): Promise<void> {
   const weights = new Map([...initWeights(cfg, 3, 0.3)].map(([k, v]) => [k, Float64Array.from(v)]));
   // RMSNorm weights away from 1 and non-zero biases so their paths are exercised too.
   const next = rng(11);
-  for (const [k, v] of weights) if (k.endsWith('norm.weight') || k.endsWith('.bias')) v.set(uniform(next, v.length, 0.5, 1.5));
+  for (const [k, v] of weights)
+    if (k.endsWith('norm.weight') || k.endsWith('.bias')) v.set(uniform(next, v.length, 0.5, 1.5));
   const spec: LoraSpec = { name: 'default', r: 2, alpha: 4, targets: LORA_TARGETS, layers: [0, 1], dropout: 0 };
   const report = await gradCheck((g) => {
     const m = buildLlama(g, cfg, memoryWeights(cfg, weights), {
@@ -59,7 +60,8 @@ async function checkStack(cfg: ReturnType<typeof config>): Promise<void> {
     return { loss, wrt: [...m.loraParams.values()], feeds };
   });
   assert.equal(report.tensors.length, 2 * 7 * 2, 'A and B of 7 linears in 2 layers');
-  for (const t of report.tensors) assert.ok(t.relError < 1e-5, `${t.name}: relative error ${t.relError.toExponential(2)}`);
+  for (const t of report.tensors)
+    assert.ok(t.relError < 1e-5, `${t.name}: relative error ${t.relError.toExponential(2)}`);
   assert.ok(report.loss > 0 && Number.isFinite(report.loss));
 }
 

@@ -33,12 +33,26 @@ function batchOf(rows: number[][], T: number): TokenBatch {
 
 test('LoRA training lowers the loss; the adapter round-trips through PEFT files; merged export matches', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'lora-'));
-  const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), { thread: 'main', threads: 1, cacheRoot: join(tmp, 'cache') });
+  const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), {
+    thread: 'main',
+    threads: 1,
+    cacheRoot: join(tmp, 'cache'),
+  });
   try {
     // Two fixed sequences with a pattern the base model does not know.
-    const rows = [Array.from({ length: 16 }, (_, i) => 10 + (i % 5)), Array.from({ length: 16 }, (_, i) => 40 + (i % 3))];
+    const rows = [
+      Array.from({ length: 16 }, (_, i) => 10 + (i % 5)),
+      Array.from({ length: 16 }, (_, i) => 40 + (i % 3)),
+    ];
     const batch = batchOf(rows, 16);
-    const spec: LoraSpec = { name: 'default', r: 4, alpha: 8, targets: ['q_proj', 'v_proj'], layers: [2, 3], dropout: 0.05 };
+    const spec: LoraSpec = {
+      name: 'default',
+      r: 4,
+      alpha: 8,
+      targets: ['q_proj', 'v_proj'],
+      layers: [2, 3],
+      dropout: 0.05,
+    };
     const trainer = await LoraTrainer.create(lm, {
       batch: 2,
       seq: 16,
@@ -53,7 +67,10 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
     const after = await lm.lossSum(batch, { loras: [lora] });
     const meanBefore = before.nllSum / before.tokens;
     const meanAfter = after.nllSum / after.tokens;
-    assert.ok(meanAfter < 0.6 * meanBefore, `loss ${meanBefore.toFixed(3)} -> ${meanAfter.toFixed(3)} (training losses ${losses[0]!.toFixed(3)} .. ${losses.at(-1)!.toFixed(3)})`);
+    assert.ok(
+      meanAfter < 0.6 * meanBefore,
+      `loss ${meanBefore.toFixed(3)} -> ${meanAfter.toFixed(3)} (training losses ${losses[0]!.toFixed(3)} .. ${losses.at(-1)!.toFixed(3)})`,
+    );
 
     // PEFT round trip: identical tensors under PEFT names.
     const adapterDir = join(tmp, 'adapter');
@@ -70,7 +87,10 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
     const merged = await CausalLM.load(mergedDir, { thread: 'main', threads: 1, cacheRoot: join(tmp, 'cache') });
     try {
       const m = await merged.lossSum(batch);
-      assert.ok(Math.abs(m.nllSum - after.nllSum) / after.nllSum < 1e-5, `merged ${m.nllSum} vs adapter ${after.nllSum}`);
+      assert.ok(
+        Math.abs(m.nllSum - after.nllSum) / after.nllSum < 1e-5,
+        `merged ${m.nllSum} vs adapter ${after.nllSum}`,
+      );
     } finally {
       await merged.release();
     }

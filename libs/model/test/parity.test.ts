@@ -17,7 +17,10 @@ import { fixturesDir } from '../../../test/support/paths.js';
 
 const FIXTURES = ['llama-tiny-a', 'qwen2-tiny', 'mistral-tiny'];
 
-async function ref(fixture: string, name: string): Promise<{ shape: readonly number[]; data: Float32Array | BigInt64Array }> {
+async function ref(
+  fixture: string,
+  name: string,
+): Promise<{ shape: readonly number[]; data: Float32Array | BigInt64Array }> {
   const t = await readTensor(join(fixturesDir, fixture, 'reference.safetensors'), name);
   return { shape: t.shape, data: t.data as Float32Array | BigInt64Array };
 }
@@ -48,7 +51,10 @@ function shiftedLabels(ids: BigInt64Array, B: number, T: number): { labels: Host
       mask[b * T + t] = 1;
     }
   }
-  return { labels: { dtype: 'int64', shape: [B, T], data: labels }, mask: { dtype: 'float32', shape: [B, T], data: mask } };
+  return {
+    labels: { dtype: 'int64', shape: [B, T], data: labels },
+    mask: { dtype: 'float32', shape: [B, T], data: mask },
+  };
 }
 
 for (const fixture of FIXTURES) {
@@ -62,21 +68,53 @@ for (const fixture of FIXTURES) {
       const cfg = ckpt.config;
       const g = new Graph('forward');
       const layers = Array.from({ length: cfg.numLayers }, (_, i) => i);
-      const m = buildLlama(g, cfg, store.weights(), { batch: B, seq: T, layers, start: 'ids', head: true, keepHidden: true });
+      const m = buildLlama(g, cfg, store.weights(), {
+        batch: B,
+        seq: T,
+        layers,
+        start: 'ids',
+        head: true,
+        keepHidden: true,
+      });
       const { loss } = causalLmLoss(m.logits!);
       g.output(m.logits!, 'logits');
       g.output(loss, 'loss');
       g.output(m.embeddings!, 'hidden_states.0');
       m.hiddenStates.forEach((h, i) => g.output(h, `hidden.${i + 1}`));
-      const runner = await openRunner({ path: store.write(g, 'parity-forward') }, { thread: 'main', intraOpNumThreads: 1 });
+      const runner = await openRunner(
+        { path: store.write(g, 'parity-forward') },
+        { thread: 'main', intraOpNumThreads: 1 },
+      );
       try {
         const { labels, mask } = shiftedLabels(ids.data as BigInt64Array, B, T);
-        const out = await runner.run({ input_ids: { dtype: 'int64', shape: [B, T], data: ids.data as BigInt64Array }, labels, loss_mask: mask });
-        compare('logits', out['logits']!.data as Float32Array, (await ref(fixture, 'logits')).data as Float32Array, 1e-4, 1e-5);
-        compare('hidden_states.0', out['hidden_states.0']!.data as Float32Array, (await ref(fixture, 'hidden_states.0')).data as Float32Array, 1e-4, 1e-5);
+        const out = await runner.run({
+          input_ids: { dtype: 'int64', shape: [B, T], data: ids.data as BigInt64Array },
+          labels,
+          loss_mask: mask,
+        });
+        compare(
+          'logits',
+          out['logits']!.data as Float32Array,
+          (await ref(fixture, 'logits')).data as Float32Array,
+          1e-4,
+          1e-5,
+        );
+        compare(
+          'hidden_states.0',
+          out['hidden_states.0']!.data as Float32Array,
+          (await ref(fixture, 'hidden_states.0')).data as Float32Array,
+          1e-4,
+          1e-5,
+        );
         // hidden.L is the output after the final norm, as HF's last hidden state.
         for (let i = 1; i <= cfg.numLayers; i++) {
-          compare(`hidden_states.${i}`, out[`hidden.${i === cfg.numLayers ? i + 1 : i}`]!.data as Float32Array, (await ref(fixture, `hidden_states.${i}`)).data as Float32Array, 1e-4, 1e-5);
+          compare(
+            `hidden_states.${i}`,
+            out[`hidden.${i === cfg.numLayers ? i + 1 : i}`]!.data as Float32Array,
+            (await ref(fixture, `hidden_states.${i}`)).data as Float32Array,
+            1e-4,
+            1e-5,
+          );
         }
         const wantLoss = ((await ref(fixture, 'loss')).data as Float32Array)[0]!;
         const gotLoss = (out['loss']!.data as Float32Array)[0]!;
@@ -108,16 +146,33 @@ for (const fixture of FIXTURES) {
       };
       const g = new Graph('lora-train');
       const layers = Array.from({ length: cfg.numLayers }, (_, i) => i);
-      const m = buildLlama(g, cfg, store.weights(), { batch: B, seq: T, layers, start: 'ids', head: true, loras: [spec] });
+      const m = buildLlama(g, cfg, store.weights(), {
+        batch: B,
+        seq: T,
+        layers,
+        start: 'ids',
+        head: true,
+        loras: [spec],
+      });
       const { loss } = causalLmLoss(m.logits!);
       const names = [...m.loraParams.keys()];
-      const grads = gradients(loss, names.map((n) => m.loraParams.get(n)!));
+      const grads = gradients(
+        loss,
+        names.map((n) => m.loraParams.get(n)!),
+      );
       g.output(loss, 'loss');
       grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
-      const runner = await openRunner({ path: store.write(g, 'parity-lora') }, { thread: 'main', intraOpNumThreads: 1 });
+      const runner = await openRunner(
+        { path: store.write(g, 'parity-lora') },
+        { thread: 'main', intraOpNumThreads: 1 },
+      );
       try {
         const { labels, mask } = shiftedLabels(ids.data as BigInt64Array, B, T);
-        const feeds: Record<string, HostTensor> = { input_ids: { dtype: 'int64', shape: [B, T], data: ids.data as BigInt64Array }, labels, loss_mask: mask };
+        const feeds: Record<string, HostTensor> = {
+          input_ids: { dtype: 'int64', shape: [B, T], data: ids.data as BigInt64Array },
+          labels,
+          loss_mask: mask,
+        };
         for (const [module, pair] of adapter.tensors) {
           const n = loraParamNames(module, 'default');
           feeds[n.a] = { dtype: 'float32', shape: [pair.r, pair.inFeatures], data: pair.A };
@@ -125,7 +180,10 @@ for (const fixture of FIXTURES) {
         }
         const out = await runner.run(feeds);
         const wantLoss = ((await ref(fixture, 'lora.loss')).data as Float32Array)[0]!;
-        assert.ok(Math.abs((out['loss']!.data as Float32Array)[0]! - wantLoss) <= 1e-5, `lora loss ${(out['loss']!.data as Float32Array)[0]} vs ${wantLoss}`);
+        assert.ok(
+          Math.abs((out['loss']!.data as Float32Array)[0]! - wantLoss) <= 1e-5,
+          `lora loss ${(out['loss']!.data as Float32Array)[0]} vs ${wantLoss}`,
+        );
         assert.ok(names.length > 0 && names.length === adapter.tensors.size * 2);
         for (const name of names) {
           const want = (await ref(fixture, `lora.grad.${name}`)).data as Float32Array;
