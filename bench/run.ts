@@ -2,6 +2,7 @@
 const suites: Record<string, () => Promise<{ main: (args: string[]) => Promise<void> }>> = {
   engine: () => import('./engine.js'),
   model: () => import('./model.js'),
+  perf: () => import('./perf.js'),
   'gpu-check': () => import('./gpu-check.js'),
   messaging: () => import('./messaging.js'),
 };

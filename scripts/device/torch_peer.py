@@ -1,6 +1,6 @@
 # The Python stack a user would otherwise pick (transformers + peft, AdamW), timed on the same shapes as
 # `npm run bench -- model` / `-- engine`, so both sides run on one machine in one call. Usage:
-#   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, smollm-cpu16, smollm-cpu2
+#   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, tinyllama-cuda, smollm-cpu16, smollm-cpu2
 import json, sys, time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -8,6 +8,8 @@ from peft import LoraConfig, get_peft_model
 
 SMOLLM = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
               num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4)
 BLOCK = dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=1,
              num_attention_heads=4, num_key_value_heads=4)
 
@@ -42,6 +44,7 @@ def client_step(name, shape, B, T, top, device, threads=None, steps=5, warm=2):
 CASES = {
     'block': lambda: client_step('block-d256-T128', BLOCK, 4, 128, 1, 'cuda'),
     'smollm-cuda': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cuda'),
+    'tinyllama-cuda': lambda: client_step('tinyllama1.1b-client-top2', TINYLLAMA, 4, 512, 2, 'cuda'),
     'smollm-cpu16': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 16, steps=3, warm=1),
     'smollm-cpu2': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 2, steps=2, warm=1),
 }

@@ -1,0 +1,101 @@
+/**
+ * `npm run bench -- perf`: the FedBiOT steps at the shapes users compare with PyTorch. Per model shape
+ * (SmolLM-135M at T=256, TinyLlama-1.1B at T=512; random weights, B=4):
+ *   client step    = the FedBiOT client step: emulator (dropped lower layers) + top-2 adapter layers with LoRA
+ *                    r=8 on q,v, backward through the adapter, AdamW (LoraTrainer on the client layers)
+ *   full-prefix    = the same with every original layer (the step PyTorch's peer script times)
+ *   align step     = the server's alignment step: teacher forward (full model + adapter) and the emulator-LoRA
+ *                    update on hidden-state L2 + KL (AlignmentServer)
+ * `--models smollm,tinyllama` picks shapes (default smollm). Rows go to bench/results/perf-ours.json;
+ * scripts/device/perf.sh joins them with the PyTorch peer into bench/results/perf.json.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ExecutionProvider } from '../libs/engine/src/index.js';
+import { CausalLM } from '../libs/model/src/causal-lm.js';
+import { parseModelConfig } from '../libs/model/src/config.js';
+import { writeRandomCheckpoint } from '../libs/model/src/init.js';
+import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
+import type { TokenizedExample } from '../libs/data/src/index.js';
+import { AlignmentServer, initialLora, loraSpecs } from '../libs/fedbiot/src/roles.js';
+import { splitModel } from '../libs/fedbiot/src/split.js';
+import { SMOLLM_135M, randomBatch } from './model.js';
+import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
+
+const TINYLLAMA_11B = {
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 2048,
+  intermediate_size: 5632,
+  num_hidden_layers: 22,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 2048,
+  rope_theta: 10000,
+};
+
+const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
+  smollm: { config: SMOLLM_135M, seq: 256, name: 'smollm135m' },
+  tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
+};
+
+export async function main(args: string[]): Promise<void> {
+  const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
+  const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
+  const steps = Number(argOf(args, 'steps') ?? 3);
+  const models = (argOf(args, 'models') ?? 'smollm').split(',');
+  const B = 4;
+  const rows: Record<string, unknown>[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), 'bench-perf-'));
+  try {
+    for (const key of models) {
+      const shape = SHAPES[key];
+      if (!shape) throw new Error(`--models: unknown shape ${key} (smollm, tinyllama)`);
+      const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
+      const T = shape.seq;
+      console.log(`${shape.name}: writing random checkpoint ...`);
+      await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+      const lm = await CausalLM.load(join(tmp, key), { provider, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
+      try {
+        const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
+        const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
+        const batch = randomBatch(B, T, cfg.vocabSize);
+        const common = { provider: lm.graphs.runnerOptions.provider ?? 'cpu', threads: threads ?? 'cores', batch: B, seq: T, machine: machine(), date: new Date().toISOString() };
+        for (const [variant, layers] of [
+          ['client-step', split.clientLayers],
+          ['full-prefix-step', lm.allLayers],
+        ] as const) {
+          const trainer = await LoraTrainer.create(lm, {
+            batch: B,
+            seq: T,
+            layers,
+            trainable: { spec: specs.adapter, tensors: initLora(specs.adapter, cfg, 1) },
+            optimizer: { kind: 'adamw', lr: 1e-4, betas: [0.9, 0.95] },
+          });
+          console.log(`${shape.name} ${variant} (${layers.length} layers) ...`);
+          const t = await time(() => trainer.step([batch]), steps, 1);
+          rows.push({ case: `${shape.name}-${variant}`, task: 'train', ms_per_step: +t.median.toFixed(1), tokens_per_s: +((B * T) / (t.median / 1000)).toFixed(1), peak_rss_mib: peakRssMib(), layers: layers.length, ...common });
+        }
+        const windows: TokenizedExample[] = Array.from({ length: B }, (_, b) => {
+          const ids = Array.from(batch.inputIds.slice(b * T, (b + 1) * T));
+          return { inputIds: ids, lossMask: ids.map((_, i) => (i === 0 ? 0 : 1)), promptLength: 0, truncatedPromptTokens: 0, truncatedResponseTokens: 0 };
+        });
+        const server = new AlignmentServer(lm, split, specs, { lambda: 1, mu: 0, lr: 1e-4, batchSize: B, seq: T, seed: 1 }, windows, initialLora(specs.emulator, lm, 2));
+        const adapter = initialLora(specs.adapter, lm, 1);
+        console.log(`${shape.name} alignment step ...`);
+        const ta = await time(() => server.align(adapter, 1), steps, 1);
+        rows.push({ case: `${shape.name}-align-step`, task: 'align', ms_per_step: +ta.median.toFixed(1), tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1), peak_rss_mib: peakRssMib(), layers: split.clientLayers.length, ...common });
+      } finally {
+        await lm.release();
+      }
+      rmSync(join(tmp, key), { recursive: true, force: true });
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  console.log(`\nperf benchmark, ours (${machine()}):`);
+  printTable(rows, ['case', 'provider', 'batch', 'seq', 'ms_per_step', 'tokens_per_s', 'peak_rss_mib']);
+  console.log(`\nwrote ${writeResults('perf-ours', rows, argOf(args, 'out'))}`);
+}
