@@ -12,6 +12,7 @@ import {
   StateStore,
   WorkQueue,
   blobBucketName,
+  updateBucketName,
   connectTransport,
   stateBucketName,
   type BlobRef,
@@ -76,6 +77,8 @@ export class Aggregator implements ServiceRole {
     const jobId = ctx.jobId;
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
+    // Update buckets exist before any task goes out: client identities may write into theirs but not create it.
+    await Promise.all(ctx.data.clients.map((c) => blobs.ensureBucket(updateBucketName(jobId, c.id))));
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
     // Base weights once per job; the name keeps a restart from uploading them again.

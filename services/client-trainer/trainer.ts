@@ -17,6 +17,7 @@ import {
   StateStore,
   WorkQueue,
   blobBucketName,
+  updateBucketName,
   connectTransport,
   publishMessage,
   stateBucketName,
@@ -189,7 +190,8 @@ export class ClientTrainer implements ServiceRole {
     );
     const ms = performance.now() - t0;
     this.metrics.tokensPerSecond.set(r.tokens / Math.max(ms / 1000, 1e-9));
-    const ref = await putLora(blobs, r.adapter);
+    // The client's own update bucket: with per-client credentials no other client can read it (auth.ts).
+    const ref = await putLora(blobs, r.adapter, { bucket: updateBucketName(ctx.jobId, clientId) });
     const update: ClientUpdate = {
       protocolVersion: PROTOCOL_VERSION,
       jobId: ctx.jobId,

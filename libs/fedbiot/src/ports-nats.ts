@@ -31,9 +31,12 @@ import {
   evaluateSubject,
   planSubject,
   updateSubject,
+  updateBucketName,
+  blobBucketName,
   publishMessage,
   type BlobRef,
   type BlobStore,
+  type PutOptions,
   type StateStore,
   type Tensor,
   type TrainingConfig,
@@ -149,8 +152,9 @@ export function decodeLora(bytes: Uint8Array, spec: LoraSpec, source: string): L
   return { spec, tensors: new Map([...d.tensors].map(([k, t]) => [k, Float32Array.from(t.data)])) };
 }
 
-export async function putLora(blobs: BlobStore, l: LoraWeights): Promise<BlobRef> {
-  return blobs.put(encodeLora(l));
+/** `opts.bucket`: e.g. the client's `updateBucketName` for a trainer's update (default the store's bucket). */
+export async function putLora(blobs: BlobStore, l: LoraWeights, opts: PutOptions = {}): Promise<BlobRef> {
+  return blobs.put(encodeLora(l), opts);
 }
 
 export async function getLora(blobs: BlobStore, ref: BlobRef, spec: LoraSpec): Promise<LoraWeights> {
@@ -388,6 +392,11 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
           const u = byClient.get(clientId);
           if (!u) continue;
           try {
+            // Only the sender's own update bucket (or the shared one) counts: a ref into another client's
+            // bucket would pass that client's update off as the sender's.
+            const b = u.adapterLora.bucket;
+            if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
+              throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
             const lora = await getLora(blobs, u.adapterLora, ctx.specs.adapter);
             out.push({ clientId, adapter: lora, tokens: u.tokens, examples: u.examples, meanLoss: u.meanLoss });
           } catch (e) {

@@ -10,23 +10,26 @@
  *   - pull its tasks from its own durable consumer `client-c` on the work queue, created through the 2.9
  *     `$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>` form whose filter (`fl.<job>.task.c`) is checked by
  *     the permission, so it cannot see other clients' tasks;
+ *   - write its update blobs only to its own update bucket (`updateBucketName(job, c)`, created by the aggregator)
+ *     and read only that bucket and the shared broadcast bucket (`blobBucketName(job)`: base model, adapter and
+ *     emulator LoRAs), which it cannot write. Object-store reads go through `$JS.API.STREAM.MSG.GET.OBJ_<bucket>`
+ *     with the subject in the body, so one bucket is the finest grain a permission can grant; hence one bucket
+ *     per client, and other clients' update buckets are not readable at all (not even message by message);
  *   - receive replies only on its own inbox prefix (`inboxPrefixOf(identity)`, pass it as nats.js `inboxPrefix`):
  *     with the usual `_INBOX.>` any identity could read other identities' JetStream deliveries, blob chunks
  *     included.
  *
  * What stays broad, and why:
- *   - Blobs: a client may read and write any blob of the job's object store. @nats-io/obj reads an entry's meta
- *     with `$JS.API.STREAM.MSG.GET.OBJ_<bucket>` and the subject in the request body, so the permission cannot
- *     tell one blob from another, and the same API fetches any message by sequence number: a client that
- *     crafts raw requests can enumerate every blob, including other clients' update LoRAs. What is scoped:
- *     consumers on the blob stream only through the filtered create form on chunk subjects (no listing or
- *     watch of meta entries), no purge, delete or stream updates. Keeping updates confidential from other
- *     clients needs them out of the shared bucket (per-client buckets, or encryption to the aggregator's key).
- *     Writes: chunk subjects are random nuids and meta subjects derive from the content's sha256, so they
- *     cannot be scoped in advance; a forged meta entry is caught by sha256 verification on download
- *     (IntegrityError), so writes can cost availability, not integrity.
+ *   - Blobs within a bucket: a client may read every blob of the shared bucket (all of it is broadcast to every
+ *     client anyway) and write any name in its own update bucket (chunk subjects are random nuids, meta subjects
+ *     derive from the content's sha256, so they cannot be scoped in advance); it may purge its own bucket. A
+ *     forged or overwritten entry fails sha256 verification on download (IntegrityError), and the aggregator
+ *     accepts an update ref only in the sender's own bucket (or the shared one), so a client can spoil only its
+ *     own updates. Stream create/update stays with the services: a stream's config picks the subjects it
+ *     captures, so a client allowed to create its bucket could capture other clients' traffic.
  *   - Service roles are trusted operators of the job: they get every JetStream API subject of the job's three
- *     streams (create, update, delete, purge, consumers). The aggregator also publishes on every update
+ *     shared streams (create, update, delete, purge, consumers); the aggregator and the pooled client-trainer
+ *     also those of every client's update bucket (generateJobAuth lists the clients). The aggregator also publishes on every update
  *     subject, because a resumed aggregator replays updates stored in KV (ports-nats.ts); the pooled
  *     `client-trainer` role publishes every client's update because one replica trains many clients.
  *   - `allow_responses` lets server-alignment and the evaluator reply to requests without a publish grant on
@@ -42,6 +45,7 @@ import {
   stateBucketName,
   taskPattern,
   taskStreamName,
+  updateBucketName,
 } from './subjects.js';
 
 /** The four service roles of the distributed job. */
@@ -100,9 +104,19 @@ export function clientConsumerName(clientId: string): string {
   return `client-${assertClientId(clientId)}`;
 }
 
-/** JetStream API subjects of the job's three streams, for the trusted service roles. */
-function serviceJetStream(jobId: string): string[] {
-  const streams = [taskStreamName(jobId), `KV_${stateBucketName(jobId)}`, `OBJ_${blobBucketName(jobId)}`];
+/**
+ * JetStream API subjects of the job's three streams, plus the update buckets of `updateClients`, for the trusted
+ * service roles. Update buckets are listed per client: a stream name is one subject token, so no wildcard can
+ * match `OBJ_fl-updates-...-*`.
+ */
+function serviceJetStream(jobId: string, updateClients: readonly string[]): string[] {
+  const updates = updateClients.map((c) => updateBucketName(jobId, c));
+  const streams = [
+    taskStreamName(jobId),
+    `KV_${stateBucketName(jobId)}`,
+    `OBJ_${blobBucketName(jobId)}`,
+    ...updates.map((b) => `OBJ_${b}`),
+  ];
   return [
     '$JS.API.INFO',
     // STREAM.NAMES is how the object store and KV check for an existing bucket; it lists names only.
@@ -120,12 +134,16 @@ function serviceJetStream(jobId: string): string[] {
     ]),
     `$KV.${stateBucketName(jobId)}.>`,
     `$O.${blobBucketName(jobId)}.>`,
+    ...updates.map((b) => `$O.${b}.>`),
   ];
 }
 
-/** Blob read and write (broad, see the module comment), without listing, purge or delete. */
-function blobAccess(jobId: string): string[] {
-  const b = blobBucketName(jobId);
+/**
+ * Reading object-store bucket `b`: stream info, meta reads by `STREAM.MSG.GET` (the meta subject is in the request
+ * body, hence every message of the bucket is readable), and chunk downloads through ordered consumers created with
+ * the filtered create form on chunk subjects (no listing or watch of meta entries). No purge, delete or update.
+ */
+function bucketRead(b: string): string[] {
   const s = `OBJ_${b}`;
   return [
     `$JS.API.STREAM.INFO.${s}`,
@@ -134,9 +152,16 @@ function blobAccess(jobId: string): string[] {
     `$JS.API.CONSUMER.MSG.NEXT.${s}.*`,
     `$JS.API.CONSUMER.DELETE.${s}.*`,
     `$JS.API.CONSUMER.INFO.${s}.*`,
-    `$O.${b}.C.*`,
-    `$O.${b}.M.*`,
   ];
+}
+
+/**
+ * Writing objects into bucket `b` (chunks, meta; the purge of an overwritten object's old chunks). Not the
+ * stream's create or update API: a client that could set its stream's subjects could capture other clients'
+ * traffic into it.
+ */
+function bucketWrite(b: string): string[] {
+  return [`$O.${b}.C.*`, `$O.${b}.M.*`, `$JS.API.STREAM.PURGE.OBJ_${b}`];
 }
 
 /** The permissions of client `clientId` in job `jobId` (see the module comment). */
@@ -164,7 +189,11 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
         `$JS.API.CONSUMER.INFO.${tasks}.${consumer}`,
         `$JS.API.CONSUMER.MSG.NEXT.${tasks}.${consumer}`,
         `$JS.ACK.${tasks}.${consumer}.>`,
-        ...blobAccess(j),
+        // Broadcast blobs (base model, adapter, emulator LoRA): read only.
+        ...bucketRead(blobBucketName(j)),
+        // Its own update bucket (created by the aggregator): read and write; no other client's.
+        ...bucketRead(updateBucketName(j, c)),
+        ...bucketWrite(updateBucketName(j, c)),
       ],
       // No deny list: a deny on `update.*` would also cover the client's own subject (deny wins in nats-server).
       deny: [],
@@ -178,11 +207,19 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
   };
 }
 
-/** The permissions of a service role in job `jobId` (see the module comment for what is broad). */
-export function servicePermissions(jobId: string, role: ServiceRoleName): NatsPermissions {
+/**
+ * The permissions of a service role in job `jobId` (see the module comment for what is broad). `clients`: the
+ * job's client ids, whose update buckets the aggregator (creates and reads them) and the pooled client-trainer
+ * (writes every client's update) get; default none.
+ */
+export function servicePermissions(
+  jobId: string,
+  role: ServiceRoleName,
+  clients: readonly string[] = [],
+): NatsPermissions {
   const j = assertJobId(jobId);
   const root = `${SUBJECT_ROOT}.${j}`;
-  const js = serviceJetStream(j);
+  const js = serviceJetStream(j, role === 'aggregator' || role === 'client-trainer' ? clients : []);
   const inbox = `${inboxPrefixOf(`service-${role}`)}.>`;
   const p = (publish: string[], subscribe: string[], allowResponses = false): NatsPermissions => ({
     publish: { allow: [...publish, ...js], deny: [] },
@@ -251,7 +288,7 @@ export function generateJobAuth(opts: JobAuthOptions): JobAuth {
       subject: role,
       ...newSecret(kind, name),
       inboxPrefix: inboxPrefixOf(name),
-      permissions: servicePermissions(jobId, role),
+      permissions: servicePermissions(jobId, role, opts.clients),
     });
   }
   return { identities, config: renderAuthorization(identities) };

@@ -27,6 +27,12 @@ export interface PutOptions {
   /** Recorded in the ref for single-tensor blobs. */
   readonly dtype?: Dtype;
   readonly shape?: readonly number[];
+  /**
+   * Bucket to write to instead of the store's own (e.g. a client's `updateBucketName`); opened on first use,
+   * not created: with per-identity permissions only a service may create buckets (`ensureBucket`), since
+   * creating a stream would let a client choose which subjects it captures.
+   */
+  readonly bucket?: string;
 }
 
 /** Transfer counters since the store was opened (bytes are payload bytes, not NATS framing). */
@@ -50,33 +56,51 @@ function objDigest(hex: string): string {
 }
 
 export class BlobStore {
+  readonly #nc: NatsConnection;
   readonly #objm: Objm;
   readonly #buckets = new Map<string, Promise<ObjectStore>>();
   readonly #cacheDir: string | undefined;
+  readonly #storage: StorageType;
   #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0 };
 
   private constructor(
+    nc: NatsConnection,
     objm: Objm,
     readonly bucket: string,
     cacheDir: string | undefined,
+    storage: StorageType,
   ) {
+    this.#nc = nc;
     this.#objm = objm;
     this.#cacheDir = cacheDir;
+    this.#storage = storage;
   }
 
   /** Opens (creating if needed) the write bucket; other buckets named in refs are opened on first `get`. */
   static async open(nc: NatsConnection, opts: BlobStoreOptions): Promise<BlobStore> {
     const objm = new Objm(nc);
-    const store = new BlobStore(objm, opts.bucket, opts.cacheDir);
     const storage = opts.storage === 'memory' ? StorageType.Memory : StorageType.File;
-    // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
-    const created = streamExists(nc, `OBJ_${opts.bucket}`).then((exists) =>
-      exists ? objm.open(opts.bucket) : objm.create(opts.bucket, { storage }),
-    );
-    store.#buckets.set(opts.bucket, created);
-    await created;
+    const store = new BlobStore(nc, objm, opts.bucket, opts.cacheDir, storage);
+    await store.ensureBucket(opts.bucket);
     if (opts.cacheDir !== undefined) await mkdir(opts.cacheDir, { recursive: true });
     return store;
+  }
+
+  /**
+   * Opens `bucket`, creating it (with the storage given to `open`) when missing. The aggregator calls it for
+   * every client's update bucket before tasks go out, so that trainers only ever open theirs.
+   */
+  async ensureBucket(bucket: string): Promise<void> {
+    let os = this.#buckets.get(bucket);
+    if (os === undefined) {
+      // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
+      os = streamExists(this.#nc, `OBJ_${bucket}`).then((exists) =>
+        exists ? this.#objm.open(bucket) : this.#objm.create(bucket, { storage: this.#storage }),
+      );
+      os.catch(() => this.#buckets.delete(bucket));
+      this.#buckets.set(bucket, os);
+    }
+    await os;
   }
 
   get stats(): BlobStats {
@@ -101,7 +125,8 @@ export class BlobStore {
   async put(bytes: Uint8Array, opts: PutOptions = {}): Promise<BlobRef> {
     const sha256 = sha256Hex(bytes);
     const name = opts.name ?? sha256;
-    const os = await this.#bucketHandle(this.bucket);
+    const bucket = opts.bucket ?? this.bucket;
+    const os = await this.#bucketHandle(bucket);
     const existing = await os.info(name);
     if (
       existing !== null &&
@@ -117,7 +142,7 @@ export class BlobStore {
     }
     await this.#cacheWrite(sha256, bytes);
     return {
-      bucket: this.bucket,
+      bucket,
       name,
       sha256,
       bytes: bytes.length,

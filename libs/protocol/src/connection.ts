@@ -6,7 +6,7 @@ import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager, type StreamConfig } from '@nats-io/jetstream';
 import { transportSecurityFromEnv, redactServers } from './credentials.js';
 import { TransportUnavailableError } from './errors.js';
-import { blobBucketName, stateBucketName, taskStreamName } from './subjects.js';
+import { blobBucketName, stateBucketName, taskStreamName, updateBucketPrefix } from './subjects.js';
 
 /**
  * Connects and checks that JetStream answers. Throws TransportUnavailableError naming the servers (userinfo
@@ -48,13 +48,22 @@ export async function connectTransport(
 }
 
 /**
- * Deletes the job's work-queue stream, state KV bucket and blob bucket (the streams behind them: `KV_<bucket>`,
- * `OBJ_<bucket>`). Missing ones are skipped. Returns the streams actually deleted.
+ * Deletes the job's work-queue stream, state KV bucket, blob bucket and per-client update buckets (the streams
+ * behind them: `KV_<bucket>`, `OBJ_<bucket>`). Missing ones are skipped. Returns the streams actually deleted.
  */
 export async function deleteJobResources(nc: NatsConnection, jobId: string): Promise<string[]> {
   const jsm = await jetstreamManager(nc);
   const deleted: string[] = [];
-  for (const stream of [taskStreamName(jobId), `KV_${stateBucketName(jobId)}`, `OBJ_${blobBucketName(jobId)}`]) {
+  const updates: string[] = [];
+  // Update buckets are found by name: the client list is not known here, and the prefix is unique to the job.
+  const prefix = `OBJ_${updateBucketPrefix(jobId)}`;
+  for await (const name of jsm.streams.names()) if (name.startsWith(prefix)) updates.push(name);
+  for (const stream of [
+    taskStreamName(jobId),
+    `KV_${stateBucketName(jobId)}`,
+    `OBJ_${blobBucketName(jobId)}`,
+    ...updates,
+  ]) {
     try {
       await jsm.streams.delete(stream);
       deleted.push(stream);

@@ -26,6 +26,8 @@ export {
   TRAINER_CONSUMER,
   stateBucketName,
   blobBucketName,
+  updateBucketName,
+  updateBucketPrefix,
   parseUpdateSubject,
 } from './subjects.js';
 export {

@@ -144,6 +144,21 @@ export function blobBucketName<J extends string>(jobId: J) {
   return `fl-blobs-${assertJobId(jobId)}` as const;
 }
 
+/**
+ * Object-store bucket that only client `clientId` writes its update blobs to (`fl-updates-<len(job)>-<job>-<client>`).
+ * Per-client buckets let subject permissions keep one client's updates unreadable to the others (see auth.ts);
+ * the job id's length makes the name unambiguous, since `-` is legal inside ids: without it, client `b-c` of
+ * job `a` and client `c` of job `a-b` would share a bucket.
+ */
+export function updateBucketName<J extends string, C extends string>(jobId: J, clientId: C) {
+  return `${updateBucketPrefix(jobId)}${assertClientId(clientId)}` as const;
+}
+
+/** `fl-updates-<len(job)>-<job>-`: the common prefix of a job's update buckets (no other job's bucket has it). */
+export function updateBucketPrefix<J extends string>(jobId: J) {
+  return `fl-updates-${assertJobId(jobId).length}-${jobId}-` as const;
+}
+
 /** The parts of an update subject; null when `subject` is not one (or has unsafe tokens). */
 export function parseUpdateSubject(subject: string): { jobId: string; round: number; clientId: string } | null {
   const t = subject.split('.');

@@ -19,7 +19,7 @@ import { ClientUpdateSchema, decodeMessage, encodeMessage } from '../src/message
 import { StateStore } from '../src/state-store.js';
 import { BlobStore } from '../src/blob-store.js';
 import { WorkQueue } from '../src/work-queue.js';
-import { blobBucketName, stateBucketName, taskStreamName, updateSubject } from '../src/subjects.js';
+import { blobBucketName, stateBucketName, taskStreamName, updateBucketName, updateSubject } from '../src/subjects.js';
 import { task, update } from './fixtures.js';
 import { waitFor } from './support/nats.js';
 import {
@@ -154,7 +154,7 @@ describe('per-client permissions on a private nats-server', { skip }, () => {
     assert.ok(d.ok);
   });
 
-  test('JetStream: own KV keys only, blobs by name, own filtered task consumer only', async () => {
+  test('JetStream: own KV keys only, shared blobs readable, own filtered task consumer only', async () => {
     const bucket = stateBucketName(JOB);
     const aggState = await StateStore.open(agg.nc, { bucket, storage: 'memory' });
     const aggBlobs = await BlobStore.open(agg.nc, { bucket: blobBucketName(JOB), storage: 'memory' });
@@ -173,10 +173,6 @@ describe('per-client permissions on a private nats-server', { skip }, () => {
     const ref = await aggBlobs.put(bytes);
     const blobs = await BlobStore.open(alice.nc, { bucket: blobBucketName(JOB) });
     assert.deepEqual(await blobs.get(ref), bytes);
-    // Trainers upload their update LoRAs: alice writes a blob, the aggregator reads it back verified.
-    const mine = bytes.map((v) => 255 - v);
-    const mineRef = await blobs.put(mine);
-    assert.deepEqual(await aggBlobs.get(mineRef), mine);
 
     await queue.enqueue(task(JOB, 'alice', 0));
     await queue.enqueue(task(JOB, 'bob', 0));
@@ -203,6 +199,53 @@ describe('per-client permissions on a private nats-server', { skip }, () => {
     assert.ok(m, 'alice pulls her task');
     assert.equal(m.subject, `fl.${JOB}.task.alice`);
     await m.ackAck();
+  });
+
+  test("update buckets: alice writes hers, the aggregator reads it, bob's stays unreadable to her", async () => {
+    const aggBlobs = await BlobStore.open(agg.nc, { bucket: blobBucketName(JOB), storage: 'memory' });
+    const [aliceBucket, bobBucket] = [updateBucketName(JOB, 'alice'), updateBucketName(JOB, 'bob')];
+    assert.equal(aliceBucket, 'fl-updates-6-secjob-alice');
+    for (const b of [aliceBucket, bobBucket]) await aggBlobs.ensureBucket(b);
+    const bob = await connectAs(server, who('client-bob'));
+    try {
+      const aliceBlobs = await BlobStore.open(alice.nc, { bucket: blobBucketName(JOB) });
+      const bobBlobs = await BlobStore.open(bob.nc, { bucket: blobBucketName(JOB) });
+      // Broadcast blobs stay readable (300 kB: several 128 KiB chunks through the ordered consumer).
+      const broadcast = new Uint8Array(300_000).map((_, i) => (i * 13) % 251);
+      const broadcastRef = await aggBlobs.put(broadcast);
+      assert.deepEqual(await aliceBlobs.get(broadcastRef), broadcast);
+
+      const mine = broadcast.map((v) => 255 - v);
+      const mineRef = await aliceBlobs.put(mine, { bucket: aliceBucket });
+      assert.equal(mineRef.bucket, aliceBucket);
+      assert.deepEqual(await aggBlobs.get(mineRef), mine);
+      const bobs = broadcast.map((v) => (v + 1) % 256);
+      const bobRef = await bobBlobs.put(bobs, { bucket: bobBucket });
+      assert.deepEqual(await aggBlobs.get(bobRef), bobs);
+
+      // Through the object store: opening bob's bucket (stream info) is denied, so is any read of it.
+      await assert.rejects(aliceBlobs.get(bobRef));
+      // Raw, as a crafted client would: message 1 of bob's bucket by sequence. The same request on her own bucket
+      // answers, so the denial is the permission, not a malformed request.
+      const rawGet = (bucket: string): Promise<Msg> =>
+        alice.nc.request(`$JS.API.STREAM.MSG.GET.OBJ_${bucket}`, JSON.stringify({ seq: 1 }), { timeout: 2000 });
+      const own = JSON.parse(new TextDecoder().decode((await rawGet(aliceBucket)).data)) as {
+        message?: { subject: string };
+      };
+      assert.match(own.message?.subject ?? '', new RegExp(`^\\$O\\.${aliceBucket}\\.C\\.`));
+      await assert.rejects(rawGet(bobBucket));
+      await waitFor('the denial of the raw get', () =>
+        alice.denials.some((d) => d.subject === `$JS.API.STREAM.MSG.GET.OBJ_${bobBucket}`),
+      );
+      // Nor can she write into bob's bucket or the shared one, or create a stream (which could capture subjects).
+      await assert.rejects(aliceBlobs.put(new Uint8Array([1, 2, 3]), { bucket: bobBucket }));
+      await assert.rejects(aliceBlobs.put(new Uint8Array([1, 2, 3])));
+      const jsm = await jetstreamManager(alice.nc, { timeout: 2000 });
+      await assert.rejects(jsm.streams.add({ name: 'CAPTURE', subjects: [`fl.${JOB}.round.*.update.*`] }));
+      assert.deepEqual(agg.denials, []);
+    } finally {
+      await bob.nc.close();
+    }
   });
 });
 
