@@ -54,7 +54,7 @@ import {
   updateSubject,
   type Consumption,
 } from '../libs/protocol/src/index.js';
-import { AlignStateSchema } from '../services/server-alignment/alignment.js';
+import { ALIGN_PENDING_KEY, AlignPendingSchema, AlignStateSchema } from '../services/server-alignment/alignment.js';
 import { StreamStateSchema } from '../services/client-trainer/trainer.js';
 import { argOf, machine, printTable, time, writeResults } from './common.js';
 import { SMOLLM_135M, randomBatch } from './model.js';
@@ -177,13 +177,16 @@ async function fakeTrainer(ctx: PortsContext, nc: NatsConnection, blobs: BlobSto
   );
 }
 
-/** An alignment server that does the real one's NATS steps (emulator and AdamW m, v put; KV state) in 0 ms. */
+/**
+ * An alignment server that does the real one's NATS steps in 0 ms, in its order: KV `align.pending`, adapter get,
+ * emulator put, reply, then AdamW m, v put and KV `align` (off the reply path).
+ */
 async function fakeAlignment(
   ctx: PortsContext,
   nc: NatsConnection,
   blobs: BlobStore,
   emulator0: LoraWeights,
-): Promise<() => void> {
+): Promise<() => Promise<void>> {
   const kv = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
   let emulator = emulator0;
   let chain = Promise.resolve();
@@ -192,9 +195,26 @@ async function fakeAlignment(
       chain = chain.then(async () => {
         const req = decodeMessage(AlignRequestSchema, msg.data, msg.subject);
         if (!req.ok) throw req.error;
+        // As the real server: the request is recorded, the emulator put and the reply sent; the AdamW state and the
+        // KV record are written after the reply (the next request waits for them, the chain is sequential).
+        await kv.put(ALIGN_PENDING_KEY, AlignPendingSchema, {
+          protocolVersion: PROTOCOL_VERSION,
+          call: req.value.call,
+          adapterLora: req.value.adapterLora,
+          steps: req.value.steps,
+        });
         await getLora(blobs, req.value.adapterLora, ctx.specs.adapter);
         emulator = noisy(emulator, 104729 + req.value.call);
         const emulatorLora = await putLora(blobs, emulator);
+        const stats = { loss: 1, l2: 0, kl: 1, steps: req.value.steps };
+        const reply = {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId: ctx.jobId,
+          call: req.value.call,
+          emulatorLora,
+          ...stats,
+        };
+        msg.respond(encodeMessage(AlignReplySchema, reply, 'align reply'));
         const moments = new Map(
           [...emulator.tensors].flatMap(([k, v]) => [
             [`optim.m.${k}`, { shape: [v.length], data: v }],
@@ -202,7 +222,6 @@ async function fakeAlignment(
           ]),
         );
         const optimizer = await blobs.put(encodeTensors(moments));
-        const stats = { loss: 1, l2: 0, kl: 1, steps: req.value.steps };
         await kv.put('align', AlignStateSchema, {
           protocolVersion: PROTOCOL_VERSION,
           call: req.value.call,
@@ -212,18 +231,14 @@ async function fakeAlignment(
           stream: { epoch: 0, pos: req.value.call },
           reply: stats,
         });
-        const reply = {
-          protocolVersion: PROTOCOL_VERSION,
-          jobId: ctx.jobId,
-          call: req.value.call,
-          emulatorLora,
-          ...stats,
-        };
-        msg.respond(encodeMessage(AlignReplySchema, reply, 'align reply'));
       });
     },
   });
-  return () => sub.unsubscribe();
+  // The last call's state write runs after its reply: wait for it before the job's resources are deleted.
+  return async () => {
+    sub.unsubscribe();
+    await chain;
+  };
 }
 
 /** `f`, adding each call's wall time (ms) to a counter through `add`. */
@@ -262,7 +277,7 @@ async function measureMessaging(
     return { nc, blobs };
   };
   const consumers: Consumption[] = [];
-  let stopAlign: (() => void) | undefined;
+  let stopAlign: (() => Promise<void>) | undefined;
   try {
     const agg = await party();
     const state = await StateStore.open(agg.nc, { bucket: stateBucketName(jobId) });
@@ -342,7 +357,7 @@ async function measureMessaging(
       emulatorBytes: loraBytes(emulator0),
     };
   } finally {
-    stopAlign?.();
+    await stopAlign?.();
     for (const c of consumers) await c.stop().catch(() => {});
     if (conns[0]) await deleteJobResources(conns[0], jobId).catch(() => {});
     for (const c of conns) await c.close();

@@ -1,8 +1,14 @@
 /**
  * server-alignment: holds the AlignmentServer of the job (emulator LoRA, its AdamW state, the public-data stream)
- * and answers alignment requests one at a time. After each alignment the emulator, optimizer state and stream
- * position go to the blob store + KV (`align`), so a restarted server continues with the same state, and a repeated
- * request (same `call`) is answered from the stored result instead of aligning twice.
+ * and answers alignment requests one at a time. A repeated request (same `call`) is answered from the stored result
+ * instead of aligning twice.
+ *
+ * Durability without the optimizer upload on the round's critical path: before aligning call c the request is
+ * recorded in KV (`align.pending`: call, adapter ref, steps); after aligning, the emulator blob is put and the reply
+ * sent; only then are the AdamW state blob and the KV `align` record (state after call c) written, while the next
+ * round trains. The next request waits for that write. A server that dies between the reply and the write restarts
+ * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
+ * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 import { z } from 'zod';
@@ -50,6 +56,16 @@ export const AlignStateSchema = z.strictObject({
 });
 export type AlignState = z.infer<typeof AlignStateSchema>;
 const ALIGN_KEY = 'align';
+
+/** KV `align.pending`: the request being (or last) aligned, written before aligning; replayed on restart. */
+export const AlignPendingSchema = z.strictObject({
+  protocolVersion: z.literal(PROTOCOL_VERSION),
+  call: z.int().nonnegative(),
+  adapterLora: BlobRefSchema,
+  steps: z.int().nonnegative(),
+});
+export type AlignPending = z.infer<typeof AlignPendingSchema>;
+export const ALIGN_PENDING_KEY = 'align.pending';
 
 export interface AlignmentOptions {
   readonly natsUrl: string;
@@ -110,26 +126,8 @@ export class ServerAlignment implements ServiceRole {
     }
     if (stored) this.log.info('resumed alignment state', { call: stored.call });
     let last = stored;
-    const handle = async (req: AlignRequest): Promise<AlignReply> => {
-      if (last && req.call === last.call)
-        return {
-          protocolVersion: PROTOCOL_VERSION,
-          jobId: ctx.jobId,
-          call: req.call,
-          emulatorLora: last.emulatorLora,
-          ...last.reply,
-        };
-      if (last && req.call < last.call)
-        return {
-          protocolVersion: PROTOCOL_VERSION,
-          jobId: ctx.jobId,
-          error: `call ${req.call} is older than the last alignment (${last.call})`,
-        };
-      const adapter = await getLora(blobs, req.adapterLora, ctx.specs.adapter);
-      const t0 = performance.now();
-      const stats = await server.align(adapter, req.steps);
-      if (req.steps > 0) this.metrics.stepSeconds.observe((performance.now() - t0) / 1000 / req.steps);
-      const emulatorLora = await putLora(blobs, server.emulator);
+    /** Writes the state after `call` (AdamW blob + KV `align`); the emulator blob is already stored. */
+    const persist = async (call: number, emulatorLora: AlignState['emulatorLora'], reply: AlignState['reply']) => {
       const opt = server.exportOptimizerState();
       let optimizer = null;
       let optimizerMeta = null;
@@ -142,18 +140,70 @@ export class ServerAlignment implements ServiceRole {
       }
       const next: AlignState = {
         protocolVersion: PROTOCOL_VERSION,
-        call: req.call,
+        call,
         emulatorLora,
         optimizer,
         optimizerMeta,
         stream: server.streamState,
-        reply: { ...stats },
+        reply,
       };
       await kv.put(ALIGN_KEY, AlignStateSchema, next);
       last = next;
+    };
+    /** Aligns `req` and stores the emulator; the caller persists the rest with `persist`. */
+    const align = async (req: AlignPending) => {
+      const adapter = await getLora(blobs, req.adapterLora, ctx.specs.adapter);
+      const t0 = performance.now();
+      const stats = await server.align(adapter, req.steps);
+      if (req.steps > 0) this.metrics.stepSeconds.observe((performance.now() - t0) / 1000 / req.steps);
+      const emulatorLora = await putLora(blobs, server.emulator);
+      return { emulatorLora, reply: { loss: stats.loss, l2: stats.l2, kl: stats.kl, steps: stats.steps } };
+    };
+
+    const pending = (await kv.get(ALIGN_PENDING_KEY, AlignPendingSchema))?.value ?? null;
+    const expected = stored ? stored.call + 1 : 0;
+    if (pending && pending.call === expected) {
+      // Died after answering (or while aligning) call `expected`, before its state was written: re-run it.
+      const r = await align(pending);
+      await persist(pending.call, r.emulatorLora, r.reply);
+      this.log.info('replayed unpersisted alignment', { call: pending.call, emulator: r.emulatorLora.sha256 });
+    } else if (pending && pending.call > expected)
+      throw new Error(
+        `KV ${ALIGN_PENDING_KEY}: call ${pending.call} is pending but the stored state is after call ${expected - 1}`,
+      );
+
+    const handle = async (req: AlignRequest): Promise<{ reply: AlignReply; persist?: () => Promise<void> }> => {
+      if (last && req.call === last.call)
+        return {
+          reply: {
+            protocolVersion: PROTOCOL_VERSION,
+            jobId: ctx.jobId,
+            call: req.call,
+            emulatorLora: last.emulatorLora,
+            ...last.reply,
+          },
+        };
+      if (last && req.call < last.call)
+        return {
+          reply: {
+            protocolVersion: PROTOCOL_VERSION,
+            jobId: ctx.jobId,
+            error: `call ${req.call} is older than the last alignment (${last.call})`,
+          },
+        };
+      await kv.put(ALIGN_PENDING_KEY, AlignPendingSchema, {
+        protocolVersion: PROTOCOL_VERSION,
+        call: req.call,
+        adapterLora: req.adapterLora,
+        steps: req.steps,
+      });
+      const { emulatorLora, reply: stats } = await align(req);
       this.metrics.round.set(req.call);
       this.log.info('aligned', { call: req.call, steps: stats.steps, loss: stats.loss, l2: stats.l2, kl: stats.kl });
-      return { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, call: req.call, emulatorLora, ...stats };
+      return {
+        reply: { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, call: req.call, emulatorLora, ...stats },
+        persist: () => persist(req.call, emulatorLora, stats),
+      };
     };
     const subject = alignSubject(ctx.jobId);
     this.#sub = nc.subscribe(subject, {
@@ -167,23 +217,44 @@ export class ServerAlignment implements ServiceRole {
         this.#queue = this.#queue.then(async () => {
           const decoded = decodeMessage(AlignRequestSchema, msg.data, subject, { jobId: ctx.jobId });
           let reply: AlignReply;
+          let after: (() => Promise<void>) | undefined;
           if (!decoded.ok) {
             this.log.write('warn', 'align request rejected', { reason: decoded.error.message });
             reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: decoded.error.message };
           } else {
             try {
-              reply = await handle(decoded.value);
+              ({ reply, persist: after } = await handle(decoded.value));
             } catch (e) {
               this.log.write('error', 'alignment failed', { call: decoded.value.call, error: (e as Error).message });
               reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: (e as Error).message };
             }
           }
           if (msg.reply) msg.respond(encodeMessage(AlignReplySchema, reply, msg.reply));
+          // Still inside the queue: the next request waits until this state is stored.
+          if (after) await this.#persistOrStop(after, decoded.ok ? decoded.value.call : -1);
         });
       },
     });
     await nc.flush();
     this.#ready = true;
+  }
+
+  /**
+   * Runs a deferred state write. On failure the in-memory state is ahead of KV and `align.pending` no longer
+   * describes a single missing call once the next request overwrites it, so the server stops answering: a
+   * restart then replays the pending call from the last stored state.
+   */
+  async #persistOrStop(persist: () => Promise<void>, call: number): Promise<void> {
+    try {
+      await persist();
+    } catch (e) {
+      this.log.write('error', 'alignment state not stored, stopped answering (restart to replay it)', {
+        call,
+        error: (e as Error).message,
+      });
+      this.#ready = false;
+      this.#sub?.unsubscribe();
+    }
   }
 
   async stop(): Promise<void> {

@@ -28,6 +28,7 @@ import {
   encodeTensors,
   planSubject,
   publishMessage,
+  stateBucketName,
   updateSubject,
 } from '../../libs/protocol/src/index.js';
 import { startService, type RunningService } from '../../services/common/http.js';
@@ -35,7 +36,8 @@ import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
 import { Aggregator } from '../../services/aggregator/aggregator.js';
 import { ClientTrainer } from '../../services/client-trainer/trainer.js';
-import { ServerAlignment } from '../../services/server-alignment/alignment.js';
+import { ALIGN_PENDING_KEY, ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
+import { Kvm } from '@nats-io/kv';
 import { Evaluator } from '../../services/evaluator/evaluator.js';
 import { DashboardController } from '../../services/evaluator/dashboard.js';
 import { repoRoot } from '../support/paths.js';
@@ -275,6 +277,76 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     console.log(
       `restart: max |test loss difference| ${maxDiff.toExponential(2)}; updates published ${JSON.stringify(trained)}`,
     );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('server-alignment stopped after round 0 alignment, before its state was stored: a new one replays the call and the job equals standalone', async () => {
+  const jobId = `svc-align-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    // First server: stopped once it has aligned call 1 (the alignment after round 0; stopping lets it answer and
+    // store that call); round 1 is training meanwhile.
+    let stopped: Promise<void> | undefined;
+    let first: RunningService<ServerAlignment> | undefined;
+    const firstSink = (r: LogRecord): void => {
+      logs.push({ ...r, service: 'server-alignment-1' });
+      if (r.msg === 'aligned' && r['call'] === 1) stopped ??= first!.close();
+    };
+    first = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }), 0);
+    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(aggregator);
+    for (let waited = 0; stopped === undefined; waited += 50) {
+      assert.ok(waited < 30_000, 'the first server aligns call 1');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await stopped;
+
+    // The worst moment to die: call 1 answered, its state not yet written. Roll KV `align` back to call 0's
+    // record (what KV holds in that window); `align.pending` still names call 1.
+    const kv = await new Kvm(nc).open(stateBucketName(jobId));
+    const revisions: { call: number; value: Uint8Array }[] = [];
+    for await (const e of await kv.history({ key: 'align' }))
+      if (e.operation === 'PUT') revisions.push({ call: (e.json() as AlignState).call, value: e.value });
+    assert.deepEqual(
+      revisions.map((r) => r.call),
+      [0, 1],
+      'the first server stored the state after calls 0 and 1',
+    );
+    const answered = (JSON.parse(new TextDecoder().decode(revisions[1]!.value)) as AlignState).emulatorLora.sha256;
+    await kv.put('align', revisions[0]!.value);
+    const pending = (await kv.get(ALIGN_PENDING_KEY))?.json() as { call: number } | undefined;
+    assert.equal(pending?.call, 1, 'call 1 is the pending request');
+
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const replayed = logs.find((r) => r.service === 'server-alignment' && r.msg === 'replayed unpersisted alignment');
+    assert.equal(replayed?.['call'], 1, 'the new server re-ran call 1');
+    assert.equal(replayed?.['emulator'], answered, 'the replay produced the emulator the first server answered');
+    const calls = (service: string): unknown[] =>
+      logs.filter((r) => r.service === service && r.msg === 'aligned').map((r) => r['call']);
+    assert.deepEqual(calls('server-alignment-1'), [0, 1]);
+    assert.deepEqual(calls('server-alignment'), [2], 'the new server answers call 2 only');
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
+    passed = true;
+    console.log(`alignment restart: max |test loss difference| ${maxDiff.toExponential(2)}`);
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
