@@ -57,7 +57,8 @@ export async function main(args: string[]): Promise<void> {
       const T = shape.seq;
       console.log(`${shape.name}: writing random checkpoint ...`);
       await writeRandomCheckpoint(join(tmp, key), cfg, 1);
-      const lm = await CausalLM.load(join(tmp, key), { provider, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
+      const thread = (argOf(args, 'thread') ?? 'worker') as 'worker' | 'main';
+      const lm = await CausalLM.load(join(tmp, key), { provider, thread, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
       try {
         const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
         const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
