@@ -34,7 +34,7 @@ export interface LoadOptions {
   readonly provider?: ExecutionProvider;
   /** Threads per session. Default: physical cores. */
   readonly threads?: number;
-  /** 'worker' keeps the event loop free during steps (default); 'main' saves the message hop. */
+  /** 'worker' keeps the event loop free during steps (default on CPU); 'main' saves the message hop (default on WebGPU). */
   readonly thread?: 'worker' | 'main';
   readonly cacheRoot?: string;
 }
@@ -105,7 +105,9 @@ export class CausalLM {
     const tokenizer = existsSync(join(resolve(dir), 'tokenizer.json')) ? await loadTokenizer(dir) : undefined;
     const graphs = new CompiledGraphs(store, {
       provider: opts.provider ?? 'cpu',
-      thread: opts.thread ?? 'worker',
+      // WebGPU sessions stay on the calling thread: with several WebGPU sessions in worker threads onnxruntime-node
+      // 1.30 aborted ("double free or corruption") on the H200 machine; one thread per Dawn device is stable.
+      thread: opts.thread ?? ((opts.provider ?? 'cpu') === 'webgpu' ? 'main' : 'worker'),
       ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
     });
     return new CausalLM(ckpt.config, store.weights(), graphs, ckpt, tokenizer);
