@@ -2,6 +2,7 @@
  * From tokenized examples (libs/data: lossMask[i] = 1 when token i is a target) to the model's token batches
  * (labels[t] = token t+1, lossMask[t] = whether that next token counts), padded to a fixed [B, T] bucket.
  */
+import { mulberry32 } from '../../engine/src/index.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import type { TokenBatch } from '../../model/src/causal-lm.js';
 
@@ -72,14 +73,7 @@ export class ExampleStream<T> {
   }
 
   private shuffle(): void {
-    let a = (this.seed * 2654435761 + this.epoch * 40503 + 1) >>> 0;
-    const rand = (): number => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    const rand = mulberry32((this.seed * 2654435761 + this.epoch * 40503 + 1) >>> 0);
     this.order = Array.from({ length: this.items.length }, (_, i) => i);
     for (let i = this.order.length - 1; i > 0; i--) {
       const j = Math.floor(rand() * (i + 1));

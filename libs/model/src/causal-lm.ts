@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   crossEntropy,
+  mulberry32,
   type ExecutionProvider,
   type Graph,
   type HostTensor,
@@ -263,7 +264,7 @@ export class CausalLM {
     writeSlots(first, Tp, 0);
     for (let b = 0; b < B; b++) for (let t = 0; t < Tp; t++) valid[b * (S + 1) + t] = mask[b * Tp + t]!;
 
-    const rand = seeded(opts.seed ?? 0);
+    const rand = mulberry32(opts.seed ?? 0);
     const outTokens: number[][] = prompts.map(() => []);
     const done = Array.from({ length: B }, () => false);
     let logits = first['logits']!.data as Float32Array;
@@ -318,17 +319,6 @@ export function shapeOfLora(name: string, t: Float32Array, spec: LoraSpec): read
 function filterInputs(runner: ModelRunner, shapes: Map<string, readonly number[]>): Map<string, readonly number[]> {
   const names = new Set(runner.inputNames);
   return new Map([...shapes].filter(([n]) => names.has(n)));
-}
-
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Greedy argmax at temperature 0; otherwise softmax(logits / temperature) restricted to the top-p mass. */

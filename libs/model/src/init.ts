@@ -3,20 +3,16 @@
  * in memory. Initialisation follows transformers' LlamaPreTrainedModel: normal(0, initializer_range) for linears
  * and embeddings, ones for RMSNorm weights, zeros for biases.
  */
+import { mulberry32 } from '../../engine/src/random.js';
 import { expectedTensorShapes } from './checkpoint.js';
 import type { ModelConfig } from './config.js';
 import type { WeightStore } from './llama.js';
 
 /** Seeded normal(0, 1) sampler (mulberry32 + Box-Muller): same seed, same weights on every machine. */
 export function normalSampler(seed: number): () => number {
-  let a = seed >>> 0;
-  const uniform = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  // shifted by half a step so the uniform is never 0 (log(0) in Box-Muller)
+  const uniform = (): number => next() + 0.5 / 4294967296;
   return () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
 }
 

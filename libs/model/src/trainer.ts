@@ -3,6 +3,7 @@ import {
   GraphTrainer,
   crossEntropy,
   gradients,
+  mulberry32,
   type HostTensor,
   type OptimizerConfig,
   type StepResult,
@@ -154,15 +155,9 @@ export class LoraTrainer {
   }
 }
 
+/** The dropout/initialisation stream of a trainer seed (offset so it differs from other streams of the same seed). */
 function seededUniform(seed: number): () => number {
-  let a = (seed ^ 0x9e3779b9) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32((seed ^ 0x9e3779b9) >>> 0);
 }
 
 export interface FullTrainerOptions {
