@@ -30,7 +30,7 @@ import {
   updateKey,
   type PortsContext,
 } from '../libs/fedbiot/src/ports-nats.js';
-import { loraSpecs, type ClientSettings } from '../libs/fedbiot/src/roles.js';
+import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig, readModelConfig, type ModelConfig } from '../libs/model/src/config.js';
@@ -118,23 +118,8 @@ function portsContext(jobId: string, cfg: ModelConfig, clients: number, localSte
     adapterTop: spec.split.adapterLayers,
     dropRate: spec.split.dropRate,
   });
-  const specs = loraSpecs(split, {
-    r: spec.lora.r,
-    alpha: spec.lora.alpha,
-    dropout: spec.lora.dropout,
-    targets: spec.lora.targets,
-  });
-  const c = spec.clients;
-  const clientSettings: ClientSettings = {
-    localSteps: c.localSteps,
-    batchSize: c.batchSize,
-    gradAccum: c.gradAccum,
-    seq: spec.data.maxLength,
-    lr: c.lr,
-    betas: c.betas,
-    weightDecay: c.weightDecay,
-    proxEps: c.proxEps,
-  };
+  const specs = loraSpecs(split, spec.lora);
+  const clientSettings = clientSettingsFor(spec);
   return { jobId, spec, specs, clientSettings };
 }
 

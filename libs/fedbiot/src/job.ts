@@ -18,6 +18,7 @@ import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
 import {
   AlignmentServer,
+  clientSettingsFor,
   copyLora,
   evalVariant,
   evaluateVariant,
@@ -120,21 +121,6 @@ function logEval(
     });
 }
 
-function clientSettings(spec: JobSpec, seq: number) {
-  const c = spec.clients;
-  return {
-    localSteps: c.localSteps,
-    batchSize: c.batchSize,
-    gradAccum: c.gradAccum,
-    seq,
-    lr: c.lr,
-    betas: c.betas,
-    weightDecay: c.weightDecay,
-    proxEps: c.proxEps,
-    ...(c.maxGradNorm !== undefined ? { maxGradNorm: c.maxGradNorm } : {}),
-  };
-}
-
 interface FederatedPhaseConfig {
   readonly phase: Phase;
   readonly split: ModelSplit;
@@ -152,12 +138,7 @@ async function runFederated(
   resumeFrom?: { round: number; json: Record<string, unknown>; tensors: ReadonlyMap<string, Float32Array> },
 ): Promise<CoordinatorState> {
   const { spec, lm, data } = ctx;
-  const specs = loraSpecs(cfg.split, {
-    r: spec.lora.r,
-    alpha: spec.lora.alpha,
-    dropout: spec.lora.dropout,
-    targets: spec.lora.targets,
-  });
+  const specs = loraSpecs(cfg.split, spec.lora);
   const clientLayers = cfg.kind === 'fedavg-lora' ? lm.allLayers : cfg.split.clientLayers;
   const pick = (prefix: string, l: LoraWeights): LoraWeights =>
     resumeFrom
@@ -201,7 +182,7 @@ async function runFederated(
     const optTensors = new Map([...resumeFrom.tensors].filter(([k]) => k.startsWith('optim.')));
     await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
   }
-  const settings = clientSettings(spec, ctx.seq);
+  const settings = clientSettingsFor(spec);
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       const out: ClientRoundResult[] = [];
@@ -304,13 +285,8 @@ async function runFederated(
 /** Local-only baseline: every client trains its own adapter on the emulator, never aggregated. */
 async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights): Promise<void> {
   const { spec, lm, data } = ctx;
-  const specs = loraSpecs(split, {
-    r: spec.lora.r,
-    alpha: spec.lora.alpha,
-    dropout: spec.lora.dropout,
-    targets: spec.lora.targets,
-  });
-  const settings = clientSettings(spec, ctx.seq);
+  const specs = loraSpecs(split, spec.lora);
+  const settings = clientSettingsFor(spec);
   const scores = [];
   for (const [i, c] of data.clients.entries()) {
     let adapter = initialLora(specs.adapter, lm, spec.job.seed + 1);
@@ -490,7 +466,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     if (spec.baselines.localOnly) {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
       const emulator =
-        mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, { ...spec.lora }).emulator, lm, spec.job.seed + 2);
+        mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
       await runLocalOnly(ctx, fedbiotSplit, emulator);
     }
     if (main === 'fedbiot' && spec.baselines.fedavgLora) {

@@ -45,7 +45,7 @@ import {
 import type { ClientRoundResult, RoundPorts } from './coordinator.js';
 import { loadFederation, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
-import { initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
+import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
 import { splitModel, type ModelSplit } from './split.js';
 
 /** Everything a service derives from the job spec; identical in every service of a job. */
@@ -83,24 +83,8 @@ export async function openJobContext(spec: JobSpec): Promise<JobContext> {
     adapterTop: spec.split.adapterLayers,
     dropRate: spec.split.dropRate,
   });
-  const specs = loraSpecs(split, {
-    r: spec.lora.r,
-    alpha: spec.lora.alpha,
-    dropout: spec.lora.dropout,
-    targets: spec.lora.targets,
-  });
-  const c = spec.clients;
-  const clientSettings: ClientSettings = {
-    localSteps: c.localSteps,
-    batchSize: c.batchSize,
-    gradAccum: c.gradAccum,
-    seq: spec.data.maxLength,
-    lr: c.lr,
-    betas: c.betas,
-    weightDecay: c.weightDecay,
-    proxEps: c.proxEps,
-    ...(c.maxGradNorm !== undefined ? { maxGradNorm: c.maxGradNorm } : {}),
-  };
+  const specs = loraSpecs(split, spec.lora);
+  const clientSettings = clientSettingsFor(spec);
   return {
     spec,
     jobId: spec.job.id,

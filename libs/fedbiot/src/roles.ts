@@ -19,6 +19,7 @@ import { exactMatch, type TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import type { EvalItem } from './federation.js';
 import type { ModelSplit } from './split.js';
+import type { JobSpec } from './job-spec.js';
 
 export interface LoraSettings {
   readonly r: number;
@@ -300,6 +301,22 @@ export interface ClientSettings {
   readonly weightDecay: number;
   readonly proxEps: number;
   readonly maxGradNorm?: number;
+}
+
+/** A job's client settings (the sequence bucket is the spec's maxLength). One definition for every runner. */
+export function clientSettingsFor(spec: JobSpec): ClientSettings {
+  const c = spec.clients;
+  return {
+    localSteps: c.localSteps,
+    batchSize: c.batchSize,
+    gradAccum: c.gradAccum,
+    seq: spec.data.maxLength,
+    lr: c.lr,
+    betas: c.betas,
+    weightDecay: c.weightDecay,
+    proxEps: c.proxEps,
+    ...(c.maxGradNorm !== undefined ? { maxGradNorm: c.maxGradNorm } : {}),
+  };
 }
 
 export interface LocalResult {
