@@ -2,15 +2,7 @@
  * AdamW on Float32Arrays, the same update as torch.optim.AdamW (amsgrad=False, maximize=False). Kept in TS rather
  * than an ONNX graph because ORT copies every output, which made the graph version slower (engine-notes §2.5).
  */
-import {
-  checkState,
-  gradFor,
-  hyperNumber,
-  paramFor,
-  paramSizes,
-  rejectUnknownGrads,
-  rejectUnknownHyper,
-} from './checks.js';
+import { checkState, checkStepInputs, hyperNumber, paramSizes, rejectUnknownHyper } from './checks.js';
 import { CONSTANT_SCHEDULE, lrAt, validateSchedule, type ScheduleSpec } from './schedule.js';
 import type { Optimizer, OptimizerState, ParamMap } from './types.js';
 
@@ -134,13 +126,8 @@ export class AdamW implements Optimizer {
   }
 
   step(params: Map<string, Float32Array>, grads: ReadonlyMap<string, Float32Array>): void {
-    // Check every tensor before touching any, so a bad call leaves parameters and moments unchanged.
-    rejectUnknownGrads(grads, this.sizes, OWNER);
-    for (const name of this.names) {
-      const size = this.sizes.get(name)!;
-      paramFor(params, name, size, OWNER);
-      gradFor(grads, name, size, OWNER);
-    }
+    // Check every tensor before touching any, so a bad call leaves parameters and optimizer state unchanged.
+    checkStepInputs(params, grads, this.sizes, OWNER);
     const { beta1, beta2, eps, weightDecay } = this.hyper;
     const lr = this.currentLr();
     const t = this.steps + 1;

@@ -106,3 +106,17 @@ export function rejectUnknownHyper(hyper: Record<string, unknown>, known: readon
     if (!known.includes(key)) throw new Error(`${owner}.importState: unknown hyper-parameter "${key}"`);
   }
 }
+
+/** Every parameter present with its gradient, both of the right size, and no gradient for an unknown name. */
+export function checkStepInputs(
+  params: ReadonlyMap<string, Float32Array>,
+  grads: ReadonlyMap<string, Float32Array>,
+  sizes: ReadonlyMap<string, number>,
+  owner: string,
+): void {
+  rejectUnknownGrads(grads, sizes, owner);
+  for (const [name, size] of sizes) {
+    paramFor(params, name, size, owner);
+    gradFor(grads, name, size, owner);
+  }
+}

@@ -1,13 +1,5 @@
 /** SGD on Float32Arrays, the same update as torch.optim.SGD (maximize=False). */
-import {
-  checkState,
-  gradFor,
-  hyperNumber,
-  paramFor,
-  paramSizes,
-  rejectUnknownGrads,
-  rejectUnknownHyper,
-} from './checks.js';
+import { checkState, checkStepInputs, hyperNumber, paramSizes, rejectUnknownHyper } from './checks.js';
 import { CONSTANT_SCHEDULE, lrAt, validateSchedule, type ScheduleSpec } from './schedule.js';
 import type { Optimizer, OptimizerState, ParamMap } from './types.js';
 
@@ -130,13 +122,8 @@ export class SGD implements Optimizer {
   }
 
   step(params: Map<string, Float32Array>, grads: ReadonlyMap<string, Float32Array>): void {
-    // Check every tensor before touching any, so a bad call leaves parameters and buffers unchanged.
-    rejectUnknownGrads(grads, this.sizes, OWNER);
-    for (const name of this.names) {
-      const size = this.sizes.get(name)!;
-      paramFor(params, name, size, OWNER);
-      gradFor(grads, name, size, OWNER);
-    }
+    // Check every tensor before touching any, so a bad call leaves parameters and optimizer state unchanged.
+    checkStepInputs(params, grads, this.sizes, OWNER);
     const lr = this.currentLr();
     const first = this.steps === 0;
     for (let k = 0; k < this.names.length; k++) {
