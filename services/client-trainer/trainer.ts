@@ -114,8 +114,8 @@ export class ClientTrainer implements ServiceRole {
         }),
     };
     const handler = (task: TrainTask, tc: TaskContext): Promise<void> => this.#train(ctx, nc, blobs, state, task, tc);
-    // The pull loop of WorkQueue.consume ends when its fetch misses heartbeats, which happens whenever one task
-    // trains longer than the fetch's heartbeat window (the task itself is acked first). Pull again until stopped.
+    // The pull loop of WorkQueue.consume ends when a pull request fails (e.g. the server restarted and the request
+    // timed out); unacked work is redelivered by the server either way. Pull again until stopped.
     const keepConsuming = async (): Promise<void> => {
       while (!this.#stopping && !nc.isClosed()) {
         this.#consumption = await queue.consume(handler, consumeOpts);

@@ -189,7 +189,11 @@ export class WorkQueue {
     const loop = async (): Promise<void> => {
       while (!stopping.signal.aborted) {
         current = await consumer.fetch({ max_messages: 1, expires: Math.max(1000, opts.pullExpiresMs ?? 1000) });
-        for await (const msg of current) await this.#handle(msg, handler, maxDeliver, opts);
+        // Take the task out of the pull request before working on it: while the request's iterator is open its
+        // idle-heartbeat monitor runs, and a task longer than two heartbeats ended the loop ("heartbeats missed").
+        const batch: JsMsg[] = [];
+        for await (const msg of current) batch.push(msg);
+        for (const msg of batch) await this.#handle(msg, handler, maxDeliver, opts);
       }
     };
     const done = loop().catch((e: unknown) => {

@@ -130,6 +130,35 @@ test('inProgress() heartbeats keep a slow task from being redelivered', async ()
   assert.deepEqual(await q.pending(), { pending: 0, ackPending: 0, redelivered: 0 });
 });
 
+test('one consumption keeps pulling after a task that ran far longer than the pull request (no "heartbeats missed")', async () => {
+  const jobId = uniqueJobId('long-task');
+  jobs.push(jobId);
+  const warnings: string[] = [];
+  const q = await WorkQueue.open(nc, { jobId, storage: 'memory', logger: { warn: (m) => warnings.push(m) } });
+  const handled: string[] = [];
+  const run = await q.consume(
+    async (t: TrainTask, ctx) => {
+      if (t.clientId === 'slow')
+        for (let i = 0; i < 8; i++) {
+          await sleep(500); // 4 s: four times the 1 s pull request and its idle heartbeats
+          ctx.inProgress();
+        }
+      handled.push(t.clientId);
+    },
+    { ackWaitMs: 2000, maxDeliver: 2, pullExpiresMs: 1000 },
+  );
+  let loopEnded = false;
+  void run.done.then(() => (loopEnded = true));
+  await q.enqueue(task(jobId, 'slow', 0));
+  await waitFor('the slow task', () => handled.includes('slow'), 10_000);
+  await q.enqueue(task(jobId, 'next', 0));
+  await waitFor('the task after it, on the same consumption', () => handled.includes('next'), 5000);
+  assert.equal(loopEnded, false, 'the pull loop is still running');
+  await run.stop();
+  assert.deepEqual(handled, ['slow', 'next']);
+  assert.deepEqual(warnings, []);
+});
+
 test('a malformed task is terminated with a reason, never redelivered; a throwing handler is retried then terminated', async () => {
   const q = await freshQueue('malformed');
   const js = jetstream(nc);
