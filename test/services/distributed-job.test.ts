@@ -1,5 +1,7 @@
 /**
- * The four services on a real NATS (NATS_URL, default nats://127.0.0.1:4222), in one process: a 2-round FedBiOT
+ * The four services on a private NATS of their own (a Testcontainers container of the local NATS image, the one
+ * the cluster runs; a nats-server child process where Docker is missing: see
+ * libs/protocol/test/support/nats-server.ts), in one process: a 2-round FedBiOT
  * job with 3 clients and 2 trainer replicas must end with the standalone job's final metrics (same spec and seed),
  * while malformed messages are published on the clients' update subjects throughout (rejected, logged with the
  * reason, the rounds still complete). Also checks health, readiness, metrics and the dashboard data.
@@ -41,8 +43,10 @@ import { Kvm } from '@nats-io/kv';
 import { Evaluator } from '../../services/evaluator/evaluator.js';
 import { DashboardController } from '../../services/evaluator/dashboard.js';
 import { repoRoot } from '../support/paths.js';
+import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
-const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
+let nats: PrivateNats | undefined;
+let NATS_URL = '';
 let tmp = '';
 
 /** The settings of test/e2e/fedbiot-job.test.ts (3 clients: add, sub, mul). */
@@ -60,6 +64,9 @@ function rawSpec(id: string): Record<string, unknown> {
 const spec = (id: string): JobSpec => resolveJobSpec(rawSpec(id), 'services test job');
 
 before(async () => {
+  nats = await startPrivateNats(() => '');
+  NATS_URL = nats.url;
+  console.log(`services tests: NATS ${nats.via} at ${NATS_URL}`);
   tmp = mkdtempSync(join(tmpdir(), 'fedbiot-services-'));
   await writeDemoFederation(join(tmp, 'federation'), {
     seed: 5,
@@ -69,7 +76,10 @@ before(async () => {
     corpusBytes: 60_000,
   });
 });
-after(() => rmSync(tmp, { recursive: true, force: true }));
+after(async () => {
+  await nats?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
 
 interface EvalEvent {
   round: number;
