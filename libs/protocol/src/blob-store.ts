@@ -7,8 +7,10 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Objm, StorageType, type ObjectStore } from '@nats-io/obj';
 import { streamExists } from './connection.js';
+import { getObject, objectDigest, putObject, readObjectMeta } from './object-store.js';
 import { BlobNotFoundError, IntegrityError } from './errors.js';
 import type { BlobRef, Dtype } from './messages.js';
 
@@ -50,14 +52,11 @@ export function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** The Object Store's own digest string for a sha256 (`SHA-256=<base64url, padded>`). */
-function objDigest(hex: string): string {
-  return 'SHA-256=' + Buffer.from(hex, 'hex').toString('base64url') + '=';
-}
-
 export class BlobStore {
   readonly #nc: NatsConnection;
   readonly #objm: Objm;
+  readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
   readonly #buckets = new Map<string, Promise<ObjectStore>>();
   readonly #cacheDir: string | undefined;
   readonly #storage: StorageType;
@@ -66,12 +65,15 @@ export class BlobStore {
   private constructor(
     nc: NatsConnection,
     objm: Objm,
+    jsm: JetStreamManager,
     readonly bucket: string,
     cacheDir: string | undefined,
     storage: StorageType,
   ) {
     this.#nc = nc;
     this.#objm = objm;
+    this.#js = jetstream(nc);
+    this.#jsm = jsm;
     this.#cacheDir = cacheDir;
     this.#storage = storage;
   }
@@ -80,7 +82,7 @@ export class BlobStore {
   static async open(nc: NatsConnection, opts: BlobStoreOptions): Promise<BlobStore> {
     const objm = new Objm(nc);
     const storage = opts.storage === 'memory' ? StorageType.Memory : StorageType.File;
-    const store = new BlobStore(nc, objm, opts.bucket, opts.cacheDir, storage);
+    const store = new BlobStore(nc, objm, await jetstreamManager(nc), opts.bucket, opts.cacheDir, storage);
     await store.ensureBucket(opts.bucket);
     if (opts.cacheDir !== undefined) await mkdir(opts.cacheDir, { recursive: true });
     return store;
@@ -126,17 +128,17 @@ export class BlobStore {
     const sha256 = sha256Hex(bytes);
     const name = opts.name ?? sha256;
     const bucket = opts.bucket ?? this.bucket;
-    const os = await this.#bucketHandle(bucket);
-    const existing = await os.info(name);
+    await this.#bucketHandle(bucket);
+    const existing = await readObjectMeta(this.#jsm, bucket, name);
     if (
       existing !== null &&
       !existing.deleted &&
       existing.size === bytes.length &&
-      existing.digest === objDigest(sha256)
+      existing.digest === objectDigest(sha256)
     ) {
       this.#stats.putsSkipped++;
     } else {
-      await os.putBlob({ name }, bytes);
+      await putObject(this.#nc, this.#js, this.#jsm, bucket, name, bytes, sha256, existing);
       this.#stats.bytesUp += bytes.length;
       this.#stats.puts++;
     }
@@ -163,15 +165,16 @@ export class BlobStore {
       return cached;
     }
     this.#stats.cacheMisses++;
-    const os = await this.#bucketHandle(ref.bucket);
-    let bytes: Uint8Array | null;
+    await this.#bucketHandle(ref.bucket);
+    const meta = await readObjectMeta(this.#jsm, ref.bucket, ref.name);
+    if (meta === null || meta.deleted) throw new BlobNotFoundError(ref.bucket, ref.name);
+    let bytes: Uint8Array;
     try {
-      bytes = await os.getBlob(ref.name);
+      bytes = await getObject(this.#js, meta);
     } catch (e) {
-      // The object store checks its own digest of the chunks; a mismatch there is corruption too.
+      // The chunks are checked against the object's own digest as they arrive; a mismatch there is corruption too.
       throw new IntegrityError(ref.bucket, ref.name, `download failed: ${(e as Error).message}`, { cause: e });
     }
-    if (bytes === null) throw new BlobNotFoundError(ref.bucket, ref.name);
     this.#stats.bytesDown += bytes.length;
     if (bytes.length !== ref.bytes) {
       throw new IntegrityError(ref.bucket, ref.name, `size is ${bytes.length} bytes, the ref says ${ref.bytes}`);
