@@ -12,7 +12,7 @@
  * time, so the share is an upper bound. Rounds 0 (consumer creation) and the last (it also evaluates) are not
  * counted; the median of the others is reported.
  *
- * `npm run bench -- messaging [--rounds 8] [--clients 3] [--steps K]` writes bench/results/messaging.json.
+ * `npm run bench -- messaging [--rounds 16] [--clients 3] [--steps K]` writes bench/results/messaging.json.
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -386,7 +386,7 @@ interface StepRow {
 }
 
 export async function main(args: string[]): Promise<void> {
-  const rounds = Number(argOf(args, 'rounds') ?? 8);
+  const rounds = Number(argOf(args, 'rounds') ?? 16);
   const clients = Number(argOf(args, 'clients') ?? 3);
   if (!(rounds >= 3)) throw new Error('--rounds: at least 3 (the first and the last round are not counted)');
   const K = Number(argOf(args, 'steps') ?? resolveJobSpec({}, 'defaults').clients.localSteps);

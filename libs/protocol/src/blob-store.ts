@@ -170,7 +170,7 @@ export class BlobStore {
     if (meta === null || meta.deleted) throw new BlobNotFoundError(ref.bucket, ref.name);
     let bytes: Uint8Array;
     try {
-      bytes = await getObject(this.#js, meta);
+      bytes = await getObject(this.#js, this.#jsm, meta);
     } catch (e) {
       // The chunks are checked against the object's own digest as they arrive; a mismatch there is corruption too.
       throw new IntegrityError(ref.bucket, ref.name, `download failed: ${(e as Error).message}`, { cause: e });
