@@ -12,8 +12,14 @@
  * would be. Host networking keeps every connection on loopback (see /work/shared/docs/stack-notes.md section 3),
  * so NATS listens on a free port, and the services' HTTP_PORT=0 picks free ports they log.
  *
- * Asserts: the job completes (KV job state `completed`, last round ROUNDS - 1) within a deadline, no service logs
- * an error, every client trained once per round and both trainer replicas took tasks, alignment ran once per call;
+ * Two crashes are injected into round 1, as `docker kill` (SIGKILL, no shutdown code runs): the trainer replica that
+ * starts round 1's first task is killed mid-task, and the aggregator is killed as round 1 starts collecting and
+ * replaced by a new aggregator container.
+ *
+ * Asserts: the job completes (KV job state `completed`, last round ROUNDS - 1) within a deadline, no surviving service
+ * logs an error, every client's update was published for every round and both trainer replicas took tasks, the
+ * killed trainer's task was redone by the other replica as a redelivery, the replacement aggregator resumed at round
+ * 1 from KV without re-running round 0, alignment ran once per call;
  * the aggregator's final AdapEmu / AdapFu rows are finite and equal the standalone runJob's on this host for the same
  * spec (|d loss| < 1e-6, same accuracy); the evaluator container, asked for base + AdapFu with the final LoRAs,
  * repeats the AdapFu rows exactly, matches the standalone base rows, and AdapFu's pooled test loss beats the base
@@ -65,6 +71,8 @@ const FEDERATION_DIR = '/var/lib/fedbiot/federation';
 const MODEL_DIR = '/app/models/demo-llama';
 const CACHE_DIR = '/var/cache/fedbiot';
 const EXITED = '<container stopped>';
+/** Short, so the killed trainer's task comes back quickly; the demo tasks train in about a second. */
+const ACK_WAIT_MS = 5000;
 
 /** Why Docker cannot be used, or null when `docker info` answers. */
 function dockerUnavailable(): string | null {
@@ -110,17 +118,20 @@ function openForReading(dir: string): void {
   }
 }
 
-function collect(lines: Line[]): (stream: Readable) => void {
+function collect(lines: Line[], onLine?: (line: Line) => void): (stream: Readable) => void {
   return (stream) => {
     // The log stream ends when the container stops: recorded, so the wait below fails at once on a crash.
     stream.once('end', () => lines.push({ msg: EXITED, level: 'error' }));
     createInterface({ input: stream }).on('line', (text) => {
+      let line: Line;
       try {
         const v = JSON.parse(text) as unknown;
-        lines.push(v !== null && typeof v === 'object' ? (v as Line) : { msg: text });
+        line = v !== null && typeof v === 'object' ? (v as Line) : { msg: text };
       } catch {
-        lines.push({ msg: text });
+        line = { msg: text };
       }
+      lines.push(line);
+      onLine?.(line);
     });
   };
 }
@@ -149,7 +160,7 @@ after(async () => {
 });
 
 test(
-  'NATS and the four services from the built images (2 trainer replicas) complete a 2-round FedBiOT job',
+  'NATS and the four services from the built images (2 trainer replicas) complete a 2-round FedBiOT job through a trainer kill and an aggregator kill',
   { skip: noDocker ? `no Docker engine (${noDocker})` : false, timeout: 240_000 },
   async () => {
     const { GenericContainer, Wait } = await import('testcontainers');
@@ -212,7 +223,12 @@ test(
     const tNats = performance.now();
 
     /** A service container with the pod's restrictions; resolves once the service logged "ready". */
-    const startService = async (name: string, main: string, env: Record<string, string> = {}): Promise<Service> => {
+    const startService = async (
+      name: string,
+      main: string,
+      env: Record<string, string> = {},
+      onLine?: (service: string, line: Line) => void,
+    ): Promise<Service> => {
       const lines: Line[] = [];
       const c = new GenericContainer(APP_IMAGE)
         .withNetworkMode('host')
@@ -236,7 +252,7 @@ test(
         .withTmpFs({ '/tmp': 'rw,mode=1777,size=64m', [CACHE_DIR]: 'rw,mode=1777,size=256m' })
         .withDroppedCapabilities('ALL')
         .withSecurityOpt('no-new-privileges')
-        .withLogConsumer(collect(lines))
+        .withLogConsumer(collect(lines, onLine && ((l) => onLine(name, l))))
         .withWaitStrategy(Wait.forLogMessage(/"msg":"ready"/))
         .withStartupTimeout(120_000);
       // Testcontainers has no builder method for it; the manifests set readOnlyRootFilesystem.
@@ -253,6 +269,26 @@ test(
       return s;
     };
 
+    // The crashes, injected from the log streams so that they land mid-task / mid-round: SIGKILL, no shutdown code.
+    const killed = new Set<string>();
+    const kill = (name: string): void => {
+      if (killed.has(name)) return;
+      killed.add(name);
+      const s = services.find((x) => x.name === name);
+      assert.ok(s, `service ${name} to kill`);
+      spawnSync('docker', ['kill', '--signal', 'KILL', s.container.getId()], { stdio: 'ignore' });
+    };
+    let trainerKill: { name: string; clientId: unknown } | undefined;
+    const onTrainerLine = (name: string, l: Line): void => {
+      if (trainerKill === undefined && l.msg === 'training' && l['round'] === 1) {
+        trainerKill = { name, clientId: l['clientId'] };
+        kill(name);
+      }
+    };
+    const onFirstAggregatorLine = (name: string, l: Line): void => {
+      if (l.msg === 'round collecting' && l['round'] === 1) kill(name);
+    };
+
     let passed = false;
     try {
       // The trainers are both listening before the aggregator enqueues round 0, so each replica gets work.
@@ -260,14 +296,16 @@ test(
       const starts = await Promise.allSettled([
         startService('server-alignment', 'server-alignment'),
         startService('evaluator', 'evaluator'),
-        startService('client-trainer-1', 'client-trainer', { REPLICA: 'client-trainer-1' }),
-        startService('client-trainer-2', 'client-trainer', { REPLICA: 'client-trainer-2' }),
+        ...['client-trainer-1', 'client-trainer-2'].map((name) =>
+          startService(name, 'client-trainer', { REPLICA: name, ACK_WAIT_MS: String(ACK_WAIT_MS) }, onTrainerLine),
+        ),
       ]);
       const [alignment, evaluator, trainerA, trainerB] = starts.map((r) => {
         if (r.status === 'rejected') throw r.reason;
         return r.value;
       }) as [Service, Service, Service, Service];
-      const aggregator = await startService('aggregator', 'aggregator');
+      const firstAggregator = await startService('aggregator', 'aggregator', {}, onFirstAggregatorLine);
+      let aggregator = firstAggregator;
       const tReady = performance.now();
 
       const nc = await connectTransport(natsUrl);
@@ -276,7 +314,12 @@ test(
         let job: JobState | undefined;
         for (const until = Date.now() + JOB_DEADLINE_MS; ; await new Promise((r) => setTimeout(r, 500))) {
           job = (await state.get(JOB_STATE_KEY, JobStateSchema))?.value;
-          const failed = services.flatMap((s) => s.lines.filter((l) => l.level === 'error').map((l) => [s.name, l]));
+          // The killed aggregator is replaced, as its Deployment would do (the trainer's sibling takes over its work).
+          if (killed.has('aggregator') && aggregator === firstAggregator)
+            aggregator = await startService('aggregator-2', 'aggregator');
+          const failed = services
+            .filter((s) => !killed.has(s.name))
+            .flatMap((s) => s.lines.filter((l) => l.level === 'error').map((l) => [s.name, l]));
           assert.deepEqual(failed, [], 'no service logged an error');
           if (job?.status === 'completed' && aggregator.lines.some((l) => l.msg === 'job completed')) break;
           assert.ok(
@@ -290,18 +333,36 @@ test(
         assert.equal(job.lastCompletedRound, ROUNDS - 1, 'rounds are 0-based in KV');
         assert.ok(job.adapterLora && job.emulatorLora, 'the final LoRAs are in the object store');
 
-        // Every client trained in every round, and both replicas took part.
+        // Every client's update was published in every round (a task killed after its publish could be published
+        // twice, with the same bytes), and both replicas took part.
         const published = (s: Service): string[] =>
           s.lines.filter((l) => l.msg === 'update published').map((l) => `${l['round']}/${l['clientId']}`);
         const byReplica = [published(trainerA), published(trainerB)];
         assert.deepEqual(
-          byReplica.flat().toSorted(),
+          [...new Set(byReplica.flat())].toSorted(),
           [0, 1].flatMap((r) => CLIENTS.map((c) => `${r}/${c}`)).toSorted(),
-          'one update per client and round',
+          'an update for every client and round',
         );
         assert.ok(
           byReplica.every((u) => u.length > 0),
           `both trainer replicas trained: ${JSON.stringify(byReplica)}`,
+        );
+        // The crashes happened, and were recovered from: the killed trainer's task was redone by the other replica
+        // as a redelivery; the replacement aggregator resumed at round 1 from KV and did not run round 0 again.
+        assert.ok(trainerKill, 'a trainer was killed during a round 1 task');
+        assert.deepEqual([...killed].toSorted(), ['aggregator', trainerKill.name].toSorted());
+        const survivor = trainerKill.name === trainerA.name ? trainerB : trainerA;
+        const redone = survivor.lines.find(
+          (l) => l.msg === 'update published' && l['round'] === 1 && l['clientId'] === trainerKill!.clientId,
+        );
+        assert.ok(redone, `${survivor.name} published the killed task ${JSON.stringify(trainerKill)}`);
+        assert.ok(Number(redone['delivery']) >= 2, `as a redelivery: ${JSON.stringify(redone)}`);
+        assert.notEqual(aggregator, firstAggregator, 'a replacement aggregator ran');
+        const resumed = aggregator.lines.find((l) => l.msg === 'resuming job');
+        assert.equal(resumed?.['round'], 1, `the replacement resumed at round 1: ${JSON.stringify(resumed)}`);
+        assert.ok(
+          !aggregator.lines.some((l) => l.msg === 'round collecting' && l['round'] === 0),
+          'round 0 is not run again',
         );
         const aligned = alignment.lines.filter((l) => l.msg === 'aligned').map((l) => l['call']);
         assert.deepEqual(aligned, [0, 1, 2], 'pre-alignment, then one alignment after each round');
@@ -379,7 +440,7 @@ test(
         );
 
         // The HTTP side every pod exposes: ready, and the aggregator's metrics at the final round.
-        for (const s of services) {
+        for (const s of services.filter((x) => !killed.has(x.name))) {
           const url = s.lines.find((l) => l.msg === 'http listening')?.['url'];
           assert.ok(typeof url === 'string', `${s.name} logged its HTTP address`);
           assert.equal((await fetch(`${url}/health/ready`)).status, 200, `${s.name} /health/ready`);
@@ -391,7 +452,8 @@ test(
         console.log(
           `standalone ${secs(t0, tStandalone)} s; containers: NATS ${secs(tStandalone, tNats)} s, services ready ${secs(tNats, tReady)} s, job ${secs(tReady, tDone)} s; ` +
             `pooled test loss base ${base.testLoss.toFixed(4)} -> AdapFu ${adapFu.testLoss.toFixed(4)}; ` +
-            `updates per replica ${byReplica.map((u) => u.length).join('/')}`,
+            `updates per replica ${byReplica.map((u) => u.length).join('/')}; killed ${trainerKill.name} ` +
+            `(task ${String(trainerKill.clientId)}, redone on delivery ${String(redone['delivery'])}) and the aggregator`,
         );
       } finally {
         await nc.close();
