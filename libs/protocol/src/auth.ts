@@ -42,11 +42,14 @@ import {
   assertClientId,
   assertJobId,
   blobBucketName,
+  clientConsumerName,
   stateBucketName,
   taskPattern,
   taskStreamName,
   updateBucketName,
 } from './subjects.js';
+
+export { clientConsumerName };
 
 /** The four service roles of the distributed job. */
 export const SERVICE_ROLES = ['aggregator', 'server-alignment', 'evaluator', 'client-trainer'] as const;
@@ -97,11 +100,6 @@ export interface JobAuth {
 /** The reply-inbox prefix of an identity: `_INBOX_<name>` (a single subject token). */
 export function inboxPrefixOf(name: string): string {
   return `_INBOX_${name}`;
-}
-
-/** Durable consumer through which client `clientId` pulls its own tasks. */
-export function clientConsumerName(clientId: string): string {
-  return `client-${assertClientId(clientId)}`;
 }
 
 /**

@@ -131,8 +131,17 @@ export function taskStreamName<J extends string>(jobId: J) {
   return `FL_TASKS_${assertJobId(jobId)}` as const;
 }
 
-/** Durable pull consumer shared by all trainer replicas (KEDA's `consumer`). */
+/** Durable pull consumer shared by all pooled trainer replicas (KEDA's `consumer`). */
 export const TRAINER_CONSUMER = 'client-trainer' as const;
+
+/**
+ * Durable pull consumer through which the trainers of one client (a data owner's own replicas) pull only that
+ * client's tasks (filtered on `taskSubject(job, clientId)`). A work-queue stream refuses overlapping consumers, so
+ * a job runs either pooled trainers or per-client trainers.
+ */
+export function clientConsumerName(clientId: string): string {
+  return `client-${assertClientId(clientId)}`;
+}
 
 /** KV bucket with the job's JobState and RoundStates. */
 export function stateBucketName<J extends string>(jobId: J) {

@@ -2,6 +2,10 @@
  * Client training work as a JetStream work-queue stream with one durable pull consumer shared by every
  * trainer replica: each task goes to exactly one replica, a replica that dies before acking gets its task
  * redelivered to another after `ackWait`, and the consumer's pending count is what KEDA scales on.
+ *
+ * Pooled (default): one unfiltered consumer, any replica trains any client. Per client (`clientId`): a data owner's
+ * replicas pull only that client's tasks through the filtered consumer `client-<id>`, which is all a client's NATS
+ * identity may create and read (auth.ts); such a queue is never created here, only opened.
  */
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -23,12 +27,24 @@ import { streamExists } from './connection.js';
 import { ProtocolError } from './errors.js';
 import type { ProtocolLogger } from './logger.js';
 import { decodeMessage, encodeMessage, TrainTaskSchema, type TrainTask } from './messages.js';
-import { assertJobId, taskPattern, taskStreamName, taskSubject, TRAINER_CONSUMER } from './subjects.js';
+import {
+  assertJobId,
+  clientConsumerName,
+  taskPattern,
+  taskStreamName,
+  taskSubject,
+  TRAINER_CONSUMER,
+} from './subjects.js';
 
 export interface WorkQueueOptions {
   readonly jobId: string;
   /** Durable consumer name shared by the replicas. Default `client-trainer` (TRAINER_CONSUMER). */
   readonly consumer?: string;
+  /**
+   * Pull only this client's tasks, through the filtered consumer `client-<id>` (`consumer` is then ignored). The
+   * stream must exist already: a client identity may not create it.
+   */
+  readonly clientId?: string;
   /** Default 'file'. */
   readonly storage?: 'file' | 'memory';
   /** Window (ms) in which re-enqueueing the same job/round/client is dropped as a duplicate. Default 120000. */
@@ -111,6 +127,7 @@ export class WorkQueue {
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     consumer: string,
+    readonly filterSubject: string | undefined,
     logger: ProtocolLogger,
   ) {
     this.stream = taskStreamName(jobId);
@@ -122,9 +139,16 @@ export class WorkQueue {
   static async open(nc: NatsConnection, opts: WorkQueueOptions): Promise<WorkQueue> {
     const jobId = assertJobId(opts.jobId);
     const jsm = await jetstreamManager(nc);
-    const q = new WorkQueue(jobId, jetstream(nc), jsm, opts.consumer ?? TRAINER_CONSUMER, opts.logger ?? console);
+    const consumer =
+      opts.clientId === undefined ? (opts.consumer ?? TRAINER_CONSUMER) : clientConsumerName(opts.clientId);
+    const filter = opts.clientId === undefined ? undefined : taskSubject(jobId, opts.clientId);
+    const q = new WorkQueue(jobId, jetstream(nc), jsm, consumer, filter, opts.logger ?? console);
     // An existing stream is used as it is: `add` with other options would fail on a config mismatch.
     if (await streamExists(nc, q.stream)) return q;
+    if (filter !== undefined)
+      throw new Error(
+        `work queue ${q.stream} does not exist yet: the aggregator creates it when the job starts (client ${opts.clientId})`,
+      );
     await jsm.streams.add({
       name: q.stream,
       subjects: [taskPattern(jobId)],
@@ -160,14 +184,30 @@ export class WorkQueue {
       throw e;
     });
     if (info === null) {
-      await this.jsm.consumers.add(this.stream, {
-        durable_name: this.consumerName,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ...wanted,
-      });
+      await this.jsm.consumers
+        .add(this.stream, {
+          durable_name: this.consumerName,
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.All,
+          ...(this.filterSubject === undefined ? {} : { filter_subject: this.filterSubject }),
+          ...wanted,
+        })
+        .catch((e: unknown) => {
+          const overlap = /workqueue/i.test((e as Error).message)
+            ? `; a job's tasks are pulled either by pooled trainers (consumer ${TRAINER_CONSUMER}) or by per-client ` +
+              `trainers (consumers client-<id>), not both, and this job's queue already has the other kind`
+            : '';
+          throw new Error(
+            `work queue ${this.stream}: cannot create consumer ${this.consumerName}: ${(e as Error).message}${overlap}`,
+            { cause: e },
+          );
+        });
     } else if (info.config.ack_wait !== wanted.ack_wait || info.config.max_deliver !== maxDeliver) {
-      await this.jsm.consumers.update(this.stream, this.consumerName, wanted);
+      // With the filter: the update then goes through the filtered create subject, the one a client may use.
+      await this.jsm.consumers.update(this.stream, this.consumerName, {
+        ...wanted,
+        ...(this.filterSubject === undefined ? {} : { filter_subject: this.filterSubject }),
+      });
     }
   }
 

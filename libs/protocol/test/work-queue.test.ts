@@ -159,6 +159,37 @@ test('one consumption keeps pulling after a task that ran far longer than the pu
   assert.deepEqual(warnings, []);
 });
 
+test("per-client consumers: a data owner's replica pulls only its own client's tasks; pooled and per-client do not mix", async () => {
+  const q = await freshQueue('per-client');
+  for (const c of ['alice', 'bob', 'alice2']) await q.enqueue(task(q.jobId, c, 0));
+  const seen: Record<string, string[]> = { alice: [], bob: [] };
+  const owners = await Promise.all(
+    ['alice', 'bob'].map(async (clientId) => {
+      const conn = await connectOrFail();
+      conns.push(conn);
+      const oq = await WorkQueue.open(conn, { jobId: q.jobId, clientId, logger: quiet });
+      assert.equal(oq.consumerName, `client-${clientId}`);
+      return oq.consume(async (t) => void seen[clientId]!.push(t.clientId), { ackWaitMs: 5000 });
+    }),
+  );
+  await waitFor('both owners drained their tasks', () => seen['alice']!.length + seen['bob']!.length === 2);
+  await sleep(300); // alice2's task must stay queued: no consumer filters on it
+  await Promise.all(owners.map((o) => o.stop()));
+  assert.deepEqual(seen, { alice: ['alice'], bob: ['bob'] });
+
+  // A pooled consumer cannot join a queue that per-client consumers already pull from.
+  const pooled = await WorkQueue.open(nc, { jobId: q.jobId, logger: quiet });
+  await assert.rejects(
+    pooled.consume(async () => {}),
+    /cannot create consumer client-trainer: .*pooled trainers .* or by per-client trainers/,
+  );
+  // A per-client queue is never created by its client: missing stream -> a clear error.
+  await assert.rejects(
+    WorkQueue.open(nc, { jobId: uniqueJobId('never-started'), clientId: 'alice', logger: quiet }),
+    /does not exist yet: the aggregator creates it when the job starts \(client alice\)/,
+  );
+});
+
 test('a malformed task is terminated with a reason, never redelivered; a throwing handler is retried then terminated', async () => {
   const q = await freshQueue('malformed');
   const js = jetstream(nc);
