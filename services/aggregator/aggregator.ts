@@ -2,6 +2,7 @@
  * The aggregator: runs the standalone round loop (runRounds) with NATS-bound ports, keeps job state in KV after
  * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
  */
+import { natsEnvOption } from '../common/env.js';
 import { readFile } from 'node:fs/promises';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
@@ -36,6 +37,12 @@ export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
 
 export interface AggregatorOptions {
   readonly natsUrl: string;
+  /**
+   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
+   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
+   * services in one process each get their own identity this way.
+   */
+  readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   readonly logSink?: (r: LogRecord) => void;
   /** Overrides spec.aggregation.deadlineMs / quorum. */
@@ -73,7 +80,7 @@ export class Aggregator implements ServiceRole {
     const spec = this.opts.spec;
     this.#ctx = await openJobContext(spec);
     const ctx = this.#ctx;
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const jobId = ctx.jobId;
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);

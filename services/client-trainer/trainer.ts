@@ -8,6 +8,7 @@
  * the update is published, together with the position it started from; a redelivered task for the same round
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
+import { natsEnvOption } from '../common/env.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
@@ -21,6 +22,8 @@ import {
   connectTransport,
   publishMessage,
   stateBucketName,
+  streamExists,
+  taskStreamName,
   updateSubject,
   type ClientUpdate,
   type Consumption,
@@ -59,12 +62,25 @@ export const StreamStateSchema = z.strictObject({
 
 export interface TrainerOptions {
   readonly natsUrl: string;
+  /**
+   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
+   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
+   * services in one process each get their own identity this way.
+   */
+  readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   /** Replica name in logs and metrics. */
   readonly replica?: string;
   readonly logSink?: (r: LogRecord) => void;
   /** Redelivery delay after a replica stops responding (ms). Default 60000. */
   readonly ackWaitMs?: number;
+  /**
+   * A data owner's replica: train only this client, pulling its tasks through the per-client consumer and loading
+   * only its data (other clients' files need not exist here). Runs under that client's own NATS identity
+   * (`natsEnv`), which may not create the job's streams: the replica waits until the aggregator has created them.
+   * Unset: a pooled replica that trains any client of the federation.
+   */
+  readonly clientId?: string;
 }
 
 export class ClientTrainer implements ServiceRole {
@@ -82,7 +98,7 @@ export class ClientTrainer implements ServiceRole {
   #ready = false;
 
   constructor(private readonly opts: TrainerOptions) {
-    this.name = opts.replica ?? 'client-trainer';
+    this.name = opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
     this.log = new JsonLogger(this.name, opts.logSink);
     this.metrics = new ServiceMetrics(this.name);
   }
@@ -92,13 +108,22 @@ export class ClientTrainer implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec));
+    const clientId = this.opts.clientId;
+    const ctx = (this.#ctx = await openJobContext(
+      this.opts.spec,
+      clientId === undefined ? {} : { onlyClients: [clientId] },
+    ));
     this.#modelSha = await sha256File(ctx.modelFile);
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    if (clientId !== undefined && !(await this.#jobStarted(nc, ctx.jobId, clientId))) return;
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     const state = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
-    const queue = await WorkQueue.open(nc, { jobId: ctx.jobId, logger: { warn: (m) => this.log.warn(m) } });
+    const queue = await WorkQueue.open(nc, {
+      jobId: ctx.jobId,
+      ...(clientId === undefined ? {} : { clientId }),
+      logger: { warn: (m) => this.log.warn(m) },
+    });
     const consumeOpts = {
       ackWaitMs: this.opts.ackWaitMs ?? 60_000,
       maxDeliver: 5,
@@ -126,6 +151,27 @@ export class ClientTrainer implements ServiceRole {
       if (!this.#stopping) this.log.write('error', 'work queue consumption stopped', { error: (e as Error).message });
     });
     this.#ready = true;
+  }
+
+  /**
+   * Waits (polling every second) until the aggregator has created the job's task stream, state and blob buckets
+   * and this client's update bucket; false when stopped meanwhile.
+   */
+  async #jobStarted(nc: NatsConnection, jobId: string, clientId: string): Promise<boolean> {
+    const streams = [
+      taskStreamName(jobId),
+      `KV_${stateBucketName(jobId)}`,
+      `OBJ_${blobBucketName(jobId)}`,
+      `OBJ_${updateBucketName(jobId, clientId)}`,
+    ];
+    for (let logged = false; !this.#stopping; await new Promise((r) => setTimeout(r, 1000))) {
+      const missing = [];
+      for (const name of streams) if (!(await streamExists(nc, name))) missing.push(name);
+      if (missing.length === 0) return true;
+      if (!logged) this.log.info('waiting for the aggregator to start the job', { clientId, missing });
+      logged = true;
+    }
+    return false;
   }
 
   async #train(

@@ -22,3 +22,8 @@ export function readEnv(env: NodeJS.ProcessEnv = process.env): ServiceEnv {
 export async function readJobSpec(e: ServiceEnv): Promise<JobSpec> {
   return loadJobSpec(e.jobSpecPath);
 }
+
+/** connectTransport's options for a service given `natsEnv` (see the services' options), else none. */
+export function natsEnvOption(opts: { readonly natsEnv?: NodeJS.ProcessEnv }): { env?: NodeJS.ProcessEnv } {
+  return opts.natsEnv === undefined ? {} : { env: opts.natsEnv };
+}

@@ -4,6 +4,7 @@
  * `…evaluated`, and keeps the history (plus the clients' training losses seen on the update subjects) for the
  * dashboard.
  */
+import { natsEnvOption } from '../common/env.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -40,6 +41,12 @@ import type { ServiceRole } from '../common/role.js';
 
 export interface EvaluatorOptions {
   readonly natsUrl: string;
+  /**
+   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
+   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
+   * services in one process each get their own identity this way.
+   */
+  readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   readonly logSink?: (r: LogRecord) => void;
 }
@@ -105,7 +112,7 @@ export class Evaluator implements ServiceRole {
 
   async start(): Promise<void> {
     const ctx = (this.#ctx = await openJobContext(this.opts.spec));
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     const pattern = evaluatePattern(ctx.jobId);

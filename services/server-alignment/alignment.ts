@@ -10,6 +10,7 @@
  * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
  * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
+import { natsEnvOption } from '../common/env.js';
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
@@ -69,6 +70,12 @@ export const ALIGN_PENDING_KEY = 'align.pending';
 
 export interface AlignmentOptions {
   readonly natsUrl: string;
+  /**
+   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
+   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
+   * services in one process each get their own identity this way.
+   */
+  readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   readonly logSink?: (r: LogRecord) => void;
 }
@@ -93,7 +100,7 @@ export class ServerAlignment implements ServiceRole {
 
   async start(): Promise<void> {
     const ctx = (this.#ctx = await openJobContext(this.opts.spec));
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl));
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     const kv = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });

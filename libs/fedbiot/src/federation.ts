@@ -38,6 +38,11 @@ export interface EvalItem {
 
 export interface ClientData {
   readonly id: string;
+  /**
+   * Position in the federation's full client list (it seeds the client's data stream), the same whether all
+   * clients are loaded or only some (`onlyClients`).
+   */
+  readonly index: number;
   readonly train: readonly TokenizedExample[];
   readonly test: readonly TokenizedExample[];
   readonly testItems: readonly EvalItem[];
@@ -52,8 +57,13 @@ export interface FederationData {
   readonly source: string;
 }
 
+/** Seed of a client's shuffled data stream (standalone and distributed runs must agree on it). */
+export function clientStreamSeed(jobSeed: number, client: Pick<ClientData, 'index'>): number {
+  return jobSeed * 1000 + client.index;
+}
+
 interface RawFederation {
-  readonly clients: { id: string; train: Example[]; test: Example[] }[];
+  readonly clients: { id: string; index: number; train: Example[]; test: Example[] }[];
   readonly globalTest: Example[];
   readonly publicTexts: string[];
   readonly source: string;
@@ -66,7 +76,16 @@ export async function demoFederationDir(cacheRoot: string, seed: number): Promis
   return dir;
 }
 
-async function readManifestFederation(dir: string): Promise<RawFederation> {
+/** What to load; by default everything. */
+export interface LoadFederationOptions {
+  /**
+   * Load only these clients' train/test data, and no global test set or public corpus: what a data owner's own
+   * trainer needs. With a manifest, other clients' files are never opened (they need not exist on that machine).
+   */
+  readonly onlyClients?: readonly string[];
+}
+
+async function readManifestFederation(dir: string, only?: ReadonlySet<string>): Promise<RawFederation> {
   const manifestPath = join(dir, 'manifest.json');
   const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as {
     clients?: { id: string; train: { path: string }; test: { path: string } }[];
@@ -76,14 +95,21 @@ async function readManifestFederation(dir: string): Promise<RawFederation> {
   if (!Array.isArray(manifest.clients) || manifest.clients.length === 0) {
     throw new Error(`${manifestPath}: "clients" must list at least one client with train and test files`);
   }
+  if (only) {
+    const missing = [...only].filter((id) => !manifest.clients!.some((c) => c.id === id));
+    if (missing.length > 0) throw new Error(`${manifestPath}: no client ${missing.join(', ')} in "clients"`);
+  }
   const clients = [];
-  for (const c of manifest.clients) {
+  for (const [index, c] of manifest.clients.entries()) {
+    if (only && !only.has(c.id)) continue;
     clients.push({
       id: c.id,
+      index,
       train: await readJsonl(join(dir, c.train.path)),
       test: await readJsonl(join(dir, c.test.path)),
     });
   }
+  if (only) return { clients, globalTest: [], publicTexts: [], source: dir };
   const globalTest = manifest.globalTest
     ? await readJsonl(join(dir, manifest.globalTest.path))
     : clients.flatMap((c) => c.test);
@@ -91,6 +117,15 @@ async function readManifestFederation(dir: string): Promise<RawFederation> {
     ? (await readText(join(dir, manifest.publicCorpus.path))).map((t) => t.text)
     : [];
   return { clients, globalTest, publicTexts, source: dir };
+}
+
+/** A pooled federation (one file, partitioned here: a simulation layout) cut down to `only`'s clients. */
+function onlyThese(raw: RawFederation, only: ReadonlySet<string> | undefined, dir: string): RawFederation {
+  if (!only) return raw;
+  const missing = [...only].filter((id) => !raw.clients.some((c) => c.id === id));
+  if (missing.length > 0)
+    throw new Error(`data.federation: the partition of ${dir} has no client ${missing.join(', ')}`);
+  return { clients: raw.clients.filter((c) => only.has(c.id)), globalTest: [], publicTexts: [], source: dir };
 }
 
 async function readPooledFederation(dir: string, spec: JobSpec): Promise<RawFederation> {
@@ -103,7 +138,7 @@ async function readPooledFederation(dir: string, spec: JobSpec): Promise<RawFede
   else parts = partitionByField(labelsOf(pool, p.field!), p.clients ? { numClients: p.clients } : {});
   const clients = selectShards(pool, parts).map((s, i) => {
     const split = trainTestSplit(s.items, spec.data.testFraction || 0.1, seed + i);
-    return { id: s.id, train: split.train, test: split.test };
+    return { id: s.id, index: i, train: split.train, test: split.test };
   });
   const globalTest = existsSync(join(dir, 'test.jsonl'))
     ? await readJsonl(join(dir, 'test.jsonl'))
@@ -118,14 +153,16 @@ export async function loadFederation(
   spec: JobSpec,
   tokenizer: TextTokenizer,
   cacheRoot: string,
+  opts: LoadFederationOptions = {},
 ): Promise<FederationData> {
   const where = spec.data.federation;
   const dir = where === 'demo' ? await demoFederationDir(cacheRoot, spec.job.seed) : resolve(where);
+  const only = opts.onlyClients === undefined ? undefined : new Set(opts.onlyClients);
   let raw: RawFederation;
-  if (existsSync(join(dir, 'manifest.json'))) raw = await readManifestFederation(dir);
-  else if (existsSync(join(dir, 'train.jsonl'))) raw = await readPooledFederation(dir, spec);
+  if (existsSync(join(dir, 'manifest.json'))) raw = await readManifestFederation(dir, only);
+  else if (existsSync(join(dir, 'train.jsonl'))) raw = onlyThese(await readPooledFederation(dir, spec), only, dir);
   else throw new Error(`data.federation: ${dir} has neither a manifest.json nor a train.jsonl`);
-  if (spec.alignment.publicData)
+  if (spec.alignment.publicData && !only)
     raw = { ...raw, publicTexts: (await readText(resolve(spec.alignment.publicData))).map((t) => t.text) };
   const maxLength = spec.data.maxLength;
   const template = spec.data.template;
@@ -138,6 +175,7 @@ export async function loadFederation(
   return {
     clients: raw.clients.map((c) => ({
       id: c.id,
+      index: c.index,
       train: c.train.map(tok),
       test: c.test.map(tok),
       testItems: c.test.map(item),

@@ -13,7 +13,7 @@ import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
 import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
-import { loadFederation, type ClientData, type FederationData } from './federation.js';
+import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
 import {
@@ -154,9 +154,9 @@ async function runFederated(
   const streamStates =
     (resumeFrom?.json['streams'] as Record<string, { epoch: number; pos: number }> | undefined) ?? {};
   const streams = new Map(
-    data.clients.map((c, i) => [
+    data.clients.map((c) => [
       c.id,
-      new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i, streamStates[c.id]),
+      new ExampleStream<TokenizedExample>(c.train, clientStreamSeed(spec.job.seed, c), streamStates[c.id]),
     ]),
   );
   const server =
@@ -288,9 +288,9 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
   const specs = loraSpecs(split, spec.lora);
   const settings = clientSettingsFor(spec);
   const scores = [];
-  for (const [i, c] of data.clients.entries()) {
+  for (const c of data.clients) {
     let adapter = initialLora(specs.adapter, lm, spec.job.seed + 1);
-    const stream = new ExampleStream<TokenizedExample>(c.train, spec.job.seed * 1000 + i);
+    const stream = new ExampleStream<TokenizedExample>(c.train, clientStreamSeed(spec.job.seed, c));
     const bar = progress(`local-only ${c.id}`, spec.job.rounds * settings.localSteps);
     for (let round = 0; round < spec.job.rounds; round++) {
       const r = await trainLocally(
@@ -300,7 +300,7 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
         [emulator],
         stream,
         settings,
-        spec.job.seed + round * 131 + i,
+        spec.job.seed + round * 131 + c.index,
         (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`),
       );
       adapter = r.adapter;

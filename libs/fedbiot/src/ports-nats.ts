@@ -43,7 +43,7 @@ import {
   type WorkQueue,
 } from '../../protocol/src/index.js';
 import type { ClientRoundResult, RoundPorts } from './coordinator.js';
-import { loadFederation, type FederationData } from './federation.js';
+import { clientStreamSeed, loadFederation, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
 import { splitModel, type ModelSplit } from './split.js';
@@ -64,9 +64,13 @@ export interface JobContext {
 
 /**
  * Loads the model and the federation for `spec`, as runJob does for its main phase. Only method `fedbiot` runs
- * distributed; the baselines stay standalone.
+ * distributed; the baselines stay standalone. `onlyClients`: a data owner's trainer, which loads (and may hold)
+ * only its own client's data.
  */
-export async function openJobContext(spec: JobSpec): Promise<JobContext> {
+export async function openJobContext(
+  spec: JobSpec,
+  opts: { readonly onlyClients?: readonly string[] } = {},
+): Promise<JobContext> {
   if (spec.job.method !== 'fedbiot')
     throw new Error(`job.method: the distributed runtime runs fedbiot only, not ${spec.job.method}`);
   if (!spec.job.id)
@@ -76,7 +80,7 @@ export async function openJobContext(spec: JobSpec): Promise<JobContext> {
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
   });
   if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
-  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot());
+  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot(), opts);
   const split = splitModel({
     numLayers: lm.config.numLayers,
     adapterBottom: 0,
@@ -112,9 +116,9 @@ export function clientSeed(spec: JobSpec, round: number, clientId: string): numb
 
 /** Seed of a client's example stream: job.ts seeds it by the client's index in the federation. */
 export function streamSeed(ctx: JobContext, clientId: string): number {
-  const i = ctx.data.clients.findIndex((c) => c.id === clientId);
-  if (i < 0) throw new Error(`client ${clientId} is not in the federation ${ctx.data.source}`);
-  return ctx.spec.job.seed * 1000 + i;
+  const client = ctx.data.clients.find((c) => c.id === clientId);
+  if (!client) throw new Error(`client ${clientId} is not in the federation ${ctx.data.source}`);
+  return clientStreamSeed(ctx.spec.job.seed, client);
 }
 
 export async function sha256File(path: string): Promise<string> {

@@ -113,7 +113,7 @@ export {
   type RoundCollection,
 } from './collector.js';
 export { publishMessage } from './publish.js';
-export { connectTransport, deleteJobResources } from './connection.js';
+export { connectTransport, deleteJobResources, streamExists } from './connection.js';
 export { transportSecurityFromEnv, redactServers, CredentialsError, type TransportSecurity } from './credentials.js';
 export {
   generateJobAuth,

@@ -1,0 +1,71 @@
+/**
+ * A data owner's trainer loads only its own client: from a folder that holds the manifest and that client's files
+ * and nothing else, it gets exactly the examples (and the stream seed) the full load gives that client.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeDemoFederation } from '../../data/src/index.js';
+import { loadTokenizer } from '../../model/src/tokenizer.js';
+import { clientStreamSeed, loadFederation } from '../src/federation.js';
+import { resolveJobSpec } from '../src/job-spec.js';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+const modelDir = join(repoRoot, 'models', 'demo-llama');
+let tmp = '';
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-federation-'));
+  await writeDemoFederation(join(tmp, 'all'), {
+    seed: 5,
+    trainPerClient: 12,
+    testPerClient: 4,
+    globalTestPerTask: 2,
+    corpusBytes: 20_000,
+  });
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+const specFor = (federation: string) =>
+  resolveJobSpec(
+    { job: { seed: 3 }, model: { checkpoint: modelDir }, data: { federation, maxLength: 96 } },
+    'federation test',
+  );
+
+test("onlyClients loads one client's data from a folder that holds nothing else, identical to the full load", async () => {
+  const tokenizer = await loadTokenizer(modelDir);
+  const full = await loadFederation(specFor(join(tmp, 'all')), tokenizer, tmp);
+  assert.deepEqual(
+    full.clients.map((c) => c.id),
+    ['add', 'sub', 'mul'],
+  );
+
+  // The owner of "mul": the manifest and mul's own two files, nothing of the other clients.
+  const manifest = JSON.parse(readFileSync(join(tmp, 'all', 'manifest.json'), 'utf8')) as {
+    clients: { id: string; train: { path: string }; test: { path: string } }[];
+  };
+  const owner = join(tmp, 'owner-mul');
+  const mine = manifest.clients.find((c) => c.id === 'mul')!;
+  for (const rel of ['manifest.json', mine.train.path, mine.test.path]) {
+    mkdirSync(dirname(join(owner, rel)), { recursive: true });
+    copyFileSync(join(tmp, 'all', rel), join(owner, rel));
+  }
+  await assert.rejects(loadFederation(specFor(owner), tokenizer, tmp), /ENOENT/, 'the full load needs the others');
+
+  const own = await loadFederation(specFor(owner), tokenizer, tmp, { onlyClients: ['mul'] });
+  assert.equal(own.clients.length, 1);
+  const fullMul = full.clients.find((c) => c.id === 'mul')!;
+  assert.deepEqual(own.clients[0], fullMul, 'same examples, test items and index');
+  assert.equal(clientStreamSeed(3, own.clients[0]!), clientStreamSeed(3, fullMul));
+  assert.equal(fullMul.index, 2);
+  assert.deepEqual(own.global.test, []);
+  assert.deepEqual(own.publicWindows, []);
+
+  await assert.rejects(
+    loadFederation(specFor(owner), tokenizer, tmp, { onlyClients: ['div'] }),
+    /manifest\.json: no client div in "clients"/,
+  );
+});
