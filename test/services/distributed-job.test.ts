@@ -8,12 +8,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
@@ -28,10 +28,12 @@ import {
   decodeTensors,
   deleteJobResources,
   encodeTensors,
+  generateJobAuth,
   planSubject,
   publishMessage,
   stateBucketName,
   updateSubject,
+  type NatsIdentity,
 } from '../../libs/protocol/src/index.js';
 import { startService, type RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
@@ -539,5 +541,81 @@ test('a NaN update is rejected by the update checks, logged with client and reas
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();
+  }
+});
+
+test('data owners: each client trains on its own replica under its own NATS identity, holding only its own files; services under theirs; the job equals standalone', async () => {
+  const jobId = `svc-owners-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const clients = ['add', 'sub', 'mul'];
+  const auth = generateJobAuth({ jobId, clients, credentials: 'password' });
+  const server = await startPrivateNats(() => auth.config);
+  /** The environment a process of identity `name` gets (in a cluster: its Secret and env). */
+  const envOf = (name: string): NodeJS.ProcessEnv => {
+    const id = auth.identities.find((i: NatsIdentity) => i.name === name);
+    assert.ok(id, `identity ${name}`);
+    return { NATS_USER: id.user, NATS_PASSWORD: id.password!, NATS_INBOX_PREFIX: id.inboxPrefix };
+  };
+  // Each data owner's machine: the manifest and that client's own train/test files, nothing of the others.
+  const manifest = JSON.parse(readFileSync(join(tmp, 'federation', 'manifest.json'), 'utf8')) as {
+    clients: { id: string; train: { path: string }; test: { path: string } }[];
+  };
+  const ownerSpec = (clientId: string): JobSpec => {
+    const dir = join(tmp, `${jobId}-owner-${clientId}`);
+    const mine = manifest.clients.find((c) => c.id === clientId)!;
+    for (const rel of ['manifest.json', mine.train.path, mine.test.path]) {
+      mkdirSync(dirname(join(dir, rel)), { recursive: true });
+      copyFileSync(join(tmp, 'federation', rel), join(dir, rel));
+    }
+    const raw = rawSpec(jobId);
+    return resolveJobSpec({ ...raw, data: { ...(raw['data'] as object), federation: dir } }, `${clientId}'s job spec`);
+  };
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const services: RunningService<ServiceRole>[] = [];
+  const url = server.url;
+  let passed = false;
+  try {
+    // The owners' trainers start first; their start() waits until the aggregator has created the job's streams.
+    const trainersStarted = Promise.all(
+      clients.map((clientId) =>
+        startService(
+          new ClientTrainer({
+            natsUrl: url,
+            natsEnv: envOf(`client-${clientId}`),
+            spec: ownerSpec(clientId),
+            clientId,
+            logSink: sink,
+          }),
+          0,
+        ),
+      ),
+    );
+    const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
+    services.push(await startService(new ServerAlignment(as('server-alignment')), 0));
+    services.push(await startService(new Evaluator(as('evaluator')), 0));
+    const aggregator = await startService(new Aggregator({ ...as('aggregator'), deadlineMs: 60_000 }), 0);
+    services.push(aggregator);
+    const trainers = await trainersStarted;
+    services.push(...trainers);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    for (const [i, clientId] of clients.entries())
+      assert.deepEqual((trainers[i]!.role as ClientTrainer).completed, [`0/${clientId}`, `1/${clientId}`]);
+    assert.ok(
+      logs.some((r) => r.msg === 'waiting for the aggregator to start the job'),
+      'an owner waited for the job',
+    );
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
+    const errors = logs.filter((r) => r.level === 'error');
+    assert.deepEqual(errors, [], 'no service logged an error (a permission violation would be one)');
+    assert.ok(!/Permissions Violation/i.test(server.log()), 'the server logged no permission violation');
+    passed = true;
+    console.log(`owners: NATS ${server.via}; max |test loss difference| ${maxDiff.toExponential(2)}`);
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await server.stop();
   }
 });
