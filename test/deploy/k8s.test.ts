@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -446,6 +446,8 @@ test(
           servers,
           reconnect: false,
           authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
+          // What the Deployment sets (NATS_INBOX_PREFIX): replies to the default _INBOX would be denied.
+          inboxPrefix: envOf(container(find(objects, 'Deployment', name))).get('NATS_INBOX_PREFIX'),
         });
         if (name === 'aggregator') {
           // JetStream is on for the shared account: the aggregator can create the job's work queue.
@@ -458,6 +460,30 @@ test(
         }
         await nc.close();
       }
+
+      // The permissions of auth.conf are in force: the example data owner "add" may publish its own update, not
+      // another client's.
+      const addSeed = readFileSync(join(repoRoot, 'deploy/k8s/base/credentials/example/client-add.nk'), 'utf8').trim();
+      const add = await connect({
+        servers,
+        reconnect: false,
+        authenticator: nkeyAuthenticator(new TextEncoder().encode(addSeed)),
+        inboxPrefix: '_INBOX_client-add',
+      });
+      const denied: string[] = [];
+      void (async () => {
+        for await (const st of add.status()) if (st.type === 'error') denied.push(String(st.error));
+      })();
+      add.publish(`fl.${jobId}.round.0.update.add`, '{}');
+      add.publish(`fl.${jobId}.round.0.update.sub`, '{}');
+      await add.flush().catch(() => {});
+      for (let i = 0; i < 50 && denied.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(denied.length, 1, `exactly one denial: ${JSON.stringify(denied)}`);
+      assert.match(
+        denied[0]!,
+        new RegExp(`Permissions Violation for Publish to "fl\\.${jobId}\\.round\\.0\\.update\\.sub"`),
+      );
+      await add.close();
 
       await assert.rejects(
         connect({ servers, reconnect: false }),
