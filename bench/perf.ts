@@ -58,12 +58,24 @@ export async function main(args: string[]): Promise<void> {
       console.log(`${shape.name}: writing random checkpoint ...`);
       await writeRandomCheckpoint(join(tmp, key), cfg, 1);
       const thread = (argOf(args, 'thread') ?? 'worker') as 'worker' | 'main';
-      const lm = await CausalLM.load(join(tmp, key), { provider, thread, cacheRoot: join(tmp, 'cache'), ...(threads ? { threads } : {}) });
+      const lm = await CausalLM.load(join(tmp, key), {
+        provider,
+        thread,
+        cacheRoot: join(tmp, 'cache'),
+        ...(threads ? { threads } : {}),
+      });
       try {
         const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
         const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
         const batch = randomBatch(B, T, cfg.vocabSize);
-        const common = { provider: lm.graphs.runnerOptions.provider ?? 'cpu', threads: threads ?? 'cores', batch: B, seq: T, machine: machine(), date: new Date().toISOString() };
+        const common = {
+          provider: lm.graphs.runnerOptions.provider ?? 'cpu',
+          threads: threads ?? 'cores',
+          batch: B,
+          seq: T,
+          machine: machine(),
+          date: new Date().toISOString(),
+        };
         for (const [variant, layers] of [
           ['client-step', split.clientLayers],
           ['full-prefix-step', lm.allLayers],
@@ -77,17 +89,46 @@ export async function main(args: string[]): Promise<void> {
           });
           console.log(`${shape.name} ${variant} (${layers.length} layers) ...`);
           const t = await time(() => trainer.step([batch]), steps, 1);
-          rows.push({ case: `${shape.name}-${variant}`, task: 'train', ms_per_step: +t.median.toFixed(1), tokens_per_s: +((B * T) / (t.median / 1000)).toFixed(1), peak_rss_mib: peakRssMib(), layers: layers.length, ...common });
+          rows.push({
+            case: `${shape.name}-${variant}`,
+            task: 'train',
+            ms_per_step: +t.median.toFixed(1),
+            tokens_per_s: +((B * T) / (t.median / 1000)).toFixed(1),
+            peak_rss_mib: peakRssMib(),
+            layers: layers.length,
+            ...common,
+          });
         }
         const windows: TokenizedExample[] = Array.from({ length: B }, (_, b) => {
           const ids = Array.from(batch.inputIds.slice(b * T, (b + 1) * T));
-          return { inputIds: ids, lossMask: ids.map((_, i) => (i === 0 ? 0 : 1)), promptLength: 0, truncatedPromptTokens: 0, truncatedResponseTokens: 0 };
+          return {
+            inputIds: ids,
+            lossMask: ids.map((_, i) => (i === 0 ? 0 : 1)),
+            promptLength: 0,
+            truncatedPromptTokens: 0,
+            truncatedResponseTokens: 0,
+          };
         });
-        const server = new AlignmentServer(lm, split, specs, { lambda: 1, mu: 0, lr: 1e-4, batchSize: B, seq: T, seed: 1 }, windows, initialLora(specs.emulator, lm, 2));
+        const server = new AlignmentServer(
+          lm,
+          split,
+          specs,
+          { lambda: 1, mu: 0, lr: 1e-4, batchSize: B, seq: T, seed: 1 },
+          windows,
+          initialLora(specs.emulator, lm, 2),
+        );
         const adapter = initialLora(specs.adapter, lm, 1);
         console.log(`${shape.name} alignment step ...`);
         const ta = await time(() => server.align(adapter, 1), steps, 1);
-        rows.push({ case: `${shape.name}-align-step`, task: 'align', ms_per_step: +ta.median.toFixed(1), tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1), peak_rss_mib: peakRssMib(), layers: split.clientLayers.length, ...common });
+        rows.push({
+          case: `${shape.name}-align-step`,
+          task: 'align',
+          ms_per_step: +ta.median.toFixed(1),
+          tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1),
+          peak_rss_mib: peakRssMib(),
+          layers: split.clientLayers.length,
+          ...common,
+        });
       } finally {
         await lm.release();
       }

@@ -27,8 +27,19 @@ for (const p of peer) {
     });
   }
 }
-for (const o of ours.filter((r) => r.task === 'align')) rows.push({ case: o.case, ours_provider: o.provider, ours_ms: o.ms_per_step, ours_peak_rss_mib: o.peak_rss_mib, machine: o.machine, date: o.date });
+for (const o of ours.filter((r) => r.task === 'align'))
+  rows.push({
+    case: o.case,
+    ours_provider: o.provider,
+    ours_ms: o.ms_per_step,
+    ours_peak_rss_mib: o.peak_rss_mib,
+    machine: o.machine,
+    date: o.date,
+  });
 writeFileSync(outFile, JSON.stringify(rows, null, 1) + '\n');
 console.log('| case | ours | peer | ours ms | peer ms | peer/ours |');
 console.log('|---|---|---|---|---|---|');
-for (const r of rows) console.log(`| ${r.case} | ${r.ours_provider} | ${r.peer_device ?? ''} | ${r.ours_ms} | ${r.peer_ms ?? ''} | ${r.speed_ratio ?? ''} |`);
+for (const r of rows)
+  console.log(
+    `| ${r.case} | ${r.ours_provider} | ${r.peer_device ?? ''} | ${r.ours_ms} | ${r.peer_ms ?? ''} | ${r.speed_ratio ?? ''} |`,
+  );
