@@ -36,7 +36,7 @@ const TINYLLAMA_11B = {
   rope_theta: 10000,
 };
 
-const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
+export const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
   smollm: { config: SMOLLM_135M, seq: 256, name: 'smollm135m' },
   tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
 };

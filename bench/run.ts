@@ -1,8 +1,9 @@
-/** `npm run bench -- <suite> [options]`: engine | model | gpu-check | messaging. Each suite prints a table and writes bench/results/<suite>.json. */
+/** `npm run bench -- <suite> [options]`: engine | model | perf | profile | gpu-check | messaging. Each suite prints a table and writes bench/results/<suite>.json. */
 const suites: Record<string, () => Promise<{ main: (args: string[]) => Promise<void> }>> = {
   engine: () => import('./engine.js'),
   model: () => import('./model.js'),
   perf: () => import('./perf.js'),
+  profile: () => import('./profile.js'),
   'gpu-check': () => import('./gpu-check.js'),
   messaging: () => import('./messaging.js'),
 };

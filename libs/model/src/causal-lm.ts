@@ -38,6 +38,11 @@ export interface LoadOptions {
   /** 'worker' keeps the event loop free during steps (default on CPU); 'main' saves the message hop (default on WebGPU). */
   readonly thread?: 'worker' | 'main';
   readonly cacheRoot?: string;
+  /**
+   * ORT's profiler on every session of this model: each writes `<prefix>_<timestamp>.json` (Chrome trace events:
+   * one per node run, with its op and provider) when the model is released. For benchmarks (`bench profile`).
+   */
+  readonly profileFilePrefix?: string;
 }
 
 /** Token batch in row-major [B, T] layout. */
@@ -110,6 +115,7 @@ export class CausalLM {
       // 1.30 aborted ("double free or corruption") on the H200 machine; one thread per Dawn device is stable.
       thread: opts.thread ?? ((opts.provider ?? 'cpu') === 'webgpu' ? 'main' : 'worker'),
       ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+      ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
     });
     return new CausalLM(ckpt.config, store.weights(), graphs, ckpt, tokenizer);
   }

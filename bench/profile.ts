@@ -1,0 +1,171 @@
+/**
+ * `npm run bench -- profile [--models smollm,tinyllama] [--provider cpu|webgpu] [--threads N] [--steps 3]`:
+ * where the FedBiOT client step's time goes, from onnxruntime's own profiler. The step of bench/perf.ts (emulator +
+ * top-2 adapter layers, LoRA r=8 on q,v, B=4) runs with profiling on every session; the traces are summed per op
+ * type and per op class (matmul, attention softmax, normalization, elementwise, reductions, data movement, host-device
+ * copies), with the execution provider each node ran on, so CPU-placed nodes in a GPU session show as their own rows.
+ * The first run of each session (initialisation) is left out. Kernel times are what ORT records per node: on the CPU
+ * provider the kernel's run time; on WebGPU the provider's per-node time (dispatch, plus GPU time where the build
+ * records GPU timestamps); the table also gives the wall time per step, so the difference shows the overhead outside
+ * the nodes. Writes bench/results/profile.json.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ExecutionProvider } from '../libs/engine/src/index.js';
+import { CausalLM } from '../libs/model/src/causal-lm.js';
+import { parseModelConfig } from '../libs/model/src/config.js';
+import { writeRandomCheckpoint } from '../libs/model/src/init.js';
+import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
+import { loraSpecs } from '../libs/fedbiot/src/roles.js';
+import { splitModel } from '../libs/fedbiot/src/split.js';
+import { randomBatch } from './model.js';
+import { SHAPES } from './perf.js';
+import { argOf, machine, printTable, time, writeResults } from './common.js';
+
+/** One Chrome-trace event as onnxruntime's profiler writes it. */
+interface TraceEvent {
+  readonly cat?: string;
+  readonly name?: string;
+  readonly ts?: number;
+  readonly dur?: number;
+  readonly args?: { readonly op_name?: string; readonly provider?: string };
+}
+
+const CLASSES: [string, RegExp][] = [
+  ['matmul', /^(MatMul|Gemm|FusedMatMul|MatMulNBits|DynamicQuantizeMatMul|MatMulInteger)/],
+  ['host-device copy', /^Memcpy/],
+  ['softmax', /Softmax$/],
+  ['normalization', /(LayerNormalization|RMSNorm)/],
+  ['reduction', /^Reduce/],
+  [
+    'data movement',
+    /^(Transpose|Reshape|Concat|Slice|Gather|GatherElements|Expand|Split|Squeeze|Unsqueeze|Tile|Pad|ScatterElements|Identity)$/,
+  ],
+];
+const classOf = (op: string): string => CLASSES.find(([, re]) => re.test(op))?.[0] ?? 'elementwise/other';
+
+/** Node kernel times of all traces in `dir`, without each session's first run. */
+export function nodeTimes(dir: string): { op: string; ep: string; us: number }[] {
+  const out: { op: string; ep: string; us: number }[] = [];
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
+    const events = JSON.parse(readFileSync(join(dir, file), 'utf8')) as TraceEvent[];
+    const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').toSorted((a, b) => a.ts! - b.ts!);
+    const firstEnd = runs.length > 0 ? runs[0]!.ts! + runs[0]!.dur! : -Infinity;
+    for (const e of events) {
+      if (e.cat !== 'Node' || !e.name?.endsWith('_kernel_time') || (e.ts ?? 0) <= firstEnd) continue;
+      out.push({
+        op: e.args?.op_name ?? '?',
+        ep: (e.args?.provider ?? '?').replace('ExecutionProvider', ''),
+        us: e.dur ?? 0,
+      });
+    }
+  }
+  return out;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
+  const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
+  const steps = Number(argOf(args, 'steps') ?? 3);
+  const models = (argOf(args, 'models') ?? 'smollm').split(',');
+  const B = 4;
+  const rows: Record<string, unknown>[] = [];
+  const tmp = mkdtempSync(join(tmpdir(), 'bench-profile-'));
+  try {
+    for (const key of models) {
+      const shape = SHAPES[key];
+      if (!shape) throw new Error(`--models: unknown shape ${key} (${Object.keys(SHAPES).join(', ')})`);
+      const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
+      const T = shape.seq;
+      console.log(`${shape.name}: writing random checkpoint ...`);
+      await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+      const traces = join(tmp, `${key}-traces`);
+      mkdirSync(traces);
+      const lm = await CausalLM.load(join(tmp, key), {
+        provider,
+        cacheRoot: join(tmp, 'cache'),
+        profileFilePrefix: join(traces, 'session'),
+        ...(threads ? { threads } : {}),
+      });
+      let wallMs: number;
+      try {
+        const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
+        const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
+        const trainer = await LoraTrainer.create(lm, {
+          batch: B,
+          seq: T,
+          layers: split.clientLayers,
+          trainable: { spec: specs.adapter, tensors: initLora(specs.adapter, cfg, 1) },
+          optimizer: { kind: 'adamw', lr: 1e-4, betas: [0.9, 0.95] },
+        });
+        const batch = randomBatch(B, T, cfg.vocabSize);
+        console.log(`${shape.name} client step (${split.clientLayers.length} layers), profiled ...`);
+        wallMs = (await time(() => trainer.step([batch]), steps, 1)).median;
+      } finally {
+        await lm.release(); // writes the traces
+      }
+      const nodes = nodeTimes(traces);
+      const totalUs = nodes.reduce((a, n) => a + n.us, 0);
+      const perStep = (us: number): number => +(us / 1000 / steps).toFixed(2);
+      const group = (keyOf: (n: { op: string; ep: string }) => string) => {
+        const m = new Map<string, { us: number; count: number }>();
+        for (const n of nodes) {
+          const k = keyOf(n);
+          const g = m.get(k) ?? { us: 0, count: 0 };
+          g.us += n.us;
+          g.count++;
+          m.set(k, g);
+        }
+        return [...m].toSorted((a, b) => b[1].us - a[1].us);
+      };
+      const common = { model: shape.name, provider: lm.graphs.runnerOptions.provider ?? 'cpu', batch: B, seq: T };
+      rows.push({
+        ...common,
+        kind: 'total',
+        name: 'wall time per step',
+        ms_per_step: +wallMs.toFixed(1),
+        share_pct: null,
+        nodes_per_step: null,
+      });
+      rows.push({
+        ...common,
+        kind: 'total',
+        name: 'node kernel time per step',
+        ms_per_step: perStep(totalUs),
+        share_pct: +((100 * totalUs) / 1000 / steps / wallMs).toFixed(1),
+        nodes_per_step: Math.round(nodes.length / steps),
+      });
+      for (const [name, g] of group((n) => `${classOf(n.op)} @${n.ep}`))
+        rows.push({
+          ...common,
+          kind: 'class',
+          name,
+          ms_per_step: perStep(g.us),
+          share_pct: +((100 * g.us) / totalUs).toFixed(1),
+          nodes_per_step: Math.round(g.count / steps),
+        });
+      for (const [name, g] of group((n) => `${n.op} @${n.ep}`).slice(0, 12))
+        rows.push({
+          ...common,
+          kind: 'op',
+          name,
+          ms_per_step: perStep(g.us),
+          share_pct: +((100 * g.us) / totalUs).toFixed(1),
+          nodes_per_step: Math.round(g.count / steps),
+        });
+      rmSync(join(tmp, key), { recursive: true, force: true });
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  const stamped = rows.map((r) => ({
+    ...r,
+    threads: threads ?? 'cores',
+    machine: machine(),
+    date: new Date().toISOString(),
+  }));
+  console.log(`\nclient step profile (${machine()}):`);
+  printTable(stamped, ['model', 'provider', 'kind', 'name', 'ms_per_step', 'share_pct', 'nodes_per_step']);
+  console.log(`\nwrote ${writeResults('profile', stamped, argOf(args, 'out'))}`);
+}
