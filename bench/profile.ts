@@ -7,7 +7,8 @@
  * The first run of each session (initialisation) is left out. Kernel times are what ORT records per node: on the CPU
  * provider the kernel's run time; on WebGPU the provider's per-node time (dispatch, plus GPU time where the build
  * records GPU timestamps); the table also gives the wall time per step, so the difference shows the overhead outside
- * the nodes. Writes bench/results/profile.json.
+ * the nodes. Events a provider adds to the trace itself (other categories) are listed as 'provider-event' rows,
+ * averaged over all runs. Writes bench/results/profile.json.
  */
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,6 +45,24 @@ const CLASSES: [string, RegExp][] = [
   ],
 ];
 const classOf = (op: string): string => CLASSES.find(([, re]) => re.test(op))?.[0] ?? 'elementwise/other';
+
+/**
+ * Events of categories other than ORT's own 'Node' and 'Session' (where a provider adds its own, e.g. GPU kernel
+ * timestamps), grouped by category and name with the operator prefix kept; all runs, warm-up included.
+ */
+export function providerEvents(dir: string): { key: string; us: number; count: number }[] {
+  const m = new Map<string, { us: number; count: number }>();
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.json')))
+    for (const e of JSON.parse(readFileSync(join(dir, file), 'utf8')) as TraceEvent[]) {
+      if (e.cat === 'Node' || e.cat === 'Session') continue;
+      const key = `${e.cat ?? '?'}: ${(e.args?.op_name ?? e.name ?? '?').split(/[|_/ ]/)[0]}`;
+      const g = m.get(key) ?? { us: 0, count: 0 };
+      g.us += e.dur ?? 0;
+      g.count++;
+      m.set(key, g);
+    }
+  return [...m].map(([key, g]) => ({ key, ...g })).toSorted((a, b) => b.us - a.us);
+}
 
 /** Node kernel times of all traces in `dir`, without each session's first run. */
 export function nodeTimes(dir: string): { op: string; ep: string; us: number }[] {
@@ -153,6 +172,18 @@ export async function main(args: string[]): Promise<void> {
           ms_per_step: perStep(g.us),
           share_pct: +((100 * g.us) / totalUs).toFixed(1),
           nodes_per_step: Math.round(g.count / steps),
+        });
+      // Provider-recorded events (GPU timestamps where the build has them), per step over all runs.
+      const extra = providerEvents(traces);
+      const extraUs = extra.reduce((a, e) => a + e.us, 0);
+      for (const e of extra.slice(0, 15))
+        rows.push({
+          ...common,
+          kind: 'provider-event',
+          name: e.key,
+          ms_per_step: +(e.us / 1000 / (steps + 1)).toFixed(2),
+          share_pct: +((100 * e.us) / Math.max(extraUs, 1)).toFixed(1),
+          nodes_per_step: Math.round(e.count / (steps + 1)),
         });
       rmSync(join(tmp, key), { recursive: true, force: true });
     }
