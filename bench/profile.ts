@@ -55,7 +55,11 @@ export function providerEvents(dir: string): { key: string; us: number; count: n
   for (const file of readdirSync(dir).filter((f) => f.endsWith('.json')))
     for (const e of JSON.parse(readFileSync(join(dir, file), 'utf8')) as TraceEvent[]) {
       if (e.cat === 'Node' || e.cat === 'Session') continue;
-      const key = `${e.cat ?? '?'}: ${(e.args?.op_name ?? e.name ?? '?').split(/[|_/ ]/)[0]}`;
+      // Node names are `<scope>/<OpType>_<id>` (engine Graph.emit); keep the op type, and the kernel's own name
+      // where the event carries one.
+      const name = e.args?.op_name ?? e.name ?? '?';
+      const op = /([A-Za-z]+)_\d+[^/]*$/.exec(name)?.[1] ?? name.slice(0, 40);
+      const key = `${e.cat ?? '?'}: ${op}`;
       const g = m.get(key) ?? { us: 0, count: 0 };
       g.us += e.dur ?? 0;
       g.count++;
@@ -173,10 +177,25 @@ export async function main(args: string[]): Promise<void> {
           share_pct: +((100 * g.us) / totalUs).toFixed(1),
           nodes_per_step: Math.round(g.count / steps),
         });
+      // What the provider's events look like (their names and fields differ between builds).
+      const sample = readdirSync(traces)
+        .flatMap((f) => JSON.parse(readFileSync(join(traces, f), 'utf8')) as TraceEvent[])
+        .filter((e) => e.cat !== 'Node' && e.cat !== 'Session')
+        .slice(0, 3);
+      if (sample.length > 0) console.log(`provider events, e.g.: ${JSON.stringify(sample)}`);
       // Provider-recorded events (GPU timestamps where the build has them), per step over all runs.
       const extra = providerEvents(traces);
       const extraUs = extra.reduce((a, e) => a + e.us, 0);
-      for (const e of extra.slice(0, 15))
+      if (extra.length > 0)
+        rows.push({
+          ...common,
+          kind: 'total',
+          name: 'provider events per step',
+          ms_per_step: +(extraUs / 1000 / (steps + 1)).toFixed(1),
+          share_pct: +((100 * extraUs) / 1000 / (steps + 1) / wallMs).toFixed(1),
+          nodes_per_step: Math.round(extra.reduce((a, e) => a + e.count, 0) / (steps + 1)),
+        });
+      for (const e of extra.slice(0, 20))
         rows.push({
           ...common,
           kind: 'provider-event',
