@@ -12,7 +12,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ExecutionProvider } from '../libs/engine/src/index.js';
+import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
 import { CausalLM } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig } from '../libs/model/src/config.js';
 import { writeRandomCheckpoint } from '../libs/model/src/init.js';
@@ -43,6 +43,8 @@ export const SHAPES: Record<string, { config: Record<string, unknown>; seq: numb
 
 export async function main(args: string[]): Promise<void> {
   const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
+  // e.g. --webgpu '{"validationMode":"disabled","storageBufferCacheMode":"simple"}'
+  const webgpu = argOf(args, 'webgpu') ? (JSON.parse(argOf(args, 'webgpu')!) as WebGpuOptions) : undefined;
   const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
   const steps = Number(argOf(args, 'steps') ?? 3);
   const models = (argOf(args, 'models') ?? 'smollm').split(',');
@@ -62,6 +64,7 @@ export async function main(args: string[]): Promise<void> {
         provider,
         thread,
         cacheRoot: join(tmp, 'cache'),
+        ...(webgpu ? { webgpu } : {}),
         ...(threads ? { threads } : {}),
       });
       try {

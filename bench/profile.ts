@@ -13,7 +13,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ExecutionProvider } from '../libs/engine/src/index.js';
+import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
 import { CausalLM } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig } from '../libs/model/src/config.js';
 import { writeRandomCheckpoint } from '../libs/model/src/init.js';
@@ -89,6 +89,8 @@ export function nodeTimes(dir: string): { op: string; ep: string; us: number }[]
 
 export async function main(args: string[]): Promise<void> {
   const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
+  // e.g. --webgpu '{"validationMode":"disabled","storageBufferCacheMode":"simple"}'
+  const webgpu = argOf(args, 'webgpu') ? (JSON.parse(argOf(args, 'webgpu')!) as WebGpuOptions) : undefined;
   const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
   const steps = Number(argOf(args, 'steps') ?? 3);
   const models = (argOf(args, 'models') ?? 'smollm').split(',');
@@ -108,6 +110,7 @@ export async function main(args: string[]): Promise<void> {
       const lm = await CausalLM.load(join(tmp, key), {
         provider,
         cacheRoot: join(tmp, 'cache'),
+        ...(webgpu ? { webgpu } : {}),
         profileFilePrefix: join(traces, 'session'),
         ...(threads ? { threads } : {}),
       });

@@ -93,6 +93,13 @@ test('buildSessionOptions: defaults, float64 level, prepacking, profiling, provi
     logSeverityLevel: 3,
   });
   assert.deepEqual(o.executionProviders, ['webgpu', 'cpu']);
+  // WebGPU provider options travel in the provider entry, and only for webgpu.
+  const tuned = { validationMode: 'disabled', storageBufferCacheMode: 'simple' } as const;
+  assert.deepEqual(buildSessionOptions({ provider: 'webgpu', webgpu: tuned }).executionProviders, [
+    { name: 'webgpu', ...tuned },
+    'cpu',
+  ]);
+  assert.deepEqual(buildSessionOptions({ provider: 'cpu', webgpu: tuned }).executionProviders, ['cpu']);
   assert.equal(o.intraOpNumThreads, 3);
   assert.equal(o.graphOptimizationLevel, 'basic');
   assert.deepEqual(o.extra, { session: { 'intra_op.allow_spinning': '0' } });

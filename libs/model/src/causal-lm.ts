@@ -11,6 +11,7 @@ import {
   type Graph,
   type HostTensor,
   type ModelRunner,
+  type WebGpuOptions,
 } from '../../engine/src/index.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { CompiledGraphs } from './compiled.js';
@@ -43,6 +44,8 @@ export interface LoadOptions {
    * one per node run, with its op and provider) when the model is released. For benchmarks (`bench profile`).
    */
   readonly profileFilePrefix?: string;
+  /** WebGPU provider options (validation, buffer cache) for every session; see the engine's WebGpuOptions. */
+  readonly webgpu?: WebGpuOptions;
 }
 
 /** Token batch in row-major [B, T] layout. */
@@ -116,6 +119,7 @@ export class CausalLM {
       thread: opts.thread ?? ((opts.provider ?? 'cpu') === 'webgpu' ? 'main' : 'worker'),
       ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
       ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
+      ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
     });
     return new CausalLM(ckpt.config, store.weights(), graphs, ckpt, tokenizer);
   }

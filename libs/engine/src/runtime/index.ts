@@ -21,6 +21,7 @@ export {
   graphComputesInFloat64,
   physicalCoreCount,
   type SessionConfig,
+  type WebGpuOptions,
 } from './session-options.js';
 export { openRunner, RunnerError, type ModelRunner, type ModelSource, type OpenRunnerOptions } from './session.js';
 export { resolveFetches, validateFeeds, type TensorSignature } from './signature.js';

@@ -7,6 +7,12 @@ import type { ExecutionProvider } from './providers.js';
 type OptimizationLevel = NonNullable<ort.InferenceSession.SessionOptions['graphOptimizationLevel']>;
 
 /** Typed configuration of one ORT session; {@link buildSessionOptions} turns it into ORT's options object. */
+/** The WebGPU provider's options that matter for speed (see onnxruntime-common's WebGpuExecutionProviderOption). */
+export interface WebGpuOptions {
+  readonly validationMode?: 'disabled' | 'wgpuOnly' | 'basic' | 'full';
+  readonly storageBufferCacheMode?: 'disabled' | 'lazyRelease' | 'simple' | 'bucket';
+}
+
 export interface SessionConfig {
   /**
    * Provider the session runs on, already resolved (see resolveProvider). For a GPU provider, 'cpu' is listed after
@@ -14,6 +20,11 @@ export interface SessionConfig {
    * to the preferred provider). Default 'cpu'.
    */
   readonly provider?: ExecutionProvider;
+  /**
+   * Options of the WebGPU provider (onnxruntime-node's WebGpuExecutionProviderOption: validationMode,
+   * storageBufferCacheMode, ...), passed through when the provider is 'webgpu'. Default: onnxruntime's.
+   */
+  readonly webgpu?: WebGpuOptions;
   /** Threads inside one operator. Default: physical cores available to this process (at least 1). */
   readonly intraOpNumThreads?: number;
   /**
@@ -111,7 +122,10 @@ export function buildSessionOptions(config: SessionConfig = {}): ort.InferenceSe
   const session: Record<string, string> = { 'intra_op.allow_spinning': '0' };
   if (config.memoryMappedWeights ?? true) session['disable_prepacking'] = '1';
   const options: ort.InferenceSession.SessionOptions = {
-    executionProviders: provider === 'cpu' ? ['cpu'] : [provider, 'cpu'],
+    executionProviders:
+      provider === 'cpu'
+        ? ['cpu']
+        : [provider === 'webgpu' && config.webgpu ? { name: 'webgpu', ...config.webgpu } : provider, 'cpu'],
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     executionMode: 'sequential',
