@@ -132,8 +132,11 @@ async function fakeTrainer(ctx: PortsContext, nc: NatsConnection, blobs: BlobSto
       const { round, clientId } = task;
       const key = `stream.${clientId}`;
       await state.get(key, StreamStateSchema);
-      const adapter = await getLora(blobs, task.adapterLora, ctx.specs.adapter);
-      await getLora(blobs, task.emulatorLora, ctx.specs.emulator);
+      // As the real trainer: both broadcasts at once.
+      const [adapter] = await Promise.all([
+        getLora(blobs, task.adapterLora, ctx.specs.adapter),
+        getLora(blobs, task.emulatorLora, ctx.specs.emulator),
+      ]);
       const ref = await putLora(blobs, noisy(adapter, 7919 * round + clientId.length));
       const update = {
         protocolVersion: PROTOCOL_VERSION,

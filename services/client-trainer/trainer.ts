@@ -214,8 +214,11 @@ export class ClientTrainer implements ServiceRole {
       );
     this.log.info('training', { round, clientId, delivery: tc.deliveryCount });
     const stream = new ExampleStream<TokenizedExample>(client.train, streamSeed(ctx, clientId), from ?? undefined);
-    const adapter = await getLora(blobs, task.adapterLora, ctx.specs.adapter);
-    const emulator = await getLora(blobs, task.emulatorLora, ctx.specs.emulator);
+    // Both broadcasts at once: their round trips overlap.
+    const [adapter, emulator] = await Promise.all([
+      getLora(blobs, task.adapterLora, ctx.specs.adapter),
+      getLora(blobs, task.emulatorLora, ctx.specs.emulator),
+    ]);
     this.metrics.round.set(round);
     const t0 = performance.now();
     let last = t0;

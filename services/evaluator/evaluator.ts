@@ -87,8 +87,10 @@ export class Evaluator implements ServiceRole {
   }
 
   async #rows(ctx: JobContext, blobs: BlobStore, req: EvalRequest): Promise<EvalRow[]> {
-    const adapter = await getLora(blobs, req.adapterLora, ctx.specs.adapter);
-    const emulator = await getLora(blobs, req.emulatorLora, ctx.specs.emulator);
+    const [adapter, emulator] = await Promise.all([
+      getLora(blobs, req.adapterLora, ctx.specs.adapter),
+      getLora(blobs, req.emulatorLora, ctx.specs.emulator),
+    ]);
     const L = ctx.lm.config.numLayers;
     const rows: EvalRow[] = [];
     for (const mode of req.modes) {
