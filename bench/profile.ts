@@ -68,6 +68,19 @@ export function providerEvents(dir: string): { key: string; us: number; count: n
   return [...m].map(([key, g]) => ({ key, ...g })).toSorted((a, b) => b.us - a.us);
 }
 
+/** Per session trace: the summed duration of its `model_run` events (ORT's whole run call), first run left out. */
+export function runTimes(dir: string): { us: number; runs: number } {
+  let us = 0;
+  let runs = 0;
+  for (const file of readdirSync(dir).filter((f) => f.endsWith('.json'))) {
+    const events = JSON.parse(readFileSync(join(dir, file), 'utf8')) as TraceEvent[];
+    const r = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').toSorted((a, b) => a.ts! - b.ts!);
+    for (const e of r.slice(1)) us += e.dur ?? 0;
+    runs += Math.max(0, r.length - 1);
+  }
+  return { us, runs };
+}
+
 /** Node kernel times of all traces in `dir`, without each session's first run. */
 export function nodeTimes(dir: string): { op: string; ep: string; us: number }[] {
   const out: { op: string; ep: string; us: number }[] = [];
@@ -153,6 +166,16 @@ export async function main(args: string[]): Promise<void> {
         ms_per_step: +wallMs.toFixed(1),
         share_pct: null,
         nodes_per_step: null,
+      });
+      // ORT's run calls (all sessions of the step): what the step spends inside onnxruntime, nodes or not.
+      const run = runTimes(traces);
+      rows.push({
+        ...common,
+        kind: 'total',
+        name: 'inside session.run per step',
+        ms_per_step: perStep(run.us),
+        share_pct: +((100 * run.us) / 1000 / steps / wallMs).toFixed(1),
+        nodes_per_step: Math.round(run.runs / steps),
       });
       rows.push({
         ...common,
