@@ -21,5 +21,5 @@ export * from './onnx/serialize.js';
 export * from './runtime/index.js';
 export * from './optim/index.js';
 export * from './safetensors.js';
-export { mulberry32 } from './random.js';
+export { mulberry32, type Mulberry32 } from './random.js';
 export { GraphTrainer, makeOptimizer, type OptimizerConfig, type StepResult } from './train.js';
