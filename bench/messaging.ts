@@ -8,7 +8,8 @@
  *
  * That time is set against the round's training time, K local steps x the measured client step (clients train in
  * parallel, one replica each): the demo model's step is measured here; SmolLM-135M's comes from
- * bench/results/model.json (one row per machine / provider there). Alignment compute is left out of the round
+ * bench/results/model.json (one row per machine / provider there) and the FedBiOT client step of
+ * bench/results/perf-ours.json. Alignment compute is left out of the round
  * time, so the share is an upper bound. Rounds 0 (consumer creation) and the last (it also evaluates) are not
  * counted; the median of the others is reported.
  *
@@ -440,6 +441,21 @@ export async function main(args: string[]): Promise<void> {
       smol,
       s.ms_per_step,
       'bench/results/model.json',
+    );
+
+  // The FedBiOT client step itself (emulator + adapter), from the latest perf run: what a client's round trains.
+  const perfFile = join(process.cwd(), 'bench', 'results', 'perf-ours.json');
+  const clientSteps = existsSync(perfFile)
+    ? (JSON.parse(readFileSync(perfFile, 'utf8')) as (StepRow & { case: string })[]).filter(
+        (r) => r.case === 'smollm135m-client-step',
+      )
+    : [];
+  for (const s of clientSteps)
+    add(
+      `smollm135m client step ${s.provider}/${String(s.threads)} on ${s.machine.split(',')[0]}`,
+      smol,
+      s.ms_per_step,
+      'bench/results/perf-ours.json',
     );
 
   printTable(rows, [
