@@ -12,64 +12,24 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
-import { CausalLM } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
 import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
 import type { TokenizedExample } from '../libs/data/src/index.js';
-import { AlignmentServer, initialLora, loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
-import { SMOLLM_135M, randomBatch } from './model.js';
+import { AlignmentServer, initialLora } from '../libs/fedbiot/src/roles.js';
+import { randomBatch } from './model.js';
+import { benchRunOptions, loadBenchModel } from './shapes.js';
 import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
 
-const TINYLLAMA_11B = {
-  model_type: 'llama',
-  vocab_size: 32000,
-  hidden_size: 2048,
-  intermediate_size: 5632,
-  num_hidden_layers: 22,
-  num_attention_heads: 32,
-  num_key_value_heads: 4,
-  rms_norm_eps: 1e-5,
-  max_position_embeddings: 2048,
-  rope_theta: 10000,
-};
-
-export const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
-  smollm: { config: SMOLLM_135M, seq: 256, name: 'smollm135m' },
-  tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
-};
-
 export async function main(args: string[]): Promise<void> {
-  const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
-  // e.g. --webgpu '{"validationMode":"disabled","storageBufferCacheMode":"simple"}'
-  const webgpu = argOf(args, 'webgpu') ? (JSON.parse(argOf(args, 'webgpu')!) as WebGpuOptions) : undefined;
-  const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
-  const steps = Number(argOf(args, 'steps') ?? 3);
-  const models = (argOf(args, 'models') ?? 'smollm').split(',');
+  const run = benchRunOptions(args);
+  const { threads, steps } = run;
   const B = 4;
   const rows: Record<string, unknown>[] = [];
   const tmp = mkdtempSync(join(tmpdir(), 'bench-perf-'));
   try {
-    for (const key of models) {
-      const shape = SHAPES[key];
-      if (!shape) throw new Error(`--models: unknown shape ${key} (smollm, tinyllama)`);
-      const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
-      const T = shape.seq;
-      console.log(`${shape.name}: writing random checkpoint ...`);
-      await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+    for (const key of run.models) {
       const thread = (argOf(args, 'thread') ?? 'worker') as 'worker' | 'main';
-      const lm = await CausalLM.load(join(tmp, key), {
-        provider,
-        thread,
-        cacheRoot: join(tmp, 'cache'),
-        ...(webgpu ? { webgpu } : {}),
-        ...(threads ? { threads } : {}),
-      });
+      const { name, seq: T, cfg, lm, split, specs } = await loadBenchModel(key, tmp, run, { thread });
       try {
-        const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
-        const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
         const batch = randomBatch(B, T, cfg.vocabSize);
         const common = {
           provider: lm.graphs.runnerOptions.provider ?? 'cpu',
@@ -90,10 +50,10 @@ export async function main(args: string[]): Promise<void> {
             trainable: { spec: specs.adapter, tensors: initLora(specs.adapter, cfg, 1) },
             optimizer: { kind: 'adamw', lr: 1e-4, betas: [0.9, 0.95] },
           });
-          console.log(`${shape.name} ${variant} (${layers.length} layers) ...`);
+          console.log(`${name} ${variant} (${layers.length} layers) ...`);
           const t = await time(() => trainer.step([batch]), steps, 1);
           rows.push({
-            case: `${shape.name}-${variant}`,
+            case: `${name}-${variant}`,
             task: 'train',
             ms_per_step: +t.median.toFixed(1),
             tokens_per_s: +((B * T) / (t.median / 1000)).toFixed(1),
@@ -121,10 +81,10 @@ export async function main(args: string[]): Promise<void> {
           initialLora(specs.emulator, lm, 2),
         );
         const adapter = initialLora(specs.adapter, lm, 1);
-        console.log(`${shape.name} alignment step ...`);
+        console.log(`${name} alignment step ...`);
         const ta = await time(() => server.align(adapter, 1), steps, 1);
         rows.push({
-          case: `${shape.name}-align-step`,
+          case: `${name}-align-step`,
           task: 'align',
           ms_per_step: +ta.median.toFixed(1),
           tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1),

@@ -13,15 +13,9 @@
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
-import { CausalLM } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
 import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
-import { loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
 import { randomBatch } from './model.js';
-import { SHAPES } from './perf.js';
+import { benchRunOptions, loadBenchModel } from './shapes.js';
 import { argOf, machine, printTable, time, writeResults } from './common.js';
 
 /** One Chrome-trace event as onnxruntime's profiler writes it. */
@@ -101,36 +95,27 @@ export function nodeTimes(dir: string): { op: string; ep: string; us: number }[]
 }
 
 export async function main(args: string[]): Promise<void> {
-  const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
-  // e.g. --webgpu '{"validationMode":"disabled","storageBufferCacheMode":"simple"}'
-  const webgpu = argOf(args, 'webgpu') ? (JSON.parse(argOf(args, 'webgpu')!) as WebGpuOptions) : undefined;
-  const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
-  const steps = Number(argOf(args, 'steps') ?? 3);
-  const models = (argOf(args, 'models') ?? 'smollm').split(',');
+  const opts = benchRunOptions(args);
+  const { threads, steps } = opts;
   const B = 4;
   const rows: Record<string, unknown>[] = [];
   const tmp = mkdtempSync(join(tmpdir(), 'bench-profile-'));
   try {
-    for (const key of models) {
-      const shape = SHAPES[key];
-      if (!shape) throw new Error(`--models: unknown shape ${key} (${Object.keys(SHAPES).join(', ')})`);
-      const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
-      const T = shape.seq;
-      console.log(`${shape.name}: writing random checkpoint ...`);
-      await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+    for (const key of opts.models) {
       const traces = join(tmp, `${key}-traces`);
       mkdirSync(traces);
-      const lm = await CausalLM.load(join(tmp, key), {
-        provider,
-        cacheRoot: join(tmp, 'cache'),
-        ...(webgpu ? { webgpu } : {}),
+      const {
+        name,
+        seq: T,
+        cfg,
+        lm,
+        split,
+        specs,
+      } = await loadBenchModel(key, tmp, opts, {
         profileFilePrefix: join(traces, 'session'),
-        ...(threads ? { threads } : {}),
       });
       let wallMs: number;
       try {
-        const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
-        const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
         const trainer = await LoraTrainer.create(lm, {
           batch: B,
           seq: T,
@@ -139,7 +124,7 @@ export async function main(args: string[]): Promise<void> {
           optimizer: { kind: 'adamw', lr: 1e-4, betas: [0.9, 0.95] },
         });
         const batch = randomBatch(B, T, cfg.vocabSize);
-        console.log(`${shape.name} client step (${split.clientLayers.length} layers), profiled ...`);
+        console.log(`${name} client step (${split.clientLayers.length} layers), profiled ...`);
         wallMs = (await time(() => trainer.step([batch]), steps, 1)).median;
       } finally {
         await lm.release(); // writes the traces
@@ -158,7 +143,7 @@ export async function main(args: string[]): Promise<void> {
         }
         return [...m].toSorted((a, b) => b[1].us - a[1].us);
       };
-      const common = { model: shape.name, provider: lm.graphs.runnerOptions.provider ?? 'cpu', batch: B, seq: T };
+      const common = { model: name, provider: lm.graphs.runnerOptions.provider ?? 'cpu', batch: B, seq: T };
       rows.push({
         ...common,
         kind: 'total',

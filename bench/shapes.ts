@@ -1,0 +1,86 @@
+/**
+ * The model shapes users compare with PyTorch (SmolLM-135M at T=256, TinyLlama-1.1B at T=512) and the common setup of
+ * the perf and profile benches: the run options from the command line, a random checkpoint of a shape loaded as a
+ * CausalLM, and the FedBiOT split and LoRA specs of the step (top-2 adapter layers, LoRA r=8 on q,v, dropout 0.05).
+ */
+import { join } from 'node:path';
+import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
+import { CausalLM, type LoadOptions } from '../libs/model/src/causal-lm.js';
+import { parseModelConfig, type ModelConfig } from '../libs/model/src/config.js';
+import { writeRandomCheckpoint } from '../libs/model/src/init.js';
+import { loraSpecs } from '../libs/fedbiot/src/roles.js';
+import { splitModel, type ModelSplit } from '../libs/fedbiot/src/split.js';
+import type { LoraSpec } from '../libs/model/src/llama.js';
+import { SMOLLM_135M } from './model.js';
+import { argOf } from './common.js';
+
+const TINYLLAMA_11B = {
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 2048,
+  intermediate_size: 5632,
+  num_hidden_layers: 22,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 2048,
+  rope_theta: 10000,
+};
+
+export const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
+  smollm: { config: SMOLLM_135M, seq: 256, name: 'smollm135m' },
+  tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
+};
+
+/** `--provider`, `--threads`, `--steps`, `--models`, `--webgpu '{"validationMode":"disabled"}'`. */
+export interface BenchRunOptions {
+  readonly provider: ExecutionProvider;
+  readonly threads: number | undefined;
+  readonly steps: number;
+  readonly models: readonly string[];
+  readonly webgpu: WebGpuOptions | undefined;
+}
+
+export function benchRunOptions(args: readonly string[]): BenchRunOptions {
+  const webgpu = argOf(args, 'webgpu');
+  return {
+    provider: (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider,
+    threads: argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined,
+    steps: Number(argOf(args, 'steps') ?? 3),
+    models: (argOf(args, 'models') ?? 'smollm').split(','),
+    webgpu: webgpu ? (JSON.parse(webgpu) as WebGpuOptions) : undefined,
+  };
+}
+
+export interface BenchModel {
+  readonly name: string;
+  readonly seq: number;
+  readonly cfg: ModelConfig;
+  readonly lm: CausalLM;
+  readonly split: ModelSplit;
+  readonly specs: { adapter: LoraSpec; emulator: LoraSpec };
+}
+
+/** Writes a random checkpoint of shape `key` under `tmp` and loads it with the run's options plus `extra`. */
+export async function loadBenchModel(
+  key: string,
+  tmp: string,
+  run: BenchRunOptions,
+  extra: Partial<LoadOptions> = {},
+): Promise<BenchModel> {
+  const shape = SHAPES[key];
+  if (!shape) throw new Error(`--models: unknown shape ${key} (${Object.keys(SHAPES).join(', ')})`);
+  const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
+  console.log(`${shape.name}: writing random checkpoint ...`);
+  await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+  const lm = await CausalLM.load(join(tmp, key), {
+    provider: run.provider,
+    cacheRoot: join(tmp, 'cache'),
+    ...(run.webgpu ? { webgpu: run.webgpu } : {}),
+    ...(run.threads ? { threads: run.threads } : {}),
+    ...extra,
+  });
+  const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
+  const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
+  return { name: shape.name, seq: shape.seq, cfg, lm, split, specs };
+}
