@@ -78,7 +78,8 @@ export class Aggregator implements ServiceRole {
 
   async start(): Promise<void> {
     const spec = this.opts.spec;
-    this.#ctx = await openJobContext(spec);
+    // The client list only: the aggregator holds no client data (updates carry their example counts).
+    this.#ctx = await openJobContext(spec, { parts: [] });
     const ctx = this.#ctx;
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const jobId = ctx.jobId;

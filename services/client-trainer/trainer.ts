@@ -109,10 +109,11 @@ export class ClientTrainer implements ServiceRole {
 
   async start(): Promise<void> {
     const clientId = this.opts.clientId;
-    const ctx = (this.#ctx = await openJobContext(
-      this.opts.spec,
-      clientId === undefined ? {} : { onlyClients: [clientId] },
-    ));
+    // Training sets only; a data owner's replica only its own client's.
+    const ctx = (this.#ctx = await openJobContext(this.opts.spec, {
+      parts: ['train'],
+      ...(clientId === undefined ? {} : { onlyClients: [clientId] }),
+    }));
     this.#modelSha = await sha256File(ctx.modelFile);
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     if (clientId !== undefined && !(await this.#jobStarted(nc, ctx.jobId, clientId))) return;

@@ -113,7 +113,8 @@ export class Evaluator implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec));
+    // The clients' test sets only.
+    const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['test'] }));
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);

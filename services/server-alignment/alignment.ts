@@ -99,7 +99,8 @@ export class ServerAlignment implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec));
+    // The public corpus only: alignment never sees client data.
+    const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);

@@ -76,16 +76,29 @@ export async function demoFederationDir(cacheRoot: string, seed: number): Promis
   return dir;
 }
 
+/** A part of the federation's data: clients' training sets, test sets (and the global test set), public corpus. */
+export type FederationPart = 'train' | 'test' | 'public';
+export const FEDERATION_PARTS: readonly FederationPart[] = ['train', 'test', 'public'];
+
 /** What to load; by default everything. */
 export interface LoadFederationOptions {
   /**
-   * Load only these clients' train/test data, and no global test set or public corpus: what a data owner's own
-   * trainer needs. With a manifest, other clients' files are never opened (they need not exist on that machine).
+   * Load only these clients' data, and no global test set or public corpus: what a data owner's own trainer needs.
+   * With a manifest, other clients' files are never opened (they need not exist on that machine).
    */
   readonly onlyClients?: readonly string[];
+  /**
+   * Read only these parts (default all): each service holds only what it uses, and with a manifest the other files
+   * are never opened. The client list (ids, order) always comes from the manifest; parts not read are empty.
+   */
+  readonly parts?: readonly FederationPart[];
 }
 
-async function readManifestFederation(dir: string, only?: ReadonlySet<string>): Promise<RawFederation> {
+async function readManifestFederation(
+  dir: string,
+  only: ReadonlySet<string> | undefined,
+  parts: ReadonlySet<FederationPart>,
+): Promise<RawFederation> {
   const manifestPath = join(dir, 'manifest.json');
   const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as {
     clients?: { id: string; train: { path: string }; test: { path: string } }[];
@@ -105,27 +118,46 @@ async function readManifestFederation(dir: string, only?: ReadonlySet<string>): 
     clients.push({
       id: c.id,
       index,
-      train: await readJsonl(join(dir, c.train.path)),
-      test: await readJsonl(join(dir, c.test.path)),
+      train: parts.has('train') ? await readJsonl(join(dir, c.train.path)) : [],
+      test: parts.has('test') ? await readJsonl(join(dir, c.test.path)) : [],
     });
   }
   if (only) return { clients, globalTest: [], publicTexts: [], source: dir };
-  const globalTest = manifest.globalTest
-    ? await readJsonl(join(dir, manifest.globalTest.path))
-    : clients.flatMap((c) => c.test);
-  const publicTexts = manifest.publicCorpus
-    ? (await readText(join(dir, manifest.publicCorpus.path))).map((t) => t.text)
-    : [];
+  const globalTest = !parts.has('test')
+    ? []
+    : manifest.globalTest
+      ? await readJsonl(join(dir, manifest.globalTest.path))
+      : clients.flatMap((c) => c.test);
+  const publicTexts =
+    parts.has('public') && manifest.publicCorpus
+      ? (await readText(join(dir, manifest.publicCorpus.path))).map((t) => t.text)
+      : [];
   return { clients, globalTest, publicTexts, source: dir };
 }
 
-/** A pooled federation (one file, partitioned here: a simulation layout) cut down to `only`'s clients. */
-function onlyThese(raw: RawFederation, only: ReadonlySet<string> | undefined, dir: string): RawFederation {
-  if (!only) return raw;
-  const missing = [...only].filter((id) => !raw.clients.some((c) => c.id === id));
-  if (missing.length > 0)
-    throw new Error(`data.federation: the partition of ${dir} has no client ${missing.join(', ')}`);
-  return { clients: raw.clients.filter((c) => only.has(c.id)), globalTest: [], publicTexts: [], source: dir };
+/**
+ * A pooled federation (one file, partitioned here: a simulation layout, so the pool is read whole) cut down to
+ * `only`'s clients and to `parts`.
+ */
+function onlyThese(
+  raw: RawFederation,
+  only: ReadonlySet<string> | undefined,
+  parts: ReadonlySet<FederationPart>,
+  dir: string,
+): RawFederation {
+  if (only) {
+    const missing = [...only].filter((id) => !raw.clients.some((c) => c.id === id));
+    if (missing.length > 0)
+      throw new Error(`data.federation: the partition of ${dir} has no client ${missing.join(', ')}`);
+  }
+  return {
+    clients: raw.clients
+      .filter((c) => !only || only.has(c.id))
+      .map((c) => ({ ...c, train: parts.has('train') ? c.train : [], test: parts.has('test') ? c.test : [] })),
+    globalTest: only || !parts.has('test') ? [] : raw.globalTest,
+    publicTexts: only || !parts.has('public') ? [] : raw.publicTexts,
+    source: dir,
+  };
 }
 
 async function readPooledFederation(dir: string, spec: JobSpec): Promise<RawFederation> {
@@ -158,11 +190,13 @@ export async function loadFederation(
   const where = spec.data.federation;
   const dir = where === 'demo' ? await demoFederationDir(cacheRoot, spec.job.seed) : resolve(where);
   const only = opts.onlyClients === undefined ? undefined : new Set(opts.onlyClients);
+  const parts = new Set(opts.parts ?? FEDERATION_PARTS);
   let raw: RawFederation;
-  if (existsSync(join(dir, 'manifest.json'))) raw = await readManifestFederation(dir, only);
-  else if (existsSync(join(dir, 'train.jsonl'))) raw = onlyThese(await readPooledFederation(dir, spec), only, dir);
+  if (existsSync(join(dir, 'manifest.json'))) raw = await readManifestFederation(dir, only, parts);
+  else if (existsSync(join(dir, 'train.jsonl')))
+    raw = onlyThese(await readPooledFederation(dir, spec), only, parts, dir);
   else throw new Error(`data.federation: ${dir} has neither a manifest.json nor a train.jsonl`);
-  if (spec.alignment.publicData && !only)
+  if (spec.alignment.publicData && !only && parts.has('public'))
     raw = { ...raw, publicTexts: (await readText(resolve(spec.alignment.publicData))).map((t) => t.text) };
   const maxLength = spec.data.maxLength;
   const template = spec.data.template;

@@ -43,7 +43,7 @@ import {
   type WorkQueue,
 } from '../../protocol/src/index.js';
 import type { ClientRoundResult, RoundPorts } from './coordinator.js';
-import { clientStreamSeed, loadFederation, type FederationData } from './federation.js';
+import { clientStreamSeed, loadFederation, type FederationData, type LoadFederationOptions } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
 import { splitModel, type ModelSplit } from './split.js';
@@ -64,13 +64,10 @@ export interface JobContext {
 
 /**
  * Loads the model and the federation for `spec`, as runJob does for its main phase. Only method `fedbiot` runs
- * distributed; the baselines stay standalone. `onlyClients`: a data owner's trainer, which loads (and may hold)
- * only its own client's data.
+ * distributed; the baselines stay standalone. `opts` says which data the calling service holds (loadFederation):
+ * `onlyClients` for a data owner's trainer, `parts` for each service's share.
  */
-export async function openJobContext(
-  spec: JobSpec,
-  opts: { readonly onlyClients?: readonly string[] } = {},
-): Promise<JobContext> {
+export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions = {}): Promise<JobContext> {
   if (spec.job.method !== 'fedbiot')
     throw new Error(`job.method: the distributed runtime runs fedbiot only, not ${spec.job.method}`);
   if (!spec.job.id)

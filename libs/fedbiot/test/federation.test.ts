@@ -1,6 +1,8 @@
 /**
  * A data owner's trainer loads only its own client: from a folder that holds the manifest and that client's files
- * and nothing else, it gets exactly the examples (and the stream seed) the full load gives that client.
+ * and nothing else, it gets exactly the examples (and the stream seed) the full load gives that client. Each service
+ * reads only its parts (aggregator: the client list; alignment: the public corpus; evaluator: the test sets), from
+ * folders holding nothing more.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -68,4 +70,53 @@ test("onlyClients loads one client's data from a folder that holds nothing else,
     loadFederation(specFor(owner), tokenizer, tmp, { onlyClients: ['div'] }),
     /manifest\.json: no client div in "clients"/,
   );
+});
+
+test('parts: each service reads only its share, from a folder holding only that share', async () => {
+  const tokenizer = await loadTokenizer(modelDir);
+  const full = await loadFederation(specFor(join(tmp, 'all')), tokenizer, tmp);
+  const manifest = JSON.parse(readFileSync(join(tmp, 'all', 'manifest.json'), 'utf8')) as {
+    clients: { id: string; train: { path: string }; test: { path: string } }[];
+    globalTest?: { path: string };
+    publicCorpus?: { path: string };
+  };
+  const folder = (name: string, files: readonly string[]): string => {
+    const dir = join(tmp, name);
+    for (const rel of ['manifest.json', ...files]) {
+      mkdirSync(dirname(join(dir, rel)), { recursive: true });
+      copyFileSync(join(tmp, 'all', rel), join(dir, rel));
+    }
+    return dir;
+  };
+  const ids = full.clients.map((c) => c.id);
+
+  // Aggregator: the manifest alone.
+  const agg = await loadFederation(specFor(folder('agg', [])), tokenizer, tmp, { parts: [] });
+  assert.deepEqual(
+    agg.clients.map((c) => [c.id, c.index, c.train.length, c.test.length]),
+    ids.map((id, i) => [id, i, 0, 0]),
+  );
+  assert.equal(agg.publicWindows.length, 0);
+
+  // Server alignment: the manifest and the public corpus.
+  assert.ok(manifest.publicCorpus, 'the demo federation has a public corpus');
+  const align = await loadFederation(specFor(folder('align', [manifest.publicCorpus.path])), tokenizer, tmp, {
+    parts: ['public'],
+  });
+  assert.deepEqual(align.publicWindows, full.publicWindows);
+  assert.ok(align.clients.every((c) => c.train.length === 0 && c.test.length === 0));
+
+  // Evaluator: the manifest and the test sets.
+  const testFiles = [
+    ...manifest.clients.map((c) => c.test.path),
+    ...(manifest.globalTest ? [manifest.globalTest.path] : []),
+  ];
+  const ev = await loadFederation(specFor(folder('eval', testFiles)), tokenizer, tmp, { parts: ['test'] });
+  assert.deepEqual(
+    ev.clients.map((c) => [c.test, c.testItems]),
+    full.clients.map((c) => [c.test, c.testItems]),
+  );
+  assert.deepEqual(ev.global, full.global);
+  assert.ok(ev.clients.every((c) => c.train.length === 0));
+  assert.equal(ev.publicWindows.length, 0);
 });
