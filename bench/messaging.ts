@@ -27,6 +27,7 @@ import {
   alignSubject,
   natsRoundPorts,
   putLora,
+  getBroadcast,
   getLora,
   updateKey,
   type PortsContext,
@@ -133,11 +134,8 @@ async function fakeTrainer(ctx: PortsContext, nc: NatsConnection, blobs: BlobSto
       const { round, clientId } = task;
       const key = `stream.${clientId}`;
       await state.get(key, StreamStateSchema);
-      // As the real trainer: both broadcasts at once.
-      const [adapter] = await Promise.all([
-        getLora(blobs, task.adapterLora, ctx.specs.adapter),
-        getLora(blobs, task.emulatorLora, ctx.specs.emulator),
-      ]);
+      // As the real trainer.
+      const { adapter } = await getBroadcast(blobs, task, ctx.specs);
       const ref = await putLora(blobs, noisy(adapter, 7919 * round + clientId.length));
       const update = {
         protocolVersion: PROTOCOL_VERSION,

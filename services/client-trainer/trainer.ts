@@ -37,7 +37,7 @@ import { ExampleStream } from '../../libs/fedbiot/src/batches.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   clientSeed,
-  getLora,
+  getBroadcast,
   openJobContext,
   putLora,
   sha256File,
@@ -215,11 +215,7 @@ export class ClientTrainer implements ServiceRole {
       );
     this.log.info('training', { round, clientId, delivery: tc.deliveryCount });
     const stream = new ExampleStream<TokenizedExample>(client.train, streamSeed(ctx, clientId), from ?? undefined);
-    // Both broadcasts at once: their round trips overlap.
-    const [adapter, emulator] = await Promise.all([
-      getLora(blobs, task.adapterLora, ctx.specs.adapter),
-      getLora(blobs, task.emulatorLora, ctx.specs.emulator),
-    ]);
+    const { adapter, emulator } = await getBroadcast(blobs, task, ctx.specs);
     this.metrics.round.set(round);
     const t0 = performance.now();
     let last = t0;

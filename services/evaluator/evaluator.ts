@@ -27,7 +27,7 @@ import {
   EVAL_METHOD,
   EvalReplySchema,
   evaluatePattern,
-  getLora,
+  getBroadcast,
   openJobContext,
   pooledScores,
   type EvalReply,
@@ -87,10 +87,7 @@ export class Evaluator implements ServiceRole {
   }
 
   async #rows(ctx: JobContext, blobs: BlobStore, req: EvalRequest): Promise<EvalRow[]> {
-    const [adapter, emulator] = await Promise.all([
-      getLora(blobs, req.adapterLora, ctx.specs.adapter),
-      getLora(blobs, req.emulatorLora, ctx.specs.emulator),
-    ]);
+    const { adapter, emulator } = await getBroadcast(blobs, req, ctx.specs);
     const L = ctx.lm.config.numLayers;
     const rows: EvalRow[] = [];
     for (const mode of req.modes) {

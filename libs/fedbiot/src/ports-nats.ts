@@ -146,6 +146,19 @@ export async function getLora(blobs: BlobStore, ref: BlobRef, spec: LoraSpec): P
   return decodeLora(await blobs.get(ref), spec, `${ref.bucket}/${ref.name}`);
 }
 
+/** A round's broadcast (adapter and emulator LoRA), both fetched at once so their round trips overlap. */
+export async function getBroadcast(
+  blobs: BlobStore,
+  refs: { readonly adapterLora: BlobRef; readonly emulatorLora: BlobRef },
+  specs: { readonly adapter: LoraSpec; readonly emulator: LoraSpec },
+): Promise<{ adapter: LoraWeights; emulator: LoraWeights }> {
+  const [adapter, emulator] = await Promise.all([
+    getLora(blobs, refs.adapterLora, specs.adapter),
+    getLora(blobs, refs.emulatorLora, specs.emulator),
+  ]);
+  return { adapter, emulator };
+}
+
 // ---- request/reply messages between the aggregator and server-alignment / evaluator --------------------------
 
 const protocolVersion = z.literal(PROTOCOL_VERSION);
