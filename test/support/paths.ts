@@ -13,5 +13,5 @@ export const repoRoot: string = (() => {
   return dir;
 })();
 
-/** Hugging Face reference fixtures, shared next to the project root (never copied into it). */
-export const fixturesDir: string = resolve(repoRoot, '..', 'shared', 'fixtures');
+/** Hugging Face reference fixtures (transformers 5.17 / peft 0.21 outputs), committed under test/fixtures/hf. */
+export const fixturesDir: string = resolve(repoRoot, 'test', 'fixtures', 'hf');
