@@ -13,3 +13,4 @@ export * from './report/results-json.js';
 export { formatResultsTable } from './report/results-table.js';
 export { writeReportHtml } from './report/report-html.js';
 export { pretrainDemoModel, demoModelConfig } from './demo-model.js';
+export * from './emulator-package.js';

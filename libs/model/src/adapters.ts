@@ -45,8 +45,10 @@ export function fromPeftAdapter(
   cfg: ModelConfig,
   name = 'default',
   file = 'adapter_model.safetensors',
+  /** The layers the model holds (CausalLM.allLayers), for a checkpoint with a subset of a model's layers. */
+  layerIds?: readonly number[],
 ): LoraWeights {
-  validateAdapterFor(cfg, adapter, file);
+  validateAdapterFor(cfg, adapter, file, layerIds);
   if (adapter.config.useRslora) throw new Error(`${file}: rsLoRA adapters are not supported`);
   const targets = new Set<LoraTarget>();
   const layers = new Set<number>();

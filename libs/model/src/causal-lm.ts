@@ -18,6 +18,7 @@ import { CompiledGraphs } from './compiled.js';
 import type { ModelConfig } from './config.js';
 import { GraphStore } from './graph-store.js';
 import { buildLlama, ropeTablesFor, type LlamaGraphOptions, type LoraSpec, type WeightStore } from './llama.js';
+import { checkLayerIds, renumberedWeights } from './layer-ids.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 
 /** A LoRA adapter's spec and current values (by PEFT state-dict name: `<module>.lora_A.<name>.weight`). */
@@ -46,6 +47,11 @@ export interface LoadOptions {
   readonly profileFilePrefix?: string;
   /** WebGPU provider options (validation, buffer cache) for every session; see the engine's WebGpuOptions. */
   readonly webgpu?: WebGpuOptions;
+  /**
+   * The source model's number of each layer in the folder, for a checkpoint holding a subset of a model's layers
+   * (an emulator package; layer-ids.ts). Every layer list, LoRA and adapter then uses the source numbering.
+   */
+  readonly layerIds?: readonly number[];
 }
 
 /** Token batch in row-major [B, T] layout. */
@@ -121,11 +127,19 @@ export class CausalLM {
       ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
       ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
     });
-    return new CausalLM(ckpt.config, store.weights(), graphs, ckpt, tokenizer);
+    let weights = store.weights();
+    if (opts.layerIds !== undefined) {
+      checkLayerIds(opts.layerIds, ckpt.config.numLayers, join(ckpt.dir, 'config.json'));
+      weights = renumberedWeights(weights, [...opts.layerIds]);
+    }
+    return new CausalLM(ckpt.config, weights, graphs, ckpt, tokenizer);
   }
 
+  /** The layers this model runs by default: all of them, under the source numbering for a layer subset. */
   get allLayers(): number[] {
-    return Array.from({ length: this.config.numLayers }, (_, i) => i);
+    return this.weights.layerIds !== undefined
+      ? [...this.weights.layerIds]
+      : Array.from({ length: this.config.numLayers }, (_, i) => i);
   }
 
   get eosTokenId(): number | undefined {

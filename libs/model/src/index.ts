@@ -5,6 +5,8 @@ export {
   expectedTensorShapes,
   openCheckpoint,
   writeCheckpoint,
+  writeDirAtomic,
+  writeJsonAtomic,
   type Checkpoint,
   type WeightRef,
 } from './checkpoint.js';
@@ -17,4 +19,5 @@ export { CompiledGraphs } from './compiled.js';
 export * from './causal-lm.js';
 export * from './trainer.js';
 export * from './adapters.js';
+export { checkLayerIds, renumberedWeights } from './layer-ids.js';
 export { initWeights, memoryWeights, writeRandomCheckpoint } from './init.js';

@@ -35,6 +35,12 @@ export interface LoraSpec {
 
 /** Where frozen weights come from: shapes and bytes by checkpoint key. */
 export interface WeightStore {
+  /**
+   * The layer numbers this store holds, when it holds a subset of a larger model's layers under that model's
+   * numbering (an emulator package: its folder layer i is layer layerIds[i] of the source model). Absent: layers
+   * 0..numLayers-1 of the config.
+   */
+  readonly layerIds?: readonly number[];
   shape(name: string): readonly number[];
   /** The weight in `dtype`: external data (fp32 checkpoints) or in-memory values. */
   source(name: string, dtype: DType): WeightSource;
@@ -136,8 +142,12 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   const hd = cfg.headDim;
   const P = opts.kvCache?.pastLength ?? 0;
   const S = P + T;
+  const held = weights.layerIds;
   for (const l of opts.layers) {
-    if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers)
+    if (held !== undefined) {
+      if (!held.includes(l))
+        throw new GraphError(`buildLlama: layer ${l} is not in this checkpoint (it holds layers ${held.join(', ')})`);
+    } else if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers)
       throw new GraphError(`buildLlama: layer ${l} out of range 0..${cfg.numLayers - 1}`);
   }
 

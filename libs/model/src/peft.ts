@@ -224,7 +224,12 @@ function linearShape(cfg: ModelConfig, kind: string): { inFeatures: number; outF
  * @param file the adapter file named in errors (default 'adapter_model.safetensors').
  * @throws PeftAdapterError naming the file and the PEFT tensor name at fault.
  */
-export function validateAdapterFor(cfg: ModelConfig, adapter: LoraAdapter, file: string = ADAPTER_WEIGHTS): void {
+export function validateAdapterFor(
+  cfg: ModelConfig,
+  adapter: LoraAdapter,
+  file: string = ADAPTER_WEIGHTS,
+  layerIds?: readonly number[],
+): void {
   for (const [module, p] of adapter.tensors) {
     const tA = `${PREFIX}${module}.lora_A.weight`;
     const tB = `${PREFIX}${module}.lora_B.weight`;
@@ -232,8 +237,14 @@ export function validateAdapterFor(cfg: ModelConfig, adapter: LoraAdapter, file:
     if (m === null)
       throw new PeftAdapterError(file, tA, `${module} is not an adaptable linear of a ${cfg.modelType} layer`);
     const layer = Number(m[1]);
-    if (layer >= cfg.numLayers)
-      throw new PeftAdapterError(file, tA, `layer ${layer} does not exist (the model has ${cfg.numLayers} layers)`);
+    if (layerIds !== undefined ? !layerIds.includes(layer) : layer >= cfg.numLayers)
+      throw new PeftAdapterError(
+        file,
+        tA,
+        layerIds !== undefined
+          ? `layer ${layer} is not in this checkpoint (it holds layers ${layerIds.join(', ')})`
+          : `layer ${layer} does not exist (the model has ${cfg.numLayers} layers)`,
+      );
     const want = linearShape(cfg, m[2]!);
     if (p.inFeatures !== want.inFeatures || p.A.length !== p.r * p.inFeatures) {
       throw new PeftAdapterError(
