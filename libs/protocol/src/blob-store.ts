@@ -10,7 +10,23 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Objm, StorageType, type ObjectStore } from '@nats-io/obj';
 import { streamExists } from './connection.js';
-import { getObject, objectDigest, putObject, readObjectMeta } from './object-store.js';
+import {
+  extraChunkTokens,
+  getObject,
+  objectDigest,
+  purgeObjectChunks,
+  putObject,
+  readObjectMeta,
+} from './object-store.js';
+import {
+  getFile,
+  hashFile,
+  putFile,
+  type GetFileOptions,
+  type GetFileResult,
+  type PutFileOptions,
+  type TransferClient,
+} from './file-transfer.js';
 import { BlobNotFoundError, IntegrityError } from './errors.js';
 import type { BlobRef, Dtype } from './messages.js';
 
@@ -37,6 +53,12 @@ export interface PutOptions {
   readonly bucket?: string;
 }
 
+/** `putFile` options: where the object goes (as for `put`) and how the upload runs (see file-transfer.ts). */
+export type PutFileBlobOptions = PutOptions & Omit<PutFileOptions, 'sha256'>;
+
+/** `getFile` options; the cache defaults to the store's `cacheDir`, and the ref's sha256 and size are enforced. */
+export type GetFileBlobOptions = Omit<GetFileOptions, 'expect'>;
+
 /** Transfer counters since the store was opened (bytes are payload bytes, not NATS framing). */
 export interface BlobStats {
   readonly bytesUp: number;
@@ -60,6 +82,7 @@ export class BlobStore {
   readonly #buckets = new Map<string, Promise<ObjectStore>>();
   readonly #cacheDir: string | undefined;
   readonly #storage: StorageType;
+  readonly #client: TransferClient;
   #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0 };
 
   private constructor(
@@ -76,6 +99,7 @@ export class BlobStore {
     this.#jsm = jsm;
     this.#cacheDir = cacheDir;
     this.#storage = storage;
+    this.#client = { nc, js: this.#js, jsm };
   }
 
   /** Opens (creating if needed) the write bucket; other buckets named in refs are opened on first `get`. */
@@ -187,10 +211,67 @@ export class BlobStore {
     return bytes;
   }
 
+  /**
+   * Uploads the file at `path` without reading it into memory (file-transfer.ts: chunk by chunk, with per-chunk
+   * sha256s) and returns its ref. The default name is the file's sha256, which takes a hashing pass before the
+   * upload; as with `put`, nothing is uploaded when the bucket already holds that name with the same content.
+   * The file is not copied into the cache (it may be tens of GB; `getFile` caches what it downloads).
+   */
+  async putFile(path: string, opts: PutFileBlobOptions = {}): Promise<BlobRef> {
+    const bucket = opts.bucket ?? this.bucket;
+    await this.#bucketHandle(bucket);
+    const hashed = opts.name === undefined ? await hashFile(path, opts.signal) : undefined;
+    const name = opts.name ?? hashed!;
+    const r = await putFile(this.#client, bucket, name, path, {
+      ...opts,
+      ...(hashed === undefined ? {} : { sha256: hashed }),
+    });
+    if (hashed !== undefined && r.sha256 !== hashed)
+      throw new IntegrityError(bucket, name, `${path} changed while it was uploaded (sha256 now ${r.sha256})`);
+    if (r.skipped) this.#stats.putsSkipped++;
+    else {
+      this.#stats.bytesUp += r.size;
+      this.#stats.puts++;
+    }
+    return {
+      bucket,
+      name,
+      sha256: r.sha256,
+      bytes: r.size,
+      ...(opts.dtype === undefined ? {} : { dtype: opts.dtype }),
+      ...(opts.shape === undefined ? {} : { shape: [...opts.shape] }),
+    };
+  }
+
+  /**
+   * Downloads the blob into `destPath`, streaming to disk, resumable, each chunk and the whole checked (see
+   * file-transfer.ts), or links it from the store's cache (`opts.cacheDir` overrides it) without a request.
+   * Throws BlobNotFoundError, IntegrityError when the object is not what `ref` says, TransferError naming a
+   * corrupt or missing chunk.
+   */
+  async getFile(ref: Readonly<BlobRef>, destPath: string, opts: GetFileBlobOptions = {}): Promise<GetFileResult> {
+    const cacheDir = opts.cacheDir ?? this.#cacheDir;
+    const r = await getFile(this.#client, ref.bucket, ref.name, destPath, {
+      ...opts,
+      ...(cacheDir === undefined ? {} : { cacheDir }),
+      expect: { sha256: ref.sha256, bytes: ref.bytes },
+    });
+    if (cacheDir !== undefined) {
+      if (r.source === 'cache') this.#stats.cacheHits++;
+      else this.#stats.cacheMisses++;
+    }
+    this.#stats.bytesDown += r.bytesFetched;
+    return r;
+  }
+
   /** Deletes the object named by `ref` from its bucket (the local cache keeps its copy). */
   async delete(ref: Readonly<BlobRef>): Promise<void> {
     const os = await this.#bucketHandle(ref.bucket);
+    const meta = await readObjectMeta(this.#jsm, ref.bucket, ref.name);
     await os.delete(ref.name);
+    // @nats-io/obj purges the object's chunks only, not the chunk-hash list putFile adds.
+    if (meta !== null && !meta.deleted && extraChunkTokens(meta).length > 0)
+      await purgeObjectChunks(this.#jsm, ref.bucket, meta.nuid, extraChunkTokens(meta));
   }
 
   async #cacheRead(ref: Readonly<BlobRef>): Promise<Uint8Array | null> {

@@ -81,7 +81,29 @@ export {
   InvalidIdentifierError,
 } from './errors.js';
 export { type Tensor, type DecodedTensors, encodeTensors, decodeTensors } from './tensor-codec.js';
-export { BlobStore, type BlobStoreOptions, type PutOptions, type BlobStats, sha256Hex } from './blob-store.js';
+export {
+  BlobStore,
+  type BlobStoreOptions,
+  type PutOptions,
+  type PutFileBlobOptions,
+  type GetFileBlobOptions,
+  type BlobStats,
+  sha256Hex,
+} from './blob-store.js';
+export {
+  putFile,
+  getFile,
+  hashFile,
+  transferClient,
+  TransferError,
+  type TransferClient,
+  type TransferFailure,
+  type TransferProgress,
+  type PutFileOptions,
+  type PutFileResult,
+  type GetFileOptions,
+  type GetFileResult,
+} from './file-transfer.js';
 export {
   StateStore,
   type StateStoreOptions,

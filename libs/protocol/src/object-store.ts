@@ -25,17 +25,22 @@ export interface ObjectMeta {
   readonly mtime: string;
   readonly deleted?: boolean;
   readonly options?: { readonly max_chunk_size?: number };
+  /**
+   * Free-form string pairs (the object store's `metadata` field; the server stores the meta entry as an opaque
+   * JSON message, so 2.9 keeps it too). `putFile` records its chunk-hash list here (see file-transfer.ts).
+   */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 /** Largest chunk written here; the server's max_payload caps it further. */
 export const MAX_CHUNK_BYTES = 1 << 20;
 /** Chunk publishes awaiting their acks at once. */
-const PUBLISH_WINDOW = 8;
+export const PUBLISH_WINDOW = 8;
 
 export const objectStreamName = (bucket: string): string => `OBJ_${bucket}`;
-const chunkSubject = (bucket: string, id: string): string => `$O.${bucket}.C.${id}`;
+export const chunkSubject = (bucket: string, id: string): string => `$O.${bucket}.C.${id}`;
 /** The object store's base64url with padding kept (Node's 'base64url' drops the padding). */
-const base64UrlPadded = (bytes: Uint8Array): string =>
+export const base64UrlPadded = (bytes: Uint8Array): string =>
   Buffer.from(bytes).toString('base64').replaceAll('+', '-').replaceAll('/', '_');
 export const metaSubject = (bucket: string, name: string): string =>
   `$O.${bucket}.M.${base64UrlPadded(new TextEncoder().encode(name))}`;
@@ -43,6 +48,63 @@ export const metaSubject = (bucket: string, name: string): string =>
 /** The object store's digest string for a sha256 given as hex. */
 export function objectDigest(sha256Hex: string): string {
   return `SHA-256=${base64UrlPadded(Buffer.from(sha256Hex, 'hex'))}`;
+}
+
+/** The sha256 (hex) an object store digest string names, or null when it is not a `SHA-256=` digest. */
+export function digestSha256Hex(digest: string): string | null {
+  if (!digest.startsWith('SHA-256=')) return null;
+  const bytes = Buffer.from(digest.slice('SHA-256='.length), 'base64url');
+  return bytes.length === 32 ? bytes.toString('hex') : null;
+}
+
+/**
+ * Publishes with at most `size` acknowledgements outstanding: enough to keep the connection busy without
+ * queueing a whole object in the client's outbound buffer (nats.js keeps a reference to each payload until it is
+ * flushed, so payloads must not be reused before their publish settles).
+ */
+export class PublishWindow {
+  readonly #inFlight = new Set<Promise<PubAck>>();
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly size = PUBLISH_WINDOW,
+  ) {}
+
+  /** Starts a publish; resolves once there is room for the next one. Rejects with a failed publish's error. */
+  async publish(subject: string, payload: Uint8Array): Promise<void> {
+    const p = this.js.publish(subject, payload);
+    this.#inFlight.add(p);
+    void p.then(
+      () => this.#inFlight.delete(p),
+      () => {},
+    );
+    if (this.#inFlight.size >= this.size) await Promise.race(this.#inFlight);
+  }
+
+  /** Waits for every publish started so far. */
+  async drain(): Promise<void> {
+    await Promise.all(this.#inFlight);
+  }
+}
+
+/** Publishes `meta` as the only entry of its name (a rollup), the step that makes an object visible. */
+export async function writeObjectMeta(js: JetStreamClient, meta: ObjectMeta): Promise<void> {
+  const h = headers();
+  h.set('Nats-Rollup', 'sub'); // keep only this meta entry for the name
+  await js.publish(metaSubject(meta.bucket, meta.name), JSON.stringify(meta), { headers: h });
+}
+
+/**
+ * Purges the chunks of the object with nuid `objectId` and, when `extraTokens` names them, its other chunk subjects (putFile's
+ * chunk-hash list). Failing to purge wastes space but loses nothing, so errors are swallowed.
+ */
+export async function purgeObjectChunks(
+  jsm: JetStreamManager,
+  bucket: string,
+  objectId: string,
+  extraTokens: readonly string[] = [],
+): Promise<void> {
+  for (const id of [objectId, ...extraTokens])
+    await jsm.streams.purge(objectStreamName(bucket), { filter: chunkSubject(bucket, id) }).catch(() => {});
 }
 
 /** The current meta entry of `name` (deleted ones included), or null when the bucket never held it. */
@@ -71,18 +133,12 @@ export async function putObject(
   const subject = chunkSubject(bucket, id);
   let chunks = 0;
   try {
-    const inFlight = new Set<Promise<PubAck>>();
+    const window = new PublishWindow(js);
     for (let off = 0; off < bytes.length; off += chunkSize) {
-      const p = js.publish(subject, bytes.subarray(off, Math.min(off + chunkSize, bytes.length)));
-      inFlight.add(p);
-      void p.then(
-        () => inFlight.delete(p),
-        () => {},
-      );
+      await window.publish(subject, bytes.subarray(off, Math.min(off + chunkSize, bytes.length)));
       chunks++;
-      if (inFlight.size >= PUBLISH_WINDOW) await Promise.race(inFlight);
     }
-    await Promise.all(inFlight);
+    await window.drain();
     const meta: ObjectMeta = {
       name,
       bucket,
@@ -94,19 +150,25 @@ export async function putObject(
       deleted: false,
       options: { max_chunk_size: chunkSize },
     };
-    const h = headers();
-    h.set('Nats-Rollup', 'sub'); // keep only this meta entry for the name
-    await js.publish(metaSubject(bucket, name), JSON.stringify(meta), { headers: h });
+    await writeObjectMeta(js, meta);
     if (previous !== null && !previous.deleted && previous.nuid !== id)
-      // The old chunks are unreachable now; failing to purge them wastes space but loses nothing.
-      await jsm.streams
-        .purge(objectStreamName(bucket), { filter: chunkSubject(bucket, previous.nuid) })
-        .catch(() => {});
+      // The old chunks are unreachable now.
+      await purgeObjectChunks(jsm, bucket, previous.nuid, extraChunkTokens(previous));
     return meta;
   } catch (e) {
-    await jsm.streams.purge(objectStreamName(bucket), { filter: subject }).catch(() => {});
+    await purgeObjectChunks(jsm, bucket, id);
     throw e;
   }
+}
+
+/** Metadata key under which putFile records the sha256 of its chunk-hash list (file-transfer.ts). */
+export const CHUNK_HASHES_KEY = 'fedbiot-chunk-sha256';
+/** The chunk subject token of an object's chunk-hash list: derived from its nuid, one token like a nuid. */
+export const chunkHashesToken = (id: string): string => `${id}-sha256`;
+
+/** Chunk subjects besides the object's own that belong to it (the chunk-hash list putFile writes). */
+export function extraChunkTokens(meta: ObjectMeta): string[] {
+  return meta.metadata?.[CHUNK_HASHES_KEY] === undefined ? [] : [chunkHashesToken(meta.nuid)];
 }
 
 /**
