@@ -2,15 +2,24 @@
  * Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages
  * separated by NUL, commands on fd 3, replies and events on fd 4), so a test can keep one page open while it polls
  * and read its DOM or take screenshots, without a WebSocket client or a browser-automation dependency.
- * The binary: CHROMIUM_BIN, else /usr/bin/chromium (Debian's `chromium` package).
+ * The binary: CHROMIUM_BIN, else the first of chromium, chromium-browser, google-chrome(-stable) on PATH (Debian's
+ * `chromium` package gives /usr/bin/chromium). `npm test` installs it when missing (scripts/test-env.sh).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 
-export const chromiumBin = process.env['CHROMIUM_BIN'] ?? '/usr/bin/chromium';
+const CANDIDATES = ['chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable'];
+
+/** CHROMIUM_BIN, else the first candidate found on PATH, else /usr/bin/chromium (named in the error when missing). */
+export const chromiumBin: string =
+  process.env['CHROMIUM_BIN'] ??
+  CANDIDATES.flatMap((name) => (process.env['PATH'] ?? '').split(delimiter).map((dir) => join(dir, name))).find((p) =>
+    existsSync(p),
+  ) ??
+  '/usr/bin/chromium';
 
 interface Pending {
   resolve: (v: Record<string, unknown>) => void;
@@ -41,7 +50,10 @@ export class HeadlessChromium {
 
   /** Starts the browser with a fresh profile; throws naming the binary when it is missing. */
   static async launch(): Promise<HeadlessChromium> {
-    if (!existsSync(chromiumBin)) throw new Error(`chromium not found at ${chromiumBin} (set CHROMIUM_BIN)`);
+    if (!existsSync(chromiumBin))
+      throw new Error(
+        `chromium not found at ${chromiumBin} (set CHROMIUM_BIN, or run scripts/test-env.sh up, which npm test runs)`,
+      );
     const profile = mkdtempSync(join(tmpdir(), 'chromium-profile-'));
     const child = spawn(
       chromiumBin,
