@@ -9,7 +9,7 @@
  * NATS_URL / JOB_SPEC / HTTP_PORT from the environment, the job spec mounted read-only at /etc/fedbiot/job.yaml
  * (the ConfigMap). The demo base model is baked into the image (/app/models/demo-llama, by
  * scripts/build-app-image.sh); the federation data is generated here and bind-mounted read-only, as a data volume
- * would be. Host networking keeps every connection on loopback (see /work/shared/docs/stack-notes.md section 3),
+ * would be. Host networking keeps every connection on loopback (docs/engine-notes.md §9),
  * so NATS listens on a free port, and the services' HTTP_PORT=0 picks free ports they log.
  *
  * Two crashes are injected into round 1, as `docker kill` (SIGKILL, no shutdown code runs): the trainer replica that

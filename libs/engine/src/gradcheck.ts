@@ -1,6 +1,7 @@
 /**
  * Gradient checking: the analytic gradients of a graph (autodiff, run by onnxruntime) against central finite
- * differences of the same graph's loss, in float64 (float32 finite differences are noise-limited: engine-notes §1).
+ * differences of the same graph's loss, in float64 (float32 finite differences are noise-limited:
+ * docs/engine-notes.md §1).
  */
 import * as ort from 'onnxruntime-node';
 import { gradients } from './autodiff.js';
@@ -52,7 +53,7 @@ function ortTensor(t: Tensor, data: FeedValue): ort.Tensor {
 /**
  * Builds the graph with `build`, appends gradient nodes for `wrt`, and compares them with central differences
  * of the loss. Session optimisation is 'basic': at higher levels ORT fuses x*sigmoid(x) into QuickGelu, which has
- * no float64 kernel (engine-notes §2.3).
+ * no float64 kernel (docs/engine-notes.md §2.3).
  */
 export async function gradCheck(
   build: (g: Graph) => GradCheckSetup,

@@ -5,7 +5,7 @@ import * as O from './ops.js';
 
 /**
  * y = x Wᵀ + b with W in Hugging Face's [out, in] layout, used as stored: Gemm(transB=1) on a 2-D view of x.
- * Its gradients use Gemm's transpose flags too, so no weight is ever transposed or copied (engine-notes §7.5).
+ * Its gradients use Gemm's transpose flags too, so no weight is ever transposed or copied (docs/engine-notes.md §7.5).
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const inFeatures = x.shape[x.rank - 1]!;

@@ -1,7 +1,7 @@
 /**
  * Training on compiled graphs: a graph computes `loss` and `grad.<param>` for its trainable inputs; the trainer
  * feeds parameters, accumulates gradients over micro-batches, adds the proximal term, clips, and steps the
- * optimizer (in TypeScript, on Float32Arrays: cheaper than an optimizer graph, engine-notes §2.5).
+ * optimizer (in TypeScript, on Float32Arrays: cheaper than an optimizer graph, docs/engine-notes.md §2.5).
  */
 import { AdamW, SGD, clipGradNorm, type Optimizer, type ScheduleSpec } from './optim/index.js';
 import type { HostTensor, ModelRunner } from './runtime/index.js';

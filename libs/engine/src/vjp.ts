@@ -1,5 +1,5 @@
 /**
- * Vector-Jacobian products, one row per primitive op (engine-notes §2.2). A rule returns one entry per input:
+ * Vector-Jacobian products, one row per primitive op (docs/engine-notes.md §2.2). A rule returns one entry per input:
  * the gradient, possibly in the broadcast (output) shape — autodiff.ts sums it back to the input's shape — or
  * null for inputs that need no gradient (ctx.needs[i] false) or have none (indices, shapes, axes).
  * Ops without a row (comparisons, ConstantOfShape, Scatter*) are not differentiable: asking for a gradient
@@ -41,7 +41,7 @@ function gemmVjp(ctx: VjpContext): (Tensor | null)[] {
   const betaAttr = ctx.attrs['beta'];
   const alpha = alphaAttr?.kind === 'float' ? alphaAttr.value : 1;
   const beta = betaAttr?.kind === 'float' ? betaAttr.value : 1;
-  // The four transpose cases of engine-notes §2.2: no weight is ever transposed, Gemm flags do it.
+  // The four transpose cases of docs/engine-notes.md §2.2: no weight is ever transposed, Gemm flags do it.
   let ga: Tensor | null = null;
   let gb: Tensor | null = null;
   if (!tA && !tB) {

@@ -12,7 +12,7 @@ import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
  * reported at once as `<file>: <path.to.field>: <message>`, and every default lives in DEFAULTS.
  */
 
-/** Training methods a job can run (fedbiot-algorithm.md, "Our decisions" 8). */
+/** Training methods a job can run (docs/fedbiot-algorithm.md, "Our decisions" 8). */
 export const METHODS = ['fedbiot', 'offsite-tuning', 'fedavg-lora', 'local-only'] as const;
 export type Method = (typeof METHODS)[number];
 
@@ -23,9 +23,9 @@ export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj'
 export const TEMPLATES = ['auto', 'alpaca', 'chat', 'raw'] as const;
 
 /**
- * Every default of the job spec. Values follow the "Our decisions" block (split, LoRA, lambda, mu, eps, weighting)
- * and the reference configs (betas, alignment steps); sizes (rounds, steps, batch, lengths) are small so that the
- * built-in demo job finishes in minutes on two CPU cores.
+ * Every default of the job spec. Values follow the "Our decisions" block of docs/fedbiot-algorithm.md (split, LoRA,
+ * lambda, mu, eps, weighting) and the reference configs (betas, alignment steps); sizes (rounds, steps, batch,
+ * lengths) are small so that the built-in demo job finishes in minutes on two CPU cores.
  */
 export const DEFAULTS = {
   job: { seed: 0, method: 'fedbiot' as Method, rounds: 5, outDir: 'runs' },

@@ -2,7 +2,7 @@ import { SplitConfigError } from './errors.js';
 
 /**
  * The FedBiOT / Offsite-tuning model split: which decoder layers are the trainable adapter, which block becomes the
- * compressed emulator, and which layers the emulator keeps (uniform layer dropout, fedbiot-algorithm.md §1.1-1.2).
+ * compressed emulator, and which layers the emulator keeps (uniform layer dropout, docs/fedbiot-algorithm.md §1.1-1.2).
  * Pure functions of integers; no model is touched here.
  */
 

@@ -34,7 +34,7 @@ test('roundHalfEven matches Python round() on ties and near-ties', () => {
   assert.equal(roundHalfEven(24.000000000000004), 24);
 });
 
-// fedbiot-algorithm.md §1.2, LLaMA-2-7B (32 layers), all six rows.
+// docs/fedbiot-algorithm.md §1.2, LLaMA-2-7B (32 layers), all six rows.
 const TABLE: {
   name: string;
   bottom: number;

@@ -2,7 +2,7 @@
  * Hugging Face checkpoint folders: config.json + model.safetensors (or a sharded model.safetensors.index.json).
  * Opening checks every tensor the config implies, and gives each weight as a byte range of an fp32 safetensors
  * file, which ONNX Runtime memory-maps as external data. F16/BF16 checkpoints are converted once into an fp32
- * cache file, because ORT would otherwise materialize an fp32 copy per session (engine-notes §3).
+ * cache file, because ORT would otherwise materialize an fp32 copy per session (docs/engine-notes.md §3).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';

@@ -1,6 +1,7 @@
 /**
  * Collection of one round's client updates with quorum + deadline, so stragglers and dead clients cannot
- * stall a job (peers.md §3.5: wait-for-all with day-long timeouts is the top complaint about FLARE swarms).
+ * stall a job (wait-for-all with day-long timeouts is a recurring complaint about NVIDIA FLARE swarms, e.g.
+ * KatherLab/MediSwarm#346: one transient client failure aborted a 15-17 h run).
  *
  * Use: `const c = await collectUpdates(nc, opts)` (resolves once the subscription is live on the server),
  * then publish the plan / enqueue the tasks, then `await c.result`, and `await c.close()` when late updates

@@ -261,7 +261,7 @@ function zodIssues(error: z.ZodError): ProtocolIssue[] {
 
 /**
  * A NestJS `ClientProxy.emit/send` on the NATS transport wraps the payload as `{pattern, data, id?}`
- * (stack-notes §1). Accepting that envelope lets Nest producers talk to plain nats.js consumers.
+ * (docs/engine-notes.md §8). Accepting that envelope lets Nest producers talk to plain nats.js consumers.
  */
 function unwrapNestEnvelope(json: unknown, subject: string): unknown {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) return json;

@@ -1,6 +1,6 @@
 /**
  * AdamW on Float32Arrays, the same update as torch.optim.AdamW (amsgrad=False, maximize=False). Kept in TS rather
- * than an ONNX graph because ORT copies every output, which made the graph version slower (engine-notes §2.5).
+ * than an ONNX graph because ORT copies every output, which made the graph version slower (docs/engine-notes.md §2.5).
  */
 import { checkState, checkStepInputs, hyperNumber, paramSizes, rejectUnknownHyper } from './checks.js';
 import { CONSTANT_SCHEDULE, lrAt, validateSchedule, type ScheduleSpec } from './schedule.js';

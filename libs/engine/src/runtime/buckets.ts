@@ -1,7 +1,7 @@
 /**
  * Fixed shape buckets. Every graph the engine emits has static shapes and onnxruntime-node ignores
- * freeDimensionOverrides (engine notes §3, §7.4), so variable-length batches are padded up to one of a few fixed
- * sizes, with one session per size.
+ * freeDimensionOverrides (docs/engine-notes.md §3, §7.4), so variable-length batches are padded up to one of a few
+ * fixed sizes, with one session per size.
  */
 
 /**

@@ -89,9 +89,9 @@ export function hostTensor(dtype: DType, shape: readonly number[], data?: HostDa
 
 /**
  * Wraps a HostTensor as an `ort.Tensor` without copying: onnxruntime-node reads the typed array's memory in place
- * (engine notes §3), so the caller must not mutate `t.data` until the run that uses it has resolved.
- * @throws for bfloat16, which onnxruntime-node cannot pass as a graph input or output (engine notes §3; cast inside
- *   the graph instead), and for malformed tensors, naming `name`.
+ * (docs/engine-notes.md §3), so the caller must not mutate `t.data` until the run that uses it has resolved.
+ * @throws for bfloat16, which onnxruntime-node cannot pass as a graph input or output (docs/engine-notes.md §3;
+ *   cast inside the graph instead), and for malformed tensors, naming `name`.
  */
 export function toOrtTensor(t: HostTensor, name: string): ort.Tensor {
   assertHostTensor(t, name);
@@ -106,7 +106,7 @@ export function toOrtTensor(t: HostTensor, name: string): ort.Tensor {
 
 /**
  * Converts an `ort.Tensor` held in CPU memory into a HostTensor that shares its data array (outputs of a run are
- * already a fresh copy, engine notes §3, so sharing is safe).
+ * already a fresh copy, docs/engine-notes.md §3, so sharing is safe).
  * @throws for element types outside DType (e.g. int8, string) and for tensors on a GPU location, naming `name`.
  */
 export function fromOrtTensor(t: ort.Tensor, name: string): HostTensor {

@@ -30,7 +30,7 @@ export interface SessionConfig {
   /**
    * Element type the graph computes in. 'float64' lowers the default optimization level to 'basic': at 'extended'
    * and above ORT fuses x*sigmoid(x) into com.microsoft.QuickGelu, which has only a float32 kernel, and session
-   * creation fails (engine notes §2.3). Default 'float32'. See {@link graphComputesInFloat64}.
+   * creation fails (docs/engine-notes.md §2.3). Default 'float32'. See {@link graphComputesInFloat64}.
    */
   readonly computeDtype?: DType;
   /** Overrides the level chosen from computeDtype ('all' for float32/float16, 'basic' for float64). */
@@ -38,7 +38,8 @@ export interface SessionConfig {
   /**
    * The frozen weights are external data in a file ORT memory-maps. Disables prepacking, which would copy every
    * weight into packed buffers (about 2x the weights' size in a training graph, where each weight feeds a forward
-   * and a backward Gemm) and drop the file mapping; step time is the same within noise (engine notes §3). Default true.
+   * and a backward Gemm) and drop the file mapping; step time is the same within noise (docs/engine-notes.md §3).
+   * Default true.
    */
   readonly memoryMappedWeights?: boolean;
   /**
@@ -105,7 +106,8 @@ export function graphComputesInFloat64(model: IrModel): boolean {
  * Builds ORT session options from `config`: the provider list, `intraOpNumThreads` (default physical cores),
  * one inter-op thread with sequential execution (the graphs are chains; parallel mode only adds thread contention),
  * intra-op spinning off (spinning threads steal cores from other sessions and the event loop on a busy machine;
- * engine notes §3), prepacking off for memory-mapped weights, the optimization level, profiling and output location.
+ * docs/engine-notes.md §3), prepacking off for memory-mapped weights, the optimization level, profiling and output
+ * location.
  * @throws RangeError for a non-positive or fractional thread count, Error for 'gpu-buffer' outputs on a CPU-only session
  */
 export function buildSessionOptions(config: SessionConfig = {}): ort.InferenceSession.SessionOptions {

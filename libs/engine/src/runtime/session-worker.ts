@@ -1,7 +1,8 @@
 /**
  * Entry point of a worker thread that owns one ORT session (started by openRunner with thread 'worker'). ORT's
- * `run()` executes synchronously inside a setImmediate and blocks its thread for the whole step (engine notes §3);
- * here it blocks only this worker. Feeds arrive already validated; outputs go back with their buffers transferred.
+ * `run()` executes synchronously inside a setImmediate and blocks its thread for the whole step
+ * (docs/engine-notes.md §3); here it blocks only this worker. Feeds arrive already validated; outputs go back with
+ * their buffers transferred.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type * as ort from 'onnxruntime-node';

@@ -36,8 +36,9 @@ export interface OpenRunnerOptions extends Omit<SessionConfig, 'provider' | 'pre
   readonly warn?: (message: string) => void;
   /**
    * 'worker' (default): the session lives in its own worker thread, so a step does not block the caller's event
-   * loop (ORT's run blocks its thread for the whole step, engine notes §3), and sessions in different workers run in
-   * parallel. 'main': the session runs on the calling thread, saving the message round trip (tens of µs per run).
+   * loop (ORT's run blocks its thread for the whole step, docs/engine-notes.md §3), and sessions in different workers
+   * run in parallel. 'main': the session runs on the calling thread, saving the message round trip (tens of µs per
+   * run).
    */
   readonly thread?: 'worker' | 'main';
   /** Names the model in errors. Default: the path, or "in-memory model (N bytes)". */
