@@ -545,7 +545,33 @@ async function resumePoint(
   return { chunksDone: s.chunksDone, bytesDone, nextSeq: s.nextSeq, whole, chunksResumed: s.chunksDone };
 }
 
-/** Pulls the chunks not yet on disk in bounded batches, verifying and writing each; returns how many it fetched. */
+/**
+ * The sidecar, kept open and rewritten in place as one fixed-size record per chunk (a write of a few hundred bytes
+ * instead of an open, write and close): trailing spaces pad it, which JSON.parse ignores.
+ */
+class SidecarWriter {
+  static readonly RECORD_BYTES = 1024;
+  private constructor(private readonly fh: FileHandle) {}
+
+  static async open(path: string): Promise<SidecarWriter> {
+    return new SidecarWriter(await open(path, 'w'));
+  }
+
+  async write(record: Sidecar): Promise<void> {
+    const text = Buffer.from(JSON.stringify(record).padEnd(SidecarWriter.RECORD_BYTES));
+    await writeAll(this.fh, text, 0);
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}
+
+/**
+ * Pulls the chunks not yet on disk and verifies and writes each, in order; returns how many it fetched. Pull
+ * requests and disk writes overlap: the next batch is requested while the writer still works through at most one
+ * batch, so at most two batches of chunks are in memory.
+ */
 async function receiveChunks(
   c: TransferClient,
   meta: ObjectMeta,
@@ -566,63 +592,110 @@ async function receiveChunks(
       : { deliver_policy: DeliverPolicy.All }),
   });
   const check = new ChunkCheck(meta, hashes, chunkSize);
-  const sidecar = { v: SIDECAR_VERSION, bucket: meta.bucket, name: meta.name, nuid: meta.nuid, digest: meta.digest };
+  const sidecar = await SidecarWriter.open(sidecarPath);
+  const fixed = { v: SIDECAR_VERSION, bucket: meta.bucket, name: meta.name, nuid: meta.nuid, digest: meta.digest };
   let fetched = 0;
-  while (p.chunksDone < meta.chunks) {
+  const writeChunk = async (data: Uint8Array, seq: number, pending: number): Promise<void> => {
     opts.signal?.throwIfAborted();
-    const got = await receiveBatch(
-      consumer,
-      Math.min(batch, meta.chunks - p.chunksDone),
-      timeoutMs,
-      opts.signal,
-      async (data, seq, pending) => {
-        opts.signal?.throwIfAborted();
-        check.verify(p.chunksDone, data);
-        await writeAll(fh, data, p.bytesDone);
-        p.whole.update(data);
-        p.chunksDone++;
-        p.bytesDone += data.length;
-        p.nextSeq = seq + 1;
-        fetched++;
-        // After the data: a sidecar never claims bytes the file does not hold.
-        const record: Sidecar = {
-          ...sidecar,
-          size: meta.size,
-          chunkSize,
-          chunksDone: p.chunksDone,
-          nextSeq: p.nextSeq,
-        };
-        await writeFile(sidecarPath, JSON.stringify(record));
-        opts.onProgress?.(p.bytesDone, meta.size);
-        // Chunks are all published before the meta entry, so nothing pending behind this one means the rest is gone.
-        if (pending === 0 && p.chunksDone < meta.chunks) throw check.missing(p.chunksDone, 'the stream holds no more');
-      },
-    );
-    opts.signal?.throwIfAborted();
-    if (got === 0) throw check.missing(p.chunksDone, `none arrived within ${timeoutMs} ms`);
+    check.verify(p.chunksDone, data);
+    await writeAll(fh, data, p.bytesDone);
+    p.whole.update(data);
+    p.chunksDone++;
+    p.bytesDone += data.length;
+    p.nextSeq = seq + 1;
+    fetched++;
+    // After the data: a sidecar never claims bytes the file does not hold.
+    await sidecar.write({ ...fixed, size: meta.size, chunkSize, chunksDone: p.chunksDone, nextSeq: p.nextSeq });
+    opts.onProgress?.(p.bytesDone, meta.size);
+    // Chunks are all published before the meta entry, so nothing pending behind this one means the rest is gone.
+    if (pending === 0 && p.chunksDone < meta.chunks) throw check.missing(p.chunksDone, 'the stream holds no more');
+  };
+  const writer = new SerialWriter(writeChunk);
+  try {
+    for (let requested = p.chunksDone; requested < meta.chunks;) {
+      await writer.backlogAtMost(batch); // the memory bound
+      if (writer.failed) break;
+      const count = Math.min(batch, meta.chunks - requested);
+      const got = await receiveBatch(consumer, count, timeoutMs, opts.signal, writer);
+      opts.signal?.throwIfAborted();
+      if (got === 0 || writer.failed) break;
+      requested += got;
+    }
+    await writer.drain(); // rethrows the first write error
+    if (p.chunksDone < meta.chunks) throw check.missing(p.chunksDone, `none arrived within ${timeoutMs} ms`);
+  } finally {
+    await writer.settled();
+    await sidecar.close();
   }
   return fetched;
 }
 
-/** One pull request for up to `count` messages, each handed to `onChunk` in order; returns how many arrived. */
+/** Runs `write` for each chunk handed to it, one at a time in arrival order; stops at the first failure. */
+class SerialWriter {
+  #tail: Promise<void> = Promise.resolve();
+  #queued = 0;
+  #wake: (() => void)[] = [];
+  failed = false;
+  /** Called once when a write fails (receiveBatch stops waiting for the server then). */
+  onFail: (() => void) | undefined;
+  constructor(private readonly write: (data: Uint8Array, seq: number, pending: number) => Promise<void>) {}
+
+  push(data: Uint8Array, seq: number, pending: number): void {
+    this.#queued++;
+    this.#tail = this.#tail.then(() => this.write(data, seq, pending));
+    this.#tail.then(
+      () => this.#settle(),
+      () => {
+        if (!this.failed) this.onFail?.();
+        this.failed = true;
+        this.#settle();
+      },
+    );
+  }
+
+  #settle(): void {
+    this.#queued--;
+    for (const wake of this.#wake.splice(0)) wake();
+  }
+
+  /** Resolves once at most `n` pushed chunks are still waiting to be written, or one failed. */
+  async backlogAtMost(n: number): Promise<void> {
+    while (this.#queued > n && !this.failed) await new Promise<void>((r) => this.#wake.push(r));
+  }
+
+  /** Resolves when every pushed chunk is written; rejects with the first write error. */
+  drain(): Promise<void> {
+    return this.#tail;
+  }
+
+  /** Waits for the writes in flight without throwing (before the file they write to is closed). */
+  async settled(): Promise<void> {
+    await this.#tail.catch(() => {});
+  }
+}
+
+/** One pull request for up to `count` messages, each handed to `writer` in order; returns how many arrived. */
 async function receiveBatch(
   consumer: Consumer,
   count: number,
   timeoutMs: number,
   signal: AbortSignal | undefined,
-  onChunk: (data: Uint8Array, seq: number, pending: number) => Promise<void>,
+  writer: SerialWriter,
 ): Promise<number> {
   const msgs = await consumer.fetch({ max_messages: count, expires: timeoutMs });
-  // An abort while waiting for the server ends the wait at once instead of after the timeout.
+  // An abort or a failed write ends the wait for the server at once instead of after the timeout.
   const stop = (): void => void msgs.close();
   signal?.addEventListener('abort', stop, { once: true });
+  writer.onFail = stop;
   let got = 0;
   try {
     for await (const m of msgs) {
-      await onChunk(m.data, m.seq, m.info.pending);
+      writer.push(m.data, m.seq, m.info.pending);
       got++;
+      if (m.info.pending === 0 || writer.failed) break; // nothing more will come for this request
     }
   } finally {
+    writer.onFail = undefined;
     signal?.removeEventListener('abort', stop);
   }
   return got;
