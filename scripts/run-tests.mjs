@@ -10,7 +10,7 @@
 // Node 20's runner takes no globs, so the files are collected here; its summary ("# pass N / # fail N")
 // is what CI reads.
 import { readdirSync, statSync, existsSync } from 'node:fs';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join, relative, sep } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -42,10 +42,12 @@ if (chosen.length === 0) {
 }
 
 const testEnv = join(dirname(fileURLToPath(import.meta.url)), 'test-env.sh');
+// Only the container tests run the services image; other runs need not rebuild it after every code change.
+const needsAppImage = chosen.some((f) => relative(dist, f).split(sep).includes('containers'));
 const envScript = (cmd) =>
   spawnSync('bash', [testEnv, cmd, String(process.pid)], {
     stdio: 'inherit',
-    env: { ...process.env, DIST_DIR: dist },
+    env: { ...process.env, DIST_DIR: dist, FEDBIOT_TEST_ENV_APP_IMAGE: needsAppImage ? '1' : '0' },
   });
 
 if (provision) {

@@ -10,7 +10,8 @@
 #        scripts/test-env.sh down [OWNER_PID]   remove Testcontainers containers and stop the dockerd / nats-server
 #                                               that `up` started, once no other live run is using them
 # Environment: DIST_DIR (dist; the app image ships it: run `npm run build` first), CHROMIUM_BIN, NATS_SERVER_BIN,
-#              NATS_URL (a broker elsewhere: nothing is started for 4222), FEDBIOT_TEST_ENV_STATE (state directory).
+#              NATS_URL (a broker elsewhere: nothing is started for 4222), FEDBIOT_TEST_ENV_STATE (state directory),
+#              FEDBIOT_TEST_ENV_APP_IMAGE=0 (skip the services image: run-tests.mjs sets it when no container test runs).
 #
 # Idempotent: what is already there is only checked (about a second when nothing changed). Missing tools come from
 # Debian's apt (`apt-get update` once, then install; root, or passwordless sudo). Anything that cannot be
@@ -139,7 +140,11 @@ up() {
   cd "$REPO_ROOT"
   scripts/build-nats-image.sh || die "scripts/build-nats-image.sh failed"
   scripts/build-node-image.sh || die "scripts/build-node-image.sh failed"
-  scripts/build-app-image.sh || die "scripts/build-app-image.sh failed (run npm run build first)"
+  if [[ "${FEDBIOT_TEST_ENV_APP_IMAGE:-1}" == 1 ]]; then
+    scripts/build-app-image.sh || die "scripts/build-app-image.sh failed (run npm run build first)"
+  else
+    say "services image not needed by the chosen tests; not rebuilt"
+  fi
 
   say "ready in $((SECONDS - T0))s: chromium $chromium, docker $(docker info --format '{{.ServerVersion}} {{.Driver}}') ($dockerd_note), nats $nats"
 }
