@@ -1,7 +1,8 @@
 /**
  * Files to and from the JetStream Object Store without holding a file in memory (the model owner's emulator
  * package: a Hugging Face checkpoint folder of hundreds of MB to tens of GB). Memory use is bounded by the
- * publish window on the way up (8 chunks of at most 1 MiB) and by one fetch batch on the way down (16 chunks).
+ * publish window on the way up (8 chunks of at most 1 MiB) and by two fetch batches on the way down (16 chunks each:
+ * one being written while the next arrives).
  *
  * Layout: the object store's own (object-store.ts): chunks on `$O.<bucket>.C.<nuid>`, the JSON meta entry written
  * last on `$O.<bucket>.M.<base64url name>`, its `digest` the whole file's sha256, so @nats-io/obj and the nats CLI
