@@ -3,7 +3,8 @@
  * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
  */
 import { natsEnvOption } from '../common/env.js';
-import { readFile } from 'node:fs/promises';
+import { publishEmulatorPackage } from '../common/emulator-package.js';
+import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -89,8 +90,17 @@ export class Aggregator implements ServiceRole {
     await Promise.all(ctx.data.clients.map((c) => blobs.ensureBucket(updateBucketName(jobId, c.id))));
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
-    // Base weights once per job; the name keeps a restart from uploading them again.
-    const model = await blobs.put(await readFile(ctx.modelFile), { name: 'base-model' });
+    // The emulator package, never the full model: built once per source, split and dtype, then streamed into the
+    // package bucket; content-addressed, so a restarted aggregator uploads nothing again.
+    const pkg = await publishEmulatorPackage(blobs, state, {
+      jobId,
+      source: spec.model.checkpoint,
+      split: ctx.split,
+      dtype: spec.model.packageDtype,
+      cacheRoot: defaultCacheRoot(),
+      log: (msg, fields) => this.log.info(msg, fields),
+    });
+    const model = pkg.ref;
     const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
     const init = initialLoras(ctx);
     let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };

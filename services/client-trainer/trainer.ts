@@ -9,6 +9,8 @@
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
 import { natsEnvOption } from '../common/env.js';
+import { fetchEmulatorPackage, type FetchedPackage } from '../common/emulator-package.js';
+import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
@@ -38,9 +40,8 @@ import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   clientSeed,
   getBroadcast,
-  openJobContext,
+  openClientContext,
   putLora,
-  sha256File,
   streamSeed,
   updateKey,
   type JobContext,
@@ -81,6 +82,8 @@ export interface TrainerOptions {
    * Unset: a pooled replica that trains any client of the federation.
    */
   readonly clientId?: string;
+  /** Where the fetched emulator package is kept (`<cacheRoot>/packages/<sha256>`). Default FEDBIOT_CACHE. */
+  readonly cacheRoot?: string;
 }
 
 export class ClientTrainer implements ServiceRole {
@@ -94,6 +97,9 @@ export class ClientTrainer implements ServiceRole {
   #consumption: Consumption | undefined;
   #modelSha = '';
   #stopping = false;
+  readonly #abort = new AbortController();
+  #pullingResolve: () => void = () => {};
+  readonly #pullingPromise = new Promise<void>((r) => (this.#pullingResolve = r));
   #loop: Promise<void> = Promise.resolve();
   #ready = false;
 
@@ -107,19 +113,37 @@ export class ClientTrainer implements ServiceRole {
     return this.#ready;
   }
 
+  /**
+   * Connects and returns; the replica then waits for the job, fetches and loads the emulator package and pulls
+   * tasks in the background (ready() turns true once it pulls). Waiting here would let a trainer started before the
+   * aggregator hold up whoever awaits start().
+   */
   async start(): Promise<void> {
+    const jobId = this.opts.spec.job.id;
+    if (!jobId) throw new Error('job.id: required by the distributed runtime');
+    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#loop = this.#run(nc, jobId).catch((e: unknown) => {
+      if (!this.#stopping) this.log.write('error', 'trainer stopped', { error: (e as Error).message });
+    });
+  }
+
+  /** Resolves once the replica pulls tasks (or has stopped); for callers that must know the package is loaded. */
+  get pulling(): Promise<void> {
+    return this.#pullingPromise;
+  }
+
+  async #run(nc: NatsConnection, jobId: string): Promise<void> {
     const clientId = this.opts.clientId;
+    if (clientId !== undefined && !(await this.#jobStarted(nc, jobId, clientId))) return;
+    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    this.metrics.trackBlobs(() => blobs.stats);
+    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
+    const pkg = await this.#fetchPackage(blobs, state);
     // Training sets only; a data owner's replica only its own client's.
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec, {
+    const ctx = (this.#ctx = await openClientContext(this.opts.spec, pkg.dir, {
       parts: ['train'],
       ...(clientId === undefined ? {} : { onlyClients: [clientId] }),
     }));
-    this.#modelSha = await sha256File(ctx.modelFile);
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
-    if (clientId !== undefined && !(await this.#jobStarted(nc, ctx.jobId, clientId))) return;
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
-    this.metrics.trackBlobs(() => blobs.stats);
-    const state = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
     const queue = await WorkQueue.open(nc, {
       jobId: ctx.jobId,
       ...(clientId === undefined ? {} : { clientId }),
@@ -140,18 +164,47 @@ export class ClientTrainer implements ServiceRole {
         }),
     };
     const handler = (task: TrainTask, tc: TaskContext): Promise<void> => this.#train(ctx, nc, blobs, state, task, tc);
+    this.#ready = true;
+    this.#pullingResolve();
     // The pull loop of WorkQueue.consume ends when a pull request fails (e.g. the server restarted and the request
     // timed out); unacked work is redelivered by the server either way. Pull again until stopped.
-    const keepConsuming = async (): Promise<void> => {
-      while (!this.#stopping && !nc.isClosed()) {
-        this.#consumption = await queue.consume(handler, consumeOpts);
-        await this.#consumption.done;
-      }
-    };
-    this.#loop = keepConsuming().catch((e: unknown) => {
-      if (!this.#stopping) this.log.write('error', 'work queue consumption stopped', { error: (e as Error).message });
+    while (!this.#stopping && !nc.isClosed()) {
+      this.#consumption = await queue.consume(handler, consumeOpts);
+      await this.#consumption.done;
+    }
+  }
+
+  /**
+   * No model folder here: the model owner publishes the emulator package, and this replica fetches it once into its
+   * cache (streamed, verified, resumable), logging progress with an ETA every 5 s.
+   */
+  async #fetchPackage(blobs: BlobStore, state: StateStore): Promise<FetchedPackage> {
+    let lastLog = 0;
+    const t0 = Date.now();
+    const pkg = await fetchEmulatorPackage(blobs, state, {
+      cacheRoot: this.opts.cacheRoot ?? defaultCacheRoot(),
+      signal: this.#abort.signal,
+      log: (msg, fields) => this.log.info(msg, fields),
+      onProgress: (done, total) => {
+        if (Date.now() - lastLog < 5000 && done < total) return;
+        lastLog = Date.now();
+        const s = (Date.now() - t0) / 1000;
+        const eta = done > 0 ? ((total - done) * s) / done : NaN;
+        this.log.info('fetching the emulator package', {
+          mib: +(done / 2 ** 20).toFixed(1),
+          ofMib: +(total / 2 ** 20).toFixed(1),
+          etaSeconds: Number.isFinite(eta) ? Math.round(eta) : null,
+        });
+      },
     });
-    this.#ready = true;
+    this.#modelSha = pkg.ref.sha256;
+    this.log.info('emulator package ready', {
+      dir: pkg.dir,
+      layers: pkg.manifest.layers.map((l) => l.source),
+      dtype: pkg.manifest.dtype,
+      fetchedBytes: pkg.bytesFetched,
+    });
+    return pkg;
   }
 
   /**
@@ -191,7 +244,7 @@ export class ClientTrainer implements ServiceRole {
     }
     if (task.model.sha256 !== this.#modelSha)
       throw new Error(
-        `base model mismatch: the task wants ${task.model.sha256}, ${ctx.modelFile} is ${this.#modelSha}`,
+        `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
       );
     const expectedSeed = clientSeed(ctx.spec, round, clientId);
     if (task.training.seed !== expectedSeed)
@@ -275,6 +328,8 @@ export class ClientTrainer implements ServiceRole {
   async stop(): Promise<void> {
     this.#ready = false;
     this.#stopping = true;
+    this.#abort.abort(new Error('trainer stopped'));
+    this.#pullingResolve();
     await this.#consumption?.stop();
     await this.#loop;
     this.#consumption = undefined;

@@ -20,6 +20,7 @@ import {
   PROTOCOL_VERSION,
   StateStore,
   blobBucketName,
+  ownerBucketName,
   connectTransport,
   decodeMessage,
   decodeTensors,
@@ -104,6 +105,7 @@ export class ServerAlignment implements ServiceRole {
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
+    await blobs.ensureBucket(ownerBucketName(ctx.jobId));
     const kv = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
     const stored = (await kv.get(ALIGN_KEY, AlignStateSchema))?.value ?? null;
     const spec = ctx.spec;
@@ -141,8 +143,10 @@ export class ServerAlignment implements ServiceRole {
       let optimizerMeta = null;
       if (opt) {
         const t = stateToTensors(opt, 'optim.');
+        // The owner bucket: optimizer moments are the model owner's, not broadcast to clients.
         optimizer = await blobs.put(
           encodeTensors(new Map([...t.tensors].map(([k, v]) => [k, { shape: [v.length], data: v }]))),
+          { bucket: ownerBucketName(ctx.jobId) },
         );
         optimizerMeta = t.meta;
       }

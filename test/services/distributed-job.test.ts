@@ -8,7 +8,19 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
+import { jobSplit } from '../../libs/fedbiot/src/ports-nats.js';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -64,6 +76,62 @@ function rawSpec(id: string): Record<string, unknown> {
   };
 }
 const spec = (id: string): JobSpec => resolveJobSpec(rawSpec(id), 'services test job');
+/**
+ * A trainer's job spec: model.checkpoint names a folder that does not exist, since a client never holds the model
+ * (it trains on the emulator package the aggregator publishes).
+ */
+const trainerSpec = (s: JobSpec): JobSpec => ({
+  ...s,
+  model: { ...s.model, checkpoint: join(tmp, 'no-model-at-clients') },
+});
+
+/** Every .safetensors file under `dir`, recursively. */
+function safetensorsFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.safetensors'))
+    .map((f) => join(dir, f));
+}
+
+/** sha256 of every tensor of the demo model's layers that `split` drops. */
+async function droppedLayerHashes(): Promise<Set<string>> {
+  const full = join(repoRoot, 'models', 'demo-llama', 'model.safetensors');
+  const s = spec('x');
+  const split = jobSplit(s, 8);
+  const dropped = Array.from({ length: 8 }, (_, i) => i).filter((l) => !split.clientLayers.includes(l));
+  assert.ok(dropped.length > 0, 'the test split drops a layer');
+  const h = await readSafetensorsHeader(full);
+  const out = new Set<string>();
+  for (const name of h.tensors.keys()) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m && dropped.includes(Number(m[1])))
+      out.add(
+        createHash('sha256')
+          .update(readTensorBytesSync(full, name, h))
+          .digest('hex'),
+      );
+  }
+  return out;
+}
+
+/** Asserts no tensor in any safetensors file under `dir` (a client's cache and fetched blobs) is a dropped layer's. */
+async function assertNoDroppedLayer(dir: string): Promise<number> {
+  const dropped = await droppedLayerHashes();
+  let tensors = 0;
+  const files = safetensorsFiles(dir);
+  assert.ok(files.length > 0, `the client cache ${dir} holds the package`);
+  for (const f of files) {
+    const h = await readSafetensorsHeader(f);
+    for (const name of h.tensors.keys()) {
+      tensors++;
+      const sha = createHash('sha256')
+        .update(readTensorBytesSync(f, name, h))
+        .digest('hex');
+      assert.ok(!dropped.has(sha), `${f}: ${name} is a tensor of a dropped layer`);
+    }
+  }
+  return tensors;
+}
 
 before(async () => {
   nats = await startPrivateNats(() => '');
@@ -150,7 +218,16 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     services.push(evaluator);
     const trainers = [];
     for (const replica of ['trainer-a', 'trainer-b']) {
-      const t = await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0);
+      const t = await startService(
+        new ClientTrainer({
+          natsUrl: NATS_URL,
+          spec: trainerSpec(s),
+          replica,
+          logSink: sink,
+          cacheRoot: join(tmp, `${jobId}-${replica}`),
+        }),
+        0,
+      );
       services.push(t);
       trainers.push(t);
     }
@@ -569,7 +646,9 @@ test('data owners: each client trains on its own replica under its own NATS iden
       copyFileSync(join(tmp, 'federation', rel), join(dir, rel));
     }
     const raw = rawSpec(jobId);
-    return resolveJobSpec({ ...raw, data: { ...(raw['data'] as object), federation: dir } }, `${clientId}'s job spec`);
+    return trainerSpec(
+      resolveJobSpec({ ...raw, data: { ...(raw['data'] as object), federation: dir } }, `${clientId}'s job spec`),
+    );
   };
   const logs: LogRecord[] = [];
   const sink = (r: LogRecord): void => void logs.push(r);
@@ -587,6 +666,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
             spec: ownerSpec(clientId),
             clientId,
             logSink: sink,
+            cacheRoot: join(tmp, `${jobId}-owner-${clientId}`, 'cache'),
           }),
           0,
         ),
@@ -611,8 +691,13 @@ test('data owners: each client trains on its own replica under its own NATS iden
     const errors = logs.filter((r) => r.level === 'error');
     assert.deepEqual(errors, [], 'no service logged an error (a permission violation would be one)');
     assert.ok(!/Permissions Violation/i.test(server.log()), 'the server logged no permission violation');
+    // What each data owner's machine holds: its files, its cache; no tensor of a dropped layer anywhere in it.
+    let tensors = 0;
+    for (const clientId of clients) tensors += await assertNoDroppedLayer(join(tmp, `${jobId}-owner-${clientId}`));
     passed = true;
-    console.log(`owners: NATS ${server.via}; max |test loss difference| ${maxDiff.toExponential(2)}`);
+    console.log(
+      `owners: NATS ${server.via}; max |test loss difference| ${maxDiff.toExponential(2)}; ${tensors} tensors at clients, none of a dropped layer`,
+    );
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});

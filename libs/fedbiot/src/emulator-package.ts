@@ -268,8 +268,10 @@ async function writeWeights(
 }
 
 /** Reads and validates a package's manifest; errors name the file and field. */
-export async function readPackageManifest(dir: string): Promise<PackageManifest> {
-  const file = join(resolve(dir), MANIFEST_FILE);
+export async function readPackageManifest(
+  dir: string,
+  file: string = join(resolve(dir), MANIFEST_FILE),
+): Promise<PackageManifest> {
   let raw: unknown;
   try {
     raw = JSON.parse(await readFile(file, 'utf8'));

@@ -29,7 +29,7 @@ export const TEMPLATES = ['auto', 'alpaca', 'chat', 'raw'] as const;
  */
 export const DEFAULTS = {
   job: { seed: 0, method: 'fedbiot' as Method, rounds: 5, outDir: 'runs' },
-  model: { checkpoint: 'models/demo-llama', provider: 'cpu' as const },
+  model: { checkpoint: 'models/demo-llama', provider: 'cpu' as const, packageDtype: 'float32' as const },
   split: { adapterLayers: 2, adapterBottom: 0, offsiteTuningAdapterBottom: 2, dropRate: 0.2 },
   lora: { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] as (typeof LORA_TARGETS)[number][] },
   data: {
@@ -81,6 +81,11 @@ const modelSection = z.strictObject({
   provider: z.enum(['cpu', 'webgpu', 'cuda']).default(D.model.provider),
   /** onnxruntime intra-op threads; absent: the runtime's default. */
   threads: posInt().optional(),
+  /**
+   * Weight dtype of the emulator package shipped to clients in a distributed job: float32 is exact (clients compute
+   * what the standalone job computes); bfloat16 / float16 halve the bytes at a small loss change (README).
+   */
+  packageDtype: z.enum(['float32', 'bfloat16', 'float16']).default(D.model.packageDtype),
 });
 
 const splitSection = z.strictObject({

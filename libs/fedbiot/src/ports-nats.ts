@@ -8,9 +8,6 @@
  *   align:        request on fl.<job>.align (server-alignment replies with the emulator LoRA's blob ref)
  *   evaluate:     request on fl.<job>.round.<r>.evaluate (the evaluator replies with per-client rows)
  */
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
@@ -47,55 +44,91 @@ import { clientStreamSeed, loadFederation, type FederationData, type LoadFederat
 import type { JobSpec } from './job-spec.js';
 import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
 import { splitModel, type ModelSplit } from './split.js';
+import { checkPackageSplit, loadEmulatorPackage } from './emulator-package.js';
 
 /** Everything a service derives from the job spec; identical in every service of a job. */
 export interface JobContext {
   readonly spec: JobSpec;
   /** The protocol job id (spec.job.id). */
   readonly jobId: string;
+  /** The full model on the owner's side; the emulator package (numbered like the full model) at a client. */
   readonly lm: CausalLM;
   readonly data: FederationData;
   readonly split: ModelSplit;
   readonly specs: { adapter: LoraSpec; emulator: LoraSpec };
   readonly clientSettings: ClientSettings;
-  /** Path of the base checkpoint's safetensors file (its sha256 is the job's model ref). */
-  readonly modelFile: string;
 }
 
-/**
- * Loads the model and the federation for `spec`, as runJob does for its main phase. Only method `fedbiot` runs
- * distributed; the baselines stay standalone. `opts` says which data the calling service holds (loadFederation):
- * `onlyClients` for a data owner's trainer, `parts` for each service's share.
- */
-export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions = {}): Promise<JobContext> {
+function checkDistributed(spec: JobSpec): void {
   if (spec.job.method !== 'fedbiot')
     throw new Error(`job.method: the distributed runtime runs fedbiot only, not ${spec.job.method}`);
   if (!spec.job.id)
     throw new Error('job.id: required by the distributed runtime (it names the NATS subjects, streams and buckets)');
+}
+
+/** The job's split of a model of `numLayers` layers (FedBiOT: the top adapter only). */
+export function jobSplit(spec: JobSpec, numLayers: number): ModelSplit {
+  return splitModel({ numLayers, adapterBottom: 0, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate });
+}
+
+async function contextFrom(
+  spec: JobSpec,
+  lm: CausalLM,
+  split: ModelSplit,
+  where: string,
+  opts: LoadFederationOptions,
+): Promise<JobContext> {
+  if (!lm.tokenizer) throw new Error(`${where} has no tokenizer.json`);
+  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot(), opts);
+  return {
+    spec,
+    jobId: spec.job.id!,
+    lm,
+    data,
+    split,
+    specs: loraSpecs(split, spec.lora),
+    clientSettings: clientSettingsFor(spec),
+  };
+}
+
+/**
+ * The model owner's services (aggregator, server-alignment, evaluator): loads the full model and the federation
+ * for `spec`, as runJob does for its main phase. Only method `fedbiot` runs distributed; the baselines stay
+ * standalone. `opts` says which data the calling service holds (loadFederation's `parts`).
+ */
+export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions = {}): Promise<JobContext> {
+  checkDistributed(spec);
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
   });
-  if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
-  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot(), opts);
-  const split = splitModel({
-    numLayers: lm.config.numLayers,
-    adapterBottom: 0,
-    adapterTop: spec.split.adapterLayers,
-    dropRate: spec.split.dropRate,
+  return contextFrom(spec, lm, jobSplit(spec, lm.config.numLayers), `model.checkpoint: ${spec.model.checkpoint}`, opts);
+}
+
+/**
+ * A data owner's trainer: the same context from the emulator package in `packageDir` (fetched and verified by the
+ * caller) instead of the full model, which a client never has. The package must hold exactly the client layers
+ * of the job's split.
+ */
+export async function openClientContext(
+  spec: JobSpec,
+  packageDir: string,
+  opts: LoadFederationOptions = {},
+): Promise<JobContext> {
+  checkDistributed(spec);
+  const { lm, manifest } = await loadEmulatorPackage(packageDir, {
+    provider: spec.model.provider,
+    verify: false,
+    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
   });
-  const specs = loraSpecs(split, spec.lora);
-  const clientSettings = clientSettingsFor(spec);
-  return {
-    spec,
-    jobId: spec.job.id,
-    lm,
-    data,
-    split,
-    specs,
-    clientSettings,
-    modelFile: join(spec.model.checkpoint, 'model.safetensors'),
-  };
+  try {
+    const split = jobSplit(spec, manifest.source.numLayers);
+    checkPackageSplit(manifest, split, packageDir);
+    return await contextFrom(spec, lm, split, `emulator package ${packageDir}`, opts);
+  } catch (e) {
+    await lm.release();
+    throw e;
+  }
 }
 
 /** The initial adapter and emulator LoRA of the job (seeds as in job.ts). */
@@ -116,12 +149,6 @@ export function streamSeed(ctx: JobContext, clientId: string): number {
   const client = ctx.data.clients.find((c) => c.id === clientId);
   if (!client) throw new Error(`client ${clientId} is not in the federation ${ctx.data.source}`);
   return clientStreamSeed(ctx.spec.job.seed, client);
-}
-
-export async function sha256File(path: string): Promise<string> {
-  return createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex');
 }
 
 /** Serialises a LoRA as a safetensors blob; tensors travel flat (the LoraSpec on both ends gives their shapes). */
@@ -277,7 +304,7 @@ export interface NatsPortsOptions {
   readonly state?: StateStore;
   /** Aborting closes the round being collected (its deadline timer too) and fails the port calls. */
   readonly signal?: AbortSignal;
-  /** Blob ref of the base checkpoint (trainers check it against their local copy). */
+  /** Blob ref of the emulator package's manifest (trainers check they hold that package). */
   readonly model: BlobRef;
   /** Updates needed to close a round at the deadline; default every planned client. */
   readonly quorum?: number;

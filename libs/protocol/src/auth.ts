@@ -5,14 +5,15 @@
  *
  * What a client identity `c` can do (everything else is denied by the server):
  *   - publish its update on `fl.<job>.round.*.update.c` only; it cannot subscribe to any update subject;
- *   - write and read only its own KV keys (`update.<r>.c`, `stream.c`): KV reads go through
+ *   - write and read only its own KV keys (`update.<r>.c`, `stream.c`), and read the job's `package` key: KV reads go through
  *     `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, so the key is part of the permission;
  *   - pull its tasks from its own durable consumer `client-c` on the work queue, created through the 2.9
  *     `$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>` form whose filter (`fl.<job>.task.c`) is checked by
  *     the permission, so it cannot see other clients' tasks;
  *   - write its update blobs only to its own update bucket (`updateBucketName(job, c)`, created by the aggregator)
- *     and read only that bucket and the shared broadcast bucket (`blobBucketName(job)`: base model, adapter and
- *     emulator LoRAs), which it cannot write. Object-store reads go through `$JS.API.STREAM.MSG.GET.OBJ_<bucket>`
+ *     and read only that bucket, the shared broadcast bucket (`blobBucketName(job)`: each round's adapter and
+ *     emulator LoRAs) and the package bucket (`packageBucketName(job)`), which it cannot write; the owner bucket
+ *     (`ownerBucketName(job)`: alignment optimizer state) it cannot read. Object-store reads go through `$JS.API.STREAM.MSG.GET.OBJ_<bucket>`
  *     with the subject in the body, so one bucket is the finest grain a permission can grant; hence one bucket
  *     per client, and other clients' update buckets are not readable at all (not even message by message);
  *   - receive replies only on its own inbox prefix (`inboxPrefixOf(identity)`, pass it as nats.js `inboxPrefix`):
@@ -21,7 +22,8 @@
  *
  * What stays broad, and why:
  *   - Blobs within a bucket: a client may read every blob of the shared bucket (all of it is broadcast to every
- *     client anyway) and write any name in its own update bucket (chunk subjects are random nuids, meta subjects
+ *     client anyway) and of the package bucket (the emulator package: embeddings, kept emulator layers, adapter
+ *     layers, head; never a dropped layer, since the full checkpoint never enters NATS) and write any name in its own update bucket (chunk subjects are random nuids, meta subjects
  *     derive from the content's sha256, so they cannot be scoped in advance); it may purge its own bucket. A
  *     forged or overwritten entry fails sha256 verification on download (IntegrityError), and the aggregator
  *     accepts an update ref only in the sender's own bucket (or the shared one), so a client can spoil only its
@@ -41,8 +43,11 @@ import {
   SUBJECT_ROOT,
   assertClientId,
   assertJobId,
+  PACKAGE_KEY,
   blobBucketName,
   clientConsumerName,
+  ownerBucketName,
+  packageBucketName,
   stateBucketName,
   taskPattern,
   taskStreamName,
@@ -109,12 +114,8 @@ export function inboxPrefixOf(name: string): string {
  */
 function serviceJetStream(jobId: string, updateClients: readonly string[]): string[] {
   const updates = updateClients.map((c) => updateBucketName(jobId, c));
-  const streams = [
-    taskStreamName(jobId),
-    `KV_${stateBucketName(jobId)}`,
-    `OBJ_${blobBucketName(jobId)}`,
-    ...updates.map((b) => `OBJ_${b}`),
-  ];
+  const buckets = [blobBucketName(jobId), packageBucketName(jobId), ownerBucketName(jobId), ...updates];
+  const streams = [taskStreamName(jobId), `KV_${stateBucketName(jobId)}`, ...buckets.map((b) => `OBJ_${b}`)];
   return [
     '$JS.API.INFO',
     // STREAM.NAMES is how the object store and KV check for an existing bucket; it lists names only.
@@ -131,8 +132,7 @@ function serviceJetStream(jobId: string, updateClients: readonly string[]): stri
       `$JS.FC.${s}.>`,
     ]),
     `$KV.${stateBucketName(jobId)}.>`,
-    `$O.${blobBucketName(jobId)}.>`,
-    ...updates.map((b) => `$O.${b}.>`),
+    ...buckets.map((b) => `$O.${b}.>`),
   ];
 }
 
@@ -183,12 +183,16 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
         `$KV.${kv}.stream.${c}`,
         `$JS.API.DIRECT.GET.${kvStream}.$KV.${kv}.update.*.${c}`,
         `$JS.API.DIRECT.GET.${kvStream}.$KV.${kv}.stream.${c}`,
+        // The job's emulator package ref (PACKAGE_KEY), the one shared key a client reads.
+        `$JS.API.DIRECT.GET.${kvStream}.$KV.${kv}.${PACKAGE_KEY}`,
         `$JS.API.CONSUMER.CREATE.${tasks}.${consumer}.${taskPattern(j).slice(0, -1)}${c}`,
         `$JS.API.CONSUMER.INFO.${tasks}.${consumer}`,
         `$JS.API.CONSUMER.MSG.NEXT.${tasks}.${consumer}`,
         `$JS.ACK.${tasks}.${consumer}.>`,
-        // Broadcast blobs (base model, adapter, emulator LoRA): read only.
+        // Broadcast blobs (each round's adapter and emulator LoRA) and the emulator package: read only. Not the
+        // owner bucket (alignment optimizer state): no grant names it.
         ...bucketRead(blobBucketName(j)),
+        ...bucketRead(packageBucketName(j)),
         // Its own update bucket (created by the aggregator): read and write; no other client's.
         ...bucketRead(updateBucketName(j, c)),
         ...bucketWrite(updateBucketName(j, c)),

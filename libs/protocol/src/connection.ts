@@ -6,7 +6,14 @@ import { connect, type NatsConnection, type NodeConnectionOptions } from '@nats-
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager, type StreamConfig } from '@nats-io/jetstream';
 import { transportSecurityFromEnv, redactServers } from './credentials.js';
 import { TransportUnavailableError } from './errors.js';
-import { blobBucketName, stateBucketName, taskStreamName, updateBucketPrefix } from './subjects.js';
+import {
+  blobBucketName,
+  stateBucketName,
+  taskStreamName,
+  updateBucketPrefix,
+  ownerBucketName,
+  packageBucketName,
+} from './subjects.js';
 
 /**
  * Connects and checks that JetStream answers. Throws TransportUnavailableError naming the servers (userinfo
@@ -62,6 +69,8 @@ export async function deleteJobResources(nc: NatsConnection, jobId: string): Pro
     taskStreamName(jobId),
     `KV_${stateBucketName(jobId)}`,
     `OBJ_${blobBucketName(jobId)}`,
+    `OBJ_${packageBucketName(jobId)}`,
+    `OBJ_${ownerBucketName(jobId)}`,
     ...updates,
   ]) {
     try {

@@ -55,6 +55,27 @@ export const BlobRefSchema = z.strictObject({
 });
 export type BlobRef = z.infer<typeof BlobRefSchema>;
 
+/**
+ * KV `package` (PACKAGE_KEY): the job's emulator package, one object per file in the package bucket. `manifest` is
+ * the package's emulator_manifest.json (per-file sha256s, layer map, split); trainers fetch every file, check it
+ * against the manifest, and load the folder.
+ */
+export const PackageRefSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  manifest: BlobRefSchema,
+  files: z
+    .array(
+      z.strictObject({
+        /** A plain file name inside the package folder. */
+        path: z.string().regex(/^[\w][\w.-]{0,200}$/, 'a plain file name'),
+        ref: BlobRefSchema,
+      }),
+    )
+    .min(1),
+});
+export type PackageRef = z.infer<typeof PackageRefSchema>;
+
 /** Client-side training settings of one round. */
 export const TrainingConfigSchema = z.strictObject({
   /** K: AdamW steps per client per round. */
@@ -79,7 +100,7 @@ export const RoundPlanSchema = z
     quorum: z.int().min(1),
     /** When the aggregator stops waiting (epoch ms). */
     deadlineAt: epochMs,
-    /** Frozen weights of the compressed model (emulator + adapter layers); the same ref every round, cached. */
+    /** The emulator package's manifest (emulator + adapter layers; never the full model): the same every round. */
     model: BlobRefSchema,
     adapterLora: BlobRefSchema,
     emulatorLora: BlobRefSchema,
@@ -102,6 +123,7 @@ export const TrainTaskSchema = z.strictObject({
   jobId: id,
   round,
   clientId: id,
+  /** The emulator package's manifest; the trainer checks it holds that package. */
   model: BlobRefSchema,
   adapterLora: BlobRefSchema,
   emulatorLora: BlobRefSchema,
@@ -193,6 +215,7 @@ export const JobStateSchema = z.strictObject({
   totalRounds: z.int().min(1),
   /** -1 before the first round completes. */
   lastCompletedRound: z.int().min(-1),
+  /** The emulator package's manifest. */
   model: BlobRefSchema.nullable(),
   /** Global adapter LoRA after `lastCompletedRound` (null before round 0 is aggregated). */
   adapterLora: BlobRefSchema.nullable(),

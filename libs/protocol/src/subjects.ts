@@ -148,10 +148,26 @@ export function stateBucketName<J extends string>(jobId: J) {
   return `fl-state-${assertJobId(jobId)}` as const;
 }
 
-/** Object-store bucket with the job's blobs (base weights, LoRA tensors), content-addressed by sha256. */
+/**
+ * Object-store bucket with the job's broadcast blobs (each round's adapter and emulator LoRA), content-addressed by
+ * sha256: every client may read it, so it holds nothing a client should not see.
+ */
 export function blobBucketName<J extends string>(jobId: J) {
   return `fl-blobs-${assertJobId(jobId)}` as const;
 }
+
+/** Object-store bucket with the job's emulator package files (the only weights a client receives); clients read it. */
+export function packageBucketName<J extends string>(jobId: J) {
+  return `fl-package-${assertJobId(jobId)}` as const;
+}
+
+/** Object-store bucket of the model owner's own state (alignment optimizer state); no client identity may read it. */
+export function ownerBucketName<J extends string>(jobId: J) {
+  return `fl-owner-${assertJobId(jobId)}` as const;
+}
+
+/** KV key (state bucket) of the job's emulator package: a PackageRef, readable by every client identity. */
+export const PACKAGE_KEY = 'package' as const;
 
 /**
  * Object-store bucket that only client `clientId` writes its update blobs to (`fl-updates-<len(job)>-<job>-<client>`).

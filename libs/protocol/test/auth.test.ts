@@ -6,7 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { z } from 'zod';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspect } from 'node:util';
@@ -15,11 +16,26 @@ import { jetstreamManager, AckPolicy } from '@nats-io/jetstream';
 import { generateJobAuth, clientConsumerName, type NatsIdentity } from '../src/auth.js';
 import { connectTransport } from '../src/connection.js';
 import { transportSecurityFromEnv, redactServers, CredentialsError } from '../src/credentials.js';
-import { ClientUpdateSchema, decodeMessage, encodeMessage } from '../src/messages.js';
+import {
+  ClientUpdateSchema,
+  PROTOCOL_VERSION,
+  PackageRefSchema,
+  decodeMessage,
+  encodeMessage,
+} from '../src/messages.js';
 import { StateStore } from '../src/state-store.js';
 import { BlobStore } from '../src/blob-store.js';
 import { WorkQueue } from '../src/work-queue.js';
-import { blobBucketName, stateBucketName, taskStreamName, updateBucketName, updateSubject } from '../src/subjects.js';
+import {
+  PACKAGE_KEY,
+  blobBucketName,
+  ownerBucketName,
+  packageBucketName,
+  stateBucketName,
+  taskStreamName,
+  updateBucketName,
+  updateSubject,
+} from '../src/subjects.js';
 import { task, update } from './fixtures.js';
 import { waitFor } from './support/nats.js';
 import {
@@ -246,6 +262,56 @@ describe('per-client permissions on a private nats-server', { skip }, () => {
     } finally {
       await bob.nc.close();
     }
+  });
+
+  test("the model owner's side: alice reads the emulator package and its key, nothing of the owner's state", async () => {
+    const aggBlobs = await BlobStore.open(agg.nc, { bucket: blobBucketName(JOB), storage: 'memory' });
+    const aggState = await StateStore.open(agg.nc, { bucket: stateBucketName(JOB), storage: 'memory' });
+    for (const b of [packageBucketName(JOB), ownerBucketName(JOB)]) await aggBlobs.ensureBucket(b);
+    const weights = new Uint8Array(200_000).map((_, i) => (i * 11) % 251);
+    const pkgRef = await aggBlobs.put(weights, { bucket: packageBucketName(JOB) });
+    const optRef = await aggBlobs.put(
+      weights.map((v) => 255 - v),
+      { bucket: ownerBucketName(JOB) },
+    );
+    const pkgKey = {
+      protocolVersion: PROTOCOL_VERSION,
+      jobId: JOB,
+      manifest: pkgRef,
+      files: [{ path: 'model.safetensors', ref: pkgRef }],
+    };
+    await aggState.put(PACKAGE_KEY, PackageRefSchema, pkgKey);
+    await aggState.put('align', z.unknown(), { optimizer: optRef });
+    await aggState.put('job', z.unknown(), { status: 'running' });
+
+    const blobs = await BlobStore.open(alice.nc, { bucket: blobBucketName(JOB) });
+    const state = await StateStore.open(alice.nc, { bucket: stateBucketName(JOB) });
+    // Allowed: the package (streamed to a file, too) and the package key.
+    assert.deepEqual(await blobs.get(pkgRef), weights);
+    const dir = await mkdtemp(join(tmpdir(), 'auth-pkg-'));
+    try {
+      await blobs.getFile(pkgRef, join(dir, 'model.safetensors'));
+      assert.deepEqual(new Uint8Array(await readFile(join(dir, 'model.safetensors'))), weights);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    assert.deepEqual((await state.get(PACKAGE_KEY, PackageRefSchema))?.value, pkgKey);
+    // Denied by the server: the owner bucket (read, raw read, write), the owner's KV keys, writes to the package.
+    await assert.rejects(blobs.get(optRef));
+    await assert.rejects(
+      alice.nc.request(`$JS.API.STREAM.MSG.GET.OBJ_${ownerBucketName(JOB)}`, JSON.stringify({ seq: 1 }), {
+        timeout: 2000,
+      }),
+    );
+    await waitFor('the denial of the owner bucket', () =>
+      alice.denials.some((d) => d.subject === `$JS.API.STREAM.MSG.GET.OBJ_${ownerBucketName(JOB)}`),
+    );
+    await assert.rejects(blobs.put(new Uint8Array([1, 2, 3]), { bucket: ownerBucketName(JOB) }));
+    await assert.rejects(blobs.put(new Uint8Array([1, 2, 3]), { bucket: packageBucketName(JOB) }));
+    await assert.rejects(state.get('align', z.unknown()));
+    await assert.rejects(state.get('job', z.unknown()));
+    await assert.rejects(state.put(PACKAGE_KEY, PackageRefSchema, pkgKey));
+    assert.deepEqual(agg.denials, []);
   });
 });
 
