@@ -9,22 +9,23 @@ const peer = JSON.parse(readFileSync(peerFile, 'utf8'));
 const rows = [];
 for (const p of peer) {
   const model = p.case.replace('-client-top2', '');
-  const provider = p.device === 'cuda' ? 'webgpu' : 'cpu';
+  // The CUDA peer is set against each of our GPU providers present (webgpu, cuda, ...), the CPU peer against cpu.
+  const mine = (r) => (p.device === 'cuda' ? r.provider !== 'cpu' : r.provider === 'cpu');
   for (const variant of ['full-prefix-step', 'client-step']) {
-    const o = ours.find((r) => r.case === `${model}-${variant}` && r.provider === provider);
-    if (!o) continue;
-    rows.push({
-      case: `${model}-${variant}`,
-      ours_provider: provider,
-      peer_device: p.device === 'cuda' ? 'cuda fp32' : `cpu ${p.threads} threads`,
-      ours_ms: o.ms_per_step,
-      peer_ms: p.ms_per_step,
-      speed_ratio: +(p.ms_per_step / o.ms_per_step).toFixed(3),
-      ours_peak_rss_mib: o.peak_rss_mib,
-      peer_peak_gpu_mib: p.peak_gpu_mib,
-      machine: o.machine,
-      date: o.date,
-    });
+    for (const o of ours.filter((r) => r.case === `${model}-${variant}` && mine(r))) {
+      rows.push({
+        case: `${model}-${variant}`,
+        ours_provider: o.provider,
+        peer_device: p.device === 'cuda' ? 'cuda fp32' : `cpu ${p.threads} threads`,
+        ours_ms: o.ms_per_step,
+        peer_ms: p.ms_per_step,
+        speed_ratio: +(p.ms_per_step / o.ms_per_step).toFixed(3),
+        ours_peak_rss_mib: o.peak_rss_mib,
+        peer_peak_gpu_mib: p.peak_gpu_mib,
+        machine: o.machine,
+        date: o.date,
+      });
+    }
   }
 }
 for (const o of ours.filter((r) => r.task === 'align'))

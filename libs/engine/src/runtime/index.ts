@@ -25,4 +25,15 @@ export {
 } from './session-options.js';
 export { openRunner, RunnerError, type ModelRunner, type ModelSource, type OpenRunnerOptions } from './session.js';
 export { resolveFetches, validateFeeds, type TensorSignature } from './signature.js';
+export {
+  CUDA_INSTALL_HINT,
+  CUDA_PROVIDER_FILES,
+  CUDA_PROVIDER_MARKER,
+  diagnoseCuda,
+  elfNeeded,
+  libraryLoadProblem,
+  ortBinaryDir,
+  ortVersion,
+  type CudaDiagnosis,
+} from './cuda-libs.js';
 export { BucketCache, pickBucket, type BucketCacheOptions } from './buckets.js';

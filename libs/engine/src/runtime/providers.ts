@@ -1,11 +1,12 @@
 import * as ort from 'onnxruntime-node';
 import type { IrModel } from '../ir.js';
 import { encodeModel } from '../onnx/serialize.js';
+import { CUDA_INSTALL_HINT, diagnoseCuda } from './cuda-libs.js';
 
 /**
  * Execution providers the engine can ask onnxruntime-node for. `cpu` is always there; `webgpu` is bundled but needs
- * a Vulkan driver and adapter; `cuda` needs provider libraries that onnxruntime-node downloads from NuGet at install
- * time (engine notes §0, §3).
+ * a Vulkan driver and adapter; `cuda` needs two provider libraries in onnxruntime-node's folder (`npm run
+ * setup:cuda`, or onnxruntime-node's own NuGet download) and the CUDA libraries they link against (cuda-libs.ts).
  */
 export type ExecutionProvider = 'cpu' | 'webgpu' | 'cuda';
 
@@ -14,9 +15,31 @@ export const EXECUTION_PROVIDERS: readonly ExecutionProvider[] = ['cpu', 'webgpu
 /** What usually fixes each provider's failure; appended to ORT's terse reason. */
 const HINTS: Readonly<Record<ExecutionProvider, string>> = {
   cpu: '',
-  cuda: 'onnxruntime-node downloads its CUDA 12 provider libraries from NuGet at install time; reinstall it where NuGet is reachable, on a machine with CUDA 12 and cuDNN 9',
+  cuda: CUDA_INSTALL_HINT,
   webgpu: 'the WebGPU provider (Dawn) needs a Vulkan loader (libvulkan.so.1) and a GPU driver that offers an adapter',
 };
+
+let cudaHint: string | undefined;
+
+/**
+ * The hint for a failed provider. For CUDA, ORT says only "Failed to load shared library", so this names the file:
+ * a provider library missing from onnxruntime-node's folder, or a CUDA library the loader cannot find (cuda-libs.ts).
+ */
+function hintFor(provider: ExecutionProvider): string {
+  if (provider !== 'cuda') return HINTS[provider];
+  if (cudaHint === undefined) {
+    let found: string | undefined;
+    try {
+      found = diagnoseCuda().summary;
+    } catch (e) {
+      found = `could not inspect the CUDA provider libraries: ${e instanceof Error ? e.message : String(e)}`;
+    }
+    cudaHint =
+      (found ?? 'the provider and CUDA libraries all load, so the GPU or its driver failed (check nvidia-smi)') +
+      `; ${HINTS.cuda}`;
+  }
+  return cudaHint;
+}
 
 /** Thrown by {@link resolveProvider} when a provider cannot create a session and fallback is off. */
 export class ProviderUnavailableError extends Error {
@@ -26,7 +49,7 @@ export class ProviderUnavailableError extends Error {
   override readonly cause: Error;
 
   constructor(provider: ExecutionProvider, cause: Error) {
-    super(`execution provider '${provider}' is unavailable: ${cause.message.trim()} (${HINTS[provider]})`);
+    super(`execution provider '${provider}' is unavailable: ${cause.message.trim()} (${hintFor(provider)})`);
     this.provider = provider;
     this.cause = cause;
   }
@@ -125,7 +148,7 @@ export async function resolveProvider(
     warned.add(requested);
     (opts.warn ?? console.warn)(
       `onnxruntime execution provider '${requested}' is unavailable, falling back to cpu. ORT said: ` +
-        `${problem.message.trim()} (${HINTS[requested]})`,
+        `${problem.message.trim()} (${hintFor(requested)})`,
     );
   }
   return 'cpu';
