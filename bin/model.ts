@@ -3,10 +3,22 @@
  *   generate --model DIR [--adapter DIR] (--prompt TEXT | --chat JSON) [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S]
  *   eval     --model DIR [--adapter DIR] --data FILE.jsonl|.txt [--max-length N] [--batch B]
  *   inspect  --model DIR
+ *   package  --model DIR --out DIR [--adapter-layers 2] [--drop-rate 0.2] [--dtype float32|bfloat16|float16] [--job ID]
+ * --model may be an emulator package (a folder with emulator_manifest.json) for generate, eval and inspect.
  */
 import { readPeftAdapter } from '../libs/model/src/peft.js';
 import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
 import { fromPeftAdapter } from '../libs/model/src/adapters.js';
+import {
+  PACKAGE_DTYPES,
+  buildEmulatorPackage,
+  isEmulatorPackage,
+  loadEmulatorPackage,
+  type PackageDtype,
+  type PackageManifest,
+} from '../libs/fedbiot/src/emulator-package.js';
+import { splitModel } from '../libs/fedbiot/src/split.js';
+import { openCheckpoint } from '../libs/model/src/checkpoint.js';
 import { chunkCorpus, readDataset, tokenizeExample, type TokenizedExample } from '../libs/data/src/index.js';
 import { chunks, toTokenBatch } from '../libs/fedbiot/src/batches.js';
 import type { ExecutionProvider } from '../libs/engine/src/index.js';
@@ -22,11 +34,16 @@ const need = (name: string): string => {
   return v;
 };
 
-async function open(): Promise<{ lm: CausalLM; loras: LoraWeights[] }> {
-  const lm = await CausalLM.load(need('model'), {
-    provider: (opt('provider') ?? 'cpu') as ExecutionProvider,
-    thread: 'main',
-  });
+/**
+ * The model of --model: a Hugging Face folder, or an emulator package (verified, numbered like its source model,
+ * so an adapter of the full model applies to it unchanged).
+ */
+async function open(): Promise<{ lm: CausalLM; loras: LoraWeights[]; pkg?: PackageManifest }> {
+  const dir = need('model');
+  const options = { provider: (opt('provider') ?? 'cpu') as ExecutionProvider, thread: 'main' as const };
+  const { lm, manifest } = isEmulatorPackage(dir)
+    ? await loadEmulatorPackage(dir, options)
+    : { lm: await CausalLM.load(dir, options), manifest: undefined };
   const adapterDir = opt('adapter');
   const loras = adapterDir
     ? [
@@ -35,15 +52,16 @@ async function open(): Promise<{ lm: CausalLM; loras: LoraWeights[] }> {
           lm.config,
           'default',
           `${adapterDir}/adapter_model.safetensors`,
+          lm.allLayers,
         ),
       ]
     : [];
-  return { lm, loras };
+  return { lm, loras, ...(manifest ? { pkg: manifest } : {}) };
 }
 
 async function main(): Promise<void> {
   if (command === 'inspect') {
-    const { lm } = await open();
+    const { lm, pkg } = await open();
     const c = lm.config;
     const params = lm.checkpoint!.parameterCount();
     const rows: [string, string][] = [
@@ -64,7 +82,25 @@ async function main(): Promise<void> {
         lm.tokenizer ? `${lm.tokenizer.vocabSize} tokens, chat template: ${lm.tokenizer.hasChatTemplate}` : 'none',
       ],
     ];
-    for (const [k, v] of rows) console.log(`${k.padEnd(34)} ${v}`);
+    if (pkg)
+      rows.push(
+        ['emulator package of job', pkg.jobId],
+        [
+          'source model',
+          `${pkg.source.modelType}, ${pkg.source.numLayers} layers, sha256 ${pkg.source.sha256.slice(0, 16)}…`,
+        ],
+        [
+          'layers held (source numbering)',
+          pkg.layers.map((l) => `${l.source}${l.role === 'adapter' ? '*' : ''}`).join(' ') + '  (* adapter)',
+        ],
+        ['dropped layers (not in the package)', pkg.droppedLayers.join(' ') || 'none'],
+        ['package dtype', pkg.dtype],
+        [
+          'package bytes',
+          `${(pkg.files.reduce((a, f) => a + f.bytes, 0) / 2 ** 20).toFixed(1)} MiB in ${pkg.files.length} files`,
+        ],
+      );
+    for (const [k, v] of rows) console.log(`${k.padEnd(36)} ${v}`);
     await lm.release();
     return;
   }
@@ -124,7 +160,30 @@ async function main(): Promise<void> {
     }
     return;
   }
-  console.error('usage: npm run model -- generate|eval|inspect --model DIR [...] (see bin/model.ts)');
+  if (command === 'package') {
+    // The model owner's step: cut the emulator package a job would ship (the aggregator does the same at job start).
+    const source = need('model');
+    const { config } = await openCheckpoint(source);
+    const split = splitModel({
+      numLayers: config.numLayers,
+      adapterBottom: 0,
+      adapterTop: Number(opt('adapter-layers') ?? 2),
+      dropRate: Number(opt('drop-rate') ?? 0.2),
+    });
+    const dtype = (opt('dtype') ?? 'float32') as PackageDtype;
+    if (!(PACKAGE_DTYPES as readonly string[]).includes(dtype))
+      throw new Error(`--dtype: ${dtype} is not one of ${PACKAGE_DTYPES.join(', ')}`);
+    const t0 = performance.now();
+    const m = await buildEmulatorPackage({ source, split, jobId: opt('job') ?? 'local', out: need('out'), dtype });
+    const bytes = m.files.reduce((a, f) => a + f.bytes, 0);
+    console.log(
+      `emulator package ${need('out')}: layers ${m.layers.map((l) => l.source).join(',')} of ${m.source.numLayers} ` +
+        `(dropped ${m.droppedLayers.join(',') || 'none'}), ${dtype}, ${(bytes / 2 ** 20).toFixed(1)} MiB, ` +
+        `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
+    return;
+  }
+  console.error('usage: npm run model -- generate|eval|inspect|package --model DIR [...] (see bin/model.ts)');
   process.exit(2);
 }
 

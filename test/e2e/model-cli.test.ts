@@ -109,3 +109,40 @@ test('a missing model folder is a clear error', () => {
   assert.equal(r.status, 1);
   assert.match(r.stderr, /\/nonexistent\/model/);
 });
+
+test('package cuts an emulator package that inspect, eval and generate open; bf16 halves the bytes', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-pkg-'));
+  try {
+    const demo = join(repoRoot, 'models', 'demo-llama');
+    const f32 = join(dir, 'f32');
+    const bf16 = join(dir, 'bf16');
+    const p = run('package', '--model', demo, '--out', f32, '--drop-rate', '0.5');
+    assert.equal(p.status, 0, p.stderr);
+    assert.match(p.stdout, /layers 0,2,5,6,7 of 8 \(dropped 1,3,4\), float32/);
+    assert.equal(run('package', '--model', demo, '--out', bf16, '--drop-rate', '0.5', '--dtype', 'bfloat16').status, 0);
+    const i = run('inspect', '--model', bf16);
+    assert.equal(i.status, 0, i.stderr);
+    assert.match(i.stdout, /layers\s+5\n/);
+    assert.match(i.stdout, /dropped layers \(not in the package\)\s+1 3 4/);
+    assert.match(i.stdout, /package dtype\s+bfloat16/);
+    const mib = (s: string): number => Number(/package bytes\s+([\d.]+) MiB/.exec(s)![1]);
+    const i32 = run('inspect', '--model', f32);
+    assert.ok(mib(i.stdout) < 0.55 * mib(i32.stdout), `${mib(i.stdout)} vs ${mib(i32.stdout)} MiB`);
+    writeFileSync(join(dir, 'corpus.txt'), 'The number 52 is read as fifty-two.\n\nThere are 17 lamps on the bench.\n');
+    const loss = (model: string): number => {
+      const r = run('eval', '--model', model, '--data', join(dir, 'corpus.txt'), '--max-length', '32');
+      assert.equal(r.status, 0, r.stderr);
+      return Number(r.stdout.trim().split('\n').at(-1)!.split('|')[3]);
+    };
+    const [l32, l16] = [loss(f32), loss(bf16)];
+    assert.ok(Math.abs(l16 - l32) / l32 < 0.01, `bf16 package loss ${l16} vs float32 ${l32}`);
+    const g = run('generate', '--model', f32, '--prompt', 'The number 52 is', '--max-new-tokens', '4');
+    assert.equal(g.status, 0, g.stderr);
+    // A source folder that is not a model is named.
+    const bad = run('package', '--model', join(dir, 'missing'), '--out', join(dir, 'x'));
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /config\.json/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
