@@ -23,6 +23,10 @@
 //                  within the rendered set (Secrets may be provided out of band and are not checked)
 //   keda           nats-jetstream triggers name endpoint, stream and consumer; the stream is
 //                  FL_TASKS_<job.id> of the job spec ConfigMap when one is rendered
+//   model-at-client  a data owner's trainer pod (label app.kubernetes.io/component: training) mounts
+//                  no volume that holds model weights: no PersistentVolumeClaim labelled
+//                  fedbiot.io/model-weights=true, no hostPath; trainers receive the emulator package
+//                  over NATS and keep it in their own cache (an emptyDir)
 // Warnings (never fail): Secrets annotated fedbiot.io/example-credentials=true.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -279,7 +283,21 @@ function policyIssues(o, ctx) {
       issues.push(...checkSecurity(pod.spec, c, where));
       if (!init) issues.push(...checkProbes(c, where, nats));
     }
+    const trainer = pod.labels?.['app.kubernetes.io/component'] === 'training';
     for (const v of pod.spec.volumes ?? []) {
+      const claimName = v.persistentVolumeClaim?.claimName;
+      if (trainer && claimName && ctx.modelClaims.has(claimName)) {
+        issues.push({
+          rule: 'model-at-client',
+          message: `volume ${v.name}: a trainer mounts PersistentVolumeClaim ${claimName}, which holds model weights (fedbiot.io/model-weights); trainers get only the emulator package, over NATS`,
+        });
+      }
+      if (trainer && v.hostPath) {
+        issues.push({
+          rule: 'model-at-client',
+          message: `volume ${v.name}: a trainer mounts hostPath ${v.hostPath.path}; trainers keep only their own cache (emptyDir)`,
+        });
+      }
       if (v.configMap && !ctx.names.ConfigMap.has(v.configMap.name) && v.configMap.optional !== true) {
         issues.push({
           rule: 'reference',
@@ -342,9 +360,12 @@ function warningsOf(o) {
 function contextOf(objects) {
   const names = new Proxy({}, { get: (t, k) => (t[k] ??= new Set()) });
   const podLabels = [];
+  const modelClaims = new Set();
   let jobId;
   for (const o of objects) {
     if (o?.kind && o.metadata?.name) names[o.kind].add(o.metadata.name);
+    if (o?.kind === 'PersistentVolumeClaim' && o.metadata?.labels?.['fedbiot.io/model-weights'] === 'true')
+      modelClaims.add(o.metadata.name);
     if (o?.kind === 'StatefulSet') {
       for (const t of o.spec?.volumeClaimTemplates ?? [])
         if (t.metadata?.name) names.PersistentVolumeClaim.add(t.metadata.name);
@@ -360,7 +381,7 @@ function contextOf(objects) {
       }
     }
   }
-  return { names, podLabels, jobId };
+  return { names, podLabels, jobId, modelClaims };
 }
 
 /** Validates the objects of one rendered set. */

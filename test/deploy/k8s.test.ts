@@ -167,7 +167,14 @@ test('the services get the runtime contract: env, job spec, credentials, cache, 
       assert.ok(secret.metadata.name.startsWith(`nats-creds-${name}-`), where);
       assert.ok(mountAt('/tmp').emptyDir, `${where}: /tmp must be an emptyDir (read-only root)`);
       const cache = mountAt('/var/cache/fedbiot');
-      if (name === 'client-trainer') assert.equal(cache.persistentVolumeClaim.claimName, 'model-cache', where);
+      // Trainers keep their own cache (the fetched emulator package); only the owner's services mount the model.
+      if (name === 'client-trainer') {
+        assert.ok(cache.emptyDir, `${where}: the trainer cache is an emptyDir`);
+        assert.ok(
+          pod.volumes.every((v: K8s) => v.persistentVolumeClaim?.claimName !== 'model-cache'),
+          `${where}: a trainer mounts the model volume`,
+        );
+      } else assert.equal(cache.persistentVolumeClaim.claimName, 'model-cache', where);
       if (name !== 'client-trainer')
         assert.equal(mountAt('/var/lib/fedbiot').persistentVolumeClaim.claimName, 'fedbiot-runs', where);
     }
@@ -303,7 +310,11 @@ test('a broken manifest set fails, with each defect named on its object', () => 
   ]);
   expect('Deployment/replica-typo', [/^unknown-field: spec\.replica is not a field of DeploymentSpec$/]);
   expect('ScaledObject/numeric-lag', [/^schema: \/spec\/triggers\/0\/metadata\/lagThreshold must be string$/]);
-  assert.equal(target!.objects.length, 7);
+  expect('PersistentVolumeClaim/owner-model', []);
+  expect('Deployment/trainer-with-model', [
+    /^model-at-client: volume model: a trainer mounts PersistentVolumeClaim owner-model, which holds model weights/,
+  ]);
+  assert.equal(target!.objects.length, 9);
 });
 
 test('the NATS TLS component renders, validates and mounts the CA for every service', () => {
