@@ -2,8 +2,8 @@
 // `npm run setup:cuda`: installs onnxruntime-node's CUDA execution provider from the npm registry.
 //
 // onnxruntime-node ships the CPU and WebGPU providers; its CUDA provider (two shared libraries) is downloaded by its
-// install script from a NuGet feed (`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci`, CUDA 12 + cuDNN 9), which this
-// project's .npmrc skips because only the npm registry is reachable here. Microsoft's prebuilt CUDA 13 provider
+// install script from a NuGet feed (`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --ignore-scripts=false`, CUDA 12 +
+// cuDNN 9), which this project's .npmrc skips because only the npm registry is reachable here. Microsoft's prebuilt CUDA 13 provider
 // libraries of the same onnxruntime release are also published on npm, inside a Unity package
 // (com.github.asus4.onnxruntime.linux-x64-gpu); this script takes the two libraries from there and puts them where
 // onnxruntime-node loads them from (node_modules/onnxruntime-node/bin/napi-v6/linux/x64/). The provider and
@@ -85,7 +85,7 @@ if (!existsSync(join(binDir, 'onnxruntime_binding.node'))) fail(`no onnxruntime-
 
 const official =
   'where NuGet is reachable, the official route works for any onnxruntime-node version: ' +
-  '`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci` (needs CUDA 12 and cuDNN 9 on the machine).';
+  '`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --ignore-scripts=false` (needs CUDA 12 and cuDNN 9 on the machine).';
 
 if (!flag('check')) install();
 process.exit(check() ? 0 : flag('check') ? 1 : 0);
