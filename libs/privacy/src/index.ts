@@ -10,3 +10,4 @@ export * from './dp.js';
 export * from './rdp.js';
 export * from './vector.js';
 export { expandMask } from './kx.js';
+export * from './rng-bytes.js';

@@ -26,7 +26,12 @@ export interface RawKeyPair {
   readonly pk: Buffer; // 32 bytes
 }
 
-export function generateX25519(): RawKeyPair {
+/** A fresh X25519 key pair; with `random`, the 32-byte private key comes from it (deterministic tests). */
+export function generateX25519(random?: (n: number) => Buffer): RawKeyPair {
+  if (random !== undefined) {
+    const sk = random(32);
+    return { sk, pk: publicOf(sk) };
+  }
   const { privateKey, publicKey } = generateKeyPairSync('x25519');
   const sk = privateKey.export({ format: 'der', type: 'pkcs8' }).subarray(PKCS8_PREFIX.length);
   const pk = publicKey.export({ format: 'der', type: 'spki' }).subarray(SPKI_PREFIX.length);
@@ -61,8 +66,13 @@ export function shareAad(roundId: string, from: string, to: string): Buffer {
 }
 
 /** AES-256-GCM; returns nonce (12) and ciphertext || tag. */
-export function seal(key: Buffer, plaintext: Buffer, aad: Buffer): { nonce: Buffer; ct: Buffer } {
-  const nonce = randomBytes(12);
+export function seal(
+  key: Buffer,
+  plaintext: Buffer,
+  aad: Buffer,
+  random: (n: number) => Buffer = randomBytes,
+): { nonce: Buffer; ct: Buffer } {
+  const nonce = random(12);
   const c = createCipheriv('aes-256-gcm', key, nonce);
   c.setAAD(aad);
   const ct = Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);

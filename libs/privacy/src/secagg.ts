@@ -102,9 +102,10 @@ export interface SecAggInput {
 /** One client's side of the protocol. Call the methods in order, once each. */
 export class SecAggClient {
   private readonly s: Setup;
-  private readonly c: RawKeyPair = generateX25519();
-  private readonly sk: RawKeyPair = generateX25519();
-  private readonly b = randomBytes(32);
+  private readonly random: (n: number) => Buffer;
+  private readonly c: RawKeyPair;
+  private readonly sk: RawKeyPair;
+  private readonly b: Buffer;
   private keys = new Map<string, { cPk: Buffer; sPk: Buffer }>();
   private u2 = new Set<string>();
   /** Shares this client holds: of whom -> (s share, b share). Includes its own. */
@@ -113,12 +114,18 @@ export class SecAggClient {
   clamped = 0;
   private stage = 0;
 
+  /** `opts.random` replaces node:crypto randomBytes for keys, seeds, Shamir coefficients and nonces (tests only). */
   constructor(
     readonly id: string,
     cfg: SecAggConfig,
+    opts: { random?: (n: number) => Buffer } = {},
   ) {
     this.s = setup(cfg);
     if (!this.s.index.has(id)) throw new RangeError(`client ${id} is not in the configured client list`);
+    this.random = opts.random ?? randomBytes;
+    this.c = generateX25519(opts.random);
+    this.sk = generateX25519(opts.random);
+    this.b = this.random(32);
   }
 
   private reject(round: Rejection['round'], reason: string, clientId?: string): never {
@@ -168,8 +175,8 @@ export class SecAggClient {
     if (holders.length < cfg.threshold)
       this.reject('advertise', `${holders.length} share holders (self + neighbours with keys) < threshold ${cfg.threshold}`);
     const xs = holders.map((h) => index.get(h)!);
-    const sShares = split(this.sk.sk, xs, cfg.threshold);
-    const bShares = split(this.b, xs, cfg.threshold);
+    const sShares = split(this.sk.sk, xs, cfg.threshold, this.random);
+    const bShares = split(this.b, xs, cfg.threshold, this.random);
     const shares: ShareKeys['shares'] = [];
     holders.forEach((h, i) => {
       if (h === this.id) {
@@ -178,7 +185,7 @@ export class SecAggClient {
       }
       const pt = Buffer.concat([bigToBytes(sShares[i]!.y, SHARE_BYTES), bigToBytes(bShares[i]!.y, SHARE_BYTES)]);
       const key = shareKey(this.c.sk, this.keys.get(h)!.cPk, cfg.roundId);
-      const { nonce, ct } = seal(key, pt, shareAad(cfg.roundId, this.id, h));
+      const { nonce, ct } = seal(key, pt, shareAad(cfg.roundId, this.id, h), this.random);
       shares.push({ to: h, nonce: toB64(nonce), ct: toB64(ct) });
     });
     return {

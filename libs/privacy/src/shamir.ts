@@ -19,9 +19,9 @@ function mod(a: bigint): bigint {
   return r < 0n ? r + P : r;
 }
 
-function randomField(): bigint {
+function randomField(random: (n: number) => Buffer): bigint {
   for (;;) {
-    const b = randomBytes(SHARE_BYTES);
+    const b = random(SHARE_BYTES);
     b[0]! &= 0x01; // 521 bits
     const v = bytesToBig(b);
     if (v < P) return v;
@@ -45,11 +45,16 @@ export function bigToBytes(v: bigint, len: number): Buffer {
 }
 
 /** Splits `secret` (at most 65 bytes) into shares for x = each of `xs`, any `threshold` of which recover it. */
-export function split(secret: Uint8Array, xs: readonly number[], threshold: number): Share[] {
+export function split(
+  secret: Uint8Array,
+  xs: readonly number[],
+  threshold: number,
+  random: (n: number) => Buffer = randomBytes,
+): Share[] {
   if (threshold < 1 || threshold > xs.length)
     throw new RangeError(`threshold ${threshold} must be in [1, ${xs.length}] (number of holders)`);
   const coeffs = [bytesToBig(secret)];
-  for (let i = 1; i < threshold; i++) coeffs.push(randomField());
+  for (let i = 1; i < threshold; i++) coeffs.push(randomField(random));
   return xs.map((x) => {
     const xb = BigInt(x);
     let y = 0n;
