@@ -8,6 +8,7 @@ const suites: Record<string, () => Promise<{ main: (args: string[]) => Promise<v
   messaging: () => import('./messaging.js'),
   transfer: () => import('./transfer.js'),
   package: () => import('./package.js'),
+  privacy: () => import('./privacy.js'),
 };
 const [name, ...args] = process.argv.slice(2);
 const load = name ? suites[name] : undefined;
