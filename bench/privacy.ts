@@ -75,7 +75,11 @@ function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['g
   // Plain FedAvg of the same vectors.
   const t0 = performance.now();
   const acc = new FedAvgAccumulator('tokens');
-  data.slice(dropBeforeMask).forEach((d, i) => acc.add({ clientId: `c${i}`, tensors: new Map([['v', d.values]]), tokens: d.weight, examples: 1 }));
+  data
+    .slice(dropBeforeMask)
+    .forEach((d, i) =>
+      acc.add({ clientId: `c${i}`, tensors: new Map([['v', d.values]]), tokens: d.weight, examples: 1 }),
+    );
   const plain = acc.result().get('v')!;
   const plainMs = performance.now() - t0;
   let maxErr = 0;
@@ -142,6 +146,8 @@ export async function main(args: string[]): Promise<void> {
     'down_kib_per_client',
     'plain_up_kib_per_client',
   ]);
-  console.log(`max |secure mean - FedAvg| over all cases: ${Math.max(...rows.map((r) => Number(r['max_abs_err_vs_fedavg']))).toExponential(2)}`);
+  console.log(
+    `max |secure mean - FedAvg| over all cases: ${Math.max(...rows.map((r) => Number(r['max_abs_err_vs_fedavg']))).toExponential(2)}`,
+  );
   console.log(`results: ${writeResults('privacy', rows)}`);
 }

@@ -39,13 +39,20 @@ export function updateDelta(local: Tensors, global: Tensors): Map<string, Float3
  * Scales the whole update by min(1, C / norm) so its global L2 norm is at most C. The factor is shrunk by the
  * float32 rounding margin so the clipped float32 tensors' norm (recomputed in float64) never exceeds C.
  */
-export function clipUpdate(tensors: Tensors, clipNorm: number): { clipped: Map<string, Float32Array>; norm: number; factor: number } {
+export function clipUpdate(
+  tensors: Tensors,
+  clipNorm: number,
+): { clipped: Map<string, Float32Array>; norm: number; factor: number } {
   if (!(clipNorm > 0)) throw new RangeError(`clip norm must be > 0, got ${clipNorm}`);
   const norm = globalNorm(tensors);
   let factor = norm > clipNorm ? clipNorm / norm : 1;
   const clipped = new Map<string, Float32Array>();
   for (;;) {
-    for (const [name, t] of tensors) clipped.set(name, t.map((v) => v * factor));
+    for (const [name, t] of tensors)
+      clipped.set(
+        name,
+        t.map((v) => v * factor),
+      );
     if (factor === 1 || globalNorm(clipped) <= clipNorm) break;
     factor *= 1 - 2 ** -22; // float32 rounding pushed the norm over C: shrink by a few ulps and redo
   }
@@ -53,7 +60,12 @@ export function clipUpdate(tensors: Tensors, clipNorm: number): { clipped: Map<s
 }
 
 /** Standard deviation each party adds: 'server' adds sigma * C; each of nExpected clients adds sigma * C / sqrt(nExpected). */
-export function noiseStd(opts: { clipNorm: number; noiseMultiplier: number; mode: 'server' | 'distributed'; nExpected?: number }): number {
+export function noiseStd(opts: {
+  clipNorm: number;
+  noiseMultiplier: number;
+  mode: 'server' | 'distributed';
+  nExpected?: number;
+}): number {
   const full = opts.noiseMultiplier * opts.clipNorm;
   if (opts.mode === 'server') return full;
   const n = opts.nExpected ?? 0;
@@ -62,7 +74,12 @@ export function noiseStd(opts: { clipNorm: number; noiseMultiplier: number; mode
 }
 
 /** Std the server adds so that m surviving clients' distributed noise plus its own has variance sigma^2 C^2. */
-export function topUpStd(opts: { clipNorm: number; noiseMultiplier: number; nExpected: number; survivors: number }): number {
+export function topUpStd(opts: {
+  clipNorm: number;
+  noiseMultiplier: number;
+  nExpected: number;
+  survivors: number;
+}): number {
   const frac = Math.max(0, 1 - opts.survivors / opts.nExpected);
   return opts.noiseMultiplier * opts.clipNorm * Math.sqrt(frac);
 }

@@ -19,7 +19,9 @@ export interface Rejection {
 /** A message a client must not accept (forged share, wrong recipient, bad length). */
 export class MessageRejectedError extends Error {
   constructor(readonly rejection: Rejection) {
-    super(`${rejection.round}: ${rejection.clientId === undefined ? '' : `from ${rejection.clientId}: `}${rejection.reason}`);
+    super(
+      `${rejection.round}: ${rejection.clientId === undefined ? '' : `from ${rejection.clientId}: `}${rejection.reason}`,
+    );
     this.name = 'MessageRejectedError';
   }
 }

@@ -36,10 +36,13 @@ export function makeEncoding(cfg: EncodingConfig): Encoding {
   if (!Number.isInteger(maxClients) || maxClients < 1) throw new RangeError(`maxClients must be an integer >= 1`);
   if (!Number.isInteger(maxWeight) || maxWeight < 1) throw new RangeError(`maxWeight must be an integer >= 1`);
   if (maxClients * maxWeight > SUM_BOUND)
-    throw new RangeError(`maxClients * maxWeight = ${maxClients * maxWeight} exceeds 2^52: the weight sum could overflow`);
+    throw new RangeError(
+      `maxClients * maxWeight = ${maxClients * maxWeight} exceeds 2^52: the weight sum could overflow`,
+    );
   let scaleBits = Math.floor(Math.log2((SUM_BOUND / maxClients - 1) / clipRange));
   while (maxClients * (clipRange * 2 ** scaleBits + 1) > SUM_BOUND) scaleBits--; // log2 rounded up
-  if (scaleBits < 8) throw new RangeError(`clipRange ${clipRange} with ${maxClients} clients leaves ${scaleBits} fraction bits`);
+  if (scaleBits < 8)
+    throw new RangeError(`clipRange ${clipRange} with ${maxClients} clients leaves ${scaleBits} fraction bits`);
   const scale = 2 ** scaleBits;
   if (maxClients * (clipRange * scale + 1) > SUM_BOUND) throw new RangeError('internal: overflow check failed');
   return { clipRange, maxClients, maxWeight, scaleBits, scale };

@@ -5,7 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 
-export type GraphConfig = { readonly kind: 'complete' } | { readonly kind: 'harary'; readonly k: number; readonly seed: string };
+export type GraphConfig =
+  { readonly kind: 'complete' } | { readonly kind: 'harary'; readonly k: number; readonly seed: string };
 
 /** Neighbour sets (excluding self) for each client id, symmetric. */
 export function neighbours(clients: readonly string[], roundId: string, cfg: GraphConfig): Map<string, Set<string>> {

@@ -84,7 +84,10 @@ export const toB64 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffs
 export const fromB64 = (s: string): Buffer => Buffer.from(s, 'base64');
 
 /** Parses with a schema; returns the value or a one-line reason naming the field paths. */
-export function parseMessage<T>(schema: z.ZodType<T>, msg: unknown): { ok: true; value: T } | { ok: false; reason: string } {
+export function parseMessage<T>(
+  schema: z.ZodType<T>,
+  msg: unknown,
+): { ok: true; value: T } | { ok: false; reason: string } {
   const r = schema.safeParse(msg);
   if (r.success) return { ok: true, value: r.data };
   return {

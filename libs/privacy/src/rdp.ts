@@ -109,7 +109,12 @@ export function rdpSampledGaussian(q: number, sigma: number, alpha: number): num
 }
 
 /** RDP after `steps` compositions, per order (Opacus compute_rdp(q=, noise_multiplier=, steps=, orders=)). */
-export function computeRdp(q: number, noiseMultiplier: number, steps: number, orders: readonly number[] = DEFAULT_ORDERS): number[] {
+export function computeRdp(
+  q: number,
+  noiseMultiplier: number,
+  steps: number,
+  orders: readonly number[] = DEFAULT_ORDERS,
+): number[] {
   return orders.map((a) => rdpSampledGaussian(q, noiseMultiplier, a) * steps);
 }
 
@@ -160,7 +165,10 @@ export class RdpAccountant {
     return this.rounds;
   }
 
-  getPrivacySpent(delta: number, conversion: Conversion = 'balle2020'): { epsilon: number; delta: number; order: number } {
+  getPrivacySpent(
+    delta: number,
+    conversion: Conversion = 'balle2020',
+  ): { epsilon: number; delta: number; order: number } {
     const { epsilon, order } = getPrivacySpent(this.orders, this.total, delta, conversion);
     return { epsilon, delta, order };
   }

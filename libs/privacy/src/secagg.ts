@@ -5,15 +5,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { MessageRejectedError, SecAggError, type Rejection } from './errors.js';
-import {
-  addInto,
-  decodeSum,
-  encodeWeighted,
-  errorBound,
-  makeEncoding,
-  subInto,
-  type Encoding,
-} from './fixed-point.js';
+import { addInto, decodeSum, encodeWeighted, errorBound, makeEncoding, subInto, type Encoding } from './fixed-point.js';
 import { neighbours, type GraphConfig } from './graph.js';
 import { agree, expandMask, generateX25519, hkdf32, open, publicOf, seal, shareAad, type RawKeyPair } from './kx.js';
 import {
@@ -70,7 +62,9 @@ function setup(cfg: SecAggConfig): Setup {
   const graph = cfg.graph ?? { kind: 'complete' };
   const holders = graph.kind === 'complete' ? n : graph.k + 1;
   if (!Number.isInteger(cfg.threshold) || cfg.threshold < 1 || cfg.threshold > holders)
-    throw new RangeError(`threshold must be an integer in [1, ${holders}] (share holders per client), got ${cfg.threshold}`);
+    throw new RangeError(
+      `threshold must be an integer in [1, ${holders}] (share holders per client), got ${cfg.threshold}`,
+    );
   const enc = makeEncoding({ clipRange: cfg.clipRange, maxClients: n, maxWeight: cfg.maxWeight });
   const index = new Map(cfg.clients.map((c, i) => [c, i + 1]));
   return { cfg, enc, index, nbrs: neighbours(cfg.clients, cfg.roundId, graph) };
@@ -88,7 +82,9 @@ function shareKey(cSk: Uint8Array, cPkOther: Uint8Array, roundId: string): Buffe
 
 /** Worst-case absolute error per element of sum() (and of mean() times the weight sum), for this config. */
 export function secAggErrorBound(cfg: SecAggConfig): number {
-  return errorBound(makeEncoding({ clipRange: cfg.clipRange, maxClients: cfg.clients.length, maxWeight: cfg.maxWeight }));
+  return errorBound(
+    makeEncoding({ clipRange: cfg.clipRange, maxClients: cfg.clients.length, maxWeight: cfg.maxWeight }),
+  );
 }
 
 /** What a client puts in: its update (or delta), its weight, and optional noise on the (w / maxWeight) scale. */
@@ -133,14 +129,21 @@ export class SecAggClient {
   }
 
   private next(stage: number, what: string): void {
-    if (this.stage !== stage) throw new SecAggError(`${what} called out of order (client ${this.id} is at step ${this.stage})`);
+    if (this.stage !== stage)
+      throw new SecAggError(`${what} called out of order (client ${this.id} is at step ${this.stage})`);
     this.stage++;
   }
 
   /** Round 0: the two public keys. */
   advertise(): AdvertiseKeys {
     this.next(0, 'advertise');
-    return { type: 'secagg.advertise', roundId: this.s.cfg.roundId, sender: this.id, cPk: toB64(this.c.pk), sPk: toB64(this.sk.pk) };
+    return {
+      type: 'secagg.advertise',
+      roundId: this.s.cfg.roundId,
+      sender: this.id,
+      cPk: toB64(this.c.pk),
+      sPk: toB64(this.sk.pk),
+    };
   }
 
   /** Round 1: reads everyone's keys, Shamir-shares s_sk and b among its neighbours (and itself), encrypts each share. */
@@ -173,7 +176,10 @@ export class SecAggClient {
       (a, b) => index.get(a)! - index.get(b)!,
     );
     if (holders.length < cfg.threshold)
-      this.reject('advertise', `${holders.length} share holders (self + neighbours with keys) < threshold ${cfg.threshold}`);
+      this.reject(
+        'advertise',
+        `${holders.length} share holders (self + neighbours with keys) < threshold ${cfg.threshold}`,
+      );
     const xs = holders.map((h) => index.get(h)!);
     const sShares = split(this.sk.sk, xs, cfg.threshold, this.random);
     const bShares = split(this.b, xs, cfg.threshold, this.random);
@@ -217,7 +223,8 @@ export class SecAggClient {
     const mine = nbrs.get(this.id)!;
     for (const sh of msg.shares) {
       const from = sh.from;
-      if (!this.u2.has(from) || !mine.has(from)) this.reject('share-keys', `share from ${from}, not a participating neighbour`, from);
+      if (!this.u2.has(from) || !mine.has(from))
+        this.reject('share-keys', `share from ${from}, not a participating neighbour`, from);
       if (this.held.has(from)) this.reject('share-keys', `duplicate share from ${from}`, from);
       const ct = fromB64(sh.ct);
       const nonce = fromB64(sh.nonce);
@@ -227,7 +234,11 @@ export class SecAggClient {
       const key = shareKey(this.c.sk, this.keys.get(from)!.cPk, cfg.roundId);
       const pt = open(key, nonce, ct, shareAad(cfg.roundId, from, this.id));
       if (pt === null)
-        this.reject('share-keys', `share failed AES-GCM authentication (wrong sender, recipient or round in the associated data, or tampered)`, from);
+        this.reject(
+          'share-keys',
+          `share failed AES-GCM authentication (wrong sender, recipient or round in the associated data, or tampered)`,
+          from,
+        );
       const s = bytesToBig(pt.subarray(0, SHARE_BYTES));
       const b = bytesToBig(pt.subarray(SHARE_BYTES));
       if (s >= P || b >= P) this.reject('share-keys', `share is not a field element`, from);
@@ -274,7 +285,8 @@ export class SecAggClient {
       u3.add(v);
     }
     if (!u3.has(this.id)) this.reject('masked-input', `this client is not among the survivors; it reveals nothing`);
-    if (u3.size < cfg.threshold) this.reject('masked-input', `only ${u3.size} survivors, threshold is ${cfg.threshold}`);
+    if (u3.size < cfg.threshold)
+      this.reject('masked-input', `only ${u3.size} survivors, threshold is ${cfg.threshold}`);
     const bShares: Unmask['bShares'] = [];
     const sShares: Unmask['sShares'] = [];
     for (const [of, sh] of this.held) {
@@ -342,7 +354,9 @@ export class SecAggServer {
       const p = parseMessage(schema, raw);
       if (!p.ok) {
         const sender = (raw as { sender?: unknown } | null)?.sender;
-        this.rejected.push(typeof sender === 'string' ? { round, clientId: sender, reason: p.reason } : { round, reason: p.reason });
+        this.rejected.push(
+          typeof sender === 'string' ? { round, clientId: sender, reason: p.reason } : { round, reason: p.reason },
+        );
         continue;
       }
       const m = p.value;
@@ -403,7 +417,8 @@ export class SecAggServer {
         if (to.has(sh.to)) return `two shares for ${sh.to}`;
         to.add(sh.to);
         if (fromB64(sh.nonce).length !== 12) return `nonce for ${sh.to} is not 12 bytes`;
-        if (fromB64(sh.ct).length !== SHARE_PLAINTEXT + 16) return `ciphertext for ${sh.to} is not ${SHARE_PLAINTEXT + 16} bytes`;
+        if (fromB64(sh.ct).length !== SHARE_PLAINTEXT + 16)
+          return `ciphertext for ${sh.to} is not ${SHARE_PLAINTEXT + 16} bytes`;
       }
       if (to.size !== want.length) return `shares for ${to.size} of ${want.length} neighbours`;
       return undefined;

@@ -18,7 +18,8 @@ export function flatten(layout: TensorLayout, tensors: ReadonlyMap<string, Array
   let off = 0;
   layout.names.forEach((name, i) => {
     const t = tensors.get(name);
-    if (t === undefined || t.length !== layout.lengths[i]) throw new RangeError(`tensor ${name} missing or of another length`);
+    if (t === undefined || t.length !== layout.lengths[i])
+      throw new RangeError(`tensor ${name} missing or of another length`);
     out.set(t, off);
     off += t.length;
   });
@@ -32,7 +33,10 @@ export function unflatten(layout: TensorLayout, flat: ArrayLike<number>): Map<st
   let off = 0;
   layout.names.forEach((name, i) => {
     const n = layout.lengths[i]!;
-    out.set(name, Float32Array.from({ length: n }, (_, k) => flat[off + k]!));
+    out.set(
+      name,
+      Float32Array.from({ length: n }, (_, k) => flat[off + k]!),
+    );
     off += n;
   });
   return out;

@@ -113,7 +113,11 @@ test('DP-FedAvg under secure aggregation: clipped, noised inputs sum to the nois
   const keys = server.advertise(clients.map((c) => c.advertise()));
   const fw = server.shareKeys(clients.map((c) => c.shareKeys(keys)));
   const masked = clients.map((c, i) => {
-    const values = Float32Array.from(clipUpdate(new Map([['x', tensors(`u${i}`, 0.2).values().next().value!]]), C).clipped.get('x')!.subarray(0, L));
+    const values = Float32Array.from(
+      clipUpdate(new Map([['x', tensors(`u${i}`, 0.2).values().next().value!]]), C)
+        .clipped.get('x')!
+        .subarray(0, L),
+    );
     const noise = gaussianNoise(L, per, seededRng(`dpnoise${i}`));
     return c.maskedInput(fw.get(c.id), { values, weight: maxWeight, noise });
   });

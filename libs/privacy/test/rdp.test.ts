@@ -1,6 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_ORDERS, RdpAccountant, computeRdp, getPrivacySpent, logErfc, rdpSampledGaussian } from '../src/index.js';
+import {
+  DEFAULT_ORDERS,
+  RdpAccountant,
+  computeRdp,
+  getPrivacySpent,
+  logErfc,
+  rdpSampledGaussian,
+} from '../src/index.js';
 
 /**
  * Reference values, all computed independently of the code under test with mpmath (50 and 30 digits) by numerical

@@ -54,7 +54,9 @@ function run(
   data: { values: Float32Array; weight: number }[],
   opts: { dropBeforeMask?: string[]; dropAfterMask?: string[]; seed?: string } = {},
 ): Run & { result: () => ReturnType<SecAggServer['unmask']> } {
-  const clients = cfg.clients.map((id) => new SecAggClient(id, cfg, { random: seededBytes(`${opts.seed ?? 's'}/${id}`) }));
+  const clients = cfg.clients.map(
+    (id) => new SecAggClient(id, cfg, { random: seededBytes(`${opts.seed ?? 's'}/${id}`) }),
+  );
   const server = new SecAggServer(cfg);
   const keys = server.advertise(clients.map((c) => c.advertise()));
   const forwards = server.shareKeys(clients.map((c) => c.shareKeys(keys)));
@@ -95,7 +97,11 @@ function fixedPointSum(cfg: SecAggConfig, data: { values: Float32Array; weight: 
   return decodeSum(enc, acc);
 }
 
-function checkAgainstPlain(cfg: SecAggConfig, data: ReturnType<typeof inputs>, r: { sum: Float32Array; weightSum: number; survivors: readonly string[]; errorBound: number }) {
+function checkAgainstPlain(
+  cfg: SecAggConfig,
+  data: ReturnType<typeof inputs>,
+  r: { sum: Float32Array; weightSum: number; survivors: readonly string[]; errorBound: number },
+) {
   const ids = [...r.survivors];
   const ref = plainSum(cfg, data, ids);
   assert.equal(r.weightSum, ref.weightSum);
@@ -135,7 +141,10 @@ test('the encoding cannot overflow: scale bits and the 2^52 bound', () => {
   const enc = makeEncoding({ clipRange: 1, maxClients: 50, maxWeight: 10000 });
   assert.ok(50 * (1 * enc.scale + 1) <= 2 ** 52);
   assert.ok(50 * (1 * enc.scale * 2 + 1) > 2 ** 52, 'scale is the largest power of two that fits');
-  assert.throws(() => makeEncoding({ clipRange: 1, maxClients: 2 ** 30, maxWeight: 2 ** 23 }), /weight sum could overflow/);
+  assert.throws(
+    () => makeEncoding({ clipRange: 1, maxClients: 2 ** 30, maxWeight: 2 ** 23 }),
+    /weight sum could overflow/,
+  );
   // Every client at +clipRange and at -clipRange with the largest weight: the decoded sum is exact.
   const cfgN = 50;
   const acc = new Uint32Array(2 * 3);
@@ -264,7 +273,12 @@ test('the server rejects malformed, duplicate and forged messages with reasons',
   const clients = cfg.clients.map((id) => new SecAggClient(id, cfg, { random: seededBytes(`srv/${id}`) }));
   const server = new SecAggServer(cfg);
   const adv = clients.map((c) => c.advertise());
-  const keys = server.advertise([...adv, { ...adv[0]!, cPk: adv[1]!.cPk }, { type: 'secagg.advertise', sender: 'x' }, { ...adv[2]!, sender: 'mallory' }]);
+  const keys = server.advertise([
+    ...adv,
+    { ...adv[0]!, cPk: adv[1]!.cPk },
+    { type: 'secagg.advertise', sender: 'x' },
+    { ...adv[2]!, sender: 'mallory' },
+  ]);
   // c0 sent twice: both dropped, so c0 is out of the round; a malformed message and an unknown sender are rejected.
   assert.deepEqual(
     keys.keys.map((k) => k.id),
@@ -272,7 +286,11 @@ test('the server rejects malformed, duplicate and forged messages with reasons',
   );
   assert.deepEqual(
     server.rejected.map((r) => `${r.clientId}: ${r.reason.split(':')[0]}`),
-    ['c0: duplicate message from c0; both dropped', 'x: malformed', 'mallory: sender mallory is not expected in this round'],
+    [
+      'c0: duplicate message from c0; both dropped',
+      'x: malformed',
+      'mallory: sender mallory is not expected in this round',
+    ],
   );
   const live = clients.slice(1);
   const sk = live.map((c) => c.shareKeys(keys));
@@ -307,7 +325,10 @@ test('the server detects a forged share in the unmasking round', () => {
   share[65]! ^= 1;
   un[1]!.bShares.find((s) => s.of === 'c0')!.share = share.toString('base64');
   un[3]!.bShares[0]!.share = 'AAAA';
-  assert.throws(() => server.unmask(un), /self-mask seed of c0: reconstruction does not match its commitment \(a share is forged\)/);
+  assert.throws(
+    () => server.unmask(un),
+    /self-mask seed of c0: reconstruction does not match its commitment \(a share is forged\)/,
+  );
   assert.match(server.rejected.at(-1)!.reason, /share of c\d is 3 bytes, expected 66/);
 });
 
