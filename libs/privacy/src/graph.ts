@@ -20,7 +20,7 @@ export function neighbours(clients: readonly string[], roundId: string, cfg: Gra
   if (!Number.isInteger(k) || k < 2 || k % 2 !== 0 || k >= n)
     throw new RangeError(`harary graph: k must be an even integer in [2, ${n - 1}], got ${k}`);
   // Public permutation: sort by SHA-256(seed | roundId | id).
-  const order = [...clients].sort((a, b) => {
+  const order = clients.toSorted((a, b) => {
     const ha = createHash('sha256').update(`${cfg.seed}|${roundId}|${a}`).digest('hex');
     const hb = createHash('sha256').update(`${cfg.seed}|${roundId}|${b}`).digest('hex');
     return ha < hb ? -1 : ha > hb ? 1 : 0;

@@ -172,7 +172,7 @@ export class SecAggClient {
       this.reject('advertise', `the broadcast does not carry this client's own keys`);
     if (this.keys.size < cfg.threshold)
       this.reject('advertise', `only ${this.keys.size} clients advertised keys, threshold is ${cfg.threshold}`);
-    const holders = [this.id, ...[...nbrs.get(this.id)!].filter((v) => this.keys.has(v))].sort(
+    const holders = [this.id, ...[...nbrs.get(this.id)!].filter((v) => this.keys.has(v))].toSorted(
       (a, b) => index.get(a)! - index.get(b)!,
     );
     if (holders.length < cfg.threshold)

@@ -8,7 +8,7 @@ export interface TensorLayout {
 
 /** Layout from tensor name -> element count, names sorted so every party derives the same order. */
 export function tensorLayout(sizes: ReadonlyMap<string, number>): TensorLayout {
-  const names = [...sizes.keys()].sort();
+  const names = [...sizes.keys()].toSorted();
   const lengths = names.map((n) => sizes.get(n)!);
   return { names, lengths, total: lengths.reduce((a, b) => a + b, 0) };
 }
