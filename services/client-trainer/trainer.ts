@@ -8,6 +8,7 @@
  * the update is published, together with the position it started from; a redelivered task for the same round
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
+import { hostname } from 'node:os';
 import { natsEnvOption } from '../common/env.js';
 import { fetchEmulatorPackage, type FetchedPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
@@ -184,6 +185,7 @@ export class ClientTrainer implements ServiceRole {
     const pkg = await fetchEmulatorPackage(blobs, state, {
       cacheRoot: this.opts.cacheRoot ?? defaultCacheRoot(),
       signal: this.#abort.signal,
+      stagingId: `${hostname()}-${this.name}`,
       log: (msg, fields) => this.log.info(msg, fields),
       onProgress: (done, total) => {
         if (Date.now() - lastLog < 5000 && done < total) return;

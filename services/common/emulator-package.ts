@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import {
   PACKAGE_KEY,
@@ -23,7 +24,6 @@ import {
 import {
   MANIFEST_FILE,
   buildEmulatorPackage,
-  readPackageManifest,
   verifyPackage,
   type PackageDtype,
   type PackageManifest,
@@ -126,9 +126,9 @@ export interface FetchedPackage {
 
 /**
  * A client's side: waits for the job's PackageRef (polling every `pollMs` until `signal` aborts), then fetches the
- * package into `<cacheRoot>/packages/<manifest sha256>/`, file by file, each streamed to disk and verified; files
- * already there and intact are kept (an interrupted fetch resumes). The manifest is written last and every file is
- * checked against it before the folder is returned.
+ * package into `<cacheRoot>/packages/<manifest sha256>/`, file by file, each streamed to disk and verified, through a
+ * per-replica staging folder (files already there and intact are kept: an interrupted fetch resumes). Every file is
+ * checked against the manifest before the folder is renamed into place.
  */
 export async function fetchEmulatorPackage(
   blobs: BlobStore,
@@ -139,6 +139,8 @@ export async function fetchEmulatorPackage(
     readonly pollMs?: number;
     readonly onProgress?: (done: number, total: number) => void;
     readonly log?: (msg: string, fields?: Record<string, unknown>) => void;
+    /** Names this replica's staging folder (stable across its restarts); default host and pid. */
+    readonly stagingId?: string;
   },
 ): Promise<FetchedPackage> {
   let pkg: PackageRef | null = null;
@@ -157,34 +159,42 @@ export async function fetchEmulatorPackage(
     await new Promise((r) => setTimeout(r, o.pollMs ?? 1000));
   }
   const dir = join(o.cacheRoot, 'packages', pkg.manifest.sha256);
-  const manifestPath = join(dir, MANIFEST_FILE);
-  if (existsSync(manifestPath)) {
+  if (existsSync(join(dir, MANIFEST_FILE))) {
     const m = await verifyPackage(dir).catch(() => null);
     if (m !== null) return { dir, manifest: m, ref: pkg.manifest, bytesFetched: 0 };
-    await rm(manifestPath, { force: true }); // fetch again what is damaged or missing
+    // Damaged: moved aside (not deleted under a replica that may have it loaded) and fetched again.
+    await rename(dir, `${dir}.damaged-${process.pid}-${Date.now()}`).catch(() => {});
   }
-  await mkdir(dir, { recursive: true });
+  // Replicas sharing a cache (a volume, or several trainers in one process) each download into their own staging
+  // folder, stable across restarts of the same replica so that an interrupted fetch resumes; the first complete,
+  // verified folder is renamed into place and the others discard theirs.
+  const staging = `${dir}.partial-${(o.stagingId ?? `${hostname()}-${process.pid}`).replace(/[^\w.-]/g, '_')}`;
+  await mkdir(staging, { recursive: true });
   const total = pkg.files.reduce((s, f) => s + f.ref.bytes, 0);
   let before = 0;
   let fetched = 0;
   for (const f of pkg.files) {
-    const dest = join(dir, f.path);
-    const r = await blobs.getFile(f.ref, dest, {
+    const r = await blobs.getFile(f.ref, join(staging, f.path), {
       ...(o.signal ? { signal: o.signal } : {}),
       onProgress: (done) => o.onProgress?.(before + done, total),
     });
     fetched += r.bytesFetched;
     before += f.ref.bytes;
   }
-  const tmpManifest = join(dir, `.${MANIFEST_FILE}.partial`);
-  await blobs.getFile(pkg.manifest, tmpManifest);
-  const manifest = await verifyPackage(dir, await readPackageManifest(dir, tmpManifest));
+  await blobs.getFile(pkg.manifest, join(staging, MANIFEST_FILE));
+  const manifest = await verifyPackage(staging);
   const listed = new Map(pkg.files.map((f) => [f.path, f.ref.sha256]));
   for (const f of manifest.files)
     if (listed.get(f.path) !== f.sha256)
       throw new Error(
         `emulator package ${pkg.manifest.sha256}: ${f.path} in the manifest is not the file the job published`,
       );
-  await rename(tmpManifest, manifestPath);
+  try {
+    await rename(staging, dir);
+  } catch (e) {
+    // Another replica put its verified copy in place first: use that one.
+    if (!existsSync(join(dir, MANIFEST_FILE))) throw e;
+    await rm(staging, { recursive: true, force: true });
+  }
   return { dir, manifest, ref: pkg.manifest, bytesFetched: fetched };
 }
