@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
 import {
@@ -16,17 +15,11 @@ import {
   toFloat32,
   writeSafetensors,
 } from '../src/safetensors.js';
+import { withTmp as withTmpIn } from '../../../test/support/tmp.js';
 
 const llamaModel = join(fixturesDir, 'llama-tiny-a', 'model', 'model.safetensors');
 
-async function withTmp(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'h5-st-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withTmp = (fn: (dir: string) => Promise<void>): Promise<void> => withTmpIn('h5-st-', fn);
 
 /** Builds a safetensors file by hand (independently of writeSafetensors) from a header object and data bytes. */
 function handMade(header: unknown, data: Uint8Array, pad = 0): Buffer {

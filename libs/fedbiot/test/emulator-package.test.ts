@@ -6,8 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   readSafetensorsHeader,
@@ -37,17 +36,11 @@ import { splitModel } from '../src/split.js';
 import { initialLora, loraSpecs } from '../src/roles.js';
 import { repoRoot } from '../../../test/support/paths.js';
 import { rng } from '../../../test/support/rng.js';
+import { withTmp as withTmpIn } from '../../../test/support/tmp.js';
 
 const DEMO = join(repoRoot, 'models', 'demo-llama');
 
-async function withTmp(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'emu-pkg-'));
-  try {
-    await f(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withTmp = (fn: (dir: string) => Promise<void>): Promise<void> => withTmpIn('emu-pkg-', fn);
 
 function batchOf(vocab: number, B: number, T: number, seed: number): TokenBatch {
   const next = rng(seed);

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFile, cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   CONFIG_FILE,
@@ -13,15 +12,9 @@ import {
   saveCheckpoint,
 } from '../src/run-dir.js';
 import { RunDirError } from '../src/errors.js';
+import { withTmp as withTmpIn } from '../../../test/support/tmp.js';
 
-async function withTmp(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-rundir-'));
-  try {
-    await f(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withTmp = (fn: (dir: string) => Promise<void>): Promise<void> => withTmpIn('fedbiot-rundir-', fn);
 
 const state = (round: number) => ({
   round,

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
 import {
@@ -14,17 +13,11 @@ import {
 import { expectedTensorShapes, openCheckpoint, writeCheckpoint } from '../src/checkpoint.js';
 import { readModelConfig } from '../src/config.js';
 import { CheckpointError } from '../src/errors.js';
+import { withTmp as withTmpIn } from '../../../test/support/tmp.js';
 
 const modelDir = (name: string): string => join(fixturesDir, name, 'model');
 
-async function withTmp(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'h5-ckpt-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withTmp = (fn: (dir: string) => Promise<void>): Promise<void> => withTmpIn('h5-ckpt-', fn);
 
 async function allTensors(dir: string): Promise<Map<string, Float32Array>> {
   const ck = await openCheckpoint(dir);

@@ -1,24 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
 import { readSafetensorsHeader, readTensor, writeSafetensors } from '../../engine/src/safetensors.js';
 import { readModelConfig } from '../src/config.js';
 import { PeftAdapterError } from '../src/errors.js';
 import { loraScaling, readPeftAdapter, validateAdapterFor, writePeftAdapter, type LoraAdapter } from '../src/peft.js';
+import { withTmp as withTmpIn } from '../../../test/support/tmp.js';
 
 const FIXTURES = ['llama-tiny-a', 'qwen2-tiny', 'mistral-tiny'] as const;
 
-async function withTmp(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'h5-peft-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withTmp = (fn: (dir: string) => Promise<void>): Promise<void> => withTmpIn('h5-peft-', fn);
 
 for (const name of FIXTURES) {
   test(`${name}: adapter reads, fits the model, and equals reference.safetensors lora.param.* exactly`, async () => {
