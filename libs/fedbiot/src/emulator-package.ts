@@ -21,7 +21,9 @@ import {
   CausalLM,
   configToJson,
   expectedTensorShapes,
+  generationConfigFor,
   openCheckpoint,
+  parseLayerName,
   type Checkpoint,
   type LoadOptions,
   type ModelConfig,
@@ -137,13 +139,13 @@ export function packageTensorNames(config: ModelConfig, split: ModelSplit): Map<
   const out = new Map<string, string>();
   const position = new Map(split.clientLayers.map((l, i) => [l, i]));
   for (const name of expectedTensorShapes(config).keys()) {
-    const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
-    if (m === null) {
+    const parsed = parseLayerName(name);
+    if (parsed === null) {
       out.set(name, name);
       continue;
     }
-    const i = position.get(Number(m[1]));
-    if (i !== undefined) out.set(name, `model.layers.${i}.${m[2]}`);
+    const i = position.get(parsed.layer);
+    if (i !== undefined) out.set(name, `model.layers.${i}.${parsed.rest}`);
   }
   return out;
 }
@@ -196,21 +198,13 @@ export async function buildEmulatorPackage(opts: BuildPackageOptions): Promise<P
     await writeJsonAtomic(join(tmp, 'config.json'), configToJson(config));
     for (const f of COPIED_FILES) if (existsSync(join(source, f))) await copyFile(join(source, f), join(tmp, f));
     if (!existsSync(join(tmp, 'generation_config.json')))
-      await writeJsonAtomic(join(tmp, 'generation_config.json'), generationConfig(config));
+      await writeJsonAtomic(join(tmp, 'generation_config.json'), generationConfigFor(config));
     const files = [];
     for (const f of (await readdir(tmp)).toSorted()) files.push(await describeFile(tmp, f));
     manifest = PackageManifestSchema.parse({ ...manifestBase, files });
     await writeJsonAtomic(join(tmp, MANIFEST_FILE), manifest);
   });
   return manifest!;
-}
-
-function generationConfig(config: ModelConfig): Record<string, unknown> {
-  const g: Record<string, unknown> = { _from_model_config: true };
-  if (config.bosTokenId !== undefined) g['bos_token_id'] = config.bosTokenId;
-  if (config.eosTokenId !== undefined) g['eos_token_id'] = config.eosTokenId;
-  if (config.padTokenId !== undefined) g['pad_token_id'] = config.padTokenId;
-  return g;
 }
 
 /** Writes the package tensors as model.safetensors, or as HF shards plus index when they exceed `maxShardBytes`. */

@@ -351,6 +351,15 @@ export async function writeJsonAtomic(path: string, value: unknown): Promise<voi
   });
 }
 
+/** The generation_config.json transformers derives from a model config (special token ids only). */
+export function generationConfigFor(config: ModelConfig): Record<string, unknown> {
+  const generation: Record<string, unknown> = { _from_model_config: true };
+  if (config.bosTokenId !== undefined) generation['bos_token_id'] = config.bosTokenId;
+  if (config.eosTokenId !== undefined) generation['eos_token_id'] = config.eosTokenId;
+  if (config.padTokenId !== undefined) generation['pad_token_id'] = config.padTokenId;
+  return generation;
+}
+
 /**
  * Writes a float32 checkpoint that transformers' `from_pretrained` loads: config.json, generation_config.json and
  * model.safetensors (metadata format=pt). `tensors` must be exactly the config's expected tensors (tied lm_head
@@ -385,10 +394,7 @@ export async function writeCheckpoint(
   for (const name of tensors.keys()) {
     if (!expected.has(name)) throw new CheckpointError(file, name, 'is not a weight of this model config');
   }
-  const generation: Record<string, unknown> = { _from_model_config: true };
-  if (config.bosTokenId !== undefined) generation['bos_token_id'] = config.bosTokenId;
-  if (config.eosTokenId !== undefined) generation['eos_token_id'] = config.eosTokenId;
-  if (config.padTokenId !== undefined) generation['pad_token_id'] = config.padTokenId;
+  const generation = generationConfigFor(config);
   await writeDirAtomic(dir, async (tmp) => {
     await writeJsonAtomic(join(tmp, 'config.json'), configToJson({ ...config, torchDtype: 'float32' }));
     await writeJsonAtomic(join(tmp, 'generation_config.json'), generation);

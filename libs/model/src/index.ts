@@ -5,6 +5,7 @@ export {
   expectedTensorShapes,
   openCheckpoint,
   writeCheckpoint,
+  generationConfigFor,
   writeDirAtomic,
   writeJsonAtomic,
   type Checkpoint,
@@ -19,5 +20,5 @@ export { CompiledGraphs } from './compiled.js';
 export * from './causal-lm.js';
 export * from './trainer.js';
 export * from './adapters.js';
-export { checkLayerIds, renumberedWeights } from './layer-ids.js';
+export { checkLayerIds, parseLayerName, renumberedWeights } from './layer-ids.js';
 export { initWeights, memoryWeights, writeRandomCheckpoint } from './init.js';

@@ -6,7 +6,11 @@
  */
 import type { WeightStore } from './llama.js';
 
-const LAYER_RE = /^model\.layers\.(\d+)\.(.+)$/;
+/** `model.layers.<layer>.<rest>` -> its parts; null for a tensor outside the decoder layers. */
+export function parseLayerName(name: string): { layer: number; rest: string } | null {
+  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
+  return m === null ? null : { layer: Number(m[1]), rest: m[2]! };
+}
 
 /** Checks that `ids` can number a checkpoint of `numLayers` layers: one id each, non-negative integers, ascending. */
 export function checkLayerIds(ids: readonly number[], numLayers: number, source: string): void {
@@ -26,12 +30,14 @@ export function checkLayerIds(ids: readonly number[], numLayers: number, source:
 export function renumberedWeights(inner: WeightStore, layerIds: readonly number[]): WeightStore {
   const position = new Map(layerIds.map((id, i) => [id, i]));
   const local = (name: string): string => {
-    const m = LAYER_RE.exec(name);
-    if (m === null) return name;
-    const i = position.get(Number(m[1]));
+    const parsed = parseLayerName(name);
+    if (parsed === null) return name;
+    const i = position.get(parsed.layer);
     if (i === undefined)
-      throw new Error(`${name}: layer ${m[1]} is not in this checkpoint (it holds layers ${layerIds.join(', ')})`);
-    return `model.layers.${i}.${m[2]}`;
+      throw new Error(
+        `${name}: layer ${parsed.layer} is not in this checkpoint (it holds layers ${layerIds.join(', ')})`,
+      );
+    return `model.layers.${i}.${parsed.rest}`;
   };
   return {
     layerIds,
