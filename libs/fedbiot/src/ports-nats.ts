@@ -68,7 +68,12 @@ function checkDistributed(spec: JobSpec): void {
 
 /** The job's split of a model of `numLayers` layers (FedBiOT: the top adapter only). */
 export function jobSplit(spec: JobSpec, numLayers: number): ModelSplit {
-  return splitModel({ numLayers, adapterBottom: 0, adapterTop: spec.split.adapterLayers, dropRate: spec.split.dropRate });
+  return splitModel({
+    numLayers,
+    adapterBottom: 0,
+    adapterTop: spec.split.adapterLayers,
+    dropRate: spec.split.dropRate,
+  });
 }
 
 async function contextFrom(
