@@ -68,3 +68,16 @@ export function argOf(args: readonly string[], name: string): string | undefined
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : undefined;
 }
+
+/** Max of process.memoryUsage().rss over the run of `fn`, sampled every `everyMs`. */
+export async function withPeakRss<T>(fn: () => Promise<T>, everyMs = 20): Promise<{ value: T; peakRss: number }> {
+  let peak = process.memoryUsage().rss;
+  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), everyMs);
+  try {
+    const value = await fn();
+    peak = Math.max(peak, process.memoryUsage().rss);
+    return { value, peakRss: peak };
+  } finally {
+    clearInterval(timer);
+  }
+}

@@ -13,24 +13,15 @@ import { BlobStore, connectTransport } from '../libs/protocol/src/index.js';
 import { buildEmulatorPackage, splitModel, type PackageDtype } from '../libs/fedbiot/src/index.js';
 import { openCheckpoint, parseModelConfig, writeRandomCheckpoint } from '../libs/model/src/index.js';
 import { SHAPES } from './shapes.js';
-import { argOf, machine, printTable, writeResults } from './common.js';
+import { argOf, machine, printTable, withPeakRss, writeResults } from './common.js';
 
 const MiB = 2 ** 20;
 
-async function withPeakRss<T>(fn: () => Promise<T>): Promise<{ value: T; peakMib: number; seconds: number }> {
-  let peak = process.memoryUsage().rss;
-  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+/** `fn` timed, with the process's peak RSS in MiB while it ran. */
+async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; peakMib: number; seconds: number }> {
   const t0 = performance.now();
-  try {
-    const value = await fn();
-    return {
-      value,
-      peakMib: Math.round(Math.max(peak, process.memoryUsage().rss) / MiB),
-      seconds: (performance.now() - t0) / 1000,
-    };
-  } finally {
-    clearInterval(timer);
-  }
+  const r = await withPeakRss(fn);
+  return { value: r.value, peakMib: Math.round(r.peakRss / MiB), seconds: (performance.now() - t0) / 1000 };
 }
 
 async function checkpointBytes(dir: string): Promise<number> {
@@ -61,15 +52,15 @@ export async function main(args: string[]): Promise<void> {
       const split = splitModel({ numLayers: config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate });
       for (const dtype of ['float32', 'bfloat16'] as PackageDtype[]) {
         const out = join(tmp, `${key}-${dtype}`);
-        const build = await withPeakRss(() => buildEmulatorPackage({ source, split, jobId: 'bench', out, dtype }));
+        const build = await measured(() => buildEmulatorPackage({ source, split, jobId: 'bench', out, dtype }));
         const m = build.value;
         const bytes = m.files.reduce((s, f) => s + f.bytes, 0);
-        const put = await withPeakRss(async () => {
+        const put = await measured(async () => {
           for (const f of m.files) await blobs.putFile(join(out, f.path));
         });
         const refs = await Promise.all(m.files.map((f) => blobs.putFile(join(out, f.path)))); // skipped: already there
         const dest = join(tmp, `${key}-${dtype}-client`);
-        const get = await withPeakRss(async () => {
+        const get = await measured(async () => {
           for (const [i, f] of m.files.entries()) await blobs.getFile(refs[i]!, join(dest, f.path));
         });
         rows.push({

@@ -20,23 +20,10 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm, StorageType } from '@nats-io/obj';
 import { connectTransport, getFile, putFile, transferClient } from '../libs/protocol/src/index.js';
-import { argOf, machine, printTable, writeResults } from './common.js';
+import { argOf, machine, printTable, withPeakRss, writeResults } from './common.js';
 
 const MiB = 1 << 20;
 const NATS_SERVER_BIN = process.env['NATS_SERVER_BIN'] ?? '/usr/sbin/nats-server';
-
-/** Max of process.memoryUsage().rss over the run of `fn`, sampled every `everyMs`. */
-async function withPeakRss<T>(fn: () => Promise<T>, everyMs = 20): Promise<{ value: T; peakRss: number }> {
-  let peak = process.memoryUsage().rss;
-  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), everyMs);
-  try {
-    const value = await fn();
-    peak = Math.max(peak, process.memoryUsage().rss);
-    return { value, peakRss: peak };
-  } finally {
-    clearInterval(timer);
-  }
-}
 
 /** Writes `size` pseudo-random bytes (8 MiB of crypto randomness, re-keyed per block so blocks differ). */
 async function writeRandomFile(path: string, size: number): Promise<string> {
