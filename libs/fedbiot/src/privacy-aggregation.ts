@@ -18,17 +18,14 @@ import type { LoraWeights } from '../../model/src/causal-lm.js';
 import {
   RdpAccountant,
   SecAggError,
-  clipUpdate,
   cryptoRng,
   effectiveNoiseMultiplier,
-  flatten,
   gaussianNoise,
-  globalNorm,
   noiseStd,
+  prepareClientInput,
   secureAggregateInProcess,
   tensorLayout,
   unflatten,
-  updateDelta,
   type GraphConfig,
   type Rng,
   type SecAggConfig,
@@ -116,29 +113,30 @@ export class PrivacyAggregation {
     const sa = privacy.secureAggregation;
     const m = updates.length;
     const layout = tensorLayout(new Map([...global.tensors].map(([k, v]) => [k, v.length])));
-    // --- each client's side ---
+    const sigma = dp?.noiseMultiplier ?? 0;
+    const C = dp?.clip ?? 0;
+    // Distributed noise under secure aggregation: each of the m clients adds N(0, sigma^2 C^2 / m).
+    const perClientStd =
+      sa && dp && sigma > 0 ? noiseStd({ clipNorm: C, noiseMultiplier: sigma, mode: 'distributed', nExpected: m }) : 0;
+    // --- each client's side (prepareClientInput is what a client-trainer calls too) ---
     let clippedClients = 0;
     let normSum = 0;
     let capped = 0;
     const contributions = updates.map((u) => {
-      const delta = updateDelta(u.tensors, global.tensors);
-      let norm: number;
-      let tensors: ReadonlyMap<string, Float32Array> = delta;
-      if (dp) {
-        const c = clipUpdate(delta, dp.clip);
-        norm = c.norm;
-        tensors = c.clipped;
-        if (c.factor < 1) clippedClients++;
-      } else norm = globalNorm(delta);
-      normSum += norm;
       const raw = this.opts.weighting === 'uniform' ? 1 : this.opts.weighting === 'tokens' ? u.tokens : u.examples;
-      if (!Number.isInteger(raw) || raw < 0)
-        throw new RangeError(`client ${u.clientId}: ${this.opts.weighting} ${raw} is not an integer >= 0`);
-      if (raw > W) capped++;
-      return { id: u.clientId, values: flatten(layout, tensors), weight: Math.min(raw, W) };
+      const ci = prepareClientInput({
+        local: u.tensors,
+        global: global.tensors,
+        weight: raw,
+        maxWeight: W,
+        ...(dp ? { dp: { clip: C, noiseStd: perClientStd } } : {}),
+        rng: this.rng,
+      });
+      if (ci.clipped) clippedClients++;
+      if (ci.capped) capped++;
+      normSum += ci.norm;
+      return { id: u.clientId, input: ci.input };
     });
-    const sigma = dp?.noiseMultiplier ?? 0;
-    const C = dp?.clip ?? 0;
     let sum: Float64Array; // sum_u (w_u / W) x_u (+ noise)
     let weightSum: number; // sum_u w_u
     let inSum = m;
@@ -159,9 +157,6 @@ export class PrivacyAggregation {
           'privacy.secureAggregation.threshold',
           `${t} exceeds the ${holders} share holders per client in round ${round} (${m} clients${graph.kind === 'harary' ? `, degree ${graph.k}` : ''})`,
         );
-      const perClientStd = dp
-        ? noiseStd({ clipNorm: C, noiseMultiplier: sigma, mode: 'distributed', nExpected: m })
-        : 0;
       const R = sa.clipRange ?? (dp ? C + 10 * perClientStd : 1);
       const cfg: SecAggConfig = {
         roundId: `${this.opts.label}/${round}/${randomBytes(8).toString('hex')}`,
@@ -187,16 +182,7 @@ export class PrivacyAggregation {
         );
       const dropBeforeMasking = order.slice(0, nb);
       const dropAfterMasking = order.slice(nb, nb + na);
-      const inputs = new Map<string, SecAggInput>(
-        contributions.map((c) => [
-          c.id,
-          {
-            values: c.values,
-            weight: c.weight,
-            ...(dp && sigma > 0 ? { noise: gaussianNoise(layout.total, perClientStd, this.rng) } : {}),
-          },
-        ]),
-      );
+      const inputs = new Map<string, SecAggInput>(contributions.map((c) => [c.id, c.input]));
       const t0 = performance.now();
       let r;
       try {
@@ -238,9 +224,9 @@ export class PrivacyAggregation {
       sum = new Float64Array(layout.total);
       weightSum = 0;
       for (const c of contributions) {
-        const f = c.weight / W;
-        for (let i = 0; i < sum.length; i++) sum[i]! += f * c.values[i]!;
-        weightSum += c.weight;
+        const f = c.input.weight / W;
+        for (let i = 0; i < sum.length; i++) sum[i]! += f * c.input.values[i]!;
+        weightSum += c.input.weight;
       }
       if (dp && sigma > 0) {
         const noise = gaussianNoise(

@@ -6,6 +6,7 @@ export * from './graph.js';
 export * from './messages.js';
 export * from './secagg.js';
 export * from './in-process.js';
+export * from './client-input.js';
 export * from './rng.js';
 export * from './dp.js';
 export * from './rdp.js';
