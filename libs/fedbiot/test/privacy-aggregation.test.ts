@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import type { LoraWeights } from '../../model/src/causal-lm.js';
 import { RdpAccountant, SecAggError, seededBytes, seededRng } from '../../privacy/src/index.js';
 import { fedAvg, type ClientUpdate } from '../src/aggregate.js';
-import { resolveJobSpec } from '../src/job-spec.js';
+import { applyOverrides, resolveJobSpec } from '../src/job-spec.js';
 import { JobSpecError } from '../src/errors.js';
 import {
   PrivacyAggregation,
@@ -251,4 +251,16 @@ test('the privacy section of the job spec: defaults, and errors naming the field
   bad({ privacy: { secureAggregation: { graph: 'secagg+', degree: 3 } } }, /degree: must be even/);
   bad({ privacy: { secureAggregation: { threshold: 1 } } }, /privacy\.secureAggregation\.threshold: /);
   bad({ privacy: { secureAggregation: { simulateDropouts: { later: 1 } } } }, /simulateDropouts\.later: unknown key/);
+  // --set overrides reach every privacy field, and a typo names the allowed keys.
+  const o = applyOverrides({}, [
+    'privacy.dp.clip=0.1',
+    'privacy.dp.noiseMultiplier=1',
+    'privacy.secureAggregation.graph=secagg+',
+    'privacy.secureAggregation.simulateDropouts.afterMasking=1',
+  ]);
+  const r = resolveJobSpec(o, 'overrides').privacy;
+  assert.equal(r.dp?.clip, 0.1);
+  assert.equal(r.secureAggregation?.graph, 'secagg+');
+  assert.equal(r.secureAggregation?.simulateDropouts.afterMasking, 1);
+  assert.throws(() => applyOverrides({}, ['privacy.dp.clipp=1']), /expected one of: clip, noiseMultiplier, delta/);
 });
