@@ -29,7 +29,7 @@ before(async () => {
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-test('a FedBiOT job with DP and secure aggregation (one client dropping after masking) finishes and reports epsilon', async () => {
+test('a FedBiOT job (and its offsite-tuning baseline) with DP and secure aggregation, one client dropping after masking, finishes and reports epsilon', async () => {
   const spec = resolveJobSpec(
     {
       job: { id: 'private', seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
@@ -38,7 +38,7 @@ test('a FedBiOT job with DP and secure aggregation (one client dropping after ma
       clients: { localSteps: 2, batchSize: 4, lr: 5e-3 },
       alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
       eval: { maxNewTokens: 2 },
-      baselines: { offsiteTuning: false, localOnly: false },
+      baselines: { offsiteTuning: true, localOnly: false },
       privacy: {
         dp: { clip: 0.05, noiseMultiplier: 1.1, delta: 1e-5 },
         secureAggregation: { simulateDropouts: { afterMasking: 1 } },
@@ -53,9 +53,13 @@ test('a FedBiOT job with DP and secure aggregation (one client dropping after ma
     .split('\n')
     .map((l) => JSON.parse(l) as Record<string, unknown>)
     .filter((e) => e['kind'] === 'privacy');
-  assert.equal(events.length, 2, 'one privacy event per round');
+  assert.deepEqual(
+    events.map((e) => `${String(e['phase'])}/${String(e['round'])}`),
+    ['main/0', 'main/1', 'offsite-tuning/0', 'offsite-tuning/1'],
+    'one privacy event per round of each federated phase',
+  );
   const acc = new RdpAccountant();
-  events.forEach((e, r) => {
+  events.slice(0, 2).forEach((e, r) => {
     assert.equal(e['round'], r);
     assert.equal(e['phase'], 'main');
     const m = e['clients'] as number;
@@ -70,7 +74,11 @@ test('a FedBiOT job with DP and secure aggregation (one client dropping after ma
     assert.ok(eps > 0 && Number.isFinite(eps));
   });
   assert.match(table, /privacy main: client-level \(epsilon \d+\.\d{3}, delta 0\.00001\) after 2 rounds/);
+  // The baseline has its own accountant: the same settings spend the same epsilon.
+  assert.equal(events[3]!['epsilon'], events[1]!['epsilon']);
+  assert.match(table, /privacy offsite-tuning: client-level \(epsilon/);
   assert.ok(lines.some((l) => /round 2 privacy: \(epsilon/.test(l)));
   const results = JSON.parse(readFileSync(join(runDir, 'results.json'), 'utf8')) as { rows: { method: string }[] };
   assert.ok(results.rows.some((r) => r.method === 'fedbiot-adapfu'));
+  assert.ok(results.rows.some((r) => r.method === 'offsite-tuning'));
 });
