@@ -33,6 +33,9 @@ interface Row extends Record<string, unknown> {
   case: string;
 }
 
+/** Mean milliseconds per client of a round's total. */
+const perClient = (x: number, m: number): number => x / m;
+
 function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['graph'], dropBeforeMask: number): Row {
   const k = graph?.kind === 'harary' ? graph.k : n - 1;
   const t = Math.floor((k + 1) / 2) + 1;
@@ -85,7 +88,6 @@ function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['g
   const plainMs = performance.now() - t0;
   let maxErr = 0;
   for (let i = 0; i < L; i++) maxErr = Math.max(maxErr, Math.abs(res.sum[i]! / res.weightSum - plain[i]!));
-  const perClient = (x: number, m: number): number => x / m;
   const clientMs = ms.r0c / n + ms.r1c / n + ms.r2c / live.length + ms.r3c / live.length;
   const serverMs = ms.r0s + ms.r1s + ms.r2s + ms.r3s;
   return {
