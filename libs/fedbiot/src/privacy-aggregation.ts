@@ -34,6 +34,7 @@ import {
 import type { ClientUpdate, Weighting } from './aggregate.js';
 import { JobSpecError } from './errors.js';
 import type { JobSpec } from './job-spec.js';
+import { clientsPerRound } from './sampling.js';
 import type { PrivacySpec } from './privacy-spec.js';
 
 /** What the coordinator's aggregate hook returns: the new adapter and metrics events for the round. */
@@ -44,8 +45,13 @@ export interface HookResult {
 
 export interface PrivacyAggregationOptions {
   readonly privacy: PrivacySpec;
-  /** All clients of the federation (N), for the sampling rate q = m / N. */
+  /** All clients of the federation (N), for the sampling rate q = clients sampled per round / N. */
   readonly clientCount: number;
+  /**
+   * Clients sampled per round (clients.perRound); default: the round's accepted updates. The sampling rate counts
+   * a sampled client whose update was then rejected or lost: it was still sampled.
+   */
+  readonly sampledPerRound?: number;
   readonly weighting: Weighting;
   /**
    * W: the largest weight one client may carry in a round (public). DP-FedAvg caps w at W so that the weighted
@@ -253,7 +259,7 @@ export class PrivacyAggregation {
     if (dp) {
       // Distributed noise: only the survivors' shares are in the sum, so the achieved multiplier is lower.
       const sigmaEff = sa ? effectiveNoiseMultiplier(sigma, noiseIn, m) : sigma;
-      const q = Math.min(1, m / this.opts.clientCount);
+      const q = Math.min(1, (this.opts.sampledPerRound ?? m) / this.opts.clientCount);
       this.accountant.step(q, sigmaEff);
       const eps = this.accountant.getPrivacySpent(dp.delta);
       Object.assign(event, {
@@ -320,6 +326,7 @@ export function privacyFor(
   return new PrivacyAggregation({
     privacy: spec.privacy,
     clientCount,
+    sampledPerRound: clientsPerRound(clientCount, spec.clients.perRound),
     weighting: spec.aggregation.weighting,
     maxWeight: maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength),
     seed: spec.job.seed,

@@ -213,6 +213,18 @@ test('distributed noise after a dropout before masking: the accountant uses the 
   );
 });
 
+test('the sampling rate counts every sampled client, also one whose update was rejected', () => {
+  const h = hook({ dp: { clip: 0.05, noiseMultiplier: 1, delta: 1e-5 } }, { sampledPerRound: 5 });
+  const e = h.aggregate(0, global, updates(4, 0.02)).events[0]!;
+  assert.equal(e['sample_rate'], 0.5);
+  assert.equal(
+    hook({ dp: { clip: 0.05, noiseMultiplier: 1, delta: 1e-5 } }).aggregate(0, global, updates(4, 0.02)).events[0]![
+      'sample_rate'
+    ],
+    0.4,
+  );
+});
+
 test('token weights above W are capped (DP-FedAvg w = min(n / W, 1)); W from the job settings', () => {
   assert.equal(maxWeightFor('tokens', { localSteps: 12, gradAccum: 1, batchSize: 8 }, 96), 9216);
   assert.equal(maxWeightFor('examples', { localSteps: 12, gradAccum: 2, batchSize: 8 }, 96), 192);
