@@ -4,7 +4,7 @@
  * multipliers sigma) under secure aggregation, `reps` repetitions each (different job seeds: other data order,
  * other dropout draws; the DP noise itself is node:crypto randomness). Reports the pooled AdapFu/AdapEmu test loss
  * and accuracy of the last round with a t-interval over the repetitions, and the (epsilon, delta) each run spent.
- * `npm run bench -- privacy --utility [--sigmas 0.3,1] [--clip 0.05] [--reps 2] [--rounds 3]`
+ * `npm run bench -- privacy --utility [--sigmas 0.3,1] [--clip 0.05] [--reps 2] [--rounds 3] [--dp-only]`
  * writes bench/results/privacy-utility.json. Small on purpose (2 shared CPU cores): see the settings below.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -36,10 +36,15 @@ export async function utility(args: string[]): Promise<void> {
   const reps = Number(argOf(args, 'reps') ?? 2);
   const rounds = Number(argOf(args, 'rounds') ?? 3);
   const settings: Setting[] = [
-    { name: 'no privacy', privacy: {} },
-    { name: 'secagg only', privacy: { secureAggregation: {} } },
+    // --dp-only: just the DP settings (e.g. to add a clip norm to earlier runs).
+    ...(args.includes('--dp-only')
+      ? []
+      : [
+          { name: 'no privacy', privacy: {} },
+          { name: 'secagg only', privacy: { secureAggregation: {} } },
+        ]),
     ...sigmas.map((s) => ({
-      name: `dp sigma ${s} + secagg`,
+      name: `dp C ${clip} sigma ${s} + secagg`,
       privacy: { dp: { clip, noiseMultiplier: s, delta: 1e-5 }, secureAggregation: {} },
     })),
   ];
