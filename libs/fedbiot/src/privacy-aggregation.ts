@@ -256,6 +256,9 @@ export class PrivacyAggregation {
       };
     } else event['skipped'] = 'weight sum 0: adapter kept';
     event['mean_update_norm'] = m > 0 ? normSum / m : 0;
+    // sum w / (s W) over the s clients in the sum: how much of the weight bound W the clients use (the server knows
+    // sum w anyway). Under DP the signal scales with it and the noise does not.
+    event['weight_fill'] = inSum > 0 ? weightSum / (inSum * W) : 0;
     if (dp) {
       // Distributed noise: only the survivors' shares are in the sum, so the achieved multiplier is lower.
       const sigmaEff = sa ? effectiveNoiseMultiplier(sigma, noiseIn, m) : sigma;
@@ -328,7 +331,7 @@ export function privacyFor(
     clientCount,
     sampledPerRound: clientsPerRound(clientCount, spec.clients.perRound),
     weighting: spec.aggregation.weighting,
-    maxWeight: maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength),
+    maxWeight: spec.privacy.maxWeight ?? maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength),
     seed: spec.job.seed,
     label: `${spec.job.id ?? 'job'}/${phase}`,
     ...(resume !== undefined ? { resume } : {}),

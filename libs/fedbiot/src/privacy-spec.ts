@@ -14,6 +14,7 @@
  *       simulateDropouts:      # standalone job only: clients that vanish mid-protocol each round
  *         beforeMasking: 0     #   after sharing keys, before the masked input (excluded from the sum)
  *         afterMasking: 0      #   after the masked input, before unmasking (still in the sum, recovered by Shamir)
+ *     maxWeight: 100           # W, the public cap on a client's weight per round; absent: the most a round yields
  */
 import { z } from 'zod';
 
@@ -57,6 +58,13 @@ const secureAggregationSection = z
 export const privacySection = z.strictObject({
   dp: dpSection.optional(),
   secureAggregation: secureAggregationSection.optional(),
+  /**
+   * W: the public cap on one client's weight per round (tokens, examples or 1 per aggregation.weighting); larger
+   * weights are capped (DP-FedAvg's min(n / W, 1)). Absent: the most a round can produce (localSteps x gradAccum x
+   * batchSize, x maxLength for tokens). Under DP the signal scales with w / W and the noise does not: set W near
+   * the clients' typical weight (the `weight_fill` of the privacy events shows sum w / (s W)).
+   */
+  maxWeight: z.number().int().min(1).optional(),
 });
 
 export type PrivacySpec = z.output<typeof privacySection>;

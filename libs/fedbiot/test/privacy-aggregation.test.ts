@@ -251,6 +251,8 @@ test('the privacy section of the job spec: defaults, and errors naming the field
     simulateDropouts: { beforeMasking: 0, afterMasking: 0 },
   });
   assert.deepEqual(resolveJobSpec({}, 'spec.yaml').privacy, {});
+  assert.equal(resolveJobSpec({ privacy: { maxWeight: 100 } }, 'spec.yaml').privacy.maxWeight, 100);
+  bad({ privacy: { maxWeight: 0.5 } }, /privacy\.maxWeight: /);
   bad({ privacy: { dp: { noiseMultiplier: 1 } } }, /spec\.yaml: privacy\.dp\.clip: /);
   bad({ privacy: { dp: { clip: -1, noiseMultiplier: 1 } } }, /privacy\.dp\.clip: .*0/);
   bad({ privacy: { dp: { clip: 1, noiseMultiplier: 1, delta: 2 } } }, /privacy\.dp\.delta: /);
