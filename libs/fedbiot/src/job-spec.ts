@@ -222,8 +222,11 @@ export const jobSpecSchema = z
     aggregation: aggregationSection.prefault({}),
     eval: evalSection.prefault({}),
     baselines: baselinesSection.prefault({}),
-    /** Client-level DP and secure aggregation of the adapter updates (privacy-spec.ts). */
-    privacy: privacySection.prefault({}),
+    /**
+     * Client-level DP and secure aggregation of the adapter updates (privacy-spec.ts). Optional, not defaulted: a
+     * spec without it resolves as before, so runs created earlier still resume (run-dir compares the configs).
+     */
+    privacy: privacySection.optional(),
   })
   .superRefine((s, ctx) => {
     const issue = (path: (string | number)[], message: string): void => {

@@ -325,13 +325,14 @@ export function privacyFor(
   resume: unknown,
   log: (line: string) => void,
 ): PrivacyAggregation | undefined {
-  if (spec.privacy.dp === undefined && spec.privacy.secureAggregation === undefined) return undefined;
+  const privacy = spec.privacy;
+  if (privacy?.dp === undefined && privacy?.secureAggregation === undefined) return undefined;
   return new PrivacyAggregation({
-    privacy: spec.privacy,
+    privacy,
     clientCount,
     sampledPerRound: clientsPerRound(clientCount, spec.clients.perRound),
     weighting: spec.aggregation.weighting,
-    maxWeight: spec.privacy.maxWeight ?? maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength),
+    maxWeight: privacy.maxWeight ?? maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength),
     seed: spec.job.seed,
     label: `${spec.job.id ?? 'job'}/${phase}`,
     ...(resume !== undefined ? { resume } : {}),

@@ -245,13 +245,17 @@ function bad(raw: unknown, re: RegExp): void {
 
 test('the privacy section of the job spec: defaults, and errors naming the field', () => {
   const s = resolveJobSpec({ privacy: { dp: { clip: 0.1, noiseMultiplier: 1 }, secureAggregation: {} } }, 'spec.yaml');
-  assert.deepEqual(s.privacy.dp, { clip: 0.1, noiseMultiplier: 1, delta: 1e-5 });
-  assert.deepEqual(s.privacy.secureAggregation, {
+  assert.deepEqual(s.privacy?.dp, { clip: 0.1, noiseMultiplier: 1, delta: 1e-5 });
+  assert.deepEqual(s.privacy?.secureAggregation, {
     graph: 'complete',
     simulateDropouts: { beforeMasking: 0, afterMasking: 0 },
   });
-  assert.deepEqual(resolveJobSpec({}, 'spec.yaml').privacy, {});
-  assert.equal(resolveJobSpec({ privacy: { maxWeight: 100 } }, 'spec.yaml').privacy.maxWeight, 100);
+  assert.equal(
+    resolveJobSpec({}, 'spec.yaml').privacy,
+    undefined,
+    'absent: not in the resolved spec (old runs resume)',
+  );
+  assert.equal(resolveJobSpec({ privacy: { maxWeight: 100 } }, 'spec.yaml').privacy?.maxWeight, 100);
   bad({ privacy: { maxWeight: 0.5 } }, /privacy\.maxWeight: /);
   bad({ privacy: { dp: { noiseMultiplier: 1 } } }, /spec\.yaml: privacy\.dp\.clip: /);
   bad({ privacy: { dp: { clip: -1, noiseMultiplier: 1 } } }, /privacy\.dp\.clip: .*0/);
@@ -273,6 +277,7 @@ test('the privacy section of the job spec: defaults, and errors naming the field
     'privacy.secureAggregation.simulateDropouts.afterMasking=1',
   ]);
   const r = resolveJobSpec(o, 'overrides').privacy;
+  assert.ok(r);
   assert.equal(r.dp?.clip, 0.1);
   assert.equal(r.secureAggregation?.graph, 'secagg+');
   assert.equal(r.secureAggregation?.simulateDropouts.afterMasking, 1);
