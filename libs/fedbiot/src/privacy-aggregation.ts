@@ -118,6 +118,16 @@ export class PrivacyAggregation {
     const dp = privacy.dp;
     const sa = privacy.secureAggregation;
     const m = updates.length;
+    if (sa && m < 2) {
+      // A "sum" of one client is that client's update: release nothing, keep the adapter (no privacy spent).
+      const event = {
+        kind: 'privacy',
+        clients: m,
+        skipped: 'secure aggregation needs at least 2 clients; adapter kept',
+      };
+      this.opts.log?.(`  round ${round + 1} privacy: ${event.skipped}`);
+      return { adapter: global, events: [event] };
+    }
     const layout = tensorLayout(new Map([...global.tensors].map(([k, v]) => [k, v.length])));
     const sigma = dp?.noiseMultiplier ?? 0;
     const C = dp?.clip ?? 0;
@@ -173,7 +183,7 @@ export class PrivacyAggregation {
         maxWeight: W,
         graph,
       };
-      // Simulated dropouts: a public, seeded choice per round (the same on resume), never the same client twice.
+      // Simulated dropouts: a public, seeded choice per round (the same on resume); a client drops at most once.
       const order = ids.toSorted((a, b) => {
         const h = (id: string) =>
           createHash('sha256').update(`dropouts:${this.opts.seed}:${round}:${id}`).digest('hex');

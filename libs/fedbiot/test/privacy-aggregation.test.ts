@@ -125,6 +125,14 @@ test('more than m - t dropouts fail with a clear error naming the round, thresho
   );
 });
 
+test('secure aggregation never releases a single client: a round with one update keeps the adapter', () => {
+  const h = hook({ dp: { clip: 0.05, noiseMultiplier: 1, delta: 1e-5 }, secureAggregation: secagg() });
+  const r = h.aggregate(0, global, updates(1, 0.02));
+  assert.equal(r.adapter, global);
+  assert.match(String(r.events[0]!['skipped']), /at least 2 clients/);
+  assert.equal(h.accountant.steps, 0, 'nothing released, nothing spent');
+});
+
 test('DP clipping: each client contributes at most C in L2 norm; clipped clients are counted', () => {
   const C = 0.05;
   for (const sa of [undefined, secagg()]) {
