@@ -82,3 +82,44 @@ test('a FedBiOT job (and its offsite-tuning baseline) with DP and secure aggrega
   assert.ok(results.rows.some((r) => r.method === 'fedbiot-adapfu'));
   assert.ok(results.rows.some((r) => r.method === 'offsite-tuning'));
 });
+
+test('a private job stopped after round 1 resumes with its accountant: epsilon composes over both rounds', async () => {
+  const spec = resolveJobSpec(
+    {
+      job: { id: 'private-resume', seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+      data: { federation: join(tmp, 'federation'), maxLength: 96 },
+      clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
+      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+      eval: { every: 2, maxNewTokens: 1 },
+      baselines: { offsiteTuning: false, localOnly: false },
+      privacy: { dp: { clip: 0.05, noiseMultiplier: 2, delta: 1e-6 }, secureAggregation: {} },
+    },
+    'privacy resume',
+  );
+  await assert.rejects(
+    runJob(spec, {
+      log: () => {},
+      afterCheckpoint: (phase, round) => {
+        if (phase === 'main' && round === 1) throw new Error('simulated crash after round 1');
+      },
+    }),
+    /simulated crash/,
+  );
+  const { runDir } = await runJob(spec, { log: () => {}, resume: true });
+  const events = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+    .filter((e) => e['kind'] === 'privacy');
+  assert.deepEqual(
+    events.map((e) => [e['round'], e['dp_rounds']]),
+    [
+      [0, 1],
+      [1, 2],
+    ],
+  );
+  const acc = new RdpAccountant();
+  acc.step(1, 2, 2);
+  assert.ok(Math.abs((events[1]!['epsilon'] as number) - acc.getEpsilon(1e-6)) < 1e-9);
+});
