@@ -4,7 +4,7 @@
  * multipliers sigma) under secure aggregation, `reps` repetitions each (different job seeds: other data order,
  * other dropout draws; the DP noise itself is node:crypto randomness). Reports the pooled AdapFu/AdapEmu test loss
  * and accuracy of the last round with a t-interval over the repetitions, and the (epsilon, delta) each run spent.
- * `npm run bench -- privacy --utility [--sigmas 0.3,1] [--clip 0.05] [--reps 2] [--rounds 3] [--dp-only]`
+ * `npm run bench -- privacy --utility [--sigmas 0.3,1] [--clip 0.05] [--reps 2] [--rounds 3] [--dp-only] [--max-weight W]`
  * writes bench/results/privacy-utility.json. Small on purpose (2 shared CPU cores): see the settings below.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -35,6 +35,8 @@ export async function utility(args: string[]): Promise<void> {
   const clip = Number(argOf(args, 'clip') ?? 0.05);
   const reps = Number(argOf(args, 'reps') ?? 2);
   const rounds = Number(argOf(args, 'rounds') ?? 3);
+  // privacy.maxWeight (W); absent: the job's default bound.
+  const maxWeight = argOf(args, 'max-weight');
   const settings: Setting[] = [
     // --dp-only: just the DP settings (e.g. to add a clip norm to earlier runs).
     ...(args.includes('--dp-only')
@@ -44,8 +46,12 @@ export async function utility(args: string[]): Promise<void> {
           { name: 'secagg only', privacy: { secureAggregation: {} } },
         ]),
     ...sigmas.map((s) => ({
-      name: `dp C ${clip} sigma ${s} + secagg`,
-      privacy: { dp: { clip, noiseMultiplier: s, delta: 1e-5 }, secureAggregation: {} },
+      name: `dp C ${clip} sigma ${s} + secagg${maxWeight ? ` W ${maxWeight}` : ''}`,
+      privacy: {
+        dp: { clip, noiseMultiplier: s, delta: 1e-5 },
+        secureAggregation: {},
+        ...(maxWeight ? { maxWeight: Number(maxWeight) } : {}),
+      },
     })),
   ];
   const tmp = mkdtempSync(join(tmpdir(), 'privacy-utility-'));
