@@ -50,6 +50,12 @@ export interface CoordinatorSettings {
   readonly evalEvery: number;
   /** Whether the broadcast carries the emulator LoRA (FedBiOT: yes, it changes every round). */
   readonly broadcastEmulator: boolean;
+  /** Replaces FedAvg of the accepted updates: DP clipping and noise, secure aggregation (privacy-aggregation.ts). */
+  readonly aggregate?: (
+    round: number,
+    global: LoraWeights,
+    accepted: readonly ClientUpdate[],
+  ) => { adapter: LoraWeights; events: readonly { kind: string; [k: string]: unknown }[] };
 }
 
 export interface CoordinatorState {
@@ -123,7 +129,11 @@ export async function runRounds(
       }
     }
     let adapter = state.adapter;
-    if (accepted.length > 0)
+    if (accepted.length > 0 && settings.aggregate) {
+      const r = settings.aggregate(round, state.adapter, accepted);
+      adapter = r.adapter;
+      for (const e of r.events) events.onEvent({ ...e, round });
+    } else if (accepted.length > 0)
       adapter = { spec: state.adapter.spec, tensors: fedAvg(accepted, { weighting: settings.weighting }) };
     else events.onEvent({ round, kind: 'skipped', reason: 'no acceptable update this round; adapter kept' });
     // Bytes on the wire this round: the broadcast (adapter, and the emulator LoRA when it changes) to each

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { EXAMPLE_FORMATS } from '../../data/src/types.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
 import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
+import { privacySection } from './privacy-spec.js';
 
 /**
  * The job specification: one YAML/JSON document that says which model, data, method and hyper-parameters a
@@ -221,6 +222,11 @@ export const jobSpecSchema = z
     aggregation: aggregationSection.prefault({}),
     eval: evalSection.prefault({}),
     baselines: baselinesSection.prefault({}),
+    /**
+     * Client-level DP and secure aggregation of the adapter updates (privacy-spec.ts). Optional, not defaulted: a
+     * spec without it resolves as before, so runs created earlier still resume (run-dir compares the configs).
+     */
+    privacy: privacySection.optional(),
   })
   .superRefine((s, ctx) => {
     const issue = (path: (string | number)[], message: string): void => {

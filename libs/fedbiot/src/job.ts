@@ -37,6 +37,7 @@ import {
   type MetricsEvent,
 } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
+import { privacyFor, privacySummary } from './privacy-aggregation.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
 import { writeReportHtml } from './report/report-html.js';
@@ -183,6 +184,7 @@ async function runFederated(
     await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
   }
   const settings = clientSettingsFor(spec);
+  const privacy = privacyFor(spec, cfg.phase, data.clients.length, resumeFrom?.json['privacy'], ctx.log);
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       const out: ClientRoundResult[] = [];
@@ -245,6 +247,7 @@ async function runFederated(
       ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
       evalEvery: spec.eval.every,
       broadcastEmulator: cfg.kind === 'fedbiot',
+      ...(privacy ? { aggregate: privacy.aggregate } : {}),
     },
     start,
     {
@@ -266,6 +269,7 @@ async function runFederated(
           round: state.round,
           streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
         };
+        if (privacy) json['privacy'] = privacy.state();
         const opt = server?.exportOptimizerState();
         if (server && opt) {
           const t = stateToTensors(opt, 'optim.');
@@ -485,7 +489,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const results = resultsFromEvents(events);
     await writeResultsJson(runDir, results);
     await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}` });
-    const table = formatResultsTable(results.rows, results.bytes_per_round);
+    const table = formatResultsTable(results.rows, results.bytes_per_round) + privacySummary(events);
     await writeFile(join(runDir, 'results.txt'), table + '\n');
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

@@ -117,7 +117,7 @@ export class TransportUnavailableError extends Error {
 export class InvalidIdentifierError extends Error {
   override readonly name = 'InvalidIdentifierError';
   constructor(
-    readonly kind: 'job id' | 'client id' | 'round' | 'control verb',
+    readonly kind: 'job id' | 'client id' | 'round' | 'control verb' | 'secagg step',
     readonly value: unknown,
     reason: string,
   ) {

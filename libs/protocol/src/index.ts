@@ -157,3 +157,33 @@ export {
   type JobAuthOptions,
 } from './auth.js';
 export type { ProtocolLogger } from './logger.js';
+// Secure aggregation (issue 14): subjects, envelopes and the two sides of the exchange.
+export {
+  SECAGG_CLIENT_STEPS,
+  type SecAggClientStep,
+  secAggClientSubject,
+  secAggStepPattern,
+  secAggKeysSubject,
+  secAggSharesSubject,
+  secAggUnmaskRequestSubject,
+  parseSecAggClientSubject,
+} from './subjects.js';
+export {
+  SecAggPlanSchema,
+  type SecAggPlan,
+  SecAggAdvertiseSchema,
+  SecAggShareKeysSchema,
+  SecAggMaskedSchema,
+  SecAggUnmaskSchema,
+  SecAggKeysSchema,
+  SecAggSharesSchema,
+  SecAggUnmaskRequestSchema,
+} from './messages.js';
+export {
+  runSecAggAggregator,
+  runSecAggClient,
+  secAggConfigOf,
+  type SecAggAggregatorOptions,
+  type SecAggAggregatorResult,
+  type SecAggClientOptions,
+} from './secagg-flow.js';
