@@ -29,6 +29,7 @@ import {
 } from './file-transfer.js';
 import { BlobNotFoundError, IntegrityError } from './errors.js';
 import type { BlobRef, Dtype } from './messages.js';
+import { jetStreamReplicas } from './replicas.js';
 
 export interface BlobStoreOptions {
   /** Object-store bucket that `put` writes to (created if missing). See `blobBucketName(jobId)`. */
@@ -37,6 +38,8 @@ export interface BlobStoreOptions {
   readonly cacheDir?: string;
   /** Server storage of a bucket created here. Default 'file'. */
   readonly storage?: 'file' | 'memory';
+  /** JetStream replicas of a bucket this call creates. Default FEDBIOT_JS_REPLICAS, else 1 (replicas.ts). */
+  readonly replicas?: number;
 }
 
 export interface PutOptions {
@@ -82,6 +85,7 @@ export class BlobStore {
   readonly #buckets = new Map<string, Promise<ObjectStore>>();
   readonly #cacheDir: string | undefined;
   readonly #storage: StorageType;
+  readonly #replicas: number;
   readonly #client: TransferClient;
   #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0 };
 
@@ -92,6 +96,7 @@ export class BlobStore {
     readonly bucket: string,
     cacheDir: string | undefined,
     storage: StorageType,
+    replicas: number,
   ) {
     this.#nc = nc;
     this.#objm = objm;
@@ -99,6 +104,7 @@ export class BlobStore {
     this.#jsm = jsm;
     this.#cacheDir = cacheDir;
     this.#storage = storage;
+    this.#replicas = replicas;
     this.#client = { nc, js: this.#js, jsm };
   }
 
@@ -106,7 +112,15 @@ export class BlobStore {
   static async open(nc: NatsConnection, opts: BlobStoreOptions): Promise<BlobStore> {
     const objm = new Objm(nc);
     const storage = opts.storage === 'memory' ? StorageType.Memory : StorageType.File;
-    const store = new BlobStore(nc, objm, await jetstreamManager(nc), opts.bucket, opts.cacheDir, storage);
+    const store = new BlobStore(
+      nc,
+      objm,
+      await jetstreamManager(nc),
+      opts.bucket,
+      opts.cacheDir,
+      storage,
+      jetStreamReplicas(opts.replicas),
+    );
     await store.ensureBucket(opts.bucket);
     if (opts.cacheDir !== undefined) await mkdir(opts.cacheDir, { recursive: true });
     return store;
@@ -121,7 +135,9 @@ export class BlobStore {
     if (os === undefined) {
       // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
       os = streamExists(this.#nc, `OBJ_${bucket}`).then((exists) =>
-        exists ? this.#objm.open(bucket) : this.#objm.create(bucket, { storage: this.#storage }),
+        exists
+          ? this.#objm.open(bucket)
+          : this.#objm.create(bucket, { storage: this.#storage, replicas: this.#replicas }),
       );
       os.catch(() => this.#buckets.delete(bucket));
       this.#buckets.set(bucket, os);

@@ -187,3 +187,4 @@ export {
   type SecAggAggregatorResult,
   type SecAggClientOptions,
 } from './secagg-flow.js';
+export { jetStreamReplicas, MAX_REPLICAS, REPLICAS_ENV } from './replicas.js';

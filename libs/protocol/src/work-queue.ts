@@ -35,6 +35,7 @@ import {
   taskSubject,
   TRAINER_CONSUMER,
 } from './subjects.js';
+import { jetStreamReplicas } from './replicas.js';
 
 export interface WorkQueueOptions {
   readonly jobId: string;
@@ -47,6 +48,8 @@ export interface WorkQueueOptions {
   readonly clientId?: string;
   /** Default 'file'. */
   readonly storage?: 'file' | 'memory';
+  /** JetStream replicas of a stream this call creates. Default FEDBIOT_JS_REPLICAS, else 1 (replicas.ts). */
+  readonly replicas?: number;
   /** Window (ms) in which re-enqueueing the same job/round/client is dropped as a duplicate. Default 120000. */
   readonly duplicateWindowMs?: number;
   /** Default console. */
@@ -153,6 +156,7 @@ export class WorkQueue {
       name: q.stream,
       subjects: [taskPattern(jobId)],
       retention: RetentionPolicy.Workqueue,
+      num_replicas: jetStreamReplicas(opts.replicas),
       storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
       duplicate_window: nanos(opts.duplicateWindowMs ?? 120_000),
     });
