@@ -141,3 +141,29 @@ test("LoRA training with float16 frozen weights reaches the fp32 run's loss", as
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('half weights in the eval and generation graphs: lossSum equals the pre-rounded model, generation runs', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'half-'));
+  try {
+    const half = await CausalLM.load(MODEL, opts(tmp, { weightsDtype: 'float16' }));
+    const rounded = await CausalLM.load(await roundedCopy(tmp, 'F16'), opts(tmp));
+    try {
+      const a = await half.lossSum(batch());
+      const b = await rounded.lossSum(batch());
+      assert.ok(Math.abs(a.nllSum - b.nllSum) <= 1e-6 * b.nllSum, `${a.nllSum} vs ${b.nllSum}`);
+      const prompts = [
+        [1, 5, 9],
+        [1, 7],
+      ];
+      const ga = await half.generate(prompts, { maxNewTokens: 6, eosTokenId: null });
+      const gb = await rounded.generate(prompts, { maxNewTokens: 6, eosTokenId: null });
+      // Same weights, same float32 maths (KV cache included): the same greedy tokens.
+      assert.deepEqual(ga, gb);
+    } finally {
+      await half.release();
+      await rounded.release();
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
