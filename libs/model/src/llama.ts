@@ -261,8 +261,12 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   let embeddings: Tensor | undefined;
   if (opts.start === 'ids') {
     const ids = g.input('input_ids', 'int64', [B, T]);
-    // A half embedding is gathered in half, then only the B*T rows read are cast.
-    x = embeddings = O.cast(O.gather(w('model.embed_tokens.weight'), ids, 0), dtype); // (B, T, d)
+    // A half embedding is gathered in half, then only the B*T rows read are cast. With float16 compute a bfloat16
+    // table is read through the same Cast to float16 as a tied head's (onnxruntime folds it into one float16
+    // initializer), as WebGPU has no bfloat16 kernels.
+    const table = w('model.embed_tokens.weight');
+    const rows = half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
+    x = embeddings = O.cast(O.gather(rows, ids, 0), dtype); // (B, T, d)
   } else {
     x = g.input('hidden_in', dtype, [B, T, cfg.hiddenSize]);
   }
