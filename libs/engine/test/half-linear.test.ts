@@ -4,6 +4,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   Graph,
   LossScaler,
@@ -85,6 +88,49 @@ test('halfLinear (float16 compute): x rounded to float16 at the matmul; within f
     // x̄ and b̄ (the scalar loss cancels too much for a relative check): x̄ = R W in float16 has R rounded to
     // float16 (2^-11 = 4.9e-4 relative); b̄ = sum(R) stays float32. Bound 2e-3; a bug would be O(1).
     assert.ok(Math.sqrt(num / den) < 2e-3, `output ${k}: ${Math.sqrt(num / den)}`);
+  }
+});
+
+test('each float32 copy of a half weight is made right before its Gemm, not all at the start (forward and backward)', async () => {
+  // The memory claim of halfLinear: onnxruntime's CPU provider runs nodes that depend only on initializers first, so
+  // without orderedAfter every weight's float32 copy would be alive at once. Checked in the profiler's node order.
+  const L = 4;
+  const g = new Graph('half-order');
+  const x0 = g.input('x', 'float32', [B, T, IN]);
+  let x = x0;
+  for (let l = 0; l < L; l++) {
+    const w = g.weight(`w${l}`, 'float16', [IN, IN], {
+      data: float32ArrayTo(
+        'F16',
+        Float32Array.from({ length: IN * IN }, () => next() - 0.5),
+      ),
+    });
+    x = O.tanh(halfLinear(x, w, 'float32'));
+  }
+  const loss = O.sumAll(x);
+  g.output(loss, 'loss');
+  g.output(gradients(loss, [x0])[0]!, 'gx');
+  const dir = mkdtempSync(join(tmpdir(), 'half-order-'));
+  try {
+    const runner = await openRunner(
+      { bytes: encodeModel(g.toIr()) },
+      { thread: 'main', intraOpNumThreads: 1, keepHalfWeights: true, profileFilePrefix: join(dir, 'p') },
+    );
+    await runner.run({ x: { dtype: 'float32', shape: [B, T, IN], data: xv } });
+    await runner.release();
+    const trace = readdirSync(dir).find((f) => f.endsWith('.json'))!;
+    const ops = (
+      JSON.parse(readFileSync(join(dir, trace), 'utf8')) as { cat: string; name: string; args: { op_name?: string } }[]
+    )
+      .filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'))
+      .map((e) => e.args.op_name!);
+    const casts = ops.map((op, i) => (op === 'Cast' ? i : -1)).filter((i) => i >= 0);
+    assert.equal(casts.length, 2 * L, `one cast per forward and per backward Gemm: ${ops.join(' ')}`);
+    // Between two casts there is always a Gemm (the first cast's consumer): never two float32 copies pending.
+    for (let k = 1; k < casts.length; k++)
+      assert.ok(ops.slice(casts[k - 1]!, casts[k]!).includes('Gemm'), `casts back to back: ${ops.join(' ')}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
