@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import {
   crossEntropy,
   mulberry32,
+  resolveProvider,
   type ExecutionProvider,
   type Graph,
   type HalfCompute,
@@ -134,10 +135,12 @@ export class CausalLM {
     const store = new GraphStore(ckpt, opts.cacheRoot ? { cacheRoot: join(opts.cacheRoot, 'graphs') } : {});
     const tokenizer = existsSync(join(resolve(dir), 'tokenizer.json')) ? await loadTokenizer(dir) : undefined;
     const wd = opts.weightsDtype ?? 'float32';
+    // The default compute follows the provider sessions will really use: a GPU provider that falls back to the CPU
+    // gets the CPU's float32 casts (float16 graphs there would make float32 copies of every weight at load).
+    const runsOn =
+      wd === 'float32' || opts.compute ? 'cpu' : await resolveProvider(opts.provider ?? 'cpu', { fallback: true });
     const half =
-      wd === 'float32'
-        ? undefined
-        : { dtype: wd, compute: opts.compute ?? ((opts.provider ?? 'cpu') === 'cpu' ? 'float32' : 'float16') };
+      wd === 'float32' ? undefined : { dtype: wd, compute: opts.compute ?? (runsOn === 'cpu' ? 'float32' : 'float16') };
     if (half) await store.prepareHalf(half.dtype);
     const graphs = new CompiledGraphs(
       store,
