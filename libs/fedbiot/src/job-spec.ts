@@ -87,6 +87,11 @@ const modelSection = z.strictObject({
    * what the standalone job computes); bfloat16 / float16 halve the bytes at a small loss change (README).
    */
   packageDtype: z.enum(['float32', 'bfloat16', 'float16']).default(D.model.packageDtype),
+  /**
+   * Storage of the frozen weights in every process that trains or evaluates: float16 / bfloat16 halve their memory
+   * (LoRA, gradients, optimizer state stay float32; README, "Half-precision frozen weights"); absent: float32.
+   */
+  weightsDtype: z.enum(['float32', 'bfloat16', 'float16']).optional(),
 });
 
 const splitSection = z.strictObject({

@@ -358,6 +358,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
   });
   try {
     if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
