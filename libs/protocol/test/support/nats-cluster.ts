@@ -74,8 +74,8 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
     );
     confs.push(conf);
   }
-  const children: (ChildProcess | undefined)[] = new Array(size);
-  const logs: string[] = new Array(size).fill('');
+  const children: (ChildProcess | undefined)[] = Array.from({ length: size }, () => undefined);
+  const logs: string[] = Array.from({ length: size }, () => '');
   const index = (node: number | string): number => {
     const i = typeof node === 'number' ? node : nodes.findIndex((n) => n.name === node);
     if (i < 0 || i >= size) throw new Error(`no cluster node ${String(node)}`);
