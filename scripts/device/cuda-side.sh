@@ -55,6 +55,12 @@ node --input-type=module -e '
   try { await m.resolveProvider("cuda", { fallback: false }); console.log("cuda works on the pin?"); }
   catch (e) { console.log(e.name + ": " + e.message); }' 2>&1 | grep -v "^\[" | tail -2
 
+step "half-precision frozen weights: GPU parity (CUDA on the side binding, WebGPU on the pin)"
+FEDBIOT_ORT_BINDING=cuda FEDBIOT_TEST_PROVIDERS=cuda timeout 150 node --test dist/libs/model/test/half-weights-providers.test.js 2>&1 |
+  tee "$R/half-cuda.log" | grep -E "^(not )?ok|^# (tests|pass|fail|skipped)|relative|worst" | head -20
+FEDBIOT_TEST_PROVIDERS=webgpu timeout 150 node --test dist/libs/model/test/half-weights-providers.test.js 2>&1 |
+  tee "$R/half-webgpu.log" | grep -E "^(not )?ok|^# (tests|pass|fail|skipped)|relative|worst" | head -20
+
 [[ ${QUICK:-0} == 1 ]] && { tar -C "$OUT" -cf "$OUT/cuda-side.tar" cuda-side; exit 0; }
 
 step "bench perf: CUDA fp32 (TF32 off), CUDA TF32 (default), WebGPU on the pin, PyTorch"
@@ -63,6 +69,8 @@ NVIDIA_TF32_OVERRIDE=0 FEDBIOT_ORT_BINDING=cuda timeout 200 node dist/bench/run.
 FEDBIOT_ORT_BINDING=cuda timeout 200 node dist/bench/run.js perf --provider cuda --models smollm,tinyllama \
   --out "$R/tf32" 2>&1 | q | tail -9
 timeout 200 node dist/bench/run.js perf --provider webgpu --models smollm,tinyllama --out "$R/webgpu" 2>&1 | q | tail -9
+FEDBIOT_ORT_BINDING=cuda timeout 200 node dist/bench/run.js perf --provider cuda --models smollm,tinyllama \
+  --weights-dtype float16 --out "$R/fp16" 2>&1 | q | tail -9
 timeout 150 python3 scripts/device/torch_peer.py "$R/peer.json" smollm-cuda tinyllama-cuda 2>&1 | grep -v Warning | tail -3
 node -e '
   const fs = require("fs"); const R = process.argv[1]; const rows = [];
@@ -70,6 +78,7 @@ node -e '
   for (const r of read(R + "/fp32/perf-ours.json")) rows.push({ ...r, provider: "cuda" });
   for (const r of read(R + "/tf32/perf-ours.json")) rows.push({ ...r, provider: "cuda-tf32" });
   for (const r of read(R + "/webgpu/perf-ours.json")) rows.push(r);
+  for (const r of read(R + "/fp16/perf-ours.json")) rows.push({ ...r, provider: "cuda-fp16" });
   fs.writeFileSync(R + "/perf-ours.json", JSON.stringify(rows, null, 1));' "$R"
 node scripts/device/perf-join.mjs "$R/perf-ours.json" "$R/peer.json" "$R/perf-cuda.json"
 tar -C "$OUT" -cf "$OUT/cuda-side.tar" cuda-side
