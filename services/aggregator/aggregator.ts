@@ -19,7 +19,7 @@ import {
   stateBucketName,
   type BlobRef,
 } from '../../libs/protocol/src/index.js';
-import { runRounds, type CoordinatorState } from '../../libs/fedbiot/src/coordinator.js';
+import { aggregationSettingsFor, runRounds, type CoordinatorState } from '../../libs/fedbiot/src/coordinator.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   getLora,
@@ -170,8 +170,7 @@ export class Aggregator implements ServiceRole {
         seed: spec.job.seed,
         preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
         alignStepsPerRound: spec.alignment.stepsPerRound,
-        weighting: spec.aggregation.weighting,
-        ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+        ...aggregationSettingsFor(spec, ctx.clientSettings),
         evalEvery: spec.eval.every,
         broadcastEmulator: true,
       },
@@ -181,8 +180,8 @@ export class Aggregator implements ServiceRole {
           this.events.push(e);
           this.log.info(e.kind, { ...e });
         },
-        onRejected: (clientId, reason) => {
-          this.metrics.rejectedUpdates.inc({ reason: 'check' });
+        onRejected: (clientId, reason, kind) => {
+          this.metrics.rejectedUpdates.inc({ reason: kind });
           this.log.write('warn', 'update rejected', { clientId, reason });
         },
         onCheckpoint: async (s) => {

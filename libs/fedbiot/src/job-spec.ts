@@ -49,7 +49,12 @@ export const DEFAULTS = {
     proxEps: 0,
   },
   alignment: { preRounds: 4, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
-  aggregation: { weighting: 'tokens' as const },
+  aggregation: {
+    weighting: 'tokens' as const,
+    normBound: 'adamw' as const,
+    rule: 'fedavg' as const,
+    trimFraction: 0.2,
+  },
   eval: { every: 1, maxNewTokens: 8 },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
 } as const;
@@ -186,6 +191,21 @@ const aggregationSection = z.strictObject({
   quorum: posInt().optional(),
   /** Round deadline in milliseconds. */
   deadlineMs: posInt().optional(),
+  /**
+   * Hostile-client defences. 'adamw': reject an update farther from the broadcast than the job's local AdamW
+   * steps can move it (a bound no honest client can exceed; aggregate.ts adamwDeltaBound); 'off': no such bound.
+   */
+  normBound: z.enum(['adamw', 'off']).default(D.aggregation.normBound),
+  /** Also reject updates farther from the broadcast than this many times the round's median distance. */
+  relativeNormBound: z.number().gt(1).optional(),
+  /** fedavg (weighted), or a robust coordinate-wise rule: trimmed-mean (Flower FedTrimmedAvg), median (FedMedian). */
+  rule: z.enum(['fedavg', 'trimmed-mean', 'median']).default(D.aggregation.rule),
+  /** trimmed-mean: fraction of values cut at each end of every coordinate. */
+  trimFraction: z.number().min(0).lt(0.5).default(D.aggregation.trimFraction),
+  /** Largest update blob the aggregator downloads (bytes); absent: twice the adapter LoRA's size plus 1 MiB. */
+  maxUpdateBytes: posInt().optional(),
+  /** JetStream max_bytes of each client's update bucket; absent: 4 x maxUpdateBytes. */
+  clientBucketBytes: posInt().optional(),
 });
 
 const evalSection = z.strictObject({

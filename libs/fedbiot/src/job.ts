@@ -12,7 +12,13 @@ import { defaultCacheRoot } from '../../model/src/graph-store.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
-import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  type ClientRoundResult,
+  type CoordinatorState,
+  type RoundPorts,
+} from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
@@ -241,8 +247,7 @@ async function runFederated(
       seed: spec.job.seed,
       preAlignSteps: cfg.preAlignSteps,
       alignStepsPerRound: cfg.alignStepsPerRound,
-      weighting: spec.aggregation.weighting,
-      ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+      ...aggregationSettingsFor(spec, settings),
       evalEvery: spec.eval.every,
       broadcastEmulator: cfg.kind === 'fedbiot',
     },
