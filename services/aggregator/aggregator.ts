@@ -8,6 +8,7 @@ import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BlobStore,
+  RoundBlobPruner,
   JOB_STATE_KEY,
   JobStateSchema,
   PROTOCOL_VERSION,
@@ -19,9 +20,15 @@ import {
   stateBucketName,
   type BlobRef,
 } from '../../libs/protocol/src/index.js';
-import { aggregationSettingsFor, runRounds, type CoordinatorState } from '../../libs/fedbiot/src/coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  updateByteLimits,
+  type CoordinatorState,
+} from '../../libs/fedbiot/src/coordinator.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
+  encodeLora,
   getLora,
   initialLoras,
   natsRoundPorts,
@@ -87,7 +94,15 @@ export class Aggregator implements ServiceRole {
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     // Update buckets exist before any task goes out: client identities may write into theirs but not create it.
-    await Promise.all(ctx.data.clients.map((c) => blobs.ensureBucket(updateBucketName(jobId, c.id))));
+    // Their limits bound what one client can store (max_bytes) and make the aggregator download (per object).
+    const limits = updateByteLimits(spec, encodeLora(initialLoras(ctx).adapter).length);
+    const updateBuckets = ctx.data.clients.map((c) => updateBucketName(jobId, c.id));
+    await Promise.all(updateBuckets.map((b) => blobs.ensureBucket(b, limits)));
+    const pruner = new RoundBlobPruner(
+      blobs,
+      [blobBucketName(jobId), ...updateBuckets],
+      spec.aggregation.keepBlobRounds,
+    );
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
     // The emulator package, never the full model: built once per source, split and dtype, then streamed into the
@@ -185,7 +200,10 @@ export class Aggregator implements ServiceRole {
           this.log.write('warn', 'update rejected', { clientId, reason });
         },
         onCheckpoint: async (s) => {
-          await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
+          const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
+          await writeState(s, adapterRef, emulatorRef);
+          const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
+          if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
           this.metrics.round.set(s.round);
           this.log.info('checkpoint', { round: s.round });
         },

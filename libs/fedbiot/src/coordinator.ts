@@ -127,6 +127,24 @@ export function aggregationSettingsFor(
 }
 
 /**
+ * Limits of each client's update bucket (BlobStore.ensureBucket): the largest update blob the aggregator will
+ * download, from the spec or twice the size an honest update has (`honestUpdateBytes`: the encoded adapter LoRA,
+ * whose size depends on the LoRA spec only) plus 1 MiB; and the bucket's JetStream max_bytes, from the spec or
+ * four such updates (keepBlobRounds >= 1 rounds of an honest client's updates stay well inside it).
+ */
+export function updateByteLimits(
+  spec: JobSpec,
+  honestUpdateBytes: number,
+): { readonly maxObjectBytes: number; readonly maxBytes: number } {
+  const maxObjectBytes = spec.aggregation.maxUpdateBytes ?? 2 * honestUpdateBytes + (1 << 20);
+  return {
+    maxObjectBytes,
+    maxBytes:
+      spec.aggregation.clientBucketBytes ?? Math.max(4, 2 * (spec.aggregation.keepBlobRounds + 1)) * maxObjectBytes,
+  };
+}
+
+/**
  * Every update of a round checked against the broadcast `base`: shapes, finite values, the absolute norm bound,
  * counts the task allows, the AdamW reach bound and (optionally) the distance relative to the round's median.
  * Returns the accepted updates in input order and the rejected ones with their problems.

@@ -54,6 +54,7 @@ export const DEFAULTS = {
     normBound: 'adamw' as const,
     rule: 'fedavg' as const,
     trimFraction: 0.2,
+    keepBlobRounds: 1,
   },
   eval: { every: 1, maxNewTokens: 8 },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
@@ -206,6 +207,11 @@ const aggregationSection = z.strictObject({
   maxUpdateBytes: posInt().optional(),
   /** JetStream max_bytes of each client's update bucket; absent: 4 x maxUpdateBytes. */
   clientBucketBytes: posInt().optional(),
+  /**
+   * Distributed runs: blobs (broadcasts, updates) of rounds older than this many checkpoints are deleted from
+   * JetStream; the blobs the last checkpoint refers to are always kept. At least 1 (a resumed round re-reads them).
+   */
+  keepBlobRounds: posInt().default(D.aggregation.keepBlobRounds),
 });
 
 const evalSection = z.strictObject({

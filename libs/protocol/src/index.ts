@@ -79,6 +79,7 @@ export {
   type ProtocolIssue,
   TensorCodecError,
   IntegrityError,
+  BlobTooLargeError,
   BlobNotFoundError,
   StateConflictError,
   QuorumNotReachedError,
@@ -88,11 +89,14 @@ export {
 export { type Tensor, type DecodedTensors, encodeTensors, decodeTensors } from './tensor-codec.js';
 export {
   BlobStore,
+  RoundBlobPruner,
   type BlobStoreOptions,
   type PutOptions,
   type PutFileBlobOptions,
   type GetFileBlobOptions,
   type BlobStats,
+  type BucketLimits,
+  type PruneResult,
   sha256Hex,
 } from './blob-store.js';
 export {
