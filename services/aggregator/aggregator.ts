@@ -16,6 +16,7 @@ import {
   WorkQueue,
   blobBucketName,
   updateBucketName,
+  watchStaleUpdates,
   connectTransport,
   stateBucketName,
   type BlobRef,
@@ -138,6 +139,16 @@ export class Aggregator implements ServiceRole {
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
     this.metrics.round.set(start.round);
+    // Updates of rounds whose collection closed would vanish silently: log and count them.
+    let collecting = start.round;
+    await watchStaleUpdates(nc, {
+      jobId,
+      currentRound: () => collecting,
+      onStale: (u) => {
+        this.metrics.rejectedUpdates.inc({ reason: 'stale' });
+        this.log.write('warn', 'update for an ended round', { ...u });
+      },
+    });
     const ports = natsRoundPorts(ctx, {
       nc,
       blobs,
@@ -153,7 +164,10 @@ export class Aggregator implements ServiceRole {
         this.log.write('warn', 'update rejected', { clientId, reason });
       },
       onNotice: (m) => this.log.write('warn', m),
-      onPhase: (round, phase, detail) => this.log.info(`round ${phase}`, { round, ...detail }),
+      onPhase: (round, phase, detail) => {
+        collecting = phase === 'collected' ? round + 1 : round;
+        this.log.info(`round ${phase}`, { round, ...detail });
+      },
     });
     const writeState = async (
       s: CoordinatorState,

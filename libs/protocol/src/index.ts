@@ -129,12 +129,16 @@ export {
   type TaskContext,
   type TaskHandler,
   type RejectedTask,
+  type SkippedTask,
   type FailedTask,
   type QueueDepth,
   type Consumption,
 } from './work-queue.js';
 export {
   collectUpdates,
+  watchStaleUpdates,
+  type StaleUpdate,
+  type StaleWatchOptions,
   type CollectOptions,
   type LatePolicy,
   type LateUpdate,

@@ -68,6 +68,21 @@ export interface ConsumeOptions {
   readonly onRejected?: (info: RejectedTask) => void;
   /** Called when the handler threw. */
   readonly onFailed?: (info: FailedTask) => void;
+  /**
+   * Asked before each task: a reason to skip it (e.g. "round 3 already completed", from the job state), or null to
+   * train it. A skipped task is acked without running the handler and logged with its round and client, so a
+   * replica does not train tasks of rounds that have ended (a redelivery after a crash, a backlog after an outage).
+   * Absent: every task is trained. An error here counts as a handler failure (redelivered).
+   */
+  readonly skipTask?: (task: TrainTask) => string | null | Promise<string | null>;
+  /** A task was skipped through `skipTask`. */
+  readonly onSkipped?: (info: SkippedTask) => void;
+}
+
+export interface SkippedTask {
+  readonly task: TrainTask;
+  readonly seq: number;
+  readonly reason: string;
 }
 
 export interface TaskContext {
@@ -262,6 +277,16 @@ export class WorkQueue {
     }
     const deliveryCount = msg.info.deliveryCount;
     try {
+      const skip = (await opts.skipTask?.(decoded.value)) ?? null;
+      if (skip !== null) {
+        const t = decoded.value;
+        this.#log.warn(
+          `work queue ${this.stream}: skipped task #${msg.seq} (round ${t.round}, client ${t.clientId}): ${skip}`,
+        );
+        await msg.ackAck().catch(() => false);
+        opts.onSkipped?.({ task: t, seq: msg.seq, reason: skip });
+        return;
+      }
       await handler(decoded.value, { seq: msg.seq, deliveryCount, inProgress: () => msg.working() });
     } catch (error) {
       const final = deliveryCount >= maxDeliver;
