@@ -9,6 +9,7 @@ import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, statSync } f
 import { homedir } from 'node:os';
 import { basename, join } from 'node:path';
 import { writeModel, type DType, type Graph, type WeightSource } from '../../engine/src/index.js';
+import { pruneWeightVersions } from './cache-prune.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { WeightStore } from './llama.js';
 
@@ -72,6 +73,9 @@ export class GraphStore {
         copyFileSync(file, tmp); // other filesystem, or hard links to others' files not permitted
       }
       renameSync(tmp, target);
+      // A new version of this file: older ones beyond the newest two would otherwise stay forever (a hard link
+      // keeps a replaced checkpoint's bytes alive).
+      pruneWeightVersions(this.dir, basename(file));
     }
     this.linked.set(file, name);
     return name;
