@@ -9,6 +9,7 @@ import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, statSync } f
 import { homedir } from 'node:os';
 import { basename, join } from 'node:path';
 import { writeModel, type DType, type Graph, type WeightSource } from '../../engine/src/index.js';
+import { onCacheDisk } from './cache-errors.js';
 import { pruneWeightVersions } from './cache-prune.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { WeightStore } from './llama.js';
@@ -34,7 +35,7 @@ export class GraphStore {
     // One folder per checkpoint location and file identity, so an edited checkpoint gets fresh links.
     const id = createHash('sha256').update(checkpoint.dir).digest('hex').slice(0, 16);
     this.dir = join(root, id);
-    mkdirSync(this.dir, { recursive: true });
+    onCacheDisk(this.dir, () => mkdirSync(this.dir, { recursive: true }));
   }
 
   /** Frozen weights of the checkpoint: fp32 graphs reference the linked files; float64 graphs get values inline. */
@@ -54,7 +55,7 @@ export class GraphStore {
   /** Writes `graph` as `<dir>/<name>.onnx` (small constants inline, large ones in `<name>.data`); returns the path. */
   write(graph: Graph, name: string): string {
     const path = join(this.dir, `${name}.onnx`);
-    writeModel(graph.toIr(), path);
+    onCacheDisk(path, () => writeModel(graph.toIr(), path));
     return path;
   }
 
@@ -65,19 +66,21 @@ export class GraphStore {
     const st = statSync(file);
     const name = `w-${createHash('sha256').update(`${file}:${st.size}:${st.mtimeMs}`).digest('hex').slice(0, 12)}-${basename(file)}`;
     const target = join(this.dir, name);
-    if (!existsSync(target)) {
-      const tmp = `${target}.tmp-${process.pid}`;
-      try {
-        linkSync(file, tmp);
-      } catch {
-        copyFileSync(file, tmp); // other filesystem, or hard links to others' files not permitted
-      }
-      renameSync(tmp, target);
-      // A new version of this file: older ones beyond the newest two would otherwise stay forever (a hard link
-      // keeps a replaced checkpoint's bytes alive).
-      pruneWeightVersions(this.dir, basename(file));
-    }
+    if (!existsSync(target)) onCacheDisk(target, () => this.#linkNew(file, target));
     this.linked.set(file, name);
     return name;
+  }
+
+  #linkNew(file: string, target: string): void {
+    const tmp = `${target}.tmp-${process.pid}`;
+    try {
+      linkSync(file, tmp);
+    } catch {
+      copyFileSync(file, tmp); // other filesystem, or hard links to others' files not permitted
+    }
+    renameSync(tmp, target);
+    // A new version of this file: older ones beyond the newest two would otherwise stay forever (a hard link
+    // keeps a replaced checkpoint's bytes alive).
+    pruneWeightVersions(this.dir, basename(file));
   }
 }

@@ -394,8 +394,21 @@ export class BlobStore {
     const path = join(this.#cacheDir, sha256);
     // Write-then-rename: concurrent readers (other replicas sharing the dir) never see a partial file.
     const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-    await writeFile(tmp, bytes);
-    await rename(tmp, path);
+    try {
+      await writeFile(tmp, bytes);
+      await rename(tmp, path);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      const code = (e as NodeJS.ErrnoException).code;
+      // Node's ENOSPC from a write names no file; say which cache and which setting chose it.
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+        throw new Error(
+          `blob cache ${path}: ${code} (${(e as Error).message}); the folder is this BlobStore's cacheDir ` +
+            `${this.#cacheDir}: free space there or give the store a writable cacheDir`,
+          { cause: e },
+        );
+      throw e;
+    }
   }
 }
 
