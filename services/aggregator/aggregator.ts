@@ -209,9 +209,9 @@ export class Aggregator implements ServiceRole {
           this.events.push(e);
           this.log.info(e.kind, { ...e });
         },
-        onRejected: (clientId, reason, kind) => {
-          this.metrics.rejectedUpdates.inc({ reason: kind });
-          this.log.write('warn', 'update rejected', { clientId, reason });
+        onRejected: (clientId, reason, check) => {
+          this.metrics.rejectedUpdates.inc({ reason: 'check' });
+          this.log.write('warn', 'update rejected', { clientId, check, reason });
         },
         onCheckpoint: async (s) => {
           const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
