@@ -140,8 +140,16 @@ export interface ReplicaConfig {
 // As a process: one replica until killed.
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const cfg = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ReplicaConfig;
-  const nc = await connectTransport(cfg.natsUrl, { timeoutMs: 10_000 });
-  const c = await startFakeTrainer(cfg.ctx, nc, { ackWaitMs: cfg.ackWaitMs });
-  process.stdout.write('ready\n');
-  await c.done;
+  // Reconnect forever and pull again when a pull loop ends (a paused broker times requests out): the soak measures
+  // the aggregator path, not a replica giving up (services/client-trainer owns that behaviour).
+  const nc = await connectTransport(cfg.natsUrl, {
+    timeoutMs: 10_000,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+  });
+  for (;;) {
+    const c = await startFakeTrainer(cfg.ctx, nc, { ackWaitMs: cfg.ackWaitMs }).catch(() => null);
+    if (c) await c.done;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
