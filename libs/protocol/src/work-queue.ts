@@ -324,3 +324,39 @@ export class WorkQueue {
     await this.jsm.streams.delete(this.stream);
   }
 }
+
+/** The highest round the aggregator has planned so far, as seen on `fl.<job>.round.*.plan`. */
+export interface PlannedRounds {
+  /** -1 before any plan was seen. */
+  latest(): number;
+  stop(): void;
+}
+
+/**
+ * Follows the job's round plans (clients may subscribe to them). The aggregator plans round r + 1 only after round r
+ * closed, and a restarted one re-plans the round it resumes, never an earlier one, so a task of a round below
+ * `latest()` belongs to a round that has ended: `skipEndedRounds` turns that into a `skipTask` for `consume`.
+ * Only the subject is parsed (the plan's validation is the trainer's business).
+ */
+export async function watchPlannedRounds(nc: NatsConnection, jobId: string): Promise<PlannedRounds> {
+  assertJobId(jobId);
+  let latest = -1;
+  const prefix = `fl.${jobId}.round.`;
+  const sub = nc.subscribe(`${prefix}*.plan`, {
+    callback: (err, msg) => {
+      if (err !== null) return;
+      const r = Number(msg.subject.slice(prefix.length, -'.plan'.length));
+      if (Number.isSafeInteger(r) && r > latest) latest = r;
+    },
+  });
+  await nc.flush();
+  return { latest: () => latest, stop: () => sub.unsubscribe() };
+}
+
+/** A `skipTask` for `consume`: skips tasks of rounds before the latest planned one. */
+export function skipEndedRounds(plans: Pick<PlannedRounds, 'latest'>): (task: TrainTask) => string | null {
+  return (task) =>
+    task.round < plans.latest()
+      ? `round ${task.round} has ended (the aggregator planned round ${plans.latest()})`
+      : null;
+}

@@ -9,8 +9,8 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { collectUpdates, watchStaleUpdates, type StaleUpdate } from '../src/collector.js';
 import { connectTransport } from '../src/connection.js';
 import { ClientUpdateSchema, encodeMessage } from '../src/messages.js';
-import { updateSubject } from '../src/subjects.js';
-import { WorkQueue, type SkippedTask } from '../src/work-queue.js';
+import { planSubject, updateSubject } from '../src/subjects.js';
+import { WorkQueue, skipEndedRounds, watchPlannedRounds, type SkippedTask } from '../src/work-queue.js';
 import { task, update as clientUpdate } from './fixtures.js';
 import { waitFor } from './support/nats.js';
 import { startPrivateNats, type PrivateNats } from './support/nats-server.js';
@@ -89,4 +89,21 @@ test('an update for a round whose collection closed is reported with client and 
   await waitFor('the stale update', () => stale.length === 1);
   stop();
   assert.deepEqual(stale, [{ clientId: 'b', round: 0, currentRound: 1, subject: updateSubject(jobId, 0, 'b') }]);
+});
+
+test('watchPlannedRounds + skipEndedRounds: once round 3 is planned, a task of round 2 is stale', async () => {
+  const jobId = 'stale-plans';
+  const plans = await watchPlannedRounds(nc, jobId);
+  const skip = skipEndedRounds(plans);
+  assert.equal(plans.latest(), -1);
+  assert.equal(skip(task(jobId, 'a', 0)), null, 'nothing planned yet: train');
+  // Only the subject counts; the body is the aggregator's RoundPlan.
+  nc.publish(planSubject(jobId, 2), new Uint8Array());
+  nc.publish(planSubject(jobId, 3), new Uint8Array());
+  nc.publish(planSubject(jobId, 1), new Uint8Array()); // out of order: the latest stays 3
+  await nc.flush();
+  await waitFor('plans seen', () => plans.latest() === 3);
+  assert.equal(skip(task(jobId, 'a', 3)), null);
+  assert.equal(skip(task(jobId, 'a', 2)), 'round 2 has ended (the aggregator planned round 3)');
+  plans.stop();
 });
