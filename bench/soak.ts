@@ -3,8 +3,9 @@
  * (runRounds over natsRoundPorts with the job's aggregation settings, update-bucket limits and blob pruning) in
  * this process, trainer replicas as child processes (bench/soak-clients.ts) on a private nats-server started here.
  * The job runs twice: undisturbed, then disturbed by random SIGKILLs of trainer replicas (each replaced by a fresh
- * one; its task is redelivered after ackWait) and one pause of the nats-server (SIGSTOP, then SIGCONT) while a
- * round is being collected. The disturbed run's final adapter must equal the undisturbed one bit for bit.
+ * one; its task is redelivered after ackWait), one pause of the nats-server (SIGSTOP, then SIGCONT) while a
+ * round is being collected, and one aggregator restart (in-process: its round loop aborted mid-collection and a
+ * new one resumed from the last checkpoint, as the service resumes from KV). The disturbed run's final adapter must equal the undisturbed one bit for bit.
  * Reported: wall time, per-round median, kills, the aggregator's peak RSS (sampled; this process holds no
  * trainer), blob bytes it downloaded, and what the pruner deleted.
  *
@@ -16,7 +17,12 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { aggregationSettingsFor, runRounds, updateByteLimits } from '../libs/fedbiot/src/coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  updateByteLimits,
+  type CoordinatorState,
+} from '../libs/fedbiot/src/coordinator.js';
 import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
 import { encodeLora, natsRoundPorts, putLora, type PortsContext } from '../libs/fedbiot/src/ports-nats.js';
 import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
@@ -56,6 +62,7 @@ interface Disturbance {
   readonly killEveryMs: number;
   readonly pauseMs: number;
   readonly pauseRound: number;
+  readonly restartRound: number;
 }
 
 interface RunResult {
@@ -68,6 +75,7 @@ interface RunResult {
   readonly bytesDown: number;
   readonly pruned: number;
   readonly rejected: number;
+  readonly restarts: number;
 }
 
 async function soakRun(
@@ -124,7 +132,6 @@ async function soakRun(
     const limits = updateByteLimits(spec, encodeLora(adapter0).length);
     const buckets = clientIds.map((c) => updateBucketName(jobId, c));
     for (const b of buckets) await blobs.ensureBucket(b, limits);
-    const pruner = new RoundBlobPruner(blobs, [blobBucketName(jobId), ...buckets], spec.aggregation.keepBlobRounds);
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const queue = await WorkQueue.open(nc, { jobId, storage: 'memory', logger: { warn: () => {} } });
     const model = await blobs.put(new TextEncoder().encode('stands for the emulator package manifest'));
@@ -159,27 +166,37 @@ async function soakRun(
     const roundStarts: number[] = [];
     let pruned = 0;
     let rejected = 0;
+    let restarts = 0;
+    let pruner = new RoundBlobPruner(blobs, [blobBucketName(jobId), ...buckets], spec.aggregation.keepBlobRounds);
+    // The last checkpoint, what the aggregator service keeps in KV and resumes from.
+    let ckpt: CoordinatorState = { round: 0, adapter: adapter0, emulator: emulator0, preAligned: true };
     const t0 = performance.now();
-    const ports = natsRoundPorts(ctx, {
-      nc,
-      blobs,
-      queue,
-      state,
-      model,
-      nextAlignCall: 0,
-      onRejected: () => rejected++,
-      onPhase: (round, phase) => {
-        if (phase !== 'collecting') return;
-        roundStarts[round] = performance.now();
-        if (disturb && round === disturb.pauseRound && !paused) {
-          paused = true;
-          nats.kill('SIGSTOP');
-          setTimeout(() => nats.kill('SIGCONT'), disturb.pauseMs);
-        }
-      },
-    });
-    const { value: final, peakRss } = await withPeakRss(() =>
-      runRounds(
+    const once = async (): Promise<CoordinatorState> => {
+      const stop = new AbortController();
+      const ports = natsRoundPorts(ctx, {
+        nc,
+        blobs,
+        queue,
+        state,
+        model,
+        nextAlignCall: 0,
+        signal: stop.signal,
+        onRejected: () => rejected++,
+        onPhase: (round, phase) => {
+          if (phase !== 'collecting') return;
+          roundStarts[round] = performance.now();
+          if (disturb && round === disturb.pauseRound && !paused) {
+            paused = true;
+            nats.kill('SIGSTOP');
+            setTimeout(() => nats.kill('SIGCONT'), disturb.pauseMs);
+          }
+          // The aggregator "dies" mid-collection once: its round loop is aborted and a new one resumes from the
+          // last checkpoint, re-planning the round (duplicate tasks are dropped by the queue; updates published
+          // meanwhile are replayed from KV).
+          if (disturb && round === disturb.restartRound && restarts === 0) setTimeout(() => stop.abort(), 1000);
+        },
+      });
+      return runRounds(
         { ...ports, evaluate: async () => [] },
         {
           rounds,
@@ -192,7 +209,7 @@ async function soakRun(
           broadcastEmulator: true,
           ...aggregationSettingsFor(spec, ctx.clientSettings),
         },
-        { round: 0, adapter: adapter0, emulator: emulator0, preAligned: true },
+        ckpt,
         {
           onEvent: (e) => {
             if (e.kind === 'rejected') rejected++;
@@ -200,11 +217,19 @@ async function soakRun(
           onCheckpoint: async (s) => {
             const a = await putLora(blobs, s.adapter);
             const e = await putLora(blobs, s.emulator);
+            ckpt = s;
             pruned += (await pruner.checkpoint(new Set([a.name, e.name]))).deleted;
           },
         },
-      ),
-    );
+      ).catch((e: unknown) => {
+        if (!stop.signal.aborted) throw e;
+        restarts++;
+        // A restarted service has no marks yet (RoundBlobPruner doc).
+        pruner = new RoundBlobPruner(blobs, [blobBucketName(jobId), ...buckets], spec.aggregation.keepBlobRounds);
+        return once();
+      });
+    };
+    const { value: final, peakRss } = await withPeakRss(once);
     const wallMs = performance.now() - t0;
     if (killer) clearInterval(killer);
     const ends = [...roundStarts.slice(1), t0 + wallMs];
@@ -223,6 +248,7 @@ async function soakRun(
       bytesDown,
       pruned,
       rejected,
+      restarts,
     };
   } finally {
     stopping = true;
@@ -256,12 +282,13 @@ export async function main(args: string[]): Promise<void> {
   console.log(`soak: ${clients} clients x ${rounds} rounds, ${replicas} trainer replicas; undisturbed run ...`);
   const calm = await soakRun('calm', clients, rounds, replicas, null);
   console.log(
-    `disturbed run: a replica SIGKILLed every ${killEveryMs} ms, the broker paused ${pauseMs} ms in round 2 ...`,
+    `disturbed run: a replica SIGKILLed every ${killEveryMs} ms, the broker paused ${pauseMs} ms in round 2, the aggregator restarted in round 3 ...`,
   );
   const rough = await soakRun('rough', clients, rounds, replicas, {
     killEveryMs,
     pauseMs,
     pauseRound: Math.min(2, rounds - 1),
+    restartRound: Math.min(3, rounds - 1),
   });
   const equal = sameBits(calm.adapter, rough.adapter);
   const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
@@ -274,6 +301,7 @@ export async function main(args: string[]): Promise<void> {
     round_ms_median: +median(r.roundMs).toFixed(0),
     round_ms_max: +Math.max(...r.roundMs).toFixed(0),
     kills: r.kills,
+    aggregator_restarts: r.restarts,
     nats_pause_ms: r.paused ? pauseMs : 0,
     agg_peak_rss_mib: +r.peakRssMib.toFixed(0),
     agg_bytes_down: r.bytesDown,
@@ -290,6 +318,7 @@ export async function main(args: string[]): Promise<void> {
     'round_ms_median',
     'round_ms_max',
     'kills',
+    'aggregator_restarts',
     'nats_pause_ms',
     'agg_peak_rss_mib',
     'agg_bytes_down',
