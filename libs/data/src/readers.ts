@@ -104,7 +104,10 @@ export async function readUtf8(path: string, opts: ReadCommonOptions = {}): Prom
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message;
-    throw new DatasetError(`${opts.setting ? `${opts.setting}: ` : ''}${path}: cannot read (${why})`, []);
+    throw new DatasetError(
+      `${opts.setting ? `${opts.setting}: ` : ''}${path}: cannot read: ${why}${code === undefined ? '' : ` (${code})`}`,
+      [],
+    );
   }
   const warn = opts.onWarning ?? ((w: DatasetIssue) => console.warn(`${w.file}:${w.line}: ${w.reason}`));
   const strict = new TextDecoder('utf-8', { fatal: true });

@@ -49,6 +49,6 @@ test('a missing public corpus names the setting and the path', async () => {
     readText('/nonexistent/public.txt', { setting: 'alignment.publicData' }),
     (e: unknown) =>
       e instanceof DatasetError &&
-      e.message === 'alignment.publicData: /nonexistent/public.txt: cannot read (no such file)',
+      e.message === 'alignment.publicData: /nonexistent/public.txt: cannot read: no such file (ENOENT)',
   );
 });
