@@ -298,7 +298,7 @@ export interface AdamWTask {
  * wd ||θ_{t-1}||) in L2, and ||θ_t|| grows by at most that. Summed over K steps this is a theorem about honest
  * clients, not a statistic: it can never reject one (honest runs stay bit-identical), yet an update scaled by 10
  * already exceeds it on typical LoRA sizes, since real Adam steps are far from all coordinates at r_t at once.
- * A 1e-6 relative slack covers float32 rounding of the trainer's arithmetic.
+ * A slack of 1e-6 x K x the final norm bound covers float32 rounding of the trainer's arithmetic.
  */
 export function adamwDeltaBound(task: AdamWTask, numel: number, startNorm: number): number {
   const [b1, b2] = task.betas;
@@ -315,7 +315,8 @@ export function adamwDeltaBound(task: AdamWTask, numel: number, startNorm: numbe
     bound += step;
     norm += step;
   }
-  return bound * (1 + 1e-6) + 1e-6 * (startNorm + 1);
+  // float32 storage rounds every coordinate by at most 2^-24 relative per step: K steps of that, with margin.
+  return bound * (1 + 1e-6) + 1e-6 * task.localSteps * (norm + 1);
 }
 
 /** ||update - base||₂ over all tensors (float64), or NaN when a tensor is missing or of another length. */
