@@ -260,6 +260,8 @@ async function soakRun(
   }
 }
 
+const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+
 function sameBits(a: LoraWeights, b: LoraWeights): boolean {
   for (const [k, v] of a.tensors) {
     const w = b.tensors.get(k);
@@ -291,7 +293,6 @@ export async function main(args: string[]): Promise<void> {
     restartRound: Math.min(3, rounds - 1),
   });
   const equal = sameBits(calm.adapter, rough.adapter);
-  const median = (xs: number[]): number => xs.toSorted((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
   const row = (c: string, r: RunResult): Record<string, unknown> => ({
     case: c,
     clients,

@@ -209,13 +209,14 @@ test('tokens 2^53-1 and more examples than the task holds are rejected as imposs
   assertSameBits(adapter.tensors, fedAvg(asUpdates(good), { weighting: 'tokens' }));
 });
 
+const mk = (id: string, v: number[]): ClientUpdate => ({
+  clientId: id,
+  tensors: new Map([['t', Float32Array.from(v)]]),
+  tokens: 10,
+  examples: 1,
+});
+
 test('robust rules: trimmed mean and coordinate-wise median drop a scaled update the norm bound lets through', () => {
-  const mk = (id: string, v: number[]): ClientUpdate => ({
-    clientId: id,
-    tensors: new Map([['t', Float32Array.from(v)]]),
-    tokens: 10,
-    examples: 1,
-  });
   const ups = [mk('a', [1, -2]), mk('b', [2, 0]), mk('c', [3, 2]), mk('d', [4, 4]), mk('evil', [1000, -1000])];
   // Median of each coordinate: [3, 0]. Trimmed mean with 0.2 of 5 -> cut 1 at each end: mean of the middle three.
   assert.deepEqual([...aggregate(ups, { rule: 'median', weighting: 'tokens' }).get('t')!], [3, 0]);

@@ -111,17 +111,19 @@ test('prune deletes objects written up to a mark, keeps named ones and later one
   const mark = await store.mark(bucket);
   const c = await store.put(new Uint8Array(randomBytes(200_000)));
   const jsm = await jetstreamManager(nc);
-  const before = (await jsm.streams.info(objectStreamName(bucket))).state.bytes;
+  const bytesBefore = (await jsm.streams.info(objectStreamName(bucket))).state.bytes;
   const r = await store.prune(bucket, mark, new Set([a.name]));
   assert.deepEqual(r, { deleted: 1, bytes: 200_000 });
   await assert.rejects(store.get(b), BlobNotFoundError);
   assert.equal((await store.get(a)).length, 200_000);
   assert.equal((await store.get(c)).length, 200_000);
-  const after = (await jsm.streams.info(objectStreamName(bucket))).state.bytes;
-  assert.ok(before - after >= 200_000, `stream ${before} -> ${after} bytes`);
+  const bytesAfter = (await jsm.streams.info(objectStreamName(bucket))).state.bytes;
+  assert.ok(bytesBefore - bytesAfter >= 200_000, `stream ${bytesBefore} -> ${bytesAfter} bytes`);
   // Nothing older than the mark is left but the kept one: a second prune is a no-op.
   assert.deepEqual(await store.prune(bucket, mark, new Set([a.name])), { deleted: 0, bytes: 0 });
 });
+
+const blob = (): Uint8Array => new Uint8Array(randomBytes(50_000));
 
 test('RoundBlobPruner keeps one round of blobs behind the last checkpoint and the checkpoint refs', async () => {
   const shared = blobBucketName('rounds');
@@ -129,7 +131,6 @@ test('RoundBlobPruner keeps one round of blobs behind the last checkpoint and th
   const store = await BlobStore.open(nc, { bucket: shared, storage: 'memory' });
   await store.ensureBucket(client);
   const pruner = new RoundBlobPruner(store, [shared, client], 1);
-  const blob = (): Uint8Array => new Uint8Array(randomBytes(50_000));
   const live = async (r: { bucket: string; name: string; sha256: string; bytes: number }): Promise<boolean> =>
     store.get(r).then(
       () => true,
