@@ -130,7 +130,7 @@ export function aggregationSettingsFor(
  * Limits of each client's update bucket (BlobStore.ensureBucket): the largest update blob the aggregator will
  * download, from the spec or twice the size an honest update has (`honestUpdateBytes`: the encoded adapter LoRA,
  * whose size depends on the LoRA spec only) plus 1 MiB; and the bucket's JetStream max_bytes, from the spec or
- * four such updates (keepBlobRounds >= 1 rounds of an honest client's updates stay well inside it).
+ * max(4, 2 x (keepBlobRounds + 1)) such updates (the rounds of an honest client's updates kept stay well inside it).
  */
 export function updateByteLimits(
   spec: JobSpec,

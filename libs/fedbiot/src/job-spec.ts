@@ -54,7 +54,7 @@ export const DEFAULTS = {
     normBound: 'adamw' as const,
     rule: 'fedavg' as const,
     trimFraction: 0.2,
-    keepBlobRounds: 1,
+    keepBlobRounds: 2,
   },
   eval: { every: 1, maxNewTokens: 8 },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
@@ -205,11 +205,13 @@ const aggregationSection = z.strictObject({
   trimFraction: z.number().min(0).lt(0.5).default(D.aggregation.trimFraction),
   /** Largest update blob the aggregator downloads (bytes); absent: twice the adapter LoRA's size plus 1 MiB. */
   maxUpdateBytes: posInt().optional(),
-  /** JetStream max_bytes of each client's update bucket; absent: 4 x maxUpdateBytes. */
+  /** JetStream max_bytes of each client's update bucket; absent: max(4, 2 x (keepBlobRounds + 1)) x maxUpdateBytes. */
   clientBucketBytes: posInt().optional(),
   /**
    * Distributed runs: blobs (broadcasts, updates) of rounds older than this many checkpoints are deleted from
-   * JetStream; the blobs the last checkpoint refers to are always kept. At least 1 (a resumed round re-reads them).
+   * JetStream; the blobs the last checkpoint refers to are always kept. 1 covers a resumed aggregator (it re-reads
+   * only the last checkpoint's blobs and the re-run round's); the default 2 also covers server-alignment restarting
+   * from its stored state before it persisted its latest call (that state names the previous call's emulator).
    */
   keepBlobRounds: posInt().default(D.aggregation.keepBlobRounds),
 });
