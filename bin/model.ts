@@ -4,6 +4,7 @@
  *   eval     --model DIR [--adapter DIR] --data FILE.jsonl|.txt [--max-length N] [--batch B]
  *   inspect  --model DIR
  *   package  --model DIR --out DIR [--adapter-layers 2] [--drop-rate 0.2] [--dtype float32|bfloat16|float16] [--job ID]
+ *   prune-cache [--cache DIR] [--keep 2] [--max-size 20G] [--dry-run]   (model cache: old weight versions, LRU by size)
  * --model may be an emulator package (a folder with emulator_manifest.json) for generate, eval and inspect.
  */
 import { readPeftAdapter } from '../libs/model/src/peft.js';
@@ -19,11 +20,22 @@ import {
 } from '../libs/fedbiot/src/emulator-package.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import { openCheckpoint } from '../libs/model/src/checkpoint.js';
+import { pruneModelCache } from '../libs/model/src/cache-prune.js';
+import { defaultCacheRoot } from '../libs/model/src/graph-store.js';
 import { chunkCorpus, readDataset, tokenizeExample, type TokenizedExample } from '../libs/data/src/index.js';
 import { chunks, toTokenBatch } from '../libs/fedbiot/src/batches.js';
 import type { ExecutionProvider } from '../libs/engine/src/index.js';
 
 const [command, ...args] = process.argv.slice(2);
+
+/** `20G`, `512M`, `1.5T`, or plain bytes. */
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(text.trim());
+  if (!m) throw new Error(`--max-size: ${text} is not a size like 20G, 512M or 1000000`);
+  const unit = (m[2] ?? '').toUpperCase().charAt(0);
+  const pow = unit === '' ? 0 : 'KMGT'.indexOf(unit) + 1;
+  return Math.floor(Number(m[1]) * 1024 ** pow);
+}
 const opt = (name: string): string | undefined => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : undefined;
@@ -183,7 +195,29 @@ async function main(): Promise<void> {
     );
     return;
   }
-  console.error('usage: npm run model -- generate|eval|inspect|package --model DIR [...] (see bin/model.ts)');
+  if (command === 'prune-cache') {
+    const root = opt('cache') ?? defaultCacheRoot();
+    const size = opt('max-size');
+    const maxBytes = size === undefined ? undefined : parseSize(size);
+    const keep = Number(opt('keep') ?? 2);
+    const r = pruneModelCache(root, {
+      keepVersions: keep,
+      ...(maxBytes === undefined ? {} : { maxBytes }),
+      dryRun: args.includes('--dry-run'),
+    });
+    const mib = (b: number): string => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    for (const e of r.removed)
+      console.log(
+        `${args.includes('--dry-run') ? 'would remove' : 'removed'} ${e.path} (${mib(e.bytes)}): ${e.reason}`,
+      );
+    console.log(
+      `${root}: ${r.removed.length} entries, ${mib(r.freedBytes)} freed; ${mib(r.keptBytes)} kept (model cache only)`,
+    );
+    return;
+  }
+  console.error(
+    'usage: npm run model -- generate|eval|inspect|package|prune-cache --model DIR [...] (see bin/model.ts)',
+  );
   process.exit(2);
 }
 

@@ -197,7 +197,12 @@ export async function loadFederation(
     raw = onlyThese(await readPooledFederation(dir, spec), only, parts, dir);
   else throw new Error(`data.federation: ${dir} has neither a manifest.json nor a train.jsonl`);
   if (spec.alignment.publicData && !only && parts.has('public'))
-    raw = { ...raw, publicTexts: (await readText(resolve(spec.alignment.publicData))).map((t) => t.text) };
+    raw = {
+      ...raw,
+      publicTexts: (await readText(resolve(spec.alignment.publicData), { setting: 'alignment.publicData' })).map(
+        (t) => t.text,
+      ),
+    };
   const maxLength = spec.data.maxLength;
   const template = spec.data.template;
   const tok = (ex: Example): TokenizedExample => tokenizeExample(ex, tokenizer, { maxLength, template });

@@ -50,7 +50,13 @@ export const DEFAULTS = {
     proxEps: 0,
   },
   alignment: { preRounds: 4, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
-  aggregation: { weighting: 'tokens' as const },
+  aggregation: {
+    weighting: 'tokens' as const,
+    normBound: 'adamw' as const,
+    rule: 'fedavg' as const,
+    trimFraction: 0.2,
+    keepBlobRounds: 2,
+  },
   eval: { every: 1, maxNewTokens: 8 },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
 } as const;
@@ -192,6 +198,28 @@ const aggregationSection = z.strictObject({
   quorum: posInt().optional(),
   /** Round deadline in milliseconds. */
   deadlineMs: posInt().optional(),
+  /**
+   * Hostile-client defences. 'adamw': reject an update farther from the broadcast than the job's local AdamW
+   * steps can move it (a bound no honest client can exceed; aggregate.ts adamwDeltaBound); 'off': no such bound.
+   */
+  normBound: z.enum(['adamw', 'off']).default(D.aggregation.normBound),
+  /** Also reject updates farther from the broadcast than this many times the round's median distance. */
+  relativeNormBound: z.number().gt(1).optional(),
+  /** fedavg (weighted), or a robust coordinate-wise rule: trimmed-mean (Flower FedTrimmedAvg), median (FedMedian). */
+  rule: z.enum(['fedavg', 'trimmed-mean', 'median']).default(D.aggregation.rule),
+  /** trimmed-mean: fraction of values cut at each end of every coordinate. */
+  trimFraction: z.number().min(0).lt(0.5).default(D.aggregation.trimFraction),
+  /** Largest update blob the aggregator downloads (bytes); absent: twice the adapter LoRA's size plus 1 MiB. */
+  maxUpdateBytes: posInt().optional(),
+  /** JetStream max_bytes of each client's update bucket; absent: max(4, 2 x (keepBlobRounds + 1)) x maxUpdateBytes. */
+  clientBucketBytes: posInt().optional(),
+  /**
+   * Distributed runs: blobs (broadcasts, updates) of rounds older than this many checkpoints are deleted from
+   * JetStream; the blobs the last checkpoint refers to are always kept. 1 covers a resumed aggregator (it re-reads
+   * only the last checkpoint's blobs and the re-run round's); the default 2 also covers server-alignment restarting
+   * from its stored state before it persisted its latest call (that state names the previous call's emulator).
+   */
+  keepBlobRounds: posInt().default(D.aggregation.keepBlobRounds),
 });
 
 const evalSection = z.strictObject({

@@ -4,15 +4,21 @@
  * final adapter in PEFT format and a merged model. Resumable from the last completed round.
  */
 import { join, resolve } from 'node:path';
-import { writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { truncate, writeFile } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
 import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
 import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
-import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  type ClientRoundResult,
+  type CoordinatorState,
+  type RoundPorts,
+} from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
@@ -61,6 +67,14 @@ const PHASES = ['base', 'main', 'offsite-tuning', 'local-only', 'fedavg-lora'] a
 type Phase = (typeof PHASES)[number];
 /** Checkpoint "rounds" are global: phase index * PHASE_STRIDE + round, so one ordered list serves all phases. */
 const PHASE_STRIDE = 100_000;
+/** Run-dir folder holding the main phase's final emulator LoRA (a checkpoint of its own, see runJob). */
+const MAIN_EMULATOR_DIR = 'main-emulator';
+
+/** Size of metrics.jsonl once everything logged so far is on disk: a checkpoint covers exactly these bytes. */
+function metricsBytes(metrics: MetricsLog): number {
+  metrics.sync();
+  return statSync(metrics.path).size;
+}
 
 interface Ctx {
   readonly spec: JobSpec;
@@ -243,8 +257,7 @@ async function runFederated(
       seed: spec.job.seed,
       preAlignSteps: cfg.preAlignSteps,
       alignStepsPerRound: cfg.alignStepsPerRound,
-      weighting: spec.aggregation.weighting,
-      ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+      ...aggregationSettingsFor(spec, settings),
       evalEvery: spec.eval.every,
       broadcastEmulator: cfg.kind === 'fedbiot',
       ...(privacy ? { aggregate: privacy.aggregate } : {}),
@@ -267,6 +280,7 @@ async function runFederated(
         const json: Record<string, unknown> = {
           phase: cfg.phase,
           round: state.round,
+          metricsBytes: metricsBytes(ctx.metrics),
           streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
         };
         if (privacy) json['privacy'] = privacy.state();
@@ -340,13 +354,22 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const metricsPath = join(runDir, METRICS_FILE);
     const events: MetricsEvent[] = existsSync(metricsPath) ? await readMetrics(metricsPath) : [];
     const localRound = checkpoint ? checkpoint.round % PHASE_STRIDE : -1;
-    const kept = events.filter((e) => {
-      const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
-      return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
-    });
-    await writeFileAtomic(metricsPath, async (fh) =>
-      fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
-    );
+    const bytes = (checkpoint?.json as { metricsBytes?: unknown } | undefined)?.metricsBytes;
+    if (typeof bytes === 'number' || !checkpoint) {
+      // Exactly what was logged when the checkpoint was written: events of a round that did not complete (train,
+      // comm, align, rejected... of round r carry r, like the completed round r's eval) cannot be told apart by
+      // their round number, so the round filter below kept them and the re-run logged them twice.
+      if (existsSync(metricsPath)) await truncate(metricsPath, typeof bytes === 'number' ? bytes : 0);
+    } else {
+      // Run folders from before checkpoints recorded the metrics size.
+      const kept = events.filter((e) => {
+        const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
+        return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
+      });
+      await writeFileAtomic(metricsPath, async (fh) =>
+        fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
+      );
+    }
     log(
       checkpoint
         ? `resuming ${runDir} at phase ${resumePhase}, round ${localRound}`
@@ -404,7 +427,11 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       log('evaluating the base model ...');
       const rows = await evaluateOn(ctx, 'base', () => ({ layers: lm.allLayers, loras: [] }));
       logEval(ctx, 'base', 0, rows);
-      await saveCheckpoint(runDir, { round: 0, json: { phase: 'main', round: 0, fresh: true }, tensors: new Map() });
+      await saveCheckpoint(runDir, {
+        round: 0,
+        json: { phase: 'main', round: 0, fresh: true, metricsBytes: metricsBytes(metrics) },
+        tensors: new Map(),
+      });
     }
     let mainState: CoordinatorState | undefined;
     if (!done('main')) {
@@ -441,9 +468,19 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         [mainState.adapter],
         spec.model.checkpoint,
       );
+      // The local-only baseline trains on this emulator; a resume past the main phase reads it back from here.
+      await saveCheckpoint(
+        join(runDir, MAIN_EMULATOR_DIR),
+        {
+          round: 0,
+          json: { phase: 'main', final: true },
+          tensors: new Map(mainState.emulator.tensors),
+        },
+        { keep: 1 },
+      );
       await saveCheckpoint(runDir, {
         round: PHASES.indexOf('offsite-tuning') * PHASE_STRIDE,
-        json: { phase: 'offsite-tuning', round: 0, fresh: true },
+        json: { phase: 'offsite-tuning', round: 0, fresh: true, metricsBytes: metricsBytes(metrics) },
         tensors: new Map(),
       });
     }
@@ -468,22 +505,28 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
     }
-    if (spec.baselines.localOnly) {
+    if (spec.baselines.localOnly && !done('local-only')) {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
-      const emulator =
-        mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
+      const init = initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
+      const stored = mainState ? undefined : await loadLatestCheckpoint(join(runDir, MAIN_EMULATOR_DIR));
+      const emulator = mainState?.emulator ?? (stored ? { spec: init.spec, tensors: stored.tensors } : init);
       await runLocalOnly(ctx, fedbiotSplit, emulator);
     }
     if (main === 'fedbiot' && spec.baselines.fedavgLora) {
       log('baseline fedavg-lora (clients hold the full model) ...');
-      await runFederated(ctx, {
-        phase: 'fedavg-lora',
-        split: fedbiotSplit,
-        kind: 'fedavg-lora',
-        preAlignSteps: 0,
-        alignStepsPerRound: 0,
-        evalMethods: [{ method: 'fedavg-lora', on: 'full' }],
-      });
+      const r = resumeFor('fedavg-lora');
+      await runFederated(
+        ctx,
+        {
+          phase: 'fedavg-lora',
+          split: fedbiotSplit,
+          kind: 'fedavg-lora',
+          preAlignSteps: 0,
+          alignStepsPerRound: 0,
+          evalMethods: [{ method: 'fedavg-lora', on: 'full' }],
+        },
+        r && !(r.json['fresh'] === true) ? r : undefined,
+      );
     }
     metrics.sync();
     const events = await readMetrics(join(runDir, METRICS_FILE));

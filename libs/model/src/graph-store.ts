@@ -21,6 +21,8 @@ import {
   type SafetensorsWriteTensor,
   type WeightSource,
 } from '../../engine/src/index.js';
+import { onCacheDisk } from './cache-errors.js';
+import { pruneWeightVersions } from './cache-prune.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { WeightStore } from './llama.js';
 
@@ -54,7 +56,7 @@ export class GraphStore {
     // One folder per checkpoint location and file identity, so an edited checkpoint gets fresh links.
     const id = createHash('sha256').update(checkpoint.dir).digest('hex').slice(0, 16);
     this.dir = join(root, id);
-    mkdirSync(this.dir, { recursive: true });
+    onCacheDisk(this.dir, () => mkdirSync(this.dir, { recursive: true }));
   }
 
   /**
@@ -137,7 +139,7 @@ export class GraphStore {
   /** Writes `graph` as `<dir>/<name>.onnx` (small constants inline, large ones in `<name>.data`); returns the path. */
   write(graph: Graph, name: string): string {
     const path = join(this.dir, `${name}.onnx`);
-    writeModel(graph.toIr(), path);
+    onCacheDisk(path, () => writeModel(graph.toIr(), path));
     return path;
   }
 
@@ -148,16 +150,21 @@ export class GraphStore {
     const st = statSync(file);
     const name = `w-${createHash('sha256').update(`${file}:${st.size}:${st.mtimeMs}`).digest('hex').slice(0, 12)}-${basename(file)}`;
     const target = join(this.dir, name);
-    if (!existsSync(target)) {
-      const tmp = `${target}.tmp-${process.pid}`;
-      try {
-        linkSync(file, tmp);
-      } catch {
-        copyFileSync(file, tmp); // other filesystem, or hard links to others' files not permitted
-      }
-      renameSync(tmp, target);
-    }
+    if (!existsSync(target)) onCacheDisk(target, () => this.#linkNew(file, target));
     this.linked.set(file, name);
     return name;
+  }
+
+  #linkNew(file: string, target: string): void {
+    const tmp = `${target}.tmp-${process.pid}`;
+    try {
+      linkSync(file, tmp);
+    } catch {
+      copyFileSync(file, tmp); // other filesystem, or hard links to others' files not permitted
+    }
+    renameSync(tmp, target);
+    // A new version of this file: older ones beyond the newest two would otherwise stay forever (a hard link
+    // keeps a replaced checkpoint's bytes alive).
+    pruneWeightVersions(this.dir, basename(file));
   }
 }

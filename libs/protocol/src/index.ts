@@ -79,6 +79,7 @@ export {
   type ProtocolIssue,
   TensorCodecError,
   IntegrityError,
+  BlobTooLargeError,
   BlobNotFoundError,
   StateConflictError,
   QuorumNotReachedError,
@@ -88,11 +89,14 @@ export {
 export { type Tensor, type DecodedTensors, encodeTensors, decodeTensors } from './tensor-codec.js';
 export {
   BlobStore,
+  RoundBlobPruner,
   type BlobStoreOptions,
   type PutOptions,
   type PutFileBlobOptions,
   type GetFileBlobOptions,
   type BlobStats,
+  type BucketLimits,
+  type PruneResult,
   sha256Hex,
 } from './blob-store.js';
 export {
@@ -125,12 +129,19 @@ export {
   type TaskContext,
   type TaskHandler,
   type RejectedTask,
+  watchPlannedRounds,
+  skipEndedRounds,
+  type PlannedRounds,
+  type SkippedTask,
   type FailedTask,
   type QueueDepth,
   type Consumption,
 } from './work-queue.js';
 export {
   collectUpdates,
+  watchStaleUpdates,
+  type StaleUpdate,
+  type StaleWatchOptions,
   type CollectOptions,
   type LatePolicy,
   type LateUpdate,
