@@ -13,8 +13,14 @@ import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
 import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
-import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
-import type { JobSpec } from './job-spec.js';
+import {
+  clientStreamSeed,
+  loadFederation,
+  readFederation,
+  type ClientData,
+  type FederationData,
+} from './federation.js';
+import { checkModelPath, type JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
 import {
   AlignmentServer,
@@ -45,6 +51,8 @@ import { writeFileAtomic } from '../../engine/src/safetensors.js';
 export interface JobOptions {
   /** Reopen runs/<job.id> and continue from its last completed round. */
   readonly resume?: boolean;
+  /** Delete an earlier run folder of job.id and start afresh (createRunDir). */
+  readonly overwrite?: boolean;
   /** Lines for the user (progress goes to stderr through progress()). */
   readonly log?: (line: string) => void;
   /** Called after each checkpoint is on disk (tests use it to stop a job at a given point). */
@@ -326,7 +334,15 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
 export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const t0 = performance.now();
-  const run = await createRunDir(spec.job.outDir, spec.job.id, spec, { resume: opts.resume === true });
+  // Every input check (model folder, federation files and records, partition, public data) before a run folder
+  // exists or a model loads: a mistake in the inputs costs seconds and leaves nothing behind.
+  checkModelPath(spec);
+  const cacheRoot = defaultCacheRoot();
+  const records = await readFederation(spec, cacheRoot);
+  const run = await createRunDir(spec.job.outDir, spec.job.id, spec, {
+    resume: opts.resume === true,
+    overwrite: opts.overwrite === true,
+  });
   const runDir = resolve(run.dir);
   const checkpoint = run.resumed ? await loadLatestCheckpoint(runDir) : undefined;
   const resumePhase = checkpoint ? ((checkpoint.json as { phase: Phase }).phase ?? 'base') : undefined;
@@ -350,14 +366,13 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     );
   }
   const metrics = await MetricsLog.open(runDir);
-  const cacheRoot = defaultCacheRoot();
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
   });
   try {
     if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
-    const data = await loadFederation(spec, lm.tokenizer, cacheRoot);
+    const data = await loadFederation(spec, lm.tokenizer, cacheRoot, { records });
     log(
       `model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`,
     );
