@@ -93,36 +93,44 @@ export interface FederationRecords {
  * whose `path` it is. The other fields are what writeDemoFederation records; they describe the file and are not
  * checked (sha256 would cost a second read of every file on every start).
  */
-const fileRefSchema = z.union(
-  [
-    z.string().min(1),
-    z.strictObject({
-      path: z.string().min(1),
-      sha256: z
-        .string()
-        .regex(/^[0-9a-f]{64}$/)
-        .optional(),
-      bytes: z.number().int().min(0).optional(),
-      count: z.number().int().min(0).optional(),
-    }),
-  ],
-  {
-    error: (iss) =>
-      `expected a file path relative to the manifest's folder, as a string ("clients/a/train.jsonl") or an object ` +
-      `({"path": "clients/a/train.jsonl"}, optionally with "sha256", "bytes", "count"); got ${JSON.stringify(iss.input)}`,
-  },
-);
+const EMPTY_PATH = "an empty path; expected a file path relative to the manifest's folder";
+const fileRefSchema = z
+  .union(
+    [
+      z.string().min(1, EMPTY_PATH),
+      z.strictObject({
+        path: z.string().min(1, EMPTY_PATH).describe("Relative to the manifest's folder, or absolute."),
+        sha256: z
+          .string()
+          .regex(/^[0-9a-f]{64}$/)
+          .optional()
+          .describe('Descriptive (written by the demo generator); not checked.'),
+        bytes: z.number().int().min(0).optional().describe('Descriptive; not checked.'),
+        count: z.number().int().min(0).optional().describe('Records or paragraphs; descriptive, not checked.'),
+      }),
+    ],
+    {
+      error: (iss) =>
+        `expected a file path relative to the manifest's folder, as a string ("clients/a/train.jsonl") or an object ` +
+        `({"path": "clients/a/train.jsonl"}, optionally with "sha256", "bytes", "count"); got ${JSON.stringify(iss.input)}`,
+    },
+  )
+  .meta({
+    id: 'file',
+    description: 'A file: its path relative to the manifest\'s folder (or absolute), as a string or as {"path": ...}.',
+  });
 export type ManifestFileRef = z.output<typeof fileRefSchema>;
 
 const manifestClientSchema = z.strictObject({
   /** Client id: also a NATS subject token and a folder name in distributed runs, hence the narrow alphabet. */
   id: z
     .string({ error: 'expected the client id as a string, e.g. "hospital-a"' })
-    .regex(ID_PATTERN, 'must be 1-64 characters of letters, digits, "_" or "-", starting with a letter or digit'),
-  /** The client's training examples (JSONL). */
-  train: fileRefSchema,
-  /** The client's held-out examples (JSONL); absent: data.testFraction of `train`, split with the job's seed. */
-  test: fileRefSchema.optional(),
+    .regex(ID_PATTERN, 'must be 1-64 characters of letters, digits, "_" or "-", starting with a letter or digit')
+    .describe('Client id (also a NATS subject token in distributed runs).'),
+  train: fileRefSchema.describe("The client's training examples (JSONL)."),
+  test: fileRefSchema
+    .optional()
+    .describe("The client's held-out examples (JSONL); absent: data.testFraction of train, split with the job's seed."),
 });
 
 /**
@@ -132,26 +140,28 @@ const manifestClientSchema = z.strictObject({
  */
 export const manifestSchema = z
   .strictObject({
-    /** Where an editor finds the JSON Schema, e.g. "../fedbiot-ts/docs/federation-manifest.schema.json". */
-    $schema: z.string().optional(),
-    name: z.string().optional(),
-    description: z.string().optional(),
-    version: z.number().int().optional(),
-    /** Record format of every JSONL file (data.format in the job spec wins); absent: detected per line. */
-    format: z.enum(['auto', 'alpaca', 'prompt-completion', 'chat']).optional(),
-    /** The record field that names each example's task or category (descriptive). */
-    labelField: z.string().optional(),
-    seed: z.number().optional(),
-    options: z.unknown().optional(),
-    tokenizer: z.unknown().optional(),
-    /** The data owners, in a fixed order (a client's position seeds its data stream). */
+    $schema: z.string().optional().describe('Where an editor finds this JSON Schema.'),
+    name: z.string().optional().describe('Descriptive.'),
+    description: z.string().optional().describe('Descriptive.'),
+    version: z.number().int().optional().describe('Descriptive.'),
+    format: z
+      .enum(['auto', 'alpaca', 'prompt-completion', 'chat'])
+      .optional()
+      .describe('Record format of every JSONL file (data.format in the job spec wins); absent: detected per line.'),
+    labelField: z.string().optional().describe("The record field that names an example's task (descriptive)."),
+    seed: z.number().optional().describe('Written by the demo generator; ignored.'),
+    options: z.unknown().optional().describe('Written by the demo generator; ignored.'),
+    tokenizer: z.unknown().optional().describe('Written by the demo generator; ignored.'),
     clients: z
       .array(manifestClientSchema, { error: 'expected a list of clients: [{"id": ..., "train": ..., "test": ...}]' })
-      .min(1, 'must list at least one client'),
-    /** The owner's held-out set (JSONL); absent: the clients' test sets pooled. */
-    globalTest: fileRefSchema.optional(),
-    /** Public text for emulator alignment (plain text, paragraphs separated by blank lines). */
-    publicCorpus: fileRefSchema.optional(),
+      .min(1, 'must list at least one client')
+      .describe("The data owners, in a fixed order (a client's position seeds its data stream)."),
+    globalTest: fileRefSchema
+      .optional()
+      .describe("The model owner's held-out set (JSONL); absent: the clients' test sets pooled."),
+    publicCorpus: fileRefSchema
+      .optional()
+      .describe('Public text for emulator alignment (plain text, paragraphs separated by blank lines).'),
   })
   .superRefine((m, ctx) => {
     const seen = new Set<string>();

@@ -403,7 +403,13 @@ export function rebasePaths(raw: unknown, baseDir: string): unknown {
  */
 export function checkModelPath(spec: JobSpec): void {
   const dir = resolve(spec.model.checkpoint);
-  if (!existsSync(dir)) throw new Error(`model.checkpoint: ${dir} does not exist`);
+  if (!existsSync(dir)) {
+    const hint =
+      spec.model.checkpoint === D.model.checkpoint
+        ? ' (the default, the demo model, is relative to the current folder: run from the fedbiot-ts folder or set model.checkpoint)'
+        : '';
+    throw new Error(`model.checkpoint: ${dir} does not exist${hint}`);
+  }
   for (const f of ['config.json', 'tokenizer.json'])
     if (!existsSync(join(dir, f)))
       throw new Error(`model.checkpoint: ${dir} has no ${f} (expected a Hugging Face model folder with its tokenizer)`);
