@@ -325,6 +325,8 @@ export function applyOverrides(raw: unknown, overrides: readonly string[], sourc
     for (let i = 0; i < path.length - 1; i++) {
       const next = target[path[i]];
       if (next === undefined || next === null) target[path[i]] = {};
+      else if (typeof next === 'string' && path.slice(0, i + 1).join('.') === 'data.partition')
+        target[path[i]] = { kind: next }; // `partition: by-field` in the file, `--set data.partition.field=x` here
       else if (!isPlainObject(next)) {
         issues.push({
           file: source,
