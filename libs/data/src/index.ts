@@ -35,6 +35,7 @@ export {
   ALPACA_PROMPT_INPUT,
   ALPACA_PROMPT_NO_INPUT,
   formatAlpacaPrompt,
+  promptRecord,
   renderExample,
   responseOf,
   tokenizeExample,
