@@ -279,6 +279,14 @@ async function main(): Promise<void> {
               : 'nothing recorded with the adapter or model: the prompt as given';
       }
       console.error(`template: ${template} (${note})`);
+      const rec = recordedTemplate();
+      if (chat !== undefined && rec && rec.template !== 'chat')
+        // Why a conversation can get an empty reply: an adapter trained on Alpaca prompts has not seen the chat
+        // template, and often answers it with its end-of-text token at once.
+        console.error(
+          `note: the adapter was trained with data.template ${rec.template} (${rec.from}); a --chat conversation ` +
+            `uses the chat template, which it has not seen: --prompt TEXT renders it as in training`,
+        );
       const messages = chat === undefined ? undefined : parseChat(chat);
       const record = promptRecord(messages ?? need('prompt'), template as Exclude<PromptTemplate, 'auto'>, {
         input: opt('input') ?? '',

@@ -6,6 +6,9 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixturesDir, repoRoot } from '../support/paths.js';
+import { readModelConfig } from '../../libs/model/src/config.js';
+import { initLora } from '../../libs/model/src/trainer.js';
+import { savePeftAdapter } from '../../libs/model/src/adapters.js';
 
 const cli = join(repoRoot, 'dist', 'bin', 'model.js');
 const run = (...args: string[]) =>
@@ -211,6 +214,53 @@ test('--tokenizer serves a model folder without one: the same reply as the folde
       run('generate', '--model', bare, '--tokenizer', dir, ...args).stderr,
       /--tokenizer: .* has no tokenizer\.json/,
     );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('generate renders --prompt with the template recorded beside the adapter, and says which', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cli-template-'));
+  try {
+    const demo = join(repoRoot, 'models', 'demo-llama');
+    const cfg = await readModelConfig(join(demo, 'config.json'));
+    const spec = {
+      name: 'default',
+      r: 4,
+      alpha: 8,
+      targets: ['q_proj', 'v_proj'] as const,
+      layers: [6, 7],
+      dropout: 0,
+    };
+    const tensors = initLora({ ...spec, targets: [...spec.targets] }, cfg, 1);
+    // PEFT starts B at zero (no effect); give it weights so the adapter changes what the model says.
+    for (const [k, v] of tensors) if (k.includes('lora_B')) v.forEach((_, i) => (v[i] = Math.sin(i) * 0.05));
+    // The layout of a run folder: adapter/ beside config.resolved.json.
+    const runFolder = join(dir, 'runs', 'x');
+    await savePeftAdapter(
+      join(runFolder, 'adapter'),
+      { spec: { ...spec, targets: [...spec.targets] }, tensors },
+      cfg,
+      demo,
+    );
+    writeFileSync(join(runFolder, 'config.resolved.json'), JSON.stringify({ data: { template: 'auto' } }));
+    const args = ['--model', demo, '--adapter', join(runFolder, 'adapter'), '--max-new-tokens', '6'];
+    const prompt = ['--prompt', 'Add the two numbers.', '--input', '3 plus 4'];
+    const auto = run('generate', ...args, ...prompt);
+    assert.equal(auto.status, 0, auto.stderr);
+    assert.match(auto.stderr, /template: alpaca \(data\.template auto of .*runs\/x\/config\.resolved\.json\)/);
+    const alpaca = run('generate', ...args, ...prompt, '--template', 'alpaca');
+    assert.equal(alpaca.stdout, auto.stdout, 'auto is the recorded template');
+    const raw = run('generate', ...args, ...prompt, '--template', 'raw');
+    assert.equal(raw.status, 0, raw.stderr);
+    assert.match(raw.stderr, /template: raw \(--template raw\)/);
+    const chat = run('generate', ...args, '--chat', '[{"role":"user","content":"Add 3 and 4."}]');
+    assert.equal(chat.status, 0, chat.stderr);
+    assert.match(chat.stderr, /note: the adapter was trained with data\.template auto .* uses the chat template/);
+    assert.match(run('generate', ...args, '--prompt', 'x', '--template', 'jinja').stderr, /--template must be one of/);
+    // Without an adapter nothing is recorded: a base model continues the prompt as given.
+    const base = run('generate', '--model', demo, '--prompt', 'The number 52 is', '--max-new-tokens', '2');
+    assert.match(base.stderr, /template: raw \(nothing recorded with the adapter or model: the prompt as given\)/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
