@@ -26,6 +26,7 @@ import {
   AlignmentServer,
   clientSettingsFor,
   copyLora,
+  evalBatches,
   evalVariant,
   evaluateVariant,
   initialLora,
@@ -99,14 +100,19 @@ async function evaluateOn(
   clients: readonly ClientData[] = ctx.data.clients,
 ): Promise<{ method: string; client: string; scores: EvalScores }[]> {
   const out: { method: string; client: string; scores: EvalScores }[] = [];
+  const batch = ctx.spec.clients.batchSize;
+  const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, batch), 0);
+  const bar = total > 0 ? progress(`${method} evaluation`, total) : undefined;
   for (const c of clients) {
     const scores = await evaluateVariant(ctx.lm, variantFor(c), c.test, c.testItems, {
-      batch: ctx.spec.clients.batchSize,
+      batch,
       seq: ctx.seq,
       maxNewTokens: ctx.spec.eval.maxNewTokens,
+      onBatch: () => bar?.tick(1, c.id),
     });
     out.push({ method, client: c.id, scores });
   }
+  bar?.done();
   out.push({ method, client: 'all', scores: pooled(out.map((o) => o.scores)) });
   return out;
 }
@@ -217,10 +223,11 @@ async function runFederated(
     },
     align: async (adapterNow, steps) => {
       if (!server || steps === 0) return null;
-      const bar = progress(`${cfg.phase} alignment (${steps} steps)`, 1);
-      const stats = await server.align(adapterNow, steps);
-      bar.tick(1, `L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
-      bar.done();
+      const bar = progress(`${cfg.phase} alignment`, steps);
+      const stats = await server.align(adapterNow, steps, (s) =>
+        bar.tick(1, `L2 ${s.l2.toFixed(4)} KL ${s.kl.toFixed(4)}`),
+      );
+      bar.done(`L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
       return { emulator: server.emulator, stats };
     },
     evaluate: async (round, adapterNow, emulatorNow) => {

@@ -28,8 +28,9 @@ export interface ProgressOptions {
 
 /**
  * Starts a progress display for `total` steps (a positive integer).
- * Plain mode prints `<label>: <value>/<total> (<pct>%) <info>` each time progress crosses a multiple of
- * `everyPercent`, and `<label>: done <total>/<total> in <s>s <info>` at done().
+ * Plain mode prints `<label>: <value>/<total> (<pct>%, ~<eta> left) <info>` each time progress crosses a multiple of
+ * `everyPercent` (the estimate once time has passed: the mean step time so far times the steps left), and
+ * `<label>: done <total>/<total> in <s>s <info>` at done().
  */
 export function progress(label: string, total: number, opts: ProgressOptions = {}): Progress {
   if (!Number.isInteger(total) || total < 1)
@@ -105,7 +106,9 @@ function lineProgress(
       if (finished) return;
       value = Math.min(total, value + n);
       if (value >= nextMark && value < total) {
-        stream.write(`${label}: ${value}/${total} (${Math.floor((100 * value) / total)}%)${suffix(info)}\n`);
+        const elapsed = now() - start;
+        const eta = elapsed > 0 ? `, ~${formatDuration((elapsed / value) * (total - value))} left` : '';
+        stream.write(`${label}: ${value}/${total} (${Math.floor((100 * value) / total)}%${eta})${suffix(info)}\n`);
         while (nextMark <= value) nextMark += step;
       }
     },
@@ -116,4 +119,12 @@ function lineProgress(
       stream.write(`${label}: done ${value}/${total} in ${secs}s${suffix(info)}\n`);
     },
   };
+}
+
+/** 42s, 3m05s, 1h02m: what a person reads at a glance. */
+export function formatDuration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }

@@ -1,0 +1,34 @@
+/** Progress lines for logs: an estimate of the time left once time has passed, in units a person reads. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { formatDuration, progress } from '../src/progress.js';
+
+test('plain mode shows the time left from the mean step time so far', () => {
+  const stream = new PassThrough();
+  let text = '';
+  stream.on('data', (b: Buffer) => (text += b.toString()));
+  let clock = 0;
+  const p = progress('base evaluation', 4, { stream, tty: false, everyPercent: 25, now: () => clock });
+  clock = 3000;
+  p.tick(1, 'add');
+  clock = 5000;
+  p.tick(1, 'sub');
+  clock = 9000;
+  p.tick(1, 'mul');
+  p.tick(1, 'mul');
+  p.done();
+  assert.deepEqual(text.trimEnd().split('\n'), [
+    'base evaluation: 1/4 (25%, ~9s left) add',
+    'base evaluation: 2/4 (50%, ~5s left) sub',
+    'base evaluation: 3/4 (75%, ~3s left) mul',
+    'base evaluation: done 4/4 in 9.0s',
+  ]);
+});
+
+test('formatDuration: seconds, minutes, hours', () => {
+  assert.equal(formatDuration(0), '0s');
+  assert.equal(formatDuration(42_400), '42s');
+  assert.equal(formatDuration(185_000), '3m05s');
+  assert.equal(formatDuration(3_720_000), '1h02m');
+});
