@@ -1,4 +1,5 @@
 import cliProgress from 'cli-progress';
+import { logLevelFromEnv, logs } from './log-level.js';
 
 /**
  * Progress for long steps (pre-alignment, local training, evaluation): a live bar when the output is a terminal,
@@ -35,6 +36,8 @@ export interface ProgressOptions {
 export function progress(label: string, total: number, opts: ProgressOptions = {}): Progress {
   if (!Number.isInteger(total) || total < 1)
     throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
+  // LOG_LEVEL=warn or error: progress is chatter; a given stream (tests) is always written.
+  if (opts.stream === undefined && !logs('info', logLevelFromEnv())) return { tick() {}, done() {} };
   const stream = opts.stream ?? process.stderr;
   const tty = opts.tty ?? (stream.isTTY === true && process.env['CI'] === undefined);
   return tty
