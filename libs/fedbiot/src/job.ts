@@ -449,7 +449,13 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
       const adapterDir = join(runDir, 'adapter');
-      await savePeftAdapter(adapterDir, renamed(mainState.adapter, 'default'), lm.config, spec.model.checkpoint);
+      // An absolute base path: peft resolves a relative one against the loading process's folder.
+      await savePeftAdapter(
+        adapterDir,
+        renamed(mainState.adapter, 'default'),
+        lm.config,
+        resolve(spec.model.checkpoint),
+      );
       await exportMerged(
         join(runDir, 'merged-model'),
         lm.config,
