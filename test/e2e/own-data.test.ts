@@ -103,6 +103,13 @@ test('manifest mistakes are named by file and field, before any run folder or mo
   );
 });
 
+test('a template that does not fit the records is named with file:line before any run folder', () => {
+  failsBeforeRunFolder(
+    start('--config', job(), '--set', 'data.template=raw'),
+    /my-job\/data\/bakery\.jsonl:1: template "raw" does not apply to a alpaca record/,
+  );
+});
+
 test('a pooled train.jsonl: partition by-field needs its field, and FedBiOT needs public text, said up front', () => {
   const pooled = join(tmp, 'my-job', 'pooled');
   mkdirSync(pooled, { recursive: true });

@@ -74,10 +74,7 @@ export function clientStreamSeed(jobSeed: number, client: Pick<ClientData, 'inde
   return jobSeed * 1000 + client.index;
 }
 
-/**
- * The federation's records as read and checked, not yet tokenized (readFederation). Pass them to loadFederation
- * to skip a second read.
- */
+/** The federation's records as read and checked, not yet tokenized (readFederation). */
 export interface FederationRecords {
   readonly clients: readonly { id: string; index: number; train: Example[]; test: Example[] }[];
   readonly globalTest: Example[];
@@ -452,9 +449,9 @@ export async function loadFederation(
   spec: JobSpec,
   tokenizer: TextTokenizer,
   cacheRoot: string,
-  opts: LoadFederationOptions & { readonly records?: FederationRecords } = {},
+  opts: LoadFederationOptions = {},
 ): Promise<FederationData> {
-  const raw = opts.records ?? (await readFederation(spec, cacheRoot, opts));
+  const raw = await readFederation(spec, cacheRoot, opts);
   const maxLength = spec.data.maxLength;
   const template = spec.data.template;
   const tok = (ex: Example): TokenizedExample => tokenizeExample(ex, tokenizer, { maxLength, template });

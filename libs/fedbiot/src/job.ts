@@ -9,17 +9,12 @@ import { existsSync } from 'node:fs';
 import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
 import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
 import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
-import {
-  clientStreamSeed,
-  loadFederation,
-  readFederation,
-  type ClientData,
-  type FederationData,
-} from './federation.js';
+import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
 import { progress } from './progress.js';
 import {
@@ -36,6 +31,7 @@ import {
 } from './roles.js';
 import {
   createRunDir,
+  discardUnstartedRun,
   loadLatestCheckpoint,
   readMetrics,
   saveCheckpoint,
@@ -341,11 +337,11 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
 export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const t0 = performance.now();
-  // Every input check (model folder, federation files and records, partition, public data) before a run folder
-  // exists or a model loads: a mistake in the inputs costs seconds and leaves nothing behind.
+  // Every input check (model folder, federation files and records, partition, public data, templates and
+  // tokenization) before a run folder exists or a model loads: a mistake in the inputs costs seconds, leaves nothing.
   checkModelPath(spec);
   const cacheRoot = defaultCacheRoot();
-  const records = await readFederation(spec, cacheRoot);
+  const data = await loadFederation(spec, await loadTokenizer(spec.model.checkpoint), cacheRoot);
   const run = await createRunDir(spec.job.outDir, spec.job.id, spec, {
     resume: opts.resume === true,
     overwrite: opts.overwrite === true,
@@ -378,8 +374,6 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
   });
   try {
-    if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
-    const data = await loadFederation(spec, lm.tokenizer, cacheRoot, { records });
     log(
       `model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`,
     );
@@ -518,6 +512,10 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     return { runDir, table };
+  } catch (e) {
+    metrics.close();
+    if (await discardUnstartedRun(run)) log(`removed ${runDir}: the run failed before its first checkpoint`);
+    throw e;
   } finally {
     metrics.close();
     await lm.release();

@@ -98,6 +98,16 @@ export async function createRunDir(
   throw new RunDirError(`could not find a free run id under ${outDir} after 20 attempts`);
 }
 
+/**
+ * After a failure: deletes the run folder if this process created it (not resumed) and it holds no checkpoint yet,
+ * so a run that failed before completing any work does not block its job id. Returns whether it was deleted.
+ */
+export async function discardUnstartedRun(run: RunDir): Promise<boolean> {
+  if (run.resumed || (await listCheckpoints(run.dir)).length > 0) return false;
+  await removeRunDir(run.dir);
+  return true;
+}
+
 /** Deletes a run folder (or an empty folder); refuses any other folder. Absent: nothing to do. */
 async function removeRunDir(dir: string): Promise<void> {
   let names: string[];

@@ -6,6 +6,7 @@ import {
   CONFIG_FILE,
   MetricsLog,
   createRunDir,
+  discardUnstartedRun,
   listCheckpoints,
   loadLatestCheckpoint,
   readMetrics,
@@ -75,6 +76,23 @@ test('createRunDir overwrite: replaces an earlier run folder, never a folder tha
     await assert.rejects(createRunDir(out, 'notes', {}, { overwrite: true }), /not a run folder/);
     assert.equal(await readFile(join(out, 'notes', 'todo.txt'), 'utf8'), 'keep me');
     await assert.rejects(createRunDir(out, 'exp', {}, { overwrite: true, resume: true }), /exclude each other/);
+  });
+});
+
+test('discardUnstartedRun: a failed run without a checkpoint frees its job id; one with a checkpoint, or resumed, stays', async () => {
+  await withTmp(async (out) => {
+    const fresh = await createRunDir(out, 'early-failure', { job: { rounds: 3 } });
+    await writeFile(join(fresh.dir, 'metrics.jsonl'), '{"ts":1,"round":0,"kind":"eval"}\n');
+    assert.equal(await discardUnstartedRun(fresh), true);
+    assert.deepEqual(await readdir(out), [], 'the folder is gone');
+    assert.equal((await createRunDir(out, 'early-failure', {})).resumed, false, 'the id is free again');
+
+    const started = await createRunDir(out, 'late-failure', {});
+    await saveCheckpoint(started.dir, state(0));
+    assert.equal(await discardUnstartedRun(started), false);
+    const resumed = await createRunDir(out, 'early-failure', {}, { resume: true });
+    assert.equal(await discardUnstartedRun(resumed), false, 'a resumed run is never deleted');
+    assert.deepEqual((await readdir(out)).toSorted(), ['early-failure', 'late-failure']);
   });
 });
 
