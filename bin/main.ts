@@ -5,6 +5,7 @@
  */
 import { applyOverrides, loadJobSpec, resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../libs/fedbiot/src/job.js';
+import { logLevelFromEnv } from '../libs/fedbiot/src/log-level.js';
 
 const args = process.argv.slice(2);
 let config: string | undefined;
@@ -38,6 +39,7 @@ Own data: docs/own-data.md.`);
   }
 }
 try {
+  logLevelFromEnv(); // a bad LOG_LEVEL is named now, not ignored
   const spec = config
     ? await loadJobSpec(config, overrides)
     : resolveJobSpec(applyOverrides({}, overrides, 'command line'), 'built-in demo job');

@@ -37,7 +37,7 @@ export function progress(label: string, total: number, opts: ProgressOptions = {
   if (!Number.isInteger(total) || total < 1)
     throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
   // LOG_LEVEL=warn or error: progress is chatter; a given stream (tests) is always written.
-  if (opts.stream === undefined && !logs('info', logLevelFromEnv())) return { tick() {}, done() {} };
+  if (opts.stream === undefined && !logs('info', levelOrInfo())) return { tick() {}, done() {} };
   const stream = opts.stream ?? process.stderr;
   const tty = opts.tty ?? (stream.isTTY === true && process.env['CI'] === undefined);
   return tty
@@ -130,4 +130,13 @@ export function formatDuration(ms: number): string {
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** LOG_LEVEL for progress: a bad value is the entry point's to report (bin/main.ts does); progress never throws. */
+function levelOrInfo(): ReturnType<typeof logLevelFromEnv> {
+  try {
+    return logLevelFromEnv();
+  } catch {
+    return 'info';
+  }
 }

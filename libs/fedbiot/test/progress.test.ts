@@ -32,3 +32,25 @@ test('formatDuration: seconds, minutes, hours', () => {
   assert.equal(formatDuration(185_000), '3m05s');
   assert.equal(formatDuration(3_720_000), '1h02m');
 });
+
+test('LOG_LEVEL=warn hides progress on stderr; a bad LOG_LEVEL does not stop a job here', () => {
+  const saved = process.env['LOG_LEVEL'];
+  const write = process.stderr.write.bind(process.stderr);
+  let written = '';
+  process.stderr.write = ((chunk: string | Uint8Array) => ((written += String(chunk)), true)) as typeof write;
+  try {
+    process.env['LOG_LEVEL'] = 'warn';
+    const quiet = progress('hidden', 2, { tty: false });
+    quiet.tick(2);
+    quiet.done();
+    assert.equal(written, '');
+    process.env['LOG_LEVEL'] = 'loud';
+    const shown = progress('shown', 1, { tty: false });
+    shown.done();
+    assert.match(written, /^shown: done 0\/1 in/);
+  } finally {
+    process.stderr.write = write;
+    if (saved === undefined) delete process.env['LOG_LEVEL'];
+    else process.env['LOG_LEVEL'] = saved;
+  }
+});
