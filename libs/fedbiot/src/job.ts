@@ -16,7 +16,7 @@ import { ExampleStream } from './batches.js';
 import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
-import { progress } from './progress.js';
+import { progress, roundsEta } from './progress.js';
 import {
   AlignmentServer,
   clientSettingsFor,
@@ -193,8 +193,10 @@ async function runFederated(
     await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
   }
   const settings = clientSettingsFor(spec);
+  const eta = roundsEta(spec.job.rounds);
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
+      eta.begin(round);
       const out: ClientRoundResult[] = [];
       const bar = progress(
         `${cfg.phase} round ${round + 1}/${spec.job.rounds} local training`,
@@ -235,7 +237,7 @@ async function runFederated(
       const all = rows
         .filter((r) => r.client === 'all')
         .map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
-      ctx.log(`  round ${round}: ${all.join(' | ')}`);
+      ctx.log(`  round ${round}: ${all.join(' | ')}${eta.after(round)}`);
       return rows;
     },
   };

@@ -140,3 +140,32 @@ function levelOrInfo(): ReturnType<typeof logLevelFromEnv> {
     return 'info';
   }
 }
+
+/**
+ * The time left in a phase of `total` rounds, from the mean time of the rounds run so far in this process (a
+ * resumed phase counts from where it resumed; the pre-alignment before the first round is not a round).
+ */
+export function roundsEta(
+  total: number,
+  now: () => number = Date.now,
+): {
+  /** Call as round `round` (0-based) starts. */
+  begin(round: number): void;
+  /** After `completed` rounds: `; ~3m05s left` (or '' when nothing is known or left). */
+  after(completed: number): string;
+} {
+  let t0: number | undefined;
+  let first = 0;
+  return {
+    begin(round) {
+      if (t0 !== undefined) return;
+      t0 = now();
+      first = round;
+    },
+    after(completed) {
+      const ran = completed - first;
+      if (t0 === undefined || ran <= 0 || completed >= total) return '';
+      return `; ~${formatDuration(((now() - t0) / ran) * (total - completed))} left`;
+    },
+  };
+}

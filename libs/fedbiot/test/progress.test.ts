@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
-import { formatDuration, progress } from '../src/progress.js';
+import { formatDuration, progress, roundsEta } from '../src/progress.js';
 
 test('plain mode shows the time left from the mean step time so far', () => {
   const stream = new PassThrough();
@@ -53,4 +53,18 @@ test('LOG_LEVEL=warn hides progress on stderr; a bad LOG_LEVEL does not stop a j
     if (saved === undefined) delete process.env['LOG_LEVEL'];
     else process.env['LOG_LEVEL'] = saved;
   }
+});
+
+test('roundsEta: the mean round time so far times the rounds left, counted from where this process began', () => {
+  let clock = 0;
+  const eta = roundsEta(5, () => clock);
+  assert.equal(eta.after(0), '', 'nothing known yet');
+  clock = 40_000; // pre-alignment: not a round
+  eta.begin(2); // resumed at round 2
+  eta.begin(3); // later rounds do not restart the clock
+  clock = 100_000;
+  assert.equal(eta.after(3), '; ~2m00s left', 'one round in 60s, two left');
+  clock = 130_000;
+  assert.equal(eta.after(4), '; ~45s left');
+  assert.equal(eta.after(5), '', 'nothing left');
 });
