@@ -1,13 +1,14 @@
 /**
  * Model benchmark: a SmolLM-135M-shaped LLaMA (30 layers, d=576, 9/3 heads, FFN 1536, vocab 49152, tied head) with
  * random weights written by the benchmark. LoRA training step (r=8 on q,v of the top 2 layers, B=4, T=256, AdamW;
- * the 28 lower layers are a forward-only prefix) and KV-cache generation.
+ * the 28 lower layers are a forward-only prefix) and KV-cache generation. `--weights-dtype float16|bfloat16` and
+ * `--compute float32|float16` run it with half-precision frozen weights (LoadOptions).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ExecutionProvider } from '../libs/engine/src/index.js';
-import { CausalLM, type TokenBatch } from '../libs/model/src/causal-lm.js';
+import type { ExecutionProvider, HalfCompute } from '../libs/engine/src/index.js';
+import { CausalLM, type LoadOptions, type TokenBatch } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig } from '../libs/model/src/config.js';
 import { writeRandomCheckpoint } from '../libs/model/src/init.js';
 import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
@@ -41,6 +42,12 @@ export async function main(args: string[]): Promise<void> {
   const provider = (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider;
   const threads = argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined;
   const steps = Number(argOf(args, 'steps') ?? 3);
+  const weightsDtype = (argOf(args, 'weights-dtype') ?? 'float32') as NonNullable<LoadOptions['weightsDtype']>;
+  if (!['float32', 'float16', 'bfloat16'].includes(weightsDtype))
+    throw new Error(`--weights-dtype ${weightsDtype}: expected float32, float16 or bfloat16`);
+  const compute = argOf(args, 'compute') as HalfCompute | undefined;
+  if (compute !== undefined && compute !== 'float32' && compute !== 'float16')
+    throw new Error(`--compute ${compute}: expected float32 or float16`);
   const B = 4;
   const T = 256;
   const cfg = parseModelConfig(SMOLLM_135M, 'smollm-135m-shape.json');
@@ -53,6 +60,8 @@ export async function main(args: string[]): Promise<void> {
       provider,
       cacheRoot: join(tmp, 'cache'),
       ...(threads ? { threads } : {}),
+      weightsDtype,
+      ...(compute ? { compute } : {}),
     });
     try {
       const top2 = [cfg.numLayers - 2, cfg.numLayers - 1];
@@ -76,6 +85,8 @@ export async function main(args: string[]): Promise<void> {
       const common = {
         provider: trainer.trainer.runner.provider,
         threads: threads ?? 'cores',
+        weights_dtype: weightsDtype,
+        compute: lm.halfWeights?.compute ?? 'float32',
         machine: machine(),
         date: new Date().toISOString(),
       };
@@ -114,6 +125,15 @@ export async function main(args: string[]): Promise<void> {
     rmSync(tmp, { recursive: true, force: true });
   }
   console.log(`\nmodel benchmark (${machine()}):`);
-  printTable(rows, ['case', 'provider', 'task', 'tokens_per_s', 'ms_per_step', 'peak_rss_mib']);
+  printTable(rows, [
+    'case',
+    'provider',
+    'weights_dtype',
+    'compute',
+    'task',
+    'tokens_per_s',
+    'ms_per_step',
+    'peak_rss_mib',
+  ]);
   console.log(`\nwrote ${writeResults('model', rows, argOf(args, 'out'))}`);
 }

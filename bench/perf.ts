@@ -6,7 +6,9 @@
  *   full-prefix    = the same with every original layer (the step PyTorch's peer script times)
  *   align step     = the server's alignment step: teacher forward (full model + adapter) and the emulator-LoRA
  *                    update on hidden-state L2 + KL (AlignmentServer)
- * `--models smollm,tinyllama` picks shapes (default smollm). Rows go to bench/results/perf-ours.json;
+ * `--models smollm,tinyllama` picks shapes (default smollm); `--weights-dtype float16|bfloat16` (and `--compute`)
+ * runs them with half-precision frozen weights; `--skip-align` leaves the alignment step out (its teacher forward
+ * dominates the memory on CPU). Rows go to bench/results/perf-ours.json;
  * scripts/device/perf.sh joins them with the PyTorch peer into bench/results/perf.json.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -16,8 +18,8 @@ import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
 import type { TokenizedExample } from '../libs/data/src/index.js';
 import { AlignmentServer, initialLora } from '../libs/fedbiot/src/roles.js';
 import { randomBatch } from './model.js';
-import { benchRunOptions, loadBenchModel } from './shapes.js';
-import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
+import { benchRunOptions, frozenWeightsMib, loadBenchModel } from './shapes.js';
+import { argOf, machine, peakRssMib, printTable, time, withPeakRss, writeResults } from './common.js';
 
 export async function main(args: string[]): Promise<void> {
   const run = benchRunOptions(args);
@@ -36,6 +38,9 @@ export async function main(args: string[]): Promise<void> {
           threads: threads ?? 'cores',
           batch: B,
           seq: T,
+          weights_dtype: run.weightsDtype,
+          compute: lm.halfWeights?.compute ?? 'float32',
+          frozen_weights_mib: frozenWeightsMib(lm),
           machine: machine(),
           date: new Date().toISOString(),
         };
@@ -51,47 +56,52 @@ export async function main(args: string[]): Promise<void> {
             optimizer: { kind: 'adamw', lr: 1e-4, betas: [0.9, 0.95] },
           });
           console.log(`${name} ${variant} (${layers.length} layers) ...`);
-          const t = await time(() => trainer.step([batch]), steps, 1);
+          // The process's peak RSS includes writing the random checkpoint; step_rss_mib is the peak while stepping.
+          const { value: t, peakRss } = await withPeakRss(() => time(() => trainer.step([batch]), steps, 1));
           rows.push({
             case: `${name}-${variant}`,
             task: 'train',
             ms_per_step: +t.median.toFixed(1),
             tokens_per_s: +((B * T) / (t.median / 1000)).toFixed(1),
             peak_rss_mib: peakRssMib(),
+            step_rss_mib: Math.round(peakRss / 2 ** 20),
             layers: layers.length,
             ...common,
           });
         }
-        const windows: TokenizedExample[] = Array.from({ length: B }, (_, b) => {
-          const ids = Array.from(batch.inputIds.slice(b * T, (b + 1) * T));
-          return {
-            inputIds: ids,
-            lossMask: ids.map((_, i) => (i === 0 ? 0 : 1)),
-            promptLength: 0,
-            truncatedPromptTokens: 0,
-            truncatedResponseTokens: 0,
-          };
-        });
-        const server = new AlignmentServer(
-          lm,
-          split,
-          specs,
-          { lambda: 1, mu: 0, lr: 1e-4, batchSize: B, seq: T, seed: 1 },
-          windows,
-          initialLora(specs.emulator, lm, 2),
-        );
-        const adapter = initialLora(specs.adapter, lm, 1);
-        console.log(`${name} alignment step ...`);
-        const ta = await time(() => server.align(adapter, 1), steps, 1);
-        rows.push({
-          case: `${name}-align-step`,
-          task: 'align',
-          ms_per_step: +ta.median.toFixed(1),
-          tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1),
-          peak_rss_mib: peakRssMib(),
-          layers: split.clientLayers.length,
-          ...common,
-        });
+        const alignStep = async (): Promise<void> => {
+          const windows: TokenizedExample[] = Array.from({ length: B }, (_, b) => {
+            const ids = Array.from(batch.inputIds.slice(b * T, (b + 1) * T));
+            return {
+              inputIds: ids,
+              lossMask: ids.map((_, i) => (i === 0 ? 0 : 1)),
+              promptLength: 0,
+              truncatedPromptTokens: 0,
+              truncatedResponseTokens: 0,
+            };
+          });
+          const server = new AlignmentServer(
+            lm,
+            split,
+            specs,
+            { lambda: 1, mu: 0, lr: 1e-4, batchSize: B, seq: T, seed: 1 },
+            windows,
+            initialLora(specs.emulator, lm, 2),
+          );
+          const adapter = initialLora(specs.adapter, lm, 1);
+          console.log(`${name} alignment step ...`);
+          const ta = await time(() => server.align(adapter, 1), steps, 1);
+          rows.push({
+            case: `${name}-align-step`,
+            task: 'align',
+            ms_per_step: +ta.median.toFixed(1),
+            tokens_per_s: +((B * T) / (ta.median / 1000)).toFixed(1),
+            peak_rss_mib: peakRssMib(),
+            layers: split.clientLayers.length,
+            ...common,
+          });
+        };
+        if (!args.includes('--skip-align')) await alignStep();
       } finally {
         await lm.release();
       }
@@ -101,6 +111,18 @@ export async function main(args: string[]): Promise<void> {
     rmSync(tmp, { recursive: true, force: true });
   }
   console.log(`\nperf benchmark, ours (${machine()}):`);
-  printTable(rows, ['case', 'provider', 'batch', 'seq', 'ms_per_step', 'tokens_per_s', 'peak_rss_mib']);
+  printTable(rows, [
+    'case',
+    'provider',
+    'weights_dtype',
+    'compute',
+    'batch',
+    'seq',
+    'ms_per_step',
+    'tokens_per_s',
+    'frozen_weights_mib',
+    'step_rss_mib',
+    'peak_rss_mib',
+  ]);
   console.log(`\nwrote ${writeResults('perf-ours', rows, argOf(args, 'out'))}`);
 }

@@ -4,7 +4,8 @@
  * vectors (FedAvgAccumulator, float32 upload). Adapters (LoRA r = 8 on q_proj + v_proj of 2 adapter layers):
  *   demo   hidden 192, 6 heads x 32, kv 2 x 32: q 8*192 + 192*8, v 8*192 + 64*8 -> 5120 per layer, L = 10240
  *   smollm hidden 576, 9 heads x 64, kv 3 x 64: q 8*576 + 576*8, v 8*576 + 192*8 -> 15360 per layer, L = 30720
- * `npm run bench -- privacy [--clients 3,10,50] [--plus-k 8]` writes bench/results/privacy.json.
+ * `npm run bench -- privacy [--clients 3,10,50] [--plus-k 8]` writes bench/results/privacy.json;
+ * `npm run bench -- privacy --utility` measures what DP costs on the demo instead (privacy-utility.ts).
  */
 import { FedAvgAccumulator } from '../libs/fedbiot/src/aggregate.js';
 import { SecAggClient, SecAggServer, seededRng, type SecAggConfig } from '../libs/privacy/src/index.js';
@@ -31,6 +32,9 @@ function vectors(n: number, L: number): { values: Float32Array; weight: number }
 interface Row extends Record<string, unknown> {
   case: string;
 }
+
+/** Mean milliseconds per client of a round's total. */
+const perClient = (x: number, m: number): number => x / m;
 
 function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['graph'], dropBeforeMask: number): Row {
   const k = graph?.kind === 'harary' ? graph.k : n - 1;
@@ -84,7 +88,6 @@ function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['g
   const plainMs = performance.now() - t0;
   let maxErr = 0;
   for (let i = 0; i < L; i++) maxErr = Math.max(maxErr, Math.abs(res.sum[i]! / res.weightSum - plain[i]!));
-  const perClient = (x: number, m: number): number => x / m;
   const clientMs = ms.r0c / n + ms.r1c / n + ms.r2c / live.length + ms.r3c / live.length;
   const serverMs = ms.r0s + ms.r1s + ms.r2s + ms.r3s;
   return {
@@ -116,6 +119,10 @@ function runSecAgg(adapter: string, L: number, n: number, graph: SecAggConfig['g
 }
 
 export async function main(args: string[]): Promise<void> {
+  if (args.includes('--utility')) {
+    await (await import('./privacy-utility.js')).utility(args);
+    return;
+  }
   const ns = (argOf(args, 'clients') ?? '3,10,50').split(',').map(Number);
   const plusK = Number(argOf(args, 'plus-k') ?? 8);
   const rows: Row[] = [];

@@ -3,8 +3,9 @@
  * the perf and profile benches: the run options from the command line, a random checkpoint of a shape loaded as a
  * CausalLM, and the FedBiOT split and LoRA specs of the step (top-2 adapter layers, LoRA r=8 on q,v, dropout 0.05).
  */
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ExecutionProvider, WebGpuOptions } from '../libs/engine/src/index.js';
+import type { ExecutionProvider, HalfCompute, WebGpuOptions } from '../libs/engine/src/index.js';
 import { CausalLM, type LoadOptions } from '../libs/model/src/causal-lm.js';
 import { parseModelConfig, type ModelConfig } from '../libs/model/src/config.js';
 import { writeRandomCheckpoint } from '../libs/model/src/init.js';
@@ -32,24 +33,60 @@ export const SHAPES: Record<string, { config: Record<string, unknown>; seq: numb
   tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
 };
 
-/** `--provider`, `--threads`, `--steps`, `--models`, `--webgpu '{"validationMode":"disabled"}'`. */
+/**
+ * `--provider`, `--threads`, `--steps`, `--models`, `--webgpu '{"validationMode":"disabled"}'`, and the frozen
+ * weights' storage `--weights-dtype float32|float16|bfloat16` with their matmuls' `--compute float32|float16`
+ * (default: float32 on the CPU provider, float16 on GPU providers; LoadOptions).
+ */
 export interface BenchRunOptions {
   readonly provider: ExecutionProvider;
   readonly threads: number | undefined;
   readonly steps: number;
   readonly models: readonly string[];
   readonly webgpu: WebGpuOptions | undefined;
+  readonly weightsDtype: NonNullable<LoadOptions['weightsDtype']>;
+  readonly compute: HalfCompute | undefined;
 }
 
 export function benchRunOptions(args: readonly string[]): BenchRunOptions {
   const webgpu = argOf(args, 'webgpu');
+  const computeArg = argOf(args, 'compute');
   return {
     provider: (argOf(args, 'provider') ?? 'cpu') as ExecutionProvider,
     threads: argOf(args, 'threads') ? Number(argOf(args, 'threads')) : undefined,
     steps: Number(argOf(args, 'steps') ?? 3),
     models: (argOf(args, 'models') ?? 'smollm').split(','),
     webgpu: webgpu ? (JSON.parse(webgpu) as WebGpuOptions) : undefined,
+    weightsDtype: oneOf<BenchRunOptions['weightsDtype']>('weights-dtype', argOf(args, 'weights-dtype') ?? 'float32', [
+      'float32',
+      'float16',
+      'bfloat16',
+    ]),
+    compute: computeArg === undefined ? undefined : oneOf<HalfCompute>('compute', computeArg, ['float32', 'float16']),
   };
+}
+
+function oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value))
+    throw new Error(`--${flag} ${value}: expected one of ${allowed.join(', ')}`);
+  return value as T;
+}
+
+/**
+ * Bytes of the frozen weights the graphs map: the half-precision file in the graph folder, or the fp32 checkpoint
+ * files. In MiB.
+ */
+export function frozenWeightsMib(lm: CausalLM): number {
+  let bytes = 0;
+  if (lm.halfWeights) {
+    const prefix = lm.halfWeights.dtype === 'float16' ? 'f16-' : 'bf16-';
+    for (const f of readdirSync(lm.graphs.store.dir))
+      if (f.startsWith(prefix) && f.endsWith('.safetensors')) bytes += statSync(join(lm.graphs.store.dir, f)).size;
+  } else {
+    const files = new Set(lm.checkpoint!.tensorNames.map((n) => lm.checkpoint!.weightRef(n).file));
+    for (const f of files) bytes += statSync(f).size;
+  }
+  return +(bytes / 2 ** 20).toFixed(1);
 }
 
 export interface BenchModel {
@@ -78,6 +115,8 @@ export async function loadBenchModel(
     cacheRoot: join(tmp, 'cache'),
     ...(run.webgpu ? { webgpu: run.webgpu } : {}),
     ...(run.threads ? { threads: run.threads } : {}),
+    weightsDtype: run.weightsDtype,
+    ...(run.compute ? { compute: run.compute } : {}),
     ...extra,
   });
   const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });

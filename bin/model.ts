@@ -21,6 +21,8 @@ import { TEMPLATES } from '../libs/fedbiot/src/job-spec.js';
 import { CONFIG_FILE } from '../libs/fedbiot/src/run-dir.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import { openCheckpoint } from '../libs/model/src/checkpoint.js';
+import { pruneModelCache } from '../libs/model/src/cache-prune.js';
+import { defaultCacheRoot } from '../libs/model/src/graph-store.js';
 import {
   chunkCorpus,
   promptRecord,
@@ -86,7 +88,19 @@ embeddings, the kept lower layers (uniform layer dropout), the adapter layers, n
   --drop-rate R        share of the emulator's layers dropped, 0.2
   --dtype D            float32 (default) | bfloat16 | float16
   --job ID             the job id recorded in the manifest, "local"`,
+  'prune-cache': `usage: npm run model -- prune-cache [--cache DIR] [--keep N] [--max-size SIZE] [--dry-run]
+
+Frees disk in the model cache (fp32 weight conversions and weight versions under FEDBIOT_CACHE): old weight
+versions first, then least recently used entries until the cache fits --max-size. Only the model cache is touched.
+
+  --cache DIR        the cache root, default FEDBIOT_CACHE or ~/.cache/fedbiot
+  --keep N           weight versions kept per file, 2
+  --max-size SIZE    e.g. 20G, 512M or bytes; absent: no size limit
+  --dry-run          print what would be removed, remove nothing`,
 };
+
+/** Options that take no value. */
+const FLAGS: ReadonlySet<string> = new Set(['dry-run']);
 
 const OPTIONS: Record<string, readonly string[]> = {
   generate: [
@@ -106,14 +120,16 @@ const OPTIONS: Record<string, readonly string[]> = {
   eval: ['model', 'provider', 'adapter', 'tokenizer', 'data', 'template', 'max-length', 'batch'],
   inspect: ['model', 'provider'],
   package: ['model', 'adapter-layers', 'drop-rate', 'dtype', 'job', 'out'],
+  'prune-cache': ['cache', 'keep', 'max-size', 'dry-run'],
 };
 
 const OVERVIEW = `usage: npm run model -- <command> [options]   (npm run model -- <command> --help for its options)
 
-  generate   generate a reply with a model, optionally with a LoRA adapter
-  eval       loss and perplexity on a dataset
-  inspect    architecture, parameters, memory, tokenizer
-  package    cut a FedBiOT emulator package from a full model`;
+  generate     generate a reply with a model, optionally with a LoRA adapter
+  eval         loss and perplexity on a dataset
+  inspect      architecture, parameters, memory, tokenizer
+  package      cut a FedBiOT emulator package from a full model
+  prune-cache  free disk in the model cache`;
 
 const [command, ...args] = process.argv.slice(2);
 
@@ -126,6 +142,10 @@ function parseOptions(cmd: string, argv: readonly string[]): Map<string, string>
     const name = a.startsWith('--') ? a.slice(2) : undefined;
     if (name === undefined || !allowed.includes(name))
       throw new UsageError(`${cmd}: unknown ${name === undefined ? 'argument' : 'option'} ${a}`);
+    if (FLAGS.has(name)) {
+      out.set(name, 'true');
+      continue;
+    }
     const v = argv[i + 1];
     if (v === undefined) throw new UsageError(`${cmd}: ${a} needs a value`);
     out.set(name, v);
@@ -135,6 +155,15 @@ function parseOptions(cmd: string, argv: readonly string[]): Map<string, string>
 }
 
 class UsageError extends Error {}
+
+/** `20G`, `512M`, `1.5T`, or plain bytes. */
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]i?B?)?$/i.exec(text.trim());
+  if (!m) throw new UsageError(`--max-size: ${text} is not a size like 20G, 512M or 1000000`);
+  const unit = (m[2] ?? '').toUpperCase().charAt(0);
+  const pow = unit === '' ? 0 : 'KMGT'.indexOf(unit) + 1;
+  return Math.floor(Number(m[1]) * 1024 ** pow);
+}
 
 let opts = new Map<string, string>();
 const opt = (name: string): string | undefined => opts.get(name);
@@ -366,6 +395,25 @@ async function main(): Promise<void> {
       `emulator package ${need('out')}: layers ${m.layers.map((l) => l.source).join(',')} of ${m.source.numLayers} ` +
         `(dropped ${m.droppedLayers.join(',') || 'none'}), ${dtype}, ${(bytes / 2 ** 20).toFixed(1)} MiB, ` +
         `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+    );
+    return;
+  }
+  if (command === 'prune-cache') {
+    const root = opt('cache') ?? defaultCacheRoot();
+    const size = opt('max-size');
+    const maxBytes = size === undefined ? undefined : parseSize(size);
+    const keep = num('keep', 2);
+    const dryRun = opts.has('dry-run');
+    const r = pruneModelCache(root, {
+      keepVersions: keep,
+      ...(maxBytes === undefined ? {} : { maxBytes }),
+      dryRun,
+    });
+    const mib = (b: number): string => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    for (const e of r.removed)
+      console.log(`${dryRun ? 'would remove' : 'removed'} ${e.path} (${mib(e.bytes)}): ${e.reason}`);
+    console.log(
+      `${root}: ${r.removed.length} entries, ${mib(r.freedBytes)} freed; ${mib(r.keptBytes)} kept (model cache only)`,
     );
     return;
   }

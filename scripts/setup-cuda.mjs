@@ -4,10 +4,14 @@
 // onnxruntime-node ships the CPU and WebGPU providers; its CUDA provider (two shared libraries) is downloaded by its
 // install script from a NuGet feed (`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --ignore-scripts=false`, CUDA 12 +
 // cuDNN 9), which this project's .npmrc skips because only the npm registry is reachable here. Microsoft's prebuilt CUDA 13 provider
-// libraries of the same onnxruntime release are also published on npm, inside a Unity package
-// (com.github.asus4.onnxruntime.linux-x64-gpu); this script takes the two libraries from there and puts them where
-// onnxruntime-node loads them from (node_modules/onnxruntime-node/bin/napi-v6/linux/x64/). The provider and
-// onnxruntime-node must be the same onnxruntime release: only the versions listed in PROVIDERS below are installed.
+// libraries are also published on npm, inside a Unity package (com.github.asus4.onnxruntime.linux-x64-gpu), for
+// onnxruntime 1.29.0 only. A provider must come from the same onnxruntime release as the binding that loads it, and
+// the pinned onnxruntime-node is 1.30.0 (1.29.0's WebGPU provider aborts in the alignment step on the GPU machine),
+// so this script installs onnxruntime-node 1.29.0 beside the pinned one, under .cache/onnxruntime-cuda/ (npm ci keeps
+// it), takes the two libraries from the Unity package (sha256 and version string checked) into that copy's binary
+// folder, and checks that the provider starts. Processes that train on CUDA start with FEDBIOT_ORT_BINDING=cuda
+// (libs/engine/src/runtime/ort.ts); CPU and WebGPU stay on the pinned binding. Should the pin ever match a release
+// listed in PROVIDERS below, the provider goes into the pinned package's folder instead and no variable is needed.
 //
 // Usage: node scripts/setup-cuda.mjs [--from DIR|FILE.tgz] [--force] [--check]
 //   --from   take the libraries from a folder holding them, or from the package's .tgz, instead of `npm pack`
@@ -15,13 +19,13 @@
 //   --check  install nothing; check that the CUDA provider starts here (exit 1 if not)
 // After installing, it checks that the provider starts (a one-node model on the GPU) and, if not, names the
 // library that is missing and where on this machine a copy of it was found (for LD_LIBRARY_PATH).
-// `npm ci` removes node_modules: run this again after it.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
   copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -73,40 +77,80 @@ if (process.platform !== 'linux' || process.arch !== 'x64') {
   fail(`the CUDA provider is installed for linux x64 only; this is ${process.platform} ${process.arch}`);
 }
 
-let ortPkg;
+let pinnedPkg;
 try {
-  ortPkg = createRequire(join(root, 'package.json')).resolve('onnxruntime-node/package.json');
+  pinnedPkg = createRequire(join(root, 'package.json')).resolve('onnxruntime-node/package.json');
 } catch {
   fail('onnxruntime-node is not installed: run `npm ci` first');
 }
-const ortVersion = JSON.parse(readFileSync(ortPkg, 'utf8')).version;
-const binDir = join(dirname(ortPkg), 'bin', 'napi-v6', 'linux', 'x64');
-if (!existsSync(join(binDir, 'onnxruntime_binding.node'))) fail(`no onnxruntime-node binding in ${binDir}`);
+const pinnedVersion = JSON.parse(readFileSync(pinnedPkg, 'utf8')).version;
+
+// Where the provider goes. A provider must come from the same onnxruntime release as the binding that loads it. When
+// npm carries a provider for the pinned onnxruntime-node, it goes into that package's folder; otherwise the newest
+// onnxruntime-node that has one is installed beside the pinned one, under .cache/onnxruntime-cuda (kept by `npm ci`),
+// with the provider in its folder, and a CUDA process selects it with FEDBIOT_ORT_BINDING=cuda
+// (libs/engine/src/runtime/ort.ts: one binding per process).
+const SIDE_HOME = join(root, '.cache', 'onnxruntime-cuda');
+const inPlace = PROVIDERS[pinnedVersion] !== undefined;
+const ortVersion = inPlace ? pinnedVersion : Object.keys(PROVIDERS).sort().pop();
+const ortPkgDir = inPlace ? dirname(pinnedPkg) : join(SIDE_HOME, 'node_modules', 'onnxruntime-node');
+const binDir = join(ortPkgDir, 'bin', 'napi-v6', 'linux', 'x64');
+const useIt = inPlace ? 'the pinned onnxruntime-node loads it' : 'start node with FEDBIOT_ORT_BINDING=cuda to use it';
 
 const official =
-  'where NuGet is reachable, the official route works for any onnxruntime-node version: ' +
+  'where NuGet is reachable, the official route works for the pinned onnxruntime-node: ' +
   '`ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --ignore-scripts=false` (needs CUDA 12 and cuDNN 9 on the machine).';
 
-if (!flag('check')) install();
+if (!flag('check')) {
+  if (!inPlace) installSideBinding();
+  install();
+}
 process.exit(check() ? 0 : flag('check') ? 1 : 0);
+
+/** onnxruntime-node `ortVersion` (and its onnxruntime-common) under SIDE_HOME, from the npm registry, no scripts. */
+function installSideBinding() {
+  const have = existsSync(join(ortPkgDir, 'package.json'))
+    ? JSON.parse(readFileSync(join(ortPkgDir, 'package.json'), 'utf8')).version
+    : undefined;
+  if (have === ortVersion && existsSync(join(binDir, 'onnxruntime_binding.node')) && !flag('force')) return;
+  say(
+    `the pinned onnxruntime-node is ${pinnedVersion} and npm carries a CUDA provider only for ` +
+      `${Object.keys(PROVIDERS).join(', ')}: installing onnxruntime-node ${ortVersion} beside it in ${SIDE_HOME}`,
+  );
+  mkdirSync(SIDE_HOME, { recursive: true });
+  writeFileSync(
+    join(SIDE_HOME, 'package.json'),
+    JSON.stringify(
+      { name: 'fedbiot-onnxruntime-cuda', private: true, dependencies: { 'onnxruntime-node': ortVersion } },
+      null,
+      1,
+    ) + '\n',
+  );
+  // --ignore-scripts: onnxruntime-node's install script would fetch a CUDA 12 provider from NuGet.
+  const r = spawnSync('npm', ['install', '--ignore-scripts', '--omit=dev', '--no-audit', '--no-fund', '--silent'], {
+    cwd: SIDE_HOME,
+    stdio: 'inherit',
+    env: { ...process.env, ONNXRUNTIME_NODE_INSTALL: 'skip' },
+  });
+  if (r.status !== 0) fail(`npm install onnxruntime-node@${ortVersion} in ${SIDE_HOME} failed (exit ${r.status})`);
+  // Only linux x64 runs CUDA here; the other platforms' binaries are about 100 MB.
+  for (const other of ['darwin', 'win32', join('linux', 'arm64')]) {
+    rmSync(join(ortPkgDir, 'bin', 'napi-v6', other), { recursive: true, force: true });
+  }
+  if (!existsSync(join(binDir, 'onnxruntime_binding.node'))) fail(`no onnxruntime-node binding in ${binDir}`);
+}
 
 function install() {
   const spec = PROVIDERS[ortVersion];
-  if (spec === undefined) {
-    fail(
-      `no npm package is known to carry a CUDA provider built for onnxruntime ${ortVersion} (the installed ` +
-        `onnxruntime-node); the provider must be the same onnxruntime release as onnxruntime-node. Known: ` +
-        Object.entries(PROVIDERS)
-          .map(([v, p]) => `${v} from ${p.package}@${p.version}, ${p.cuda}`)
-          .join('; ') +
-        `. Pin onnxruntime-node to one of those in package.json, or: ${official}`,
-    );
-  }
+  if (spec === undefined)
+    fail(`no npm package is known to carry a CUDA provider for onnxruntime ${ortVersion}; ${official}`);
   const installed = FILES.every((f) => existsSync(join(binDir, f)));
   if (installed && !flag('force')) {
     const same = FILES.every((f) => sha256(join(binDir, f)) === spec.sha256[f]);
     if (same) {
-      say(`the CUDA provider for onnxruntime ${ortVersion} is already installed in ${binDir} (--force reinstalls)`);
+      say(
+        `the CUDA provider for onnxruntime ${ortVersion} is already installed in ${binDir} (--force reinstalls); ${useIt}`,
+      );
       return;
     }
     say(`replacing other provider libraries in ${binDir}`);
@@ -170,7 +214,7 @@ function install() {
       `installed ${FILES.join(' and ')} (onnxruntime ${ortVersion}, from ${spec.package}@${spec.version}; ` +
         `sha256 and version string checked) into ${binDir}`,
     );
-    say(`they need ${spec.cuda} and the NVIDIA driver (libcuda.so.1)`);
+    say(`they need ${spec.cuda} and the NVIDIA driver (libcuda.so.1); ${useIt}`);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -179,7 +223,7 @@ function install() {
 /** Starts a one-node session on the CUDA provider in a child process (a failed load must not take this one down). */
 function check() {
   const code = `
-    const ort = require(${JSON.stringify(ortPkg.replace(/package\.json$/, ''))});
+    const ort = require(${JSON.stringify(ortPkgDir)});
     (async () => {
       const s = await ort.InferenceSession.create(Buffer.from(${JSON.stringify(PROBE_MODEL)}, 'base64'),
         { executionProviders: ['cuda'], logSeverityLevel: 3 });

@@ -8,6 +8,7 @@ import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BlobStore,
+  RoundBlobPruner,
   JOB_STATE_KEY,
   JobStateSchema,
   PROTOCOL_VERSION,
@@ -15,13 +16,20 @@ import {
   WorkQueue,
   blobBucketName,
   updateBucketName,
+  watchStaleUpdates,
   connectTransport,
   stateBucketName,
   type BlobRef,
 } from '../../libs/protocol/src/index.js';
-import { runRounds, type CoordinatorState } from '../../libs/fedbiot/src/coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  updateByteLimits,
+  type CoordinatorState,
+} from '../../libs/fedbiot/src/coordinator.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
+  encodeLora,
   getLora,
   initialLoras,
   natsRoundPorts,
@@ -87,7 +95,15 @@ export class Aggregator implements ServiceRole {
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     // Update buckets exist before any task goes out: client identities may write into theirs but not create it.
-    await Promise.all(ctx.data.clients.map((c) => blobs.ensureBucket(updateBucketName(jobId, c.id))));
+    // Their limits bound what one client can store (max_bytes) and make the aggregator download (per object).
+    const limits = updateByteLimits(spec, encodeLora(initialLoras(ctx).adapter).length);
+    const updateBuckets = ctx.data.clients.map((c) => updateBucketName(jobId, c.id));
+    await Promise.all(updateBuckets.map((b) => blobs.ensureBucket(b, limits)));
+    const pruner = new RoundBlobPruner(
+      blobs,
+      [blobBucketName(jobId), ...updateBuckets],
+      spec.aggregation.keepBlobRounds,
+    );
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
     // The emulator package, never the full model: built once per source, split and dtype, then streamed into the
@@ -123,6 +139,16 @@ export class Aggregator implements ServiceRole {
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
     this.metrics.round.set(start.round);
+    // Updates of rounds whose collection closed would vanish silently: log and count them.
+    let collecting = start.round;
+    await watchStaleUpdates(nc, {
+      jobId,
+      currentRound: () => collecting,
+      onStale: (u) => {
+        this.metrics.rejectedUpdates.inc({ reason: 'stale' });
+        this.log.write('warn', 'update for an ended round', { ...u });
+      },
+    });
     const ports = natsRoundPorts(ctx, {
       nc,
       blobs,
@@ -138,7 +164,10 @@ export class Aggregator implements ServiceRole {
         this.log.write('warn', 'update rejected', { clientId, reason });
       },
       onNotice: (m) => this.log.write('warn', m),
-      onPhase: (round, phase, detail) => this.log.info(`round ${phase}`, { round, ...detail }),
+      onPhase: (round, phase, detail) => {
+        collecting = phase === 'collected' ? round + 1 : round;
+        this.log.info(`round ${phase}`, { round, ...detail });
+      },
     });
     const writeState = async (
       s: CoordinatorState,
@@ -170,8 +199,7 @@ export class Aggregator implements ServiceRole {
         seed: spec.job.seed,
         preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
         alignStepsPerRound: spec.alignment.stepsPerRound,
-        weighting: spec.aggregation.weighting,
-        ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+        ...aggregationSettingsFor(spec, ctx.clientSettings),
         evalEvery: spec.eval.every,
         broadcastEmulator: true,
       },
@@ -181,12 +209,15 @@ export class Aggregator implements ServiceRole {
           this.events.push(e);
           this.log.info(e.kind, { ...e });
         },
-        onRejected: (clientId, reason) => {
+        onRejected: (clientId, reason, check) => {
           this.metrics.rejectedUpdates.inc({ reason: 'check' });
-          this.log.write('warn', 'update rejected', { clientId, reason });
+          this.log.write('warn', 'update rejected', { clientId, check, reason });
         },
         onCheckpoint: async (s) => {
-          await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
+          const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
+          await writeState(s, adapterRef, emulatorRef);
+          const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
+          if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
           this.metrics.round.set(s.round);
           this.log.info('checkpoint', { round: s.round });
         },

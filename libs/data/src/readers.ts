@@ -7,14 +7,31 @@ import type { ChatMessage, Example, JsonValue, TextExample } from './types.js';
 /** JSONL record formats; `auto` decides per line from the fields present (messages > instruction > prompt). */
 export type RecordFormat = 'alpaca' | 'prompt-completion' | 'chat';
 
-export interface JsonlReadOptions {
+/** What every reader accepts besides its format options. */
+export interface ReadCommonOptions {
+  /**
+   * The setting the path came from (e.g. `alignment.publicData`): named in the error when the file cannot be read,
+   * so the user knows what to fix, not only which file is missing.
+   */
+  readonly setting?: string;
+  /**
+   * Lines that are read but suspicious: longer than `MAX_LINE_BYTES` (tokenization will cut them to maxLength) or
+   * not valid UTF-8 (the bad bytes become U+FFFD). Default: console.warn as `file:line: reason`.
+   */
+  readonly onWarning?: (w: DatasetIssue) => void;
+}
+
+/** Lines longer than this are warned about (a 5 MB line is usually a broken export, and gets truncated anyway). */
+export const MAX_LINE_BYTES = 1 << 20;
+
+export interface JsonlReadOptions extends ReadCommonOptions {
   /** Force one format for every line, or detect per line. Default `auto`. */
   readonly format?: 'auto' | RecordFormat;
   /** Issues listed in the DatasetError message (all are kept in `error.issues`). Default 20. */
   readonly maxListedIssues?: number;
 }
 
-export interface TextReadOptions {
+export interface TextReadOptions extends ReadCommonOptions {
   /** `paragraph`: one document per blank-line-separated block (default); `line`: one per non-blank line; `file`: one. */
   readonly split?: 'paragraph' | 'line' | 'file';
 }
@@ -70,9 +87,56 @@ export function parseJsonl(text: string, file: string, opts: JsonlReadOptions = 
   return examples;
 }
 
-/** Reads a JSONL file (UTF-8); see parseJsonl. */
+/** Reads a JSONL file (UTF-8); see parseJsonl. Oversized and non-UTF-8 lines are warned about (onWarning). */
 export async function readJsonl(path: string, opts: JsonlReadOptions = {}): Promise<Example[]> {
-  return parseJsonl(await readFile(path, 'utf8'), path, opts);
+  return parseJsonl(await readUtf8(path, opts), path, opts);
+}
+
+/**
+ * The file as text, with one warning per line that is longer than MAX_LINE_BYTES or not valid UTF-8 (decoded with
+ * U+FFFD replacing bad bytes, as before, but no longer silently). A file that cannot be read is a DatasetError
+ * naming the path, the setting it came from and the reason.
+ */
+export async function readUtf8(path: string, opts: ReadCommonOptions = {}): Promise<string> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (e as Error).message;
+    throw new DatasetError(
+      `${opts.setting ? `${opts.setting}: ` : ''}${path}: cannot read: ${why}${code === undefined ? '' : ` (${code})`}`,
+      [],
+    );
+  }
+  const warn = opts.onWarning ?? ((w: DatasetIssue) => console.warn(`${w.file}:${w.line}: ${w.reason}`));
+  const strict = new TextDecoder('utf-8', { fatal: true });
+  let valid = true;
+  try {
+    strict.decode(bytes);
+  } catch {
+    valid = false;
+  }
+  // Only scan line by line when something is off: a long line, or bytes that are not UTF-8.
+  if (!valid || bytes.length > MAX_LINE_BYTES) {
+    let start = 0;
+    for (let line = 1; start <= bytes.length; line++) {
+      let end = bytes.indexOf(0x0a, start);
+      if (end < 0) end = bytes.length;
+      const len = end - start;
+      if (len > MAX_LINE_BYTES)
+        warn({ file: path, line, reason: `line of ${len} bytes, over ${MAX_LINE_BYTES}; it will be cut to maxLength` });
+      if (!valid) {
+        try {
+          strict.decode(bytes.subarray(start, end));
+        } catch {
+          warn({ file: path, line, reason: 'not valid UTF-8; the bad bytes were replaced by U+FFFD' });
+        }
+      }
+      start = end + 1;
+    }
+  }
+  return new TextDecoder('utf-8').decode(bytes);
 }
 
 /** Splits plain text into documents; sources point at each document's first line. */
@@ -109,7 +173,7 @@ export function parseText(text: string, file: string, opts: TextReadOptions = {}
 
 /** Reads a plain text file (UTF-8); see parseText. */
 export async function readText(path: string, opts: TextReadOptions = {}): Promise<TextExample[]> {
-  return parseText(await readFile(path, 'utf8'), path, opts);
+  return parseText(await readUtf8(path, opts), path, opts);
 }
 
 export interface DatasetReadOptions extends JsonlReadOptions, TextReadOptions {}

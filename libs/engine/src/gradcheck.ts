@@ -3,7 +3,8 @@
  * differences of the same graph's loss, in float64 (float32 finite differences are noise-limited:
  * docs/engine-notes.md §1).
  */
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
+import { ort } from './runtime/ort.js';
 import { gradients } from './autodiff.js';
 import { GraphError } from './errors.js';
 import { Graph, type Tensor } from './graph.js';
@@ -45,7 +46,7 @@ export interface GradCheckReport {
   readonly nodes: number;
 }
 
-function ortTensor(t: Tensor, data: FeedValue): ort.Tensor {
+function ortTensor(t: Tensor, data: FeedValue): Ort.Tensor {
   const type = t.dtype === 'bool' ? 'bool' : t.dtype;
   return new ort.Tensor(type as 'float64', data as Float64Array, [...t.shape]);
 }
@@ -83,8 +84,8 @@ export async function gradCheck(
       if (!v) throw new GraphError(`gradCheck: no feed for graph input ${inp.name}`);
       live[inp.name] = v instanceof Float64Array ? Float64Array.from(v) : v;
     }
-    const run = async (fetch: string[]): Promise<ort.InferenceSession.OnnxValueMapType> => {
-      const f: Record<string, ort.Tensor> = {};
+    const run = async (fetch: string[]): Promise<Ort.InferenceSession.OnnxValueMapType> => {
+      const f: Record<string, Ort.Tensor> = {};
       for (const [name, v] of Object.entries(live)) f[name] = ortTensor(byName.get(name)!, v);
       return session.run(f, fetch);
     };

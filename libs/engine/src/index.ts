@@ -8,7 +8,7 @@ export { Graph, Tensor, type TapeEntry, type VjpContext, type VjpFn, type Weight
 export * as ops from './ops.js';
 export { gradients, unbroadcast, type GradientOptions } from './autodiff.js';
 export { crossEntropy, maskedMeanCrossEntropy, rmsNorm } from './composite.js';
-export { linear } from './nn.js';
+export { halfLinear, linear, type HalfCompute } from './nn.js';
 export {
   gradCheck,
   type FeedValue,
@@ -22,4 +22,4 @@ export * from './runtime/index.js';
 export * from './optim/index.js';
 export * from './safetensors.js';
 export { mulberry32, type Mulberry32 } from './random.js';
-export { GraphTrainer, makeOptimizer, type OptimizerConfig, type StepResult } from './train.js';
+export { GraphTrainer, LossScaler, makeOptimizer, type OptimizerConfig, type StepResult } from './train.js';

@@ -17,3 +17,55 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const y2 = O.gemm(x2, weight, { transB: true }, bias); // (N, out)
   return O.reshape(y2, [...x.shape.slice(0, -1), out]);
 }
+
+/** Element type the matmuls against half-precision frozen weights run in. */
+export type HalfCompute = 'float32' | 'float16';
+
+/**
+ * `linear` against a frozen weight stored in float16 or bfloat16 (half the bytes of float32), for a float32 `x`
+ * (and float32 `bias`); the result is float32.
+ *
+ * - compute 'float32' (the CPU provider, which has no half-precision Gemm: onnxruntime inserts casts to float32
+ *   around a float16 Gemm anyway): the weight is cast to float32 just before its Gemm (orderedAfter, so one
+ *   weight's float32 copy is alive at a time) and the maths is `linear`'s, on the rounded weight. A composite with
+ *   its own VJP, so that the backward Gemm (x̄ = ȳ W) casts the weight again, after ȳ exists, instead of keeping the
+ *   forward's float32 copy alive from the forward to the backward pass. Activations and gradients stay float32:
+ *   no loss scaling is needed.
+ * - compute 'float16' (GPU providers, whose half Gemms run on tensor cores): x is cast to float16, the Gemm runs in
+ *   float16 (a bfloat16 weight is cast to float16 first), the product is cast back to float32 and the bias added
+ *   in float32. The backward Gemm then also runs in float16 on the cast ȳ, whose small values underflow float16
+ *   unless the loss is scaled (GraphTrainer's lossScale).
+ */
+export function halfLinear(x: Tensor, weight: Tensor, compute: HalfCompute, bias?: Tensor): Tensor {
+  if (weight.dtype !== 'float16' && weight.dtype !== 'bfloat16')
+    throw new ShapeError(`halfLinear: weight ${weight} must be float16 or bfloat16`);
+  if (x.dtype !== 'float32') throw new ShapeError(`halfLinear: input ${x} must be float32`);
+  const inFeatures = x.shape[x.rank - 1]!;
+  if (weight.rank !== 2 || weight.shape[1] !== inFeatures) {
+    throw new ShapeError(`halfLinear: weight ${weight} does not take inputs of ${inFeatures} features (x is ${x})`);
+  }
+  if (compute === 'float16') {
+    const w16 = O.cast(weight, 'float16');
+    const y = O.cast(linear(O.cast(x, 'float16'), w16), 'float32');
+    return bias ? O.add(y, bias) : y;
+  }
+  const g = x.graph;
+  const out = weight.shape[0]!;
+  const [y] = g.composite(
+    'HalfLinear',
+    bias ? [x, weight, bias] : [x, weight],
+    () => [linear(x, O.cast(O.orderedAfter(weight, x), 'float32'), bias)],
+    (ctx) => {
+      if (ctx.needs[1]) throw new ShapeError(`halfLinear: weight ${weight} is frozen; it has no gradient`);
+      const gy = ctx.gradOutputs[0]!;
+      let gx: Tensor | null = null;
+      if (ctx.needs[0]) {
+        const w32 = O.cast(O.orderedAfter(weight, gy), 'float32');
+        gx = O.reshape(O.gemm(O.reshape(gy, [-1, out]), w32), x.shape); // ȳ W: (N, out) x (out, in)
+      }
+      // The bias gradient in ȳ's shape; the autodiff driver sums it over the broadcast axes.
+      return bias ? [gx, null, ctx.needs[2] ? gy : null] : [gx, null];
+    },
+  );
+  return y!;
+}

@@ -30,6 +30,43 @@ export function makeOptimizer(params: ReadonlyMap<string, Float32Array>, cfg: Op
   });
 }
 
+/**
+ * Dynamic loss scaling for graphs whose backward pass runs partly in float16 (half-precision matmuls on GPU
+ * providers): gradients of a token-mean loss are small (about 1e-3 / tokens per logit), below float16's smallest
+ * normal (6.1e-5) and often below its smallest subnormal (6e-8), so they would flush to zero. The loss is multiplied by
+ * `scale` in the graph's inputs and the gradients divided by it in float32 afterwards. PyTorch GradScaler's rule: a
+ * step whose gradients overflow (Inf/NaN) is skipped and the scale halved; after `growthInterval` finite steps in a
+ * row the scale doubles.
+ */
+export class LossScaler {
+  scale: number;
+  private finiteSteps = 0;
+  readonly growthInterval: number;
+  readonly minScale: number;
+
+  constructor(opts: { readonly init?: number; readonly growthInterval?: number; readonly minScale?: number } = {}) {
+    this.scale = opts.init ?? 2 ** 16;
+    this.growthInterval = opts.growthInterval ?? 2000;
+    this.minScale = opts.minScale ?? 1;
+    if (!(this.scale > 0) || !Number.isFinite(this.scale)) throw new RangeError(`LossScaler: bad scale ${this.scale}`);
+  }
+
+  /** Records a step's outcome; false (overflow) halves the scale. @throws when the scale would drop below minScale */
+  update(finite: boolean): void {
+    if (finite) {
+      if (++this.finiteSteps >= this.growthInterval) {
+        this.scale *= 2;
+        this.finiteSteps = 0;
+      }
+      return;
+    }
+    this.finiteSteps = 0;
+    if (this.scale / 2 < this.minScale)
+      throw new Error(`LossScaler: gradients overflow even at loss scale ${this.scale}; parameters left unchanged`);
+    this.scale /= 2;
+  }
+}
+
 export interface StepResult {
   /** Training loss of the step (the graph's loss summed over micro-batches, plus the proximal term). */
   readonly loss: number;
@@ -37,6 +74,8 @@ export interface StepResult {
   readonly gradNorm: number;
   /** Scalar outputs asked for with `extraOutputs`, summed over micro-batches (e.g. the terms of a loss). */
   readonly extras: Readonly<Record<string, number>>;
+  /** With a loss scaler: the gradients overflowed, the step was skipped (parameters unchanged), the scale halved. */
+  readonly skipped?: boolean;
 }
 
 /**
@@ -53,7 +92,15 @@ export class GraphTrainer {
     readonly params: Map<string, Float32Array>,
     readonly shapes: ReadonlyMap<string, readonly number[]>,
     optimizer: OptimizerConfig | Optimizer,
-    readonly options: { readonly maxGradNorm?: number; readonly proxEps?: number } = {},
+    readonly options: {
+      readonly maxGradNorm?: number;
+      readonly proxEps?: number;
+      /**
+       * Loss scaling (see LossScaler): each micro-batch's float32 feed `feed` (the loss weights) is multiplied by
+       * the current scale; loss, extras and gradients are divided by it.
+       */
+      readonly lossScale?: { readonly scaler: LossScaler; readonly feed: string };
+    } = {},
   ) {
     this.optimizer = 'step' in optimizer ? optimizer : makeOptimizer(params, optimizer);
   }
@@ -78,16 +125,37 @@ export class GraphTrainer {
     let loss = 0;
     const fetches = ['loss', ...extraOutputs, ...[...this.params.keys()].map((n) => `grad.${n}`)];
     const extras: Record<string, number> = Object.fromEntries(extraOutputs.map((n) => [n, 0]));
+    const ls = this.options.lossScale;
+    const scale = ls ? ls.scaler.scale : 1;
     for (const feeds of microBatches) {
-      const out = await this.runner.run({ ...feeds, ...this.paramFeeds() }, fetches);
-      loss += (out['loss']!.data as Float32Array)[0]!;
-      for (const n of extraOutputs) extras[n]! += (out[n]!.data as Float32Array)[0]!;
+      let run = feeds;
+      if (ls) {
+        const f = feeds[ls.feed];
+        if (!f || f.dtype !== 'float32')
+          throw new Error(`GraphTrainer: loss scaling needs a float32 feed '${ls.feed}'`);
+        run = { ...feeds, [ls.feed]: { ...f, data: Float32Array.from(f.data as Float32Array, (v) => v * scale) } };
+      }
+      const out = await this.runner.run({ ...run, ...this.paramFeeds() }, fetches);
+      loss += (out['loss']!.data as Float32Array)[0]! / scale;
+      for (const n of extraOutputs) extras[n]! += (out[n]!.data as Float32Array)[0]! / scale;
       for (const name of this.params.keys()) {
         const g = out[`grad.${name}`]!.data as Float32Array;
         const acc = grads.get(name);
         if (acc) for (let i = 0; i < g.length; i++) acc[i]! += g[i]!;
         else grads.set(name, g);
       }
+    }
+    if (ls) {
+      let finite = true;
+      for (const g of grads.values()) {
+        for (let i = 0; i < g.length; i++) {
+          const v = g[i]! / scale;
+          if (!Number.isFinite(v)) finite = false;
+          g[i] = v;
+        }
+      }
+      ls.scaler.update(finite);
+      if (!finite && Number.isFinite(loss)) return { loss, gradNorm: Infinity, extras, skipped: true };
     }
     const eps = this.options.proxEps ?? 0;
     if (eps > 0 && this.anchor) {

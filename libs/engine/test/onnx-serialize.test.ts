@@ -12,7 +12,8 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
+import { ort } from '../src/runtime/ort.js';
 import { attr, type IrInitializer, type IrModel, type IrNode } from '../src/ir.js';
 import { ModelProto } from '../src/onnx/onnx-schema.js';
 import {
@@ -27,7 +28,7 @@ import {
 const tmp = mkdtempSync(join(tmpdir(), 'onnx-serialize-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-const SESSION: ort.InferenceSession.SessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
+const SESSION: Ort.InferenceSession.SessionOptions = { intraOpNumThreads: 1, interOpNumThreads: 1 };
 
 const bytesOf = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 const f32 = (name: string, shape: number[], values: number[]): IrInitializer => ({
@@ -191,7 +192,7 @@ function gemmReference(alpha: number): { y: number[]; z: number[] } {
   return { y, z: y.map((v) => -3 * v) };
 }
 
-async function runGemm(session: ort.InferenceSession, alpha: number, what: string): Promise<void> {
+async function runGemm(session: Ort.InferenceSession, alpha: number, what: string): Promise<void> {
   const out = await session.run({ X: new ort.Tensor('float32', Float32Array.from(X), [2, 3]) });
   const ref = gemmReference(alpha);
   assert.deepStrictEqual(out['Z']!.dims, [4, 2]);

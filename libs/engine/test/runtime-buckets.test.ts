@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../src/runtime/ort.js';
 import type { IrModel } from '../src/ir.js';
 import { encodeModel } from '../src/onnx/serialize.js';
 import {

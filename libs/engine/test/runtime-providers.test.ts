@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../src/runtime/ort.js';
 import type { IrModel } from '../src/ir.js';
 import { encodeModel } from '../src/onnx/serialize.js';
 import { Graph, type Tensor } from '../src/graph.js';
@@ -15,6 +15,7 @@ import {
   buildSessionOptions,
   CUDA_PROVIDER_FILES,
   CUDA_PROVIDER_MARKER,
+  cudaBindingPackageDir,
   diagnoseCuda,
   elfNeeded,
   graphComputesInFloat64,
@@ -25,6 +26,7 @@ import {
   physicalCoreCount,
   providerProblem,
   ProviderUnavailableError,
+  resolveBindingDir,
   resolveProvider,
   type ExecutionProvider,
   type HostTensor,
@@ -437,3 +439,25 @@ for (const provider of ['cuda', 'webgpu'] as const satisfies readonly ExecutionP
     t.diagnostic(`${provider} vs cpu: worst relative L2 difference ${worst.toExponential(2)} (${worstName})`);
   });
 }
+
+test('FEDBIOT_ORT_BINDING picks the pinned binding, a named folder, or says what is wrong with the value', () => {
+  assert.equal(resolveBindingDir(undefined), resolveBindingDir('bundled'));
+  assert.ok(existsSync(join(resolveBindingDir('bundled'), 'package.json')));
+  // An absolute path to an onnxruntime-node package folder is taken as it is.
+  assert.equal(resolveBindingDir(resolveBindingDir('bundled')), resolveBindingDir('bundled'));
+  assert.throws(
+    () => resolveBindingDir('cuda12'),
+    /FEDBIOT_ORT_BINDING=cuda12: expected 'bundled', 'cuda' or an absolute/,
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'ort-binding-'));
+  try {
+    assert.throws(() => resolveBindingDir(dir), new RegExp(`${dir}/package\\.json does not exist`));
+    writeFileSync(join(dir, 'package.json'), '{"name":"something-else"}');
+    assert.throws(() => resolveBindingDir(dir), /is not onnxruntime-node's/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  if (!existsSync(join(cudaBindingPackageDir(), 'package.json'))) {
+    assert.throws(() => resolveBindingDir('cuda'), /run `npm run setup:cuda` first/);
+  }
+});

@@ -233,3 +233,169 @@ export class FedAvgAccumulator {
     if (problems.length > 0) throw new UpdateRejectedError(problems);
   }
 }
+
+// ---- defences against a hostile client (a data owner with valid credentials) ------------------------------------
+
+/** What one client's local training can produce at most: the task the server handed out. */
+export interface TaskBounds {
+  /** Optimizer steps per round (K). */
+  readonly localSteps: number;
+  /** Examples per micro-batch. */
+  readonly batchSize: number;
+  /** Micro-batches per step. */
+  readonly gradAccum: number;
+  /** Tokens per example (the job's maxLength: longer examples are cut to it). */
+  readonly seq: number;
+}
+
+/**
+ * Largest honest counts: every step reads gradAccum * batchSize examples (the example stream cycles, so never
+ * fewer for a non-empty client, never more), each with at most `seq` loss-bearing tokens.
+ */
+export function maxCounts(t: TaskBounds): { examples: number; tokens: number } {
+  const examples = t.localSteps * t.gradAccum * t.batchSize;
+  return { examples, tokens: examples * t.seq };
+}
+
+/**
+ * Problems with a client's reported counts against the task: more examples or tokens than K local steps of its
+ * batches can hold, or more tokens than its examples can hold. Such a claim is impossible for an honest trainer,
+ * so the whole update is rejected (clamping would still give a lying client the largest weight of the round).
+ */
+export function checkCounts(u: Pick<ClientUpdate, 'clientId' | 'tokens' | 'examples'>, t: TaskBounds): UpdateProblem[] {
+  const max = maxCounts(t);
+  const problems: UpdateProblem[] = [];
+  const bad = (message: string): number =>
+    problems.push({ clientId: u.clientId, kind: 'weight', message: `${message}; count claim rejected` });
+  if (!Number.isSafeInteger(u.examples) || u.examples < 0) bad(`examples ${u.examples} is not a count`);
+  else if (u.examples > max.examples)
+    bad(
+      `examples ${u.examples} exceeds the task's ${max.examples} (${t.localSteps} steps x ${t.gradAccum} x ${t.batchSize})`,
+    );
+  if (!Number.isSafeInteger(u.tokens) || u.tokens < 0) bad(`tokens ${u.tokens} is not a count`);
+  else if (u.tokens > max.tokens)
+    bad(`tokens ${u.tokens} exceeds the task's ${max.tokens} (${max.examples} examples x maxLength ${t.seq})`);
+  else if (Number.isSafeInteger(u.examples) && u.tokens > u.examples * t.seq)
+    bad(`tokens ${u.tokens} exceeds its ${u.examples} examples x maxLength ${t.seq}`);
+  return problems;
+}
+
+/** AdamW as the clients run it (roles.ts trainLocally: constant lr, fresh optimizer state every round). */
+export interface AdamWTask {
+  readonly localSteps: number;
+  readonly lr: number;
+  readonly betas: readonly [number, number];
+  readonly weightDecay: number;
+}
+
+/**
+ * An upper bound on ||θ_K - θ_0||₂ that K steps of AdamW (decoupled decay, bias-corrected, any eps >= 0, any
+ * gradients) cannot exceed, for `numel` parameters starting at ||θ_0|| = `startNorm`.
+ *
+ * Per coordinate, Cauchy-Schwarz on m_t = (1-b1) Σ b1^(t-i) g_i against v_t = (1-b2) Σ b2^(t-i) g_i² gives
+ * |m̂_t| / sqrt(v̂_t) <= r_t = (1-b1)/(1-b1^t) * sqrt((1-b2^t)/(1-b2)) * sqrt(Σ_{i<t} (b1²/b2)^i), whatever the
+ * gradients are (r_1 = 1: the first step is lr * sign). So one step moves θ by at most lr * (r_t sqrt(numel) +
+ * wd ||θ_{t-1}||) in L2, and ||θ_t|| grows by at most that. Summed over K steps this is a theorem about honest
+ * clients, not a statistic: it can never reject one (honest runs stay bit-identical), yet an update scaled by 10
+ * already exceeds it on typical LoRA sizes, since real Adam steps are far from all coordinates at r_t at once.
+ * A slack of 1e-6 x K x the final norm bound covers float32 rounding of the trainer's arithmetic.
+ */
+export function adamwDeltaBound(task: AdamWTask, numel: number, startNorm: number): number {
+  const [b1, b2] = task.betas;
+  const q = b2 > 0 ? (b1 * b1) / b2 : b1 > 0 ? Infinity : 0;
+  const sqrtN = Math.sqrt(numel);
+  let geo = 0; // Σ_{i<t} q^i
+  let norm = startNorm;
+  let bound = 0;
+  for (let t = 1; t <= task.localSteps; t++) {
+    geo += q ** (t - 1);
+    const r =
+      b2 > 0 ? ((1 - b1) / (1 - b1 ** t)) * Math.sqrt((1 - b2 ** t) / (1 - b2)) * Math.sqrt(geo) : 1 / (1 - b1 ** t);
+    const step = task.lr * (r * sqrtN + task.weightDecay * norm);
+    bound += step;
+    norm += step;
+  }
+  // float32 storage rounds every coordinate by at most 2^-24 relative per step: K steps of that, with margin.
+  return bound * (1 + 1e-6) + 1e-6 * task.localSteps * (norm + 1);
+}
+
+/** ||update - base||₂ over all tensors (float64), or NaN when a tensor is missing or of another length. */
+export function deltaNorm(update: ReadonlyMap<string, Float32Array>, base: ReadonlyMap<string, Float32Array>): number {
+  let s = 0;
+  for (const [name, b] of base) {
+    const u = update.get(name);
+    if (u === undefined || u.length !== b.length) return NaN;
+    for (let i = 0; i < b.length; i++) {
+      const d = u[i] - b[i];
+      s += d * d;
+    }
+  }
+  return Math.sqrt(s);
+}
+
+/** ||x||₂ over all tensors (float64). */
+export function l2Norm(tensors: ReadonlyMap<string, Float32Array>): number {
+  let s = 0;
+  for (const v of tensors.values()) for (let i = 0; i < v.length; i++) s += v[i] * v[i];
+  return Math.sqrt(s);
+}
+
+/** The median of `xs` (mean of the middle two for an even count); NaN for none. */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = xs.toSorted((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/**
+ * How accepted updates are combined: FedAvg (weighted, the default and the reference), or a Byzantine-robust
+ * coordinate-wise rule that ignores the weights, as Flower's FedTrimmedAvg (trim `trimFraction` of the values at
+ * each end of every coordinate, average the rest) and FedMedian do.
+ */
+export type AggregationRule = 'fedavg' | 'trimmed-mean' | 'median';
+
+export interface AggregateOptions {
+  readonly rule: AggregationRule;
+  readonly weighting: Weighting;
+  /** trimmed-mean: fraction cut at each end, in [0, 0.5); Flower's default 0.2. */
+  readonly trimFraction?: number;
+}
+
+/** Combines `updates` by `opts.rule` (see AggregationRule). Same tensor names and lengths required (checkUpdate). */
+export function aggregate(updates: readonly ClientUpdate[], opts: AggregateOptions): Map<string, Float32Array> {
+  if (opts.rule === 'fedavg') return fedAvg(updates, { weighting: opts.weighting });
+  if (updates.length === 0) throw new AggregationError(`${opts.rule}: no updates to aggregate`);
+  const beta = opts.trimFraction ?? 0.2;
+  if (!(beta >= 0 && beta < 0.5)) throw new AggregationError(`trimmed-mean: trimFraction ${beta} must be in [0, 0.5)`);
+  const n = updates.length;
+  // Cut the same count at both ends, as Flower's trim_mean (scipy) does: floor(beta * n).
+  const cut = opts.rule === 'trimmed-mean' ? Math.floor(beta * n) : 0;
+  const first = updates[0]!;
+  const out = new Map<string, Float32Array>();
+  const col = new Float64Array(n);
+  for (const [name, v0] of first.tensors) {
+    const columns = updates.map((u) => {
+      const v = u.tensors.get(name);
+      if (v === undefined || v.length !== v0.length) {
+        throw new UpdateRejectedError([
+          { clientId: u.clientId, tensor: name, kind: 'shape', message: `does not match client ${first.clientId}` },
+        ]);
+      }
+      return v;
+    });
+    const res = new Float32Array(v0.length);
+    for (let i = 0; i < v0.length; i++) {
+      for (let k = 0; k < n; k++) col[k] = columns[k]![i]!;
+      col.sort();
+      if (opts.rule === 'median') res[i] = n % 2 === 1 ? col[n >> 1]! : (col[(n >> 1) - 1]! + col[n >> 1]!) / 2;
+      else {
+        let s = 0;
+        for (let k = cut; k < n - cut; k++) s += col[k]!;
+        res[i] = s / (n - 2 * cut);
+      }
+    }
+    out.set(name, res);
+  }
+  return out;
+}

@@ -8,8 +8,23 @@
  *                      check updates -> FedAvg (token-weighted) -> E alignment steps -> evaluate -> checkpoint
  */
 import type { LoraWeights } from '../../model/src/causal-lm.js';
-import { assertUpdates, fedAvg, type ClientUpdate, type Weighting } from './aggregate.js';
-import type { AlignmentStats, EvalScores } from './roles.js';
+import {
+  adamwDeltaBound,
+  aggregate,
+  checkCounts,
+  checkUpdate,
+  deltaNorm,
+  l2Norm,
+  median,
+  type AdamWTask,
+  type AggregationRule,
+  type ClientUpdate,
+  type TaskBounds,
+  type Weighting,
+} from './aggregate.js';
+import type { UpdateProblem } from './errors.js';
+import type { JobSpec } from './job-spec.js';
+import type { AlignmentStats, ClientSettings, EvalScores } from './roles.js';
 import { sampleClients, type PerRound } from './sampling.js';
 
 export interface ClientRoundResult {
@@ -46,10 +61,30 @@ export interface CoordinatorSettings {
   readonly preAlignSteps: number;
   readonly alignStepsPerRound: number;
   readonly weighting: Weighting;
+  /** Absolute bound on the L2 norm of an update's weights (the job spec's aggregation.maxUpdateNorm). */
   readonly maxUpdateNorm?: number;
+  /**
+   * The clients' task (local steps, batches, maxLength, AdamW settings). Present: counts above what the task
+   * allows are rejected and, unless `normBound` is 'off', so is an update that moved farther from the broadcast
+   * than `task.localSteps` AdamW steps can (adamwDeltaBound). aggregationSettingsFor(spec) fills it.
+   */
+  readonly task?: TaskBounds & AdamWTask;
+  /** 'adamw' (default when `task` is given): the AdamW reach bound above; 'off': none. */
+  readonly normBound?: 'adamw' | 'off';
+  /** Also reject an update whose distance from the broadcast exceeds this many times the round's median. */
+  readonly relativeNormBound?: number;
+  /** How accepted updates are combined; default 'fedavg'. */
+  readonly rule?: AggregationRule;
+  readonly trimFraction?: number;
   readonly evalEvery: number;
   /** Whether the broadcast carries the emulator LoRA (FedBiOT: yes, it changes every round). */
   readonly broadcastEmulator: boolean;
+  /** Replaces FedAvg of the accepted updates: DP clipping and noise, secure aggregation (privacy-aggregation.ts). */
+  readonly aggregate?: (
+    round: number,
+    global: LoraWeights,
+    accepted: readonly ClientUpdate[],
+  ) => { adapter: LoraWeights; events: readonly { kind: string; [k: string]: unknown }[] };
 }
 
 export interface CoordinatorState {
@@ -65,7 +100,109 @@ export interface CoordinatorEvents {
   onEvent(event: { round: number; kind: string; [k: string]: unknown }): void;
   /** Called after every completed round (and after pre-alignment) with the state to persist for resume. */
   onCheckpoint(state: CoordinatorState): Promise<void>;
-  onRejected?(clientId: string, reason: string): void;
+  /** `kind`: which check failed ('weight' for impossible counts, 'norm', 'non-finite', 'shape', ...). */
+  onRejected?(clientId: string, reason: string, kind: string): void;
+}
+
+/** The coordinator's aggregation and defence settings of a job (one definition for the standalone and NATS runs). */
+export function aggregationSettingsFor(
+  spec: JobSpec,
+  client: ClientSettings,
+): Pick<
+  CoordinatorSettings,
+  'weighting' | 'maxUpdateNorm' | 'task' | 'normBound' | 'relativeNormBound' | 'rule' | 'trimFraction'
+> {
+  const a = spec.aggregation;
+  return {
+    weighting: a.weighting,
+    ...(a.maxUpdateNorm !== undefined ? { maxUpdateNorm: a.maxUpdateNorm } : {}),
+    task: {
+      localSteps: client.localSteps,
+      batchSize: client.batchSize,
+      gradAccum: client.gradAccum,
+      seq: client.seq,
+      lr: client.lr,
+      betas: client.betas,
+      weightDecay: client.weightDecay,
+    },
+    normBound: a.normBound,
+    ...(a.relativeNormBound !== undefined ? { relativeNormBound: a.relativeNormBound } : {}),
+    rule: a.rule,
+    trimFraction: a.trimFraction,
+  };
+}
+
+/**
+ * Limits of each client's update bucket (BlobStore.ensureBucket): the largest update blob the aggregator will
+ * download, from the spec or twice the size an honest update has (`honestUpdateBytes`: the encoded adapter LoRA,
+ * whose size depends on the LoRA spec only) plus 1 MiB; and the bucket's JetStream max_bytes, from the spec or
+ * max(4, 2 x (keepBlobRounds + 1)) such updates (the rounds of an honest client's updates kept stay well inside it).
+ */
+export function updateByteLimits(
+  spec: JobSpec,
+  honestUpdateBytes: number,
+): { readonly maxObjectBytes: number; readonly maxBytes: number } {
+  const maxObjectBytes = spec.aggregation.maxUpdateBytes ?? 2 * honestUpdateBytes + (1 << 20);
+  return {
+    maxObjectBytes,
+    maxBytes:
+      spec.aggregation.clientBucketBytes ?? Math.max(4, 2 * (spec.aggregation.keepBlobRounds + 1)) * maxObjectBytes,
+  };
+}
+
+/**
+ * Every update of a round checked against the broadcast `base`: shapes, finite values, the absolute norm bound,
+ * counts the task allows, the AdamW reach bound and (optionally) the distance relative to the round's median.
+ * Returns the accepted updates in input order and the rejected ones with their problems.
+ */
+export function screenUpdates(
+  updates: readonly ClientUpdate[],
+  base: ReadonlyMap<string, Float32Array>,
+  settings: Pick<CoordinatorSettings, 'maxUpdateNorm' | 'task' | 'normBound' | 'relativeNormBound'>,
+): { accepted: ClientUpdate[]; rejected: { clientId: string; problems: UpdateProblem[] }[] } {
+  const reference = new Map([...base].map(([k, v]) => [k, { shape: [v.length] }]));
+  const opts = settings.maxUpdateNorm !== undefined ? { maxNorm: settings.maxUpdateNorm } : {};
+  const task = settings.task;
+  let reach = Infinity;
+  if (task && settings.normBound !== 'off') {
+    let numel = 0;
+    for (const v of base.values()) numel += v.length;
+    reach = adamwDeltaBound(task, numel, l2Norm(base));
+  }
+  const passed: { u: ClientUpdate; dist: number }[] = [];
+  const rejected: { clientId: string; problems: UpdateProblem[] }[] = [];
+  for (const u of updates) {
+    const problems = [...checkUpdate(u, reference, opts), ...(task ? checkCounts(u, task) : [])];
+    const dist = problems.length === 0 ? deltaNorm(u.tensors, base) : NaN;
+    if (problems.length === 0 && dist > reach) {
+      problems.push({
+        clientId: u.clientId,
+        kind: 'norm',
+        message: `moved ${dist.toPrecision(6)} from the broadcast, more than ${task!.localSteps} AdamW steps of lr ${task!.lr} can (${reach.toPrecision(6)})`,
+      });
+    }
+    if (problems.length > 0) rejected.push({ clientId: u.clientId, problems });
+    else passed.push({ u, dist });
+  }
+  const k = settings.relativeNormBound;
+  if (k === undefined) return { accepted: passed.map((p) => p.u), rejected };
+  const med = median(passed.map((p) => p.dist));
+  const accepted: ClientUpdate[] = [];
+  for (const p of passed) {
+    if (p.dist > k * med) {
+      rejected.push({
+        clientId: p.u.clientId,
+        problems: [
+          {
+            clientId: p.u.clientId,
+            kind: 'norm',
+            message: `moved ${p.dist.toPrecision(6)} from the broadcast, more than ${k} x the round's median ${med.toPrecision(6)}`,
+          },
+        ],
+      });
+    } else accepted.push(p.u);
+  }
+  return { accepted, rejected };
 }
 
 export function loraBytes(l: LoraWeights): number {
@@ -103,28 +240,39 @@ export async function runRounds(
         examples: r.examples,
       });
     }
-    // Validate every update before averaging: one bad client (NaN, wrong shapes, too large) is rejected and
-    // logged, the others are still averaged.
-    const reference = new Map([...state.adapter.tensors].map(([k, v]) => [k, { shape: [v.length] }]));
-    const accepted: ClientUpdate[] = [];
-    for (const r of results) {
-      const u: ClientUpdate = {
+    // Validate every update before averaging: one bad client (NaN, wrong shapes, impossible counts, moved too far)
+    // is rejected and logged, the others are still averaged.
+    const screened = screenUpdates(
+      results.map((r) => ({
         clientId: r.clientId,
         tensors: r.adapter.tensors,
         tokens: r.tokens,
         examples: r.examples,
-      };
-      try {
-        assertUpdates([u], reference, settings.maxUpdateNorm !== undefined ? { maxNorm: settings.maxUpdateNorm } : {});
-        accepted.push(u);
-      } catch (e) {
-        events.onRejected?.(r.clientId, (e as Error).message);
-        events.onEvent({ round, kind: 'rejected', client: r.clientId, reason: (e as Error).message });
-      }
+      })),
+      state.adapter.tensors,
+      settings,
+    );
+    for (const { clientId, problems } of screened.rejected) {
+      const reason = problems.map((p) => (p.tensor === undefined ? '' : `tensor ${p.tensor}: `) + p.message).join('; ');
+      const kind = problems[0]!.kind;
+      events.onRejected?.(clientId, reason, kind);
+      events.onEvent({ round, kind: 'rejected', client: clientId, check: kind, reason });
     }
+    const accepted = screened.accepted;
     let adapter = state.adapter;
-    if (accepted.length > 0)
-      adapter = { spec: state.adapter.spec, tensors: fedAvg(accepted, { weighting: settings.weighting }) };
+    if (accepted.length > 0 && settings.aggregate) {
+      const r = settings.aggregate(round, state.adapter, accepted);
+      adapter = r.adapter;
+      for (const e of r.events) events.onEvent({ ...e, round });
+    } else if (accepted.length > 0)
+      adapter = {
+        spec: state.adapter.spec,
+        tensors: aggregate(accepted, {
+          rule: settings.rule ?? 'fedavg',
+          weighting: settings.weighting,
+          ...(settings.trimFraction !== undefined ? { trimFraction: settings.trimFraction } : {}),
+        }),
+      };
     else events.onEvent({ round, kind: 'skipped', reason: 'no acceptable update this round; adapter kept' });
     // Bytes on the wire this round: the broadcast (adapter, and the emulator LoRA when it changes) to each
     // selected client, and one adapter update back from each.

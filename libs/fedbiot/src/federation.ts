@@ -316,13 +316,15 @@ async function readManifestFederation(
           );
         }
         // Same seed rule as the pooled layout: every service that reads this client gets the same split.
-        const split = trainTestSplit(await readJsonl(at(c.train), opts), testFraction, spec.job.seed + index);
+        const all = await readJsonl(at(c.train), { ...opts, setting: `${manifestPath}: clients[${index}].train` });
+        const split = trainTestSplit(all, testFraction, spec.job.seed + index);
         train = parts.has('train') ? split.train : [];
         test = parts.has('test') ? split.test : [];
       }
     } else {
-      train = parts.has('train') ? await readJsonl(at(c.train), opts) : [];
-      test = parts.has('test') ? await readJsonl(at(c.test), opts) : [];
+      const setting = (f: string): string => `${manifestPath}: clients[${index}].${f}`;
+      train = parts.has('train') ? await readJsonl(at(c.train), { ...opts, setting: setting('train') }) : [];
+      test = parts.has('test') ? await readJsonl(at(c.test), { ...opts, setting: setting('test') }) : [];
     }
     clients.push({ id: c.id, index, train, test });
   }
@@ -330,11 +332,11 @@ async function readManifestFederation(
   const globalTest = !parts.has('test')
     ? []
     : manifest.globalTest
-      ? await readJsonl(at(manifest.globalTest), opts)
+      ? await readJsonl(at(manifest.globalTest), { ...opts, setting: `${manifestPath}: globalTest` })
       : clients.flatMap((c) => c.test);
   const publicTexts =
     parts.has('public') && manifest.publicCorpus && !spec.alignment.publicData
-      ? (await readText(at(manifest.publicCorpus))).map((t) => t.text)
+      ? (await readText(at(manifest.publicCorpus), { setting: `${manifestPath}: publicCorpus` })).map((t) => t.text)
       : [];
   return { clients, globalTest, publicTexts, source: dir };
 }
@@ -426,7 +428,7 @@ export async function readFederation(
     if (spec.alignment.publicData) {
       const file = resolve(spec.alignment.publicData);
       if (!existsSync(file)) throw new FederationError(`alignment.publicData: ${file} does not exist`);
-      raw = { ...raw, publicTexts: (await readText(file)).map((t) => t.text) };
+      raw = { ...raw, publicTexts: (await readText(file, { setting: 'alignment.publicData' })).map((t) => t.text) };
     }
     const steps = publicDataSteps(spec);
     if (steps > 0 && raw.publicTexts.length === 0) {

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { EXAMPLE_FORMATS } from '../../data/src/types.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
 import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
+import { privacySection } from './privacy-spec.js';
 
 /**
  * The job specification: one YAML/JSON document that says which model, data, method and hyper-parameters a
@@ -50,7 +51,13 @@ export const DEFAULTS = {
     proxEps: 0,
   },
   alignment: { preRounds: 4, stepsPerRound: 5, lambda: 1, mu: 0, lr: 1e-3, batchSize: 8 },
-  aggregation: { weighting: 'tokens' as const },
+  aggregation: {
+    weighting: 'tokens' as const,
+    normBound: 'adamw' as const,
+    rule: 'fedavg' as const,
+    trimFraction: 0.2,
+    keepBlobRounds: 2,
+  },
   eval: { every: 1, maxNewTokens: 8 },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
 } as const;
@@ -87,6 +94,11 @@ const modelSection = z.strictObject({
    * what the standalone job computes); bfloat16 / float16 halve the bytes at a small loss change (README).
    */
   packageDtype: z.enum(['float32', 'bfloat16', 'float16']).default(D.model.packageDtype),
+  /**
+   * Storage of the frozen weights in every process that trains or evaluates: float16 / bfloat16 halve their memory
+   * (LoRA, gradients, optimizer state stay float32; README, "Half-precision frozen weights"); absent: float32.
+   */
+  weightsDtype: z.enum(['float32', 'bfloat16', 'float16']).optional(),
 });
 
 const splitSection = z.strictObject({
@@ -193,6 +205,28 @@ const aggregationSection = z.strictObject({
   quorum: posInt().optional(),
   /** Round deadline in milliseconds. */
   deadlineMs: posInt().optional(),
+  /**
+   * Hostile-client defences. 'adamw': reject an update farther from the broadcast than the job's local AdamW
+   * steps can move it (a bound no honest client can exceed; aggregate.ts adamwDeltaBound); 'off': no such bound.
+   */
+  normBound: z.enum(['adamw', 'off']).default(D.aggregation.normBound),
+  /** Also reject updates farther from the broadcast than this many times the round's median distance. */
+  relativeNormBound: z.number().gt(1).optional(),
+  /** fedavg (weighted), or a robust coordinate-wise rule: trimmed-mean (Flower FedTrimmedAvg), median (FedMedian). */
+  rule: z.enum(['fedavg', 'trimmed-mean', 'median']).default(D.aggregation.rule),
+  /** trimmed-mean: fraction of values cut at each end of every coordinate. */
+  trimFraction: z.number().min(0).lt(0.5).default(D.aggregation.trimFraction),
+  /** Largest update blob the aggregator downloads (bytes); absent: twice the adapter LoRA's size plus 1 MiB. */
+  maxUpdateBytes: posInt().optional(),
+  /** JetStream max_bytes of each client's update bucket; absent: max(4, 2 x (keepBlobRounds + 1)) x maxUpdateBytes. */
+  clientBucketBytes: posInt().optional(),
+  /**
+   * Distributed runs: blobs (broadcasts, updates) of rounds older than this many checkpoints are deleted from
+   * JetStream; the blobs the last checkpoint refers to are always kept. 1 covers a resumed aggregator (it re-reads
+   * only the last checkpoint's blobs and the re-run round's); the default 2 also covers server-alignment restarting
+   * from its stored state before it persisted its latest call (that state names the previous call's emulator).
+   */
+  keepBlobRounds: posInt().default(D.aggregation.keepBlobRounds),
 });
 
 const evalSection = z.strictObject({
@@ -228,6 +262,11 @@ export const jobSpecSchema = z
     aggregation: aggregationSection.prefault({}),
     eval: evalSection.prefault({}),
     baselines: baselinesSection.prefault({}),
+    /**
+     * Client-level DP and secure aggregation of the adapter updates (privacy-spec.ts). Optional, not defaulted: a
+     * spec without it resolves as before, so runs created earlier still resume (run-dir compares the configs).
+     */
+    privacy: privacySection.optional(),
   })
   .superRefine((s, ctx) => {
     const issue = (path: (string | number)[], message: string): void => {

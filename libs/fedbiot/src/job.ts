@@ -4,8 +4,8 @@
  * final adapter in PEFT format and a merged model. Resumable from the last completed round.
  */
 import { join, resolve } from 'node:path';
-import { writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { truncate, writeFile } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
 import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
 import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
@@ -13,7 +13,13 @@ import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
-import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
+import {
+  aggregationSettingsFor,
+  runRounds,
+  type ClientRoundResult,
+  type CoordinatorState,
+  type RoundPorts,
+} from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
 import { progress, roundsEta } from './progress.js';
@@ -40,6 +46,7 @@ import {
   type MetricsEvent,
 } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
+import { privacyFor, privacySummary } from './privacy-aggregation.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
 import { writeReportHtml } from './report/report-html.js';
@@ -65,6 +72,14 @@ const PHASES = ['base', 'main', 'offsite-tuning', 'local-only', 'fedavg-lora'] a
 type Phase = (typeof PHASES)[number];
 /** Checkpoint "rounds" are global: phase index * PHASE_STRIDE + round, so one ordered list serves all phases. */
 const PHASE_STRIDE = 100_000;
+/** Run-dir folder holding the main phase's final emulator LoRA (a checkpoint of its own, see runJob). */
+const MAIN_EMULATOR_DIR = 'main-emulator';
+
+/** Size of metrics.jsonl once everything logged so far is on disk: a checkpoint covers exactly these bytes. */
+function metricsBytes(metrics: MetricsLog): number {
+  metrics.sync();
+  return statSync(metrics.path).size;
+}
 
 interface Ctx {
   readonly spec: JobSpec;
@@ -194,6 +209,7 @@ async function runFederated(
   }
   const settings = clientSettingsFor(spec);
   const eta = roundsEta(spec.job.rounds);
+  const privacy = privacyFor(spec, cfg.phase, data.clients.length, resumeFrom?.json['privacy'], ctx.log);
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       eta.begin(round);
@@ -254,10 +270,10 @@ async function runFederated(
       seed: spec.job.seed,
       preAlignSteps: cfg.preAlignSteps,
       alignStepsPerRound: cfg.alignStepsPerRound,
-      weighting: spec.aggregation.weighting,
-      ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+      ...aggregationSettingsFor(spec, settings),
       evalEvery: spec.eval.every,
       broadcastEmulator: cfg.kind === 'fedbiot',
+      ...(privacy ? { aggregate: privacy.aggregate } : {}),
     },
     start,
     {
@@ -277,8 +293,10 @@ async function runFederated(
         const json: Record<string, unknown> = {
           phase: cfg.phase,
           round: state.round,
+          metricsBytes: metricsBytes(ctx.metrics),
           streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
         };
+        if (privacy) json['privacy'] = privacy.state();
         const opt = server?.exportOptimizerState();
         if (server && opt) {
           const t = stateToTensors(opt, 'optim.');
@@ -357,13 +375,22 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const metricsPath = join(runDir, METRICS_FILE);
     const events: MetricsEvent[] = existsSync(metricsPath) ? await readMetrics(metricsPath) : [];
     const localRound = checkpoint ? checkpoint.round % PHASE_STRIDE : -1;
-    const kept = events.filter((e) => {
-      const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
-      return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
-    });
-    await writeFileAtomic(metricsPath, async (fh) =>
-      fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
-    );
+    const bytes = (checkpoint?.json as { metricsBytes?: unknown } | undefined)?.metricsBytes;
+    if (typeof bytes === 'number' || !checkpoint) {
+      // Exactly what was logged when the checkpoint was written: events of a round that did not complete (train,
+      // comm, align, rejected... of round r carry r, like the completed round r's eval) cannot be told apart by
+      // their round number, so the round filter below kept them and the re-run logged them twice.
+      if (existsSync(metricsPath)) await truncate(metricsPath, typeof bytes === 'number' ? bytes : 0);
+    } else {
+      // Run folders from before checkpoints recorded the metrics size.
+      const kept = events.filter((e) => {
+        const p = PHASES.indexOf((e['phase'] as Phase) ?? 'base');
+        return p < resumeIndex || (p === resumeIndex && e.round <= localRound);
+      });
+      await writeFileAtomic(metricsPath, async (fh) =>
+        fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
+      );
+    }
     log(
       checkpoint
         ? `resuming ${runDir} at phase ${resumePhase}, round ${localRound}`
@@ -374,6 +401,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
   });
   try {
     log(
@@ -417,7 +445,11 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       log('evaluating the base model ...');
       const rows = await evaluateOn(ctx, 'base', () => ({ layers: lm.allLayers, loras: [] }));
       logEval(ctx, 'base', 0, rows);
-      await saveCheckpoint(runDir, { round: 0, json: { phase: 'main', round: 0, fresh: true }, tensors: new Map() });
+      await saveCheckpoint(runDir, {
+        round: 0,
+        json: { phase: 'main', round: 0, fresh: true, metricsBytes: metricsBytes(metrics) },
+        tensors: new Map(),
+      });
     }
     let mainState: CoordinatorState | undefined;
     if (!done('main')) {
@@ -460,9 +492,19 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         [mainState.adapter],
         spec.model.checkpoint,
       );
+      // The local-only baseline trains on this emulator; a resume past the main phase reads it back from here.
+      await saveCheckpoint(
+        join(runDir, MAIN_EMULATOR_DIR),
+        {
+          round: 0,
+          json: { phase: 'main', final: true },
+          tensors: new Map(mainState.emulator.tensors),
+        },
+        { keep: 1 },
+      );
       await saveCheckpoint(runDir, {
         round: PHASES.indexOf('offsite-tuning') * PHASE_STRIDE,
-        json: { phase: 'offsite-tuning', round: 0, fresh: true },
+        json: { phase: 'offsite-tuning', round: 0, fresh: true, metricsBytes: metricsBytes(metrics) },
         tensors: new Map(),
       });
     }
@@ -487,29 +529,35 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
     }
-    if (spec.baselines.localOnly) {
+    if (spec.baselines.localOnly && !done('local-only')) {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
-      const emulator =
-        mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
+      const init = initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
+      const stored = mainState ? undefined : await loadLatestCheckpoint(join(runDir, MAIN_EMULATOR_DIR));
+      const emulator = mainState?.emulator ?? (stored ? { spec: init.spec, tensors: stored.tensors } : init);
       await runLocalOnly(ctx, fedbiotSplit, emulator);
     }
     if (main === 'fedbiot' && spec.baselines.fedavgLora) {
       log('baseline fedavg-lora (clients hold the full model) ...');
-      await runFederated(ctx, {
-        phase: 'fedavg-lora',
-        split: fedbiotSplit,
-        kind: 'fedavg-lora',
-        preAlignSteps: 0,
-        alignStepsPerRound: 0,
-        evalMethods: [{ method: 'fedavg-lora', on: 'full' }],
-      });
+      const r = resumeFor('fedavg-lora');
+      await runFederated(
+        ctx,
+        {
+          phase: 'fedavg-lora',
+          split: fedbiotSplit,
+          kind: 'fedavg-lora',
+          preAlignSteps: 0,
+          alignStepsPerRound: 0,
+          evalMethods: [{ method: 'fedavg-lora', on: 'full' }],
+        },
+        r && !(r.json['fresh'] === true) ? r : undefined,
+      );
     }
     metrics.sync();
     const events = await readMetrics(join(runDir, METRICS_FILE));
     const results = resultsFromEvents(events);
     await writeResultsJson(runDir, results);
     await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}` });
-    const table = formatResultsTable(results.rows, results.bytes_per_round);
+    const table = formatResultsTable(results.rows, results.bytes_per_round) + privacySummary(events);
     await writeFile(join(runDir, 'results.txt'), table + '\n');
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

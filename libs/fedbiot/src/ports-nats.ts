@@ -106,6 +106,7 @@ export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions 
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
   });
   return contextFrom(spec, lm, jobSplit(spec, lm.config.numLayers), `model.checkpoint: ${spec.model.checkpoint}`, opts);
 }
@@ -125,6 +126,7 @@ export async function openClientContext(
     provider: spec.model.provider,
     verify: false,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
   });
   try {
     const split = jobSplit(spec, manifest.source.numLayers);

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as ort from 'onnxruntime-node';
+import { ort } from '../../engine/src/runtime/ort.js';
 import { Graph, encodeModel } from '../../engine/src/index.js';
 import { alignmentLoss, evalVariant, AlignmentServer, loraSpecs, initialLora } from '../src/roles.js';
 import { splitModel } from '../src/split.js';

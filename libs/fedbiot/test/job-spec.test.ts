@@ -202,7 +202,7 @@ test('overrides: every bad path is reported, naming it', () => {
   );
   assert.deepEqual(p, [
     'overrides: clients.lrr: unknown key in clients "lrr" (expected one of: perRound, localSteps, batchSize, gradAccum, lr, betas, weightDecay, proxEps, maxGradNorm)',
-    'overrides: nope.x: unknown section "nope" (expected one of: job, model, split, lora, data, clients, alignment, aggregation, eval, baselines)',
+    'overrides: nope.x: unknown section "nope" (expected one of: job, model, split, lora, data, clients, alignment, aggregation, eval, baselines, privacy)',
     'overrides: job.rounds.x: job.rounds is a value, not a section',
     'overrides: noequals: expected path=value',
     'overrides: clients: is 5 in the spec, not a section; cannot set clients.lr',

@@ -7,8 +7,10 @@ import { join, resolve } from 'node:path';
 import {
   crossEntropy,
   mulberry32,
+  resolveProvider,
   type ExecutionProvider,
   type Graph,
+  type HalfCompute,
   type HostTensor,
   type ModelRunner,
   type WebGpuOptions,
@@ -52,6 +54,18 @@ export interface LoadOptions {
    * (an emulator package; layer-ids.ts). Every layer list, LoRA and adapter then uses the source numbering.
    */
   readonly layerIds?: readonly number[];
+  /**
+   * Storage type of the frozen matrices: 'float16'/'bfloat16' keep them in a half-precision file (half the bytes of
+   * float32) that every graph maps; LoRA factors, activations, gradients and optimizer state stay float32. Default
+   * 'float32' (graphs unchanged). See LlamaGraphOptions.halfWeights.
+   */
+  readonly weightsDtype?: 'float32' | 'float16' | 'bfloat16';
+  /**
+   * What the matmuls against half weights compute in. Default: 'float32' on the CPU provider (it lacks half Gemm
+   * kernels; each weight is cast at its matmul), 'float16' on GPU providers (tensor cores; LoraTrainer then scales
+   * the loss).
+   */
+  readonly compute?: HalfCompute;
 }
 
 /** Token batch in row-major [B, T] layout. */
@@ -111,6 +125,8 @@ export class CausalLM {
     readonly graphs: CompiledGraphs,
     readonly checkpoint: Checkpoint | undefined,
     readonly tokenizer: TextTokenizer | undefined,
+    /** Half-precision frozen weights of every graph this model builds (LoadOptions.weightsDtype); absent: float32. */
+    readonly halfWeights?: LlamaGraphOptions['halfWeights'],
   ) {}
 
   /** Opens a Hugging Face checkpoint folder (config.json, safetensors, optional tokenizer files). */
@@ -118,21 +134,34 @@ export class CausalLM {
     const ckpt = await openCheckpoint(dir, opts.cacheRoot ? { cacheDir: join(opts.cacheRoot, 'fp32') } : {});
     const store = new GraphStore(ckpt, opts.cacheRoot ? { cacheRoot: join(opts.cacheRoot, 'graphs') } : {});
     const tokenizer = existsSync(join(resolve(dir), 'tokenizer.json')) ? await loadTokenizer(dir) : undefined;
-    const graphs = new CompiledGraphs(store, {
-      provider: opts.provider ?? 'cpu',
-      // WebGPU sessions stay on the calling thread: with several WebGPU sessions in worker threads onnxruntime-node
-      // 1.30 aborted ("double free or corruption") on the H200 machine; one thread per Dawn device is stable.
-      thread: opts.thread ?? ((opts.provider ?? 'cpu') === 'webgpu' ? 'main' : 'worker'),
-      ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
-      ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
-      ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
-    });
+    const wd = opts.weightsDtype ?? 'float32';
+    // The default compute follows the provider sessions will really use: a GPU provider that falls back to the CPU
+    // gets the CPU's float32 casts (float16 graphs there would make float32 copies of every weight at load).
+    const runsOn =
+      wd === 'float32' || opts.compute ? 'cpu' : await resolveProvider(opts.provider ?? 'cpu', { fallback: true });
+    const half =
+      wd === 'float32' ? undefined : { dtype: wd, compute: opts.compute ?? (runsOn === 'cpu' ? 'float32' : 'float16') };
+    if (half) await store.prepareHalf(half.dtype);
+    const graphs = new CompiledGraphs(
+      store,
+      {
+        provider: opts.provider ?? 'cpu',
+        // WebGPU sessions stay on the calling thread: with several WebGPU sessions in worker threads onnxruntime-node
+        // 1.30 aborted ("double free or corruption") on the H200 machine; one thread per Dawn device is stable.
+        thread: opts.thread ?? ((opts.provider ?? 'cpu') === 'webgpu' ? 'main' : 'worker'),
+        ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
+        ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
+        ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
+        ...(half?.compute === 'float32' ? { keepHalfWeights: true } : {}),
+      },
+      half ? `${half.dtype === 'float16' ? 'f16' : 'bf16'}${half.compute === 'float16' ? 'c16' : ''}-` : '',
+    );
     let weights = store.weights();
     if (opts.layerIds !== undefined) {
       checkLayerIds(opts.layerIds, ckpt.config.numLayers, join(ckpt.dir, 'config.json'));
       weights = renumberedWeights(weights, [...opts.layerIds]);
     }
-    return new CausalLM(ckpt.config, weights, graphs, ckpt, tokenizer);
+    return new CausalLM(ckpt.config, weights, graphs, ckpt, tokenizer, half);
   }
 
   /** The layers this model runs by default: all of them, under the source numbering for a layer subset. */
@@ -149,7 +178,12 @@ export class CausalLM {
 
   /** Builds the graph for `opts` into `g` against this model's weights. */
   build(g: Graph, opts: LlamaGraphOptions): ReturnType<typeof buildLlama> {
-    return buildLlama(g, this.config, this.weights, opts);
+    // Half weights apply to the float32 graphs of frozen weights (not to float64 checks or full-parameter training).
+    const half =
+      this.halfWeights && !opts.weightsAsInputs && (opts.dtype ?? 'float32') === 'float32'
+        ? this.halfWeights
+        : undefined;
+    return buildLlama(g, this.config, this.weights, half ? { halfWeights: half, ...opts } : opts);
   }
 
   /**

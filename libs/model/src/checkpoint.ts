@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
+import { onCacheDiskAsync } from './cache-errors.js';
 import {
   readSafetensorsHeader,
   readTensorBytesSync,
@@ -298,7 +299,7 @@ async function fp32Cache(
   };
   let header = await usable();
   if (header === undefined) {
-    await mkdir(dirname(cacheFile), { recursive: true });
+    await onCacheDiskAsync(dirname(cacheFile), () => mkdir(dirname(cacheFile), { recursive: true }));
     const tensors = new Map<string, SafetensorsWriteTensor>();
     for (const [name, shape] of expected) {
       const loc = sources.get(name)!;
@@ -309,7 +310,7 @@ async function fp32Cache(
         data: () => toFloat32(dtype, readTensorBytesSync(loc.file, name, loc.header)),
       });
     }
-    await writeSafetensors(cacheFile, tensors, { format: 'pt', source: dir });
+    await onCacheDiskAsync(cacheFile, () => writeSafetensors(cacheFile, tensors, { format: 'pt', source: dir }));
     header = await readSafetensorsHeader(cacheFile);
   }
   const out = new Map<string, Located>();

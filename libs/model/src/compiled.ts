@@ -9,9 +9,14 @@ import type { GraphStore } from './graph-store.js';
 export class CompiledGraphs {
   private readonly runners = new Map<string, Promise<ModelRunner>>();
 
+  /**
+   * `tag` goes into every file name, so graphs of the same keys built differently (half-precision weights) never
+   * overwrite each other's files in the shared graph folder; '' (float32 weights) keeps the names as they were.
+   */
   constructor(
     readonly store: GraphStore,
     readonly runnerOptions: OpenRunnerOptions = {},
+    readonly tag = '',
   ) {}
 
   /**
@@ -25,7 +30,7 @@ export class CompiledGraphs {
         const target = (options.provider ?? this.runnerOptions.provider ?? 'cpu') === 'cpu' ? 'cpu' : 'gpu';
         const g = new Graph(key.slice(0, 64), { target });
         build(g);
-        const name = `${target}-${key}`;
+        const name = `${target}-${this.tag}${key}`;
         const file =
           name.length <= 80 && /^[\w.-]+$/.test(name)
             ? name

@@ -8,10 +8,12 @@
 import {
   GraphError,
   crossEntropy,
+  halfLinear,
   linear,
   rmsNorm,
   type DType,
   type Graph,
+  type HalfCompute,
   type Tensor,
   type WeightSource,
 } from '../../engine/src/index.js';
@@ -112,6 +114,13 @@ export interface LlamaGraphOptions {
   readonly weightsAsInputs?: boolean;
   /** 'last': the head runs on the last position only, giving logits [B,1,V] (generation). Default 'all'. */
   readonly logitsFor?: 'all' | 'last';
+  /**
+   * Frozen matrices (linears, embedding, head) stored in float16 or bfloat16 (the store must provide that dtype),
+   * their matmuls in `compute` (engine halfLinear: 'float32' casts each weight at its matmul, for the CPU provider;
+   * 'float16' runs the matmul in float16, for GPU providers). Norm weights, biases, LoRA factors, activations and
+   * gradients stay float32. Absent: float32 weights, the graph unchanged. Needs dtype 'float32', no weightsAsInputs.
+   */
+  readonly halfWeights?: { readonly dtype: 'float16' | 'bfloat16'; readonly compute: HalfCompute };
 }
 
 export interface LlamaGraph {
@@ -142,6 +151,9 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   const hd = cfg.headDim;
   const P = opts.kvCache?.pastLength ?? 0;
   const S = P + T;
+  const half = opts.halfWeights;
+  if (half && (dtype !== 'float32' || opts.weightsAsInputs))
+    throw new GraphError('buildLlama: halfWeights needs dtype float32 and frozen weights (no weightsAsInputs)');
   const held = weights.layerIds;
   for (const l of opts.layers) {
     if (held !== undefined) {
@@ -159,9 +171,11 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
       const key = name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
       t = bound.get(key);
       if (!t) {
+        const shape = weights.shape(key);
+        const wdtype = half && shape.length === 2 ? half.dtype : dtype; // matrices only: see halfWeights
         t = opts.weightsAsInputs
-          ? g.input(key, dtype, weights.shape(key))
-          : g.weight(key, dtype, weights.shape(key), weights.source(key, dtype));
+          ? g.input(key, dtype, shape)
+          : g.weight(key, wdtype, shape, weights.source(key, wdtype));
         bound.set(key, t);
       }
       bound.set(name, t);
@@ -202,10 +216,14 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     }
   }
 
+  /** x Wᵀ + b against a checkpoint weight, float32 or half (halfWeights). */
+  const frozenLinear = (x: Tensor, weight: Tensor, b?: Tensor): Tensor =>
+    weight.dtype === dtype ? linear(x, weight, b) : halfLinear(x, weight, half!.compute, b);
+
   /** A linear layer with its checkpoint weight (and bias), plus every LoRA attached to it: W x + b + s B A x. */
   const proj = (x: Tensor, layer: number, target: LoraTarget, bias: boolean): Tensor => {
     const module = moduleName(layer, target);
-    let y = linear(x, w(`${module}.weight`), bias ? w(`${module}.bias`) : undefined);
+    let y = frozenLinear(x, w(`${module}.weight`), bias ? w(`${module}.bias`) : undefined);
     for (const { spec, a, b, drop } of loraFor.get(module) ?? []) {
       const xin = drop ? O.mul(x, drop) : x;
       y = O.add(y, O.mul(linear(linear(xin, a), b), spec.alpha / spec.r));
@@ -243,7 +261,12 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   let embeddings: Tensor | undefined;
   if (opts.start === 'ids') {
     const ids = g.input('input_ids', 'int64', [B, T]);
-    x = embeddings = O.gather(w('model.embed_tokens.weight'), ids, 0); // (B, T, d)
+    // A half embedding is gathered in half, then only the B*T rows read are cast. With float16 compute a bfloat16
+    // table is read through the same Cast to float16 as a tied head's (onnxruntime folds it into one float16
+    // initializer), as WebGPU has no bfloat16 kernels.
+    const table = w('model.embed_tokens.weight');
+    const rows = half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
+    x = embeddings = O.cast(O.gather(rows, ids, 0), dtype); // (B, T, d)
   } else {
     x = g.input('hidden_in', dtype, [B, T, cfg.hiddenSize]);
   }
@@ -287,7 +310,7 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     const last = opts.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
     const normed = rmsNorm(last, w('model.norm.weight'), cfg.rmsNormEps);
     const headName = cfg.tieWordEmbeddings || !has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    logits = linear(normed, w(headName)); // (B, T, V)
+    logits = frozenLinear(normed, w(headName)); // (B, T, V)
     if (opts.keepHidden) hiddenStates.push(normed);
   }
   return {

@@ -1,6 +1,7 @@
 /** LoRA training of causal LMs on the engine's GraphTrainer. */
 import {
   GraphTrainer,
+  LossScaler,
   crossEntropy,
   gradients,
   mulberry32,
@@ -45,6 +46,11 @@ export interface LoraTrainerOptions {
   readonly proxEps?: number;
   /** Seed for LoRA dropout masks (when the trainable spec has dropout > 0). */
   readonly seed?: number;
+  /**
+   * Loss scaling. Default: a dynamic LossScaler when the model's matmuls run in float16 (LoadOptions.compute), whose
+   * backward Gemms see the cast gradients; none otherwise (float32 activations and gradients need none).
+   */
+  readonly lossScaler?: LossScaler;
 }
 
 /**
@@ -105,9 +111,11 @@ export class LoraTrainer {
     const frozenShapes = new Map<string, readonly number[]>();
     for (const f of frozen)
       for (const [n, t] of f.tensors) if (runner.inputNames.includes(n)) frozenShapes.set(n, shapeOfLora(n, t, f.spec));
+    const scaler = opts.lossScaler ?? (lm.halfWeights?.compute === 'float16' ? new LossScaler() : undefined);
     const trainer = new GraphTrainer(runner, params, shapes, opts.optimizer, {
       ...(opts.maxGradNorm ? { maxGradNorm: opts.maxGradNorm } : {}),
       ...(opts.proxEps ? { proxEps: opts.proxEps } : {}),
+      ...(scaler ? { lossScale: { scaler, feed: 'loss_weights' } } : {}),
     });
     trainer.setAnchor();
     return new LoraTrainer(

@@ -5,6 +5,8 @@ export * from './shamir.js';
 export * from './graph.js';
 export * from './messages.js';
 export * from './secagg.js';
+export * from './in-process.js';
+export * from './client-input.js';
 export * from './rng.js';
 export * from './dp.js';
 export * from './rdp.js';

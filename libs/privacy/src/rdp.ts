@@ -165,6 +165,35 @@ export class RdpAccountant {
     return this.rounds;
   }
 
+  /** The per-order totals, to persist with a checkpoint (JSON-safe except Infinity, stored as null). */
+  exportState(): { orders: number[]; rdp: (number | null)[]; steps: number } {
+    return {
+      orders: [...this.orders],
+      rdp: this.total.map((v) => (Number.isFinite(v) ? v : null)),
+      steps: this.rounds,
+    };
+  }
+
+  /** Rebuilds an accountant from exportState(); throws on a state that does not fit. */
+  static fromState(state: unknown): RdpAccountant {
+    const s = state as { orders?: unknown; rdp?: unknown; steps?: unknown } | null;
+    const orders = s?.orders;
+    const rdp = s?.rdp;
+    if (
+      !Array.isArray(orders) ||
+      !Array.isArray(rdp) ||
+      orders.length !== rdp.length ||
+      !orders.every((a) => typeof a === 'number' && a > 1) ||
+      !rdp.every((v) => v === null || (typeof v === 'number' && v >= 0)) ||
+      typeof s?.steps !== 'number'
+    )
+      throw new RangeError('accountant state: expected { orders: number[] > 1, rdp: (number >= 0 | null)[], steps }');
+    const acc = new RdpAccountant(orders as number[]);
+    (rdp as (number | null)[]).forEach((v, i) => (acc.total[i] = v ?? Infinity));
+    acc.rounds = s.steps;
+    return acc;
+  }
+
   getPrivacySpent(
     delta: number,
     conversion: Conversion = 'balle2020',

@@ -83,6 +83,22 @@ test('(eps, delta) matches the references: Abadi et al. 2016 and mpmath, both co
   close(fl.getEpsilon(1e-5, 'mironov2017'), 8.79377810381765, EPS_REL, 'fl mironov2017');
 });
 
+test('(eps, delta) matches the value TensorFlow Privacy publishes for its MNIST example', () => {
+  // tensorflow_privacy/privacy/analysis/compute_dp_sgd_privacy.py (2019), module docstring: "compute_dp_sgd_privacy
+  // --N=60000 --batch_size=256 --noise_multiplier=1.12 --epochs=60 --delta=1e-5 ... satisfies (2.92, 1e-5)-DP".
+  // That version: steps = ceil(epochs * N / batch_size) = 14063, orders 1.1..10.9 and 12..63 (our DEFAULT_ORDERS),
+  // the classic conversion eps = rdp - log(delta) / (order - 1) ('mironov2017').
+  const acc = new RdpAccountant();
+  acc.step(256 / 60000, 1.12, Math.ceil((60 * 60000) / 256));
+  assert.equal(acc.steps, 14063);
+  assert.equal(acc.getEpsilon(1e-5, 'mironov2017').toFixed(2), '2.92');
+  // The accountant's state survives a checkpoint (JSON) and composes on.
+  const back = RdpAccountant.fromState(JSON.parse(JSON.stringify(acc.exportState())));
+  assert.equal(back.getEpsilon(1e-5), acc.getEpsilon(1e-5));
+  assert.equal(back.steps, 14063);
+  assert.throws(() => RdpAccountant.fromState({ orders: [0.5], rdp: [1], steps: 1 }), /accountant state/);
+});
+
 test('edge cases: q = 1 is the Gaussian mechanism (a / 2 sigma^2), q = 0 spends nothing, log erfc is accurate', () => {
   close(rdpSampledGaussian(1, 2, 10), 10 / 8, 1e-15, 'q=1');
   assert.equal(rdpSampledGaussian(0, 2, 10), 0);

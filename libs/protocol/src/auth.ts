@@ -5,6 +5,9 @@
  *
  * What a client identity `c` can do (everything else is denied by the server):
  *   - publish its update on `fl.<job>.round.*.update.c` only; it cannot subscribe to any update subject;
+ *   - secure aggregation: publish only its own four steps `fl.<job>.round.*.secagg.<step>.c`, read the keys and
+ *     unmasking broadcasts and only the share ciphertexts addressed to it (`secagg.shares.c`), never another
+ *     client's secagg messages;
  *   - write and read only its own KV keys (`update.<r>.c`, `stream.c`), and read the job's `package` key: KV reads go through
  *     `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, so the key is part of the permission;
  *   - pull its tasks from its own durable consumer `client-c` on the work queue, created through the 2.9
@@ -52,6 +55,7 @@ import {
   taskPattern,
   taskStreamName,
   updateBucketName,
+  SECAGG_CLIENT_STEPS,
 } from './subjects.js';
 
 export { clientConsumerName };
@@ -176,6 +180,8 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
     publish: {
       allow: [
         `${root}.round.*.update.${c}`,
+        // Secure aggregation: its own four steps only (secAggClientSubject).
+        ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.${c}`),
         '$JS.API.INFO',
         `$JS.API.STREAM.INFO.${kvStream}`,
         `$JS.API.STREAM.INFO.${tasks}`,
@@ -201,9 +207,19 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
       deny: [],
     },
     subscribe: {
-      allow: [`${root}.round.*.plan`, `${root}.round.*.aligned`, `${root}.control.*`, `${inbox}.>`],
-      // Explicit, so that a later broadening of `allow` (e.g. to `fl.<job>.>`) still hides other clients' updates.
-      deny: [`${root}.round.*.update.*`],
+      allow: [
+        `${root}.round.*.plan`,
+        `${root}.round.*.aligned`,
+        `${root}.control.*`,
+        `${inbox}.>`,
+        // Secure aggregation: the broadcasts, and the share ciphertexts addressed to it alone.
+        `${root}.round.*.secagg.keys`,
+        `${root}.round.*.secagg.unmask-request`,
+        `${root}.round.*.secagg.shares.${c}`,
+      ],
+      // Explicit, so that a later broadening of `allow` (e.g. to `fl.<job>.>`) still hides other clients' updates
+      // and secagg messages (no deny on `secagg.shares.*`: it would cover the client's own, and deny wins).
+      deny: [`${root}.round.*.update.*`, ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`)],
     },
     allowResponses: false,
   };
@@ -238,8 +254,15 @@ export function servicePermissions(
           `${root}.round.*.evaluate`,
           // KV replay after a restart republishes stored updates (ports-nats.ts).
           `${root}.round.*.update.*`,
+          ...secAggAggregatorSends(root),
         ],
-        [`${root}.round.*.update.*`, `${root}.round.*.aligned`, `${root}.round.*.evaluated`, `${root}.control.*`],
+        [
+          `${root}.round.*.update.*`,
+          `${root}.round.*.aligned`,
+          `${root}.round.*.evaluated`,
+          `${root}.control.*`,
+          ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`),
+        ],
       );
     case 'server-alignment':
       return p([`${root}.round.*.aligned`], [`${root}.align`, `${root}.control.*`], true);
@@ -250,8 +273,17 @@ export function servicePermissions(
         true,
       );
     case 'client-trainer':
-      return p([`${root}.round.*.update.*`], [`${root}.round.*.plan`, `${root}.control.*`]);
+      // Pooled: one replica runs many clients' secagg steps (it holds their secrets anyway), hence every client's.
+      return p(
+        [`${root}.round.*.update.*`, ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`)],
+        [`${root}.round.*.plan`, `${root}.control.*`, ...secAggAggregatorSends(root)],
+      );
   }
+}
+
+/** The aggregator's secagg subjects: the keys broadcast, every client's shares, the unmasking request. */
+function secAggAggregatorSends(root: string): string[] {
+  return [`${root}.round.*.secagg.keys`, `${root}.round.*.secagg.shares.*`, `${root}.round.*.secagg.unmask-request`];
 }
 
 function newSecret(kind: 'nkey' | 'password', name: string): { user: string; seed?: string; password?: string } {

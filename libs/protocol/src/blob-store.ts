@@ -14,6 +14,8 @@ import {
   extraChunkTokens,
   getObject,
   objectDigest,
+  objectStreamName,
+  type ObjectMeta,
   purgeObjectChunks,
   putObject,
   readObjectMeta,
@@ -27,8 +29,9 @@ import {
   type PutFileOptions,
   type TransferClient,
 } from './file-transfer.js';
-import { BlobNotFoundError, IntegrityError } from './errors.js';
+import { BlobNotFoundError, BlobTooLargeError, IntegrityError } from './errors.js';
 import type { BlobRef, Dtype } from './messages.js';
+import { jetStreamReplicas } from './replicas.js';
 
 export interface BlobStoreOptions {
   /** Object-store bucket that `put` writes to (created if missing). See `blobBucketName(jobId)`. */
@@ -37,6 +40,8 @@ export interface BlobStoreOptions {
   readonly cacheDir?: string;
   /** Server storage of a bucket created here. Default 'file'. */
   readonly storage?: 'file' | 'memory';
+  /** JetStream replicas of a bucket this call creates. Default FEDBIOT_JS_REPLICAS, else 1 (replicas.ts). */
+  readonly replicas?: number;
 }
 
 export interface PutOptions {
@@ -68,6 +73,26 @@ export interface BlobStats {
   readonly putsSkipped: number;
   readonly cacheHits: number;
   readonly cacheMisses: number;
+  /** `get`/`getFile` calls refused by a size limit before any chunk was downloaded. */
+  readonly refusedTooLarge: number;
+}
+
+/**
+ * Limits of one bucket. `maxBytes` is the JetStream stream's max_bytes (the server refuses writes beyond it: the
+ * object store discards new messages), which bounds what a client can park in its own update bucket.
+ * `maxObjectBytes` is enforced by this store's reads: a ref or meta entry above it is refused before any chunk
+ * is fetched, so one client can cost the reader at most that much memory per update.
+ */
+export interface BucketLimits {
+  readonly maxBytes?: number;
+  readonly maxObjectBytes?: number;
+}
+
+/** What `prune` removed. */
+export interface PruneResult {
+  readonly deleted: number;
+  /** Payload bytes of the deleted objects (their meta entries' sizes). */
+  readonly bytes: number;
 }
 
 export function sha256Hex(bytes: Uint8Array): string {
@@ -82,8 +107,10 @@ export class BlobStore {
   readonly #buckets = new Map<string, Promise<ObjectStore>>();
   readonly #cacheDir: string | undefined;
   readonly #storage: StorageType;
+  readonly #replicas: number;
   readonly #client: TransferClient;
-  #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0 };
+  readonly #maxObjectBytes = new Map<string, number>();
+  #stats = { bytesUp: 0, bytesDown: 0, puts: 0, putsSkipped: 0, cacheHits: 0, cacheMisses: 0, refusedTooLarge: 0 };
 
   private constructor(
     nc: NatsConnection,
@@ -92,6 +119,7 @@ export class BlobStore {
     readonly bucket: string,
     cacheDir: string | undefined,
     storage: StorageType,
+    replicas: number,
   ) {
     this.#nc = nc;
     this.#objm = objm;
@@ -99,6 +127,7 @@ export class BlobStore {
     this.#jsm = jsm;
     this.#cacheDir = cacheDir;
     this.#storage = storage;
+    this.#replicas = replicas;
     this.#client = { nc, js: this.#js, jsm };
   }
 
@@ -106,7 +135,15 @@ export class BlobStore {
   static async open(nc: NatsConnection, opts: BlobStoreOptions): Promise<BlobStore> {
     const objm = new Objm(nc);
     const storage = opts.storage === 'memory' ? StorageType.Memory : StorageType.File;
-    const store = new BlobStore(nc, objm, await jetstreamManager(nc), opts.bucket, opts.cacheDir, storage);
+    const store = new BlobStore(
+      nc,
+      objm,
+      await jetstreamManager(nc),
+      opts.bucket,
+      opts.cacheDir,
+      storage,
+      jetStreamReplicas(opts.replicas),
+    );
     await store.ensureBucket(opts.bucket);
     if (opts.cacheDir !== undefined) await mkdir(opts.cacheDir, { recursive: true });
     return store;
@@ -116,17 +153,50 @@ export class BlobStore {
    * Opens `bucket`, creating it (with the storage given to `open`) when missing. The aggregator calls it for
    * every client's update bucket before tasks go out, so that trainers only ever open theirs.
    */
-  async ensureBucket(bucket: string): Promise<void> {
+  async ensureBucket(bucket: string, limits: BucketLimits = {}): Promise<void> {
+    if (limits.maxObjectBytes !== undefined) this.limitReads(bucket, limits.maxObjectBytes);
     let os = this.#buckets.get(bucket);
     if (os === undefined) {
+      const maxBytes = limits.maxBytes;
       // Open an existing bucket as it is: `create` with other options would fail on a config mismatch.
       os = streamExists(this.#nc, `OBJ_${bucket}`).then((exists) =>
-        exists ? this.#objm.open(bucket) : this.#objm.create(bucket, { storage: this.#storage }),
+        exists
+          ? this.#objm.open(bucket)
+          : this.#objm.create(bucket, {
+              storage: this.#storage,
+              replicas: this.#replicas,
+              ...(maxBytes !== undefined ? { max_bytes: maxBytes } : {}),
+            }),
       );
       os.catch(() => this.#buckets.delete(bucket));
       this.#buckets.set(bucket, os);
     }
     await os;
+    if (limits.maxBytes !== undefined) {
+      // A bucket made before the limit existed (or by an older aggregator) gets it now.
+      const name = objectStreamName(bucket);
+      const info = await this.#jsm.streams.info(name);
+      if (info.config.max_bytes !== limits.maxBytes)
+        await this.#jsm.streams.update(name, { ...info.config, max_bytes: limits.maxBytes });
+    }
+  }
+
+  /** Reads (`get`, `getFile`) from `bucket` refuse objects above `maxObjectBytes`, before downloading anything. */
+  limitReads(bucket: string, maxObjectBytes: number): void {
+    if (!(Number.isSafeInteger(maxObjectBytes) && maxObjectBytes >= 0))
+      throw new RangeError(`limitReads ${bucket}: maxObjectBytes ${maxObjectBytes} must be an integer >= 0`);
+    this.#maxObjectBytes.set(bucket, maxObjectBytes);
+  }
+
+  /** Throws BlobTooLargeError when `bytes` is above the read limit of `bucket` (the smaller of the two given). */
+  #checkSize(bucket: string, name: string, bytes: number, source: 'ref' | 'object', maxBytes?: number): void {
+    const limits = [this.#maxObjectBytes.get(bucket), maxBytes].filter((x): x is number => x !== undefined);
+    if (limits.length === 0) return;
+    const limit = Math.min(...limits);
+    if (bytes > limit) {
+      this.#stats.refusedTooLarge++;
+      throw new BlobTooLargeError(bucket, name, bytes, limit, source);
+    }
   }
 
   get stats(): BlobStats {
@@ -182,7 +252,9 @@ export class BlobStore {
    * object store. Throws IntegrityError when the downloaded bytes do not match `ref.sha256`/`ref.bytes`
    * (overwritten or corrupted object), BlobNotFoundError when there is no such object.
    */
-  async get(ref: Readonly<BlobRef>): Promise<Uint8Array> {
+  async get(ref: Readonly<BlobRef>, opts: { readonly maxBytes?: number } = {}): Promise<Uint8Array> {
+    // The ref's own claim first: a ref above the limit is refused without a request or a cache read.
+    this.#checkSize(ref.bucket, ref.name, ref.bytes, 'ref', opts.maxBytes);
     const cached = await this.#cacheRead(ref);
     if (cached !== null) {
       this.#stats.cacheHits++;
@@ -192,6 +264,14 @@ export class BlobStore {
     await this.#bucketHandle(ref.bucket);
     const meta = await readObjectMeta(this.#jsm, ref.bucket, ref.name);
     if (meta === null || meta.deleted) throw new BlobNotFoundError(ref.bucket, ref.name);
+    // The object's meta entry says how big it really is: refuse before the first chunk (a ref can lie about it).
+    this.#checkSize(ref.bucket, ref.name, meta.size, 'object', opts.maxBytes);
+    if (meta.size !== ref.bytes)
+      throw new IntegrityError(
+        ref.bucket,
+        ref.name,
+        `size is ${meta.size} bytes, the ref says ${ref.bytes}; not downloaded`,
+      );
     let bytes: Uint8Array;
     try {
       bytes = await getObject(this.#js, this.#jsm, meta);
@@ -250,6 +330,7 @@ export class BlobStore {
    * corrupt or missing chunk.
    */
   async getFile(ref: Readonly<BlobRef>, destPath: string, opts: GetFileBlobOptions = {}): Promise<GetFileResult> {
+    this.#checkSize(ref.bucket, ref.name, ref.bytes, 'ref');
     const cacheDir = opts.cacheDir ?? this.#cacheDir;
     const r = await getFile(this.#client, ref.bucket, ref.name, destPath, {
       ...opts,
@@ -274,6 +355,38 @@ export class BlobStore {
       await purgeObjectChunks(this.#jsm, ref.bucket, meta.nuid, extraChunkTokens(meta));
   }
 
+  /** The bucket's stream sequence now: objects written later have meta entries above it (see `prune`). */
+  async mark(bucket: string): Promise<number> {
+    await this.#bucketHandle(bucket);
+    return (await this.#jsm.streams.info(objectStreamName(bucket))).state.last_seq;
+  }
+
+  /**
+   * Deletes every object of `bucket` whose meta entry was written at or before stream sequence `upTo` (a `mark`),
+   * except those named in `keep`: chunks, chunk-hash lists and the meta entry itself are purged, so nothing of it
+   * stays on the server's disk. Sequences are the server's, so a writer cannot date its objects to escape it.
+   */
+  async prune(bucket: string, upTo: number, keep: ReadonlySet<string> = new Set()): Promise<PruneResult> {
+    await this.#bucketHandle(bucket);
+    const stream = objectStreamName(bucket);
+    const info = await this.#jsm.streams.info(stream, { subjects_filter: `$O.${bucket}.M.>` });
+    let deleted = 0;
+    let bytes = 0;
+    for (const subject of Object.keys(info.state.subjects ?? {})) {
+      const m = await this.#jsm.streams.getMessage(stream, { last_by_subj: subject });
+      if (m === null || m.seq > upTo) continue;
+      const meta = m.json<ObjectMeta>();
+      if (keep.has(meta.name)) continue;
+      if (!meta.deleted) {
+        await purgeObjectChunks(this.#jsm, bucket, meta.nuid, extraChunkTokens(meta));
+        deleted++;
+        bytes += meta.size;
+      }
+      await this.#jsm.streams.purge(stream, { filter: subject });
+    }
+    return { deleted, bytes };
+  }
+
   async #cacheRead(ref: Readonly<BlobRef>): Promise<Uint8Array | null> {
     if (this.#cacheDir === undefined) return null;
     const path = join(this.#cacheDir, ref.sha256);
@@ -296,7 +409,59 @@ export class BlobStore {
     const path = join(this.#cacheDir, sha256);
     // Write-then-rename: concurrent readers (other replicas sharing the dir) never see a partial file.
     const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-    await writeFile(tmp, bytes);
-    await rename(tmp, path);
+    try {
+      await writeFile(tmp, bytes);
+      await rename(tmp, path);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      const code = (e as NodeJS.ErrnoException).code;
+      // Node's ENOSPC from a write names no file; say which cache and which setting chose it.
+      if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+        throw new Error(
+          `blob cache ${path}: ${code} (${(e as Error).message}); the folder is this BlobStore's cacheDir ` +
+            `${this.#cacheDir}: free space there or give the store a writable cacheDir`,
+          { cause: e },
+        );
+      throw e;
+    }
+  }
+}
+
+/**
+ * Deletes a job's per-round blobs once no resume can need them: call `checkpoint` right after a round's state is
+ * durable. It takes a mark of every bucket and prunes each up to its mark from `keepRounds` checkpoints earlier,
+ * keeping the objects named in `keep` (the blobs the stored state refers to: a re-`put` of known content does not
+ * rewrite it, so the current checkpoint's LoRA may be an old object). keepRounds >= 1 keeps what the round after
+ * a checkpoint reads (its broadcast, a stored alignment answer) until the next checkpoint. A restarted aggregator
+ * starts with no marks and catches up `keepRounds` checkpoints later: the marks it takes then cover everything
+ * written before the restart.
+ */
+export class RoundBlobPruner {
+  readonly #marks: Map<string, number>[] = [];
+
+  constructor(
+    private readonly store: BlobStore,
+    private readonly buckets: readonly string[],
+    readonly keepRounds: number,
+  ) {
+    if (!(Number.isInteger(keepRounds) && keepRounds >= 0))
+      throw new RangeError(`RoundBlobPruner: keepRounds ${keepRounds} must be an integer >= 0`);
+  }
+
+  async checkpoint(keep: ReadonlySet<string>): Promise<PruneResult> {
+    const marks = new Map<string, number>();
+    for (const b of this.buckets) marks.set(b, await this.store.mark(b));
+    this.#marks.push(marks);
+    let deleted = 0;
+    let bytes = 0;
+    if (this.#marks.length > this.keepRounds) {
+      const old = this.#marks.splice(0, this.#marks.length - this.keepRounds).at(-1)!;
+      for (const [bucket, upTo] of old) {
+        const r = await this.store.prune(bucket, upTo, keep);
+        deleted += r.deleted;
+        bytes += r.bytes;
+      }
+    }
+    return { deleted, bytes };
   }
 }

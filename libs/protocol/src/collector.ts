@@ -208,3 +208,46 @@ export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): 
     },
   };
 }
+
+/** An update for a round that is no longer collected (it ended, or the collector was restarted past it). */
+export interface StaleUpdate {
+  readonly clientId: string;
+  readonly round: number;
+  /** The round being collected (or next to be) when it arrived. */
+  readonly currentRound: number;
+  readonly subject: string;
+}
+
+export interface StaleWatchOptions {
+  readonly jobId: string;
+  /** The round being collected now; updates of earlier rounds are stale. */
+  readonly currentRound: () => number;
+  readonly onStale: (stale: StaleUpdate) => void;
+}
+
+/**
+ * Watches every round's update subjects (`fl.<job>.round.*.update.*`) and reports updates of rounds before
+ * `currentRound()`: once a round's collection is closed its subscription is gone, so without this a late update
+ * (a slow trainer, a redelivered task of an ended round) vanishes without a log line. Only the subject is parsed
+ * (round and client; the publish permission ties the client to it), so watching costs no decoding. The current
+ * round's updates are left to its collector. Returns a stop function.
+ */
+export async function watchStaleUpdates(nc: NatsConnection, opts: StaleWatchOptions): Promise<() => void> {
+  assertJobId(opts.jobId);
+  const sub = nc.subscribe(`fl.${opts.jobId}.round.*.update.*`, {
+    callback: (err, msg) => {
+      if (err !== null) return;
+      const parts = parseUpdateSubject(msg.subject);
+      if (parts === null || parts.jobId !== opts.jobId) return;
+      const currentRound = opts.currentRound();
+      if (parts.round >= currentRound) return;
+      try {
+        opts.onStale({ clientId: parts.clientId, round: parts.round, currentRound, subject: msg.subject });
+      } catch {
+        // A throwing callback must not end the watch.
+      }
+    },
+  });
+  await nc.flush();
+  return () => sub.unsubscribe();
+}

@@ -64,6 +64,25 @@ export class BlobNotFoundError extends Error {
   }
 }
 
+/**
+ * A blob larger than the reader allows: refused from its ref or its object-store meta entry, before any chunk is
+ * downloaded, so a client pointing at a huge object costs the reader one small request.
+ */
+export class BlobTooLargeError extends Error {
+  override readonly name = 'BlobTooLargeError';
+  constructor(
+    readonly bucket: string,
+    readonly blob: string,
+    readonly bytes: number,
+    readonly limit: number,
+    readonly source: 'ref' | 'object',
+  ) {
+    super(
+      `blob ${bucket}/${blob}: ${source === 'ref' ? 'its ref declares' : 'the object store holds'} ${bytes} bytes, more than the ${limit} bytes allowed for this bucket; not downloaded`,
+    );
+  }
+}
+
 /** A KV write lost an optimistic-concurrency race (someone else wrote the key since it was read). */
 export class StateConflictError extends Error {
   override readonly name = 'StateConflictError';
@@ -117,7 +136,7 @@ export class TransportUnavailableError extends Error {
 export class InvalidIdentifierError extends Error {
   override readonly name = 'InvalidIdentifierError';
   constructor(
-    readonly kind: 'job id' | 'client id' | 'round' | 'control verb',
+    readonly kind: 'job id' | 'client id' | 'round' | 'control verb' | 'secagg step',
     readonly value: unknown,
     reason: string,
   ) {

@@ -79,6 +79,7 @@ export {
   type ProtocolIssue,
   TensorCodecError,
   IntegrityError,
+  BlobTooLargeError,
   BlobNotFoundError,
   StateConflictError,
   QuorumNotReachedError,
@@ -88,11 +89,14 @@ export {
 export { type Tensor, type DecodedTensors, encodeTensors, decodeTensors } from './tensor-codec.js';
 export {
   BlobStore,
+  RoundBlobPruner,
   type BlobStoreOptions,
   type PutOptions,
   type PutFileBlobOptions,
   type GetFileBlobOptions,
   type BlobStats,
+  type BucketLimits,
+  type PruneResult,
   sha256Hex,
 } from './blob-store.js';
 export {
@@ -125,12 +129,19 @@ export {
   type TaskContext,
   type TaskHandler,
   type RejectedTask,
+  watchPlannedRounds,
+  skipEndedRounds,
+  type PlannedRounds,
+  type SkippedTask,
   type FailedTask,
   type QueueDepth,
   type Consumption,
 } from './work-queue.js';
 export {
   collectUpdates,
+  watchStaleUpdates,
+  type StaleUpdate,
+  type StaleWatchOptions,
   type CollectOptions,
   type LatePolicy,
   type LateUpdate,
@@ -157,3 +168,34 @@ export {
   type JobAuthOptions,
 } from './auth.js';
 export type { ProtocolLogger } from './logger.js';
+// Secure aggregation (issue 14): subjects, envelopes and the two sides of the exchange.
+export {
+  SECAGG_CLIENT_STEPS,
+  type SecAggClientStep,
+  secAggClientSubject,
+  secAggStepPattern,
+  secAggKeysSubject,
+  secAggSharesSubject,
+  secAggUnmaskRequestSubject,
+  parseSecAggClientSubject,
+} from './subjects.js';
+export {
+  SecAggPlanSchema,
+  type SecAggPlan,
+  SecAggAdvertiseSchema,
+  SecAggShareKeysSchema,
+  SecAggMaskedSchema,
+  SecAggUnmaskSchema,
+  SecAggKeysSchema,
+  SecAggSharesSchema,
+  SecAggUnmaskRequestSchema,
+} from './messages.js';
+export {
+  runSecAggAggregator,
+  runSecAggClient,
+  secAggConfigOf,
+  type SecAggAggregatorOptions,
+  type SecAggAggregatorResult,
+  type SecAggClientOptions,
+} from './secagg-flow.js';
+export { jetStreamReplicas, MAX_REPLICAS, REPLICAS_ENV } from './replicas.js';

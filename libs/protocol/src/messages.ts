@@ -10,6 +10,15 @@
 import { z } from 'zod';
 import { ProtocolError, type ProtocolIssue } from './errors.js';
 import { ID_PATTERN } from './subjects.js';
+import {
+  AdvertiseKeysSchema,
+  KeysBroadcastSchema,
+  MaskedInputSchema,
+  ShareKeysSchema,
+  SharesForwardSchema,
+  UnmaskRequestSchema,
+  UnmaskSchema,
+} from '../../privacy/src/messages.js';
 
 /** The protocol version this build speaks and accepts. */
 export const PROTOCOL_VERSION = 1 as const;
@@ -347,3 +356,66 @@ export function encodeMessage<S extends z.ZodType>(schema: S, value: z.input<S>,
   if (!parsed.success) throw new ProtocolError(subject, zodIssues(parsed.error));
   return new TextEncoder().encode(JSON.stringify(parsed.data));
 }
+
+// --- Secure aggregation (libs/privacy, issue 14) ---
+// Each libs/privacy message travels as `body` of an envelope naming the job, round and (for client messages) the
+// client of its subject, so decodeMessage's subject check applies; the body's own `sender` must be that client too:
+// a client's NATS identity can publish only on its own subjects, and no subject can carry another client's message.
+
+const SecAggGraphSchema = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('complete') }),
+  z.strictObject({ kind: z.literal('harary'), k: z.int().min(2), seed: z.string().min(1).max(256) }),
+]);
+
+/**
+ * The public parameters of one round's secure aggregation (libs/privacy SecAggConfig) plus the client-side DP
+ * settings; the aggregator fixes it and every sampled client must hold the same (in its TrainTask or the job's KV).
+ */
+export const SecAggPlanSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  round,
+  /** Binds keys, ciphertexts and masks to this aggregation; fresh every time (a random suffix). */
+  roundId: z.string().min(1).max(256),
+  clients: idList,
+  threshold: z.int().min(1),
+  vectorLength: z.int().min(1),
+  clipRange: z.number().positive(),
+  maxWeight: z.int().min(1),
+  graph: SecAggGraphSchema,
+  /** Client-level DP: clip each update delta to L2 norm `clip`, add N(0, noiseStd^2) per element before masking. */
+  dp: z.strictObject({ clip: z.number().positive(), noiseStd: z.number().nonnegative() }).optional(),
+});
+export type SecAggPlan = z.infer<typeof SecAggPlanSchema>;
+
+const fromClient = { protocolVersion, jobId: id, round, clientId: id };
+const fromAggregator = { protocolVersion, jobId: id, round };
+const senderIsClient: [
+  (m: { clientId: string; body: { sender: string } }) => boolean,
+  { path: PropertyKey[]; message: string },
+] = [
+  (m) => m.body.sender === m.clientId,
+  {
+    path: ['body', 'sender'],
+    message: 'is not the client of the message (a client sends only its own secagg messages)',
+  },
+];
+
+/** Client -> aggregator on `secagg.advertise.<client>`: its two X25519 public keys. */
+export const SecAggAdvertiseSchema = z
+  .strictObject({ ...fromClient, body: AdvertiseKeysSchema })
+  .refine(...senderIsClient);
+/** Client -> aggregator on `secagg.share-keys.<client>`: its encrypted Shamir shares, one per neighbour. */
+export const SecAggShareKeysSchema = z.strictObject({ ...fromClient, body: ShareKeysSchema }).refine(...senderIsClient);
+/** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input. */
+export const SecAggMaskedSchema = z.strictObject({ ...fromClient, body: MaskedInputSchema }).refine(...senderIsClient);
+/** Client -> aggregator on `secagg.unmask.<client>`: the shares it reveals for unmasking. */
+export const SecAggUnmaskSchema = z.strictObject({ ...fromClient, body: UnmaskSchema }).refine(...senderIsClient);
+/** Aggregator -> all on `secagg.keys`. */
+export const SecAggKeysSchema = z.strictObject({ ...fromAggregator, body: KeysBroadcastSchema });
+/** Aggregator -> one client on `secagg.shares.<client>` (`clientId` = body.to). */
+export const SecAggSharesSchema = z
+  .strictObject({ ...fromClient, body: SharesForwardSchema })
+  .refine((m) => m.body.to === m.clientId, { path: ['body', 'to'], message: 'is not the client of the message' });
+/** Aggregator -> all on `secagg.unmask-request`. */
+export const SecAggUnmaskRequestSchema = z.strictObject({ ...fromAggregator, body: UnmaskRequestSchema });

@@ -11,6 +11,7 @@ import type { z } from 'zod';
 import { StateConflictError } from './errors.js';
 import { decodeMessage, encodeMessage, type JobState } from './messages.js';
 import { assertRound } from './subjects.js';
+import { jetStreamReplicas } from './replicas.js';
 
 /** Key of the JobState. */
 export const JOB_STATE_KEY = 'job' as const;
@@ -34,6 +35,8 @@ export interface StateStoreOptions {
   readonly history?: number;
   /** Default 'file'. */
   readonly storage?: 'file' | 'memory';
+  /** JetStream replicas of a bucket this call creates. Default FEDBIOT_JS_REPLICAS, else 1 (replicas.ts). */
+  readonly replicas?: number;
 }
 
 /** A value with the KV revision it was read at (the token for `update`). */
@@ -72,6 +75,7 @@ export class StateStore {
       ? await kvm.open(opts.bucket, { allow_direct: existing.allow_direct ?? false })
       : await kvm.create(opts.bucket, {
           history: opts.history ?? 5,
+          replicas: jetStreamReplicas(opts.replicas),
           storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
         });
     return new StateStore(opts.bucket, kv);

@@ -193,3 +193,71 @@ export function parseUpdateSubject(subject: string): { jobId: string; round: num
   const round = Number(r);
   return Number.isSafeInteger(round) ? { jobId, round, clientId } : null;
 }
+
+// --- Secure aggregation (libs/privacy, issue 14): one four-step exchange per round, under `round.<r>.secagg`. ---
+//   fl.<job>.round.<r>.secagg.<step>.<client>   one client -> aggregator  (step: advertise, share-keys, masked, unmask)
+//   fl.<job>.round.<r>.secagg.keys              aggregator -> all          KeysBroadcast
+//   fl.<job>.round.<r>.secagg.shares.<client>   aggregator -> that client  SharesForward (ciphertexts addressed to it)
+//   fl.<job>.round.<r>.secagg.unmask-request    aggregator -> all          UnmaskRequest (the survivors)
+
+/** The client -> aggregator steps of secure aggregation, in protocol order. */
+export const SECAGG_CLIENT_STEPS = ['advertise', 'share-keys', 'masked', 'unmask'] as const;
+export type SecAggClientStep = (typeof SECAGG_CLIENT_STEPS)[number];
+
+function checkStep(step: string): void {
+  if (!(SECAGG_CLIENT_STEPS as readonly string[]).includes(step))
+    throw new InvalidIdentifierError('secagg step', step, `expected one of ${SECAGG_CLIENT_STEPS.join(', ')}`);
+}
+
+/** `fl.<job>.round.<r>.secagg.<step>.<client>`: the one subject `clientId` may publish that step on. */
+export function secAggClientSubject<J extends string, R extends number, S extends SecAggClientStep, C extends string>(
+  jobId: J,
+  round: R,
+  step: S,
+  clientId: C,
+) {
+  checkStep(step);
+  return `${roundBase(jobId, round)}.secagg.${step}.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.round.<r>.secagg.<step>.*`: what the aggregator subscribes to for one step. */
+export function secAggStepPattern<J extends string, R extends number, S extends SecAggClientStep>(
+  jobId: J,
+  round: R,
+  step: S,
+) {
+  checkStep(step);
+  return `${roundBase(jobId, round)}.secagg.${step}.*` as const;
+}
+
+/** `fl.<job>.round.<r>.secagg.keys`: the aggregator's KeysBroadcast. */
+export function secAggKeysSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.secagg.keys` as const;
+}
+
+/** `fl.<job>.round.<r>.secagg.shares.<client>`: the SharesForward only `clientId` may read. */
+export function secAggSharesSubject<J extends string, R extends number, C extends string>(
+  jobId: J,
+  round: R,
+  clientId: C,
+) {
+  return `${roundBase(jobId, round)}.secagg.shares.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.round.<r>.secagg.unmask-request`: the aggregator's UnmaskRequest. */
+export function secAggUnmaskRequestSubject<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.secagg.unmask-request` as const;
+}
+
+/** The parts of a client -> aggregator secagg subject; null when `subject` is not one. */
+export function parseSecAggClientSubject(
+  subject: string,
+): { jobId: string; round: number; step: SecAggClientStep; clientId: string } | null {
+  const t = subject.split('.');
+  if (t.length !== 7 || t[0] !== SUBJECT_ROOT || t[2] !== 'round' || t[4] !== 'secagg') return null;
+  const [, jobId, , r, , step, clientId] = t as [string, string, string, string, string, string, string];
+  if (!isValidId(jobId) || !isValidId(clientId) || !/^(0|[1-9][0-9]*)$/.test(r)) return null;
+  if (!(SECAGG_CLIENT_STEPS as readonly string[]).includes(step)) return null;
+  const round = Number(r);
+  return Number.isSafeInteger(round) ? { jobId, round, step: step as SecAggClientStep, clientId } : null;
+}

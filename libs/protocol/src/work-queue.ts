@@ -35,6 +35,7 @@ import {
   taskSubject,
   TRAINER_CONSUMER,
 } from './subjects.js';
+import { jetStreamReplicas } from './replicas.js';
 
 export interface WorkQueueOptions {
   readonly jobId: string;
@@ -47,6 +48,8 @@ export interface WorkQueueOptions {
   readonly clientId?: string;
   /** Default 'file'. */
   readonly storage?: 'file' | 'memory';
+  /** JetStream replicas of a stream this call creates. Default FEDBIOT_JS_REPLICAS, else 1 (replicas.ts). */
+  readonly replicas?: number;
   /** Window (ms) in which re-enqueueing the same job/round/client is dropped as a duplicate. Default 120000. */
   readonly duplicateWindowMs?: number;
   /** Default console. */
@@ -68,6 +71,21 @@ export interface ConsumeOptions {
   readonly onRejected?: (info: RejectedTask) => void;
   /** Called when the handler threw. */
   readonly onFailed?: (info: FailedTask) => void;
+  /**
+   * Asked before each task: a reason to skip it (e.g. "round 3 already completed", from the job state), or null to
+   * train it. A skipped task is acked without running the handler and logged with its round and client, so a
+   * replica does not train tasks of rounds that have ended (a redelivery after a crash, a backlog after an outage).
+   * Absent: every task is trained. An error here counts as a handler failure (redelivered).
+   */
+  readonly skipTask?: (task: TrainTask) => string | null | Promise<string | null>;
+  /** A task was skipped through `skipTask`. */
+  readonly onSkipped?: (info: SkippedTask) => void;
+}
+
+export interface SkippedTask {
+  readonly task: TrainTask;
+  readonly seq: number;
+  readonly reason: string;
 }
 
 export interface TaskContext {
@@ -153,6 +171,7 @@ export class WorkQueue {
       name: q.stream,
       subjects: [taskPattern(jobId)],
       retention: RetentionPolicy.Workqueue,
+      num_replicas: jetStreamReplicas(opts.replicas),
       storage: opts.storage === 'memory' ? StorageType.Memory : StorageType.File,
       duplicate_window: nanos(opts.duplicateWindowMs ?? 120_000),
     });
@@ -262,6 +281,16 @@ export class WorkQueue {
     }
     const deliveryCount = msg.info.deliveryCount;
     try {
+      const skip = (await opts.skipTask?.(decoded.value)) ?? null;
+      if (skip !== null) {
+        const t = decoded.value;
+        this.#log.warn(
+          `work queue ${this.stream}: skipped task #${msg.seq} (round ${t.round}, client ${t.clientId}): ${skip}`,
+        );
+        await msg.ackAck().catch(() => false);
+        opts.onSkipped?.({ task: t, seq: msg.seq, reason: skip });
+        return;
+      }
       await handler(decoded.value, { seq: msg.seq, deliveryCount, inProgress: () => msg.working() });
     } catch (error) {
       const final = deliveryCount >= maxDeliver;
@@ -298,4 +327,40 @@ export class WorkQueue {
   async destroy(): Promise<void> {
     await this.jsm.streams.delete(this.stream);
   }
+}
+
+/** The highest round the aggregator has planned so far, as seen on `fl.<job>.round.*.plan`. */
+export interface PlannedRounds {
+  /** -1 before any plan was seen. */
+  latest(): number;
+  stop(): void;
+}
+
+/**
+ * Follows the job's round plans (clients may subscribe to them). The aggregator plans round r + 1 only after round r
+ * closed, and a restarted one re-plans the round it resumes, never an earlier one, so a task of a round below
+ * `latest()` belongs to a round that has ended: `skipEndedRounds` turns that into a `skipTask` for `consume`.
+ * Only the subject is parsed (the plan's validation is the trainer's business).
+ */
+export async function watchPlannedRounds(nc: NatsConnection, jobId: string): Promise<PlannedRounds> {
+  assertJobId(jobId);
+  let latest = -1;
+  const prefix = `fl.${jobId}.round.`;
+  const sub = nc.subscribe(`${prefix}*.plan`, {
+    callback: (err, msg) => {
+      if (err !== null) return;
+      const r = Number(msg.subject.slice(prefix.length, -'.plan'.length));
+      if (Number.isSafeInteger(r) && r > latest) latest = r;
+    },
+  });
+  await nc.flush();
+  return { latest: () => latest, stop: () => sub.unsubscribe() };
+}
+
+/** A `skipTask` for `consume`: skips tasks of rounds before the latest planned one. */
+export function skipEndedRounds(plans: Pick<PlannedRounds, 'latest'>): (task: TrainTask) => string | null {
+  return (task) =>
+    task.round < plans.latest()
+      ? `round ${task.round} has ended (the aggregator planned round ${plans.latest()})`
+      : null;
 }

@@ -91,6 +91,7 @@ test('the sha256 cache serves a second replica without downloading, and drops a 
     putsSkipped: 0,
     cacheHits: 0,
     cacheMisses: 1,
+    refusedTooLarge: 0,
   });
 
   const second = await BlobStore.open(nc, { bucket, cacheDir });

@@ -1,7 +1,7 @@
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
+import { cudaBindingPackageDir, ORT_BINDING_ENV, ortPackageDir } from './ort.js';
 
 /**
  * Why onnxruntime-node's CUDA provider cannot load, in terms a user can act on. ORT's own error for a missing
@@ -22,10 +22,11 @@ export const CUDA_PROVIDER_MARKER = 'libonnxruntime_providers_cuda.install.json'
 
 /** How to get the provider libraries and their CUDA libraries; appended to every CUDA diagnosis. */
 export const CUDA_INSTALL_HINT =
-  'install the provider with `npm run setup:cuda` (onnxruntime-node 1.29.0 with the CUDA 13 build from npm) or, ' +
-  'where NuGet is reachable, `ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci` (CUDA 12 + cuDNN 9); put the folder that ' +
-  'holds the CUDA libraries on LD_LIBRARY_PATH before starting node (e.g. /usr/local/cuda/lib64, or a Python ' +
-  "environment's site-packages/nvidia/cu13/lib)";
+  'install the provider with `npm run setup:cuda` (onnxruntime-node 1.29.0 with its CUDA 13 provider, both from ' +
+  'npm, beside the pinned onnxruntime-node) and start node with FEDBIOT_ORT_BINDING=cuda, or, where NuGet is ' +
+  'reachable, `ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci --ignore-scripts=false` (CUDA 12 + cuDNN 9); put the folder ' +
+  'that holds the CUDA libraries on LD_LIBRARY_PATH before starting node (e.g. /usr/local/cuda/lib64, or a ' +
+  "Python environment's site-packages/nvidia/cu13/lib)";
 
 /** What {@link diagnoseCuda} found. */
 export interface CudaDiagnosis {
@@ -41,15 +42,9 @@ export interface CudaDiagnosis {
   readonly summary: string | undefined;
 }
 
-/** The folder onnxruntime-node loads its binding (and provider libraries) from, or undefined if not found. */
-export function ortBinaryDir(): string | undefined {
-  let pkgDir: string;
-  try {
-    pkgDir = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
-  } catch {
-    return undefined;
-  }
-  const bin = join(pkgDir, 'bin');
+/** The folder onnxruntime-node (the binding in use, ort.ts) loads its binding and provider libraries from. */
+export function ortBinaryDir(packageDir: string = ortPackageDir): string | undefined {
+  const bin = join(packageDir, 'bin');
   const napi = existsSync(bin) ? readdirSync(bin).filter((d) => /^napi-v\d+$/.test(d)) : [];
   // binding.js requires bin/napi-v6/<platform>/<arch>/; prefer v6, else the highest present.
   napi.sort((a, b) => Number(b.slice(6)) - Number(a.slice(6)));
@@ -57,11 +52,10 @@ export function ortBinaryDir(): string | undefined {
   return chosen === undefined ? undefined : join(bin, chosen, process.platform, process.arch);
 }
 
-/** onnxruntime-node's package version, or undefined. */
-export function ortVersion(): string | undefined {
+/** The version of onnxruntime-node in use (ort.ts), or undefined. */
+export function ortVersion(packageDir: string = ortPackageDir): string | undefined {
   try {
-    const path = createRequire(import.meta.url).resolve('onnxruntime-node/package.json');
-    return (JSON.parse(readFileSync(path, 'utf8')) as { version?: string }).version;
+    return (JSON.parse(readFileSync(join(packageDir, 'package.json'), 'utf8')) as { version?: string }).version;
   } catch {
     return undefined;
   }
@@ -156,11 +150,19 @@ export function diagnoseCuda(
   }
   const missingFiles = CUDA_PROVIDER_FILES.filter((f) => !existsSync(join(binDir, f)));
   if (missingFiles.length > 0) {
+    const cudaCopy = ortBinaryDir(cudaBindingPackageDir());
+    const installedBeside =
+      cudaCopy !== undefined && cudaCopy !== binDir && CUDA_PROVIDER_FILES.every((f) => existsSync(join(cudaCopy, f)));
     return {
       binDir,
       missingFiles,
       unloadable: [],
-      summary: `${missingFiles.join(' and ')} ${missingFiles.length > 1 ? 'are' : 'is'} not in ${binDir}`,
+      summary:
+        `${missingFiles.join(' and ')} ${missingFiles.length > 1 ? 'are' : 'is'} not in ${binDir}` +
+        (installedBeside
+          ? `; setup:cuda installed the CUDA provider with its own onnxruntime-node in ${cudaCopy}: start node ` +
+            `with ${ORT_BINDING_ENV}=cuda to use it`
+          : ''),
     };
   }
   let versionMismatch: CudaDiagnosis['versionMismatch'];

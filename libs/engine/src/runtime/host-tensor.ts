@@ -1,4 +1,5 @@
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
+import { ort } from './ort.js';
 import { sizeOf, type DType } from '../ir.js';
 
 /** Typed arrays a HostTensor may hold; which one is fixed by its dtype (see {@link hostTensor}). */
@@ -93,7 +94,7 @@ export function hostTensor(dtype: DType, shape: readonly number[], data?: HostDa
  * @throws for bfloat16, which onnxruntime-node cannot pass as a graph input or output (docs/engine-notes.md §3;
  *   cast inside the graph instead), and for malformed tensors, naming `name`.
  */
-export function toOrtTensor(t: HostTensor, name: string): ort.Tensor {
+export function toOrtTensor(t: HostTensor, name: string): Ort.Tensor {
   assertHostTensor(t, name);
   if (t.dtype === 'bfloat16') {
     throw new TypeError(
@@ -109,7 +110,7 @@ export function toOrtTensor(t: HostTensor, name: string): ort.Tensor {
  * already a fresh copy, docs/engine-notes.md §3, so sharing is safe).
  * @throws for element types outside DType (e.g. int8, string) and for tensors on a GPU location, naming `name`.
  */
-export function fromOrtTensor(t: ort.Tensor, name: string): HostTensor {
+export function fromOrtTensor(t: Ort.Tensor, name: string): HostTensor {
   if (t.location !== 'cpu' && t.location !== 'cpu-pinned') {
     throw new TypeError(`tensor '${name}': data lives on '${t.location}', not in CPU memory`);
   }

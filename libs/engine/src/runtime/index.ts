@@ -36,4 +36,13 @@ export {
   ortVersion,
   type CudaDiagnosis,
 } from './cuda-libs.js';
+export {
+  CUDA_BINDING_HOME,
+  cudaBindingPackageDir,
+  ort,
+  ORT_BINDING_ENV,
+  ortPackageDir,
+  resolveBindingDir,
+  type Ort,
+} from './ort.js';
 export { BucketCache, pickBucket, type BucketCacheOptions } from './buckets.js';

@@ -1,4 +1,5 @@
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
+import { ort } from './ort.js';
 import { fromOrtTensor, toOrtTensor, type HostTensor } from './host-tensor.js';
 import { signaturesOf, type TensorSignature } from './signature.js';
 
@@ -14,14 +15,14 @@ export interface SessionSignature {
 /** Opens an ORT session on the calling thread. */
 export async function createSession(
   source: ModelSource,
-  options: ort.InferenceSession.SessionOptions,
-): Promise<ort.InferenceSession> {
+  options: Ort.InferenceSession.SessionOptions,
+): Promise<Ort.InferenceSession> {
   return 'path' in source
     ? ort.InferenceSession.create(source.path, options)
     : ort.InferenceSession.create(source.bytes, options);
 }
 
-export function signatureOf(session: ort.InferenceSession, label: string): SessionSignature {
+export function signatureOf(session: Ort.InferenceSession, label: string): SessionSignature {
   return { inputs: signaturesOf(session.inputMetadata, label), outputs: signaturesOf(session.outputMetadata, label) };
 }
 
@@ -32,18 +33,18 @@ export function signatureOf(session: ort.InferenceSession, label: string): Sessi
  *   downloaded, so it is refused here instead (see SessionConfig.preferredOutputLocation)
  */
 export async function runSession(
-  session: ort.InferenceSession,
+  session: Ort.InferenceSession,
   feeds: Readonly<Record<string, HostTensor>>,
   fetches: readonly string[],
 ): Promise<Record<string, HostTensor>> {
-  const ortFeeds: Record<string, ort.Tensor> = {};
+  const ortFeeds: Record<string, Ort.Tensor> = {};
   for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(t, name);
   const results = await session.run(ortFeeds, fetches);
   const out: Record<string, HostTensor> = {};
   for (const name of fetches) {
     const value = results[name];
     if (value === undefined) throw new Error(`ORT returned no value for output '${name}'`);
-    out[name] = fromOrtTensor(value as ort.Tensor, name);
+    out[name] = fromOrtTensor(value as Ort.Tensor, name);
   }
   return out;
 }

@@ -1,4 +1,5 @@
-import * as ort from 'onnxruntime-node';
+import type * as Ort from 'onnxruntime-node';
+import { ort } from './ort.js';
 import type { IrModel } from '../ir.js';
 import { encodeModel } from '../onnx/serialize.js';
 import { CUDA_INSTALL_HINT, diagnoseCuda } from './cuda-libs.js';
@@ -89,7 +90,7 @@ function asError(e: unknown): Error {
  * providers load their library lazily and only fail when a kernel is first dispatched.
  */
 async function probe(provider: ExecutionProvider): Promise<Error | undefined> {
-  let session: ort.InferenceSession | undefined;
+  let session: Ort.InferenceSession | undefined;
   try {
     session = await ort.InferenceSession.create(encodeModel(PROBE_MODEL), {
       executionProviders: [provider],

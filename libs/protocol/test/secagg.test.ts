@@ -1,0 +1,252 @@
+/**
+ * Secure aggregation through the protocol against a private nats-server with per-identity permissions
+ * (FEDBIOT_TEST_NATS=process runs it as a child process): n clients, each connected as its own identity, and the
+ * aggregator run the four steps (secagg-flow.ts); one client dies after sending its masked input and is recovered
+ * by Shamir shares. The aggregator learns the weighted sum only (a single masked input decodes to noise), and the
+ * server denies a client every other client's secagg subject; a message on its own subject claiming another sender
+ * is rejected at the boundary.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
+import { decodeSum, makeEncoding, seededBytes, secAggErrorBound, SecAggError } from '../../privacy/src/index.js';
+import { generateJobAuth, type NatsIdentity } from '../src/auth.js';
+import { connectTransport } from '../src/connection.js';
+import {
+  PROTOCOL_VERSION,
+  SecAggMaskedSchema,
+  decodeMessage,
+  encodeMessage,
+  type SecAggPlan,
+} from '../src/messages.js';
+import { runSecAggAggregator, runSecAggClient, secAggConfigOf } from '../src/secagg-flow.js';
+import {
+  parseSecAggClientSubject,
+  secAggClientSubject,
+  secAggSharesSubject,
+  secAggStepPattern,
+} from '../src/subjects.js';
+import { waitFor } from './support/nats.js';
+import { hasNatsServer, startPrivateNats, NATS_SERVER_BIN, type PrivateNats } from './support/nats-server.js';
+
+const skip = !hasNatsServer && `${NATS_SERVER_BIN} not installed`;
+const JOB = 'sajob';
+const CLIENTS = ['c0', 'c1', 'c2', 'c3', 'c4'];
+const L = 96;
+
+interface Denial {
+  operation: string;
+  subject: string;
+}
+
+async function connectAs(server: PrivateNats, who: NatsIdentity): Promise<{ nc: NatsConnection; denials: Denial[] }> {
+  const file = join(server.dir, `${who.name}.nk`);
+  await writeFile(file, `${who.seed}\n`, { mode: 0o600 });
+  const nc = await connectTransport(server.url, {
+    env: { NATS_CREDS_FILE: file, NATS_INBOX_PREFIX: who.inboxPrefix },
+  });
+  const denials: Denial[] = [];
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'error' && s.error.name === 'PermissionViolationError') {
+        const e = s.error as Error & { operation: string; subject: string };
+        denials.push({ operation: e.operation, subject: e.subject });
+      }
+    }
+  })();
+  return { nc, denials };
+}
+
+function plan(round: number, threshold: number): SecAggPlan {
+  return {
+    protocolVersion: PROTOCOL_VERSION,
+    jobId: JOB,
+    round,
+    roundId: `${JOB}/${round}/test`,
+    clients: CLIENTS,
+    threshold,
+    vectorLength: L,
+    clipRange: 1,
+    maxWeight: 1000,
+    graph: { kind: 'complete' },
+  };
+}
+
+/** Client i's input: values in [-1, 1), weight 100 + 50 i. */
+function input(i: number): { values: Float32Array; weight: number } {
+  const b = seededBytes(`input/${i}`)(4 * L);
+  return {
+    values: Float32Array.from({ length: L }, (_, k) => b.readUInt32LE(4 * k) / 2 ** 31 - 1),
+    weight: 100 + 50 * i,
+  };
+}
+
+describe('secure aggregation over NATS with per-client identities', { skip }, () => {
+  const auth = generateJobAuth({ jobId: JOB, clients: CLIENTS, services: ['aggregator'] });
+  const who = (name: string): NatsIdentity => auth.identities.find((i) => i.name === name)!;
+  let server: PrivateNats;
+  let agg: { nc: NatsConnection; denials: Denial[] };
+  const clients = new Map<string, { nc: NatsConnection; denials: Denial[] }>();
+
+  before(async () => {
+    server = await startPrivateNats(() => auth.config);
+    agg = await connectAs(server, who('service-aggregator'));
+    for (const c of CLIENTS) clients.set(c, await connectAs(server, who(`client-${c}`)));
+  });
+  after(async () => {
+    for (const c of clients.values()) await c.nc.close();
+    await agg?.nc.close();
+    await server?.stop();
+  });
+
+  test('n clients run the four steps; one dies after masking and is recovered; the aggregator learns only the sum', async () => {
+    const p = plan(1, 3);
+    // What the aggregator's identity receives on the masked subjects, raw (the spy is the aggregator itself).
+    const masked: Msg[] = [];
+    agg.nc.subscribe(secAggStepPattern(JOB, 1, 'masked'), {
+      callback: (_e, m) => {
+        masked.push(m);
+      },
+    });
+    await agg.nc.flush();
+    const rejected: string[] = [];
+    const aggregation = runSecAggAggregator({
+      nc: agg.nc,
+      plan: p,
+      stepTimeoutMs: 3000,
+      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+    });
+    await new Promise((r) => setTimeout(r, 100)); // the aggregator subscribes first (it flushes before collecting)
+    // c0 forges a masked input of c1's on its own subject: NATS lets it through, the envelope check rejects it.
+    const c0 = clients.get('c0')!;
+    const forged = encodeMessage(
+      SecAggMaskedSchema,
+      {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId: JOB,
+        round: 1,
+        clientId: 'c0',
+        body: { type: 'secagg.masked', roundId: p.roundId, sender: 'c0', masked: 'AAAA' },
+      },
+      'test',
+    );
+    const asC1 = JSON.parse(new TextDecoder().decode(forged)) as { body: { sender: string } };
+    asC1.body.sender = 'c1';
+    c0.nc.publish(secAggClientSubject(JOB, 1, 'masked', 'c0'), JSON.stringify(asC1));
+    // ... and on c1's subject: the server denies the publish.
+    c0.nc.publish(secAggClientSubject(JOB, 1, 'masked', 'c1'), JSON.stringify(asC1));
+    const runs = CLIENTS.map((c, i) =>
+      runSecAggClient({
+        nc: clients.get(c)!.nc,
+        plan: p,
+        clientId: c,
+        input: input(i),
+        stepTimeoutMs: 10_000,
+        ...(c === 'c3' ? { stopAfter: 'masked' as const } : {}),
+      }),
+    );
+    const done = await Promise.all(runs);
+    assert.deepEqual(
+      done.map((d) => d.completed),
+      ['unmask', 'unmask', 'unmask', 'masked', 'unmask'],
+    );
+    const r = await aggregation;
+    assert.deepEqual([...r.survivors].toSorted(), CLIENTS, 'c3 dropped after masking and is still in the sum');
+    assert.deepEqual(r.dropped, []);
+    // The sum equals the plaintext weighted sum within the stated quantisation bound.
+    const bound = secAggErrorBound(secAggConfigOf(p));
+    assert.ok(bound < 1e-9);
+    let weightSum = 0;
+    const want = new Float64Array(L);
+    CLIENTS.forEach((_, i) => {
+      const x = input(i);
+      weightSum += x.weight;
+      x.values.forEach((v, k) => (want[k]! += x.weight * v));
+    });
+    assert.equal(r.weightSum, weightSum);
+    for (let k = 0; k < L; k++) {
+      // float32 result: add its rounding to the quantisation bound.
+      assert.ok(Math.abs(r.sum[k]! - want[k]!) <= bound + Math.abs(want[k]!) * 2 ** -23, `element ${k}`);
+    }
+    // The forgery on c0's own subject was rejected at the boundary, naming the field.
+    assert.ok(
+      rejected.some((x) => /secagg\.masked\.c0: .*body\.sender.*not the client of the message/.test(x)),
+      rejected.join('\n'),
+    );
+    // The publish on c1's subject was denied by the server and never reached the aggregator.
+    await waitFor('the publish denial', () => c0.denials.some((d) => d.operation === 'publish'));
+    assert.deepEqual(c0.denials, [{ operation: 'publish', subject: `fl.${JOB}.round.1.secagg.masked.c1` }]);
+    const fromSubject = masked.map((m) => parseSecAggClientSubject(m.subject)!.clientId);
+    assert.equal(fromSubject.filter((c) => c === 'c1').length, 1, 'only c1 itself published on its subject');
+    // A single masked input the aggregator saw decodes to noise, not to that client's weighted input.
+    const enc = makeEncoding({ clipRange: 1, maxClients: CLIENTS.length, maxWeight: 1000 });
+    for (const m of masked) {
+      const d = decodeMessage(SecAggMaskedSchema, m.data, m.subject);
+      if (!d.ok || d.value.body.sender !== d.value.clientId) continue;
+      const bytes = Buffer.from(d.value.body.masked, 'base64');
+      if (bytes.length !== 8 * (L + 1)) continue;
+      const words = new Uint32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+      const single = decodeSum(enc, words);
+      const i = CLIENTS.indexOf(d.value.clientId);
+      const x = input(i);
+      assert.notEqual(single.weightSum, x.weight, `the weight of ${d.value.clientId} is masked`);
+      const close = x.values.filter((v, k) => Math.abs(single.sum[k]! - x.weight * v) < 1).length;
+      assert.ok(close < 3, `masked input of ${d.value.clientId} resembles its input (${close} elements)`);
+    }
+  });
+
+  test("a client identity cannot read another client's shares or any client's secagg uploads", async () => {
+    const c0 = clients.get('c0')!;
+    for (const subject of [
+      secAggSharesSubject(JOB, 2, 'c1'),
+      `fl.${JOB}.round.*.secagg.shares.*`,
+      secAggStepPattern(JOB, 2, 'masked'),
+      secAggClientSubject(JOB, 2, 'share-keys', 'c2'),
+      secAggClientSubject(JOB, 2, 'unmask', 'c0'),
+    ]) {
+      const err = await new Promise<Error>((resolve) => {
+        c0.nc.subscribe(subject, {
+          callback: (e) => {
+            if (e) resolve(e);
+          },
+        });
+      });
+      assert.equal(err.name, 'PermissionViolationError', subject);
+      assert.equal((err as Error & { operation: string }).operation, 'subscription', subject);
+    }
+    for (const step of ['advertise', 'share-keys', 'unmask'] as const) {
+      c0.nc.publish(secAggClientSubject(JOB, 2, step, 'c4'), '{}');
+      await waitFor(`the ${step} denial`, () =>
+        c0.denials.some((d) => d.subject === `fl.${JOB}.round.2.secagg.${step}.c4`),
+      );
+    }
+  });
+
+  test('more than n - t clients dying after masking fails the round with a clear error', async () => {
+    const p = plan(3, 4); // n = 5, t = 4: one may drop; two die
+    const aggregation = runSecAggAggregator({ nc: agg.nc, plan: p, stepTimeoutMs: 1500 });
+    aggregation.catch(() => {});
+    await new Promise((r) => setTimeout(r, 100));
+    await Promise.all(
+      CLIENTS.map((c, i) =>
+        runSecAggClient({
+          nc: clients.get(c)!.nc,
+          plan: p,
+          clientId: c,
+          input: input(i),
+          stepTimeoutMs: 10_000,
+          ...(c === 'c1' || c === 'c2' ? { stopAfter: 'masked' as const } : {}),
+        }),
+      ),
+    );
+    await assert.rejects(
+      aggregation,
+      (e: unknown) =>
+        e instanceof SecAggError &&
+        /cannot unmask the sum \(3 of 5 survivors answered/.test(e.message) &&
+        /self-mask seed of c1: 3 shares available .* 4 needed/.test(e.message),
+    );
+  });
+});
