@@ -15,11 +15,11 @@
  * Permissions name the job id, so a new job id needs new identities. DIR must be empty or missing (existing
  * credentials are never overwritten) unless --force.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadJobSpec, type JobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { demoFederationDir } from '../libs/fedbiot/src/federation.js';
+import { demoFederationDir, readManifest } from '../libs/fedbiot/src/federation.js';
 import { defaultCacheRoot } from '../libs/model/src/graph-store.js';
 import { generateJobAuth } from '../libs/protocol/src/auth.js';
 
@@ -60,20 +60,16 @@ function parseArgs(argv: readonly string[]): Args {
   return { job, out, credentials, force, ...(clients ? { clients } : {}) };
 }
 
-/** The client ids of the job's federation manifest. */
+/** The client ids of the job's federation manifest (a folder holding one, or its path), validated like a job's. */
 async function clientsOf(spec: JobSpec, specFile: string): Promise<string[]> {
   const where = spec.data.federation;
-  const dir = where === 'demo' ? await demoFederationDir(defaultCacheRoot(), spec.job.seed) : resolve(where);
-  const manifest = join(dir, 'manifest.json');
+  const p = where === 'demo' ? await demoFederationDir(defaultCacheRoot(), spec.job.seed) : resolve(where);
+  const manifest = existsSync(p) && statSync(p).isFile() ? p : join(p, 'manifest.json');
   if (!existsSync(manifest))
     throw new Error(
-      `${specFile}: data.federation ${dir} has no manifest.json to take the client ids from; pass --clients a,b,c`,
+      `${specFile}: data.federation ${p} has no manifest.json to take the client ids from; pass --clients a,b,c`,
     );
-  const parsed = JSON.parse(readFileSync(manifest, 'utf8')) as { clients?: { id?: unknown }[] };
-  const ids = (parsed.clients ?? []).map((c) => c.id);
-  if (ids.length === 0 || !ids.every((id): id is string => typeof id === 'string'))
-    throw new Error(`${manifest}: "clients" must list clients with string ids`);
-  return ids;
+  return (await readManifest(manifest)).clients.map((c) => c.id);
 }
 
 async function main(): Promise<void> {

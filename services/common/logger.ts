@@ -3,6 +3,7 @@
  * sink (tests). Also Nest's LoggerService, so framework messages come out in the same shape.
  */
 import type { LoggerService } from '@nestjs/common';
+import { logLevelFromEnv, logs } from '../../libs/fedbiot/src/log-level.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface LogRecord {
@@ -13,7 +14,12 @@ export interface LogRecord {
   readonly [field: string]: unknown;
 }
 
+const NEST_STARTUP = new Set(['NestFactory', 'InstanceLoader', 'RoutesResolver', 'RouterExplorer', 'NestApplication']);
+
 export class JsonLogger implements LoggerService {
+  /** LOG_LEVEL: records below it are dropped (default info, so debug records are not written). */
+  private readonly min = logLevelFromEnv();
+
   constructor(
     readonly service: string,
     private readonly sink: (r: LogRecord) => void = (r) => process.stdout.write(JSON.stringify(r) + '\n'),
@@ -21,6 +27,7 @@ export class JsonLogger implements LoggerService {
 
   /** One record with extra fields (never put secrets in them). */
   write(level: LogLevel, msg: string, fields: Record<string, unknown> = {}): void {
+    if (!logs(level, this.min)) return;
     this.sink({ time: new Date().toISOString(), level, service: this.service, msg, ...fields });
   }
 
@@ -30,7 +37,8 @@ export class JsonLogger implements LoggerService {
 
   // LoggerService: Nest passes (message, context?) and for errors (message, stack?, context?).
   log(message: unknown, context?: string): void {
-    this.write('info', String(message), context ? { context } : {});
+    // Nest's start-up lines (modules loaded, routes mapped) are framework detail: debug, under LOG_LEVEL=debug.
+    this.write(context && NEST_STARTUP.has(context) ? 'debug' : 'info', String(message), context ? { context } : {});
   }
   error(message: unknown, ...rest: unknown[]): void {
     this.write('error', String(message), rest.length ? { detail: rest.map(String) } : {});

@@ -38,6 +38,7 @@ export {
   ALPACA_PROMPT_INPUT,
   ALPACA_PROMPT_NO_INPUT,
   formatAlpacaPrompt,
+  promptRecord,
   renderExample,
   responseOf,
   tokenizeExample,

@@ -61,6 +61,34 @@ export function renderExample(example: Example, template: PromptTemplate, tokeni
   throw new TokenizationError(`${where}: template "${t}" does not apply to a ${example.format} record`);
 }
 
+/**
+ * The record a generation prompt stands for under a template, so that tokenizePrompt gives exactly the tokens that
+ * training put before a response: `alpaca` makes the text an instruction (with an optional input), `raw` a prompt
+ * used as is, `chat` one user turn (or, given messages, the conversation so far).
+ */
+export function promptRecord(
+  prompt: string | readonly ChatMessage[],
+  template: Exclude<PromptTemplate, 'auto'>,
+  opts: { readonly input?: string; readonly source?: string } = {},
+): Example {
+  const base = { extra: {}, source: { file: opts.source ?? 'prompt', line: 1 } };
+  if (typeof prompt !== 'string') {
+    if (template !== 'chat')
+      throw new TokenizationError(`${base.source.file}: a conversation needs the chat template, not "${template}"`);
+    // renderExample's chat prompt is every message but the last (the response being trained): an empty reply.
+    return { ...base, format: 'chat', messages: [...prompt, { role: 'assistant', content: '' }] };
+  }
+  const input = opts.input ?? '';
+  switch (template) {
+    case 'alpaca':
+      return { ...base, format: 'alpaca', instruction: prompt, input, output: '' };
+    case 'raw':
+      return { ...base, format: 'prompt-completion', prompt: joinInput(prompt, input), completion: '' };
+    case 'chat':
+      return { ...base, format: 'chat', messages: asChat(joinInput(prompt, input), '') };
+  }
+}
+
 /** The reference response of an example (alpaca output, completion, last assistant turn, or the text). */
 export function responseOf(example: Example): string {
   switch (example.format) {

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chunkCorpus, packBatch } from '../src/batch.js';
 import { TokenizationError } from '../src/errors.js';
-import { formatAlpacaPrompt, renderExample, tokenizeExample, tokenizePrompt } from '../src/templates.js';
+import { formatAlpacaPrompt, promptRecord, renderExample, tokenizeExample, tokenizePrompt } from '../src/templates.js';
 import type { Example } from '../src/types.js';
 import { alpaca, charTokenizer, chars, smallDemoTokenizer } from './helpers.js';
 
@@ -172,4 +172,22 @@ test('chunkCorpus: BOS + text + EOS per document, one stream, fixed windows, fir
     ],
   ); // the trailing [2] is shorter than minTokens (2) and dropped
   assert.deepEqual(w[0].lossMask, [0, 1, 1, 1]);
+});
+
+test('promptRecord: a generation prompt gets exactly the prompt tokens training put before the response', () => {
+  const { tokenizer } = smallDemoTokenizer();
+  const trained = tokenizeExample(alpaca('Add.', '1 and 2', '3'), tokenizer, { maxLength: 128 });
+  const asked = tokenizePrompt(promptRecord('Add.', 'alpaca', { input: '1 and 2' }), tokenizer, { template: 'alpaca' });
+  assert.deepEqual(asked, trained.inputIds.slice(0, trained.promptLength));
+  const chat = promptRecord([{ role: 'user', content: 'What is 2 plus 3?' }], 'chat');
+  assert.equal(renderExample(chat, 'chat', tokenizer).prompt, '<s>### User:\nWhat is 2 plus 3?\n\n### Assistant:\n');
+  assert.equal(
+    renderExample(promptRecord('Add.', 'chat'), 'chat', tokenizer).prompt,
+    '<s>### User:\nAdd.\n\n### Assistant:\n',
+  );
+  assert.equal(renderExample(promptRecord('2 + 3 =', 'raw'), 'raw').prompt, '2 + 3 =');
+  assert.throws(
+    () => promptRecord([{ role: 'user', content: 'x' }], 'alpaca', { source: '--chat' }),
+    /--chat: a conversation needs the chat template, not "alpaca"/,
+  );
 });

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { extname } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { EXAMPLE_FORMATS } from '../../data/src/types.js';
@@ -120,7 +121,7 @@ const loraSection = z.strictObject({
     .default(() => [...D.lora.targets]),
 });
 
-const partitionSection = z
+const partitionObject = z
   .strictObject({
     kind: z.enum(['iid', 'dirichlet', 'by-field']).default(D.data.partition.kind),
     /** Dirichlet concentration (kind dirichlet). */
@@ -133,15 +134,21 @@ const partitionSection = z
   .superRefine((p, ctx) => {
     // Section-level, so these are reported together with problems elsewhere in the spec (zod skips a refinement
     // whose own object already failed, not one whose siblings did).
+    const field = (kind: string): string =>
+      `required when kind is ${kind}: the record field that holds each example's ${kind === 'by-field' ? 'client (one client per value)' : 'label'}, ` +
+      `e.g. partition: {kind: ${kind}, field: category${kind === 'dirichlet' ? ', alpha: 0.5' : ''}}`;
     if (p.kind === 'dirichlet' && p.alpha === undefined)
-      ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'required when kind is dirichlet' });
+      ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'required when kind is dirichlet (e.g. 0.5)' });
     if (p.kind === 'dirichlet' && p.field === undefined)
-      ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is dirichlet (the label field)' });
+      ctx.addIssue({ code: 'custom', path: ['field'], message: field('dirichlet') });
     if (p.kind === 'by-field' && p.field === undefined)
-      ctx.addIssue({ code: 'custom', path: ['field'], message: 'required when kind is by-field' });
+      ctx.addIssue({ code: 'custom', path: ['field'], message: field('by-field') });
     if (p.kind !== 'dirichlet' && p.alpha !== undefined)
       ctx.addIssue({ code: 'custom', path: ['alpha'], message: 'only applies to kind dirichlet' });
   });
+
+/** `partition: iid` is shorthand for `partition: {kind: iid}` (by-field and dirichlet still need their field). */
+const partitionSection = z.preprocess((v) => (typeof v === 'string' ? { kind: v } : v), partitionObject);
 
 const dataSection = z.strictObject({
   /** 'demo' (the built-in federation) or a path to a federation folder or manifest. */
@@ -357,6 +364,8 @@ export function applyOverrides(raw: unknown, overrides: readonly string[], sourc
     for (let i = 0; i < path.length - 1; i++) {
       const next = target[path[i]];
       if (next === undefined || next === null) target[path[i]] = {};
+      else if (typeof next === 'string' && path.slice(0, i + 1).join('.') === 'data.partition')
+        target[path[i]] = { kind: next }; // `partition: by-field` in the file, `--set data.partition.field=x` here
       else if (!isPlainObject(next)) {
         issues.push({
           file: source,
@@ -401,8 +410,50 @@ export async function loadJobSpec(file: string, overrides: readonly string[] = [
   } catch (e) {
     throw new JobSpecError([{ file, path: '', message: `cannot read: ${(e as Error).message}` }]);
   }
-  const raw = applyOverrides(parseJobSpec(text, file), overrides);
+  // Paths written in the file are the file's (a config beside its data works from any folder); paths given as
+  // overrides on the command line stay relative to the current folder, like any command-line path.
+  const raw = applyOverrides(rebasePaths(parseJobSpec(text, file), dirname(resolve(file))), overrides);
   return resolveJobSpec(raw, overrides.length === 0 ? file : `${file} (with overrides)`);
+}
+
+/** The spec's path fields: relative ones in a spec file are resolved against the file's folder. */
+export const PATH_FIELDS = [
+  ['job', 'outDir'],
+  ['model', 'checkpoint'],
+  ['data', 'federation'],
+  ['alignment', 'publicData'],
+] as const;
+
+/** A copy of `raw` with every relative path of PATH_FIELDS made absolute against `baseDir` ('demo' is no path). */
+export function rebasePaths(raw: unknown, baseDir: string): unknown {
+  if (!isPlainObject(raw)) return raw;
+  const out: Record<string, unknown> = { ...raw };
+  for (const [section, key] of PATH_FIELDS) {
+    const sec = out[section];
+    if (!isPlainObject(sec)) continue;
+    const v = sec[key];
+    if (typeof v !== 'string' || v === '' || isAbsolute(v) || (section === 'data' && v === 'demo')) continue;
+    out[section] = { ...sec, [key]: resolve(baseDir, v) };
+  }
+  return out;
+}
+
+/**
+ * Checks what the standalone job needs of the model folder (config.json, tokenizer.json) before any model work.
+ * Cheap, so a job runs it before it creates its run folder.
+ */
+export function checkModelPath(spec: JobSpec): void {
+  const dir = resolve(spec.model.checkpoint);
+  if (!existsSync(dir)) {
+    const hint =
+      spec.model.checkpoint === D.model.checkpoint
+        ? ' (the default, the demo model, is relative to the current folder: run from the fedbiot-ts folder or set model.checkpoint)'
+        : '';
+    throw new Error(`model.checkpoint: ${dir} does not exist${hint}`);
+  }
+  for (const f of ['config.json', 'tokenizer.json'])
+    if (!existsSync(join(dir, f)))
+      throw new Error(`model.checkpoint: ${dir} has no ${f} (expected a Hugging Face model folder with its tokenizer)`);
 }
 
 /** A zod issue path as written in messages: `lora.targets[1]`. */
@@ -429,6 +480,8 @@ function issueLines(i: z.core.$ZodIssue, file: string): JobSpecIssue[] {
 interface SchemaDef {
   readonly type: string;
   readonly innerType?: z.ZodType;
+  /** A pipe's (preprocess's) output schema. */
+  readonly out?: z.ZodType;
   readonly shape?: Record<string, z.ZodType>;
   readonly entries?: Record<string, unknown>;
 }
@@ -437,11 +490,15 @@ function defOf(s: z.ZodType): SchemaDef {
   return (s as unknown as { def: SchemaDef }).def;
 }
 
-/** Strips optional/default/prefault/nullable wrappers. */
+/** Strips optional/default/prefault/nullable wrappers and preprocessing (partition's shorthand). */
 function unwrap(s: z.ZodType): z.ZodType {
   let cur = s;
   for (;;) {
     const d = defOf(cur);
+    if (d.type === 'pipe' && d.out !== undefined) {
+      cur = d.out;
+      continue;
+    }
     if (d.innerType === undefined || !['optional', 'default', 'prefault', 'nullable', 'readonly'].includes(d.type))
       return cur;
     cur = d.innerType;

@@ -9,6 +9,7 @@ import { existsSync, statSync } from 'node:fs';
 import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
 import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream } from './batches.js';
@@ -20,12 +21,13 @@ import {
   type RoundPorts,
 } from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
-import type { JobSpec } from './job-spec.js';
-import { progress } from './progress.js';
+import { checkModelPath, type JobSpec } from './job-spec.js';
+import { progress, roundsEta } from './progress.js';
 import {
   AlignmentServer,
   clientSettingsFor,
   copyLora,
+  evalBatches,
   evalVariant,
   evaluateVariant,
   initialLora,
@@ -35,6 +37,7 @@ import {
 } from './roles.js';
 import {
   createRunDir,
+  discardUnstartedRun,
   loadLatestCheckpoint,
   readMetrics,
   saveCheckpoint,
@@ -52,6 +55,8 @@ import { writeFileAtomic } from '../../engine/src/safetensors.js';
 export interface JobOptions {
   /** Reopen runs/<job.id> and continue from its last completed round. */
   readonly resume?: boolean;
+  /** Delete an earlier run folder of job.id and start afresh (createRunDir). */
+  readonly overwrite?: boolean;
   /** Lines for the user (progress goes to stderr through progress()). */
   readonly log?: (line: string) => void;
   /** Called after each checkpoint is on disk (tests use it to stop a job at a given point). */
@@ -106,14 +111,19 @@ async function evaluateOn(
   clients: readonly ClientData[] = ctx.data.clients,
 ): Promise<{ method: string; client: string; scores: EvalScores }[]> {
   const out: { method: string; client: string; scores: EvalScores }[] = [];
+  const batch = ctx.spec.clients.batchSize;
+  const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, batch), 0);
+  const bar = total > 0 ? progress(`${method} evaluation`, total) : undefined;
   for (const c of clients) {
     const scores = await evaluateVariant(ctx.lm, variantFor(c), c.test, c.testItems, {
-      batch: ctx.spec.clients.batchSize,
+      batch,
       seq: ctx.seq,
       maxNewTokens: ctx.spec.eval.maxNewTokens,
+      onBatch: () => bar?.tick(1, c.id),
     });
     out.push({ method, client: c.id, scores });
   }
+  bar?.done();
   out.push({ method, client: 'all', scores: pooled(out.map((o) => o.scores)) });
   return out;
 }
@@ -198,9 +208,11 @@ async function runFederated(
     await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
   }
   const settings = clientSettingsFor(spec);
+  const eta = roundsEta(spec.job.rounds);
   const privacy = privacyFor(spec, cfg.phase, data.clients.length, resumeFrom?.json['privacy'], ctx.log);
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
+      eta.begin(round);
       const out: ClientRoundResult[] = [];
       const bar = progress(
         `${cfg.phase} round ${round + 1}/${spec.job.rounds} local training`,
@@ -225,10 +237,11 @@ async function runFederated(
     },
     align: async (adapterNow, steps) => {
       if (!server || steps === 0) return null;
-      const bar = progress(`${cfg.phase} alignment (${steps} steps)`, 1);
-      const stats = await server.align(adapterNow, steps);
-      bar.tick(1, `L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
-      bar.done();
+      const bar = progress(`${cfg.phase} alignment`, steps);
+      const stats = await server.align(adapterNow, steps, (s) =>
+        bar.tick(1, `L2 ${s.l2.toFixed(4)} KL ${s.kl.toFixed(4)}`),
+      );
+      bar.done(`L2 ${stats.l2.toFixed(4)} KL ${stats.kl.toFixed(4)}`);
       return { emulator: server.emulator, stats };
     },
     evaluate: async (round, adapterNow, emulatorNow) => {
@@ -240,7 +253,7 @@ async function runFederated(
       const all = rows
         .filter((r) => r.client === 'all')
         .map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
-      ctx.log(`  round ${round}: ${all.join(' | ')}`);
+      ctx.log(`  round ${round}: ${all.join(' | ')}${eta.after(round)}`);
       return rows;
     },
   };
@@ -344,7 +357,15 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
 export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const t0 = performance.now();
-  const run = await createRunDir(spec.job.outDir, spec.job.id, spec, { resume: opts.resume === true });
+  // Every input check (model folder, federation files and records, partition, public data, templates and
+  // tokenization) before a run folder exists or a model loads: a mistake in the inputs costs seconds, leaves nothing.
+  checkModelPath(spec);
+  const cacheRoot = defaultCacheRoot();
+  const data = await loadFederation(spec, await loadTokenizer(spec.model.checkpoint), cacheRoot);
+  const run = await createRunDir(spec.job.outDir, spec.job.id, spec, {
+    resume: opts.resume === true,
+    overwrite: opts.overwrite === true,
+  });
   const runDir = resolve(run.dir);
   const checkpoint = run.resumed ? await loadLatestCheckpoint(runDir) : undefined;
   const resumePhase = checkpoint ? ((checkpoint.json as { phase: Phase }).phase ?? 'base') : undefined;
@@ -377,15 +398,12 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     );
   }
   const metrics = await MetricsLog.open(runDir);
-  const cacheRoot = defaultCacheRoot();
   const lm = await CausalLM.load(spec.model.checkpoint, {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
     ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
   });
   try {
-    if (!lm.tokenizer) throw new Error(`model.checkpoint: ${spec.model.checkpoint} has no tokenizer.json`);
-    const data = await loadFederation(spec, lm.tokenizer, cacheRoot);
     log(
       `model ${spec.model.checkpoint}: ${lm.config.numLayers} layers, d=${lm.config.hiddenSize}, ${lm.checkpoint?.parameterCount()} parameters`,
     );
@@ -459,7 +477,13 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
       const adapterDir = join(runDir, 'adapter');
-      await savePeftAdapter(adapterDir, renamed(mainState.adapter, 'default'), lm.config, spec.model.checkpoint);
+      // An absolute base path: peft resolves a relative one against the loading process's folder.
+      await savePeftAdapter(
+        adapterDir,
+        renamed(mainState.adapter, 'default'),
+        lm.config,
+        resolve(spec.model.checkpoint),
+      );
       await exportMerged(
         join(runDir, 'merged-model'),
         lm.config,
@@ -538,6 +562,10 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     return { runDir, table };
+  } catch (e) {
+    metrics.close();
+    if (await discardUnstartedRun(run)) log(`removed ${runDir}: the run failed before its first checkpoint`);
+    throw e;
   } finally {
     metrics.close();
     await lm.release();

@@ -1,4 +1,5 @@
 import cliProgress from 'cli-progress';
+import { logLevelFromEnv, logs } from './log-level.js';
 
 /**
  * Progress for long steps (pre-alignment, local training, evaluation): a live bar when the output is a terminal,
@@ -28,12 +29,15 @@ export interface ProgressOptions {
 
 /**
  * Starts a progress display for `total` steps (a positive integer).
- * Plain mode prints `<label>: <value>/<total> (<pct>%) <info>` each time progress crosses a multiple of
- * `everyPercent`, and `<label>: done <total>/<total> in <s>s <info>` at done().
+ * Plain mode prints `<label>: <value>/<total> (<pct>%, ~<eta> left) <info>` each time progress crosses a multiple of
+ * `everyPercent` (the estimate once time has passed: the mean step time so far times the steps left), and
+ * `<label>: done <total>/<total> in <s>s <info>` at done().
  */
 export function progress(label: string, total: number, opts: ProgressOptions = {}): Progress {
   if (!Number.isInteger(total) || total < 1)
     throw new RangeError(`progress(${label}): total must be an integer >= 1, got ${total}`);
+  // LOG_LEVEL=warn or error: progress is chatter; a given stream (tests) is always written.
+  if (opts.stream === undefined && !logs('info', levelOrInfo())) return { tick() {}, done() {} };
   const stream = opts.stream ?? process.stderr;
   const tty = opts.tty ?? (stream.isTTY === true && process.env['CI'] === undefined);
   return tty
@@ -105,7 +109,9 @@ function lineProgress(
       if (finished) return;
       value = Math.min(total, value + n);
       if (value >= nextMark && value < total) {
-        stream.write(`${label}: ${value}/${total} (${Math.floor((100 * value) / total)}%)${suffix(info)}\n`);
+        const elapsed = now() - start;
+        const eta = elapsed > 0 ? `, ~${formatDuration((elapsed / value) * (total - value))} left` : '';
+        stream.write(`${label}: ${value}/${total} (${Math.floor((100 * value) / total)}%${eta})${suffix(info)}\n`);
         while (nextMark <= value) nextMark += step;
       }
     },
@@ -114,6 +120,52 @@ function lineProgress(
       finished = true;
       const secs = ((now() - start) / 1000).toFixed(1);
       stream.write(`${label}: done ${value}/${total} in ${secs}s${suffix(info)}\n`);
+    },
+  };
+}
+
+/** 42s, 3m05s, 1h02m: what a person reads at a glance. */
+export function formatDuration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** LOG_LEVEL for progress: a bad value is the entry point's to report (bin/main.ts does); progress never throws. */
+function levelOrInfo(): ReturnType<typeof logLevelFromEnv> {
+  try {
+    return logLevelFromEnv();
+  } catch {
+    return 'info';
+  }
+}
+
+/**
+ * The time left in a phase of `total` rounds, from the mean time of the rounds run so far in this process (a
+ * resumed phase counts from where it resumed; the pre-alignment before the first round is not a round).
+ */
+export function roundsEta(
+  total: number,
+  now: () => number = Date.now,
+): {
+  /** Call as round `round` (0-based) starts. */
+  begin(round: number): void;
+  /** After `completed` rounds: `; ~3m05s left` (or '' when nothing is known or left). */
+  after(completed: number): string;
+} {
+  let t0: number | undefined;
+  let first = 0;
+  return {
+    begin(round) {
+      if (t0 !== undefined) return;
+      t0 = now();
+      first = round;
+    },
+    after(completed) {
+      const ran = completed - first;
+      if (t0 === undefined || ran <= 0 || completed >= total) return '';
+      return `; ~${formatDuration(((now() - t0) / ran) * (total - completed))} left`;
     },
   };
 }

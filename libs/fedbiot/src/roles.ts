@@ -124,8 +124,15 @@ export class AlignmentServer {
     return this.stream.state;
   }
 
-  /** Runs `steps` alignment steps against `adapter`; updates and returns the emulator LoRA. */
-  async align(adapter: LoraWeights, steps: number): Promise<AlignmentStats> {
+  /**
+   * Runs `steps` alignment steps against `adapter`; updates and returns the emulator LoRA. `onStep` hears each
+   * step's losses (progress).
+   */
+  async align(
+    adapter: LoraWeights,
+    steps: number,
+    onStep?: (s: { loss: number; l2: number; kl: number }) => void,
+  ): Promise<AlignmentStats> {
     let sum = { loss: 0, l2: 0, kl: 0 };
     if (steps === 0) return { ...sum, steps: 0 };
     const trainer = await this.ensureTrainer();
@@ -156,6 +163,7 @@ export class AlignmentServer {
       }
       const r = await trainer.step([feeds], ['l2', 'kl']);
       sum = { loss: sum.loss + r.loss, l2: sum.l2 + r.extras['l2']!, kl: sum.kl + r.extras['kl']! };
+      onStep?.({ loss: r.loss, l2: r.extras['l2']!, kl: r.extras['kl']! });
     }
     this.emulator = { spec: this.emulator.spec, tensors: trainer.params };
     return { loss: sum.loss / steps, l2: sum.l2 / steps, kl: sum.kl / steps, steps };
@@ -400,13 +408,21 @@ export interface EvalScores {
   readonly items: number;
 }
 
-/** Test loss and exact-match accuracy of one model variant on one test set. */
+/** Forward passes evaluateVariant makes for a test set: its loss batches, then its generation batches. */
+export function evalBatches(test: readonly unknown[], items: readonly unknown[], batch: number): number {
+  return Math.ceil(test.length / batch) + Math.ceil(items.length / batch);
+}
+
+/**
+ * Test loss and exact-match accuracy of one model variant on one test set. `onBatch` is called after each of the
+ * evalBatches(...) batches (progress).
+ */
 export async function evaluateVariant(
   lm: CausalLM,
   variant: { layers?: readonly number[]; loras?: readonly LoraWeights[] },
   test: readonly TokenizedExample[],
   items: readonly EvalItem[],
-  opts: { batch: number; seq: number; maxNewTokens: number },
+  opts: { batch: number; seq: number; maxNewTokens: number; onBatch?: () => void },
 ): Promise<EvalScores> {
   let nll = 0;
   let tokens = 0;
@@ -414,6 +430,7 @@ export async function evaluateVariant(
     const r = await lm.lossSum(toTokenBatch(group, opts.batch, opts.seq, 0), variant);
     nll += r.nllSum;
     tokens += r.tokens;
+    opts.onBatch?.();
   }
   let correct = 0;
   for (const group of chunks(items, opts.batch)) {
@@ -425,6 +442,7 @@ export async function evaluateVariant(
       const text = lm.tokenizer ? lm.tokenizer.decode(outs[i]!, { skipSpecialTokens: true }) : '';
       if (exactMatch(text, item.answer)) correct++;
     });
+    opts.onBatch?.();
   }
   return {
     testLoss: nll / Math.max(tokens, 1),

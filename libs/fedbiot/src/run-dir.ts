@@ -35,6 +35,12 @@ export interface CreateRunDirOptions {
    * run with other settings would mix two experiments); the first differing field is named otherwise.
    */
   readonly resume?: boolean;
+  /**
+   * Delete an existing `<outDir>/<jobId>` and start afresh (a run that failed, or one not worth resuming). Only a
+   * run folder (one holding config.resolved.json) or an empty folder is deleted, never another folder that happens to
+   * have the job id's name.
+   */
+  readonly overwrite?: boolean;
 }
 
 /**
@@ -48,17 +54,28 @@ export async function createRunDir(
   config?: unknown,
   opts: CreateRunDirOptions = {},
 ): Promise<RunDir> {
+  if (opts.resume === true && opts.overwrite === true)
+    throw new RunDirError('resume and overwrite exclude each other: resume continues the run, overwrite deletes it');
   await mkdir(outDir, { recursive: true });
   if (jobId !== undefined) {
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(jobId))
       throw new RunDirError(`job id "${jobId}" is not a safe folder name`);
     const dir = join(outDir, jobId);
+    if (opts.overwrite === true) await removeRunDir(dir);
     try {
       await mkdir(dir);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       if (opts.resume !== true) {
-        throw new RunDirError(`${dir} already exists; resume it (resume: true / --resume) or choose another job id`);
+        const rounds = await listCheckpoints(dir);
+        const state =
+          rounds.length === 0
+            ? 'it holds no checkpoint: that run stopped before completing any work'
+            : `it holds checkpoints up to ${rounds.at(-1)!.dir}`;
+        throw new RunDirError(
+          `${dir} already exists (job id "${jobId}"; ${state}): --resume continues it, --overwrite deletes it and ` +
+            `starts again, or choose another job.id`,
+        );
       }
       if (config !== undefined) await checkSameConfig(dir, config);
       return { id: jobId, dir, resumed: true };
@@ -81,6 +98,30 @@ export async function createRunDir(
   throw new RunDirError(`could not find a free run id under ${outDir} after 20 attempts`);
 }
 
+/**
+ * After a failure: deletes the run folder if this process created it (not resumed) and it holds no checkpoint yet,
+ * so a run that failed before completing any work does not block its job id. Returns whether it was deleted.
+ */
+export async function discardUnstartedRun(run: RunDir): Promise<boolean> {
+  if (run.resumed || (await listCheckpoints(run.dir)).length > 0) return false;
+  await removeRunDir(run.dir);
+  return true;
+}
+
+/** Deletes a run folder (or an empty folder); refuses any other folder. Absent: nothing to do. */
+async function removeRunDir(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  if (names.length > 0 && !names.includes(CONFIG_FILE))
+    throw new RunDirError(`${dir}: not a run folder (no ${CONFIG_FILE}); --overwrite deletes only run folders`);
+  await rm(dir, { recursive: true, force: true });
+}
+
 async function writeConfig(dir: string, config: unknown): Promise<void> {
   await writeFileAtomic(join(dir, CONFIG_FILE), async (fh) => {
     await fh.writeFile(JSON.stringify(config, null, 2) + '\n', 'utf8');
@@ -96,15 +137,29 @@ async function checkSameConfig(dir: string, config: unknown): Promise<void> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return writeConfig(dir, config);
     throw new RunDirError(`${path}: cannot read the stored config: ${(e as Error).message}`);
   }
-  const diff = firstDifference(stored, JSON.parse(JSON.stringify(config)) as unknown, '');
-  if (diff !== undefined) {
+  const diffs: Difference[] = [];
+  differences(stored, JSON.parse(JSON.stringify(config)) as unknown, '', diffs);
+  if (diffs.length > 0) {
+    const shown = diffs.slice(0, 10).map((d) => `  ${d.path || '(root)'}: was ${show(d.a)}, now ${show(d.b)}`);
+    if (diffs.length > shown.length) shown.push(`  ... and ${diffs.length - shown.length} more`);
     throw new RunDirError(
-      `${path}: cannot resume with a different configuration: ${diff.path || '(root)'} was ${JSON.stringify(diff.a)}, now ${JSON.stringify(diff.b)}`,
+      `${path}: cannot resume with a different configuration (a resumed run must be one experiment); ` +
+        `${diffs.length} field${diffs.length === 1 ? '' : 's'} changed:\n${shown.join('\n')}\n` +
+        `Undo the change to resume, or start again with --overwrite (deletes the run) or another job.id.`,
     );
   }
 }
 
-function firstDifference(a: unknown, b: unknown, path: string): { path: string; a: unknown; b: unknown } | undefined {
+interface Difference {
+  readonly path: string;
+  readonly a: unknown;
+  readonly b: unknown;
+}
+
+const show = (v: unknown): string => (v === undefined ? '(absent)' : JSON.stringify(v));
+
+/** Every leaf where `a` and `b` differ, in key order. */
+function differences(a: unknown, b: unknown, path: string, out: Difference[]): void {
   if (
     typeof a !== 'object' ||
     typeof b !== 'object' ||
@@ -112,15 +167,13 @@ function firstDifference(a: unknown, b: unknown, path: string): { path: string; 
     b === null ||
     Array.isArray(a) !== Array.isArray(b)
   ) {
-    return Object.is(a, b) ? undefined : { path, a, b };
+    if (!Object.is(a, b)) out.push({ path, a, b });
+    return;
   }
   const ao = a as Record<string, unknown>;
   const bo = b as Record<string, unknown>;
-  for (const k of new Set([...Object.keys(ao), ...Object.keys(bo)])) {
-    const d = firstDifference(ao[k], bo[k], path === '' ? k : `${path}.${k}`);
-    if (d !== undefined) return d;
-  }
-  return undefined;
+  for (const k of new Set([...Object.keys(ao), ...Object.keys(bo)]))
+    differences(ao[k], bo[k], path === '' ? k : `${path}.${k}`, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

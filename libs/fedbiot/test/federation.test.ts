@@ -55,7 +55,11 @@ test("onlyClients loads one client's data from a folder that holds nothing else,
     mkdirSync(dirname(join(owner, rel)), { recursive: true });
     copyFileSync(join(tmp, 'all', rel), join(owner, rel));
   }
-  await assert.rejects(loadFederation(specFor(owner), tokenizer, tmp), /ENOENT/, 'the full load needs the others');
+  await assert.rejects(
+    loadFederation(specFor(owner), tokenizer, tmp),
+    /files it names do not exist .*\n  clients\[0\]\.train: .*add\/train\.jsonl\n  clients\[0\]\.test: /,
+    'the full load needs the others, and says which files are missing',
+  );
 
   const own = await loadFederation(specFor(owner), tokenizer, tmp, { onlyClients: ['mul'] });
   assert.equal(own.clients.length, 1);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -225,4 +225,44 @@ test('loadJobSpec reads a file and applies overrides', async () => {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('paths written in a spec file are relative to the file; --set paths and defaults to the current folder', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-jobspec-'));
+  try {
+    const file = join(dir, 'sub', 'job.yaml');
+    await mkdir(join(dir, 'sub'));
+    await writeFile(
+      file,
+      'job: {outDir: runs}\nmodel: {checkpoint: ../models/m}\ndata: {federation: data}\nalignment: {publicData: /abs/public.txt}\n',
+    );
+    const s = await loadJobSpec(file, ['model.checkpoint=cli/model']);
+    assert.equal(s.job.outDir, join(dir, 'sub', 'runs'));
+    assert.equal(s.data.federation, join(dir, 'sub', 'data'));
+    assert.equal(s.alignment.publicData, '/abs/public.txt');
+    assert.equal(s.model.checkpoint, 'cli/model', 'an override stays relative to the current folder');
+    await writeFile(file, 'data: {federation: demo}\n');
+    const d = await loadJobSpec(file);
+    assert.equal(d.data.federation, 'demo', '"demo" is no path');
+    assert.equal(d.model.checkpoint, DEFAULTS.model.checkpoint, 'defaults are not rebased');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('partition shorthand: a kind alone stands for {kind}; by-field and dirichlet say what they still need', () => {
+  assert.deepEqual(resolveJobSpec({ data: { partition: 'iid' } }, 'p.yaml').data.partition, { kind: 'iid' });
+  assert.deepEqual(
+    resolveJobSpec(applyOverrides({}, ['data.partition=by-field', 'data.partition.field=shop']), 'p.yaml').data
+      .partition,
+    { kind: 'by-field', field: 'shop' },
+  );
+  assert.throws(
+    () => resolveJobSpec({ data: { partition: 'by-field' } }, 'p.yaml'),
+    /p\.yaml: data\.partition\.field: required when kind is by-field: the record field that holds each example's client \(one client per value\), e\.g\. partition: \{kind: by-field, field: category\}/,
+  );
+  assert.throws(
+    () => resolveJobSpec({ data: { partition: 'by_field' } }, 'p.yaml'),
+    /p\.yaml: data\.partition\.kind: Invalid option: expected one of "iid"\|"dirichlet"\|"by-field"/,
+  );
 });

@@ -6,6 +6,7 @@ import {
   CONFIG_FILE,
   MetricsLog,
   createRunDir,
+  discardUnstartedRun,
   listCheckpoints,
   loadLatestCheckpoint,
   readMetrics,
@@ -41,14 +42,57 @@ test('createRunDir: generated ids are unique, a given id is used, config.resolve
     assert.deepEqual(JSON.parse(await readFile(join(named.dir, CONFIG_FILE), 'utf8')), config);
     await assert.rejects(
       createRunDir(out, 'exp-1', config),
-      (e: unknown) => e instanceof RunDirError && /already exists; resume it/.test(e.message),
+      (e: unknown) =>
+        e instanceof RunDirError &&
+        /exp-1 already exists \(job id "exp-1"; it holds no checkpoint.*--resume continues it, --overwrite deletes it/.test(
+          e.message,
+        ),
     );
     assert.equal((await createRunDir(out, 'exp-1', config, { resume: true })).resumed, true);
     await assert.rejects(
       createRunDir(out, 'exp-1', { job: { rounds: 4 }, lora: { r: 8 } }, { resume: true }),
-      /cannot resume with a different configuration: job\.rounds was 3, now 4/,
+      /cannot resume with a different configuration .*1 field changed:\n  job\.rounds: was 3, now 4\n.*--overwrite/s,
+    );
+    await assert.rejects(
+      createRunDir(out, 'exp-1', { job: { rounds: 4 }, lora: { r: 16 }, data: 'x' }, { resume: true }),
+      /3 fields changed:\n  job\.rounds: was 3, now 4\n  lora\.r: was 8, now 16\n  data: was \(absent\), now "x"/,
     );
     await assert.rejects(createRunDir(out, '../escape', config), /not a safe folder name/);
+  });
+});
+
+test('createRunDir overwrite: replaces an earlier run folder, never a folder that is not one', async () => {
+  await withTmp(async (out) => {
+    const first = await createRunDir(out, 'exp', { job: { rounds: 3 } });
+    await writeFile(join(first.dir, 'metrics.jsonl'), '{"ts":1,"round":0,"kind":"eval"}\n');
+    await saveCheckpoint(first.dir, state(1));
+    await assert.rejects(createRunDir(out, 'exp', {}), /holds checkpoints up to .*round-000001/);
+    const again = await createRunDir(out, 'exp', { job: { rounds: 5 } }, { overwrite: true });
+    assert.equal(again.resumed, false);
+    assert.deepEqual(await readdir(again.dir), [CONFIG_FILE], 'the old run is gone');
+    assert.deepEqual(JSON.parse(await readFile(join(again.dir, CONFIG_FILE), 'utf8')), { job: { rounds: 5 } });
+    await mkdir(join(out, 'notes'));
+    await writeFile(join(out, 'notes', 'todo.txt'), 'keep me');
+    await assert.rejects(createRunDir(out, 'notes', {}, { overwrite: true }), /not a run folder/);
+    assert.equal(await readFile(join(out, 'notes', 'todo.txt'), 'utf8'), 'keep me');
+    await assert.rejects(createRunDir(out, 'exp', {}, { overwrite: true, resume: true }), /exclude each other/);
+  });
+});
+
+test('discardUnstartedRun: a failed run without a checkpoint frees its job id; one with a checkpoint, or resumed, stays', async () => {
+  await withTmp(async (out) => {
+    const fresh = await createRunDir(out, 'early-failure', { job: { rounds: 3 } });
+    await writeFile(join(fresh.dir, 'metrics.jsonl'), '{"ts":1,"round":0,"kind":"eval"}\n');
+    assert.equal(await discardUnstartedRun(fresh), true);
+    assert.deepEqual(await readdir(out), [], 'the folder is gone');
+    assert.equal((await createRunDir(out, 'early-failure', {})).resumed, false, 'the id is free again');
+
+    const started = await createRunDir(out, 'late-failure', {});
+    await saveCheckpoint(started.dir, state(0));
+    assert.equal(await discardUnstartedRun(started), false);
+    const resumed = await createRunDir(out, 'early-failure', {}, { resume: true });
+    assert.equal(await discardUnstartedRun(resumed), false, 'a resumed run is never deleted');
+    assert.deepEqual((await readdir(out)).toSorted(), ['early-failure', 'late-failure']);
   });
 });
 

@@ -264,6 +264,12 @@ export function validateAdapterFor(
 }
 
 /**
+ * The peft release whose adapter files this writer matches (test/fixtures/hf holds its output; peft.test checks
+ * the round trip), recorded as `peft_version` the way peft itself records the version that saved an adapter.
+ */
+export const PEFT_FORMAT_VERSION = '0.21.0';
+
+/**
  * Writes `adapter_config.json` + `adapter_model.safetensors` (float32, metadata format=pt) in the layout peft
  * loads. Files are built in a temporary folder and moved into `dir` by rename, so no half-written adapter remains.
  */
@@ -300,6 +306,7 @@ export async function writePeftAdapter(dir: string, adapter: LoraAdapter): Promi
     rank_pattern: {},
     alpha_pattern: {},
     revision: null,
+    peft_version: PEFT_FORMAT_VERSION,
   };
   await writeDirAtomic(dir, async (tmp) => {
     await writeJsonAtomic(join(tmp, ADAPTER_CONFIG), config);

@@ -72,6 +72,10 @@ test('write -> read round trip: identical tensors, PEFT names and adapter_config
     assert.equal(cfg['fan_in_fan_out'], false);
     assert.equal(cfg['inference_mode'], true);
     assert.equal(cfg['base_model_name_or_path'], 'tiny/mistral');
+    const fixtureCfg = JSON.parse(
+      await readFile(join(fixturesDir, 'mistral-tiny', 'adapter', 'adapter_config.json'), 'utf8'),
+    ) as Record<string, unknown>;
+    assert.equal(cfg['peft_version'], fixtureCfg['peft_version'], 'the peft release of the fixtures');
     assert.deepEqual(cfg['layers_to_transform'], [1, 3]);
 
     // Overwriting an existing adapter folder replaces both files.
