@@ -28,7 +28,7 @@ import {
   openJobContext,
   putLora,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';

@@ -46,7 +46,7 @@ import {
   streamSeed,
   updateKey,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';

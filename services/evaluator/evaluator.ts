@@ -33,7 +33,7 @@ import {
   type EvalReply,
   type EvalRow,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';

@@ -40,7 +40,7 @@ import {
   type AlignReply,
   type AlignRequest,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { AlignmentServer } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';

@@ -44,7 +44,7 @@ import type { StartedTestContainer } from 'testcontainers';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
-import { EvalReplySchema, requestWithRetry } from '../../libs/fedbiot/src/ports-nats.js';
+import { EvalReplySchema, requestWithRetry } from '../../services/common/ports-nats.js';
 import {
   EvalRequestSchema,
   JOB_STATE_KEY,

@@ -19,7 +19,7 @@ import {
   openJobContext,
   putLora,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../../services/common/ports-nats.js';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import {
   BlobStore,

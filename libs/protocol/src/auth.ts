@@ -32,7 +32,7 @@
  *   - Service roles are trusted operators of the job: they get every JetStream API subject of the job's three
  *     shared streams (create, update, delete, purge, consumers); the aggregator and the pooled client-trainer
  *     also those of every client's update bucket (generateJobAuth lists the clients). The aggregator also publishes on every update
- *     subject, because a resumed aggregator replays updates stored in KV (ports-nats.ts); the pooled
+ *     subject, because a resumed aggregator replays updates stored in KV (services/common/ports-nats.ts); the pooled
  *     `client-trainer` role publishes every client's update because one replica trains many clients.
  *   - `allow_responses` lets server-alignment and the evaluator reply to requests without a publish grant on
  *     reply subjects (one reply per request, within the server's response window).
@@ -236,7 +236,7 @@ export function servicePermissions(
           `${root}.task.*`,
           `${root}.align`,
           `${root}.round.*.evaluate`,
-          // KV replay after a restart republishes stored updates (ports-nats.ts).
+          // KV replay after a restart republishes stored updates (services/common/ports-nats.ts).
           `${root}.round.*.update.*`,
         ],
         [`${root}.round.*.update.*`, `${root}.round.*.aligned`, `${root}.round.*.evaluated`, `${root}.control.*`],

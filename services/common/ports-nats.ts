@@ -10,9 +10,9 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
-import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
-import type { LoraSpec } from '../../model/src/llama.js';
-import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
+import type { LoraSpec } from '../../libs/model/src/llama.js';
+import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
 import {
   BlobRefSchema,
   ClientUpdateSchema,
@@ -38,13 +38,24 @@ import {
   type Tensor,
   type TrainingConfig,
   type WorkQueue,
-} from '../../protocol/src/index.js';
-import type { ClientRoundResult, RoundPorts } from './coordinator.js';
-import { clientStreamSeed, loadFederation, type FederationData, type LoadFederationOptions } from './federation.js';
-import type { JobSpec } from './job-spec.js';
-import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
-import { splitModel, type ModelSplit } from './split.js';
-import { checkPackageSplit, loadEmulatorPackage } from './emulator-package.js';
+} from '../../libs/protocol/src/index.js';
+import type { ClientRoundResult, RoundPorts } from '../../libs/fedbiot/src/coordinator.js';
+import {
+  clientStreamSeed,
+  loadFederation,
+  type FederationData,
+  type LoadFederationOptions,
+} from '../../libs/fedbiot/src/federation.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  clientSettingsFor,
+  initialLora,
+  loraSpecs,
+  type ClientSettings,
+  type EvalScores,
+} from '../../libs/fedbiot/src/roles.js';
+import { splitModel, type ModelSplit } from '../../libs/fedbiot/src/split.js';
+import { checkPackageSplit, loadEmulatorPackage } from '../../libs/fedbiot/src/emulator-package.js';
 
 /** Everything a service derives from the job spec; identical in every service of a job. */
 export interface JobContext {
