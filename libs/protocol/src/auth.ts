@@ -5,6 +5,8 @@
  *
  * What a client identity `c` can do (everything else is denied by the server):
  *   - publish its update on `fl.<job>.round.*.update.c` only; it cannot subscribe to any update subject;
+ *   - publish its evaluation metrics (AdapEmu on its own test set, numbers only) on `fl.<job>.round.*.metrics.c`
+ *     only; it cannot subscribe to any metrics subject;
  *   - write and read only its own KV keys (`update.<r>.c`, `stream.c`), and read the job's `package` key: KV reads go through
  *     `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, so the key is part of the permission;
  *   - pull its tasks from its own durable consumer `client-c` on the work queue, created through the 2.9
@@ -176,6 +178,7 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
     publish: {
       allow: [
         `${root}.round.*.update.${c}`,
+        `${root}.round.*.metrics.${c}`,
         '$JS.API.INFO',
         `$JS.API.STREAM.INFO.${kvStream}`,
         `$JS.API.STREAM.INFO.${tasks}`,
@@ -203,7 +206,7 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
     subscribe: {
       allow: [`${root}.round.*.plan`, `${root}.round.*.aligned`, `${root}.control.*`, `${inbox}.>`],
       // Explicit, so that a later broadening of `allow` (e.g. to `fl.<job>.>`) still hides other clients' updates.
-      deny: [`${root}.round.*.update.*`],
+      deny: [`${root}.round.*.update.*`, `${root}.round.*.metrics.*`],
     },
     allowResponses: false,
   };
@@ -239,7 +242,13 @@ export function servicePermissions(
           // KV replay after a restart republishes stored updates (services/common/ports-nats.ts).
           `${root}.round.*.update.*`,
         ],
-        [`${root}.round.*.update.*`, `${root}.round.*.aligned`, `${root}.round.*.evaluated`, `${root}.control.*`],
+        [
+          `${root}.round.*.update.*`,
+          `${root}.round.*.metrics.*`,
+          `${root}.round.*.aligned`,
+          `${root}.round.*.evaluated`,
+          `${root}.control.*`,
+        ],
       );
     case 'server-alignment':
       return p([`${root}.round.*.aligned`], [`${root}.align`, `${root}.control.*`], true);
@@ -250,7 +259,10 @@ export function servicePermissions(
         true,
       );
     case 'client-trainer':
-      return p([`${root}.round.*.update.*`], [`${root}.round.*.plan`, `${root}.control.*`]);
+      return p(
+        [`${root}.round.*.update.*`, `${root}.round.*.metrics.*`],
+        [`${root}.round.*.plan`, `${root}.control.*`],
+      );
   }
 }
 
