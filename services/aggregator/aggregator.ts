@@ -133,6 +133,7 @@ export class Aggregator implements ServiceRole {
       ...(this.opts.quorum !== undefined ? { quorum: this.opts.quorum } : {}),
       ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
       nextAlignCall: start.preAligned ? start.round + 1 : 0,
+      evalClients: ctx.data.clients.map((c) => c.id),
       onRejected: (clientId, reason) => {
         this.metrics.rejectedUpdates.inc({ reason: 'message' });
         this.log.write('warn', 'update rejected', { clientId, reason });

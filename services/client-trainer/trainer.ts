@@ -16,12 +16,14 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
   BlobStore,
+  ClientMetricsSchema,
   ClientUpdateSchema,
   PROTOCOL_VERSION,
   StateStore,
   WorkQueue,
   blobBucketName,
   updateBucketName,
+  clientMetricsSubject,
   connectTransport,
   publishMessage,
   stateBucketName,
@@ -47,7 +49,7 @@ import {
   updateKey,
   type JobContext,
 } from '../common/ports-nats.js';
-import { trainLocally } from '../../libs/fedbiot/src/roles.js';
+import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
@@ -140,9 +142,10 @@ export class ClientTrainer implements ServiceRole {
     this.metrics.trackBlobs(() => blobs.stats);
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const pkg = await this.#fetchPackage(blobs, state);
-    // Training sets only; a data owner's replica only its own client's.
+    // Training sets only; a data owner's replica only its own client's. Private evaluation: the test sets too,
+    // since AdapEmu on a client's test set is computed here and only its numbers leave.
     const ctx = (this.#ctx = await openClientContext(this.opts.spec, pkg.dir, {
-      parts: ['train'],
+      parts: this.opts.spec.eval.mode === 'private' ? ['train', 'test'] : ['train'],
       ...(clientId === undefined ? {} : { onlyClients: [clientId] }),
     }));
     const queue = await WorkQueue.open(nc, {
@@ -248,6 +251,7 @@ export class ClientTrainer implements ServiceRole {
       throw new Error(
         `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
       );
+    if (task.kind === 'evaluate') return this.#evaluate(ctx, nc, blobs, task);
     const expectedSeed = clientSeed(ctx.spec, round, clientId);
     if (task.training.seed !== expectedSeed)
       throw new Error(`task seed ${task.training.seed} differs from this spec's ${expectedSeed} (different job spec?)`);
@@ -325,6 +329,42 @@ export class ClientTrainer implements ServiceRole {
       ms: Math.round(ms),
       delivery: tc.deliveryCount,
     });
+  }
+
+  /**
+   * Private evaluation: AdapEmu (the broadcast adapter on this emulator package) on the client's own test set, as
+   * the standalone job computes it; only the numbers are published.
+   */
+  async #evaluate(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, task: TrainTask): Promise<void> {
+    const { round, clientId } = task;
+    const client = ctx.data.clients.find((c) => c.id === clientId);
+    if (!client) throw new Error(`client ${clientId} is not in this replica's federation ${ctx.data.source}`);
+    if (ctx.spec.eval.mode !== 'private')
+      throw new Error(`evaluate task for ${clientId}, but this replica's eval.mode is ${ctx.spec.eval.mode}`);
+    const { adapter, emulator } = await getBroadcast(blobs, task, ctx.specs);
+    const t0 = performance.now();
+    const s = await evaluateVariant(
+      ctx.lm,
+      evalVariant('emu', ctx.split, ctx.split.numLayers, adapter, emulator),
+      client.test,
+      client.testItems,
+      { batch: ctx.spec.clients.batchSize, seq: ctx.spec.data.maxLength, maxNewTokens: ctx.spec.eval.maxNewTokens },
+    );
+    const durationMs = Math.round(performance.now() - t0);
+    publishMessage(nc, clientMetricsSubject(ctx.jobId, round, clientId), ClientMetricsSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      jobId: ctx.jobId,
+      round,
+      clientId,
+      mode: 'adapEmu',
+      loss: s.testLoss,
+      accuracy: s.accuracy,
+      tokens: s.tokens,
+      items: s.items,
+      durationMs,
+    });
+    await nc.flush();
+    this.log.info('evaluated', { round, clientId, loss: s.testLoss, accuracy: s.accuracy, items: s.items, durationMs });
   }
 
   async stop(): Promise<void> {

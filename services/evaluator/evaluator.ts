@@ -1,8 +1,11 @@
 /**
- * The evaluator: answers `fl.<job>.round.<r>.evaluate` requests with per-client test loss and exact-match accuracy
- * of AdapEmu / AdapFu (evaluateVariant, as the standalone job), publishes the pooled scores as an EvalResult on
- * `…evaluated`, and keeps the history (plus the clients' training losses seen on the update subjects) for the
- * dashboard.
+ * The evaluator (model owner's side): answers `fl.<job>.round.<r>.evaluate` requests with test loss and exact-match
+ * accuracy (evaluateVariant, as the standalone job), publishes the pooled scores as an EvalResult on `…evaluated`,
+ * and keeps the history (plus the clients' training losses seen on the update subjects) for the dashboard.
+ *
+ * eval.mode private (the default): it holds no client data at all, only the owner's validation set
+ * (`eval.ownerValidation`), and scores each requested mode on it (rows with client 'owner'); clients score AdapEmu
+ * themselves. eval.mode simulation: it reads every client's test set and scores per client plus the pooled 'all'.
  */
 import { natsEnvOption } from '../common/env.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -36,6 +39,7 @@ import {
 } from '../common/ports-nats.js';
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -73,6 +77,8 @@ export class Evaluator implements ServiceRole {
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
   #progress: { evals: Progress['evals']; train: Progress['train'] } = { evals: [], train: [] };
+  /** Private mode: the owner's validation set, the only data scored here. */
+  #owner: OwnerValidation | undefined;
 
   constructor(private readonly opts: EvaluatorOptions) {
     this.log = new JsonLogger('evaluator', opts.logSink);
@@ -90,10 +96,20 @@ export class Evaluator implements ServiceRole {
     const { adapter, emulator } = await getBroadcast(blobs, req, ctx.specs);
     const L = ctx.lm.config.numLayers;
     const rows: EvalRow[] = [];
+    const owner = this.#owner;
     for (const mode of req.modes) {
       const on = MODES[mode];
       const variant =
         on === 'base' ? { layers: ctx.lm.allLayers, loras: [] } : evalVariant(on, ctx.split, L, adapter, emulator);
+      if (owner) {
+        const s = await evaluateVariant(ctx.lm, variant, owner.test, owner.testItems, {
+          batch: ctx.spec.clients.batchSize,
+          seq: ctx.spec.data.maxLength,
+          maxNewTokens: ctx.spec.eval.maxNewTokens,
+        });
+        rows.push({ method: EVAL_METHOD[mode], client: OWNER_ROW, ...s });
+        continue;
+      }
       const scores = [];
       for (const c of ctx.data.clients) {
         const s = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
@@ -110,8 +126,20 @@ export class Evaluator implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    // The clients' test sets only.
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['test'] }));
+    const spec = this.opts.spec;
+    const simulation = spec.eval.mode === 'simulation';
+    // Simulation: the clients' test sets only. Private: no client file at all (the manifest's client list only).
+    const ctx = (this.#ctx = await openJobContext(spec, { parts: simulation ? ['test'] : [] }));
+    if (!simulation) {
+      if (!spec.eval.ownerValidation)
+        this.log.write('warn', 'eval.ownerValidation is not set: no AdapFu in private mode', {});
+      else {
+        this.#owner = await loadOwnerValidation(spec, ctx.lm.tokenizer!);
+        if (ctx.data.clients.some((c) => c.id === OWNER_ROW))
+          throw new Error(`data.federation: a client is named "${OWNER_ROW}", the row name of eval.ownerValidation`);
+        this.log.info('owner validation set loaded', { files: this.#owner.files, examples: this.#owner.test.length });
+      }
+    }
     const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
@@ -161,7 +189,7 @@ export class Evaluator implements ServiceRole {
         reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, round, rows };
         this.#progress.evals = [...this.#progress.evals.filter((e) => e.round !== round), { round, rows }];
         this.metrics.round.set(round);
-        const all = rows.filter((r) => r.client === 'all');
+        const all = rows.filter((r) => r.client === (this.#owner ? OWNER_ROW : 'all'));
         publishMessage(nc, evaluatedSubject(ctx.jobId, round), EvalResultSchema, {
           protocolVersion: PROTOCOL_VERSION,
           jobId: ctx.jobId,

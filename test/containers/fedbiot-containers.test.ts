@@ -183,7 +183,7 @@ test(
       data: { federation: FEDERATION_DIR, maxLength: 96 },
       clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
       alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
+      eval: { maxNewTokens: 4, mode: 'simulation' },
       baselines: { offsiteTuning: false, localOnly: false },
     };
     mkdirSync(specDir);

@@ -100,7 +100,7 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
       data: { federation: join(tmp, 'federation'), maxLength: 96 },
       clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
       alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
+      eval: { maxNewTokens: 4, mode: 'simulation' },
       baselines: { offsiteTuning: false, localOnly: false },
     },
     'dashboard test job',

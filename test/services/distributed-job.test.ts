@@ -71,7 +71,9 @@ function rawSpec(id: string): Record<string, unknown> {
     data: { federation: join(tmp, 'federation'), maxLength: 96 },
     clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
     alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4 },
+    // Simulation: the evaluator scores AdapEmu and AdapFu on every client's test set, so the whole table can be
+    // compared with the standalone job's; the private mode has its own test below.
+    eval: { maxNewTokens: 4, mode: 'simulation' },
     baselines: { offsiteTuning: false, localOnly: false },
   };
 }
@@ -702,5 +704,132 @@ test('data owners: each client trains on its own replica under its own NATS iden
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await server.stop();
+  }
+});
+
+test('private evaluation: the evaluator holds no client file, trainers publish only AdapEmu numbers equal to the standalone job, AdapFu on the owner set', async () => {
+  const jobId = `svc-private-${process.pid}-${Date.now().toString(36)}`;
+  const { rows: reference } = await standalone();
+  const fed = join(tmp, 'federation');
+  const manifest = JSON.parse(readFileSync(join(fed, 'manifest.json'), 'utf8')) as {
+    clients: { id: string; test: { path: string } }[];
+  };
+  // The owner's validation set: here the clients' test sets concatenated, so that AdapFu on it must equal the
+  // standalone job's pooled AdapFu row (token-weighted, like the 'all' row). In a deployment it is the owner's data.
+  const ownerDir = join(tmp, `${jobId}-owner`);
+  mkdirSync(ownerDir);
+  const ownerFile = join(ownerDir, 'validation.jsonl');
+  writeFileSync(ownerFile, manifest.clients.map((c) => readFileSync(join(fed, c.test.path), 'utf8')).join(''));
+  // The evaluator's machine: the manifest (the client list) and nothing else of the federation, so opening any
+  // client's file fails there.
+  const evalFed = join(tmp, `${jobId}-evaluator-federation`);
+  mkdirSync(evalFed);
+  copyFileSync(join(fed, 'manifest.json'), join(evalFed, 'manifest.json'));
+  const raw = rawSpec(jobId);
+  const privateSpec = (federation: string): JobSpec =>
+    resolveJobSpec(
+      {
+        ...raw,
+        data: { ...(raw['data'] as object), federation },
+        eval: { maxNewTokens: 4, mode: 'private', ownerValidation: ownerFile },
+      },
+      'private job',
+    );
+  const s = privateSpec(fed);
+  assert.equal(s.eval.mode, 'private');
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const onWire: { subject: string; body: Record<string, unknown> }[] = [];
+  const sub = nc.subscribe(`fl.${jobId}.round.*.metrics.*`, {
+    callback: (_e, m) => void onWire.push({ subject: m.subject, body: m.json<Record<string, unknown>>() }),
+  });
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(
+      await startService(new Evaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }), 0),
+    );
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(
+        await startService(
+          new ClientTrainer({
+            natsUrl: NATS_URL,
+            spec: trainerSpec(s),
+            replica,
+            logSink: sink,
+            cacheRoot: join(tmp, `${jobId}-${replica}`),
+          }),
+          0,
+        ),
+      );
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const rows = finalEvals(aggregator.role, s.job.rounds);
+    // AdapEmu per client and pooled: computed by the trainers, equal to the standalone job's.
+    const emuRef = reference.filter((r) => r.method === 'fedbiot-adapemu');
+    const maxDiff = assertSameFinal(
+      rows.filter((r) => r.method === 'fedbiot-adapemu'),
+      emuRef,
+    );
+    // What went over NATS for the last evaluation: one ClientMetrics per client, numbers only.
+    const last = onWire.filter((m) => m.subject.startsWith(`fl.${jobId}.round.2.metrics.`));
+    assert.deepEqual(last.map((m) => m.body['clientId']).toSorted(), ['add', 'mul', 'sub']);
+    for (const m of last) {
+      assert.deepEqual(Object.keys(m.body).toSorted(), [
+        'accuracy',
+        'clientId',
+        'durationMs',
+        'items',
+        'jobId',
+        'loss',
+        'mode',
+        'protocolVersion',
+        'round',
+        'tokens',
+      ]);
+      const ref = emuRef.find((r) => r.client === m.body['clientId'])!;
+      assert.equal(m.body['loss'], ref.test_loss, `${ref.client}: published AdapEmu loss equals standalone`);
+      assert.equal(m.body['accuracy'], ref.accuracy);
+    }
+    assert.equal(
+      logs.filter((r) => r.msg === 'evaluated' && r.service.startsWith('trainer-')).length,
+      6,
+      'the trainers evaluated each client after rounds 1 and 2',
+    );
+    // AdapFu: only on the owner's side, on the owner's set: one 'owner' row, no per-client AdapFu row.
+    const fu = rows.filter((r) => r.method === 'fedbiot-adapfu');
+    assert.deepEqual(
+      fu.map((r) => r.client),
+      ['owner'],
+    );
+    const fuAll = reference.find((r) => r.method === 'fedbiot-adapfu' && r.client === 'all')!;
+    const fuDiff = Math.abs(fu[0]!.test_loss - fuAll.test_loss);
+    assert.ok(fuDiff < 1e-5, `AdapFu on the owner set ${fu[0]!.test_loss} vs standalone pooled ${fuAll.test_loss}`);
+    assert.equal(fu[0]!.accuracy, fuAll.accuracy);
+    assert.ok(
+      logs.some((r) => r.service === 'evaluator' && r.msg === 'owner validation set loaded'),
+      'the evaluator loaded the owner set',
+    );
+    assert.deepEqual(
+      logs.filter((r) => r.level === 'error'),
+      [],
+    );
+    passed = true;
+    console.log(
+      `private eval: AdapEmu max |difference| ${maxDiff.toExponential(2)} (from the trainers' metrics); AdapFu owner set vs standalone pooled ${fuDiff.toExponential(2)}`,
+    );
+  } finally {
+    sub.unsubscribe();
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
   }
 });
