@@ -257,7 +257,7 @@ export const jobSpecSchema = z
       });
     }
     if (s.eval.mode === 'simulation' && s.eval.ownerValidation !== undefined)
-      issue(['eval', 'ownerValidation'], 'only used in mode private (simulation evaluates on the clients\' test sets)');
+      issue(['eval', 'ownerValidation'], "only used in mode private (simulation evaluates on the clients' test sets)");
   });
 
 type ParsedSpec = z.output<typeof jobSpecSchema>;
