@@ -29,7 +29,12 @@ import {
   putLora,
   type JobContext,
 } from '../common/ports-nats.js';
+import { existsSync } from 'node:fs';
+import { Gauge } from 'prom-client';
+import { join } from 'node:path';
+import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { RunFolder, runsDirFrom } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -46,6 +51,11 @@ export interface AggregatorOptions {
   readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   readonly logSink?: (r: LogRecord) => void;
+  /**
+   * Where the run folder `<runsDir>/<job.id>` is written (config, metrics.jsonl, results, report, adapter, merged
+   * model); default FEDBIOT_RUNS_DIR, else the spec's job.outDir.
+   */
+  readonly runsDir?: string;
   /** Overrides spec.aggregation.deadlineMs / quorum. */
   readonly deadlineMs?: number;
   readonly quorum?: number;
@@ -55,11 +65,31 @@ export class Aggregator implements ServiceRole {
   readonly name = 'aggregator';
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('aggregator');
+  /** Rounds completed (checkpointed); survives a restart through KV. */
+  readonly roundsCompleted = new Gauge({
+    name: 'fl_rounds_completed',
+    help: 'Federated rounds completed and checkpointed',
+    registers: [this.metrics.registry],
+  });
+  /** The latest evaluation per method and client (client 'all': pooled; 'owner': the owner's validation set). */
+  readonly evalLoss = new Gauge({
+    name: 'fl_eval_loss',
+    help: 'Test loss (nats per token) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.metrics.registry],
+  });
+  readonly evalAccuracy = new Gauge({
+    name: 'fl_eval_accuracy',
+    help: 'Exact-match accuracy (0-1) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.metrics.registry],
+  });
   /** Coordinator events of this incarnation (train, comm, align, eval, rejected...). */
   readonly events: RoundEvent[] = [];
   #nc: NatsConnection | undefined;
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
+  #folder: RunFolder | undefined;
   #ready = false;
   readonly #abort = new AbortController();
 
@@ -104,10 +134,15 @@ export class Aggregator implements ServiceRole {
     const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
     const init = initialLoras(ctx);
     let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };
+    const runsDir = this.opts.runsDir ?? runsDirFrom(process.env, spec);
     if (stored) {
       const j = stored.value;
       if (j.status === 'completed') {
         this.log.info('job already completed', { jobId, rounds: j.totalRounds });
+        // Died after the last checkpoint but before the run folder was finished: finish it from the stored adapter.
+        const folder = (this.#folder = await RunFolder.open(runsDir, spec, { round: j.totalRounds, preAligned: true }));
+        if (!existsSync(join(folder.dir, 'results.json')) && j.adapterLora)
+          await this.#finish(await getLora(blobs, j.adapterLora, ctx.specs.adapter));
         this.#ready = true;
         this.#run = Promise.resolve(null);
         return;
@@ -122,7 +157,9 @@ export class Aggregator implements ServiceRole {
       };
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
-    this.metrics.round.set(start.round);
+    this.roundsCompleted.set(start.round);
+    const folder = (this.#folder = await RunFolder.open(runsDir, spec, start));
+    this.log.info('run folder', { dir: folder.dir });
     const ports = natsRoundPorts(ctx, {
       nc,
       blobs,
@@ -139,7 +176,10 @@ export class Aggregator implements ServiceRole {
         this.log.write('warn', 'update rejected', { clientId, reason });
       },
       onNotice: (m) => this.log.write('warn', m),
-      onPhase: (round, phase, detail) => this.log.info(`round ${phase}`, { round, ...detail }),
+      onPhase: (round, phase, detail) => {
+        if (phase === 'collecting') this.metrics.round.set(round);
+        this.log.info(`round ${phase}`, { round, ...detail });
+      },
     });
     const writeState = async (
       s: CoordinatorState,
@@ -180,6 +220,12 @@ export class Aggregator implements ServiceRole {
       {
         onEvent: (e) => {
           this.events.push(e);
+          folder.log(e);
+          if (e.kind === 'eval') {
+            const labels = { method: String(e['method']), client: String(e['client']) };
+            this.evalLoss.set(labels, Number(e['test_loss']));
+            this.evalAccuracy.set(labels, Number(e['accuracy']));
+          }
           this.log.info(e.kind, { ...e });
         },
         onRejected: (clientId, reason) => {
@@ -187,13 +233,15 @@ export class Aggregator implements ServiceRole {
           this.log.write('warn', 'update rejected', { clientId, reason });
         },
         onCheckpoint: async (s) => {
+          folder.sync();
           await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
-          this.metrics.round.set(s.round);
+          this.roundsCompleted.set(s.round);
           this.log.info('checkpoint', { round: s.round });
         },
       },
     ).then(
-      (final) => {
+      async (final) => {
+        await this.#finish(final.adapter);
         this.log.info('job completed', { jobId, rounds: final.round });
         return final;
       },
@@ -206,12 +254,25 @@ export class Aggregator implements ServiceRole {
     this.#run.catch(() => {});
   }
 
+  /** Writes the results, report, adapter and merged model into the run folder (the standalone job's files). */
+  async #finish(adapter: LoraWeights): Promise<void> {
+    const t0 = performance.now();
+    const table = await this.#folder!.finish(this.#ctx!.lm, adapter);
+    this.log.info('run folder written', {
+      dir: this.#folder!.dir,
+      ms: Math.round(performance.now() - t0),
+      results: table.split('\n'),
+    });
+  }
+
   async stop(): Promise<void> {
     this.#ready = false;
     this.#abort.abort(new Error('aggregator stopped'));
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
+    this.#folder?.close();
+    this.#folder = undefined;
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

@@ -294,7 +294,7 @@ export class ClientTrainer implements ServiceRole {
       },
     );
     const ms = performance.now() - t0;
-    this.metrics.tokensPerSecond.set(r.tokens / Math.max(ms / 1000, 1e-9));
+    this.metrics.trainedTokens.inc(r.tokens);
     // The client's own update bucket: with per-client credentials no other client can read it (auth.ts).
     const ref = await putLora(blobs, r.adapter, { bucket: updateBucketName(ctx.jobId, clientId) });
     const update: ClientUpdate = {

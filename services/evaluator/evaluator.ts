@@ -188,7 +188,8 @@ export class Evaluator implements ServiceRole {
         const durationMs = Math.round(performance.now() - t0);
         reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, round, rows };
         this.#progress.evals = [...this.#progress.evals.filter((e) => e.round !== round), { round, rows }];
-        this.metrics.round.set(round);
+        // The request's round counts completed rounds: this evaluated the result of round `round - 1`.
+        this.metrics.round.set(round - 1);
         const all = rows.filter((r) => r.client === (this.#owner ? OWNER_ROW : 'all'));
         publishMessage(nc, evaluatedSubject(ctx.jobId, round), EvalResultSchema, {
           protocolVersion: PROTOCOL_VERSION,

@@ -210,7 +210,8 @@ export class ServerAlignment implements ServiceRole {
         steps: req.steps,
       });
       const { emulatorLora, reply: stats } = await align(req);
-      this.metrics.round.set(req.call);
+      // Call c >= 1 aligns after round c - 1 (call 0 is the pre-alignment, before round 0).
+      if (req.call > 0) this.metrics.round.set(req.call - 1);
       this.log.info('aligned', { call: req.call, steps: stats.steps, loss: stats.loss, l2: stats.l2, kl: stats.kl });
       return {
         reply: { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, call: req.call, emulatorLora, ...stats },

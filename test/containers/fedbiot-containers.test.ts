@@ -445,7 +445,7 @@ test(
           assert.ok(typeof url === 'string', `${s.name} logged its HTTP address`);
           assert.equal((await fetch(`${url}/health/ready`)).status, 200, `${s.name} /health/ready`);
           if (s === aggregator)
-            assert.match(await (await fetch(`${url}/metrics`)).text(), /fl_round\{service="aggregator"\} 2/);
+            assert.match(await (await fetch(`${url}/metrics`)).text(), /fl_rounds_completed\{service="aggregator"\} 2/);
           if (s === evaluator) assert.equal((await fetch(`${url}/metrics`)).status, 200);
         }
         passed = true;

@@ -162,9 +162,9 @@ interface EvalEvent {
   accuracy: number;
 }
 
-let referenceRows: Promise<{ rows: EvalEvent[]; ms: number }> | undefined;
-/** The standalone job's final eval rows for the test spec (run once; the job id does not enter any seed). */
-function standalone(): Promise<{ rows: EvalEvent[]; ms: number }> {
+let referenceRows: Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> | undefined;
+/** The standalone job's final eval rows and run folder for the test spec (run once; the job id enters no seed). */
+function standalone(): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
   referenceRows ??= (async () => {
     const s = spec(`standalone-${process.pid}`);
     const t0 = performance.now();
@@ -176,7 +176,7 @@ function standalone(): Promise<{ rows: EvalEvent[]; ms: number }> {
       .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
       .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
     assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
-    return { rows, ms };
+    return { rows, ms, runDir };
   })();
   return referenceRows;
 }
@@ -196,13 +196,52 @@ function assertSameFinal(got: readonly EvalEvent[], reference: readonly EvalEven
   return maxDiff;
 }
 
+const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/**
+ * The aggregator's run folder against the standalone job's: the same files, the same FedBiOT results, and the same
+ * adapter and merged model, byte for byte. Returns the metrics events of the distributed run.
+ */
+function assertSameRunFolder(dir: string, standaloneDir: string, spec: JobSpec): Record<string, unknown>[] {
+  for (const f of [
+    'config.resolved.json',
+    'metrics.jsonl',
+    'results.json',
+    'results.txt',
+    'report.html',
+    'adapter/adapter_config.json',
+    'adapter/adapter_model.safetensors',
+    'merged-model/config.json',
+    'merged-model/model.safetensors',
+    'merged-model/tokenizer.json',
+  ])
+    assert.ok(existsSync(join(dir, f)), `${dir}/${f} written`);
+  assert.deepEqual(
+    JSON.parse(readFileSync(join(dir, 'config.resolved.json'), 'utf8')),
+    JSON.parse(JSON.stringify(spec)),
+  );
+  type Row = { method: string; client: string; test_loss: number; accuracy: number };
+  const rowsOf = (d: string): Row[] =>
+    (JSON.parse(readFileSync(join(d, 'results.json'), 'utf8')) as { rows: Row[] }).rows
+      .filter((r) => r.method.startsWith('fedbiot-'))
+      .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
+  assert.deepEqual(rowsOf(dir), rowsOf(standaloneDir), 'results.json FedBiOT rows');
+  for (const f of ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'])
+    assert.equal(sha256Of(join(dir, f)), sha256Of(join(standaloneDir, f)), `${f} equals the standalone job's`);
+  assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<svg/);
+  return readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
 const finalEvals = (a: Aggregator, rounds: number): EvalEvent[] =>
   a.events.filter((e) => e.kind === 'eval' && e.round === rounds) as unknown as EvalEvent[];
 
 test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
   const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
-  const { rows: reference, ms: standaloneMs } = await standalone();
+  const { rows: reference, ms: standaloneMs, runDir: standaloneDir } = await standalone();
 
   const logs: LogRecord[] = [];
   const sink = (r: LogRecord): void => void logs.push(r);
@@ -243,13 +282,17 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
         );
       }
     }, 100);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
     const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000, runsDir }),
       0,
     );
     services.push(aggregator);
     const final = await aggregator.role.done;
     clearInterval(garbage);
+    // The owner's run folder: the standalone job's files, results, adapter and merged model.
+    const events = assertSameRunFolder(join(runsDir, jobId), standaloneDir, s);
+    assert.equal(events.filter((e) => e['kind'] === 'train').length, 6);
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
 
@@ -281,11 +324,30 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
     const count = Number(/fl_rejected_updates_total\{reason="message",service="aggregator"\} (\d+)/.exec(metrics)?.[1]);
     assert.equal(count, rejected.length, 'rejected-updates counter matches the log');
-    assert.match(metrics, /fl_round\{service="aggregator"\} 2/);
+    assert.match(metrics, /fl_rounds_completed\{service="aggregator"\} 2/);
+    assert.match(metrics, /fl_round\{service="aggregator"\} 1/, 'the last round planned: round 1 (0-based)');
     assert.match(
-      await (await fetch(`${trainers[0]!.url}/metrics`)).text(),
-      /fl_bytes_out_total\{service="trainer-a"\} [1-9]/,
+      metrics,
+      /# TYPE fl_eval_loss gauge\nfl_eval_loss\{method="fedbiot-adapemu",client="add",service="aggregator"\} \d/,
     );
+    const trainerMetrics = await (await fetch(`${trainers[0]!.url}/metrics`)).text();
+    assert.match(
+      trainerMetrics,
+      /# TYPE fl_blob_upload_bytes_total counter\nfl_blob_upload_bytes_total\{service="trainer-a"\} [1-9]/,
+    );
+    assert.match(
+      trainerMetrics,
+      /# TYPE fl_trained_tokens_total counter\nfl_trained_tokens_total\{service="trainer-a"\} [1-9]/,
+    );
+    assert.match(trainerMetrics, /fl_round\{service="trainer-a"\} [01]\n/);
+    assert.match(await (await fetch(`${evaluator.url}/metrics`)).text(), /fl_round\{service="evaluator"\} 1\n/);
+    for (const svc of services) {
+      const text = await (await fetch(`${svc.url}/metrics`)).text();
+      // Prometheus conventions: every counter ends in _total, nothing else does; no gauge holds a rate.
+      for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm))
+        assert.equal(name!.endsWith('_total'), type === 'counter', `${svc.role.name}: ${name} is a ${type}`);
+      assert.doesNotMatch(text, /per_second/, `${svc.role.name}: no rate gauge`);
+    }
     const dash = (await (await fetch(`${evaluator.url}/dashboard/data`)).json()) as {
       evals: { round: number }[];
       train: unknown[];
@@ -334,8 +396,9 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       logs.push({ ...r, service: 'aggregator-1' });
       if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
     };
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
     first = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }),
       0,
     );
     await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
@@ -347,7 +410,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     }
 
     const second = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }),
       0,
     );
     services.push(second);
@@ -363,6 +426,14 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     const calls = logs.filter((r) => r.service === 'server-alignment' && r.msg === 'aligned').map((r) => r['call']);
     assert.deepEqual(calls, [0, 1, 2], 'each alignment ran once');
     const maxDiff = assertSameFinal(finalEvals(second.role, s.job.rounds), reference);
+    // One run folder across both incarnations: round 1's events once (the first aggregator's partial round 1
+    // dropped on resume), round 0's from the first, and the standalone job's results.
+    const events = assertSameRunFolder(join(runsDir, jobId), (await standalone()).runDir, s);
+    const kinds = (kind: string): string[] =>
+      events.filter((e) => e['kind'] === kind).map((e) => `${e['round']}/${e['client'] ?? e['stage'] ?? ''}`);
+    assert.deepEqual(kinds('train').toSorted(), ['0/add', '0/mul', '0/sub', '1/add', '1/mul', '1/sub']);
+    assert.deepEqual(kinds('align'), ['0/pre', '0/round', '1/round']);
+    assert.equal(events.filter((e) => e['kind'] === 'eval').length, 16, 'AdapEmu + AdapFu x 4 rows x 2 rounds');
     const trained = logs.filter((r) => r.msg === 'update published').map((r) => `${r['round']}/${r['clientId']}`);
     passed = true;
     console.log(
