@@ -2,7 +2,7 @@
  * The aggregator: runs the standalone round loop (runRounds) with NATS-bound ports, keeps job state in KV after
  * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
  */
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -15,7 +15,6 @@ import {
   WorkQueue,
   blobBucketName,
   updateBucketName,
-  connectTransport,
   stateBucketName,
   type BlobRef,
 } from '../../libs/protocol/src/index.js';
@@ -61,6 +60,18 @@ export interface AggregatorOptions {
   readonly quorum?: number;
 }
 
+/** What a run of the job needs, opened once in start(). */
+interface RunEnv {
+  readonly ctx: JobContext;
+  readonly nc: NatsConnection;
+  readonly blobs: BlobStore;
+  readonly state: StateStore;
+  readonly queue: WorkQueue;
+  /** The emulator package's manifest blob. */
+  readonly model: BlobRef;
+  readonly runsDir: string;
+}
+
 export class Aggregator implements ServiceRole {
   readonly name = 'aggregator';
   readonly log: JsonLogger;
@@ -87,6 +98,7 @@ export class Aggregator implements ServiceRole {
   /** Coordinator events of this incarnation (train, comm, align, eval, rejected...). */
   readonly events: RoundEvent[] = [];
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
   #folder: RunFolder | undefined;
@@ -98,7 +110,8 @@ export class Aggregator implements ServiceRole {
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   /** Settles when the job completed (the final state), or with the error that stopped it. null: it was already complete. */
@@ -112,7 +125,8 @@ export class Aggregator implements ServiceRole {
     // The client list only: the aggregator holds no client data (updates carry their example counts).
     this.#ctx = await openJobContext(spec, { parts: [] });
     const ctx = this.#ctx;
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const jobId = ctx.jobId;
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
@@ -130,11 +144,62 @@ export class Aggregator implements ServiceRole {
       cacheRoot: defaultCacheRoot(),
       log: (msg, fields) => this.log.info(msg, fields),
     });
-    const model = pkg.ref;
+    const env: RunEnv = {
+      ctx,
+      nc,
+      blobs,
+      state,
+      queue,
+      model: pkg.ref,
+      runsDir: this.opts.runsDir ?? runsDirFrom(process.env, spec),
+    };
+    const launch = await this.#prepare(env);
+    this.#ready = true;
+    this.#run = this.#drive(env, launch);
+    // A rejection is observed through `done`; keep Node from reporting it as unhandled meanwhile.
+    this.#run.catch(() => {});
+  }
+
+  /**
+   * Runs the job; when a NATS outage interrupts it (a JetStream call timed out while the connection was down or
+   * bounced), waits for the reconnect and resumes from the last checkpoint in KV, exactly as a restarted aggregator
+   * would: the interrupted round is re-planned (its training tasks deduplicated, updates already stored replayed).
+   * Any other failure ends the job.
+   */
+  async #drive(env: RunEnv, launch: () => Promise<CoordinatorState | null>): Promise<CoordinatorState | null> {
+    const conn = this.#conn!;
+    for (;;) {
+      const disconnects = conn.disconnects();
+      try {
+        return await launch();
+      } catch (e) {
+        const outage = conn.disconnects() > disconnects || !conn.connected();
+        if (this.#abort.signal.aborted || !outage) {
+          this.log.write('error', 'job failed', { jobId: env.ctx.jobId, error: (e as Error).message });
+          throw e;
+        }
+        this.log.write('warn', 'interrupted by a NATS outage; resuming from the last checkpoint once reconnected', {
+          error: (e as Error).message,
+        });
+        while (!conn.connected() && !this.#abort.signal.aborted) await new Promise((r) => setTimeout(r, 500));
+        launch = async () => (await this.#prepare(env))();
+      }
+    }
+  }
+
+  /**
+   * Reads the job state from KV and returns the run of the remaining rounds (not started yet): a fresh job, a
+   * resumed one, or, for a job KV records as completed, the run folder finished if an earlier incarnation died
+   * before writing it.
+   */
+  async #prepare(env: RunEnv): Promise<() => Promise<CoordinatorState | null>> {
+    const { ctx, nc, blobs, state, queue, model, runsDir } = env;
+    const spec = ctx.spec;
+    const jobId = ctx.jobId;
+    this.#folder?.close();
     const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
     const init = initialLoras(ctx);
     let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };
-    const runsDir = this.opts.runsDir ?? runsDirFrom(process.env, spec);
     if (stored) {
       const j = stored.value;
       if (j.status === 'completed') {
@@ -143,9 +208,7 @@ export class Aggregator implements ServiceRole {
         const folder = (this.#folder = await RunFolder.open(runsDir, spec, { round: j.totalRounds, preAligned: true }));
         if (!existsSync(join(folder.dir, 'results.json')) && j.adapterLora)
           await this.#finish(await getLora(blobs, j.adapterLora, ctx.specs.adapter));
-        this.#ready = true;
-        this.#run = Promise.resolve(null);
-        return;
+        return async () => null;
       }
       if (j.totalRounds !== spec.job.rounds)
         throw new Error(`job ${jobId}: stored state has ${j.totalRounds} rounds, the spec ${spec.job.rounds}`);
@@ -200,58 +263,50 @@ export class Aggregator implements ServiceRole {
       });
     };
     if (!stored) await writeState(start, null, null);
-    this.#ready = true;
     this.log.info('job started', { jobId, rounds: spec.job.rounds, clients: ctx.data.clients.map((c) => c.id) });
-    this.#run = runRounds(
-      ports,
-      {
-        rounds: spec.job.rounds,
-        clientIds: ctx.data.clients.map((c) => c.id),
-        perRound: spec.clients.perRound,
-        seed: spec.job.seed,
-        preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
-        alignStepsPerRound: spec.alignment.stepsPerRound,
-        weighting: spec.aggregation.weighting,
-        ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
-        evalEvery: spec.eval.every,
-        broadcastEmulator: true,
-      },
-      start,
-      {
-        onEvent: (e) => {
-          this.events.push(e);
-          folder.log(e);
-          if (e.kind === 'eval') {
-            const labels = { method: String(e['method']), client: String(e['client']) };
-            this.evalLoss.set(labels, Number(e['test_loss']));
-            this.evalAccuracy.set(labels, Number(e['accuracy']));
-          }
-          this.log.info(e.kind, { ...e });
+    return () =>
+      runRounds(
+        ports,
+        {
+          rounds: spec.job.rounds,
+          clientIds: ctx.data.clients.map((c) => c.id),
+          perRound: spec.clients.perRound,
+          seed: spec.job.seed,
+          preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
+          alignStepsPerRound: spec.alignment.stepsPerRound,
+          weighting: spec.aggregation.weighting,
+          ...(spec.aggregation.maxUpdateNorm !== undefined ? { maxUpdateNorm: spec.aggregation.maxUpdateNorm } : {}),
+          evalEvery: spec.eval.every,
+          broadcastEmulator: true,
         },
-        onRejected: (clientId, reason) => {
-          this.metrics.rejectedUpdates.inc({ reason: 'check' });
-          this.log.write('warn', 'update rejected', { clientId, reason });
+        start,
+        {
+          onEvent: (e) => {
+            this.events.push(e);
+            folder.log(e);
+            if (e.kind === 'eval') {
+              const labels = { method: String(e['method']), client: String(e['client']) };
+              this.evalLoss.set(labels, Number(e['test_loss']));
+              this.evalAccuracy.set(labels, Number(e['accuracy']));
+            }
+            this.log.info(e.kind, { ...e });
+          },
+          onRejected: (clientId, reason) => {
+            this.metrics.rejectedUpdates.inc({ reason: 'check' });
+            this.log.write('warn', 'update rejected', { clientId, reason });
+          },
+          onCheckpoint: async (s) => {
+            folder.sync();
+            await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
+            this.roundsCompleted.set(s.round);
+            this.log.info('checkpoint', { round: s.round });
+          },
         },
-        onCheckpoint: async (s) => {
-          folder.sync();
-          await writeState(s, await putLora(blobs, s.adapter), await putLora(blobs, s.emulator));
-          this.roundsCompleted.set(s.round);
-          this.log.info('checkpoint', { round: s.round });
-        },
-      },
-    ).then(
-      async (final) => {
+      ).then(async (final) => {
         await this.#finish(final.adapter);
         this.log.info('job completed', { jobId, rounds: final.round });
         return final;
-      },
-      async (e: unknown) => {
-        this.log.write('error', 'job failed', { jobId, error: (e as Error).message });
-        throw e;
-      },
-    );
-    // A rejection is observed through `done`; keep Node from reporting it as unhandled meanwhile.
-    this.#run.catch(() => {});
+      });
   }
 
   /** Writes the results, report, adapter and merged model into the run folder (the standalone job's files). */

@@ -9,7 +9,7 @@
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
 import { hostname } from 'node:os';
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import { fetchEmulatorPackage, type FetchedPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -24,7 +24,6 @@ import {
   blobBucketName,
   updateBucketName,
   clientMetricsSubject,
-  connectTransport,
   publishMessage,
   stateBucketName,
   streamExists,
@@ -64,6 +63,9 @@ export const StreamStateSchema = z.strictObject({
   after: position,
 });
 
+/** Pause before pulling again after the work-queue loop ended or failed (ms). */
+const RETRY_MS = 1000;
+
 export interface TrainerOptions {
   readonly natsUrl: string;
   /**
@@ -96,6 +98,7 @@ export class ClientTrainer implements ServiceRole {
   /** Tasks this replica completed, as `round/client`. */
   readonly completed: string[] = [];
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #consumption: Consumption | undefined;
   #modelSha = '';
@@ -113,7 +116,8 @@ export class ClientTrainer implements ServiceRole {
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   /**
@@ -124,7 +128,8 @@ export class ClientTrainer implements ServiceRole {
   async start(): Promise<void> {
     const jobId = this.opts.spec.job.id;
     if (!jobId) throw new Error('job.id: required by the distributed runtime');
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     this.#loop = this.#run(nc, jobId).catch((e: unknown) => {
       if (!this.#stopping) this.log.write('error', 'trainer stopped', { error: (e as Error).message });
     });
@@ -171,10 +176,20 @@ export class ClientTrainer implements ServiceRole {
     this.#ready = true;
     this.#pullingResolve();
     // The pull loop of WorkQueue.consume ends when a pull request fails (e.g. the server restarted and the request
-    // timed out); unacked work is redelivered by the server either way. Pull again until stopped.
-    while (!this.#stopping && !nc.isClosed()) {
-      this.#consumption = await queue.consume(handler, consumeOpts);
-      await this.#consumption.done;
+    // timed out), and consume() itself throws while NATS is down (it looks the durable consumer up, re-creating it
+    // if the server lost it); unacked work is redelivered by the server either way. Pull again until stopped, with
+    // a pause after a failure so that an outage costs one attempt per second, not a busy loop.
+    for (let failures = 0; !this.#stopping && !nc.isClosed();) {
+      try {
+        this.#consumption = await queue.consume(handler, consumeOpts);
+        if (failures > 0) this.log.info('pulling tasks again', { afterFailures: failures });
+        failures = 0;
+        await this.#consumption.done;
+      } catch (e) {
+        if (failures++ === 0)
+          this.log.write('warn', 'work queue unavailable; retrying every second', { error: (e as Error).message });
+      }
+      if (!this.#stopping) await new Promise((r) => setTimeout(r, RETRY_MS));
     }
   }
 

@@ -7,7 +7,7 @@
  * (`eval.ownerValidation`), and scores each requested mode on it (rows with client 'owner'); clients score AdapEmu
  * themselves. eval.mode simulation: it reads every client's test set and scores per client plus the pooled 'all'.
  */
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -16,7 +16,6 @@ import {
   EvalResultSchema,
   PROTOCOL_VERSION,
   blobBucketName,
-  connectTransport,
   decodeMessage,
   encodeMessage,
   evaluatedSubject,
@@ -72,6 +71,7 @@ export class Evaluator implements ServiceRole {
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('evaluator');
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
   #queue: Promise<void> = Promise.resolve();
@@ -85,7 +85,8 @@ export class Evaluator implements ServiceRole {
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   progress(): Progress {
@@ -140,7 +141,8 @@ export class Evaluator implements ServiceRole {
         this.log.info('owner validation set loaded', { files: this.#owner.files, examples: this.#owner.test.length });
       }
     }
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     const pattern = evaluatePattern(ctx.jobId);

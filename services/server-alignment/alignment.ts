@@ -10,7 +10,7 @@
  * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
  * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
@@ -21,7 +21,6 @@ import {
   StateStore,
   blobBucketName,
   ownerBucketName,
-  connectTransport,
   decodeMessage,
   decodeTensors,
   encodeMessage,
@@ -86,6 +85,7 @@ export class ServerAlignment implements ServiceRole {
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('server-alignment');
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #sub: Subscription | undefined;
   #queue: Promise<void> = Promise.resolve();
@@ -96,13 +96,15 @@ export class ServerAlignment implements ServiceRole {
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   async start(): Promise<void> {
     // The public corpus only: alignment never sees client data.
     const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));

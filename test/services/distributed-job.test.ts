@@ -904,3 +904,88 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
     await nc.close();
   }
 });
+
+test('a NATS outage while round 1 trains: every service reports not-ready, reconnects, trainers pull again, the job equals standalone', async () => {
+  // FEDBIOT_TEST_OUTAGE_S: how long the broker stays down (default 20 s; the services reconnect forever, so a
+  // 60 s run passes too, it only takes longer).
+  const downMs = 1000 * Number(process.env['FEDBIOT_TEST_OUTAGE_S'] ?? '20');
+  const jobId = `svc-outage-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const server = await startPrivateNats(() => '');
+  const url = server.url;
+  const logs: LogRecord[] = [];
+  const services: RunningService<ServiceRole>[] = [];
+  let outage: Promise<void> | undefined;
+  const notReady = new Set<string>();
+  const sink = (r: LogRecord): void => {
+    logs.push(r);
+    if (r.msg === 'training' && r['round'] === 1 && !outage)
+      outage = (async () => {
+        // The server dies while a trainer trains round 1, and stays down for downMs.
+        const down = server.outage(downMs);
+        const polls = (async () => {
+          const until = Date.now() + downMs - 500;
+          while (Date.now() < until) {
+            for (const svc of services) {
+              const status = await fetch(`${svc.url}/health/ready`).then(
+                (r) => r.status,
+                () => 0, // the service is closing (the test failed): not a readiness answer
+              );
+              if (status === 503) notReady.add(svc.role.name);
+            }
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        })();
+        await Promise.all([down, polls]);
+      })();
+  };
+  let passed = false;
+  try {
+    services.push(await startService(new ServerAlignment({ natsUrl: url, spec: s, logSink: sink }), 0));
+    services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(
+        await startService(
+          new ClientTrainer({
+            natsUrl: url,
+            spec: trainerSpec(s),
+            replica,
+            logSink: sink,
+            ackWaitMs: 5000,
+            cacheRoot: join(tmp, `${jobId}-${replica}`),
+          }),
+          0,
+        ),
+      );
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.ok(outage, 'the outage happened during round 1');
+    await outage;
+    assert.equal(final?.round, 2);
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
+    assert.deepEqual(
+      [...notReady].toSorted(),
+      services.map((x) => x.role.name).toSorted(),
+      'every service reported not-ready while NATS was down',
+    );
+    for (const svc of services) assert.equal((await fetch(`${svc.url}/health/ready`)).status, 200, svc.role.name);
+    const reconnected = new Set(logs.filter((r) => r.msg === 'NATS reconnected').map((r) => r.service));
+    assert.equal(reconnected.size, services.length, `reconnected: ${[...reconnected].join(', ')}`);
+    const published1 = logs.filter((r) => r.msg === 'update published' && r['round'] === 1).map((r) => r['clientId']);
+    assert.deepEqual(published1.toSorted(), ['add', 'mul', 'sub'], 'round 1 completed after the outage');
+    passed = true;
+    const pulledAgain = logs.filter((r) => r.msg === 'pulling tasks again').length;
+    console.log(
+      `outage: NATS down ${downMs / 1000} s during round 1; max |test loss difference| ${maxDiff.toExponential(2)}; work-queue loops restarted ${pulledAgain}`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await server.stop();
+  }
+});
