@@ -30,7 +30,6 @@ import {
   taskStreamName,
   updateSubject,
   type ClientUpdate,
-  type Consumption,
   type FailedTask,
   type RejectedTask,
   type TaskContext,
@@ -51,6 +50,8 @@ import {
 import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
+import { JetStreamWorkQueueServer } from '../common/jetstream-transport.js';
+import { TrainerController } from './trainer.controller.js';
 import type { ServiceRole } from '../common/role.js';
 
 const position = z.strictObject({ epoch: z.int().nonnegative(), pos: z.int().nonnegative() });
@@ -63,8 +64,13 @@ export const StreamStateSchema = z.strictObject({
   after: position,
 });
 
-/** Pause before pulling again after the work-queue loop ended or failed (ms). */
-const RETRY_MS = 1000;
+/** What a task needs once the package is loaded. */
+interface Loaded {
+  readonly ctx: JobContext;
+  readonly nc: NatsConnection;
+  readonly blobs: BlobStore;
+  readonly state: StateStore;
+}
 
 export interface TrainerOptions {
   readonly natsUrl: string;
@@ -100,7 +106,16 @@ export class ClientTrainer implements ServiceRole {
   #nc: NatsConnection | undefined;
   #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
-  #consumption: Consumption | undefined;
+  /** What a task needs once the package is loaded. */
+  #work: Loaded | undefined;
+  #queueResolve: (q: WorkQueue | null) => void = () => {};
+  readonly #queue = new Promise<WorkQueue | null>((r) => (this.#queueResolve = r));
+  /**
+   * The NestJS transport strategy that pulls this replica's tasks and hands them to TrainerController (connected
+   * by startService; see services/common/jetstream-transport.ts).
+   */
+  readonly transports: readonly JetStreamWorkQueueServer[];
+  readonly controllers = [TrainerController];
   #modelSha = '';
   #stopping = false;
   readonly #abort = new AbortController();
@@ -113,6 +128,29 @@ export class ClientTrainer implements ServiceRole {
     this.name = opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
     this.log = new JsonLogger(this.name, opts.logSink);
     this.metrics = new ServiceMetrics(this.name);
+    this.transports = [
+      new JetStreamWorkQueueServer(
+        {
+          queue: () => this.#queue,
+          closed: () => this.#nc?.isClosed() ?? true,
+          consume: {
+            ackWaitMs: opts.ackWaitMs ?? 60_000,
+            maxDeliver: 5,
+            onRejected: (r: RejectedTask) =>
+              this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
+            onFailed: (f: FailedTask) =>
+              this.log.write('error', 'task failed', {
+                round: f.task.round,
+                clientId: f.task.clientId,
+                delivery: f.deliveryCount,
+                final: f.final,
+                error: String((f.error as Error)?.message ?? f.error),
+              }),
+          },
+        },
+        this.log,
+      ),
+    ];
   }
 
   ready(): boolean {
@@ -158,39 +196,29 @@ export class ClientTrainer implements ServiceRole {
       ...(clientId === undefined ? {} : { clientId }),
       logger: { warn: (m) => this.log.warn(m) },
     });
-    const consumeOpts = {
-      ackWaitMs: this.opts.ackWaitMs ?? 60_000,
-      maxDeliver: 5,
-      onRejected: (r: RejectedTask) =>
-        this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
-      onFailed: (f: FailedTask) =>
-        this.log.write('error', 'task failed', {
-          round: f.task.round,
-          clientId: f.task.clientId,
-          delivery: f.deliveryCount,
-          final: f.final,
-          error: String((f.error as Error)?.message ?? f.error),
-        }),
-    };
-    const handler = (task: TrainTask, tc: TaskContext): Promise<void> => this.#train(ctx, nc, blobs, state, task, tc);
+    this.#work = { ctx, nc, blobs, state };
     this.#ready = true;
     this.#pullingResolve();
-    // The pull loop of WorkQueue.consume ends when a pull request fails (e.g. the server restarted and the request
-    // timed out), and consume() itself throws while NATS is down (it looks the durable consumer up, re-creating it
-    // if the server lost it); unacked work is redelivered by the server either way. Pull again until stopped, with
-    // a pause after a failure so that an outage costs one attempt per second, not a busy loop.
-    for (let failures = 0; !this.#stopping && !nc.isClosed();) {
-      try {
-        this.#consumption = await queue.consume(handler, consumeOpts);
-        if (failures > 0) this.log.info('pulling tasks again', { afterFailures: failures });
-        failures = 0;
-        await this.#consumption.done;
-      } catch (e) {
-        if (failures++ === 0)
-          this.log.write('warn', 'work queue unavailable; retrying every second', { error: (e as Error).message });
-      }
-      if (!this.#stopping) await new Promise((r) => setTimeout(r, RETRY_MS));
-    }
+    this.#queueResolve(queue);
+  }
+
+  /** Trains one task (TrainerController's TASK_TRAIN handler); resolves once the update is published. */
+  async train(task: TrainTask, tc: TaskContext): Promise<void> {
+    const w = this.#loaded();
+    return this.#train(w.ctx, w.nc, w.blobs, w.state, task, tc);
+  }
+
+  /** Evaluates one task (TrainerController's TASK_EVALUATE handler); resolves once the metrics are published. */
+  async evaluate(task: TrainTask): Promise<void> {
+    const w = this.#loaded();
+    if (!this.#checkTask(w.ctx, task)) return;
+    return this.#evaluate(w.ctx, w.nc, w.blobs, task);
+  }
+
+  #loaded(): Loaded {
+    // The transport pulls only after #queue resolved, which happens after #work is set.
+    if (!this.#work) throw new Error('trainer: a task arrived before the emulator package was loaded');
+    return this.#work;
   }
 
   /**
@@ -257,16 +285,7 @@ export class ClientTrainer implements ServiceRole {
     tc: TaskContext,
   ): Promise<void> {
     const { round, clientId } = task;
-    if (task.jobId !== ctx.jobId) throw new Error(`task for job ${task.jobId} on the queue of job ${ctx.jobId}`);
-    if (Date.now() > task.deadlineAt) {
-      this.log.write('warn', 'task past its deadline, skipped', { round, clientId });
-      return;
-    }
-    if (task.model.sha256 !== this.#modelSha)
-      throw new Error(
-        `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
-      );
-    if (task.kind === 'evaluate') return this.#evaluate(ctx, nc, blobs, task);
+    if (!this.#checkTask(ctx, task)) return;
     const expectedSeed = clientSeed(ctx.spec, round, clientId);
     if (task.training.seed !== expectedSeed)
       throw new Error(`task seed ${task.training.seed} differs from this spec's ${expectedSeed} (different job spec?)`);
@@ -346,6 +365,21 @@ export class ClientTrainer implements ServiceRole {
     });
   }
 
+  /** False: the task is past its deadline (skipped, logged). Throws for a task of another job or package. */
+  #checkTask(ctx: JobContext, task: TrainTask): boolean {
+    const { round, clientId } = task;
+    if (task.jobId !== ctx.jobId) throw new Error(`task for job ${task.jobId} on the queue of job ${ctx.jobId}`);
+    if (Date.now() > task.deadlineAt) {
+      this.log.write('warn', 'task past its deadline, skipped', { round, clientId, kind: task.kind ?? 'train' });
+      return false;
+    }
+    if (task.model.sha256 !== this.#modelSha)
+      throw new Error(
+        `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
+      );
+    return true;
+  }
+
   /**
    * Private evaluation: AdapEmu (the broadcast adapter on this emulator package) on the client's own test set, as
    * the standalone job computes it; only the numbers are published.
@@ -387,9 +421,10 @@ export class ClientTrainer implements ServiceRole {
     this.#stopping = true;
     this.#abort.abort(new Error('trainer stopped'));
     this.#pullingResolve();
-    await this.#consumption?.stop();
+    this.#queueResolve(null);
+    for (const t of this.transports) await t.close();
     await this.#loop;
-    this.#consumption = undefined;
+    this.#work = undefined;
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
