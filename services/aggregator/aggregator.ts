@@ -33,7 +33,7 @@ import { Gauge } from 'prom-client';
 import { join } from 'node:path';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
-import { RunFolder, runsDirFrom } from './run-folder.js';
+import { RunFolder, checkpointed, runsDirFrom } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -221,6 +221,8 @@ export class Aggregator implements ServiceRole {
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
     this.roundsCompleted.set(start.round);
+    // After an outage this incarnation re-runs the interrupted round: its events of that round go.
+    this.events.splice(0, this.events.length, ...this.events.filter((e) => checkpointed(e, start)));
     const folder = (this.#folder = await RunFolder.open(runsDir, spec, start));
     this.log.info('run folder', { dir: folder.dir });
     const ports = natsRoundPorts(ctx, {

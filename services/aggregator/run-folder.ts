@@ -24,6 +24,19 @@ export function runsDirFrom(env: NodeJS.ProcessEnv, spec: JobSpec): string {
   return env['FEDBIOT_RUNS_DIR'] || spec.job.outDir;
 }
 
+/**
+ * Whether event `e` belongs to work a run starting at `from` does not redo: the pre-alignment once `preAligned`,
+ * train/comm/align/rejected of rounds before `round`, eval of rounds up to `round` (an eval event's round counts
+ * completed rounds). `stage` is where a run-folder event keeps the coordinator's alignment phase (pre / round).
+ */
+export function checkpointed(
+  e: { readonly round: number; readonly kind: string; readonly [k: string]: unknown },
+  from: { readonly round: number; readonly preAligned: boolean },
+): boolean {
+  if (e.kind === 'align' && (e['stage'] ?? e['phase']) === 'pre') return from.preAligned;
+  return e.kind === 'eval' ? e.round <= from.round : e.round < from.round;
+}
+
 export class RunFolder {
   private constructor(
     /** Absolute path of `<runsDir>/<job.id>`. */
@@ -47,13 +60,7 @@ export class RunFolder {
     const path = join(dir, METRICS_FILE);
     if (existsSync(path)) {
       const events = await readMetrics(path);
-      const kept = events.filter((e) =>
-        e.kind === 'align' && e['stage'] === 'pre'
-          ? from.preAligned
-          : e.kind === 'eval'
-            ? e.round <= from.round
-            : e.round < from.round,
-      );
+      const kept = events.filter((e) => checkpointed(e, from));
       if (kept.length !== events.length)
         await writeFileAtomic(path, async (fh) =>
           fh.writeFile(kept.map((e) => JSON.stringify(e) + '\n').join(''), 'utf8'),
