@@ -30,6 +30,8 @@ import {
 } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
 import { Gauge } from 'prom-client';
+import { ClientNats } from '@nestjs/microservices';
+import { natsTransportOptions } from '../common/nats-transport.js';
 import { join } from 'node:path';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
@@ -102,11 +104,14 @@ export class Aggregator implements ServiceRole {
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
   #folder: RunFolder | undefined;
+  /** Nest's NATS client for the alignment call (request/reply to server-alignment's @MessagePattern). */
+  readonly #alignClient: ClientNats;
   #ready = false;
   readonly #abort = new AbortController();
 
   constructor(private readonly opts: AggregatorOptions) {
     this.log = new JsonLogger('aggregator', opts.logSink);
+    this.#alignClient = new ClientNats(natsTransportOptions(opts.natsUrl, opts.natsEnv));
   }
 
   ready(): boolean {
@@ -236,6 +241,7 @@ export class Aggregator implements ServiceRole {
       ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
       nextAlignCall: start.preAligned ? start.round + 1 : 0,
       evalClients: ctx.data.clients.map((c) => c.id),
+      alignClient: this.#alignClient,
       onRejected: (clientId, reason) => {
         this.metrics.rejectedUpdates.inc({ reason: 'message' });
         this.log.write('warn', 'update rejected', { clientId, reason });
@@ -328,6 +334,7 @@ export class Aggregator implements ServiceRole {
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
+    await this.#alignClient.close();
     this.#folder?.close();
     this.#folder = undefined;
     await this.#ctx?.lm.release();

@@ -14,6 +14,8 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
+import type { ClientProxy } from '@nestjs/microservices';
+import { sendWithRetry } from './nats-transport.js';
 import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
 import type { LoraSpec } from '../../libs/model/src/llama.js';
 import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
@@ -342,6 +344,8 @@ export interface NatsPortsOptions {
   readonly onNotice?: (message: string) => void;
   /** Round phases as they happen (metrics, dashboard). */
   readonly onPhase?: (round: number, phase: 'collecting' | 'collected', detail: Record<string, unknown>) => void;
+  /** The alignment call over Nest's NATS transport (server-alignment's AlignmentController); absent: raw request. */
+  readonly alignClient?: Pick<ClientProxy, 'send'>;
   /** Private evaluation: every client of the federation, each asked for AdapEmu on its own test set. */
   readonly evalClients?: readonly string[];
 }
@@ -473,12 +477,15 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         adapterLora: await putLora(blobs, adapter),
         steps,
       };
-      const bytes = await requestWithRetry(
-        nc,
-        subject,
-        encodeMessage(AlignRequestSchema, req, subject),
-        requestTimeoutMs,
-      );
+      // Nest's NATS transport (ClientNats -> server-alignment's @MessagePattern); a plain request where the caller
+      // has no Nest client (bench/messaging.ts's stand-in server answers raw requests).
+      const bytes = o.alignClient
+        ? new TextEncoder().encode(
+            JSON.stringify(
+              await sendWithRetry(o.alignClient, subject, AlignRequestSchema.parse(req), requestTimeoutMs),
+            ),
+          )
+        : await requestWithRetry(nc, subject, encodeMessage(AlignRequestSchema, req, subject), requestTimeoutMs);
       const r = decodeMessage(AlignReplySchema, bytes, `reply to ${subject}`);
       if (!r.ok) throw r.error;
       if ('error' in r.value) throw new Error(`server-alignment refused call ${call}: ${r.value.error}`);
