@@ -33,7 +33,7 @@ export async function sendWithRetry(
     try {
       return await firstValueFrom(client.send(pattern, data).pipe(timeout(Math.max(1, until - Date.now()))));
     } catch (e) {
-      const noResponders = /^Empty response/.test(String((e as Error)?.message));
+      const noResponders = String((e as Error)?.message).startsWith('Empty response');
       if (!noResponders || Date.now() + 250 > until)
         throw new Error(`request on ${pattern} failed: ${(e as Error)?.message ?? String(e)}`, { cause: e });
       await new Promise((r) => setTimeout(r, 250));
