@@ -104,14 +104,14 @@ export class Aggregator implements ServiceRole {
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
   #folder: RunFolder | undefined;
-  /** Nest's NATS client for the alignment call (request/reply to server-alignment's @MessagePattern). */
-  readonly #alignClient: ClientNats;
+  /** Nest's NATS client for the alignment and evaluation calls (request/reply to @MessagePattern handlers). */
+  readonly #natsClient: ClientNats;
   #ready = false;
   readonly #abort = new AbortController();
 
   constructor(private readonly opts: AggregatorOptions) {
     this.log = new JsonLogger('aggregator', opts.logSink);
-    this.#alignClient = new ClientNats(natsTransportOptions(opts.natsUrl, opts.natsEnv));
+    this.#natsClient = new ClientNats(natsTransportOptions(opts.natsUrl, opts.natsEnv));
   }
 
   ready(): boolean {
@@ -241,7 +241,7 @@ export class Aggregator implements ServiceRole {
       ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
       nextAlignCall: start.preAligned ? start.round + 1 : 0,
       evalClients: ctx.data.clients.map((c) => c.id),
-      alignClient: this.#alignClient,
+      natsClient: this.#natsClient,
       onRejected: (clientId, reason) => {
         this.metrics.rejectedUpdates.inc({ reason: 'message' });
         this.log.write('warn', 'update rejected', { clientId, reason });
@@ -334,7 +334,7 @@ export class Aggregator implements ServiceRole {
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
-    await this.#alignClient.close();
+    await this.#natsClient.close();
     this.#folder?.close();
     this.#folder = undefined;
     await this.#ctx?.lm.release();

@@ -344,8 +344,11 @@ export interface NatsPortsOptions {
   readonly onNotice?: (message: string) => void;
   /** Round phases as they happen (metrics, dashboard). */
   readonly onPhase?: (round: number, phase: 'collecting' | 'collected', detail: Record<string, unknown>) => void;
-  /** The alignment call over Nest's NATS transport (server-alignment's AlignmentController); absent: raw request. */
-  readonly alignClient?: Pick<ClientProxy, 'send'>;
+  /**
+   * Nest's NATS client for the request/reply calls (alignment: server-alignment's AlignmentController; evaluation:
+   * the evaluator's EvaluatorController); absent: plain nats.js requests (bench/messaging.ts's stand-ins).
+   */
+  readonly natsClient?: Pick<ClientProxy, 'send'>;
   /** Private evaluation: every client of the federation, each asked for AdapEmu on its own test set. */
   readonly evalClients?: readonly string[];
 }
@@ -479,11 +482,9 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       };
       // Nest's NATS transport (ClientNats -> server-alignment's @MessagePattern); a plain request where the caller
       // has no Nest client (bench/messaging.ts's stand-in server answers raw requests).
-      const bytes = o.alignClient
+      const bytes = o.natsClient
         ? new TextEncoder().encode(
-            JSON.stringify(
-              await sendWithRetry(o.alignClient, subject, AlignRequestSchema.parse(req), requestTimeoutMs),
-            ),
+            JSON.stringify(await sendWithRetry(o.natsClient, subject, AlignRequestSchema.parse(req), requestTimeoutMs)),
           )
         : await requestWithRetry(nc, subject, encodeMessage(AlignRequestSchema, req, subject), requestTimeoutMs);
       const r = decodeMessage(AlignReplySchema, bytes, `reply to ${subject}`);
@@ -516,7 +517,12 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
   ): Promise<EvalResultRow[]> {
     const subject = evaluateSubject(jobId, round);
     const req = { protocolVersion: PROTOCOL_VERSION, jobId, round, ...refs, modes };
-    const bytes = await requestWithRetry(nc, subject, encodeMessage(EvalRequestSchema, req, subject), requestTimeoutMs);
+    // Nest's NATS transport (ClientNats -> the evaluator's @MessagePattern); a plain request without a Nest client.
+    const bytes = o.natsClient
+      ? new TextEncoder().encode(
+          JSON.stringify(await sendWithRetry(o.natsClient, subject, EvalRequestSchema.parse(req), requestTimeoutMs)),
+        )
+      : await requestWithRetry(nc, subject, encodeMessage(EvalRequestSchema, req, subject), requestTimeoutMs);
     const r = decodeMessage(EvalReplySchema, bytes, `reply to ${subject}`);
     if (!r.ok) throw r.error;
     if ('error' in r.value) throw new Error(`evaluator refused round ${round}: ${r.value.error}`);

@@ -17,7 +17,6 @@ import {
   PROTOCOL_VERSION,
   blobBucketName,
   decodeMessage,
-  encodeMessage,
   evaluatedSubject,
   parseUpdateSubject,
   publishMessage,
@@ -27,8 +26,6 @@ import {
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   EVAL_METHOD,
-  EvalReplySchema,
-  evaluatePattern,
   getBroadcast,
   openJobContext,
   pooledScores,
@@ -39,6 +36,10 @@ import {
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
+import type { Type } from '@nestjs/common';
+import { ServerNats } from '@nestjs/microservices';
+import { natsTransportOptions } from '../common/nats-transport.js';
+import { evaluatorController } from './evaluator.controller.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -74,6 +75,10 @@ export class Evaluator implements ServiceRole {
   #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
+  #work: { ctx: JobContext; nc: NatsConnection; blobs: BlobStore } | undefined;
+  /** The evaluation request's handler (EvaluatorController) on Nest's NATS transport (ServerNats, queue group). */
+  readonly controllers: readonly Type[];
+  readonly transports: readonly ServerNats[];
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
   #progress: { evals: Progress['evals']; train: Progress['train'] } = { evals: [], train: [] };
@@ -82,6 +87,8 @@ export class Evaluator implements ServiceRole {
 
   constructor(private readonly opts: EvaluatorOptions) {
     this.log = new JsonLogger('evaluator', opts.logSink);
+    this.controllers = [evaluatorController(opts.spec.job.id ?? '')];
+    this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 
   ready(): boolean {
@@ -145,16 +152,7 @@ export class Evaluator implements ServiceRole {
     const nc = (this.#nc = this.#conn.nc);
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
-    const pattern = evaluatePattern(ctx.jobId);
-    this.#subs.push(
-      nc.subscribe(pattern, {
-        queue: 'evaluator',
-        callback: (err, msg: Msg) => {
-          if (err) return this.log.write('error', 'subscription error', { subject: pattern, error: err.message });
-          this.#queue = this.#queue.then(() => this.#answer(ctx, nc, blobs, msg));
-        },
-      }),
-    );
+    this.#work = { ctx, nc, blobs };
     // Training losses for the dashboard; malformed messages are the aggregator's to reject, here they are skipped.
     this.#subs.push(
       nc.subscribe(`fl.${ctx.jobId}.round.*.update.*`, {
@@ -176,9 +174,30 @@ export class Evaluator implements ServiceRole {
     this.#ready = true;
   }
 
-  async #answer(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, msg: Msg): Promise<void> {
-    const round = Number(msg.subject.split('.').at(-2));
-    const decoded = decodeMessage(EvalRequestSchema, msg.data, msg.subject, { jobId: ctx.jobId, round });
+  /**
+   * An evaluation request (EvaluatorController's handler), answered in arrival order, one at a time (evaluations
+   * share the model's sessions). `subject` is the request's concrete subject (its round).
+   */
+  answer(request: unknown, subject: string): Promise<EvalReply> {
+    const jobId = this.opts.spec.job.id ?? '';
+    const w = this.#work;
+    if (!w) return Promise.resolve({ protocolVersion: PROTOCOL_VERSION, jobId, error: 'evaluator is not ready' });
+    return new Promise<EvalReply>((resolve) => {
+      this.#queue = this.#queue.then(async () => resolve(await this.#answer(w.ctx, w.nc, w.blobs, request, subject)));
+    });
+  }
+
+  async #answer(
+    ctx: JobContext,
+    nc: NatsConnection,
+    blobs: BlobStore,
+    request: unknown,
+    subject: string,
+  ): Promise<EvalReply> {
+    const round = Number(subject.split('.').at(-2));
+    // Nest hands over the parsed payload; decodeMessage gives the same field-naming errors as for raw bytes.
+    const bytes = new TextEncoder().encode(JSON.stringify(request ?? null));
+    const decoded = decodeMessage(EvalRequestSchema, bytes, subject, { jobId: ctx.jobId, round });
     let reply: EvalReply;
     if (!decoded.ok) {
       this.log.write('warn', 'eval request rejected', { reason: decoded.error.message });
@@ -216,14 +235,18 @@ export class Evaluator implements ServiceRole {
         reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: (e as Error).message };
       }
     }
-    if (msg.reply) msg.respond(encodeMessage(EvalReplySchema, reply, msg.reply));
+    return reply;
   }
 
   async stop(): Promise<void> {
     this.#ready = false;
     for (const s of this.#subs) s.unsubscribe();
     this.#subs = [];
+    // The accepted requests first (their replies go out on the transport's connection), then the transport.
     await this.#queue;
+    for (const t of this.transports) await t.close();
+    await this.#queue;
+    this.#work = undefined;
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
