@@ -31,7 +31,7 @@ import {
   getLora,
   updateKey,
   type PortsContext,
-} from '../libs/fedbiot/src/ports-nats.js';
+} from '../services/common/ports-nats.js';
 import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';

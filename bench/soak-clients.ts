@@ -13,7 +13,7 @@ import { pathToFileURL } from 'node:url';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import type { LoraWeights } from '../libs/model/src/causal-lm.js';
-import { getBroadcast, putLora, updateKey, type PortsContext } from '../libs/fedbiot/src/ports-nats.js';
+import { getBroadcast, putLora, updateKey, type PortsContext } from '../services/common/ports-nats.js';
 import {
   BlobStore,
   ClientUpdateSchema,

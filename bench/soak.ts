@@ -24,7 +24,7 @@ import {
   type CoordinatorState,
 } from '../libs/fedbiot/src/coordinator.js';
 import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { encodeLora, natsRoundPorts, putLora, type PortsContext } from '../libs/fedbiot/src/ports-nats.js';
+import { encodeLora, natsRoundPorts, putLora, type PortsContext } from '../services/common/ports-nats.js';
 import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import type { LoraWeights } from '../libs/model/src/causal-lm.js';

@@ -2,9 +2,11 @@
  * Starts the four services of a distributed job locally, one child process each, against NATS_URL:
  *   npm run build && JOB_SPEC=job.yaml node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done]
  * HTTP ports: P aggregator, P+1 server-alignment, P+2 evaluator (dashboard at /dashboard), P+3.. trainers
- * (default P = 8080, N = 2). Logs are the children's JSON lines on stdout. SIGINT/SIGTERM stop every child; a
- * child that fails stops the others. With --exit-when-done the aggregator exits when the job completed, and the
- * launcher then stops the rest and exits with the aggregator's status.
+ * (default P = 8080, N = 2). Logs are the children's JSON lines on stdout. SIGINT/SIGTERM stop every child. A child
+ * that dies is restarted (after 1 s, doubling up to 30 s while it keeps dying within a minute of its start; after 10
+ * restarts in a row the launcher gives up and stops everything): a trainer's unacked task is redelivered, a restarted
+ * aggregator or server-alignment resumes from KV. With --exit-when-done the aggregator exits when the job
+ * completed, and the launcher then stops the rest and exits with the aggregator's status.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -64,21 +66,43 @@ function stopAll(code: number): void {
   if (stopping) return;
   stopping = true;
   process.exitCode = code;
-  for (const c of children.values()) if (c.exitCode === null) c.kill('SIGTERM');
+  for (const t of pendingRestarts) clearTimeout(t);
+  for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
 }
+const pendingRestarts = new Set<NodeJS.Timeout>();
 
-for (const p of plan) {
+/** Restarts in a row before the launcher gives up on a child. */
+const MAX_RESTARTS = 10;
+/** A child that ran this long before dying starts its backoff afresh. */
+const STABLE_MS = 60_000;
+
+function launch(p: (typeof plan)[number], restarts: number): void {
+  const startedAt = Date.now();
   const child = spawn(process.execPath, [p.script], {
     env: { ...process.env, NATS_URL: process.env['NATS_URL'] ?? DEFAULT_NATS_URL, ...p.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   children.set(p.name, child);
-  say('started', { child: p.name, pid: child.pid, port: Number(p.env['HTTP_PORT']) });
+  say('started', { child: p.name, pid: child.pid, port: Number(p.env['HTTP_PORT']), restarts });
   child.on('exit', (code, signal) => {
     say('exited', { child: p.name, code, signal });
-    if (p.name === 'aggregator' && exitWhenDone) stopAll(code ?? 1);
-    else if (!stopping) stopAll(code === 0 ? 1 : (code ?? 1));
+    if (stopping) return;
+    if (p.name === 'aggregator' && exitWhenDone && code !== null) return stopAll(code);
+    const inARow = Date.now() - startedAt >= STABLE_MS ? 0 : restarts;
+    if (inARow >= MAX_RESTARTS) {
+      say('giving up', { child: p.name, restarts: inARow });
+      return stopAll(code === 0 ? 1 : (code ?? 1));
+    }
+    const inMs = Math.min(30_000, 1000 * 2 ** inARow);
+    say('restarting', { child: p.name, inMs });
+    const t = setTimeout(() => {
+      pendingRestarts.delete(t);
+      if (!stopping) launch(p, inARow + 1);
+    }, inMs);
+    pendingRestarts.add(t);
   });
 }
+
+for (const p of plan) launch(p, 0);
 process.once('SIGINT', () => stopAll(0));
 process.once('SIGTERM', () => stopAll(0));

@@ -27,6 +27,9 @@
 //                  no volume that holds model weights: no PersistentVolumeClaim labelled
 //                  fedbiot.io/model-weights=true, no hostPath; trainers receive the emulator package
 //                  over NATS and keep it in their own cache (an emptyDir)
+//   eval-private   a job spec ConfigMap (key job.yaml) does not set eval.mode: simulation, in which the
+//                  evaluator reads every client's test set; deployments evaluate privately (AdapFu on the
+//                  owner's eval.ownerValidation, AdapEmu by each client's trainer, numbers only)
 // Warnings (never fail): Secrets annotated fedbiot.io/example-credentials=true.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -311,6 +314,22 @@ function policyIssues(o, ctx) {
           message: `volume ${v.name}: PersistentVolumeClaim ${claim} is not in the rendered set`,
         });
       }
+    }
+  }
+
+  if (o.kind === 'ConfigMap' && typeof o.data?.['job.yaml'] === 'string') {
+    let mode;
+    try {
+      mode = parseYaml(o.data['job.yaml'])?.eval?.mode;
+    } catch {
+      // A malformed job spec is the job-spec loader's error to report, with its own context.
+    }
+    if (mode === 'simulation') {
+      issues.push({
+        rule: 'eval-private',
+        message:
+          "job.yaml: eval.mode is simulation, in which the evaluator reads every client's test set; a deployment evaluates in mode private (AdapFu on eval.ownerValidation, AdapEmu by each client's trainer)",
+      });
     }
   }
 

@@ -2,7 +2,7 @@
  * The aggregator: runs the standalone round loop (runRounds) with NATS-bound ports, keeps job state in KV after
  * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
  */
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -17,7 +17,6 @@ import {
   blobBucketName,
   updateBucketName,
   watchStaleUpdates,
-  connectTransport,
   stateBucketName,
   type BlobRef,
 } from '../../libs/protocol/src/index.js';
@@ -36,8 +35,15 @@ import {
   openJobContext,
   putLora,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
+import { existsSync } from 'node:fs';
+import { Gauge } from 'prom-client';
+import { ClientNats } from '@nestjs/microservices';
+import { natsTransportOptions } from '../common/nats-transport.js';
+import { join } from 'node:path';
+import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { RunFolder, checkpointed, runsDirFrom } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -54,29 +60,75 @@ export interface AggregatorOptions {
   readonly natsEnv?: NodeJS.ProcessEnv;
   readonly spec: JobSpec;
   readonly logSink?: (r: LogRecord) => void;
+  /**
+   * Where the run folder `<runsDir>/<job.id>` is written (config, metrics.jsonl, results, report, adapter, merged
+   * model); default FEDBIOT_RUNS_DIR, else the spec's job.outDir.
+   */
+  readonly runsDir?: string;
   /** Overrides spec.aggregation.deadlineMs / quorum. */
   readonly deadlineMs?: number;
   readonly quorum?: number;
+}
+
+/** What a run of the job needs, opened once in start(). */
+interface RunEnv {
+  readonly ctx: JobContext;
+  readonly nc: NatsConnection;
+  readonly blobs: BlobStore;
+  readonly state: StateStore;
+  readonly queue: WorkQueue;
+  /** The emulator package's manifest blob. */
+  readonly model: BlobRef;
+  readonly runsDir: string;
+  /** Deletes blobs of rounds older than the kept checkpoints. */
+  readonly pruner: RoundBlobPruner;
 }
 
 export class Aggregator implements ServiceRole {
   readonly name = 'aggregator';
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('aggregator');
+  /** Rounds completed (checkpointed); survives a restart through KV. */
+  readonly roundsCompleted = new Gauge({
+    name: 'fl_rounds_completed',
+    help: 'Federated rounds completed and checkpointed',
+    registers: [this.metrics.registry],
+  });
+  /** The latest evaluation per method and client (client 'all': pooled; 'owner': the owner's validation set). */
+  readonly evalLoss = new Gauge({
+    name: 'fl_eval_loss',
+    help: 'Test loss (nats per token) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.metrics.registry],
+  });
+  readonly evalAccuracy = new Gauge({
+    name: 'fl_eval_accuracy',
+    help: 'Exact-match accuracy (0-1) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.metrics.registry],
+  });
   /** Coordinator events of this incarnation (train, comm, align, eval, rejected...). */
   readonly events: RoundEvent[] = [];
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
+  #folder: RunFolder | undefined;
+  /** The round whose updates are still collected; older ones are stale. */
+  #collecting = 0;
+  /** Nest's NATS client for the alignment and evaluation calls (request/reply to @MessagePattern handlers). */
+  readonly #natsClient: ClientNats;
   #ready = false;
   readonly #abort = new AbortController();
 
   constructor(private readonly opts: AggregatorOptions) {
     this.log = new JsonLogger('aggregator', opts.logSink);
+    this.#natsClient = new ClientNats(natsTransportOptions(opts.natsUrl, opts.natsEnv));
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   /** Settles when the job completed (the final state), or with the error that stopped it. null: it was already complete. */
@@ -90,7 +142,8 @@ export class Aggregator implements ServiceRole {
     // The client list only: the aggregator holds no client data (updates carry their example counts).
     this.#ctx = await openJobContext(spec, { parts: [] });
     const ctx = this.#ctx;
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const jobId = ctx.jobId;
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
@@ -116,7 +169,70 @@ export class Aggregator implements ServiceRole {
       cacheRoot: defaultCacheRoot(),
       log: (msg, fields) => this.log.info(msg, fields),
     });
-    const model = pkg.ref;
+    const env: RunEnv = {
+      ctx,
+      nc,
+      blobs,
+      state,
+      queue,
+      model: pkg.ref,
+      runsDir: this.opts.runsDir ?? runsDirFrom(process.env, spec),
+      pruner,
+    };
+    // Updates of rounds whose collection closed would vanish silently: log and count them (one watcher per
+    // incarnation; #prepare moves the round it compares with).
+    await watchStaleUpdates(nc, {
+      jobId,
+      currentRound: () => this.#collecting,
+      onStale: (u) => {
+        this.metrics.rejectedUpdates.inc({ reason: 'stale' });
+        this.log.write('warn', 'update for an ended round', { ...u });
+      },
+    });
+    const launch = await this.#prepare(env);
+    this.#ready = true;
+    this.#run = this.#drive(env, launch);
+    // A rejection is observed through `done`; keep Node from reporting it as unhandled meanwhile.
+    this.#run.catch(() => {});
+  }
+
+  /**
+   * Runs the job; when a NATS outage interrupts it (a JetStream call timed out while the connection was down or
+   * bounced), waits for the reconnect and resumes from the last checkpoint in KV, exactly as a restarted aggregator
+   * would: the interrupted round is re-planned (its training tasks deduplicated, updates already stored replayed).
+   * Any other failure ends the job.
+   */
+  async #drive(env: RunEnv, launch: () => Promise<CoordinatorState | null>): Promise<CoordinatorState | null> {
+    const conn = this.#conn!;
+    for (;;) {
+      const disconnects = conn.disconnects();
+      try {
+        return await launch();
+      } catch (e) {
+        const outage = conn.disconnects() > disconnects || !conn.connected();
+        if (this.#abort.signal.aborted || !outage) {
+          this.log.write('error', 'job failed', { jobId: env.ctx.jobId, error: (e as Error).message });
+          throw e;
+        }
+        this.log.write('warn', 'interrupted by a NATS outage; resuming from the last checkpoint once reconnected', {
+          error: (e as Error).message,
+        });
+        while (!conn.connected() && !this.#abort.signal.aborted) await new Promise((r) => setTimeout(r, 500));
+        launch = async () => (await this.#prepare(env))();
+      }
+    }
+  }
+
+  /**
+   * Reads the job state from KV and returns the run of the remaining rounds (not started yet): a fresh job, a
+   * resumed one, or, for a job KV records as completed, the run folder finished if an earlier incarnation died
+   * before writing it.
+   */
+  async #prepare(env: RunEnv): Promise<() => Promise<CoordinatorState | null>> {
+    const { ctx, nc, blobs, state, queue, model, runsDir, pruner } = env;
+    const spec = ctx.spec;
+    const jobId = ctx.jobId;
+    this.#folder?.close();
     const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
     const init = initialLoras(ctx);
     let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };
@@ -124,9 +240,11 @@ export class Aggregator implements ServiceRole {
       const j = stored.value;
       if (j.status === 'completed') {
         this.log.info('job already completed', { jobId, rounds: j.totalRounds });
-        this.#ready = true;
-        this.#run = Promise.resolve(null);
-        return;
+        // Died after the last checkpoint but before the run folder was finished: finish it from the stored adapter.
+        const folder = (this.#folder = await RunFolder.open(runsDir, spec, { round: j.totalRounds, preAligned: true }));
+        if (!existsSync(join(folder.dir, 'results.json')) && j.adapterLora)
+          await this.#finish(await getLora(blobs, j.adapterLora, ctx.specs.adapter));
+        return async () => null;
       }
       if (j.totalRounds !== spec.job.rounds)
         throw new Error(`job ${jobId}: stored state has ${j.totalRounds} rounds, the spec ${spec.job.rounds}`);
@@ -138,17 +256,12 @@ export class Aggregator implements ServiceRole {
       };
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
-    this.metrics.round.set(start.round);
-    // Updates of rounds whose collection closed would vanish silently: log and count them.
-    let collecting = start.round;
-    await watchStaleUpdates(nc, {
-      jobId,
-      currentRound: () => collecting,
-      onStale: (u) => {
-        this.metrics.rejectedUpdates.inc({ reason: 'stale' });
-        this.log.write('warn', 'update for an ended round', { ...u });
-      },
-    });
+    this.roundsCompleted.set(start.round);
+    // After an outage this incarnation re-runs the interrupted round: its events of that round go.
+    this.events.splice(0, this.events.length, ...this.events.filter((e) => checkpointed(e, start)));
+    const folder = (this.#folder = await RunFolder.open(runsDir, spec, start));
+    this.log.info('run folder', { dir: folder.dir });
+    this.#collecting = start.round;
     const ports = natsRoundPorts(ctx, {
       nc,
       blobs,
@@ -159,13 +272,16 @@ export class Aggregator implements ServiceRole {
       ...(this.opts.quorum !== undefined ? { quorum: this.opts.quorum } : {}),
       ...(this.opts.deadlineMs !== undefined ? { deadlineMs: this.opts.deadlineMs } : {}),
       nextAlignCall: start.preAligned ? start.round + 1 : 0,
+      evalClients: ctx.data.clients.map((c) => c.id),
+      natsClient: this.#natsClient,
       onRejected: (clientId, reason) => {
         this.metrics.rejectedUpdates.inc({ reason: 'message' });
         this.log.write('warn', 'update rejected', { clientId, reason });
       },
       onNotice: (m) => this.log.write('warn', m),
       onPhase: (round, phase, detail) => {
-        collecting = phase === 'collected' ? round + 1 : round;
+        this.#collecting = phase === 'collected' ? round + 1 : round;
+        if (phase === 'collecting') this.metrics.round.set(round);
         this.log.info(`round ${phase}`, { round, ...detail });
       },
     });
@@ -188,52 +304,63 @@ export class Aggregator implements ServiceRole {
       });
     };
     if (!stored) await writeState(start, null, null);
-    this.#ready = true;
     this.log.info('job started', { jobId, rounds: spec.job.rounds, clients: ctx.data.clients.map((c) => c.id) });
-    this.#run = runRounds(
-      ports,
-      {
-        rounds: spec.job.rounds,
-        clientIds: ctx.data.clients.map((c) => c.id),
-        perRound: spec.clients.perRound,
-        seed: spec.job.seed,
-        preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
-        alignStepsPerRound: spec.alignment.stepsPerRound,
-        ...aggregationSettingsFor(spec, ctx.clientSettings),
-        evalEvery: spec.eval.every,
-        broadcastEmulator: true,
-      },
-      start,
-      {
-        onEvent: (e) => {
-          this.events.push(e);
-          this.log.info(e.kind, { ...e });
+    return () =>
+      runRounds(
+        ports,
+        {
+          rounds: spec.job.rounds,
+          clientIds: ctx.data.clients.map((c) => c.id),
+          perRound: spec.clients.perRound,
+          seed: spec.job.seed,
+          preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
+          alignStepsPerRound: spec.alignment.stepsPerRound,
+          ...aggregationSettingsFor(spec, ctx.clientSettings),
+          evalEvery: spec.eval.every,
+          broadcastEmulator: true,
         },
-        onRejected: (clientId, reason, check) => {
-          this.metrics.rejectedUpdates.inc({ reason: 'check' });
-          this.log.write('warn', 'update rejected', { clientId, check, reason });
+        start,
+        {
+          onEvent: (e) => {
+            this.events.push(e);
+            folder.log(e);
+            if (e.kind === 'eval') {
+              const labels = { method: String(e['method']), client: String(e['client']) };
+              this.evalLoss.set(labels, Number(e['test_loss']));
+              this.evalAccuracy.set(labels, Number(e['accuracy']));
+            }
+            this.log.info(e.kind, { ...e });
+          },
+          onRejected: (clientId, reason, check) => {
+            this.metrics.rejectedUpdates.inc({ reason: 'check' });
+            this.log.write('warn', 'update rejected', { clientId, check, reason });
+          },
+          onCheckpoint: async (s) => {
+            folder.sync();
+            const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
+            await writeState(s, adapterRef, emulatorRef);
+            const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
+            if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
+            this.roundsCompleted.set(s.round);
+            this.log.info('checkpoint', { round: s.round });
+          },
         },
-        onCheckpoint: async (s) => {
-          const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
-          await writeState(s, adapterRef, emulatorRef);
-          const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
-          if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
-          this.metrics.round.set(s.round);
-          this.log.info('checkpoint', { round: s.round });
-        },
-      },
-    ).then(
-      (final) => {
+      ).then(async (final) => {
+        await this.#finish(final.adapter);
         this.log.info('job completed', { jobId, rounds: final.round });
         return final;
-      },
-      async (e: unknown) => {
-        this.log.write('error', 'job failed', { jobId, error: (e as Error).message });
-        throw e;
-      },
-    );
-    // A rejection is observed through `done`; keep Node from reporting it as unhandled meanwhile.
-    this.#run.catch(() => {});
+      });
+  }
+
+  /** Writes the results, report, adapter and merged model into the run folder (the standalone job's files). */
+  async #finish(adapter: LoraWeights): Promise<void> {
+    const t0 = performance.now();
+    const table = await this.#folder!.finish(this.#ctx!.lm, adapter);
+    this.log.info('run folder written', {
+      dir: this.#folder!.dir,
+      ms: Math.round(performance.now() - t0),
+      results: table.split('\n'),
+    });
   }
 
   async stop(): Promise<void> {
@@ -242,6 +369,9 @@ export class Aggregator implements ServiceRole {
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());
+    await this.#natsClient.close();
+    this.#folder?.close();
+    this.#folder = undefined;
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

@@ -9,27 +9,27 @@
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
 import { hostname } from 'node:os';
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import { fetchEmulatorPackage, type FetchedPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
   BlobStore,
+  ClientMetricsSchema,
   ClientUpdateSchema,
   PROTOCOL_VERSION,
   StateStore,
   WorkQueue,
   blobBucketName,
   updateBucketName,
-  connectTransport,
+  clientMetricsSubject,
   publishMessage,
   stateBucketName,
   streamExists,
   taskStreamName,
   updateSubject,
   type ClientUpdate,
-  type Consumption,
   type FailedTask,
   type RejectedTask,
   type TaskContext,
@@ -46,10 +46,12 @@ import {
   streamSeed,
   updateKey,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
-import { trainLocally } from '../../libs/fedbiot/src/roles.js';
+} from '../common/ports-nats.js';
+import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
+import { JetStreamWorkQueueServer } from '../common/jetstream-transport.js';
+import { TrainerController } from './trainer.controller.js';
 import type { ServiceRole } from '../common/role.js';
 
 const position = z.strictObject({ epoch: z.int().nonnegative(), pos: z.int().nonnegative() });
@@ -61,6 +63,14 @@ export const StreamStateSchema = z.strictObject({
   before: position.nullable(),
   after: position,
 });
+
+/** What a task needs once the package is loaded. */
+interface Loaded {
+  readonly ctx: JobContext;
+  readonly nc: NatsConnection;
+  readonly blobs: BlobStore;
+  readonly state: StateStore;
+}
 
 export interface TrainerOptions {
   readonly natsUrl: string;
@@ -94,8 +104,18 @@ export class ClientTrainer implements ServiceRole {
   /** Tasks this replica completed, as `round/client`. */
   readonly completed: string[] = [];
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
-  #consumption: Consumption | undefined;
+  /** What a task needs once the package is loaded. */
+  #work: Loaded | undefined;
+  #queueResolve: (q: WorkQueue | null) => void = () => {};
+  readonly #queue = new Promise<WorkQueue | null>((r) => (this.#queueResolve = r));
+  /**
+   * The NestJS transport strategy that pulls this replica's tasks and hands them to TrainerController (connected
+   * by startService; see services/common/jetstream-transport.ts).
+   */
+  readonly transports: readonly JetStreamWorkQueueServer[];
+  readonly controllers = [TrainerController];
   #modelSha = '';
   #stopping = false;
   readonly #abort = new AbortController();
@@ -108,10 +128,34 @@ export class ClientTrainer implements ServiceRole {
     this.name = opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
     this.log = new JsonLogger(this.name, opts.logSink);
     this.metrics = new ServiceMetrics(this.name);
+    this.transports = [
+      new JetStreamWorkQueueServer(
+        {
+          queue: () => this.#queue,
+          closed: () => this.#nc?.isClosed() ?? true,
+          consume: {
+            ackWaitMs: opts.ackWaitMs ?? 60_000,
+            maxDeliver: 5,
+            onRejected: (r: RejectedTask) =>
+              this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
+            onFailed: (f: FailedTask) =>
+              this.log.write('error', 'task failed', {
+                round: f.task.round,
+                clientId: f.task.clientId,
+                delivery: f.deliveryCount,
+                final: f.final,
+                error: String((f.error as Error)?.message ?? f.error),
+              }),
+          },
+        },
+        this.log,
+      ),
+    ];
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   /**
@@ -122,7 +166,8 @@ export class ClientTrainer implements ServiceRole {
   async start(): Promise<void> {
     const jobId = this.opts.spec.job.id;
     if (!jobId) throw new Error('job.id: required by the distributed runtime');
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     this.#loop = this.#run(nc, jobId).catch((e: unknown) => {
       if (!this.#stopping) this.log.write('error', 'trainer stopped', { error: (e as Error).message });
     });
@@ -140,9 +185,10 @@ export class ClientTrainer implements ServiceRole {
     this.metrics.trackBlobs(() => blobs.stats);
     const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
     const pkg = await this.#fetchPackage(blobs, state);
-    // Training sets only; a data owner's replica only its own client's.
+    // Training sets only; a data owner's replica only its own client's. Private evaluation: the test sets too,
+    // since AdapEmu on a client's test set is computed here and only its numbers leave.
     const ctx = (this.#ctx = await openClientContext(this.opts.spec, pkg.dir, {
-      parts: ['train'],
+      parts: this.opts.spec.eval.mode === 'private' ? ['train', 'test'] : ['train'],
       ...(clientId === undefined ? {} : { onlyClients: [clientId] }),
     }));
     const queue = await WorkQueue.open(nc, {
@@ -150,29 +196,29 @@ export class ClientTrainer implements ServiceRole {
       ...(clientId === undefined ? {} : { clientId }),
       logger: { warn: (m) => this.log.warn(m) },
     });
-    const consumeOpts = {
-      ackWaitMs: this.opts.ackWaitMs ?? 60_000,
-      maxDeliver: 5,
-      onRejected: (r: RejectedTask) =>
-        this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
-      onFailed: (f: FailedTask) =>
-        this.log.write('error', 'task failed', {
-          round: f.task.round,
-          clientId: f.task.clientId,
-          delivery: f.deliveryCount,
-          final: f.final,
-          error: String((f.error as Error)?.message ?? f.error),
-        }),
-    };
-    const handler = (task: TrainTask, tc: TaskContext): Promise<void> => this.#train(ctx, nc, blobs, state, task, tc);
+    this.#work = { ctx, nc, blobs, state };
     this.#ready = true;
     this.#pullingResolve();
-    // The pull loop of WorkQueue.consume ends when a pull request fails (e.g. the server restarted and the request
-    // timed out); unacked work is redelivered by the server either way. Pull again until stopped.
-    while (!this.#stopping && !nc.isClosed()) {
-      this.#consumption = await queue.consume(handler, consumeOpts);
-      await this.#consumption.done;
-    }
+    this.#queueResolve(queue);
+  }
+
+  /** Trains one task (TrainerController's TASK_TRAIN handler); resolves once the update is published. */
+  async train(task: TrainTask, tc: TaskContext): Promise<void> {
+    const w = this.#loaded();
+    return this.#train(w.ctx, w.nc, w.blobs, w.state, task, tc);
+  }
+
+  /** Evaluates one task (TrainerController's TASK_EVALUATE handler); resolves once the metrics are published. */
+  async evaluate(task: TrainTask): Promise<void> {
+    const w = this.#loaded();
+    if (!this.#checkTask(w.ctx, task)) return;
+    return this.#evaluate(w.ctx, w.nc, w.blobs, task);
+  }
+
+  #loaded(): Loaded {
+    // The transport pulls only after #queue resolved, which happens after #work is set.
+    if (!this.#work) throw new Error('trainer: a task arrived before the emulator package was loaded');
+    return this.#work;
   }
 
   /**
@@ -239,15 +285,7 @@ export class ClientTrainer implements ServiceRole {
     tc: TaskContext,
   ): Promise<void> {
     const { round, clientId } = task;
-    if (task.jobId !== ctx.jobId) throw new Error(`task for job ${task.jobId} on the queue of job ${ctx.jobId}`);
-    if (Date.now() > task.deadlineAt) {
-      this.log.write('warn', 'task past its deadline, skipped', { round, clientId });
-      return;
-    }
-    if (task.model.sha256 !== this.#modelSha)
-      throw new Error(
-        `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
-      );
+    if (!this.#checkTask(ctx, task)) return;
     const expectedSeed = clientSeed(ctx.spec, round, clientId);
     if (task.training.seed !== expectedSeed)
       throw new Error(`task seed ${task.training.seed} differs from this spec's ${expectedSeed} (different job spec?)`);
@@ -290,7 +328,7 @@ export class ClientTrainer implements ServiceRole {
       },
     );
     const ms = performance.now() - t0;
-    this.metrics.tokensPerSecond.set(r.tokens / Math.max(ms / 1000, 1e-9));
+    this.metrics.trainedTokens.inc(r.tokens);
     // The client's own update bucket: with per-client credentials no other client can read it (auth.ts).
     const ref = await putLora(blobs, r.adapter, { bucket: updateBucketName(ctx.jobId, clientId) });
     const update: ClientUpdate = {
@@ -327,14 +365,66 @@ export class ClientTrainer implements ServiceRole {
     });
   }
 
+  /** False: the task is past its deadline (skipped, logged). Throws for a task of another job or package. */
+  #checkTask(ctx: JobContext, task: TrainTask): boolean {
+    const { round, clientId } = task;
+    if (task.jobId !== ctx.jobId) throw new Error(`task for job ${task.jobId} on the queue of job ${ctx.jobId}`);
+    if (Date.now() > task.deadlineAt) {
+      this.log.write('warn', 'task past its deadline, skipped', { round, clientId, kind: task.kind ?? 'train' });
+      return false;
+    }
+    if (task.model.sha256 !== this.#modelSha)
+      throw new Error(
+        `emulator package mismatch: the task wants ${task.model.sha256}, this replica loaded ${this.#modelSha}`,
+      );
+    return true;
+  }
+
+  /**
+   * Private evaluation: AdapEmu (the broadcast adapter on this emulator package) on the client's own test set, as
+   * the standalone job computes it; only the numbers are published.
+   */
+  async #evaluate(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, task: TrainTask): Promise<void> {
+    const { round, clientId } = task;
+    const client = ctx.data.clients.find((c) => c.id === clientId);
+    if (!client) throw new Error(`client ${clientId} is not in this replica's federation ${ctx.data.source}`);
+    if (ctx.spec.eval.mode !== 'private')
+      throw new Error(`evaluate task for ${clientId}, but this replica's eval.mode is ${ctx.spec.eval.mode}`);
+    const { adapter, emulator } = await getBroadcast(blobs, task, ctx.specs);
+    const t0 = performance.now();
+    const s = await evaluateVariant(
+      ctx.lm,
+      evalVariant('emu', ctx.split, ctx.split.numLayers, adapter, emulator),
+      client.test,
+      client.testItems,
+      { batch: ctx.spec.clients.batchSize, seq: ctx.spec.data.maxLength, maxNewTokens: ctx.spec.eval.maxNewTokens },
+    );
+    const durationMs = Math.round(performance.now() - t0);
+    publishMessage(nc, clientMetricsSubject(ctx.jobId, round, clientId), ClientMetricsSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      jobId: ctx.jobId,
+      round,
+      clientId,
+      mode: 'adapEmu',
+      loss: s.testLoss,
+      accuracy: s.accuracy,
+      tokens: s.tokens,
+      items: s.items,
+      durationMs,
+    });
+    await nc.flush();
+    this.log.info('evaluated', { round, clientId, loss: s.testLoss, accuracy: s.accuracy, items: s.items, durationMs });
+  }
+
   async stop(): Promise<void> {
     this.#ready = false;
     this.#stopping = true;
     this.#abort.abort(new Error('trainer stopped'));
     this.#pullingResolve();
-    await this.#consumption?.stop();
+    this.#queueResolve(null);
+    for (const t of this.transports) await t.close();
     await this.#loop;
-    this.#consumption = undefined;
+    this.#work = undefined;
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());

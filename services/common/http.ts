@@ -1,7 +1,8 @@
 /**
- * The HTTP shell of a service, as a Nest app: /health/live, /health/ready (503 until the role is ready), /metrics,
- * plus any role-specific controllers. The NATS side lives in the role (JetStream pull consumers, KV and object
- * store are not Nest transports), so Nest only carries HTTP, logging and lifecycle.
+ * The Nest shell of a service: a hybrid app with /health/live, /health/ready (503 until the role is ready and while
+ * NATS is down), /metrics, the role's controllers (HTTP routes and message handlers) and the role's transport
+ * strategies as connected microservices (the trainer's JetStream work queue). KV and the object store stay plain
+ * nats.js calls inside the role.
  */
 import 'reflect-metadata';
 import {
@@ -65,12 +66,14 @@ export async function startService<R extends ServiceRole>(
   extraControllers: Type[] = [],
 ): Promise<RunningService<R>> {
   @Module({
-    controllers: [HealthController, MetricsController, ...extraControllers],
+    controllers: [HealthController, MetricsController, ...(role.controllers ?? []), ...extraControllers],
     providers: [{ provide: ROLE, useValue: role }],
   })
   // oxlint-disable-next-line no-extraneous-class -- a Nest module is its decorator
   class ServiceModule {}
   const app = await NestFactory.create(ServiceModule, { logger: role.log, abortOnError: false });
+  // A hybrid app: HTTP (health, metrics, dashboard) plus the role's message transports.
+  for (const strategy of role.transports ?? []) app.connectMicroservice({ strategy }, { inheritAppConfig: true });
   // All interfaces by default: kubelet probes and Prometheus reach the pod IP. HTTP_HOST=127.0.0.1 keeps it local.
   const host = process.env['HTTP_HOST'] ?? '0.0.0.0';
   await app.listen(port, host);
@@ -79,6 +82,7 @@ export async function startService<R extends ServiceRole>(
   role.log.info('http listening', { url });
   try {
     await role.start();
+    await app.startAllMicroservices();
   } catch (e) {
     await app.close();
     throw e;

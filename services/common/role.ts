@@ -1,4 +1,6 @@
-/** What every service exposes to the shared HTTP shell: lifecycle, readiness and metrics. */
+/** What every service exposes to the shared Nest shell: lifecycle, readiness, metrics, handlers and transports. */
+import type { Type } from '@nestjs/common';
+import type { CustomTransportStrategy } from '@nestjs/microservices';
 import type { JsonLogger } from './logger.js';
 import type { ServiceMetrics } from './metrics.js';
 
@@ -12,4 +14,8 @@ export interface ServiceRole {
   start(): Promise<void>;
   /** Stops taking work, finishes the work in progress, disconnects. Idempotent. */
   stop(): Promise<void>;
+  /** Nest controllers with this service's message handlers (@MessagePattern / @EventPattern); the role is ROLE. */
+  readonly controllers?: readonly Type[];
+  /** Transport strategies connected as Nest microservices; started after start() resolved. */
+  readonly transports?: readonly CustomTransportStrategy[];
 }

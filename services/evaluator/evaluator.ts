@@ -1,10 +1,13 @@
 /**
- * The evaluator: answers `fl.<job>.round.<r>.evaluate` requests with per-client test loss and exact-match accuracy
- * of AdapEmu / AdapFu (evaluateVariant, as the standalone job), publishes the pooled scores as an EvalResult on
- * `…evaluated`, and keeps the history (plus the clients' training losses seen on the update subjects) for the
- * dashboard.
+ * The evaluator (model owner's side): answers `fl.<job>.round.<r>.evaluate` requests with test loss and exact-match
+ * accuracy (evaluateVariant, as the standalone job), publishes the pooled scores as an EvalResult on `…evaluated`,
+ * and keeps the history (plus the clients' training losses seen on the update subjects) for the dashboard.
+ *
+ * eval.mode private (the default): it holds no client data at all, only the owner's validation set
+ * (`eval.ownerValidation`), and scores each requested mode on it (rows with client 'owner'); clients score AdapEmu
+ * themselves. eval.mode simulation: it reads every client's test set and scores per client plus the pooled 'all'.
  */
-import { natsEnvOption } from '../common/env.js';
+import { connectService, type ServiceConnection } from '../common/connection.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -13,9 +16,7 @@ import {
   EvalResultSchema,
   PROTOCOL_VERSION,
   blobBucketName,
-  connectTransport,
   decodeMessage,
-  encodeMessage,
   evaluatedSubject,
   parseUpdateSubject,
   publishMessage,
@@ -25,17 +26,20 @@ import {
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   EVAL_METHOD,
-  EvalReplySchema,
-  evaluatePattern,
   getBroadcast,
   openJobContext,
   pooledScores,
   type EvalReply,
   type EvalRow,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
+import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
+import type { Type } from '@nestjs/common';
+import { ServerNats } from '@nestjs/microservices';
+import { natsTransportOptions } from '../common/nats-transport.js';
+import { evaluatorController } from './evaluator.controller.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -68,18 +72,28 @@ export class Evaluator implements ServiceRole {
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('evaluator');
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
+  #work: { ctx: JobContext; nc: NatsConnection; blobs: BlobStore } | undefined;
+  /** The evaluation request's handler (EvaluatorController) on Nest's NATS transport (ServerNats, queue group). */
+  readonly controllers: readonly Type[];
+  readonly transports: readonly ServerNats[];
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
   #progress: { evals: Progress['evals']; train: Progress['train'] } = { evals: [], train: [] };
+  /** Private mode: the owner's validation set, the only data scored here. */
+  #owner: OwnerValidation | undefined;
 
   constructor(private readonly opts: EvaluatorOptions) {
     this.log = new JsonLogger('evaluator', opts.logSink);
+    this.controllers = [evaluatorController(opts.spec.job.id ?? '')];
+    this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   progress(): Progress {
@@ -90,10 +104,20 @@ export class Evaluator implements ServiceRole {
     const { adapter, emulator } = await getBroadcast(blobs, req, ctx.specs);
     const L = ctx.lm.config.numLayers;
     const rows: EvalRow[] = [];
+    const owner = this.#owner;
     for (const mode of req.modes) {
       const on = MODES[mode];
       const variant =
         on === 'base' ? { layers: ctx.lm.allLayers, loras: [] } : evalVariant(on, ctx.split, L, adapter, emulator);
+      if (owner) {
+        const s = await evaluateVariant(ctx.lm, variant, owner.test, owner.testItems, {
+          batch: ctx.spec.clients.batchSize,
+          seq: ctx.spec.data.maxLength,
+          maxNewTokens: ctx.spec.eval.maxNewTokens,
+        });
+        rows.push({ method: EVAL_METHOD[mode], client: OWNER_ROW, ...s });
+        continue;
+      }
       const scores = [];
       for (const c of ctx.data.clients) {
         const s = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
@@ -110,21 +134,25 @@ export class Evaluator implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    // The clients' test sets only.
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['test'] }));
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    const spec = this.opts.spec;
+    const simulation = spec.eval.mode === 'simulation';
+    // Simulation: the clients' test sets only. Private: no client file at all (the manifest's client list only).
+    const ctx = (this.#ctx = await openJobContext(spec, { parts: simulation ? ['test'] : [] }));
+    if (!simulation) {
+      if (!spec.eval.ownerValidation)
+        this.log.write('warn', 'eval.ownerValidation is not set: no AdapFu in private mode', {});
+      else {
+        this.#owner = await loadOwnerValidation(spec, ctx.lm.tokenizer!);
+        if (ctx.data.clients.some((c) => c.id === OWNER_ROW))
+          throw new Error(`data.federation: a client is named "${OWNER_ROW}", the row name of eval.ownerValidation`);
+        this.log.info('owner validation set loaded', { files: this.#owner.files, examples: this.#owner.test.length });
+      }
+    }
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
-    const pattern = evaluatePattern(ctx.jobId);
-    this.#subs.push(
-      nc.subscribe(pattern, {
-        queue: 'evaluator',
-        callback: (err, msg: Msg) => {
-          if (err) return this.log.write('error', 'subscription error', { subject: pattern, error: err.message });
-          this.#queue = this.#queue.then(() => this.#answer(ctx, nc, blobs, msg));
-        },
-      }),
-    );
+    this.#work = { ctx, nc, blobs };
     // Training losses for the dashboard; malformed messages are the aggregator's to reject, here they are skipped.
     this.#subs.push(
       nc.subscribe(`fl.${ctx.jobId}.round.*.update.*`, {
@@ -146,9 +174,30 @@ export class Evaluator implements ServiceRole {
     this.#ready = true;
   }
 
-  async #answer(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, msg: Msg): Promise<void> {
-    const round = Number(msg.subject.split('.').at(-2));
-    const decoded = decodeMessage(EvalRequestSchema, msg.data, msg.subject, { jobId: ctx.jobId, round });
+  /**
+   * An evaluation request (EvaluatorController's handler), answered in arrival order, one at a time (evaluations
+   * share the model's sessions). `subject` is the request's concrete subject (its round).
+   */
+  answer(request: unknown, subject: string): Promise<EvalReply> {
+    const jobId = this.opts.spec.job.id ?? '';
+    const w = this.#work;
+    if (!w) return Promise.resolve({ protocolVersion: PROTOCOL_VERSION, jobId, error: 'evaluator is not ready' });
+    return new Promise<EvalReply>((resolve) => {
+      this.#queue = this.#queue.then(async () => resolve(await this.#answer(w.ctx, w.nc, w.blobs, request, subject)));
+    });
+  }
+
+  async #answer(
+    ctx: JobContext,
+    nc: NatsConnection,
+    blobs: BlobStore,
+    request: unknown,
+    subject: string,
+  ): Promise<EvalReply> {
+    const round = Number(subject.split('.').at(-2));
+    // Nest hands over the parsed payload; decodeMessage gives the same field-naming errors as for raw bytes.
+    const bytes = new TextEncoder().encode(JSON.stringify(request ?? null));
+    const decoded = decodeMessage(EvalRequestSchema, bytes, subject, { jobId: ctx.jobId, round });
     let reply: EvalReply;
     if (!decoded.ok) {
       this.log.write('warn', 'eval request rejected', { reason: decoded.error.message });
@@ -160,8 +209,9 @@ export class Evaluator implements ServiceRole {
         const durationMs = Math.round(performance.now() - t0);
         reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, round, rows };
         this.#progress.evals = [...this.#progress.evals.filter((e) => e.round !== round), { round, rows }];
-        this.metrics.round.set(round);
-        const all = rows.filter((r) => r.client === 'all');
+        // The request's round counts completed rounds: this evaluated the result of round `round - 1`.
+        this.metrics.round.set(round - 1);
+        const all = rows.filter((r) => r.client === (this.#owner ? OWNER_ROW : 'all'));
         publishMessage(nc, evaluatedSubject(ctx.jobId, round), EvalResultSchema, {
           protocolVersion: PROTOCOL_VERSION,
           jobId: ctx.jobId,
@@ -185,14 +235,18 @@ export class Evaluator implements ServiceRole {
         reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: (e as Error).message };
       }
     }
-    if (msg.reply) msg.respond(encodeMessage(EvalReplySchema, reply, msg.reply));
+    return reply;
   }
 
   async stop(): Promise<void> {
     this.#ready = false;
     for (const s of this.#subs) s.unsubscribe();
     this.#subs = [];
+    // The accepted requests first (their replies go out on the transport's connection), then the transport.
     await this.#queue;
+    for (const t of this.transports) await t.close();
+    await this.#queue;
+    this.#work = undefined;
     const nc = this.#nc;
     this.#nc = undefined;
     if (nc) await nc.drain().catch(() => nc.close());

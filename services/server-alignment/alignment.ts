@@ -10,8 +10,12 @@
  * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
  * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
-import { natsEnvOption } from '../common/env.js';
-import type { NatsConnection, Msg, Subscription } from '@nats-io/transport-node';
+import { connectService, type ServiceConnection } from '../common/connection.js';
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { Type } from '@nestjs/common';
+import { ServerNats } from '@nestjs/microservices';
+import { natsTransportOptions } from '../common/nats-transport.js';
+import { alignmentController } from './alignment.controller.js';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
 import {
@@ -21,17 +25,14 @@ import {
   StateStore,
   blobBucketName,
   ownerBucketName,
-  connectTransport,
   decodeMessage,
   decodeTensors,
-  encodeMessage,
   encodeTensors,
   stateBucketName,
 } from '../../libs/protocol/src/index.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
   AlignRequestSchema,
-  AlignReplySchema,
   alignSubject,
   getLora,
   initialLoras,
@@ -40,7 +41,7 @@ import {
   type AlignReply,
   type AlignRequest,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../common/ports-nats.js';
 import { AlignmentServer } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
@@ -86,23 +87,31 @@ export class ServerAlignment implements ServiceRole {
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('server-alignment');
   #nc: NatsConnection | undefined;
+  #conn: ServiceConnection | undefined;
   #ctx: JobContext | undefined;
-  #sub: Subscription | undefined;
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
+  #handle: ((req: AlignRequest) => Promise<{ reply: AlignReply; persist?: () => Promise<void> }>) | undefined;
+  /** The alignment call's handler (AlignmentController) on Nest's NATS transport (ServerNats, queue group). */
+  readonly controllers: readonly Type[];
+  readonly transports: readonly ServerNats[];
 
   constructor(private readonly opts: AlignmentOptions) {
     this.log = new JsonLogger('server-alignment', opts.logSink);
+    this.controllers = [alignmentController(opts.spec.job.id ?? '')];
+    this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 
   ready(): boolean {
-    return this.#ready;
+    // Not ready while NATS is down: the service can neither take nor deliver work.
+    return this.#ready && (this.#conn?.connected() ?? false);
   }
 
   async start(): Promise<void> {
     // The public corpus only: alignment never sees client data.
     const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
-    const nc = (this.#nc = await connectTransport(this.opts.natsUrl, natsEnvOption(this.opts)));
+    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
+    const nc = (this.#nc = this.#conn.nc);
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
     this.metrics.trackBlobs(() => blobs.stats);
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));
@@ -210,45 +219,60 @@ export class ServerAlignment implements ServiceRole {
         steps: req.steps,
       });
       const { emulatorLora, reply: stats } = await align(req);
-      this.metrics.round.set(req.call);
+      // Call c >= 1 aligns after round c - 1 (call 0 is the pre-alignment, before round 0).
+      if (req.call > 0) this.metrics.round.set(req.call - 1);
       this.log.info('aligned', { call: req.call, steps: stats.steps, loss: stats.loss, l2: stats.l2, kl: stats.kl });
       return {
         reply: { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, call: req.call, emulatorLora, ...stats },
         persist: () => persist(req.call, emulatorLora, stats),
       };
     };
-    const subject = alignSubject(ctx.jobId);
-    this.#sub = nc.subscribe(subject, {
-      queue: 'server-alignment',
-      callback: (err, msg: Msg) => {
-        if (err) {
-          this.log.write('error', 'subscription error', { subject, error: err.message });
-          return;
-        }
-        // One alignment at a time, in arrival order: the emulator and optimizer are a single sequential state.
-        this.#queue = this.#queue.then(async () => {
-          const decoded = decodeMessage(AlignRequestSchema, msg.data, subject, { jobId: ctx.jobId });
-          let reply: AlignReply;
-          let after: (() => Promise<void>) | undefined;
-          if (!decoded.ok) {
-            this.log.write('warn', 'align request rejected', { reason: decoded.error.message });
-            reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: decoded.error.message };
-          } else {
-            try {
-              ({ reply, persist: after } = await handle(decoded.value));
-            } catch (e) {
-              this.log.write('error', 'alignment failed', { call: decoded.value.call, error: (e as Error).message });
-              reply = { protocolVersion: PROTOCOL_VERSION, jobId: ctx.jobId, error: (e as Error).message };
-            }
-          }
-          if (msg.reply) msg.respond(encodeMessage(AlignReplySchema, reply, msg.reply));
-          // Still inside the queue: the next request waits until this state is stored.
-          if (after) await this.#persistOrStop(after, decoded.ok ? decoded.value.call : -1);
-        });
-      },
-    });
+    this.#handle = handle;
     await nc.flush();
     this.#ready = true;
+  }
+
+  /**
+   * The alignment call (AlignmentController's handler): decodes and validates the request, aligns, and resolves with
+   * the reply. One alignment at a time, in arrival order: the emulator and optimizer are a single sequential state,
+   * so each call waits for the previous one, its state write included (which runs after the reply, off the round's
+   * critical path).
+   */
+  answer(request: unknown): Promise<AlignReply> {
+    const jobId = this.opts.spec.job.id ?? '';
+    const handle = this.#handle;
+    if (!handle)
+      return Promise.resolve({ protocolVersion: PROTOCOL_VERSION, jobId, error: 'server-alignment is not ready' });
+    const subject = alignSubject(jobId);
+    return new Promise<AlignReply>((resolve) => {
+      this.#queue = this.#queue.then(async () => {
+        // Nest hands over the parsed payload; decodeMessage gives the same field-naming errors as for raw bytes.
+        const decoded = decodeMessage(
+          AlignRequestSchema,
+          new TextEncoder().encode(JSON.stringify(request ?? null)),
+          subject,
+          {
+            jobId,
+          },
+        );
+        let after: (() => Promise<void>) | undefined;
+        if (!decoded.ok) {
+          this.log.write('warn', 'align request rejected', { reason: decoded.error.message });
+          resolve({ protocolVersion: PROTOCOL_VERSION, jobId, error: decoded.error.message });
+          return;
+        }
+        try {
+          const r = await handle(decoded.value);
+          after = r.persist;
+          resolve(r.reply);
+        } catch (e) {
+          this.log.write('error', 'alignment failed', { call: decoded.value.call, error: (e as Error).message });
+          resolve({ protocolVersion: PROTOCOL_VERSION, jobId, error: (e as Error).message });
+        }
+        // Still inside the queue: the next request waits until this state is stored.
+        if (after) await this.#persistOrStop(after, decoded.value.call);
+      });
+    });
   }
 
   /**
@@ -265,13 +289,17 @@ export class ServerAlignment implements ServiceRole {
         error: (e as Error).message,
       });
       this.#ready = false;
-      this.#sub?.unsubscribe();
+      // No server listening: the aggregator retries until a restarted server-alignment answers.
+      for (const t of this.transports) await t.close();
     }
   }
 
   async stop(): Promise<void> {
     this.#ready = false;
-    this.#sub?.unsubscribe();
+    // The accepted calls first (their replies go out on the transport's connection), then the transport; a call
+    // that arrived meanwhile is still finished (its state stored), though its reply may be lost with the connection.
+    await this.#queue;
+    for (const t of this.transports) await t.close();
     await this.#queue;
     const nc = this.#nc;
     this.#nc = undefined;

@@ -44,7 +44,9 @@ import type { StartedTestContainer } from 'testcontainers';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
-import { EvalReplySchema, requestWithRetry } from '../../libs/fedbiot/src/ports-nats.js';
+import { EvalReplySchema } from '../../services/common/ports-nats.js';
+import { ClientNats } from '@nestjs/microservices';
+import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
 import {
   EvalRequestSchema,
   JOB_STATE_KEY,
@@ -52,8 +54,6 @@ import {
   PROTOCOL_VERSION,
   StateStore,
   connectTransport,
-  decodeMessage,
-  encodeMessage,
   evaluateSubject,
   stateBucketName,
   type JobState,
@@ -183,7 +183,7 @@ test(
       data: { federation: FEDERATION_DIR, maxLength: 96 },
       clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
       alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
+      eval: { maxNewTokens: 4, mode: 'simulation' },
       baselines: { offsiteTuning: false, localOnly: false },
     };
     mkdirSync(specDir);
@@ -397,22 +397,22 @@ test(
         // AdapFu rows must be the ones the aggregator logged (the same container, same inputs: deterministic), and
         // FedBiOT's full model must beat the untuned base on the clients' test sets.
         const subject = evaluateSubject(jobId, ROUNDS);
-        const request = encodeMessage(
-          EvalRequestSchema,
-          {
-            protocolVersion: PROTOCOL_VERSION,
-            jobId,
-            round: ROUNDS,
-            adapterLora: job.adapterLora,
-            emulatorLora: job.emulatorLora,
-            modes: ['base', 'adapFu'],
-          },
-          subject,
+        // As the aggregator asks: Nest's NATS transport to the evaluator's @MessagePattern.
+        const request = EvalRequestSchema.parse({
+          protocolVersion: PROTOCOL_VERSION,
+          jobId,
+          round: ROUNDS,
+          adapterLora: job.adapterLora,
+          emulatorLora: job.emulatorLora,
+          modes: ['base', 'adapFu'],
+        });
+        const client = new ClientNats(natsTransportOptions(natsUrl, {}));
+        const reply = EvalReplySchema.safeParse(
+          await sendWithRetry(client, subject, request, 60_000).finally(() => client.close()),
         );
-        const reply = decodeMessage(EvalReplySchema, await requestWithRetry(nc, subject, request, 60_000), subject);
-        assert.ok(reply.ok, `eval reply: ${reply.ok ? '' : reply.error.message}`);
-        assert.ok('rows' in reply.value, `evaluator error: ${JSON.stringify(reply.value)}`);
-        const rows = reply.value.rows;
+        assert.ok(reply.success, `eval reply: ${reply.success ? '' : reply.error.message}`);
+        assert.ok('rows' in reply.data, `evaluator error: ${JSON.stringify(reply.data)}`);
+        const rows = reply.data.rows;
         const row = (method: string, client: string) => {
           const r = rows.find((x) => x.method === method && x.client === client);
           assert.ok(r, `evaluator row ${method}/${client}`);
@@ -445,7 +445,7 @@ test(
           assert.ok(typeof url === 'string', `${s.name} logged its HTTP address`);
           assert.equal((await fetch(`${url}/health/ready`)).status, 200, `${s.name} /health/ready`);
           if (s === aggregator)
-            assert.match(await (await fetch(`${url}/metrics`)).text(), /fl_round\{service="aggregator"\} 2/);
+            assert.match(await (await fetch(`${url}/metrics`)).text(), /fl_rounds_completed\{service="aggregator"\} 2/);
           if (s === evaluator) assert.equal((await fetch(`${url}/metrics`)).status, 200);
         }
         passed = true;

@@ -193,6 +193,8 @@ test('the example job spec passes the project job-spec loader and fits the mount
     assert.equal(taskStreamName(spec.job.id), 'FL_TASKS_demo');
     assert.ok(spec.job.outDir.startsWith('/var/lib/fedbiot/'), 'run folders on the fedbiot-runs volume');
     assert.ok(spec.model.checkpoint.startsWith('/var/cache/fedbiot/'), 'checkpoint on the model-cache volume');
+    // Private evaluation: no service reads a client's test set (scripts/validate-k8s.mjs rule eval-private).
+    assert.equal(spec.eval.mode, 'private');
   }
   // Control: the loader does reject what the manifests could get wrong.
   assert.throws(() => resolveJobSpec(parseJobSpec('job:\n  idd: demo\n', 'typo.yaml'), 'typo.yaml'), /idd/);
@@ -314,7 +316,10 @@ test('a broken manifest set fails, with each defect named on its object', () => 
   expect('Deployment/trainer-with-model', [
     /^model-at-client: volume model: a trainer mounts PersistentVolumeClaim owner-model, which holds model weights/,
   ]);
-  assert.equal(target!.objects.length, 9);
+  expect('ConfigMap/simulated-eval-job', [
+    /^eval-private: job\.yaml: eval\.mode is simulation, in which the evaluator reads every client's test set/,
+  ]);
+  assert.equal(target!.objects.length, 10);
 });
 
 test('the NATS TLS component renders, validates and mounts the CA for every service', () => {

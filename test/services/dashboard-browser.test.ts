@@ -19,7 +19,7 @@ import {
   openJobContext,
   putLora,
   type JobContext,
-} from '../../libs/fedbiot/src/ports-nats.js';
+} from '../../services/common/ports-nats.js';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import {
   BlobStore,
@@ -28,14 +28,14 @@ import {
   PROTOCOL_VERSION,
   blobBucketName,
   connectTransport,
-  decodeMessage,
   deleteJobResources,
-  encodeMessage,
   evaluateSubject,
   publishMessage,
   updateSubject,
 } from '../../libs/protocol/src/index.js';
 import { startService } from '../../services/common/http.js';
+import { ClientNats } from '@nestjs/microservices';
+import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import { DashboardController } from '../../services/evaluator/dashboard.js';
 import { Evaluator } from '../../services/evaluator/evaluator.js';
@@ -100,13 +100,14 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
       data: { federation: join(tmp, 'federation'), maxLength: 96 },
       clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
       alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
+      eval: { maxNewTokens: 4, mode: 'simulation' },
       baselines: { offsiteTuning: false, localOnly: false },
     },
     'dashboard test job',
   );
   const logs: LogRecord[] = [];
   const nc = await connectTransport(NATS_URL);
+  const client = new ClientNats(natsTransportOptions(NATS_URL, {}));
   let ctx: JobContext | undefined;
   let browser: HeadlessChromium | undefined;
   const evaluator = await startService(
@@ -140,24 +141,17 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
         }),
       );
       const subject = evaluateSubject(jobId, r + 1);
-      const req = encodeMessage(
-        EvalRequestSchema,
-        {
-          protocolVersion: PROTOCOL_VERSION,
-          jobId,
-          round: r + 1,
-          adapterLora: await putLora(blobs, adapter),
-          emulatorLora: await putLora(blobs, init.emulator),
-          modes: ['adapEmu', 'adapFu'],
-        },
-        subject,
-      );
-      const reply = decodeMessage(
-        EvalReplySchema,
-        (await nc.request(subject, req, { timeout: 120_000 })).data,
-        subject,
-      );
-      assert.ok(reply.ok && !('error' in reply.value), `evaluation of round ${r + 1}: ${JSON.stringify(reply)}`);
+      // As the aggregator asks: Nest's NATS transport to the evaluator's @MessagePattern.
+      const req = EvalRequestSchema.parse({
+        protocolVersion: PROTOCOL_VERSION,
+        jobId,
+        round: r + 1,
+        adapterLora: await putLora(blobs, adapter),
+        emulatorLora: await putLora(blobs, init.emulator),
+        modes: ['adapEmu', 'adapFu'],
+      });
+      const reply = EvalReplySchema.safeParse(await sendWithRetry(client, subject, req, 120_000));
+      assert.ok(reply.success && !('error' in reply.data), `evaluation of round ${r + 1}: ${JSON.stringify(reply)}`);
     };
 
     await finishRound(0, init.adapter);
@@ -208,6 +202,7 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
     await evaluator.close().catch(() => {});
     await ctx?.lm.release();
     await deleteJobResources(nc, jobId).catch(() => {});
+    await client.close();
     await nc.close();
   }
 });

@@ -20,7 +20,7 @@ import {
 } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
-import { jobSplit } from '../../libs/fedbiot/src/ports-nats.js';
+import { jobSplit } from '../../services/common/ports-nats.js';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -71,7 +71,9 @@ function rawSpec(id: string): Record<string, unknown> {
     data: { federation: join(tmp, 'federation'), maxLength: 96 },
     clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
     alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4 },
+    // Simulation: the evaluator scores AdapEmu and AdapFu on every client's test set, so the whole table can be
+    // compared with the standalone job's; the private mode has its own test below.
+    eval: { maxNewTokens: 4, mode: 'simulation' },
     baselines: { offsiteTuning: false, localOnly: false },
   };
 }
@@ -160,9 +162,9 @@ interface EvalEvent {
   accuracy: number;
 }
 
-let referenceRows: Promise<{ rows: EvalEvent[]; ms: number }> | undefined;
-/** The standalone job's final eval rows for the test spec (run once; the job id does not enter any seed). */
-function standalone(): Promise<{ rows: EvalEvent[]; ms: number }> {
+let referenceRows: Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> | undefined;
+/** The standalone job's final eval rows and run folder for the test spec (run once; the job id enters no seed). */
+function standalone(): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
   referenceRows ??= (async () => {
     const s = spec(`standalone-${process.pid}`);
     const t0 = performance.now();
@@ -174,7 +176,7 @@ function standalone(): Promise<{ rows: EvalEvent[]; ms: number }> {
       .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
       .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
     assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
-    return { rows, ms };
+    return { rows, ms, runDir };
   })();
   return referenceRows;
 }
@@ -194,13 +196,52 @@ function assertSameFinal(got: readonly EvalEvent[], reference: readonly EvalEven
   return maxDiff;
 }
 
+const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+/**
+ * The aggregator's run folder against the standalone job's: the same files, the same FedBiOT results, and the same
+ * adapter and merged model, byte for byte. Returns the metrics events of the distributed run.
+ */
+function assertSameRunFolder(dir: string, standaloneDir: string, spec: JobSpec): Record<string, unknown>[] {
+  for (const f of [
+    'config.resolved.json',
+    'metrics.jsonl',
+    'results.json',
+    'results.txt',
+    'report.html',
+    'adapter/adapter_config.json',
+    'adapter/adapter_model.safetensors',
+    'merged-model/config.json',
+    'merged-model/model.safetensors',
+    'merged-model/tokenizer.json',
+  ])
+    assert.ok(existsSync(join(dir, f)), `${dir}/${f} written`);
+  assert.deepEqual(
+    JSON.parse(readFileSync(join(dir, 'config.resolved.json'), 'utf8')),
+    JSON.parse(JSON.stringify(spec)),
+  );
+  type Row = { method: string; client: string; test_loss: number; accuracy: number };
+  const rowsOf = (d: string): Row[] =>
+    (JSON.parse(readFileSync(join(d, 'results.json'), 'utf8')) as { rows: Row[] }).rows
+      .filter((r) => r.method.startsWith('fedbiot-'))
+      .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
+  assert.deepEqual(rowsOf(dir), rowsOf(standaloneDir), 'results.json FedBiOT rows');
+  for (const f of ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'])
+    assert.equal(sha256Of(join(dir, f)), sha256Of(join(standaloneDir, f)), `${f} equals the standalone job's`);
+  assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<svg/);
+  return readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
 const finalEvals = (a: Aggregator, rounds: number): EvalEvent[] =>
   a.events.filter((e) => e.kind === 'eval' && e.round === rounds) as unknown as EvalEvent[];
 
 test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
   const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
-  const { rows: reference, ms: standaloneMs } = await standalone();
+  const { rows: reference, ms: standaloneMs, runDir: standaloneDir } = await standalone();
 
   const logs: LogRecord[] = [];
   const sink = (r: LogRecord): void => void logs.push(r);
@@ -241,13 +282,17 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
         );
       }
     }, 100);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
     const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000, runsDir }),
       0,
     );
     services.push(aggregator);
     const final = await aggregator.role.done;
     clearInterval(garbage);
+    // The owner's run folder: the standalone job's files, results, adapter and merged model.
+    const events = assertSameRunFolder(join(runsDir, jobId), standaloneDir, s);
+    assert.equal(events.filter((e) => e['kind'] === 'train').length, 6);
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
 
@@ -279,11 +324,30 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
     const count = Number(/fl_rejected_updates_total\{reason="message",service="aggregator"\} (\d+)/.exec(metrics)?.[1]);
     assert.equal(count, rejected.length, 'rejected-updates counter matches the log');
-    assert.match(metrics, /fl_round\{service="aggregator"\} 2/);
+    assert.match(metrics, /fl_rounds_completed\{service="aggregator"\} 2/);
+    assert.match(metrics, /fl_round\{service="aggregator"\} 1/, 'the last round planned: round 1 (0-based)');
     assert.match(
-      await (await fetch(`${trainers[0]!.url}/metrics`)).text(),
-      /fl_bytes_out_total\{service="trainer-a"\} [1-9]/,
+      metrics,
+      /# TYPE fl_eval_loss gauge\nfl_eval_loss\{method="fedbiot-adapemu",client="add",service="aggregator"\} \d/,
     );
+    const trainerMetrics = await (await fetch(`${trainers[0]!.url}/metrics`)).text();
+    assert.match(
+      trainerMetrics,
+      /# TYPE fl_blob_upload_bytes_total counter\nfl_blob_upload_bytes_total\{service="trainer-a"\} [1-9]/,
+    );
+    assert.match(
+      trainerMetrics,
+      /# TYPE fl_trained_tokens_total counter\nfl_trained_tokens_total\{service="trainer-a"\} [1-9]/,
+    );
+    assert.match(trainerMetrics, /fl_round\{service="trainer-a"\} [01]\n/);
+    assert.match(await (await fetch(`${evaluator.url}/metrics`)).text(), /fl_round\{service="evaluator"\} 1\n/);
+    for (const svc of services) {
+      const text = await (await fetch(`${svc.url}/metrics`)).text();
+      // Prometheus conventions: every counter ends in _total, nothing else does; no gauge holds a rate.
+      for (const [, name, type] of text.matchAll(/^# TYPE (\S+) (\S+)$/gm))
+        assert.equal(name!.endsWith('_total'), type === 'counter', `${svc.role.name}: ${name} is a ${type}`);
+      assert.doesNotMatch(text, /per_second/, `${svc.role.name}: no rate gauge`);
+    }
     const dash = (await (await fetch(`${evaluator.url}/dashboard/data`)).json()) as {
       evals: { round: number }[];
       train: unknown[];
@@ -332,8 +396,9 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       logs.push({ ...r, service: 'aggregator-1' });
       if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
     };
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
     first = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }),
       0,
     );
     await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
@@ -345,7 +410,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     }
 
     const second = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }),
       0,
     );
     services.push(second);
@@ -361,6 +426,14 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     const calls = logs.filter((r) => r.service === 'server-alignment' && r.msg === 'aligned').map((r) => r['call']);
     assert.deepEqual(calls, [0, 1, 2], 'each alignment ran once');
     const maxDiff = assertSameFinal(finalEvals(second.role, s.job.rounds), reference);
+    // One run folder across both incarnations: round 1's events once (the first aggregator's partial round 1
+    // dropped on resume), round 0's from the first, and the standalone job's results.
+    const events = assertSameRunFolder(join(runsDir, jobId), (await standalone()).runDir, s);
+    const kinds = (kind: string): string[] =>
+      events.filter((e) => e['kind'] === kind).map((e) => `${e['round']}/${e['client'] ?? e['stage'] ?? ''}`);
+    assert.deepEqual(kinds('train').toSorted(), ['0/add', '0/mul', '0/sub', '1/add', '1/mul', '1/sub']);
+    assert.deepEqual(kinds('align'), ['0/pre', '0/round', '1/round']);
+    assert.equal(events.filter((e) => e['kind'] === 'eval').length, 16, 'AdapEmu + AdapFu x 4 rows x 2 rounds');
     const trained = logs.filter((r) => r.msg === 'update published').map((r) => `${r['round']}/${r['clientId']}`);
     passed = true;
     console.log(
@@ -697,6 +770,218 @@ test('data owners: each client trains on its own replica under its own NATS iden
     passed = true;
     console.log(
       `owners: NATS ${server.via}; max |test loss difference| ${maxDiff.toExponential(2)}; ${tensors} tensors at clients, none of a dropped layer`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await server.stop();
+  }
+});
+
+test('private evaluation: the evaluator holds no client file, trainers publish only AdapEmu numbers equal to the standalone job, AdapFu on the owner set', async () => {
+  const jobId = `svc-private-${process.pid}-${Date.now().toString(36)}`;
+  const { rows: reference } = await standalone();
+  const fed = join(tmp, 'federation');
+  const manifest = JSON.parse(readFileSync(join(fed, 'manifest.json'), 'utf8')) as {
+    clients: { id: string; test: { path: string } }[];
+  };
+  // The owner's validation set: here the clients' test sets concatenated, so that AdapFu on it must equal the
+  // standalone job's pooled AdapFu row (token-weighted, like the 'all' row). In a deployment it is the owner's data.
+  const ownerDir = join(tmp, `${jobId}-owner`);
+  mkdirSync(ownerDir);
+  const ownerFile = join(ownerDir, 'validation.jsonl');
+  writeFileSync(ownerFile, manifest.clients.map((c) => readFileSync(join(fed, c.test.path), 'utf8')).join(''));
+  // The evaluator's machine: the manifest (the client list) and nothing else of the federation, so opening any
+  // client's file fails there.
+  const evalFed = join(tmp, `${jobId}-evaluator-federation`);
+  mkdirSync(evalFed);
+  copyFileSync(join(fed, 'manifest.json'), join(evalFed, 'manifest.json'));
+  const raw = rawSpec(jobId);
+  const privateSpec = (federation: string): JobSpec =>
+    resolveJobSpec(
+      {
+        ...raw,
+        data: { ...(raw['data'] as object), federation },
+        eval: { maxNewTokens: 4, mode: 'private', ownerValidation: ownerFile },
+      },
+      'private job',
+    );
+  const s = privateSpec(fed);
+  assert.equal(s.eval.mode, 'private');
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const onWire: { subject: string; body: Record<string, unknown> }[] = [];
+  const sub = nc.subscribe(`fl.${jobId}.round.*.metrics.*`, {
+    callback: (_e, m) => void onWire.push({ subject: m.subject, body: m.json<Record<string, unknown>>() }),
+  });
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(
+      await startService(new Evaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }), 0),
+    );
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(
+        await startService(
+          new ClientTrainer({
+            natsUrl: NATS_URL,
+            spec: trainerSpec(s),
+            replica,
+            logSink: sink,
+            cacheRoot: join(tmp, `${jobId}-${replica}`),
+          }),
+          0,
+        ),
+      );
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const rows = finalEvals(aggregator.role, s.job.rounds);
+    // AdapEmu per client and pooled: computed by the trainers, equal to the standalone job's.
+    const emuRef = reference.filter((r) => r.method === 'fedbiot-adapemu');
+    const maxDiff = assertSameFinal(
+      rows.filter((r) => r.method === 'fedbiot-adapemu'),
+      emuRef,
+    );
+    // What went over NATS for the last evaluation: one ClientMetrics per client, numbers only.
+    const last = onWire.filter((m) => m.subject.startsWith(`fl.${jobId}.round.2.metrics.`));
+    assert.deepEqual(last.map((m) => m.body['clientId']).toSorted(), ['add', 'mul', 'sub']);
+    for (const m of last) {
+      assert.deepEqual(Object.keys(m.body).toSorted(), [
+        'accuracy',
+        'clientId',
+        'durationMs',
+        'items',
+        'jobId',
+        'loss',
+        'mode',
+        'protocolVersion',
+        'round',
+        'tokens',
+      ]);
+      const ref = emuRef.find((r) => r.client === m.body['clientId'])!;
+      assert.equal(m.body['loss'], ref.test_loss, `${ref.client}: published AdapEmu loss equals standalone`);
+      assert.equal(m.body['accuracy'], ref.accuracy);
+    }
+    assert.equal(
+      logs.filter((r) => r.msg === 'evaluated' && r.service.startsWith('trainer-')).length,
+      6,
+      'the trainers evaluated each client after rounds 1 and 2',
+    );
+    // AdapFu: only on the owner's side, on the owner's set: one 'owner' row, no per-client AdapFu row.
+    const fu = rows.filter((r) => r.method === 'fedbiot-adapfu');
+    assert.deepEqual(
+      fu.map((r) => r.client),
+      ['owner'],
+    );
+    const fuAll = reference.find((r) => r.method === 'fedbiot-adapfu' && r.client === 'all')!;
+    const fuDiff = Math.abs(fu[0]!.test_loss - fuAll.test_loss);
+    assert.ok(fuDiff < 1e-5, `AdapFu on the owner set ${fu[0]!.test_loss} vs standalone pooled ${fuAll.test_loss}`);
+    assert.equal(fu[0]!.accuracy, fuAll.accuracy);
+    assert.ok(
+      logs.some((r) => r.service === 'evaluator' && r.msg === 'owner validation set loaded'),
+      'the evaluator loaded the owner set',
+    );
+    assert.deepEqual(
+      logs.filter((r) => r.level === 'error'),
+      [],
+    );
+    passed = true;
+    console.log(
+      `private eval: AdapEmu max |difference| ${maxDiff.toExponential(2)} (from the trainers' metrics); AdapFu owner set vs standalone pooled ${fuDiff.toExponential(2)}`,
+    );
+  } finally {
+    sub.unsubscribe();
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('a NATS outage while round 1 trains: every service reports not-ready, reconnects, trainers pull again, the job equals standalone', async () => {
+  // FEDBIOT_TEST_OUTAGE_S: how long the broker stays down (default 20 s; the services reconnect forever, so a
+  // 60 s run passes too, it only takes longer).
+  const downMs = 1000 * Number(process.env['FEDBIOT_TEST_OUTAGE_S'] ?? '20');
+  const jobId = `svc-outage-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const { rows: reference } = await standalone();
+  const server = await startPrivateNats(() => '');
+  const url = server.url;
+  const logs: LogRecord[] = [];
+  const services: RunningService<ServiceRole>[] = [];
+  let outage: Promise<void> | undefined;
+  const notReady = new Set<string>();
+  const sink = (r: LogRecord): void => {
+    logs.push(r);
+    if (r.msg === 'training' && r['round'] === 1 && !outage)
+      outage = (async () => {
+        // The server dies while a trainer trains round 1, and stays down for downMs.
+        const down = server.outage(downMs);
+        const polls = (async () => {
+          const until = Date.now() + downMs - 500;
+          while (Date.now() < until) {
+            for (const svc of services) {
+              const status = await fetch(`${svc.url}/health/ready`).then(
+                (r) => r.status,
+                () => 0, // the service is closing (the test failed): not a readiness answer
+              );
+              if (status === 503) notReady.add(svc.role.name);
+            }
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        })();
+        await Promise.all([down, polls]);
+      })();
+  };
+  let passed = false;
+  try {
+    services.push(await startService(new ServerAlignment({ natsUrl: url, spec: s, logSink: sink }), 0));
+    services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
+    for (const replica of ['trainer-a', 'trainer-b'])
+      services.push(
+        await startService(
+          new ClientTrainer({
+            natsUrl: url,
+            spec: trainerSpec(s),
+            replica,
+            logSink: sink,
+            ackWaitMs: 5000,
+            cacheRoot: join(tmp, `${jobId}-${replica}`),
+          }),
+          0,
+        ),
+      );
+    const aggregator = await startService(
+      new Aggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }),
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.ok(outage, 'the outage happened during round 1');
+    await outage;
+    assert.equal(final?.round, 2);
+    const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
+    assert.deepEqual(
+      [...notReady].toSorted(),
+      services.map((x) => x.role.name).toSorted(),
+      'every service reported not-ready while NATS was down',
+    );
+    for (const svc of services) assert.equal((await fetch(`${svc.url}/health/ready`)).status, 200, svc.role.name);
+    const reconnected = new Set(logs.filter((r) => r.msg === 'NATS reconnected').map((r) => r.service));
+    assert.equal(reconnected.size, services.length, `reconnected: ${[...reconnected].join(', ')}`);
+    const published1 = logs.filter((r) => r.msg === 'update published' && r['round'] === 1).map((r) => r['clientId']);
+    assert.deepEqual(published1.toSorted(), ['add', 'mul', 'sub'], 'round 1 completed after the outage');
+    passed = true;
+    const pulledAgain = logs.filter((r) => r.msg === 'pulling tasks again').length;
+    console.log(
+      `outage: NATS down ${downMs / 1000} s during round 1; max |test loss difference| ${maxDiff.toExponential(2)}; work-queue loops restarted ${pulledAgain}`,
     );
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));

@@ -58,7 +58,7 @@ export const DEFAULTS = {
     trimFraction: 0.2,
     keepBlobRounds: 2,
   },
-  eval: { every: 1, maxNewTokens: 8 },
+  eval: { every: 1, maxNewTokens: 8, mode: 'private' as const },
   baselines: { offsiteTuning: true, localOnly: true, fedavgLora: false },
 } as const;
 
@@ -229,6 +229,16 @@ const aggregationSection = z.strictObject({
   keepBlobRounds: posInt().default(D.aggregation.keepBlobRounds),
 });
 
+/**
+ * Where a distributed job evaluates (the standalone job holds everything and always prints the full table):
+ * - private: AdapFu (the full model) only on the model owner's side, on `ownerValidation`; AdapEmu on each client's
+ *   own test set by that client's trainer, which publishes metrics only. Nobody but a client reads its data.
+ * - simulation: the evaluator reads every client's test set and reports AdapEmu and AdapFu per client, as the
+ *   standalone job does (experiments on one machine; never for real data owners).
+ */
+export const DISTRIBUTED_EVAL_MODES = ['private', 'simulation'] as const;
+export type DistributedEvalMode = (typeof DISTRIBUTED_EVAL_MODES)[number];
+
 const evalSection = z.strictObject({
   /** Evaluate every this many rounds. */
   every: posInt().default(D.eval.every),
@@ -238,6 +248,16 @@ const evalSection = z.strictObject({
     .array(z.enum(RESULT_METHODS))
     .min(1)
     .refine((m) => new Set(m).size === m.length, 'methods must not repeat')
+    .optional(),
+  /** Distributed jobs: private (default) or simulation; see DISTRIBUTED_EVAL_MODES. */
+  mode: z.enum(DISTRIBUTED_EVAL_MODES).default(D.eval.mode),
+  /**
+   * The model owner's validation set (JSONL files in any record format of data.format), on which the owner's
+   * evaluator scores AdapFu in private mode; absent: private mode reports no AdapFu. Ignored by the standalone job.
+   */
+  ownerValidation: z
+    .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+    .transform((v) => (typeof v === 'string' ? [v] : v))
     .optional(),
 });
 
@@ -282,6 +302,8 @@ export const jobSpecSchema = z
           );
       });
     }
+    if (s.eval.mode === 'simulation' && s.eval.ownerValidation !== undefined)
+      issue(['eval', 'ownerValidation'], "only used in mode private (simulation evaluates on the clients' test sets)");
   });
 
 type ParsedSpec = z.output<typeof jobSpecSchema>;

@@ -266,3 +266,25 @@ test('partition shorthand: a kind alone stands for {kind}; by-field and dirichle
     /p\.yaml: data\.partition\.kind: Invalid option: expected one of "iid"\|"dirichlet"\|"by-field"/,
   );
 });
+
+test('eval.mode: private by default; ownerValidation takes one path or a list; simulation refuses it, naming the field', () => {
+  const d = resolveJobSpec({}, 'd.yaml');
+  assert.equal(d.eval.mode, 'private');
+  assert.equal(d.eval.ownerValidation, undefined);
+  const one = resolveJobSpec({ eval: { ownerValidation: 'owner/val.jsonl' } }, 'one.yaml');
+  assert.deepEqual(one.eval.ownerValidation, ['owner/val.jsonl']);
+  const two = resolveJobSpec({ eval: { ownerValidation: ['a.jsonl', 'b.jsonl'] } }, 'two.yaml');
+  assert.deepEqual(two.eval.ownerValidation, ['a.jsonl', 'b.jsonl']);
+  assert.equal(resolveJobSpec({ eval: { mode: 'simulation' } }, 's.yaml').eval.mode, 'simulation');
+  assert.deepEqual(
+    problems(() => resolveJobSpec({ eval: { mode: 'simulation', ownerValidation: 'v.jsonl' } }, 'x.yaml')),
+    ["x.yaml: eval.ownerValidation: only used in mode private (simulation evaluates on the clients' test sets)"],
+  );
+  const bad = problems(() => resolveJobSpec({ eval: { mode: 'everyone', ownerValidation: [] } }, 'y.yaml'));
+  assert.equal(bad.length, 2, bad.join('\n'));
+  assert.match(bad[0]!, /^y\.yaml: eval\.mode: /);
+  assert.match(bad[1]!, /^y\.yaml: eval\.ownerValidation/);
+  // The override parser keeps a plain path as text.
+  const o = resolveJobSpec(applyOverrides({}, ['eval.ownerValidation=owner/v.jsonl']), 'o');
+  assert.deepEqual(o.eval.ownerValidation, ['owner/v.jsonl']);
+});

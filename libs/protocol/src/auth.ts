@@ -8,6 +8,8 @@
  *   - secure aggregation: publish only its own four steps `fl.<job>.round.*.secagg.<step>.c`, read the keys and
  *     unmasking broadcasts and only the share ciphertexts addressed to it (`secagg.shares.c`), never another
  *     client's secagg messages;
+ *   - publish its evaluation metrics (AdapEmu on its own test set, numbers only) on `fl.<job>.round.*.metrics.c`
+ *     only; it cannot subscribe to any metrics subject;
  *   - write and read only its own KV keys (`update.<r>.c`, `stream.c`), and read the job's `package` key: KV reads go through
  *     `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, so the key is part of the permission;
  *   - pull its tasks from its own durable consumer `client-c` on the work queue, created through the 2.9
@@ -35,7 +37,7 @@
  *   - Service roles are trusted operators of the job: they get every JetStream API subject of the job's three
  *     shared streams (create, update, delete, purge, consumers); the aggregator and the pooled client-trainer
  *     also those of every client's update bucket (generateJobAuth lists the clients). The aggregator also publishes on every update
- *     subject, because a resumed aggregator replays updates stored in KV (ports-nats.ts); the pooled
+ *     subject, because a resumed aggregator replays updates stored in KV (services/common/ports-nats.ts); the pooled
  *     `client-trainer` role publishes every client's update because one replica trains many clients.
  *   - `allow_responses` lets server-alignment and the evaluator reply to requests without a publish grant on
  *     reply subjects (one reply per request, within the server's response window).
@@ -182,6 +184,7 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
         `${root}.round.*.update.${c}`,
         // Secure aggregation: its own four steps only (secAggClientSubject).
         ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.${c}`),
+        `${root}.round.*.metrics.${c}`,
         '$JS.API.INFO',
         `$JS.API.STREAM.INFO.${kvStream}`,
         `$JS.API.STREAM.INFO.${tasks}`,
@@ -217,9 +220,13 @@ export function clientPermissions(jobId: string, clientId: string): NatsPermissi
         `${root}.round.*.secagg.unmask-request`,
         `${root}.round.*.secagg.shares.${c}`,
       ],
-      // Explicit, so that a later broadening of `allow` (e.g. to `fl.<job>.>`) still hides other clients' updates
-      // and secagg messages (no deny on `secagg.shares.*`: it would cover the client's own, and deny wins).
-      deny: [`${root}.round.*.update.*`, ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`)],
+      // Explicit, so that a later broadening of `allow` (e.g. to `fl.<job>.>`) still hides other clients' updates,
+      // metrics and secagg messages (no deny on `secagg.shares.*`: it would cover the client's own, and deny wins).
+      deny: [
+        `${root}.round.*.update.*`,
+        `${root}.round.*.metrics.*`,
+        ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`),
+      ],
     },
     allowResponses: false,
   };
@@ -252,12 +259,13 @@ export function servicePermissions(
           `${root}.task.*`,
           `${root}.align`,
           `${root}.round.*.evaluate`,
-          // KV replay after a restart republishes stored updates (ports-nats.ts).
+          // KV replay after a restart republishes stored updates (services/common/ports-nats.ts).
           `${root}.round.*.update.*`,
           ...secAggAggregatorSends(root),
         ],
         [
           `${root}.round.*.update.*`,
+          `${root}.round.*.metrics.*`,
           `${root}.round.*.aligned`,
           `${root}.round.*.evaluated`,
           `${root}.control.*`,
@@ -275,7 +283,11 @@ export function servicePermissions(
     case 'client-trainer':
       // Pooled: one replica runs many clients' secagg steps (it holds their secrets anyway), hence every client's.
       return p(
-        [`${root}.round.*.update.*`, ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`)],
+        [
+          `${root}.round.*.update.*`,
+          `${root}.round.*.metrics.*`,
+          ...SECAGG_CLIENT_STEPS.map((s) => `${root}.round.*.secagg.${s}.*`),
+        ],
         [`${root}.round.*.plan`, `${root}.control.*`, ...secAggAggregatorSends(root)],
       );
   }

@@ -32,6 +32,8 @@ export {
   updateBucketName,
   updateBucketPrefix,
   parseUpdateSubject,
+  clientMetricsSubject,
+  roundMetricsPattern,
 } from './subjects.js';
 export {
   PROTOCOL_VERSION,
@@ -47,6 +49,10 @@ export {
   type RoundPlan,
   TrainTaskSchema,
   type TrainTask,
+  TASK_KINDS,
+  type TaskKind,
+  ClientMetricsSchema,
+  type ClientMetrics,
   ClientUpdateSchema,
   type ClientUpdate,
   AlignmentDoneSchema,

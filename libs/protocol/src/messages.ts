@@ -126,12 +126,24 @@ export const RoundPlanSchema = z
   });
 export type RoundPlan = z.infer<typeof RoundPlanSchema>;
 
-/** Aggregator -> trainer replicas, through the work queue: train `clientId` for one round. */
+/**
+ * What a task asks: `train` (absent means train) one round of local training, or `evaluate` the broadcast adapter
+ * on the emulator (AdapEmu) on the client's own test set and publish a ClientMetrics (private evaluation).
+ */
+export const TASK_KINDS = ['train', 'evaluate'] as const;
+export type TaskKind = (typeof TASK_KINDS)[number];
+
+/** Aggregator -> trainer replicas, through the work queue: train (or evaluate) `clientId` for one round. */
 export const TrainTaskSchema = z.strictObject({
   protocolVersion,
   jobId: id,
   round,
   clientId: id,
+  /**
+   * Absent: train. Optional so that training tasks are byte-identical to earlier builds of protocol 1; a build that
+   * predates it rejects (terminates) evaluate tasks as malformed, which the aggregator then sees as missing metrics.
+   */
+  kind: z.enum(TASK_KINDS).optional(),
   /** The emulator package's manifest; the trainer checks it holds that package. */
   model: BlobRefSchema,
   adapterLora: BlobRefSchema,
@@ -161,6 +173,28 @@ export const ClientUpdateSchema = z.strictObject({
   durationMs: count,
 });
 export type ClientUpdate = z.infer<typeof ClientUpdateSchema>;
+
+/**
+ * One client's trainer -> aggregator, on `fl.<job>.round.<r>.metrics.<clientId>`: AdapEmu (the round's adapter on
+ * the emulator package) on the client's own test set. Numbers only: the test data never leaves the client.
+ */
+export const ClientMetricsSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  /** Rounds completed when the evaluated adapter was made (the round of the EvalRequest). */
+  round,
+  clientId: id,
+  mode: z.literal('adapEmu'),
+  /** Mean cross-entropy per loss-bearing token (nats). */
+  loss: z.number(),
+  /** Exact-match accuracy over `items`, in [0, 1]. */
+  accuracy: z.number().min(0).max(1),
+  /** Loss-bearing tokens and scored items (the weights of the pooled 'all' row). */
+  tokens: count,
+  items: count,
+  durationMs: count,
+});
+export type ClientMetrics = z.infer<typeof ClientMetricsSchema>;
 
 /** Server-alignment -> all, on `fl.<job>.round.<r>.aligned`: the emulator was re-aligned. */
 export const AlignmentDoneSchema = z.strictObject({

@@ -103,6 +103,23 @@ export function evaluatedSubject<J extends string, R extends number>(jobId: J, r
   return `${roundBase(jobId, round)}.evaluated` as const;
 }
 
+/**
+ * `fl.<job>.round.<r>.metrics.<client>`: a client's ClientMetrics (AdapEmu on its own test set; numbers only),
+ * the one metrics subject `clientId` may publish on.
+ */
+export function clientMetricsSubject<J extends string, R extends number, C extends string>(
+  jobId: J,
+  round: R,
+  clientId: C,
+) {
+  return `${roundBase(jobId, round)}.metrics.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.round.<r>.metrics.*`: what the aggregator collects a round's client metrics on. */
+export function roundMetricsPattern<J extends string, R extends number>(jobId: J, round: R) {
+  return `${roundBase(jobId, round)}.metrics.*` as const;
+}
+
 /** `fl.<job>.control.<verb>`: an operator command. */
 export function controlSubject<J extends string, V extends ControlVerb>(jobId: J, verb: V) {
   if (!(CONTROL_VERBS as readonly string[]).includes(verb)) {

@@ -189,9 +189,13 @@ export class WorkQueue {
         { path: 'jobId', reason: `is ${task.jobId} but this queue serves job ${this.jobId}` },
       ]);
     }
-    const ack = await this.js.publish(subject, encodeMessage(TrainTaskSchema, task, subject), {
-      msgID: `${task.jobId}.${task.round}.${task.clientId}`,
-    });
+    // Training is deduplicated (a re-planned round must not train twice); evaluation is not: it changes no
+    // state, so a restarted aggregator's re-enqueued evaluate task simply recomputes the same metrics.
+    const ack = await this.js.publish(
+      subject,
+      encodeMessage(TrainTaskSchema, task, subject),
+      task.kind === 'evaluate' ? {} : { msgID: `${task.jobId}.${task.round}.${task.clientId}` },
+    );
     return { seq: ack.seq, duplicate: ack.duplicate };
   }
 

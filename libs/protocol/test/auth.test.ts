@@ -17,6 +17,7 @@ import { generateJobAuth, clientConsumerName, type NatsIdentity } from '../src/a
 import { connectTransport } from '../src/connection.js';
 import { transportSecurityFromEnv, redactServers, CredentialsError } from '../src/credentials.js';
 import {
+  ClientMetricsSchema,
   ClientUpdateSchema,
   PROTOCOL_VERSION,
   PackageRefSchema,
@@ -29,6 +30,7 @@ import { WorkQueue } from '../src/work-queue.js';
 import {
   PACKAGE_KEY,
   blobBucketName,
+  clientMetricsSubject,
   ownerBucketName,
   packageBucketName,
   stateBucketName,
@@ -168,6 +170,55 @@ describe('per-client permissions on a private nats-server', { skip }, () => {
     assert.equal(m.subject, `fl.${JOB}.round.2.update.alice`);
     const d = decodeMessage(ClientUpdateSchema, m.data, m.subject, { jobId: JOB, round: 2, clientId: 'alice' });
     assert.ok(d.ok);
+  });
+
+  test("metrics: alice publishes her own AdapEmu metrics; bob's subject and subscribing to any metrics are denied", async () => {
+    const got: Msg[] = [];
+    const sub = agg.nc.subscribe(`fl.${JOB}.round.*.metrics.*`, { callback: (_e, m) => void got.push(m) });
+    await agg.nc.flush();
+    const metrics = (clientId: string) =>
+      encodeMessage(
+        ClientMetricsSchema,
+        {
+          protocolVersion: 1,
+          jobId: JOB,
+          round: 1,
+          clientId,
+          mode: 'adapEmu',
+          loss: 1.5,
+          accuracy: 0.25,
+          tokens: 40,
+          items: 4,
+          durationMs: 3,
+        },
+        'test',
+      );
+    const denied = alice.denials.length;
+    alice.nc.publish(clientMetricsSubject(JOB, 1, 'bob'), metrics('bob'));
+    alice.nc.publish(clientMetricsSubject(JOB, 1, 'alice'), metrics('alice'));
+    await waitFor("alice's metrics at the aggregator", () => got.length > 0);
+    await waitFor('the publish denial', () => alice.denials.length > denied);
+    assert.deepEqual(alice.denials.slice(denied), [{ operation: 'publish', subject: `fl.${JOB}.round.1.metrics.bob` }]);
+    await agg.nc.flush();
+    assert.deepEqual(
+      got.map((m) => m.subject),
+      [`fl.${JOB}.round.1.metrics.alice`],
+    );
+    const d = decodeMessage(ClientMetricsSchema, got[0]!.data, got[0]!.subject, {
+      jobId: JOB,
+      round: 1,
+      clientId: 'alice',
+    });
+    assert.ok(d.ok);
+    sub.unsubscribe();
+    const err = await new Promise<Error>((resolve) => {
+      alice.nc.subscribe(`fl.${JOB}.round.*.metrics.*`, {
+        callback: (e) => {
+          if (e) resolve(e);
+        },
+      });
+    });
+    assert.equal(err.name, 'PermissionViolationError');
   });
 
   test('JetStream: own KV keys only, shared blobs readable, own filtered task consumer only', async () => {

@@ -232,3 +232,16 @@ test('a malformed task is terminated with a reason, never redelivered; a throwin
   assert.equal(s.state.messages, 0, 'terminated tasks leave the work-queue stream');
   await assert.rejects(q.enqueue(task('other-job', 'x')), /jobId: is other-job but this queue serves job/);
 });
+
+test('evaluate tasks are not deduplicated (they change no state); training tasks of the same round are', async () => {
+  const q = await freshQueue('evaldedup');
+  const train = task(q.jobId, 'c0', 3);
+  const evaluate: TrainTask = { ...train, kind: 'evaluate' };
+  assert.equal((await q.enqueue(train)).duplicate, false);
+  assert.equal((await q.enqueue(train)).duplicate, true, 'the same training task again is a duplicate');
+  // Not a duplicate of the training task of the same round and client, nor of itself: a restarted aggregator
+  // asks again and the trainer recomputes the same metrics.
+  assert.equal((await q.enqueue(evaluate)).duplicate, false);
+  assert.equal((await q.enqueue(evaluate)).duplicate, false);
+  assert.equal((await q.pending()).pending, 3);
+});

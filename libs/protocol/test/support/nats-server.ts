@@ -60,6 +60,11 @@ export interface PrivateNats {
   readonly dir: string;
   /** stderr of the server so far (its log). */
   log(): string;
+  /**
+   * A broker outage: kills the server (SIGKILL for a process, a stopped container), keeps it down for `downMs`,
+   * then starts it again on the same port, config and JetStream store, and resolves once it accepts connections.
+   */
+  outage(downMs: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -112,26 +117,42 @@ export async function startPrivateNats(extra: (dir: string) => string | Promise<
       throw new Error(`nats-server -t rejected the generated config: ${check.output}`);
     }
   }
-  const server = privateNatsVia() === 'container' ? await runContainer(dir, conf) : runProcess(conf);
+  const launch = async (): Promise<RunningServer> =>
+    privateNatsVia() === 'container' ? runContainer(dir, conf) : runProcess(conf);
+  let server = await launch();
+  let earlierLogs = '';
+  const log = (): string => earlierLogs + server.log();
   const stop = async (): Promise<void> => {
     await server.stop();
     await rm(dir, { recursive: true, force: true });
   };
-  const until = Date.now() + 30_000;
-  while (!(await portOpen(port))) {
-    if (server.exited() || Date.now() > until) {
-      await stop();
-      throw new Error(`nats-server (${server.via}) did not start on port ${port}: ${server.log()}`);
+  const listening = async (): Promise<void> => {
+    const until = Date.now() + 30_000;
+    while (!(await portOpen(port))) {
+      if (server.exited() || Date.now() > until) {
+        await stop();
+        throw new Error(`nats-server (${server.via}) did not start on port ${port}: ${log()}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
     }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { via: server.via, port, url: `nats://127.0.0.1:${port}`, dir, log: server.log, stop };
+  };
+  await listening();
+  const outage = async (downMs: number): Promise<void> => {
+    await server.kill();
+    earlierLogs = log();
+    await new Promise((r) => setTimeout(r, downMs));
+    server = await launch();
+    await listening();
+  };
+  return { via: server.via, port, url: `nats://127.0.0.1:${port}`, dir, log, outage, stop };
 }
 
 interface RunningServer {
   readonly via: Via;
   log(): string;
   exited(): boolean;
+  /** Ends it at once (a crash: SIGKILL, or the container stopped without grace). */
+  kill(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -145,6 +166,11 @@ function runProcess(conf: string): RunningServer {
     via: 'process',
     log: () => log,
     exited: () => !running(),
+    kill: async () => {
+      if (!running()) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
     stop: async () => {
       if (!running()) return;
       child.kill('SIGTERM');
@@ -182,6 +208,10 @@ async function runContainer(dir: string, conf: string): Promise<RunningServer> {
     via: 'container',
     log: () => log,
     exited: () => ended,
+    kill: async () => {
+      stopped ??= container.stop({ timeout: 0 }).catch(() => {});
+      await stopped;
+    },
     stop: async () => {
       stopped ??= container.stop({ timeout: 2000 }).catch(() => {});
       await stopped;

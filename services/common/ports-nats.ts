@@ -6,15 +6,22 @@
  *   trainClients: adapter + emulator LoRA -> BlobStore; one TrainTask per client on the work queue; ClientUpdates
  *                 collected with quorum + deadline; update blobs downloaded; results in the planned client order
  *   align:        request on fl.<job>.align (server-alignment replies with the emulator LoRA's blob ref)
- *   evaluate:     request on fl.<job>.round.<r>.evaluate (the evaluator replies with per-client rows)
+ *   evaluate:     eval.mode simulation: request on fl.<job>.round.<r>.evaluate (the evaluator replies with AdapEmu
+ *                 and AdapFu rows per client, from every client's test set); eval.mode private: AdapFu from the
+ *                 evaluator on the owner's validation set (row client 'owner') and, at the same time, one evaluate
+ *                 task per client on the work queue, whose trainer publishes AdapEmu on its own test set as a
+ *                 ClientMetrics (numbers only) on fl.<job>.round.<r>.metrics.<client>
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
-import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
-import type { LoraSpec } from '../../model/src/llama.js';
-import { defaultCacheRoot } from '../../model/src/graph-store.js';
+import type { ClientProxy } from '@nestjs/microservices';
+import { sendWithRetry } from './nats-transport.js';
+import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
+import type { LoraSpec } from '../../libs/model/src/llama.js';
+import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
 import {
   BlobRefSchema,
+  ClientMetricsSchema,
   ClientUpdateSchema,
   EvalRequestSchema,
   PROTOCOL_VERSION,
@@ -27,6 +34,7 @@ import {
   encodeTensors,
   evaluateSubject,
   planSubject,
+  roundMetricsPattern,
   updateSubject,
   updateBucketName,
   blobBucketName,
@@ -38,13 +46,24 @@ import {
   type Tensor,
   type TrainingConfig,
   type WorkQueue,
-} from '../../protocol/src/index.js';
-import type { ClientRoundResult, RoundPorts } from './coordinator.js';
-import { clientStreamSeed, loadFederation, type FederationData, type LoadFederationOptions } from './federation.js';
-import type { JobSpec } from './job-spec.js';
-import { clientSettingsFor, initialLora, loraSpecs, type ClientSettings, type EvalScores } from './roles.js';
-import { splitModel, type ModelSplit } from './split.js';
-import { checkPackageSplit, loadEmulatorPackage } from './emulator-package.js';
+} from '../../libs/protocol/src/index.js';
+import type { ClientRoundResult, RoundPorts } from '../../libs/fedbiot/src/coordinator.js';
+import {
+  clientStreamSeed,
+  loadFederation,
+  type FederationData,
+  type LoadFederationOptions,
+} from '../../libs/fedbiot/src/federation.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import {
+  clientSettingsFor,
+  initialLora,
+  loraSpecs,
+  type ClientSettings,
+  type EvalScores,
+} from '../../libs/fedbiot/src/roles.js';
+import { splitModel, type ModelSplit } from '../../libs/fedbiot/src/split.js';
+import { checkPackageSplit, loadEmulatorPackage } from '../../libs/fedbiot/src/emulator-package.js';
 
 /** Everything a service derives from the job spec; identical in every service of a job. */
 export interface JobContext {
@@ -327,12 +346,22 @@ export interface NatsPortsOptions {
   readonly onNotice?: (message: string) => void;
   /** Round phases as they happen (metrics, dashboard). */
   readonly onPhase?: (round: number, phase: 'collecting' | 'collected', detail: Record<string, unknown>) => void;
+  /**
+   * Nest's NATS client for the request/reply calls (alignment: server-alignment's AlignmentController; evaluation:
+   * the evaluator's EvaluatorController); absent: plain nats.js requests (bench/messaging.ts's stand-ins).
+   */
+  readonly natsClient?: Pick<ClientProxy, 'send'>;
+  /** Private evaluation: every client of the federation, each asked for AdapEmu on its own test set. */
+  readonly evalClients?: readonly string[];
 }
 
 /** What the ports use of a JobContext: the spec-derived parts, no model or data (a benchmark can build it from a config). */
 export type PortsContext = Pick<JobContext, 'jobId' | 'spec' | 'specs' | 'clientSettings'>;
 
 /** The coordinator's ports bound to NATS; see the module comment. */
+/** One row of RoundPorts.evaluate's answer. */
+type EvalResultRow = Awaited<ReturnType<RoundPorts['evaluate']>>[number];
+
 export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPorts {
   const { nc, blobs, queue } = o;
   const jobId = ctx.jobId;
@@ -346,7 +375,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     proximalWeight: ctx.clientSettings.proxEps,
     seed: clientSeed(ctx.spec, round, clientId),
   });
-  return {
+  const ports: RoundPorts = {
     trainClients: async (round, clients, adapter, emulator): Promise<ClientRoundResult[]> => {
       o.signal?.throwIfAborted();
       const adapterRef = await putLora(blobs, adapter);
@@ -453,12 +482,13 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         adapterLora: await putLora(blobs, adapter),
         steps,
       };
-      const bytes = await requestWithRetry(
-        nc,
-        subject,
-        encodeMessage(AlignRequestSchema, req, subject),
-        requestTimeoutMs,
-      );
+      // Nest's NATS transport (ClientNats -> server-alignment's @MessagePattern); a plain request where the caller
+      // has no Nest client (bench/messaging.ts's stand-in server answers raw requests).
+      const bytes = o.natsClient
+        ? new TextEncoder().encode(
+            JSON.stringify(await sendWithRetry(o.natsClient, subject, AlignRequestSchema.parse(req), requestTimeoutMs)),
+          )
+        : await requestWithRetry(nc, subject, encodeMessage(AlignRequestSchema, req, subject), requestTimeoutMs);
       const r = decodeMessage(AlignReplySchema, bytes, `reply to ${subject}`);
       if (!r.ok) throw r.error;
       if ('error' in r.value) throw new Error(`server-alignment refused call ${call}: ${r.value.error}`);
@@ -470,29 +500,100 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     },
     evaluate: async (round, adapter, emulator) => {
       o.signal?.throwIfAborted();
-      const subject = evaluateSubject(jobId, round);
-      const req = {
-        protocolVersion: PROTOCOL_VERSION,
-        jobId,
-        round,
-        adapterLora: await putLora(blobs, adapter),
-        emulatorLora: await putLora(blobs, emulator),
-        modes: ['adapEmu', 'adapFu'] as ('adapEmu' | 'adapFu')[],
-      };
-      const bytes = await requestWithRetry(
-        nc,
-        subject,
-        encodeMessage(EvalRequestSchema, req, subject),
-        requestTimeoutMs,
-      );
-      const r = decodeMessage(EvalReplySchema, bytes, `reply to ${subject}`);
-      if (!r.ok) throw r.error;
-      if ('error' in r.value) throw new Error(`evaluator refused round ${round}: ${r.value.error}`);
-      return r.value.rows.map((row) => ({
-        method: row.method,
-        client: row.client,
-        scores: { testLoss: row.testLoss, accuracy: row.accuracy, tokens: row.tokens, items: row.items },
-      }));
+      const refs = { adapterLora: await putLora(blobs, adapter), emulatorLora: await putLora(blobs, emulator) };
+      if (ctx.spec.eval.mode === 'simulation') return requestEvaluation(round, refs, ['adapEmu', 'adapFu']);
+      // Private: the owner's AdapFu and the clients' AdapEmu at the same time (different machines).
+      const [owner, clients] = await Promise.all([
+        ctx.spec.eval.ownerValidation ? requestEvaluation(round, refs, ['adapFu']) : [],
+        clientEvaluation(round, refs),
+      ]);
+      return [...clients, ...owner];
     },
   };
+  return ports;
+
+  async function requestEvaluation(
+    round: number,
+    refs: { adapterLora: BlobRef; emulatorLora: BlobRef },
+    modes: ('adapEmu' | 'adapFu')[],
+  ): Promise<EvalResultRow[]> {
+    const subject = evaluateSubject(jobId, round);
+    const req = { protocolVersion: PROTOCOL_VERSION, jobId, round, ...refs, modes };
+    // Nest's NATS transport (ClientNats -> the evaluator's @MessagePattern); a plain request without a Nest client.
+    const bytes = o.natsClient
+      ? new TextEncoder().encode(
+          JSON.stringify(await sendWithRetry(o.natsClient, subject, EvalRequestSchema.parse(req), requestTimeoutMs)),
+        )
+      : await requestWithRetry(nc, subject, encodeMessage(EvalRequestSchema, req, subject), requestTimeoutMs);
+    const r = decodeMessage(EvalReplySchema, bytes, `reply to ${subject}`);
+    if (!r.ok) throw r.error;
+    if ('error' in r.value) throw new Error(`evaluator refused round ${round}: ${r.value.error}`);
+    return r.value.rows.map((row) => ({
+      method: row.method,
+      client: row.client,
+      scores: { testLoss: row.testLoss, accuracy: row.accuracy, tokens: row.tokens, items: row.items },
+    }));
+  }
+
+  /**
+   * One evaluate task per client; its trainer (the only holder of that client's test set) answers with a
+   * ClientMetrics. Waits for every client or the round deadline; a client that does not answer is left out of the
+   * rows (and of the pooled 'all' row) and reported.
+   */
+  async function clientEvaluation(
+    round: number,
+    refs: { adapterLora: BlobRef; emulatorLora: BlobRef },
+  ): Promise<EvalResultRow[]> {
+    const expected = o.evalClients ?? [];
+    const got = new Map<string, EvalScores>();
+    let allIn: () => void = () => {};
+    const complete = new Promise<void>((r) => (allIn = r));
+    const sub = nc.subscribe(roundMetricsPattern(jobId, round), {
+      callback: (err, msg) => {
+        if (err) return;
+        const clientId = msg.subject.split('.').at(-1)!;
+        const d = decodeMessage(ClientMetricsSchema, msg.data, msg.subject, { jobId, round, clientId });
+        if (!d.ok) return o.onRejected?.(clientId, `metrics: ${d.error.message}`);
+        if (!expected.includes(clientId) || got.has(clientId)) return;
+        const m = d.value;
+        got.set(clientId, { testLoss: m.loss, accuracy: m.accuracy, tokens: m.tokens, items: m.items });
+        if (got.size === expected.length) allIn();
+      },
+    });
+    const deadlineAt = Date.now() + deadlineMs;
+    let timer: NodeJS.Timeout | undefined;
+    const abort = (): void => allIn();
+    o.signal?.addEventListener('abort', abort, { once: true });
+    try {
+      await nc.flush();
+      for (const clientId of expected)
+        await queue.enqueue({
+          protocolVersion: PROTOCOL_VERSION,
+          jobId,
+          round,
+          clientId,
+          kind: 'evaluate',
+          model: o.model,
+          ...refs,
+          training: training(round, clientId),
+          deadlineAt,
+        });
+      if (expected.length > 0)
+        await Promise.race([complete, new Promise<void>((r) => (timer = setTimeout(r, deadlineMs)))]);
+      o.signal?.throwIfAborted();
+    } finally {
+      clearTimeout(timer);
+      o.signal?.removeEventListener('abort', abort);
+      sub.unsubscribe();
+    }
+    const missing = expected.filter((c) => !got.has(c));
+    if (missing.length > 0)
+      o.onNotice?.(`round ${round}: no AdapEmu metrics from ${missing.join(', ')} by the deadline; left out`);
+    const rows: EvalResultRow[] = expected
+      .filter((c) => got.has(c))
+      .map((c) => ({ method: EVAL_METHOD.adapEmu, client: c, scores: got.get(c)! }));
+    if (rows.length > 0)
+      rows.push({ method: EVAL_METHOD.adapEmu, client: 'all', scores: pooledScores(rows.map((r) => r.scores)) });
+    return rows;
+  }
 }

@@ -9,17 +9,17 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { FAKE_COUNTS, fakeLocal, startFakeTrainer, type Behaviour } from '../../../bench/soak-clients.js';
-import { fedAvg } from '../src/aggregate.js';
-import { aggregationSettingsFor, runRounds, updateByteLimits } from '../src/coordinator.js';
-import { resolveJobSpec } from '../src/job-spec.js';
-import { encodeLora, natsRoundPorts, type PortsContext } from '../src/ports-nats.js';
-import { clientSettingsFor, loraSpecs } from '../src/roles.js';
-import { sampleClients } from '../src/sampling.js';
-import { splitModel } from '../src/split.js';
-import type { LoraWeights } from '../../model/src/causal-lm.js';
-import { readModelConfig } from '../../model/src/config.js';
-import { initLora } from '../../model/src/trainer.js';
+import { FAKE_COUNTS, fakeLocal, startFakeTrainer, type Behaviour } from '../../bench/soak-clients.js';
+import { fedAvg } from '../../libs/fedbiot/src/aggregate.js';
+import { aggregationSettingsFor, runRounds, updateByteLimits } from '../../libs/fedbiot/src/coordinator.js';
+import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { encodeLora, natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
+import { clientSettingsFor, loraSpecs } from '../../libs/fedbiot/src/roles.js';
+import { sampleClients } from '../../libs/fedbiot/src/sampling.js';
+import { splitModel } from '../../libs/fedbiot/src/split.js';
+import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
+import { readModelConfig } from '../../libs/model/src/config.js';
+import { initLora } from '../../libs/model/src/trainer.js';
 import {
   BlobStore,
   StateStore,
@@ -29,9 +29,9 @@ import {
   stateBucketName,
   updateBucketName,
   type Consumption,
-} from '../../protocol/src/index.js';
-import { startPrivateNats, type PrivateNats } from '../../protocol/test/support/nats-server.js';
-import { repoRoot } from '../../../test/support/paths.js';
+} from '../../libs/protocol/src/index.js';
+import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
+import { repoRoot } from '../support/paths.js';
 
 let server: PrivateNats;
 const conns: NatsConnection[] = [];

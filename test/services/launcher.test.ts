@@ -1,0 +1,104 @@
+/**
+ * The local launcher (bin/services.ts) restarts a service that dies instead of stopping the job: a trainer child is
+ * SIGKILLed while it trains; the launcher restarts it, its task is redelivered, and with --exit-when-done the
+ * launcher exits 0 once the aggregator completed the job. A private nats-server; the demo model; about a minute.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { startPrivateNats } from '../../libs/protocol/test/support/nats-server.js';
+import { repoRoot } from '../support/paths.js';
+
+test('a trainer killed under the launcher is restarted and the job completes (exit 0)', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'fedbiot-launcher-'));
+  const nats = await startPrivateNats(() => '');
+  try {
+    await writeDemoFederation(join(tmp, 'federation'), {
+      seed: 5,
+      trainPerClient: 24,
+      testPerClient: 4,
+      globalTestPerTask: 1,
+      corpusBytes: 30_000,
+    });
+    const jobId = `launch-${process.pid}`;
+    const specFile = join(tmp, 'job.json');
+    writeFileSync(
+      specFile,
+      JSON.stringify({
+        job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
+        model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+        data: { federation: join(tmp, 'federation'), maxLength: 64 },
+        clients: { localSteps: 2, batchSize: 4 },
+        alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+        aggregation: { deadlineMs: 120_000 },
+        eval: { maxNewTokens: 2, mode: 'simulation' },
+        baselines: { offsiteTuning: false, localOnly: false },
+      }),
+    );
+    const portBase = 20_000 + (process.pid % 20_000);
+    const launcher = spawn(
+      process.execPath,
+      [
+        fileURLToPath(new URL('../../bin/services.js', import.meta.url)),
+        '--trainers',
+        '2',
+        '--port-base',
+        String(portBase),
+        '--exit-when-done',
+      ],
+      {
+        env: {
+          ...process.env,
+          JOB_SPEC: specFile,
+          NATS_URL: nats.url,
+          ACK_WAIT_MS: '3000',
+          FEDBIOT_CACHE: join(tmp, 'cache'),
+        },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    const lines: Record<string, unknown>[] = [];
+    const pids = new Map<string, number>();
+    let killed: string | undefined;
+    createInterface({ input: launcher.stdout! }).on('line', (line) => {
+      let r: Record<string, unknown>;
+      try {
+        r = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      lines.push(r);
+      if (r['service'] === 'launcher' && r['msg'] === 'started') pids.set(String(r['child']), Number(r['pid']));
+      // The first trainer to train is killed mid-task, once.
+      if (r['msg'] === 'training' && !killed && typeof r['service'] === 'string') {
+        killed = r['service'];
+        process.kill(pids.get(killed)!, 'SIGKILL');
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => launcher.once('exit', (c) => resolve(c)));
+    const launcherSaid = (msg: string): Record<string, unknown>[] =>
+      lines.filter((r) => r['service'] === 'launcher' && r['msg'] === msg);
+    assert.ok(killed, 'a trainer was killed while training');
+    assert.deepEqual(
+      launcherSaid('restarting').map((r) => r['child']),
+      [killed],
+      'the launcher restarted the killed trainer, and nothing else',
+    );
+    assert.equal(launcherSaid('started').filter((r) => r['child'] === killed).length, 2);
+    assert.ok(
+      lines.some((r) => r['service'] === 'aggregator' && r['msg'] === 'job completed'),
+      'the aggregator completed the job',
+    );
+    assert.equal(code, 0, 'the launcher exits with the aggregator status');
+    console.log(`launcher: killed ${killed}, restarted it; job completed, exit ${code}`);
+  } finally {
+    await nats.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
