@@ -31,9 +31,13 @@ import {
   updateSubject,
   type ClientUpdate,
   type FailedTask,
+  type PlannedRounds,
   type RejectedTask,
+  type SkippedTask,
   type TaskContext,
   type TrainTask,
+  skipEndedRounds,
+  watchPlannedRounds,
 } from '../../libs/protocol/src/index.js';
 import type { TokenizedExample } from '../../libs/data/src/index.js';
 import { ExampleStream } from '../../libs/fedbiot/src/batches.js';
@@ -123,6 +127,10 @@ export class ClientTrainer implements ServiceRole {
   readonly #pullingPromise = new Promise<void>((r) => (this.#pullingResolve = r));
   #loop: Promise<void> = Promise.resolve();
   #ready = false;
+  #plans: PlannedRounds | undefined;
+  get #plannedRound(): number {
+    return this.#plans?.latest() ?? -1;
+  }
 
   constructor(private readonly opts: TrainerOptions) {
     this.name = opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
@@ -136,6 +144,15 @@ export class ClientTrainer implements ServiceRole {
           consume: {
             ackWaitMs: opts.ackWaitMs ?? 60_000,
             maxDeliver: 5,
+            // A training task of a round the aggregator has moved past would only produce a late update: ack it
+            // untrained. Evaluate tasks of round r are issued while round r+1 may already be planned: always run.
+            skipTask: (t) => (t.kind === 'evaluate' ? null : skipEndedRounds({ latest: () => this.#plannedRound })(t)),
+            onSkipped: (k: SkippedTask) =>
+              this.log.write('warn', 'task of an ended round skipped', {
+                round: k.task.round,
+                clientId: k.task.clientId,
+                reason: k.reason,
+              }),
             onRejected: (r: RejectedTask) =>
               this.log.write('warn', 'task rejected', { subject: r.subject, reason: r.error.message }),
             onFailed: (f: FailedTask) =>
@@ -168,6 +185,8 @@ export class ClientTrainer implements ServiceRole {
     if (!jobId) throw new Error('job.id: required by the distributed runtime');
     this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
     const nc = (this.#nc = this.#conn.nc);
+    // Round plans are broadcast to every client: the latest one tells which tasks belong to ended rounds.
+    this.#plans = await watchPlannedRounds(nc, jobId);
     this.#loop = this.#run(nc, jobId).catch((e: unknown) => {
       if (!this.#stopping) this.log.write('error', 'trainer stopped', { error: (e as Error).message });
     });
@@ -423,6 +442,7 @@ export class ClientTrainer implements ServiceRole {
     this.#pullingResolve();
     this.#queueResolve(null);
     for (const t of this.transports) await t.close();
+    this.#plans?.stop();
     await this.#loop;
     this.#work = undefined;
     const nc = this.#nc;
