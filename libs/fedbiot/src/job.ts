@@ -37,6 +37,7 @@ import {
   type MetricsEvent,
 } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
+import { clientTrainingSeed } from './seeds.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
 import { writeReportHtml } from './report/report-html.js';
@@ -199,7 +200,7 @@ async function runFederated(
           frozen,
           streams.get(id)!,
           settings,
-          spec.job.seed + round * 131 + id.length,
+          clientTrainingSeed(spec.job.seed, round, id),
           (loss) => bar.tick(1, `${id} loss ${loss.toFixed(3)}`),
         );
         out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
@@ -300,7 +301,7 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
         [emulator],
         stream,
         settings,
-        spec.job.seed + round * 131 + c.index,
+        clientTrainingSeed(spec.job.seed, round, c.id),
         (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`),
       );
       adapter = r.adapter;
