@@ -38,6 +38,8 @@ import {
 } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
 import { clientTrainingSeed } from './seeds.js';
+import { KNOWLEDGE_FEDERATION, knowledgeFederationDir } from './demo-model.js';
+import { singleRunVerdict } from './report/verdict.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
 import { writeReportHtml } from './report/report-html.js';
@@ -324,9 +326,18 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
 }
 
 /** Runs (or resumes) the job described by `spec`. The run folder's path is in the result. */
-export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
+export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const t0 = performance.now();
+  // 'demo-knowledge' names the knowledge demo's federation for this seed (generated once into the cache); the
+  // resolved config records the folder it became.
+  const spec: JobSpec =
+    specIn.data.federation === KNOWLEDGE_FEDERATION
+      ? {
+          ...specIn,
+          data: { ...specIn.data, federation: await knowledgeFederationDir(defaultCacheRoot(), specIn.job.seed) },
+        }
+      : specIn;
   const run = await createRunDir(spec.job.outDir, spec.job.id, spec, { resume: opts.resume === true });
   const runDir = resolve(run.dir);
   const checkpoint = run.resumed ? await loadLatestCheckpoint(runDir) : undefined;
@@ -403,7 +414,8 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       await saveCheckpoint(runDir, { round: 0, json: { phase: 'main', round: 0, fresh: true }, tensors: new Map() });
     }
     let mainState: CoordinatorState | undefined;
-    if (!done('main')) {
+    // job.method local-only has no federated phase: the local-only phase below is the method.
+    if (!done('main') && main !== 'local-only') {
       log(`running ${main} for ${spec.job.rounds} rounds ...`);
       const r = resumeFor('main');
       mainState = await runFederated(
@@ -444,18 +456,18 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       });
     }
     if (main === 'fedbiot' && spec.baselines.offsiteTuning && !done('offsite-tuning')) {
-      log('baseline offsite-tuning (FedOT: first 2 + last 2 layers as adapter, no per-round alignment) ...');
+      // The same adapter layers as FedBiOT (equal trainable parameters, equal client compute): the comparison then
+      // isolates FedBiOT's per-round alignment. The published FedOT adapter (first 2 + last 2 layers, twice the
+      // trainable layers) is an experiment method: job.method=offsite-tuning, split.adapterBottom=2.
+      log(
+        `baseline offsite-tuning (the same adapter layers ${fedbiotSplit.adapterLayers.join(',')} as FedBiOT, no per-round alignment${spec.baselines.oneShotAlignSteps ? `, ${spec.baselines.oneShotAlignSteps} one-shot alignment steps` : ''}) ...`,
+      );
       const r = resumeFor('offsite-tuning');
       await runFederated(
         ctx,
         {
           phase: 'offsite-tuning',
-          split: splitModel({
-            numLayers: L,
-            adapterBottom: 2,
-            adapterTop: spec.split.adapterLayers,
-            dropRate: spec.split.dropRate,
-          }),
+          split: fedbiotSplit,
           kind: 'offsite-tuning',
           preAlignSteps: spec.baselines.oneShotAlignSteps ?? 0,
           alignStepsPerRound: 0,
@@ -464,7 +476,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
     }
-    if (spec.baselines.localOnly) {
+    if (spec.baselines.localOnly || main === 'local-only') {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
       const emulator =
         mainState?.emulator ?? initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
@@ -485,8 +497,12 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const events = await readMetrics(join(runDir, METRICS_FILE));
     const results = resultsFromEvents(events);
     await writeResultsJson(runDir, results);
-    await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}` });
-    const table = formatResultsTable(results.rows, results.bytes_per_round);
+    const verdict = singleRunVerdict(
+      results.rows,
+      data.clients.reduce((s, c) => s + c.testItems.length, 0),
+    );
+    await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}`, verdict });
+    const table = formatResultsTable(results.rows, results.bytes_per_round) + '\n' + verdict.join('\n') + '\n';
     await writeFile(join(runDir, 'results.txt'), table + '\n');
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

@@ -18,6 +18,8 @@ export interface ReportInput {
   readonly results?: Results;
   /** The resolved job spec, shown verbatim. */
   readonly config?: unknown;
+  /** Verdict and sample-size lines, shown under the results tables (report/verdict.ts). */
+  readonly verdict?: readonly string[];
 }
 
 /** One line of a chart. */
@@ -32,6 +34,8 @@ export interface ChartSpec {
   readonly xLabel: string;
   readonly yLabel: string;
   readonly series: readonly Series[];
+  /** Fixed y range (e.g. [0, 100] for accuracy in %), so charts compare at a glance; default: the data's. */
+  readonly yRange?: readonly [number, number];
 }
 
 /** Series of one eval metric, one per (method, client), points ordered by round (latest event per round wins). */
@@ -122,6 +126,7 @@ svg text{font-family:inherit;font-size:11px;fill:#1b1f24}
 ${chartHtml || '<p>No per-round evaluation events yet.</p>'}
 <section class="results"><h2>Results</h2>
 ${renderResultsHtml(results)}
+${(input.verdict ?? []).map((l) => `<p class="verdict">${esc(l)}</p>`).join('\n')}
 </section>
 ${input.config === undefined ? '' : `<section class="config"><h2>Resolved configuration</h2>\n<pre>${esc(JSON.stringify(input.config, null, 2))}</pre></section>`}
 </body>
@@ -183,7 +188,9 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   const xTicks = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 8, true);
-  const yTicks = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
+  const yTicks = chart.yRange
+    ? niceTicks(chart.yRange[0], chart.yRange[1], 6, false)
+    : niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
   const [x0, x1] = [xTicks[0], xTicks[xTicks.length - 1]];
   const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const sx = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * pw;
@@ -293,7 +300,7 @@ function esc(s: string): string {
  */
 export async function writeReportHtml(
   runDir: string,
-  opts: { title?: string; results?: Results } = {},
+  opts: { title?: string; results?: Results; verdict?: readonly string[] } = {},
 ): Promise<string> {
   const events = await readMetrics(join(runDir, METRICS_FILE)).catch((e: unknown) => {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
@@ -310,6 +317,7 @@ export async function writeReportHtml(
     events,
     ...(opts.title === undefined ? {} : { title: opts.title }),
     ...(opts.results === undefined ? {} : { results: opts.results }),
+    ...(opts.verdict === undefined ? {} : { verdict: opts.verdict }),
     config,
   });
   const path = join(runDir, 'report.html');
