@@ -2,7 +2,14 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../engine/src/safetensors.js';
 import { CONFIG_FILE, METRICS_FILE, readMetrics, type MetricsEvent } from '../run-dir.js';
-import { RESULT_METHODS, compareClients, isEvalEvent, resultsFromEvents, type Results } from './results-json.js';
+import {
+  ALL_CLIENTS,
+  RESULT_METHODS,
+  compareClients,
+  isEvalEvent,
+  resultsFromEvents,
+  type Results,
+} from './results-json.js';
 import { formatBytes } from './results-table.js';
 
 /**
@@ -25,6 +32,8 @@ export interface ReportInput {
 /** One line of a chart. */
 export interface Series {
   readonly name: string;
+  /** Line colour; default: the palette by position. */
+  readonly color?: string;
   /** (round, value) pairs; non-finite values are skipped. */
   readonly points: readonly (readonly [number, number])[];
 }
@@ -36,6 +45,11 @@ export interface ChartSpec {
   readonly series: readonly Series[];
   /** Fixed y range (e.g. [0, 100] for accuracy in %), so charts compare at a glance; default: the data's. */
   readonly yRange?: readonly [number, number];
+  /**
+   * Reference values drawn as dashed horizontal lines across the chart (the base model, a baseline measured once).
+   * They never widen the y range: one outside it sits on the edge, marked "off scale" with its value.
+   */
+  readonly refs?: readonly { readonly name: string; readonly value: number; readonly color?: string }[];
 }
 
 /** Series of one eval metric, one per (method, client), points ordered by round (latest event per round wins). */
@@ -81,30 +95,136 @@ const methodOrder = (m: string): number => {
   return i < 0 ? RESULT_METHODS.length : i;
 };
 
+/** One colour per method, the same in every panel and report. */
+export const METHOD_COLORS: Readonly<Record<string, string>> = {
+  base: '#6e7781',
+  'fedbiot-adapfu': '#d62728',
+  'fedbiot-adapemu': '#ff7f0e',
+  'offsite-tuning': '#1f77b4',
+  'local-only': '#9467bd',
+  'fedavg-lora': '#2ca02c',
+  fedbiot: '#d62728',
+};
+
+/** Methods measured once (before training, or only at the end): reference lines rather than curves. */
+const REFERENCE_METHODS = new Set(['base', 'local-only']);
+
+/**
+ * One chart per client ('all' last) of an eval metric: a curve per tuned method, the base model and local-only as
+ * reference lines. Accuracy uses a fixed 0-100 axis; loss uses the tuned methods' range, so a base model far above
+ * them is an off-scale reference line instead of squashing every curve into one band.
+ */
+export function clientPanels(
+  events: readonly MetricsEvent[],
+  metric: 'test_loss' | 'accuracy',
+  yLabel: string,
+): ChartSpec[] {
+  const scale = metric === 'accuracy' ? 100 : 1;
+  const byClient = new Map<string, Map<string, Map<number, number>>>();
+  for (const e of events) {
+    if (!isEvalEvent(e)) continue;
+    const v = e[metric];
+    if (typeof v !== 'number' || !Number.isFinite(v)) continue;
+    if (!byClient.has(e.client)) byClient.set(e.client, new Map());
+    const methods = byClient.get(e.client)!;
+    if (!methods.has(e.method)) methods.set(e.method, new Map());
+    methods.get(e.method)!.set(e.round, v * scale);
+  }
+  return [...byClient.keys()].toSorted(compareClients).map((client) => {
+    const methods = [...byClient.get(client)!].toSorted((a, b) => methodOrder(a[0]) - methodOrder(b[0]));
+    const series: Series[] = methods
+      .filter(([m]) => !REFERENCE_METHODS.has(m))
+      .map(([m, pts]) => ({
+        name: m,
+        color: METHOD_COLORS[m] ?? '#17becf',
+        points: [...pts].toSorted((p, q) => p[0] - q[0]),
+      }));
+    const refs = methods
+      .filter(([m]) => REFERENCE_METHODS.has(m))
+      .map(([m, pts]) => ({
+        name: m,
+        value: [...pts].toSorted((p, q) => p[0] - q[0]).at(-1)![1],
+        color: METHOD_COLORS[m] ?? '#6e7781',
+      }));
+    let yRange: readonly [number, number] | undefined = metric === 'accuracy' ? [0, 100] : undefined;
+    if (metric === 'test_loss') {
+      const ys = series.flatMap((x) => x.points.map((p) => p[1]));
+      if (ys.length === 0) {
+        const rs = refs.map((r) => r.value);
+        if (rs.length) yRange = [Math.min(...rs), Math.max(...rs)];
+      } else {
+        const lo = Math.min(...ys);
+        const hi = Math.max(...ys);
+        const pad = Math.max((hi - lo) * 0.15, 0.02);
+        yRange = [Math.max(0, lo - pad), hi + pad];
+      }
+    }
+    return {
+      title: client === ALL_CLIENTS ? 'all clients (pooled)' : `client ${client}`,
+      xLabel: 'round (0 = before training)',
+      yLabel,
+      series,
+      refs,
+      ...(yRange ? { yRange } : {}),
+    };
+  });
+}
+
+/** Training loss per client: a curve per method, plotted at the round it produces (round r's training -> r + 1). */
+export function trainPanels(events: readonly MetricsEvent[]): ChartSpec[] {
+  const byClient = new Map<string, Map<string, Map<number, { sum: number; n: number }>>>();
+  for (const e of events) {
+    if (e.kind !== 'train' || typeof e['loss'] !== 'number' || !Number.isFinite(e['loss'])) continue;
+    const client = String(e.client ?? 'all');
+    const method = String(e.method ?? 'train');
+    if (!byClient.has(client)) byClient.set(client, new Map());
+    const methods = byClient.get(client)!;
+    if (!methods.has(method)) methods.set(method, new Map());
+    const rounds = methods.get(method)!;
+    const acc = rounds.get(e.round + 1) ?? { sum: 0, n: 0 };
+    acc.sum += e['loss'];
+    acc.n++;
+    rounds.set(e.round + 1, acc);
+  }
+  return [...byClient.keys()].toSorted(compareClients).map((client) => ({
+    title: `client ${client}`,
+    xLabel: 'round',
+    yLabel: 'training loss (nats/token)',
+    series: [...byClient.get(client)!]
+      .toSorted((a, b) => methodOrder(a[0]) - methodOrder(b[0]))
+      .map(([m, rounds]) => ({
+        name: m,
+        color: METHOD_COLORS[m] ?? '#17becf',
+        points: [...rounds].toSorted((p, q) => p[0] - q[0]).map(([r, a]) => [r, a.sum / a.n] as const),
+      })),
+  }));
+}
+
 /** The full HTML page. */
 export function renderReportHtml(input: ReportInput): string {
   const title = input.title ?? 'FedBiOT run report';
   const results = input.results ?? resultsFromEvents(input.events);
-  const charts: ChartSpec[] = [
-    {
-      title: 'Test loss per round',
-      xLabel: 'round',
-      yLabel: 'loss (nats/token)',
-      series: evalSeries(input.events, 'test_loss'),
-    },
+  const groups: { title: string; note: string; charts: ChartSpec[] }[] = [
     {
       title: 'Exact-match accuracy per round',
-      xLabel: 'round',
-      yLabel: 'accuracy (%)',
-      series: evalSeries(input.events, 'accuracy', 100),
+      note: 'One panel per client; one colour per method; dashed: the base model and local-only, measured once.',
+      charts: clientPanels(input.events, 'accuracy', 'accuracy (%)'),
     },
+    {
+      title: 'Test loss per round',
+      note: 'The axis spans the tuned methods; a reference far outside it sits on the edge, marked off scale.',
+      charts: clientPanels(input.events, 'test_loss', 'loss (nats/token)'),
+    },
+    { title: 'Training loss per round', note: '', charts: trainPanels(input.events) },
   ];
-  const train = trainSeries(input.events);
-  if (train.length > 0)
-    charts.push({ title: 'Training loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: train });
-  const chartHtml = charts
-    .filter((c) => c.series.length > 0)
-    .map((c) => `<section class="chart"><h2>${esc(c.title)}</h2>\n${renderLineChart(c)}</section>`)
+  const chartHtml = groups
+    .filter((g) => g.charts.some((c) => c.series.length > 0 || (c.refs ?? []).length > 0))
+    .map(
+      (g) =>
+        `<section class="chart"><h2>${esc(g.title)}</h2>${g.note ? `<p class="note">${esc(g.note)}</p>` : ''}\n<div class="panels">${g.charts
+          .map((c) => `<figure><figcaption>${esc(c.title)}</figcaption>${renderLineChart(c, 540, 250)}</figure>`)
+          .join('\n')}</div></section>`,
+    )
     .join('\n');
   return `<!doctype html>
 <html lang="en">
@@ -113,8 +233,10 @@ export function renderReportHtml(input: ReportInput): string {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${esc(title)}</title>
 <style>
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1b1f24;max-width:1160px}
 h1{font-size:22px}h2{font-size:17px;margin:20px 0 8px}
+.panels{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}figcaption{font-size:13px;font-weight:600;margin:4px 0}
+.note,.verdict{font-size:13px;color:#424a53}.verdict{font-size:14px;color:#1b1f24}
 table{border-collapse:collapse;margin:8px 0 16px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}
 th{background:#f6f8fa}pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px}
@@ -197,7 +319,8 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
   const parts: string[] = [];
   // A long legend extends the picture downwards rather than running off it.
-  const svgH = Math.max(height, m.top + 16 * chart.series.length + 8);
+  const refs = (chart.refs ?? []).filter((r) => Number.isFinite(r.value));
+  const svgH = Math.max(height, m.top + 16 * (chart.series.length + refs.length) + 8);
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`,
   );
@@ -225,8 +348,22 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   parts.push(
     `<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${esc(chart.yLabel)}</text>`,
   );
+  refs.forEach((r, j) => {
+    const color = r.color ?? '#6e7781';
+    const off = r.value > y1 ? 'above' : r.value < y0 ? 'below' : '';
+    const y = f(sy(Math.min(y1, Math.max(y0, r.value))));
+    parts.push(
+      `<line class="ref" data-ref="${esc(r.name)}" x1="${m.left}" x2="${m.left + pw}" y1="${y}" y2="${y}" stroke="${color}" stroke-width="1.5" stroke-dasharray="5 4"/>`,
+    );
+    const label = off ? `${r.name} ${fmtValue(r.value)} (off scale, ${off})` : `${r.name} ${fmtValue(r.value)}`;
+    const ly = m.top + 8 + (chart.series.length + j) * 16;
+    const lx = m.left + pw + 14;
+    parts.push(
+      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="1.5" stroke-dasharray="5 4"/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(label)}</text></g>`,
+    );
+  });
   chart.series.forEach((s, i) => {
-    const color = PALETTE[i % PALETTE.length];
+    const color = s.color ?? PALETTE[i % PALETTE.length];
     const dash = DASHES[Math.floor(i / PALETTE.length) % DASHES.length];
     const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
     const dashAttr = dash === '' ? '' : ` stroke-dasharray="${dash}"`;
@@ -245,6 +382,10 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   });
   parts.push('</svg>');
   return parts.join('\n');
+}
+
+function fmtValue(v: number): string {
+  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2);
 }
 
 /** SVG coordinates with one decimal: enough for screen pixels, short files. */
