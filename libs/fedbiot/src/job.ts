@@ -256,7 +256,14 @@ async function runFederated(
         const method = cfg.phase === 'main' ? spec.job.method : cfg.phase;
         if (e.kind === 'comm' && cfg.phase !== 'main')
           ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
-        else ctx.metrics.log({ ...e, phase: cfg.phase, ...(e.kind === 'train' ? { method } : {}) });
+        else
+          ctx.metrics.log({
+            ...e,
+            phase: cfg.phase,
+            ...(e.kind === 'train' ? { method } : {}),
+            // The coordinator's phase of an alignment (pre-alignment or a round's) survives as its stage.
+            ...(e.kind === 'align' ? { stage: e['phase'], method } : {}),
+          });
       },
       onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
       onCheckpoint: async (state) => {

@@ -97,16 +97,17 @@ test('experiment specs are validated with the field named; the shipped demo grid
   }
 });
 
+const verdictRows = (fu: number, ot: number) => [
+  { method: 'base' as const, client: 'all', test_loss: 5, accuracy: 0.05 },
+  { method: 'fedbiot-adapfu' as const, client: 'all', test_loss: 1, accuracy: fu },
+  { method: 'fedbiot-adapemu' as const, client: 'all', test_loss: 1, accuracy: fu - 0.1 },
+  { method: 'offsite-tuning' as const, client: 'all', test_loss: 1, accuracy: ot },
+];
+
 test('the single-run verdict states the sample size and only claims what the test-set noise allows', () => {
-  const rows = (fu: number, ot: number) => [
-    { method: 'base' as const, client: 'all', test_loss: 5, accuracy: 0.05 },
-    { method: 'fedbiot-adapfu' as const, client: 'all', test_loss: 1, accuracy: fu },
-    { method: 'fedbiot-adapemu' as const, client: 'all', test_loss: 1, accuracy: fu - 0.1 },
-    { method: 'offsite-tuning' as const, client: 'all', test_loss: 1, accuracy: ot },
-  ];
-  const big = singleRunVerdict(rows(0.6, 0.4), 540);
+  const big = singleRunVerdict(verdictRows(0.6, 0.4), 540);
   assert.match(big[0]!, /540 test questions.*2\.2 points/);
   assert.match(big[1]!, /FedBiOT AdapFu beats offsite-tuning/);
-  assert.match(singleRunVerdict(rows(0.5, 0.48), 540)[1]!, /no difference beyond/);
-  assert.match(singleRunVerdict(rows(0.3, 0.5), 540)[1]!, /offsite-tuning beats FedBiOT AdapFu/);
+  assert.match(singleRunVerdict(verdictRows(0.5, 0.48), 540)[1]!, /no difference beyond/);
+  assert.match(singleRunVerdict(verdictRows(0.3, 0.5), 540)[1]!, /offsite-tuning beats FedBiOT AdapFu/);
 });

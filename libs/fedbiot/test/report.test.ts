@@ -126,6 +126,9 @@ test('the results table is fixed-width, methods as rows, clients as columns with
   assert.equal(formatBytes(3 * 1024 * 1024), '3.00 MiB (3145728 B)');
 });
 
+const colour = (chart: string, name: string): string =>
+  new RegExp(`data-series="${name}"[^>]*stroke="([^"]+)"`).exec(chart)![1];
+
 test('report.html: a panel per client, a colour per method, base as a reference line, the tables and the config', () => {
   const events = demoEvents();
   const html = renderReportHtml({
@@ -141,17 +144,15 @@ test('report.html: a panel per client, a colour per method, base as a reference 
     .slice(1)
     .map((c) => c.slice(0, c.indexOf('</svg>')));
   for (const [i, chart] of charts.entries()) {
-    const eval_ = i < 6;
+    const isEval = i < 6;
     // Tuned methods are curves; the base model (measured once per round here, zero-shot) is a dashed reference.
-    assert.equal((chart.match(/<polyline /g) ?? []).length, eval_ ? 2 : 1, `chart ${i}`);
-    assert.equal((chart.match(/class="ref"/g) ?? []).length, eval_ ? 1 : 0, `chart ${i}`);
-    assert.equal((chart.match(/class="legend-item"/g) ?? []).length, eval_ ? 3 : 1);
+    assert.equal((chart.match(/<polyline /g) ?? []).length, isEval ? 2 : 1, `chart ${i}`);
+    assert.equal((chart.match(/class="ref"/g) ?? []).length, isEval ? 1 : 0, `chart ${i}`);
+    assert.equal((chart.match(/class="legend-item"/g) ?? []).length, isEval ? 3 : 1);
     assert.ok((chart.match(/class="xtick"/g) ?? []).length >= 2);
     assert.ok((chart.match(/class="ytick"/g) ?? []).length >= 2);
   }
   // One colour per method in every panel.
-  const colour = (chart: string, name: string): string =>
-    new RegExp(`data-series="${name}"[^>]*stroke="([^"]+)"`).exec(chart)![1];
   assert.equal(colour(charts[0], 'fedbiot-adapfu'), colour(charts[2], 'fedbiot-adapfu'));
   assert.notEqual(colour(charts[0], 'fedbiot-adapfu'), colour(charts[0], 'fedbiot-adapemu'));
   // Accuracy on a fixed 0-100 axis.

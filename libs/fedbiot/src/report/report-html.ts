@@ -200,6 +200,45 @@ export function trainPanels(events: readonly MetricsEvent[]): ChartSpec[] {
   }));
 }
 
+/**
+ * The emulator-to-full-model gap on public data, from 'align' events: normalised hidden-state L2 and KL, each
+ * before a round's alignment (with the round's new adapter) and after it; pre-alignment at round 0.
+ */
+export function alignmentPanels(events: readonly MetricsEvent[]): ChartSpec[] {
+  const pts = {
+    l2_before: new Map<number, number>(),
+    l2_after: new Map<number, number>(),
+    kl_before: new Map<number, number>(),
+    kl_after: new Map<number, number>(),
+  };
+  for (const e of events) {
+    if (e.kind !== 'align' || typeof e['l2_before'] !== 'number') continue;
+    const x = e['stage'] === 'pre' ? 0 : e.round + 1;
+    for (const k of Object.keys(pts) as (keyof typeof pts)[])
+      if (typeof e[k] === 'number' && Number.isFinite(e[k])) pts[k].set(x, e[k]);
+  }
+  const series = (k: keyof typeof pts, name: string, color: string): Series => ({
+    name,
+    color,
+    points: [...pts[k]].toSorted((a, b) => a[0] - b[0]),
+  });
+  if (pts.l2_before.size === 0) return [];
+  return [
+    {
+      title: 'hidden-state L2 (normalised)',
+      xLabel: 'round (0 = pre-alignment)',
+      yLabel: 'mean (T-S)^2 / mean T^2',
+      series: [series('l2_before', 'before alignment', '#ff7f0e'), series('l2_after', 'after alignment', '#2ca02c')],
+    },
+    {
+      title: 'KL(full || emulator), nats/token',
+      xLabel: 'round (0 = pre-alignment)',
+      yLabel: 'KL (nats/token)',
+      series: [series('kl_before', 'before alignment', '#ff7f0e'), series('kl_after', 'after alignment', '#2ca02c')],
+    },
+  ];
+}
+
 /** The full HTML page. */
 export function renderReportHtml(input: ReportInput): string {
   const title = input.title ?? 'FedBiOT run report';
@@ -216,6 +255,11 @@ export function renderReportHtml(input: ReportInput): string {
       charts: clientPanels(input.events, 'test_loss', 'loss (nats/token)'),
     },
     { title: 'Training loss per round', note: '', charts: trainPanels(input.events) },
+    {
+      title: 'Emulator-to-full-model gap on public data (FedBiOT alignment)',
+      note: 'Before: the gap the round\u2019s new adapter meets; after: at the round\u2019s last alignment step.',
+      charts: alignmentPanels(input.events),
+    },
   ];
   const chartHtml = groups
     .filter((g) => g.charts.some((c) => c.series.length > 0 || (c.refs ?? []).length > 0))
