@@ -11,7 +11,7 @@ import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
 import { defaultCacheRoot } from '../../model/src/graph-store.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
-import { ExampleStream } from './batches.js';
+import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
 import { clientStreamSeed, loadFederation, type ClientData, type FederationData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
@@ -87,31 +87,67 @@ function pooled(scores: readonly EvalScores[]): EvalScores {
   };
 }
 
+/** Scores plus the response loss without the end-of-sequence token (see withoutEos). */
+type Scored = { method: string; client: string; scores: EvalScores & { lossNoEos?: number; tokensNoEos?: number } };
+
+/**
+ * The test examples with the end-of-sequence target taken out of the loss: a model never trained on the question
+ * format (the base model) puts little mass on ending after a one-word answer, and that one token can dominate its
+ * response loss; the loss without it shows how well the answer itself is predicted.
+ */
+function withoutEos(examples: readonly TokenizedExample[], eos: number | undefined): TokenizedExample[] {
+  return examples.map((ex) => {
+    const at = ex.inputIds.lastIndexOf(eos ?? -1);
+    if (at < 0 || !ex.lossMask[at]) return ex;
+    const lossMask = ex.lossMask.slice();
+    lossMask[at] = 0;
+    return { ...ex, lossMask };
+  });
+}
+
 async function evaluateOn(
   ctx: Ctx,
   method: string,
   variantFor: (client: ClientData) => { layers?: readonly number[]; loras?: readonly LoraWeights[] },
   clients: readonly ClientData[] = ctx.data.clients,
-): Promise<{ method: string; client: string; scores: EvalScores }[]> {
-  const out: { method: string; client: string; scores: EvalScores }[] = [];
+): Promise<Scored[]> {
+  const out: Scored[] = [];
+  const B = ctx.spec.clients.batchSize;
   for (const c of clients) {
-    const scores = await evaluateVariant(ctx.lm, variantFor(c), c.test, c.testItems, {
-      batch: ctx.spec.clients.batchSize,
+    const variant = variantFor(c);
+    const scores = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
+      batch: B,
       seq: ctx.seq,
       maxNewTokens: ctx.spec.eval.maxNewTokens,
     });
-    out.push({ method, client: c.id, scores });
+    let nll = 0;
+    let tokens = 0;
+    for (const group of chunks(withoutEos(c.test, ctx.lm.tokenizer?.eosTokenId), B)) {
+      const r = await ctx.lm.lossSum(toTokenBatch(group, B, ctx.seq, 0), variant);
+      nll += r.nllSum;
+      tokens += r.tokens;
+    }
+    out.push({
+      method,
+      client: c.id,
+      scores: { ...scores, lossNoEos: nll / Math.max(tokens, 1), tokensNoEos: tokens },
+    });
   }
-  out.push({ method, client: 'all', scores: pooled(out.map((o) => o.scores)) });
+  const tNo = out.reduce((a, o) => a + (o.scores.tokensNoEos ?? 0), 0);
+  out.push({
+    method,
+    client: 'all',
+    scores: {
+      ...pooled(out.map((o) => o.scores)),
+      lossNoEos:
+        out.reduce((a, o) => a + (o.scores.lossNoEos ?? 0) * (o.scores.tokensNoEos ?? 0), 0) / Math.max(tNo, 1),
+      tokensNoEos: tNo,
+    },
+  });
   return out;
 }
 
-function logEval(
-  ctx: Ctx,
-  phase: Phase,
-  round: number,
-  rows: { method: string; client: string; scores: EvalScores }[],
-): void {
+function logEval(ctx: Ctx, phase: Phase, round: number, rows: Scored[]): void {
   for (const r of rows)
     ctx.metrics.log({
       round,
@@ -121,6 +157,8 @@ function logEval(
       client: r.client,
       test_loss: r.scores.testLoss,
       accuracy: r.scores.accuracy,
+      items: r.scores.items,
+      ...(r.scores.lossNoEos === undefined ? {} : { test_loss_no_eos: r.scores.lossNoEos }),
     });
 }
 
@@ -186,6 +224,7 @@ async function runFederated(
     await server.importOptimizerState(stateFromTensors(resumeFrom.json['optimizerMeta'] as string, optTensors));
   }
   const settings = clientSettingsFor(spec);
+  const evalExtras = new Map<string, Record<string, number>>();
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       const out: ClientRoundResult[] = [];
@@ -219,7 +258,7 @@ async function runFederated(
       return { emulator: server.emulator, stats };
     },
     evaluate: async (round, adapterNow, emulatorNow) => {
-      const rows = [];
+      const rows: Scored[] = [];
       for (const m of cfg.evalMethods) {
         const variant = evalVariant(m.on, cfg.split, lm.config.numLayers, adapterNow, emulatorNow);
         rows.push(...(await evaluateOn(ctx, m.method, () => variant)));
@@ -228,6 +267,12 @@ async function runFederated(
         .filter((r) => r.client === 'all')
         .map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
       ctx.log(`  round ${round}: ${all.join(' | ')}`);
+      // The coordinator logs the standard fields; the extras join its event in onEvent below.
+      for (const r of rows)
+        evalExtras.set(`${r.method}\u0000${r.client}`, {
+          items: r.scores.items,
+          ...(r.scores.lossNoEos === undefined ? {} : { test_loss_no_eos: r.scores.lossNoEos }),
+        });
       return rows;
     },
   };
@@ -263,6 +308,7 @@ async function runFederated(
             ...(e.kind === 'train' ? { method } : {}),
             // The coordinator's phase of an alignment (pre-alignment or a round's) survives as its stage.
             ...(e.kind === 'align' ? { stage: e['phase'], method } : {}),
+            ...(e.kind === 'eval' ? evalExtras.get(`${String(e['method'])}\u0000${String(e['client'])}`) : {}),
           });
       },
       onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
@@ -504,9 +550,16 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
     const events = await readMetrics(join(runDir, METRICS_FILE));
     const results = resultsFromEvents(events);
     await writeResultsJson(runDir, results);
+    const baseNoEos = events.find(
+      (e) => e.kind === 'eval' && e['method'] === 'base' && e['client'] === 'all' && 'test_loss_no_eos' in e,
+    )?.['test_loss_no_eos'];
     const verdict = singleRunVerdict(
       results.rows,
       data.clients.reduce((s, c) => s + c.testItems.length, 0),
+      {
+        ...(typeof baseNoEos === 'number' ? { lossNoEos: baseNoEos } : {}),
+        vocabSize: lm.config.vocabSize,
+      },
     );
     await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}`, verdict });
     const table = formatResultsTable(results.rows, results.bytes_per_round) + '\n' + verdict.join('\n') + '\n';

@@ -9,7 +9,11 @@ import { ALL_CLIENTS, type ResultRow } from './results-json.js';
  */
 const pct = (x: number): string => `${(100 * x).toFixed(1)} %`;
 
-export function singleRunVerdict(rows: readonly ResultRow[], testItems: number): string[] {
+export function singleRunVerdict(
+  rows: readonly ResultRow[],
+  testItems: number,
+  baseInfo?: { lossNoEos?: number; vocabSize?: number },
+): string[] {
   const acc = (m: string): number | null =>
     rows.find((r) => r.method === m && r.client === ALL_CLIENTS)?.accuracy ?? null;
   const fu = acc('fedbiot-adapfu');
@@ -39,6 +43,11 @@ export function singleRunVerdict(rows: readonly ResultRow[], testItems: number):
   if (emu !== null)
     lines.push(
       `AdapFu - AdapEmu: ${(100 * (fu - emu)).toFixed(1)} points (what plugging the adapter back into the full model recovers)${base !== null ? `; base model ${pct(base)}` : ''}.`,
+    );
+  const baseLoss = rows.find((r) => r.method === 'base' && r.client === ALL_CLIENTS)?.test_loss;
+  if (typeof baseLoss === 'number' && baseInfo?.lossNoEos !== undefined)
+    lines.push(
+      `Base model response loss: ${baseLoss.toFixed(2)} nats/token with the end-of-sequence token, ${baseInfo.lossNoEos.toFixed(2)} without it${baseInfo.vocabSize ? ` (uniform guessing: ln ${baseInfo.vocabSize} = ${Math.log(baseInfo.vocabSize).toFixed(2)})` : ''}. Above uniform guessing means confidently wrong: the base model was never trained on the question format; the gap between the two numbers is what the end-of-sequence token alone costs a model never taught to stop after a one-word answer.`,
     );
   lines.push(
     'One seed says little about training randomness: `npm run experiment` gives means and t-intervals over seeds.',
