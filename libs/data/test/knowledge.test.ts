@@ -24,7 +24,7 @@ test('each client asks about one relation; its test people are never in its trai
     for (const r of c.test) assert.ok(!trained.has(r.person), `${c.id}: ${r.person} is in train and test`);
     for (const r of [...c.train, ...c.test]) {
       const p = world.get(r.person)!;
-      assert.equal(r.output, c.id === 'town' ? p.town : c.id === 'colour' ? p.colour : p.trade);
+      assert.equal(r.output, ' ' + (c.id === 'town' ? p.town : c.id === 'colour' ? p.colour : p.trade));
       assert.equal(r.category, c.id);
     }
   }

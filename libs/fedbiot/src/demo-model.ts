@@ -246,7 +246,8 @@ export async function cleanWorkDir(dir: string): Promise<void> {
  * renamed, so parallel experiment workers never read a half-written one). Returns its folder for data.federation.
  */
 export async function knowledgeFederationDir(cacheRoot: string, seed: number): Promise<string> {
-  const dir = join(cacheRoot, 'knowledge-federation', `seed-${seed}`);
+  // v2: answers carry a leading space (knowledge.ts answerOf); a new folder, so no stale cache is reused.
+  const dir = join(cacheRoot, 'knowledge-federation-v2', `seed-${seed}`);
   if (existsSync(join(dir, 'manifest.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
@@ -273,7 +274,7 @@ export const DEMO_JOB: Readonly<Record<string, Readonly<Record<string, unknown>>
   model: { checkpoint: 'models/demo-deep' },
   data: { federation: KNOWLEDGE_FEDERATION, maxLength: 48 },
   split: { adapterLayers: 2, dropRate: 0.5 },
-  clients: { localSteps: 10, batchSize: 8, lr: 5e-3 },
+  clients: { localSteps: 40, batchSize: 8, lr: 5e-3 },
   alignment: { preRounds: 10, stepsPerRound: 5, lr: 1e-3, batchSize: 8 },
   job: { rounds: 5 },
   eval: { every: 1, maxNewTokens: 4 },

@@ -135,8 +135,13 @@ export interface KnowledgeRecord {
   readonly person: string;
 }
 
+/**
+ * The answer as the response text, with a leading space: byte-level BPE cuts "Fenwick" at the start of a line into
+ * other pieces than " Fenwick" in prose, pieces pretraining never showed next to the fact, so without the space a
+ * client would have to learn new spellings of every answer instead of recalling it. Exact match trims both sides.
+ */
 const answerOf = (p: WorldPerson, rel: KnowledgeTaskId): string =>
-  rel === 'town' ? p.town : rel === 'colour' ? p.colour : p.trade;
+  ' ' + (rel === 'town' ? p.town : rel === 'colour' ? p.colour : p.trade);
 
 export interface KnowledgeFederationOptions {
   /** Client splits (which people are train vs test) are a pure function of this seed; the world is not. Default 0. */
