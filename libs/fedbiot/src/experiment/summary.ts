@@ -62,6 +62,8 @@ export interface Comparison {
   readonly baseline: string;
   /** Paired differences treatment - baseline of pooled accuracy (fractions), one per seed. */
   readonly diff: MeanCi;
+  /** Paired differences of pooled test loss (nats/token; negative: the treatment predicts the answers better). */
+  readonly lossDiff: MeanCi;
   readonly verdict: string;
 }
 
@@ -119,10 +121,34 @@ export function summarize(spec: ExperimentSpec, cells: readonly Cell[], done: re
           if (x !== undefined && y !== undefined) diffs.push(x - y);
         }
       const diff = meanCi(diffs);
-      comparisons.push({ point, treatment, baseline, diff, verdict: verdictOf(treatment, baseline, diff) });
+      const lossDiffs: number[] = [];
+      const tl = loss.get(treatment);
+      const bl = loss.get(baseline);
+      if (tl && bl)
+        for (const [seed, x] of tl) {
+          const y = bl.get(seed);
+          if (y !== undefined) lossDiffs.push(x - y);
+        }
+      const lossDiff = meanCi(lossDiffs);
+      comparisons.push({
+        point,
+        treatment,
+        baseline,
+        diff,
+        lossDiff,
+        verdict: `${verdictOf(treatment, baseline, diff)} ${lossVerdict(lossDiff)}`,
+      });
     }
   }
   return { rows, comparisons, cellsDone: done.length, cellsTotal: cells.length };
+}
+
+function lossVerdict(d: MeanCi): string {
+  if (d.n < 2) return '';
+  const lo = d.mean - d.half;
+  const hi = d.mean + d.half;
+  const what = hi < 0 ? 'lower (better)' : lo > 0 ? 'higher (worse)' : 'not significantly different';
+  return `Test loss: ${what}, ${d.mean >= 0 ? '+' : ''}${d.mean.toFixed(3)} nats/token (95 % CI ${lo.toFixed(3)} to ${hi.toFixed(3)}).`;
 }
 
 function verdictOf(treatment: string, baseline: string, d: MeanCi): string {
