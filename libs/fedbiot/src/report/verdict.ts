@@ -42,12 +42,12 @@ export function singleRunVerdict(
   );
   if (emu !== null)
     lines.push(
-      `AdapFu - AdapEmu: ${(100 * (fu - emu)).toFixed(1)} points (what plugging the adapter back into the full model recovers)${base !== null ? `; base model ${pct(base)}` : ''}.`,
+      `AdapFu - AdapEmu: ${(100 * (fu - emu)).toFixed(1)} points (above 0: plugging the adapter back into the full model helps)${base !== null ? `; base model ${pct(base)}` : ''}.`,
     );
   const baseLoss = rows.find((r) => r.method === 'base' && r.client === ALL_CLIENTS)?.test_loss;
   if (typeof baseLoss === 'number' && baseInfo?.lossNoEos !== undefined)
     lines.push(
-      `Base model response loss: ${baseLoss.toFixed(2)} nats/token with the end-of-sequence token, ${baseInfo.lossNoEos.toFixed(2)} without it${baseInfo.vocabSize ? ` (uniform guessing: ln ${baseInfo.vocabSize} = ${Math.log(baseInfo.vocabSize).toFixed(2)})` : ''}. Above uniform guessing means confidently wrong: the base model was never trained on the question format; the gap between the two numbers is what the end-of-sequence token alone costs a model never taught to stop after a one-word answer.`,
+      `Base model response loss: ${baseLoss.toFixed(2)} nats/token, ${baseInfo.lossNoEos.toFixed(2)} without the end-of-sequence token${baseInfo.vocabSize ? ` (uniform guessing: ln ${baseInfo.vocabSize} = ${Math.log(baseInfo.vocabSize).toFixed(2)})` : ''}. Above uniform guessing means confidently wrong: the base model never saw the question format, so it predicts prose, not the answer.`,
     );
   lines.push(
     'One seed says little about training randomness: `npm run experiment` gives means and t-intervals over seeds.',
