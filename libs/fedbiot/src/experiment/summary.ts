@@ -8,7 +8,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readMetrics } from '../run-dir.js';
 import { ALL_CLIENTS, compareClients, isEvalEvent, type Results } from '../report/results-json.js';
-import { renderLineChart, type Series } from '../report/report-html.js';
+import { METHOD_COLORS, renderLineChart, type Series } from '../report/report-html.js';
 import { formatCi, meanCi, type MeanCi } from '../report/stats.js';
 import { pointLabel, type Cell, type ExperimentSpec } from './grid.js';
 
@@ -212,16 +212,31 @@ export function summaryHtml(spec: ExperimentSpec, s: Summary, done: readonly Cel
           m.get(r)!.push(100 * v);
         }
       }
+    // The row's model variant picks its colour (as in a run's report) the first time it appears; a second method
+    // with the same variant (an ablation) takes the next free palette colour. The base model is a reference line.
+    const used = new Set<string>();
+    const palette = ['#8c564b', '#e377c2', '#bcbd22', '#17becf', '#7f7f7f', '#9467bd', '#2ca02c', '#1f77b4'];
     const series: Series[] = [...byLabel]
+      .filter(([name]) => name !== 'base')
       .toSorted((a, b) => (a[0] < b[0] ? -1 : 1))
-      .map(([name, rounds]) => ({
-        name,
-        points: [...rounds]
-          .toSorted((p, q) => p[0] - q[0])
-          .map(([r, vs]) => [r, vs.reduce((a, b) => a + b, 0) / vs.length] as const),
-      }));
+      .map(([name, rounds]) => {
+        let color = METHOD_COLORS[name.split('/').at(-1)!];
+        if (!color || used.has(color)) color = palette.find((c) => !used.has(c)) ?? '#7f7f7f';
+        used.add(color);
+        return {
+          name,
+          color,
+          points: [...rounds]
+            .toSorted((p, q) => p[0] - q[0])
+            .map(([r, vs]) => [r, vs.reduce((a, b) => a + b, 0) / vs.length] as const),
+        };
+      });
+    const baseRounds = byLabel.get('base');
+    const refs = baseRounds
+      ? [{ name: 'base', value: [...baseRounds.values()].flat().reduce((a, b, _i, all) => a + b / all.length, 0) }]
+      : [];
     charts.push(
-      `<section><h2>${esc(point)}: pooled accuracy per round (mean over seeds)</h2>${renderLineChart({ title: point, xLabel: 'round (after aggregation r)', yLabel: 'accuracy (%)', series, yRange: [0, 100] })}</section>`,
+      `<section><h2>${esc(point)}: pooled accuracy per round (mean over seeds)</h2>${renderLineChart({ title: point, xLabel: 'round (after aggregation r)', yLabel: 'accuracy (%)', series, refs, yRange: [0, 100] })}</section>`,
     );
   }
   const md = summaryMarkdown(spec, s);
