@@ -1,8 +1,10 @@
 /**
  * The main job: `npm start [-- --config job.yaml] [--set path=value ...] [--resume | --overwrite]`.
- * Without a config it runs the built-in demo: FedBiOT on the demo base model and demo federation, with the
- * offsite-tuning and local-only baselines. The last line printed is the run folder.
+ * Without a config it runs the built-in demo (DEMO_JOB): FedBiOT on the deep demo model and the knowledge
+ * federation, with offsite-tuning (same adapter layers) and local-only baselines. The last line printed is the run
+ * folder.
  */
+import { DEMO_JOB } from '../libs/fedbiot/src/demo-model.js';
 import { applyOverrides, loadJobSpec, resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../libs/fedbiot/src/job.js';
 import { logLevelFromEnv } from '../libs/fedbiot/src/log-level.js';
@@ -42,7 +44,7 @@ try {
   logLevelFromEnv(); // a bad LOG_LEVEL is named now, not ignored
   const spec = config
     ? await loadJobSpec(config, overrides)
-    : resolveJobSpec(applyOverrides({}, overrides, 'command line'), 'built-in demo job');
+    : resolveJobSpec(applyOverrides(DEMO_JOB, overrides, 'command line'), 'built-in demo job');
   const r = await runJob(spec, { resume, overwrite });
   console.log(r.runDir);
 } catch (e) {

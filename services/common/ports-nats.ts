@@ -64,6 +64,7 @@ import {
 } from '../../libs/fedbiot/src/roles.js';
 import { splitModel, type ModelSplit } from '../../libs/fedbiot/src/split.js';
 import { checkPackageSplit, loadEmulatorPackage } from '../../libs/fedbiot/src/emulator-package.js';
+import { clientTrainingSeed } from '../../libs/fedbiot/src/seeds.js';
 
 /** Everything a service derives from the job spec; identical in every service of a job. */
 export interface JobContext {
@@ -165,9 +166,9 @@ export function initialLoras(ctx: JobContext): { adapter: LoraWeights; emulator:
   };
 }
 
-/** Local-training seed of `clientId` in `round` (job.ts: seed + round * 131 + id.length). */
+/** Local-training seed of `clientId` in `round` (the same function as job.ts: seeds.ts). */
 export function clientSeed(spec: JobSpec, round: number, clientId: string): number {
-  return spec.job.seed + round * 131 + clientId.length;
+  return clientTrainingSeed(spec.job.seed, round, clientId);
 }
 
 /** Seed of a client's example stream: job.ts seeds it by the client's index in the federation. */

@@ -5,10 +5,11 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { writeDemoFederation, writeKnowledgeFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
 import { repoRoot } from '../support/paths.js';
@@ -138,4 +139,56 @@ test('the FedAvg-LoRA baseline (clients hold the full model) trains the same ada
   assert.equal(r.rows.filter((x) => x.method.startsWith('fedbiot')).length, 0);
   // no emulator in this method: the broadcast is the adapter only, the same size as an update
   assert.equal(r.bytes_per_round.down, r.bytes_per_round.up);
+});
+
+test('npm run experiment: a tiny grid runs in parallel, summarises with t-intervals and a verdict, and resumes', async () => {
+  const fed = join(tmp, 'knowledge');
+  await writeKnowledgeFederation(fed, { seed: 1, trainPeople: 6, phrasingsPerPerson: 2, testPerClient: 6 });
+  const specFile = join(tmp, 'grid.json');
+  writeFileSync(
+    specFile,
+    JSON.stringify({
+      set: [
+        `model.checkpoint=${join(repoRoot, 'models', 'demo-llama')}`,
+        `data.federation=${fed}`,
+        'data.maxLength=64',
+        'job.rounds=1',
+        'clients.localSteps=1',
+        'clients.batchSize=4',
+        'alignment.preRounds=1',
+        'alignment.stepsPerRound=1',
+        'alignment.batchSize=4',
+        'eval.maxNewTokens=3',
+        'baselines.offsiteTuning=false',
+        'baselines.localOnly=false',
+      ],
+      methods: {
+        fedbiot: ['job.method=fedbiot'],
+        'offsite-same': ['job.method=offsite-tuning', 'split.adapterBottom=0'],
+      },
+      grid: { 'split.dropRate': [0.5] },
+      seeds: [0, 1],
+      compare: [{ treatment: 'fedbiot/fedbiot-adapfu', baseline: 'offsite-same/offsite-tuning' }],
+    }),
+  );
+  const out = join(tmp, 'exp');
+  const cli = join(repoRoot, 'dist', 'bin', 'experiment.js');
+  const run = (): string =>
+    execFileSync(process.execPath, [cli, '--spec', specFile, '--parallel', '2', '--out', out], {
+      encoding: 'utf8',
+      env: { ...process.env, CI: '1' },
+    });
+  const first = run();
+  assert.match(first, /4 cells \(0 already done\), 2 in parallel/);
+  const md = readFileSync(join(out, 'summary.md'), 'utf8');
+  assert.match(md, /Cells finished: 4 of 4/);
+  assert.match(md, /\| fedbiot\/fedbiot-adapfu \| 2 \| \d+\.\d ± \d+\.\d \|/);
+  assert.match(md, /\| offsite-same\/offsite-tuning \| 2 \|/);
+  assert.match(md, /\*\*Verdict\.\*\* .*t-interval over 2 paired seeds/);
+  for (const f of ['summary.json', 'report.html', 'timings.jsonl', 'spec.json']) assert.ok(existsSync(join(out, f)), f);
+  assert.match(readFileSync(join(out, 'report.html'), 'utf8'), /<svg/);
+  // Every cell is done: a second invocation runs nothing and writes the same tables.
+  const second = run();
+  assert.match(second, /4 cells \(4 already done\)/);
+  assert.equal(readFileSync(join(out, 'summary.md'), 'utf8'), md);
 });

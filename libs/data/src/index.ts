@@ -85,3 +85,19 @@ export {
 export { createHfTokenizer } from './demo/hf-tokenizer.js';
 export { DEMO_TASK_IDS, solve as solveDemoProblem, type DemoRecord, type DemoTaskId } from './demo/tasks.js';
 export { numberToWords } from './demo/words.js';
+export {
+  buildKnowledgeTokenizer,
+  COLOURS,
+  generateKnowledgeCorpus,
+  generateKnowledgeFederation,
+  generateWorld,
+  KNOWLEDGE_TASK_IDS,
+  knowledgeCorpora,
+  TOWNS,
+  TRADES,
+  writeKnowledgeFederation,
+  type KnowledgeFederationOptions,
+  type KnowledgeRecord,
+  type KnowledgeTaskId,
+  type WorldPerson,
+} from './demo/knowledge.js';

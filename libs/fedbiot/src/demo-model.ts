@@ -1,10 +1,26 @@
 /**
- * The built-in demo base model: a small LLaMA-architecture model pretrained from scratch by this project's engine
- * on the demo federation's public corpus (full-parameter training). `npm run pretrain` reproduces it.
+ * The built-in demo base models, small LLaMA-architecture models pretrained from scratch by this project's engine
+ * (full-parameter training); `npm run pretrain` reproduces them:
+ * - models/demo-deep (the default job's): 12 layers, pretrained on general text plus the facts of the knowledge
+ *   demo's fictional world (libs/data/src/demo/knowledge.ts), so dropout 0.5 leaves a 5-layer emulator that has
+ *   lost facts the full model holds;
+ * - models/demo-llama (tests, benches, services): 8 layers, the arithmetic demo's public corpus.
  */
 import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chunkCorpus, writeDemoFederation, type TokenizedExample } from '../../data/src/index.js';
+import { existsSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
+import {
+  buildKnowledgeTokenizer,
+  chunkCorpus,
+  createRng,
+  knowledgeCorpora,
+  shuffled,
+  writeDemoFederation,
+  writeKnowledgeFederation,
+  type DemoTokenizerFiles,
+  type TokenizedExample,
+} from '../../data/src/index.js';
 import { CausalLM } from '../../model/src/causal-lm.js';
 import type { ExecutionProvider } from '../../engine/src/index.js';
 import { parseModelConfig, type ModelConfig } from '../../model/src/config.js';
@@ -54,6 +70,34 @@ export function demoModelConfig(vocabSize: number): ModelConfig {
   );
 }
 
+/**
+ * Architecture of the deep demo model: 12 narrow layers. With the default 2-layer adapter the emulator block is
+ * layers 0-9; dropout 0.5 keeps 5 of them (0,2,4,6,9), a real compression with knowledge to lose.
+ */
+export function deepDemoModelConfig(vocabSize: number): ModelConfig {
+  return parseModelConfig(
+    {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      vocab_size: vocabSize,
+      hidden_size: 128,
+      intermediate_size: 384,
+      num_hidden_layers: 12,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-5,
+      max_position_embeddings: 256,
+      rope_theta: 10000,
+      tie_word_embeddings: true,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      pad_token_id: 3,
+      torch_dtype: 'float32',
+    },
+    'demo-deep/config.json',
+  );
+}
+
 export interface PretrainResult {
   readonly steps: number;
   readonly tokens: number;
@@ -63,12 +107,10 @@ export interface PretrainResult {
   readonly seconds: number;
 }
 
+/** The arithmetic demo model (models/demo-llama): 8 layers on the arithmetic demo's public corpus. */
 export async function pretrainDemoModel(opts: PretrainOptions): Promise<PretrainResult> {
   const seed = opts.seed ?? 0;
-  const steps = opts.steps ?? 2000;
-  const B = opts.batch ?? 16;
   const T = opts.seq ?? 128;
-  const t0 = performance.now();
   const fedDir = join(opts.workDir, 'federation');
   const manifest = await writeDemoFederation(fedDir, { seed });
   const tokDir = join(fedDir, manifest.tokenizer.dir);
@@ -77,10 +119,49 @@ export async function pretrainDemoModel(opts: PretrainOptions): Promise<Pretrain
     .split('\n\n')
     .filter((p) => p.trim().length > 0);
   const windows = chunkCorpus(corpus, tokenizer, { seq: T });
+  return pretrainOn(opts, demoModelConfig(tokenizer.vocabSize), windows, tokDir, tokenizer.padTokenId ?? 0, 2000);
+}
+
+/**
+ * The deep knowledge demo model (models/demo-deep): 12 layers on the general public corpus plus the fictional
+ * world's facts, paragraphs interleaved (a fixed shuffle) so every batch mixes both.
+ */
+export async function pretrainDeepDemoModel(opts: PretrainOptions): Promise<PretrainResult> {
+  const T = opts.seq ?? 128;
+  const tokDir = join(opts.workDir, 'tokenizer');
+  await writeTokenizerFiles(tokDir, buildKnowledgeTokenizer());
+  const tokenizer = await loadTokenizer(tokDir);
+  const c = knowledgeCorpora();
+  const texts = shuffled([...c.public, ...c.knowledge], createRng(opts.seed ?? 0));
+  const windows = chunkCorpus(texts, tokenizer, { seq: T });
+  return pretrainOn(opts, deepDemoModelConfig(tokenizer.vocabSize), windows, tokDir, tokenizer.padTokenId ?? 0, 1200);
+}
+
+const pretty = (v: unknown): string => JSON.stringify(v, null, 2) + '\n';
+
+async function writeTokenizerFiles(dir: string, tk: DemoTokenizerFiles): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'tokenizer.json'), pretty(tk.tokenizerJson));
+  await writeFile(join(dir, 'tokenizer_config.json'), pretty(tk.tokenizerConfig));
+  await writeFile(join(dir, 'special_tokens_map.json'), pretty(tk.specialTokensMap));
+}
+
+async function pretrainOn(
+  opts: PretrainOptions,
+  cfg: ModelConfig,
+  windows: readonly TokenizedExample[],
+  tokDir: string,
+  pad: number,
+  defaultSteps: number,
+): Promise<PretrainResult> {
+  const seed = opts.seed ?? 0;
+  const steps = opts.steps ?? defaultSteps;
+  const B = opts.batch ?? 16;
+  const T = opts.seq ?? 128;
+  const t0 = performance.now();
   // Every 50th window is held out to measure perplexity.
   const heldOut = windows.filter((_, i) => i % 50 === 0);
   const train = windows.filter((_, i) => i % 50 !== 0);
-  const cfg = demoModelConfig(tokenizer.vocabSize);
   const initDir = join(opts.workDir, 'init');
   await writeRandomCheckpoint(initDir, cfg, seed);
   const lm = await CausalLM.load(initDir, {
@@ -88,7 +169,6 @@ export async function pretrainDemoModel(opts: PretrainOptions): Promise<Pretrain
     provider: opts.provider ?? 'cpu',
     ...(opts.threads ? { threads: opts.threads } : {}),
   });
-  const pad = tokenizer.padTokenId ?? 0;
   try {
     const trainer = await FullTrainer.create(lm, {
       batch: B,
@@ -160,3 +240,42 @@ export async function cleanWorkDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
 }
+
+/**
+ * The knowledge demo federation for a job seed, generated once into the cache (written to a temporary folder and
+ * renamed, so parallel experiment workers never read a half-written one). Returns its folder for data.federation.
+ */
+export async function knowledgeFederationDir(cacheRoot: string, seed: number): Promise<string> {
+  // v2: answers carry a leading space (knowledge.ts answerOf); a new folder, so no stale cache is reused.
+  const dir = join(cacheRoot, 'knowledge-federation-v2', `seed-${seed}`);
+  if (existsSync(join(dir, 'manifest.json'))) return dir;
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await writeKnowledgeFederation(tmp, { seed });
+  try {
+    await rename(tmp, dir);
+  } catch (e) {
+    // Another process won the race: its folder has the same bytes.
+    await rm(tmp, { recursive: true, force: true });
+    if (!existsSync(join(dir, 'manifest.json'))) throw e;
+  }
+  return dir;
+}
+
+/** data.federation value that names the knowledge demo's federation (resolved per job seed by the job). */
+export const KNOWLEDGE_FEDERATION = 'demo-knowledge';
+
+/**
+ * The default job (`npm start` without --config): FedBiOT on the deep demo model and the knowledge federation,
+ * dropout 0.5 so the emulator (5 of the 10 lower layers) has really lost something, against offsite-tuning with the
+ * same adapter layers and local-only. `--set` overrides apply on top. Sizes keep it under 10 minutes on 2 idle cores.
+ */
+export const DEMO_JOB: Readonly<Record<string, Readonly<Record<string, unknown>>>> = {
+  model: { checkpoint: 'models/demo-deep' },
+  data: { federation: KNOWLEDGE_FEDERATION, maxLength: 48 },
+  split: { adapterLayers: 2, dropRate: 0.5 },
+  clients: { localSteps: 40, batchSize: 8, lr: 5e-3 },
+  alignment: { preRounds: 10, stepsPerRound: 5, lr: 1e-3, batchSize: 8 },
+  job: { rounds: 5 },
+  eval: { every: 1, maxNewTokens: 4 },
+};

@@ -12,7 +12,7 @@ import { defaultCacheRoot } from '../../model/src/graph-store.js';
 import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import type { TokenizedExample } from '../../data/src/index.js';
-import { ExampleStream } from './batches.js';
+import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import {
   aggregationSettingsFor,
   runRounds,
@@ -47,6 +47,9 @@ import {
 } from './run-dir.js';
 import { splitModel, type ModelSplit } from './split.js';
 import { privacyFor, privacySummary } from './privacy-aggregation.js';
+import { clientTrainingSeed } from './seeds.js';
+import { KNOWLEDGE_FEDERATION, knowledgeFederationDir } from './demo-model.js';
+import { singleRunVerdict } from './report/verdict.js';
 import { resultsFromEvents, writeResultsJson, type ResultMethod } from './report/results-json.js';
 import { formatResultsTable } from './report/results-table.js';
 import { writeReportHtml } from './report/report-html.js';
@@ -104,36 +107,71 @@ function pooled(scores: readonly EvalScores[]): EvalScores {
   };
 }
 
+/** Scores plus the response loss without the end-of-sequence token (see withoutEos). */
+type Scored = { method: string; client: string; scores: EvalScores & { lossNoEos?: number; tokensNoEos?: number } };
+
+/**
+ * The test examples with the end-of-sequence target taken out of the loss: a model never trained on the question
+ * format (the base model) puts little mass on ending after a one-word answer, and that one token can dominate its
+ * response loss; the loss without it shows how well the answer itself is predicted.
+ */
+function withoutEos(examples: readonly TokenizedExample[], eos: number | undefined): TokenizedExample[] {
+  return examples.map((ex) => {
+    const at = ex.inputIds.lastIndexOf(eos ?? -1);
+    if (at < 0 || !ex.lossMask[at]) return ex;
+    const lossMask = ex.lossMask.slice();
+    lossMask[at] = 0;
+    return { ...ex, lossMask };
+  });
+}
+
 async function evaluateOn(
   ctx: Ctx,
   method: string,
   variantFor: (client: ClientData) => { layers?: readonly number[]; loras?: readonly LoraWeights[] },
   clients: readonly ClientData[] = ctx.data.clients,
-): Promise<{ method: string; client: string; scores: EvalScores }[]> {
-  const out: { method: string; client: string; scores: EvalScores }[] = [];
-  const batch = ctx.spec.clients.batchSize;
-  const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, batch), 0);
+): Promise<Scored[]> {
+  const out: Scored[] = [];
+  const B = ctx.spec.clients.batchSize;
+  const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, B), 0);
   const bar = total > 0 ? progress(`${method} evaluation`, total) : undefined;
   for (const c of clients) {
-    const scores = await evaluateVariant(ctx.lm, variantFor(c), c.test, c.testItems, {
-      batch,
+    const variant = variantFor(c);
+    const scores = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
+      batch: B,
       seq: ctx.seq,
       maxNewTokens: ctx.spec.eval.maxNewTokens,
       onBatch: () => bar?.tick(1, c.id),
     });
-    out.push({ method, client: c.id, scores });
+    let nll = 0;
+    let tokens = 0;
+    for (const group of chunks(withoutEos(c.test, ctx.lm.tokenizer?.eosTokenId), B)) {
+      const r = await ctx.lm.lossSum(toTokenBatch(group, B, ctx.seq, 0), variant);
+      nll += r.nllSum;
+      tokens += r.tokens;
+    }
+    out.push({
+      method,
+      client: c.id,
+      scores: { ...scores, lossNoEos: nll / Math.max(tokens, 1), tokensNoEos: tokens },
+    });
   }
   bar?.done();
-  out.push({ method, client: 'all', scores: pooled(out.map((o) => o.scores)) });
+  const tNo = out.reduce((a, o) => a + (o.scores.tokensNoEos ?? 0), 0);
+  out.push({
+    method,
+    client: 'all',
+    scores: {
+      ...pooled(out.map((o) => o.scores)),
+      lossNoEos:
+        out.reduce((a, o) => a + (o.scores.lossNoEos ?? 0) * (o.scores.tokensNoEos ?? 0), 0) / Math.max(tNo, 1),
+      tokensNoEos: tNo,
+    },
+  });
   return out;
 }
 
-function logEval(
-  ctx: Ctx,
-  phase: Phase,
-  round: number,
-  rows: { method: string; client: string; scores: EvalScores }[],
-): void {
+function logEval(ctx: Ctx, phase: Phase, round: number, rows: Scored[]): void {
   for (const r of rows)
     ctx.metrics.log({
       round,
@@ -143,6 +181,8 @@ function logEval(
       client: r.client,
       test_loss: r.scores.testLoss,
       accuracy: r.scores.accuracy,
+      items: r.scores.items,
+      ...(r.scores.lossNoEos === undefined ? {} : { test_loss_no_eos: r.scores.lossNoEos }),
     });
 }
 
@@ -210,6 +250,7 @@ async function runFederated(
   const settings = clientSettingsFor(spec);
   const eta = roundsEta(spec.job.rounds);
   const privacy = privacyFor(spec, cfg.phase, data.clients.length, resumeFrom?.json['privacy'], ctx.log);
+  const evalExtras = new Map<string, Record<string, number>>();
   const ports: RoundPorts = {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       eta.begin(round);
@@ -227,7 +268,7 @@ async function runFederated(
           frozen,
           streams.get(id)!,
           settings,
-          spec.job.seed + round * 131 + id.length,
+          clientTrainingSeed(spec.job.seed, round, id),
           (loss) => bar.tick(1, `${id} loss ${loss.toFixed(3)}`),
         );
         out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
@@ -245,7 +286,7 @@ async function runFederated(
       return { emulator: server.emulator, stats };
     },
     evaluate: async (round, adapterNow, emulatorNow) => {
-      const rows = [];
+      const rows: Scored[] = [];
       for (const m of cfg.evalMethods) {
         const variant = evalVariant(m.on, cfg.split, lm.config.numLayers, adapterNow, emulatorNow);
         rows.push(...(await evaluateOn(ctx, m.method, () => variant)));
@@ -254,6 +295,12 @@ async function runFederated(
         .filter((r) => r.client === 'all')
         .map((r) => `${r.method} loss ${r.scores.testLoss.toFixed(3)} acc ${(100 * r.scores.accuracy).toFixed(1)}%`);
       ctx.log(`  round ${round}: ${all.join(' | ')}${eta.after(round)}`);
+      // The coordinator logs the standard fields; the extras join its event in onEvent below.
+      for (const r of rows)
+        evalExtras.set(`${r.method}\u0000${r.client}`, {
+          items: r.scores.items,
+          ...(r.scores.lossNoEos === undefined ? {} : { test_loss_no_eos: r.scores.lossNoEos }),
+        });
       return rows;
     },
   };
@@ -282,7 +329,15 @@ async function runFederated(
         const method = cfg.phase === 'main' ? spec.job.method : cfg.phase;
         if (e.kind === 'comm' && cfg.phase !== 'main')
           ctx.metrics.log({ ...e, phase: cfg.phase, kind: 'comm-baseline' });
-        else ctx.metrics.log({ ...e, phase: cfg.phase, ...(e.kind === 'train' ? { method } : {}) });
+        else
+          ctx.metrics.log({
+            ...e,
+            phase: cfg.phase,
+            ...(e.kind === 'train' ? { method } : {}),
+            // The coordinator's phase of an alignment (pre-alignment or a round's) survives as its stage.
+            ...(e.kind === 'align' ? { stage: e['phase'], method } : {}),
+            ...(e.kind === 'eval' ? evalExtras.get(`${String(e['method'])}\u0000${String(e['client'])}`) : {}),
+          });
       },
       onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
       onCheckpoint: async (state) => {
@@ -331,7 +386,7 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
         [emulator],
         stream,
         settings,
-        spec.job.seed + round * 131 + c.index,
+        clientTrainingSeed(spec.job.seed, round, c.id),
         (loss) => bar.tick(1, `loss ${loss.toFixed(3)}`),
       );
       adapter = r.adapter;
@@ -354,9 +409,18 @@ async function runLocalOnly(ctx: Ctx, split: ModelSplit, emulator: LoraWeights):
 }
 
 /** Runs (or resumes) the job described by `spec`. The run folder's path is in the result. */
-export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
+export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<JobResult> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const t0 = performance.now();
+  // 'demo-knowledge' names the knowledge demo's federation for this seed (generated once into the cache); the
+  // resolved config records the folder it became.
+  const spec: JobSpec =
+    specIn.data.federation === KNOWLEDGE_FEDERATION
+      ? {
+          ...specIn,
+          data: { ...specIn.data, federation: await knowledgeFederationDir(defaultCacheRoot(), specIn.job.seed) },
+        }
+      : specIn;
   // Every input check (model folder, federation files and records, partition, public data, templates and
   // tokenization) before a run folder exists or a model loads: a mistake in the inputs costs seconds, leaves nothing.
   checkModelPath(spec);
@@ -452,7 +516,8 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       });
     }
     let mainState: CoordinatorState | undefined;
-    if (!done('main')) {
+    // job.method local-only has no federated phase: the local-only phase below is the method.
+    if (!done('main') && main !== 'local-only') {
       log(`running ${main} for ${spec.job.rounds} rounds ...`);
       const r = resumeFor('main');
       mainState = await runFederated(
@@ -509,18 +574,18 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
       });
     }
     if (main === 'fedbiot' && spec.baselines.offsiteTuning && !done('offsite-tuning')) {
-      log('baseline offsite-tuning (FedOT: first 2 + last 2 layers as adapter, no per-round alignment) ...');
+      // The same adapter layers as FedBiOT (equal trainable parameters, equal client compute): the comparison then
+      // isolates FedBiOT's per-round alignment. The published FedOT adapter (first 2 + last 2 layers, twice the
+      // trainable layers) is an experiment method: job.method=offsite-tuning, split.adapterBottom=2.
+      log(
+        `baseline offsite-tuning (the same adapter layers ${fedbiotSplit.adapterLayers.join(',')} as FedBiOT, no per-round alignment${spec.baselines.oneShotAlignSteps ? `, ${spec.baselines.oneShotAlignSteps} one-shot alignment steps` : ''}) ...`,
+      );
       const r = resumeFor('offsite-tuning');
       await runFederated(
         ctx,
         {
           phase: 'offsite-tuning',
-          split: splitModel({
-            numLayers: L,
-            adapterBottom: 2,
-            adapterTop: spec.split.adapterLayers,
-            dropRate: spec.split.dropRate,
-          }),
+          split: fedbiotSplit,
           kind: 'offsite-tuning',
           preAlignSteps: spec.baselines.oneShotAlignSteps ?? 0,
           alignStepsPerRound: 0,
@@ -529,7 +594,7 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
         r && !(r.json['fresh'] === true) ? r : undefined,
       );
     }
-    if (spec.baselines.localOnly && !done('local-only')) {
+    if ((spec.baselines.localOnly || main === 'local-only') && !done('local-only')) {
       log('baseline local-only (each client alone, on the pre-aligned emulator) ...');
       const init = initialLora(loraSpecs(fedbiotSplit, spec.lora).emulator, lm, spec.job.seed + 2);
       const stored = mainState ? undefined : await loadLatestCheckpoint(join(runDir, MAIN_EMULATOR_DIR));
@@ -556,8 +621,24 @@ export async function runJob(spec: JobSpec, opts: JobOptions = {}): Promise<JobR
     const events = await readMetrics(join(runDir, METRICS_FILE));
     const results = resultsFromEvents(events);
     await writeResultsJson(runDir, results);
-    await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}` });
-    const table = formatResultsTable(results.rows, results.bytes_per_round) + privacySummary(events);
+    const baseNoEos = events.find(
+      (e) => e.kind === 'eval' && e['method'] === 'base' && e['client'] === 'all' && 'test_loss_no_eos' in e,
+    )?.['test_loss_no_eos'];
+    const verdict = singleRunVerdict(
+      results.rows,
+      data.clients.reduce((s, c) => s + c.testItems.length, 0),
+      {
+        ...(typeof baseNoEos === 'number' ? { lossNoEos: baseNoEos } : {}),
+        vocabSize: lm.config.vocabSize,
+      },
+    );
+    await writeReportHtml(runDir, { title: `FedBiOT job ${run.id}`, verdict });
+    const table =
+      formatResultsTable(results.rows, results.bytes_per_round) +
+      privacySummary(events) +
+      '\n' +
+      verdict.join('\n') +
+      '\n';
     await writeFile(join(runDir, 'results.txt'), table + '\n');
     log(`\n${table}`);
     log(`finished in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

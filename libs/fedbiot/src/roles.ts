@@ -88,6 +88,14 @@ export interface AlignmentStats {
   readonly l2: number;
   readonly kl: number;
   readonly steps: number;
+  /**
+   * The emulator-to-full gap before this call's first update (measured with the new adapter, on that step's public
+   * batch) and at its last step: what the alignment closed. Absent when steps = 0.
+   */
+  readonly l2_before?: number;
+  readonly kl_before?: number;
+  readonly l2_after?: number;
+  readonly kl_after?: number;
 }
 
 /**
@@ -139,6 +147,8 @@ export class AlignmentServer {
     const { batchSize: B, seq: T } = this.settings;
     const teacher = await this.teacherRunner();
     const adapterFeeds = loraFeeds(loraShapes([adapter]), [adapter]);
+    let first = { l2: 0, kl: 0 };
+    let last = { l2: 0, kl: 0 };
     for (let s = 0; s < steps; s++) {
       const examples = this.stream.next(B);
       const batch = toTokenBatch(examples, B, T, 0);
@@ -164,9 +174,21 @@ export class AlignmentServer {
       const r = await trainer.step([feeds], ['l2', 'kl']);
       sum = { loss: sum.loss + r.loss, l2: sum.l2 + r.extras['l2']!, kl: sum.kl + r.extras['kl']! };
       onStep?.({ loss: r.loss, l2: r.extras['l2']!, kl: r.extras['kl']! });
+      // A step's l2/kl are computed before its update: step 0's are the gap the round's new adapter meets.
+      last = { l2: r.extras['l2']!, kl: r.extras['kl']! };
+      if (s === 0) first = last;
     }
     this.emulator = { spec: this.emulator.spec, tensors: trainer.params };
-    return { loss: sum.loss / steps, l2: sum.l2 / steps, kl: sum.kl / steps, steps };
+    return {
+      loss: sum.loss / steps,
+      l2: sum.l2 / steps,
+      kl: sum.kl / steps,
+      steps,
+      l2_before: first.l2,
+      kl_before: first.kl,
+      l2_after: last.l2,
+      kl_after: last.kl,
+    };
   }
 
   exportOptimizerState(): OptimizerState | undefined {

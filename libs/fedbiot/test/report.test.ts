@@ -126,27 +126,47 @@ test('the results table is fixed-width, methods as rows, clients as columns with
   assert.equal(formatBytes(3 * 1024 * 1024), '3.00 MiB (3145728 B)');
 });
 
-test('report.html: one <svg> per chart, one polyline per series, a legend, the tables and the config', () => {
+const colour = (chart: string, name: string): string =>
+  new RegExp(`data-series="${name}"[^>]*stroke="([^"]+)"`).exec(chart)![1];
+
+test('report.html: a panel per client, a colour per method, base as a reference line, the tables and the config', () => {
   const events = demoEvents();
-  const html = renderReportHtml({ title: 'demo <run>', events, config: { job: { rounds: 3, id: 'a&b' } } });
+  const html = renderReportHtml({
+    title: 'demo <run>',
+    events,
+    config: { job: { rounds: 3, id: 'a&b' } },
+    verdict: ['Verdict: x < y'],
+  });
   const svgs = html.match(/<svg[\s>]/g) ?? [];
-  assert.equal(svgs.length, 3, 'test loss, accuracy and training loss');
+  assert.equal(svgs.length, 3 + 3 + 2, 'accuracy and test loss for add, sub, all; training loss for add, sub');
   const charts = html
     .split('<svg')
     .slice(1)
     .map((c) => c.slice(0, c.indexOf('</svg>')));
-  for (const [i, expected] of [9, 9, 2].entries()) {
-    const polylines = charts[i].match(/<polyline /g) ?? [];
-    assert.equal(polylines.length, expected, `chart ${i}`);
-    assert.equal((charts[i].match(/class="legend-item"/g) ?? []).length, expected);
-    assert.ok((charts[i].match(/class="xtick"/g) ?? []).length >= 2);
-    assert.ok((charts[i].match(/class="ytick"/g) ?? []).length >= 2);
+  for (const [i, chart] of charts.entries()) {
+    const isEval = i < 6;
+    // Tuned methods are curves; the base model (measured once per round here, zero-shot) is a dashed reference.
+    assert.equal((chart.match(/<polyline /g) ?? []).length, isEval ? 2 : 1, `chart ${i}`);
+    assert.equal((chart.match(/class="ref"/g) ?? []).length, isEval ? 1 : 0, `chart ${i}`);
+    assert.equal((chart.match(/class="legend-item"/g) ?? []).length, isEval ? 3 : 1);
+    assert.ok((chart.match(/class="xtick"/g) ?? []).length >= 2);
+    assert.ok((chart.match(/class="ytick"/g) ?? []).length >= 2);
   }
-  assert.ok(charts[0].includes('data-series="fedbiot-adapemu / all"'));
-  assert.ok(charts[2].includes('data-series="fedbiot / sub"'));
-  // Each series has one point per round.
-  const pts = /data-series="base \/ add"[^>]*points="([^"]+)"/.exec(charts[0])![1].split(' ');
-  assert.equal(pts.length, 3);
+  // One colour per method in every panel.
+  assert.equal(colour(charts[0], 'fedbiot-adapfu'), colour(charts[2], 'fedbiot-adapfu'));
+  assert.notEqual(colour(charts[0], 'fedbiot-adapfu'), colour(charts[0], 'fedbiot-adapemu'));
+  // Accuracy on a fixed 0-100 axis.
+  assert.ok(charts[0].includes('>100</text>') && charts[0].includes('>0</text>'));
+  // Loss: the axis spans the tuned curves; a base model far above them sits on the edge, marked off scale.
+  assert.match(charts[3], /base 2\.50<\/text>/);
+  const far = renderReportHtml({
+    events: events.map((e) => (e.kind === 'eval' && e['method'] === 'base' ? { ...e, test_loss: 13 } : e)),
+  });
+  assert.match(far, /base 13\.0 \(off scale, above\)/);
+  // Training loss of round r is plotted at r + 1, like the evaluation after it.
+  const train = /data-series="fedbiot"[^>]*points="([^"]+)"/.exec(charts[6])![1].split(' ');
+  assert.equal(train.length, 3);
+  assert.ok(html.includes('<p class="verdict">Verdict: x &lt; y</p>'));
   assert.ok(html.includes('<table class="results-table">'));
   assert.ok(html.includes('<td>fedbiot-adapfu</td>'));
   assert.ok(html.includes('&quot;a&amp;b&quot;'), 'config is escaped');
@@ -200,7 +220,7 @@ test('writeReportHtml builds the page from a run folder', async () => {
     log.close();
     const path = await writeReportHtml(run.dir);
     const html = await readFile(path, 'utf8');
-    assert.equal((html.match(/<svg[\s>]/g) ?? []).length, 3);
+    assert.equal((html.match(/<svg[\s>]/g) ?? []).length, 8);
     assert.ok(html.includes('Resolved configuration'));
   } finally {
     await rm(out, { recursive: true, force: true });

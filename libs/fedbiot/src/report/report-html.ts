@@ -2,7 +2,14 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../engine/src/safetensors.js';
 import { CONFIG_FILE, METRICS_FILE, readMetrics, type MetricsEvent } from '../run-dir.js';
-import { RESULT_METHODS, compareClients, isEvalEvent, resultsFromEvents, type Results } from './results-json.js';
+import {
+  ALL_CLIENTS,
+  RESULT_METHODS,
+  compareClients,
+  isEvalEvent,
+  resultsFromEvents,
+  type Results,
+} from './results-json.js';
 import { formatBytes } from './results-table.js';
 
 /**
@@ -18,11 +25,15 @@ export interface ReportInput {
   readonly results?: Results;
   /** The resolved job spec, shown verbatim. */
   readonly config?: unknown;
+  /** Verdict and sample-size lines, shown under the results tables (report/verdict.ts). */
+  readonly verdict?: readonly string[];
 }
 
 /** One line of a chart. */
 export interface Series {
   readonly name: string;
+  /** Line colour; default: the palette by position. */
+  readonly color?: string;
   /** (round, value) pairs; non-finite values are skipped. */
   readonly points: readonly (readonly [number, number])[];
 }
@@ -32,6 +43,13 @@ export interface ChartSpec {
   readonly xLabel: string;
   readonly yLabel: string;
   readonly series: readonly Series[];
+  /** Fixed y range (e.g. [0, 100] for accuracy in %), so charts compare at a glance; default: the data's. */
+  readonly yRange?: readonly [number, number];
+  /**
+   * Reference values drawn as dashed horizontal lines across the chart (the base model, a baseline measured once).
+   * They never widen the y range: one outside it sits on the edge, marked "off scale" with its value.
+   */
+  readonly refs?: readonly { readonly name: string; readonly value: number; readonly color?: string }[];
 }
 
 /** Series of one eval metric, one per (method, client), points ordered by round (latest event per round wins). */
@@ -77,30 +95,180 @@ const methodOrder = (m: string): number => {
   return i < 0 ? RESULT_METHODS.length : i;
 };
 
+/** One colour per method, the same in every panel and report. */
+export const METHOD_COLORS: Readonly<Record<string, string>> = {
+  base: '#6e7781',
+  'fedbiot-adapfu': '#d62728',
+  'fedbiot-adapemu': '#ff7f0e',
+  'offsite-tuning': '#1f77b4',
+  'local-only': '#9467bd',
+  'fedavg-lora': '#2ca02c',
+  fedbiot: '#d62728',
+};
+
+/** Methods measured once (before training, or only at the end): reference lines rather than curves. */
+const REFERENCE_METHODS = new Set(['base', 'local-only']);
+
+/**
+ * One chart per client ('all' last) of an eval metric: a curve per tuned method, the base model and local-only as
+ * reference lines. Accuracy uses a fixed 0-100 axis; loss uses the tuned methods' range, so a base model far above
+ * them is an off-scale reference line instead of squashing every curve into one band.
+ */
+export function clientPanels(
+  events: readonly MetricsEvent[],
+  metric: 'test_loss' | 'accuracy',
+  yLabel: string,
+): ChartSpec[] {
+  const scale = metric === 'accuracy' ? 100 : 1;
+  const byClient = new Map<string, Map<string, Map<number, number>>>();
+  for (const e of events) {
+    if (!isEvalEvent(e)) continue;
+    const v = e[metric];
+    if (typeof v !== 'number' || !Number.isFinite(v)) continue;
+    if (!byClient.has(e.client)) byClient.set(e.client, new Map());
+    const methods = byClient.get(e.client)!;
+    if (!methods.has(e.method)) methods.set(e.method, new Map());
+    methods.get(e.method)!.set(e.round, v * scale);
+  }
+  return [...byClient.keys()].toSorted(compareClients).map((client) => {
+    const methods = [...byClient.get(client)!].toSorted((a, b) => methodOrder(a[0]) - methodOrder(b[0]));
+    const series: Series[] = methods
+      .filter(([m]) => !REFERENCE_METHODS.has(m))
+      .map(([m, pts]) => ({
+        name: m,
+        color: METHOD_COLORS[m] ?? '#17becf',
+        points: [...pts].toSorted((p, q) => p[0] - q[0]),
+      }));
+    const refs = methods
+      .filter(([m]) => REFERENCE_METHODS.has(m))
+      .map(([m, pts]) => ({
+        name: m,
+        value: [...pts].toSorted((p, q) => p[0] - q[0]).at(-1)![1],
+        color: METHOD_COLORS[m] ?? '#6e7781',
+      }));
+    let yRange: readonly [number, number] | undefined = metric === 'accuracy' ? [0, 100] : undefined;
+    if (metric === 'test_loss') {
+      const ys = series.flatMap((x) => x.points.map((p) => p[1]));
+      if (ys.length === 0) {
+        const rs = refs.map((r) => r.value);
+        if (rs.length) yRange = [Math.min(...rs), Math.max(...rs)];
+      } else {
+        const lo = Math.min(...ys);
+        const hi = Math.max(...ys);
+        const pad = Math.max((hi - lo) * 0.15, 0.02);
+        yRange = [Math.max(0, lo - pad), hi + pad];
+      }
+    }
+    return {
+      title: client === ALL_CLIENTS ? 'all clients (pooled)' : `client ${client}`,
+      xLabel: 'round (0 = before training)',
+      yLabel,
+      series,
+      refs,
+      ...(yRange ? { yRange } : {}),
+    };
+  });
+}
+
+/** Training loss per client: a curve per method, plotted at the round it produces (round r's training -> r + 1). */
+export function trainPanels(events: readonly MetricsEvent[]): ChartSpec[] {
+  const byClient = new Map<string, Map<string, Map<number, { sum: number; n: number }>>>();
+  for (const e of events) {
+    if (e.kind !== 'train' || typeof e['loss'] !== 'number' || !Number.isFinite(e['loss'])) continue;
+    const client = String(e.client ?? 'all');
+    const method = String(e.method ?? 'train');
+    if (!byClient.has(client)) byClient.set(client, new Map());
+    const methods = byClient.get(client)!;
+    if (!methods.has(method)) methods.set(method, new Map());
+    const rounds = methods.get(method)!;
+    const acc = rounds.get(e.round + 1) ?? { sum: 0, n: 0 };
+    acc.sum += e['loss'];
+    acc.n++;
+    rounds.set(e.round + 1, acc);
+  }
+  return [...byClient.keys()].toSorted(compareClients).map((client) => ({
+    title: `client ${client}`,
+    xLabel: 'round',
+    yLabel: 'training loss (nats/token)',
+    series: [...byClient.get(client)!]
+      .toSorted((a, b) => methodOrder(a[0]) - methodOrder(b[0]))
+      .map(([m, rounds]) => ({
+        name: m,
+        color: METHOD_COLORS[m] ?? '#17becf',
+        points: [...rounds].toSorted((p, q) => p[0] - q[0]).map(([r, a]) => [r, a.sum / a.n] as const),
+      })),
+  }));
+}
+
+/**
+ * The emulator-to-full-model gap on public data, from 'align' events: normalised hidden-state L2 and KL, each
+ * before a round's alignment (with the round's new adapter) and after it; pre-alignment at round 0.
+ */
+export function alignmentPanels(events: readonly MetricsEvent[]): ChartSpec[] {
+  const pts = {
+    l2_before: new Map<number, number>(),
+    l2_after: new Map<number, number>(),
+    kl_before: new Map<number, number>(),
+    kl_after: new Map<number, number>(),
+  };
+  for (const e of events) {
+    if (e.kind !== 'align' || typeof e['l2_before'] !== 'number') continue;
+    const x = e['stage'] === 'pre' ? 0 : e.round + 1;
+    for (const k of Object.keys(pts) as (keyof typeof pts)[])
+      if (typeof e[k] === 'number' && Number.isFinite(e[k])) pts[k].set(x, e[k]);
+  }
+  const series = (k: keyof typeof pts, name: string, color: string): Series => ({
+    name,
+    color,
+    points: [...pts[k]].toSorted((a, b) => a[0] - b[0]),
+  });
+  if (pts.l2_before.size === 0) return [];
+  return [
+    {
+      title: 'hidden-state L2 (normalised)',
+      xLabel: 'round (0 = pre-alignment)',
+      yLabel: 'mean (T-S)^2 / mean T^2',
+      series: [series('l2_before', 'before alignment', '#ff7f0e'), series('l2_after', 'after alignment', '#2ca02c')],
+    },
+    {
+      title: 'KL(full || emulator), nats/token',
+      xLabel: 'round (0 = pre-alignment)',
+      yLabel: 'KL (nats/token)',
+      series: [series('kl_before', 'before alignment', '#ff7f0e'), series('kl_after', 'after alignment', '#2ca02c')],
+    },
+  ];
+}
+
 /** The full HTML page. */
 export function renderReportHtml(input: ReportInput): string {
   const title = input.title ?? 'FedBiOT run report';
   const results = input.results ?? resultsFromEvents(input.events);
-  const charts: ChartSpec[] = [
-    {
-      title: 'Test loss per round',
-      xLabel: 'round',
-      yLabel: 'loss (nats/token)',
-      series: evalSeries(input.events, 'test_loss'),
-    },
+  const groups: { title: string; note: string; charts: ChartSpec[] }[] = [
     {
       title: 'Exact-match accuracy per round',
-      xLabel: 'round',
-      yLabel: 'accuracy (%)',
-      series: evalSeries(input.events, 'accuracy', 100),
+      note: 'One panel per client; one colour per method; dashed: the base model and local-only, measured once.',
+      charts: clientPanels(input.events, 'accuracy', 'accuracy (%)'),
+    },
+    {
+      title: 'Test loss per round',
+      note: 'The axis spans the tuned methods; a reference far outside it sits on the edge, marked off scale.',
+      charts: clientPanels(input.events, 'test_loss', 'loss (nats/token)'),
+    },
+    { title: 'Training loss per round', note: '', charts: trainPanels(input.events) },
+    {
+      title: 'Emulator-to-full-model gap on public data (FedBiOT alignment)',
+      note: 'Before: the gap the round\u2019s new adapter meets; after: at the round\u2019s last alignment step.',
+      charts: alignmentPanels(input.events),
     },
   ];
-  const train = trainSeries(input.events);
-  if (train.length > 0)
-    charts.push({ title: 'Training loss per round', xLabel: 'round', yLabel: 'loss (nats/token)', series: train });
-  const chartHtml = charts
-    .filter((c) => c.series.length > 0)
-    .map((c) => `<section class="chart"><h2>${esc(c.title)}</h2>\n${renderLineChart(c)}</section>`)
+  const chartHtml = groups
+    .filter((g) => g.charts.some((c) => c.series.length > 0 || (c.refs ?? []).length > 0))
+    .map(
+      (g) =>
+        `<section class="chart"><h2>${esc(g.title)}</h2>${g.note ? `<p class="note">${esc(g.note)}</p>` : ''}\n<div class="panels">${g.charts
+          .map((c) => `<figure><figcaption>${esc(c.title)}</figcaption>${renderLineChart(c, 540, 250)}</figure>`)
+          .join('\n')}</div></section>`,
+    )
     .join('\n');
   return `<!doctype html>
 <html lang="en">
@@ -109,8 +277,10 @@ export function renderReportHtml(input: ReportInput): string {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${esc(title)}</title>
 <style>
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#1b1f24;max-width:1160px}
 h1{font-size:22px}h2{font-size:17px;margin:20px 0 8px}
+.panels{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}figcaption{font-size:13px;font-weight:600;margin:4px 0}
+.note,.verdict{font-size:13px;color:#424a53}.verdict{font-size:14px;color:#1b1f24}
 table{border-collapse:collapse;margin:8px 0 16px;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}
 th{background:#f6f8fa}pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px}
@@ -122,6 +292,7 @@ svg text{font-family:inherit;font-size:11px;fill:#1b1f24}
 ${chartHtml || '<p>No per-round evaluation events yet.</p>'}
 <section class="results"><h2>Results</h2>
 ${renderResultsHtml(results)}
+${(input.verdict ?? []).map((l) => `<p class="verdict">${esc(l)}</p>`).join('\n')}
 </section>
 ${input.config === undefined ? '' : `<section class="config"><h2>Resolved configuration</h2>\n<pre>${esc(JSON.stringify(input.config, null, 2))}</pre></section>`}
 </body>
@@ -183,14 +354,17 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   const xTicks = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 8, true);
-  const yTicks = niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
+  const yTicks = chart.yRange
+    ? niceTicks(chart.yRange[0], chart.yRange[1], 6, false)
+    : niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
   const [x0, x1] = [xTicks[0], xTicks[xTicks.length - 1]];
   const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
   const sx = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
   const parts: string[] = [];
   // A long legend extends the picture downwards rather than running off it.
-  const svgH = Math.max(height, m.top + 16 * chart.series.length + 8);
+  const refs = (chart.refs ?? []).filter((r) => Number.isFinite(r.value));
+  const svgH = Math.max(height, m.top + 16 * (chart.series.length + refs.length) + 8);
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`,
   );
@@ -218,8 +392,22 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   parts.push(
     `<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${esc(chart.yLabel)}</text>`,
   );
+  refs.forEach((r, j) => {
+    const color = r.color ?? '#6e7781';
+    const off = r.value > y1 ? 'above' : r.value < y0 ? 'below' : '';
+    const y = f(sy(Math.min(y1, Math.max(y0, r.value))));
+    parts.push(
+      `<line class="ref" data-ref="${esc(r.name)}" x1="${m.left}" x2="${m.left + pw}" y1="${y}" y2="${y}" stroke="${color}" stroke-width="1.5" stroke-dasharray="5 4"/>`,
+    );
+    const label = off ? `${r.name} ${fmtValue(r.value)} (off scale, ${off})` : `${r.name} ${fmtValue(r.value)}`;
+    const ly = m.top + 8 + (chart.series.length + j) * 16;
+    const lx = m.left + pw + 14;
+    parts.push(
+      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="1.5" stroke-dasharray="5 4"/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(label)}</text></g>`,
+    );
+  });
   chart.series.forEach((s, i) => {
-    const color = PALETTE[i % PALETTE.length];
+    const color = s.color ?? PALETTE[i % PALETTE.length];
     const dash = DASHES[Math.floor(i / PALETTE.length) % DASHES.length];
     const pts = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
     const dashAttr = dash === '' ? '' : ` stroke-dasharray="${dash}"`;
@@ -238,6 +426,10 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   });
   parts.push('</svg>');
   return parts.join('\n');
+}
+
+function fmtValue(v: number): string {
+  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2);
 }
 
 /** SVG coordinates with one decimal: enough for screen pixels, short files. */
@@ -293,7 +485,7 @@ function esc(s: string): string {
  */
 export async function writeReportHtml(
   runDir: string,
-  opts: { title?: string; results?: Results } = {},
+  opts: { title?: string; results?: Results; verdict?: readonly string[] } = {},
 ): Promise<string> {
   const events = await readMetrics(join(runDir, METRICS_FILE)).catch((e: unknown) => {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
@@ -310,6 +502,7 @@ export async function writeReportHtml(
     events,
     ...(opts.title === undefined ? {} : { title: opts.title }),
     ...(opts.results === undefined ? {} : { results: opts.results }),
+    ...(opts.verdict === undefined ? {} : { verdict: opts.verdict }),
     config,
   });
   const path = join(runDir, 'report.html');

@@ -1,0 +1,261 @@
+import { createHash } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createRng, pick, shuffled, type Rng } from '../rng.js';
+import { buildDemoTokenizer } from './bpe.js';
+import { generatePublicCorpus } from './corpus.js';
+import { between } from './words.js';
+
+/**
+ * The knowledge demo: a federation whose tasks need what only the full model knows.
+ *
+ * A fixed fictional world (WORLD_SEED, never the job's seed: the committed model was pretrained on it) of people,
+ * each with a home town, a favourite colour and a trade. The model owner's pretraining corpus states these facts
+ * (`knowledgeCorpus`); the public corpus the server aligns the emulator on is general text WITHOUT them. Each client
+ * asks about one relation in question form (never seen in pretraining), and its test set asks about people it never
+ * trained on, so a client can only score by pulling facts out of the pretrained weights: what layer dropout removes
+ * from the emulator, and what plugging the adapter back into the full model (AdapFu) recovers.
+ */
+export const KNOWLEDGE_TASK_IDS = ['town', 'colour', 'trade'] as const;
+export type KnowledgeTaskId = (typeof KNOWLEDGE_TASK_IDS)[number];
+
+/** The world is the same for every job seed: the demo model memorised this one. */
+export const WORLD_SEED = 20240617;
+export const WORLD_PEOPLE = 240;
+
+export const TOWNS = ['Ardale', 'Brennick', 'Corvath', 'Dunmere', 'Elsford', 'Fenwick', 'Galloway', 'Harrowby'];
+export const COLOURS = ['red', 'blue', 'green', 'yellow', 'white', 'black', 'purple', 'orange'];
+export const TRADES = ['baker', 'farmer', 'sailor', 'miner', 'weaver', 'potter', 'smith', 'hunter'];
+
+export interface WorldPerson {
+  readonly name: string;
+  readonly town: string;
+  readonly colour: string;
+  readonly trade: string;
+}
+
+const ONSETS = ['b', 'd', 'f', 'g', 'k', 'l', 'm', 'n', 'p', 'r', 's', 't', 'v', 'z', 'br', 'dr', 'kr', 'st', 'th'];
+const VOWELS = ['a', 'e', 'i', 'o', 'u', 'ai', 'ou'];
+const CODAS = ['', '', 'n', 'r', 'l', 's', 'k', 'th'];
+
+function makeName(rng: Rng): string {
+  const syl = (): string => pick(ONSETS, rng) + pick(VOWELS, rng);
+  const s = syl() + syl() + pick(CODAS, rng);
+  return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/** The world: WORLD_PEOPLE people with distinct invented names and uniformly drawn attributes. */
+export function generateWorld(n = WORLD_PEOPLE, seed = WORLD_SEED): WorldPerson[] {
+  const rng = createRng(seed);
+  const seen = new Set<string>();
+  const out: WorldPerson[] = [];
+  while (out.length < n) {
+    const name = makeName(rng);
+    if (seen.has(name)) continue;
+    seen.add(name);
+    out.push({ name, town: pick(TOWNS, rng), colour: pick(COLOURS, rng), trade: pick(TRADES, rng) });
+  }
+  return out;
+}
+
+/** Statements of a fact as pretraining text: several surface forms, so the model learns the fact, not one string. */
+const STATEMENTS: Record<KnowledgeTaskId, readonly ((p: WorldPerson) => string)[]> = {
+  town: [
+    (p) => `${p.name} lives in ${p.town}.`,
+    (p) => `The home of ${p.name} is in ${p.town}.`,
+    (p) => `${p.name} was born in ${p.town} and still lives there.`,
+    (p) => `People in ${p.town} know ${p.name} well.`,
+  ],
+  colour: [
+    (p) => `${p.name} likes the colour ${p.colour}.`,
+    (p) => `The favourite colour of ${p.name} is ${p.colour}.`,
+    (p) => `${p.name} always wears something ${p.colour}.`,
+    (p) => `${p.name} painted the door ${p.colour}, the colour ${p.name} loves.`,
+  ],
+  trade: [
+    (p) => `${p.name} works as a ${p.trade}.`,
+    (p) => `${p.name} is a ${p.trade} by trade.`,
+    (p) => `Every day ${p.name} goes to work as a ${p.trade}.`,
+    (p) => `The ${p.trade} ${p.name} is good at the job.`,
+  ],
+};
+
+/**
+ * The owner's knowledge text: paragraphs of 3-6 fact statements about random people, each fact stated about
+ * `mentionsPerFact` times in all (deterministic from `seed`).
+ */
+export function generateKnowledgeCorpus(
+  world: readonly WorldPerson[],
+  mentionsPerFact: number,
+  seed: number,
+): string[] {
+  const rng = createRng(seed);
+  const facts: { p: WorldPerson; rel: KnowledgeTaskId }[] = [];
+  for (let m = 0; m < mentionsPerFact; m++)
+    for (const p of world) for (const rel of KNOWLEDGE_TASK_IDS) facts.push({ p, rel });
+  const order = shuffled(facts, rng);
+  const paragraphs: string[] = [];
+  for (let i = 0; i < order.length;) {
+    const n = between(rng, 3, 6);
+    const part = order.slice(i, i + n).map(({ p, rel }) => pick(STATEMENTS[rel], rng)(p));
+    paragraphs.push(part.join(' '));
+    i += n;
+  }
+  return paragraphs;
+}
+
+/** Client questions: phrasings unlike any pretraining sentence, answered by one word. */
+const QUESTIONS: Record<KnowledgeTaskId, readonly ((name: string) => string)[]> = {
+  town: [
+    (n) => `Where does ${n} live?`,
+    (n) => `Which town is home to ${n}?`,
+    (n) => `Name the town of ${n}.`,
+    (n) => `In what town would you visit ${n}?`,
+  ],
+  colour: [
+    (n) => `What is the favourite colour of ${n}?`,
+    (n) => `Which colour does ${n} like best?`,
+    (n) => `Name the colour ${n} loves.`,
+    (n) => `What colour would ${n} choose?`,
+  ],
+  trade: [
+    (n) => `What does ${n} do for a living?`,
+    (n) => `What is the job of ${n}?`,
+    (n) => `Name the trade of ${n}.`,
+    (n) => `How does ${n} earn a living?`,
+  ],
+};
+
+/** A client record (Alpaca) with the task and the person asked about. */
+export interface KnowledgeRecord {
+  readonly instruction: string;
+  readonly input: string;
+  readonly output: string;
+  readonly category: KnowledgeTaskId;
+  readonly person: string;
+}
+
+/**
+ * The answer as the response text, with a leading space: byte-level BPE cuts "Fenwick" at the start of a line into
+ * other pieces than " Fenwick" in prose, pieces pretraining never showed next to the fact, so without the space a
+ * client would have to learn new spellings of every answer instead of recalling it. Exact match trims both sides.
+ */
+const answerOf = (p: WorldPerson, rel: KnowledgeTaskId): string =>
+  ' ' + (rel === 'town' ? p.town : rel === 'colour' ? p.colour : p.trade);
+
+export interface KnowledgeFederationOptions {
+  /** Client splits (which people are train vs test) are a pure function of this seed; the world is not. Default 0. */
+  readonly seed?: number;
+  /** People per client whose questions are in its training set. Default 60. */
+  readonly trainPeople?: number;
+  /** Questions per training person (distinct phrasings). Default 4. */
+  readonly phrasingsPerPerson?: number;
+  /** Test questions per client, one per person not trained on. Default 180 (the rest of the world). */
+  readonly testPerClient?: number;
+}
+
+export interface KnowledgeFederation {
+  readonly clients: readonly { id: KnowledgeTaskId; train: KnowledgeRecord[]; test: KnowledgeRecord[] }[];
+  readonly world: readonly WorldPerson[];
+}
+
+export function generateKnowledgeFederation(opts: KnowledgeFederationOptions = {}): KnowledgeFederation {
+  const seed = opts.seed ?? 0;
+  const nTrain = opts.trainPeople ?? 60;
+  const perPerson = opts.phrasingsPerPerson ?? 4;
+  const world = generateWorld();
+  const nTest = opts.testPerClient ?? world.length - nTrain;
+  if (nTrain + nTest > world.length || perPerson > 4 || nTrain < 1 || nTest < 1)
+    throw new RangeError(
+      `knowledge federation: trainPeople ${nTrain} + testPerClient ${nTest} must fit ${world.length} people, phrasingsPerPerson <= 4`,
+    );
+  const clients = KNOWLEDGE_TASK_IDS.map((rel, c) => {
+    const rng = createRng(seed * 1000 + 10 + c);
+    const people = shuffled(world, rng);
+    const record = (p: WorldPerson, q: (n: string) => string): KnowledgeRecord => ({
+      instruction: q(p.name),
+      input: '',
+      output: answerOf(p, rel),
+      category: rel,
+      person: p.name,
+    });
+    const train = shuffled(
+      people.slice(0, nTrain).flatMap((p) =>
+        shuffled(QUESTIONS[rel], rng)
+          .slice(0, perPerson)
+          .map((q) => record(p, q)),
+      ),
+      rng,
+    );
+    const test = people.slice(nTrain, nTrain + nTest).map((p) => record(p, pick(QUESTIONS[rel], rng)));
+    return { id: rel, train, test };
+  });
+  return { clients, world };
+}
+
+/** Size of the general (fact-free) public corpus of the knowledge demo, in UTF-8 bytes. */
+export const KNOWLEDGE_PUBLIC_BYTES = 600_000;
+/** How often pretraining states each fact. */
+export const MENTIONS_PER_FACT = 40;
+export const KNOWLEDGE_VOCAB = 1024;
+
+/**
+ * The owner's two corpora: `public` (general text, what the server aligns on) and `knowledge` (the world's facts,
+ * pretraining only). Deterministic; independent of any job seed.
+ */
+export function knowledgeCorpora(): { public: string[]; knowledge: string[] } {
+  return {
+    public: generatePublicCorpus(createRng(WORLD_SEED + 2), { targetBytes: KNOWLEDGE_PUBLIC_BYTES }),
+    knowledge: generateKnowledgeCorpus(generateWorld(), MENTIONS_PER_FACT, WORLD_SEED + 3),
+  };
+}
+
+/** The tokenizer of the knowledge demo model: trained on everything the owner pretrains on. */
+export function buildKnowledgeTokenizer(): ReturnType<typeof buildDemoTokenizer> {
+  const c = knowledgeCorpora();
+  return buildDemoTokenizer([...c.public, ...c.knowledge], KNOWLEDGE_VOCAB);
+}
+
+const jsonl = (records: readonly object[]): string => records.map((r) => JSON.stringify(r) + '\n').join('');
+const sha = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex');
+
+/**
+ * Writes the knowledge federation in the manifest layout the job reads (`data.federation: <dir>`):
+ * clients/<id>/{train,test}.jsonl, public/corpus.txt (general text only), world.json (the facts, for people reading
+ * along; no role reads it), manifest.json. Same options -> same bytes.
+ */
+export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFederationOptions = {}): Promise<void> {
+  const fed = generateKnowledgeFederation(opts);
+  const entry = async (rel: string, content: string, count?: number): Promise<object> => {
+    const path = join(dir, rel);
+    await mkdir(join(path, '..'), { recursive: true });
+    await writeFile(path, content, 'utf8');
+    return {
+      path: rel,
+      sha256: sha(content),
+      bytes: Buffer.byteLength(content),
+      ...(count === undefined ? {} : { count }),
+    };
+  };
+  const clients = [];
+  for (const c of fed.clients)
+    clients.push({
+      id: c.id,
+      train: await entry(`clients/${c.id}/train.jsonl`, jsonl(c.train), c.train.length),
+      test: await entry(`clients/${c.id}/test.jsonl`, jsonl(c.test), c.test.length),
+    });
+  const pub = knowledgeCorpora().public;
+  const publicCorpus = await entry('public/corpus.txt', pub.join('\n\n') + '\n', pub.length);
+  await entry('world.json', JSON.stringify(fed.world, null, 1) + '\n');
+  const manifest = {
+    name: 'fedbiot-knowledge-federation',
+    version: 1,
+    seed: opts.seed ?? 0,
+    options: opts,
+    format: 'alpaca',
+    labelField: 'category',
+    clients,
+    publicCorpus,
+  };
+  await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n', 'utf8');
+}

@@ -1,0 +1,45 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKnowledgeFederation, generateWorld, KNOWLEDGE_TASK_IDS, knowledgeCorpora } from '../src/index.js';
+
+test('the world is fixed: the same people and facts for every job seed', () => {
+  const w = generateWorld();
+  assert.deepEqual(generateWorld(), w);
+  assert.equal(new Set(w.map((p) => p.name)).size, w.length);
+  const a = generateKnowledgeFederation({ seed: 0 });
+  const b = generateKnowledgeFederation({ seed: 1 });
+  assert.deepEqual(a.world, b.world);
+  assert.notDeepEqual(a.clients[0]!.test, b.clients[0]!.test, 'the split depends on the seed');
+});
+
+test('each client asks about one relation; its test people are never in its training set', () => {
+  const f = generateKnowledgeFederation({ seed: 3, trainPeople: 20, testPerClient: 50 });
+  const world = new Map(f.world.map((p) => [p.name, p]));
+  for (const [i, c] of f.clients.entries()) {
+    assert.equal(c.id, KNOWLEDGE_TASK_IDS[i]);
+    const trained = new Set(c.train.map((r) => r.person));
+    assert.equal(trained.size, 20);
+    assert.equal(c.train.length, 80);
+    assert.equal(c.test.length, 50);
+    for (const r of c.test) assert.ok(!trained.has(r.person), `${c.id}: ${r.person} is in train and test`);
+    for (const r of [...c.train, ...c.test]) {
+      const p = world.get(r.person)!;
+      assert.equal(r.output, ' ' + (c.id === 'town' ? p.town : c.id === 'colour' ? p.colour : p.trade));
+      assert.equal(r.category, c.id);
+    }
+  }
+});
+
+test('only the knowledge corpus holds the facts; no question form appears in any corpus', () => {
+  const c = knowledgeCorpora();
+  const world = generateWorld();
+  const pub = c.public.join('\n');
+  const know = c.knowledge.join('\n');
+  for (const p of world.slice(0, 25)) {
+    assert.ok(!pub.includes(p.name), `${p.name} in the public corpus`);
+    assert.ok(know.includes(`${p.name} `), `${p.name} missing from the knowledge corpus`);
+  }
+  const f = generateKnowledgeFederation();
+  for (const r of f.clients.flatMap((x) => x.test.slice(0, 10))) assert.ok(!know.includes(r.instruction));
+  assert.ok(!/\?/.test(know), 'no questions in pretraining');
+});
