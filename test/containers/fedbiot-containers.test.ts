@@ -355,8 +355,16 @@ test(
         const redone = survivor.lines.find(
           (l) => l.msg === 'update published' && l['round'] === 1 && l['clientId'] === trainerKill!.clientId,
         );
-        assert.ok(redone, `${survivor.name} published the killed task ${JSON.stringify(trainerKill)}`);
-        assert.ok(Number(redone['delivery']) >= 2, `as a redelivery: ${JSON.stringify(redone)}`);
+        // The kill is sent when the trainer's 'training' line reaches this process through Docker's log stream; on
+        // a loaded machine the tiny task can finish and publish before SIGKILL lands. Then there is nothing to redo.
+        const victim = trainerKill.name === trainerA.name ? trainerA : trainerB;
+        const publishedBeforeKill = victim.lines.some(
+          (l) => l.msg === 'update published' && l['round'] === 1 && l['clientId'] === trainerKill!.clientId,
+        );
+        if (!publishedBeforeKill) {
+          assert.ok(redone, `${survivor.name} published the killed task ${JSON.stringify(trainerKill)}`);
+          assert.ok(Number(redone['delivery']) >= 2, `as a redelivery: ${JSON.stringify(redone)}`);
+        }
         assert.notEqual(aggregator, firstAggregator, 'a replacement aggregator ran');
         const resumed = aggregator.lines.find((l) => l.msg === 'resuming job');
         assert.equal(resumed?.['round'], 1, `the replacement resumed at round 1: ${JSON.stringify(resumed)}`);
@@ -453,7 +461,7 @@ test(
           `standalone ${secs(t0, tStandalone)} s; containers: NATS ${secs(tStandalone, tNats)} s, services ready ${secs(tNats, tReady)} s, job ${secs(tReady, tDone)} s; ` +
             `pooled test loss base ${base.testLoss.toFixed(4)} -> AdapFu ${adapFu.testLoss.toFixed(4)}; ` +
             `updates per replica ${byReplica.map((u) => u.length).join('/')}; killed ${trainerKill.name} ` +
-            `(task ${String(trainerKill.clientId)}, redone on delivery ${String(redone['delivery'])}) and the aggregator`,
+            `(task ${String(trainerKill.clientId)}, ${redone ? `redone on delivery ${String(redone['delivery'])}` : 'published before the kill landed'}) and the aggregator`,
         );
       } finally {
         await nc.close();
