@@ -235,14 +235,18 @@ export function summaryHtml(spec: ExperimentSpec, s: Summary, done: readonly Cel
     const refs = baseRounds
       ? [{ name: 'base', value: [...baseRounds.values()].flat().reduce((a, b, _i, all) => a + b / all.length, 0) }]
       : [];
+    // 0 to a little above the best value (in steps of 5 points, at most 100): on a 0-100 axis rows that differ by
+    // a few points, the comparison the experiment exists for, would sit in one band at the bottom.
+    const highest = Math.max(0, ...series.flatMap((x) => x.points.map((q) => q[1])), ...refs.map((r) => r.value));
+    const top = Math.min(100, Math.max(10, Math.ceil((highest * 1.2) / 5) * 5));
     charts.push(
-      `<section><h2>${esc(point)}: pooled accuracy per round (mean over seeds)</h2>${renderLineChart({ title: point, xLabel: 'round (after aggregation r)', yLabel: 'accuracy (%)', series, refs, yRange: [0, 100] })}</section>`,
+      `<section><h2>${esc(point)}: pooled accuracy per round (mean over seeds)</h2>${renderLineChart({ title: point, xLabel: 'round (after aggregation r)', yLabel: 'accuracy (%)', series, refs, yRange: [0, top] })}</section>`,
     );
   }
   const md = summaryMarkdown(spec, s);
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Experiment summary</title>
-<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#1b1f24}pre{background:#f6f8fa;padding:12px;white-space:pre-wrap;font-size:13px}svg text{font-size:11px}</style></head>
-<body><h1>Experiment summary</h1>${charts.join('\n')}<h2>Tables and verdict</h2><pre>${esc(md)}</pre></body></html>
+<style>body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#1b1f24}table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #d0d7de;padding:4px 8px;font-size:13px;text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}p{font-size:14px;line-height:1.45}svg text{font-size:11px}</style></head>
+<body><h1>Experiment summary</h1>${charts.join('\n')}<h2>Tables and verdict</h2>${markdownToHtml(md)}</body></html>
 `;
 }
 
@@ -257,4 +261,46 @@ export async function writeSummary(
   await writeFile(join(outDir, 'summary.json'), JSON.stringify(s, null, 1) + '\n');
   await writeFile(join(outDir, 'report.html'), summaryHtml(spec, s, done));
   return s;
+}
+
+/**
+ * The summary's markdown as HTML: headings, pipe tables and paragraphs with **bold**, which is all summaryMarkdown
+ * writes (a markdown library for three constructs would be a dependency for nothing).
+ */
+function markdownToHtml(md: string): string {
+  const inline = (t: string): string => esc(t).replace(/\*\*(.+?)\*\*/g, '<strong>$1</strong>');
+  const cells = (line: string): string[] =>
+    line
+      .trim()
+      .replace(/^\||\|$/g, '')
+      .split('|')
+      .map((c) => c.trim());
+  const out: string[] = [];
+  const blocks = md.split(/\n\s*\n/);
+  for (const block of blocks) {
+    const lines = block.split('\n').filter((l) => l.trim() !== '');
+    if (lines.length === 0) continue;
+    if (lines[0]!.startsWith('#')) {
+      const level = Math.min(6, (/^#+/.exec(lines[0]!)?.[0].length ?? 3) + 0);
+      out.push(`<h${level}>${inline(lines[0]!.replace(/^#+\s*/, ''))}</h${level}>`);
+      lines.shift();
+      if (lines.length === 0) continue;
+    }
+    if (lines.every((l) => l.trim().startsWith('|'))) {
+      const [head, , ...body] = lines;
+      out.push(
+        `<table><thead><tr>${cells(head!)
+          .map((c) => `<th>${inline(c)}</th>`)
+          .join('')}</tr></thead><tbody>${body
+          .map(
+            (r) =>
+              `<tr>${cells(r)
+                .map((c) => `<td>${inline(c)}</td>`)
+                .join('')}</tr>`,
+          )
+          .join('')}</tbody></table>`,
+      );
+    } else out.push(`<p>${inline(lines.join(' '))}</p>`);
+  }
+  return out.join('\n');
 }
