@@ -51,7 +51,8 @@ import { startService, type RunningService } from '../../services/common/http.js
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
 import { Aggregator } from '../../services/aggregator/aggregator.js';
-import { ClientTrainer } from '../../services/client-trainer/trainer.js';
+import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
+import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { ALIGN_PENDING_KEY, ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
 import { Kvm } from '@nats-io/kv';
 import { Evaluator } from '../../services/evaluator/evaluator.js';
@@ -259,14 +260,14 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     services.push(evaluator);
     const trainers = [];
     for (const replica of ['trainer-a', 'trainer-b']) {
-      const t = await startService(
-        new ClientTrainer({
+      const t = await startTrainer(
+        {
           natsUrl: NATS_URL,
           spec: trainerSpec(s),
           replica,
           logSink: sink,
           cacheRoot: join(tmp, `${jobId}-${replica}`),
-        }),
+        },
         0,
       );
       services.push(t);
@@ -386,7 +387,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
     services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+      services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
 
     // First aggregator: stopped once round 1's tasks are enqueued; the trainers finish them while no aggregator
     // listens, so the replacement's re-enqueue is deduplicated and it must replay the updates from KV.
@@ -468,7 +469,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
     first = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }), 0);
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+      services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
     const aggregator = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
       0,
@@ -569,8 +570,8 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
     await childReady;
     services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    const survivor = await startService(
-      new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS }),
+    const survivor = await startTrainer(
+      { natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS },
       0,
     );
     services.push(survivor);
@@ -658,9 +659,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
     });
     services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(
-      await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }), 0),
-    );
+    services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }, 0));
     const aggregator = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
       0,
@@ -732,15 +731,15 @@ test('data owners: each client trains on its own replica under its own NATS iden
     // The owners' trainers start first; their start() waits until the aggregator has created the job's streams.
     const trainersStarted = Promise.all(
       clients.map((clientId) =>
-        startService(
-          new ClientTrainer({
+        startTrainer(
+          {
             natsUrl: url,
             natsEnv: envOf(`client-${clientId}`),
             spec: ownerSpec(clientId),
             clientId,
             logSink: sink,
             cacheRoot: join(tmp, `${jobId}-owner-${clientId}`, 'cache'),
-          }),
+          },
           0,
         ),
       ),
@@ -824,14 +823,14 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
     );
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
-        await startService(
-          new ClientTrainer({
+        await startTrainer(
+          {
             natsUrl: NATS_URL,
             spec: trainerSpec(s),
             replica,
             logSink: sink,
             cacheRoot: join(tmp, `${jobId}-${replica}`),
-          }),
+          },
           0,
         ),
       );
@@ -946,15 +945,15 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
     services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
-        await startService(
-          new ClientTrainer({
+        await startTrainer(
+          {
             natsUrl: url,
             spec: trainerSpec(s),
             replica,
             logSink: sink,
             ackWaitMs: 5000,
             cacheRoot: join(tmp, `${jobId}-${replica}`),
-          }),
+          },
           0,
         ),
       );
