@@ -6,16 +6,8 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import type { ServiceConnection } from '../common/connection.js';
 import { ROLE, startServiceModule, type RunningService } from '../common/http.js';
-import { JsonLogger } from '../common/logger.js';
-import {
-  JOB_STORES,
-  NATS_CONNECTION,
-  NatsConnectionLifecycle,
-  SERVICE_LOG,
-  jobStoresProvider,
-  natsConnectionProvider,
-  type JobStores,
-} from '../common/providers.js';
+import type { JsonLogger } from '../common/logger.js';
+import { JOB_STORES, NATS_CONNECTION, SERVICE_LOG, serviceProviders, type JobStores } from '../common/providers.js';
 import { ClientTrainer, trainerName, type TrainerOptions } from './trainer.js';
 import { TrainerController } from './trainer.controller.js';
 
@@ -33,10 +25,7 @@ export class ClientTrainerModule {
       controllers: [TrainerController],
       providers: [
         { provide: TRAINER_OPTIONS, useValue: opts },
-        { provide: SERVICE_LOG, useFactory: () => new JsonLogger(trainerName(opts), opts.logSink) },
-        natsConnectionProvider(opts.natsUrl, opts),
-        NatsConnectionLifecycle,
-        jobStoresProvider(jobId),
+        ...serviceProviders(trainerName(opts), opts, jobId),
         {
           provide: ROLE,
           inject: [TRAINER_OPTIONS, SERVICE_LOG, NATS_CONNECTION, JOB_STORES],

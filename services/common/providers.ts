@@ -3,11 +3,11 @@
  * (custom providers with factories) and injected into controllers and service classes, instead of each role opening
  * its own inside start(). The module that opens the connection also drains it when the app closes.
  */
-import { Inject, Injectable, type FactoryProvider, type OnApplicationShutdown } from '@nestjs/common';
+import { Inject, Injectable, type FactoryProvider, type OnApplicationShutdown, type Provider } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { BlobStore, StateStore, WorkQueue, blobBucketName, stateBucketName } from '../../libs/protocol/src/index.js';
 import { connectService, type ServiceConnection } from './connection.js';
-import type { JsonLogger } from './logger.js';
+import { JsonLogger, type LogRecord } from './logger.js';
 
 /** The service's NATS connection (a ServiceConnection: unlimited reconnects, connected() for readiness). */
 export const NATS_CONNECTION = Symbol('NatsConnection');
@@ -99,4 +99,25 @@ function retryable<T>(p: Promise<T>, forget: () => void): Promise<T> {
     forget();
     throw e;
   });
+}
+
+/**
+ * What every service module provides: its logger (SERVICE_LOG, named `name`), its NATS connection (NATS_CONNECTION,
+ * drained when the app closes) and the job's stores on it (JOB_STORES).
+ */
+export function serviceProviders(
+  name: string,
+  opts: {
+    readonly natsUrl: string;
+    readonly natsEnv?: NodeJS.ProcessEnv;
+    readonly logSink?: (r: LogRecord) => void;
+  },
+  jobId: string,
+): Provider[] {
+  return [
+    { provide: SERVICE_LOG, useFactory: () => new JsonLogger(name, opts.logSink) },
+    natsConnectionProvider(opts.natsUrl, opts),
+    NatsConnectionLifecycle,
+    jobStoresProvider(jobId),
+  ];
 }

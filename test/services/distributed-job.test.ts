@@ -53,7 +53,8 @@ import type { ServiceRole } from '../../services/common/role.js';
 import { Aggregator } from '../../services/aggregator/aggregator.js';
 import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
-import { ALIGN_PENDING_KEY, ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
+import { ALIGN_PENDING_KEY, type ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
+import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { Kvm } from '@nats-io/kv';
 import { Evaluator } from '../../services/evaluator/evaluator.js';
 import { DashboardController } from '../../services/evaluator/dashboard.js';
@@ -252,7 +253,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
   let garbage: NodeJS.Timeout | undefined;
   let passed = false;
   try {
-    const alignment = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0);
+    const alignment = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0);
     services.push(alignment);
     const evaluator = await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0, [
       DashboardController,
@@ -384,7 +385,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
   let passed = false;
   try {
     const sink = (r: LogRecord): void => void logs.push(r);
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
@@ -466,7 +467,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
       logs.push({ ...r, service: 'server-alignment-1' });
       if (r.msg === 'aligned' && r['call'] === 1) stopped ??= first!.close();
     };
-    first = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }), 0);
+    first = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }, 0);
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
@@ -497,7 +498,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
     const pending = (await kv.get(ALIGN_PENDING_KEY))?.json() as { call: number } | undefined;
     assert.equal(pending?.call, 1, 'call 1 is the pending request');
 
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     const final = await aggregator.role.done;
     assert.equal(final?.round, 2);
     const replayed = logs.find((r) => r.service === 'server-alignment' && r.msg === 'replayed unpersisted alignment');
@@ -568,7 +569,7 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   let passed = false;
   try {
     await childReady;
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     const survivor = await startTrainer(
       { natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS },
@@ -657,7 +658,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
         })();
       },
     });
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
     services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }, 0));
     const aggregator = await startService(
@@ -745,7 +746,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
       ),
     );
     const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
-    services.push(await startService(new ServerAlignment(as('server-alignment')), 0));
+    services.push(await startAlignment(as('server-alignment'), 0));
     services.push(await startService(new Evaluator(as('evaluator')), 0));
     const aggregator = await startService(new Aggregator({ ...as('aggregator'), deadlineMs: 60_000 }), 0);
     services.push(aggregator);
@@ -817,7 +818,7 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
   const services: RunningService<ServiceRole>[] = [];
   let passed = false;
   try {
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(
       await startService(new Evaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }), 0),
     );
@@ -941,7 +942,7 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
   };
   let passed = false;
   try {
-    services.push(await startService(new ServerAlignment({ natsUrl: url, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: url, spec: s, logSink: sink }, 0));
     services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(

@@ -3,7 +3,8 @@
  * ClientTrainerModule, whose NATS connection, logger and job stores are custom providers; TrainerController and
  * the ClientTrainer service receive the module's connection (the one provider, not a connection of their own), the
  * stores open their buckets on it, and closing the module drains it. Then the same module served by the HTTP shell
- * (startTrainer): live at once, not ready before the job exists, and the connection closed with the service.
+ * (startTrainer): live at once, not ready before the job exists, and the connection closed with the service. And
+ * ServerAlignmentModule: the same providers, its service class on the module's connection.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,6 +21,8 @@ import type { ServiceConnection } from '../../services/common/connection.js';
 import { ROLE } from '../../services/common/http.js';
 import { JOB_STORES, NATS_CONNECTION, type JobStores } from '../../services/common/providers.js';
 import type { TrainerOptions } from '../../services/client-trainer/trainer.js';
+import { ServerAlignment } from '../../services/server-alignment/alignment.js';
+import { ServerAlignmentModule } from '../../services/server-alignment/alignment.module.js';
 import type { LogRecord } from '../../services/common/logger.js';
 
 let nats: PrivateNats;
@@ -90,4 +93,22 @@ test('startTrainer serves the module: live at once, not ready without a job, con
     await svc.close();
   }
   assert.ok(conn?.nc.isClosed(), 'the service closed the module connection');
+});
+
+test('ServerAlignmentModule: the service class and the stores on the module connection, drained on close', async () => {
+  const jobId = `tm3-${process.pid}`;
+  const { natsUrl, natsEnv, spec, logSink } = options(jobId);
+  const moduleRef = await Test.createTestingModule({
+    imports: [ServerAlignmentModule.register({ natsUrl, natsEnv, spec, logSink })],
+  })
+    .setLogger({ log() {}, error() {}, warn() {} })
+    .compile();
+  const conn = moduleRef.get<ServiceConnection>(NATS_CONNECTION);
+  assert.ok(conn.connected());
+  const role = moduleRef.get<ServerAlignment>(ROLE);
+  assert.ok(role instanceof ServerAlignment);
+  assert.equal(role.ready(), false, 'not ready before start() loaded the model');
+  assert.equal(moduleRef.get<JobStores>(JOB_STORES).nc, conn.nc);
+  await moduleRef.close();
+  assert.ok(conn.nc.isClosed());
 });
