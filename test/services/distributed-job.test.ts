@@ -56,8 +56,7 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { ALIGN_PENDING_KEY, type ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { Kvm } from '@nats-io/kv';
-import { Evaluator } from '../../services/evaluator/evaluator.js';
-import { DashboardController } from '../../services/evaluator/dashboard.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
@@ -255,9 +254,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
   try {
     const alignment = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0);
     services.push(alignment);
-    const evaluator = await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0, [
-      DashboardController,
-    ]);
+    const evaluator = await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0, { dashboard: true });
     services.push(evaluator);
     const trainers = [];
     for (const replica of ['trainer-a', 'trainer-b']) {
@@ -386,7 +383,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
   try {
     const sink = (r: LogRecord): void => void logs.push(r);
     services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
 
@@ -468,7 +465,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
       if (r.msg === 'aligned' && r['call'] === 1) stopped ??= first!.close();
     };
     first = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }, 0);
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
     const aggregator = await startService(
@@ -570,7 +567,7 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   try {
     await childReady;
     services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     const survivor = await startTrainer(
       { natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS },
       0,
@@ -659,7 +656,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
       },
     });
     services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }, 0));
     const aggregator = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
@@ -747,7 +744,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
     );
     const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
     services.push(await startAlignment(as('server-alignment'), 0));
-    services.push(await startService(new Evaluator(as('evaluator')), 0));
+    services.push(await startEvaluator(as('evaluator'), 0));
     const aggregator = await startService(new Aggregator({ ...as('aggregator'), deadlineMs: 60_000 }), 0);
     services.push(aggregator);
     const trainers = await trainersStarted;
@@ -819,9 +816,7 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
   let passed = false;
   try {
     services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    services.push(
-      await startService(new Evaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }), 0),
-    );
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
         await startTrainer(
@@ -943,7 +938,7 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
   let passed = false;
   try {
     services.push(await startAlignment({ natsUrl: url, spec: s, logSink: sink }, 0));
-    services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
+    services.push(await startEvaluator({ natsUrl: url, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
         await startTrainer(

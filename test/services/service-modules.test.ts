@@ -4,7 +4,7 @@
  * the ClientTrainer service receive the module's connection (the one provider, not a connection of their own), the
  * stores open their buckets on it, and closing the module drains it. Then the same module served by the HTTP shell
  * (startTrainer): live at once, not ready before the job exists, and the connection closed with the service. And
- * ServerAlignmentModule: the same providers, its service class on the module's connection.
+ * ServerAlignmentModule and EvaluatorModule: the same providers, each service class on its module's connection.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,6 +23,8 @@ import { JOB_STORES, NATS_CONNECTION, type JobStores } from '../../services/comm
 import type { TrainerOptions } from '../../services/client-trainer/trainer.js';
 import { ServerAlignment } from '../../services/server-alignment/alignment.js';
 import { ServerAlignmentModule } from '../../services/server-alignment/alignment.module.js';
+import { Evaluator } from '../../services/evaluator/evaluator.js';
+import { EvaluatorModule } from '../../services/evaluator/evaluator.module.js';
 import type { LogRecord } from '../../services/common/logger.js';
 
 let nats: PrivateNats;
@@ -95,20 +97,24 @@ test('startTrainer serves the module: live at once, not ready without a job, con
   assert.ok(conn?.nc.isClosed(), 'the service closed the module connection');
 });
 
-test('ServerAlignmentModule: the service class and the stores on the module connection, drained on close', async () => {
-  const jobId = `tm3-${process.pid}`;
-  const { natsUrl, natsEnv, spec, logSink } = options(jobId);
-  const moduleRef = await Test.createTestingModule({
-    imports: [ServerAlignmentModule.register({ natsUrl, natsEnv, spec, logSink })],
-  })
-    .setLogger({ log() {}, error() {}, warn() {} })
-    .compile();
-  const conn = moduleRef.get<ServiceConnection>(NATS_CONNECTION);
-  assert.ok(conn.connected());
-  const role = moduleRef.get<ServerAlignment>(ROLE);
-  assert.ok(role instanceof ServerAlignment);
-  assert.equal(role.ready(), false, 'not ready before start() loaded the model');
-  assert.equal(moduleRef.get<JobStores>(JOB_STORES).nc, conn.nc);
-  await moduleRef.close();
-  assert.ok(conn.nc.isClosed());
-});
+for (const [name, register, type] of [
+  ['ServerAlignmentModule', ServerAlignmentModule.register, ServerAlignment],
+  ['EvaluatorModule', EvaluatorModule.register, Evaluator],
+] as const)
+  test(`${name}: the service class and the stores on the module connection, drained on close`, async () => {
+    const jobId = `tm-${name}-${process.pid}`;
+    const { natsUrl, natsEnv, spec, logSink } = options(jobId);
+    const moduleRef = await Test.createTestingModule({
+      imports: [register({ natsUrl, natsEnv, spec, logSink })],
+    })
+      .setLogger({ log() {}, error() {}, warn() {} })
+      .compile();
+    const conn = moduleRef.get<ServiceConnection>(NATS_CONNECTION);
+    assert.ok(conn.connected());
+    const role = moduleRef.get<ServerAlignment | Evaluator>(ROLE);
+    assert.ok(role instanceof type);
+    assert.equal(role.ready(), false, 'not ready before start() loaded the model');
+    assert.equal(moduleRef.get<JobStores>(JOB_STORES).nc, conn.nc);
+    await moduleRef.close();
+    assert.ok(conn.nc.isClosed());
+  });
