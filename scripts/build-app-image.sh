@@ -6,7 +6,11 @@
 # base model models/demo-llama (13 MB) at /app/models/demo-llama, so a demo job runs from the image
 # alone; real checkpoints come from the model-cache volume (deploy/README.md section 1).
 #
-# Usage: scripts/build-app-image.sh [TAG]         (default local/fedbiot-services:dev)
+# Usage: scripts/build-app-image.sh [TAG]           (default local/fedbiot-services:dev)
+#        scripts/build-app-image.sh --trainer [TAG] the trainers' image (default local/fedbiot-trainer:dev):
+#                  the same code without models/ (MODELS=""), since a data owner's trainer gets only the
+#                  emulator package over NATS and must not hold the model owner's weights (issue 11);
+#                  scripts/validate-k8s.mjs (rule model-at-client) rejects a trainer pod on the other image
 #   DIST_DIR=dist     compiled output to ship (run `npm run build` first)
 #   BASE=local/node:20 base image (built by scripts/build-node-image.sh if missing)
 #   FORCE=1           rebuild even if the image's content hash is unchanged
@@ -17,11 +21,25 @@
 # hash under .cache/app-image/, so only a lock change runs npm again.
 set -euo pipefail
 
-TAG="${1:-local/fedbiot-services:dev}"
+TRAINER=0
+if [[ "${1:-}" == "--trainer" ]]; then
+  TRAINER=1
+  shift
+fi
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIST_DIR="${DIST_DIR:-dist}"
 BASE="${BASE:-local/node:20}"
-MODELS="${MODELS-demo-llama}"
+if [[ "$TRAINER" == 1 ]]; then
+  TAG="${1:-local/fedbiot-trainer:dev}"
+  # Not overridable: a trainer image with a model in it is exactly what this target exists to rule out.
+  [[ -z "${MODELS:-}" ]] || { echo "build-app-image: --trainer ships no models (MODELS=$MODELS given)" >&2; exit 1; }
+  MODELS=""
+else
+  TAG="${1:-local/fedbiot-services:dev}"
+  MODELS="${MODELS-demo-llama}"
+fi
+# Recorded on the image so a deployment check (or a person) can tell the two apart without unpacking it.
+if [[ -n "${MODELS// /}" ]]; then WEIGHTS=true; else WEIGHTS=false; fi
 CACHE="$REPO_ROOT/.cache/app-image"
 cd "$REPO_ROOT"
 
@@ -45,7 +63,7 @@ dist_files() {
 
 LOCK_HASH="$(cat package-lock.json package.json | sha256sum | cut -c1-16)"
 CONTENT_HASH="$({
-  echo "$LOCK_HASH"
+  echo "$LOCK_HASH $WEIGHTS"
   docker image inspect --format '{{.Id}}' "$BASE"
   sha256sum deploy/local/Dockerfile.app
   (cd "$DIST_DIR" && dist_files | xargs -0 -r sha256sum)
@@ -89,7 +107,7 @@ for m in $MODELS; do cp -a "models/$m" "$CONTEXT/models/$m"; done
 
 # Debian 12 has no buildx, so the legacy builder; it uploads the whole context, hence the staging.
 DOCKER_BUILDKIT=0 docker build --force-rm -q --build-arg "BASE=$BASE" \
-  --label "org.fedbiot.content-hash=$CONTENT_HASH" -t "$TAG" "$CONTEXT" >/dev/null
+  --label "org.fedbiot.content-hash=$CONTENT_HASH" --label "org.fedbiot.model-weights=$WEIGHTS" -t "$TAG" "$CONTEXT" >/dev/null
 rm -rf "$CONTEXT"
 echo "build-app-image: built $TAG ($CONTENT_HASH)"
 docker image prune -f --filter "label=org.fedbiot.content-hash" >/dev/null 2>&1 || true

@@ -4,14 +4,15 @@
 #              deployment tests, the NATS image), openssl (TLS test), kubectl (manifest tests)
 #   NATS       a nats-server with JetStream on 127.0.0.1:4222 (libs/protocol tests, NATS_URL's default)
 #   Docker     a running daemon (started here: overlay2, else vfs) and the local images the container tests run:
-#              local/nats:2.9.10, local/node:20, local/fedbiot-services:dev (scripts/build-*-image.sh)
+#              local/nats:2.9.10, local/node:20, local/fedbiot-services:dev and the trainers' model-free
+#              local/fedbiot-trainer:dev (scripts/build-*-image.sh)
 #
 # Usage: scripts/test-env.sh up [OWNER_PID]     provision (npm test runs this through scripts/run-tests.mjs)
 #        scripts/test-env.sh down [OWNER_PID]   remove Testcontainers containers and stop the dockerd / nats-server
 #                                               that `up` started, once no other live run is using them
 # Environment: DIST_DIR (dist; the app image ships it: run `npm run build` first), CHROMIUM_BIN, NATS_SERVER_BIN,
 #              NATS_URL (a broker elsewhere: nothing is started for 4222), FEDBIOT_TEST_ENV_STATE (state directory),
-#              FEDBIOT_TEST_ENV_APP_IMAGE=0 (skip the services image: run-tests.mjs sets it when no container test runs).
+#              FEDBIOT_TEST_ENV_APP_IMAGE=0 (skip the services and trainer images: run-tests.mjs sets it when no container test runs).
 #
 # Idempotent: what is already there is only checked (about a second when nothing changed). Missing tools come from
 # Debian's apt (`apt-get update` once, then install; root, or passwordless sudo). Anything that cannot be
@@ -142,6 +143,7 @@ up() {
   scripts/build-node-image.sh || die "scripts/build-node-image.sh failed"
   if [[ "${FEDBIOT_TEST_ENV_APP_IMAGE:-1}" == 1 ]]; then
     scripts/build-app-image.sh || die "scripts/build-app-image.sh failed (run npm run build first)"
+    scripts/build-app-image.sh --trainer || die "scripts/build-app-image.sh --trainer failed (run npm run build first)"
   else
     say "services image not needed by the chosen tests; not rebuilt"
   fi

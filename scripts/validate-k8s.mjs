@@ -26,7 +26,9 @@
 //   model-at-client  a data owner's trainer pod (label app.kubernetes.io/component: training) mounts
 //                  no volume that holds model weights: no PersistentVolumeClaim labelled
 //                  fedbiot.io/model-weights=true, no hostPath; trainers receive the emulator package
-//                  over NATS and keep it in their own cache (an emptyDir)
+//                  over NATS and keep it in their own cache (an emptyDir); and none of its containers
+//                  runs a model-carrying image (repository fedbiot-services or fedbiot-services-gpu, which
+//                  may hold demo weights under /app/models): trainers run fedbiot-trainer(-gpu)
 //   eval-private   a job spec ConfigMap (key job.yaml) does not set eval.mode: simulation, in which the
 //                  evaluator reads every client's test set; deployments evaluate privately (AdapFu on the
 //                  owner's eval.ownerValidation, AdapEmu by each client's trainer, numbers only)
@@ -198,6 +200,24 @@ export function parseImage(ref) {
     : { name: nameTag, tag: undefined, digest };
 }
 
+// Repositories (last path component) whose images may carry model weights: the services image ships the demo
+// models (scripts/build-app-image.sh). Trainers run fedbiot-trainer, built without models/.
+const MODEL_IMAGES = new Set(['fedbiot-services', 'fedbiot-services-gpu']);
+
+/** The model-at-client issue of a trainer container whose image may hold model weights, or none. */
+function checkTrainerImage(c, where) {
+  if (typeof c.image !== 'string') return [];
+  const { name } = parseImage(c.image);
+  const repo = name.slice(name.lastIndexOf('/') + 1);
+  if (!MODEL_IMAGES.has(repo)) return [];
+  return [
+    {
+      rule: 'model-at-client',
+      message: `${where}: a trainer runs image ${c.image}, which carries model weights; trainers run fedbiot-trainer (scripts/build-app-image.sh --trainer)`,
+    },
+  ];
+}
+
 function checkImage(c, where) {
   if (typeof c.image !== 'string' || c.image === '') return [{ rule: 'image', message: `${where}: no image` }];
   const { tag, digest } = parseImage(c.image);
@@ -274,6 +294,7 @@ function policyIssues(o, ctx) {
   if (pod?.spec) {
     issues.push(...unknownKeys(pod.spec, 'kubernetes-models/v1/PodSpec', pod.path));
     const nats = isNats(o);
+    const trainer = pod.labels?.['app.kubernetes.io/component'] === 'training';
     const all = [
       ...(pod.spec.initContainers ?? []).map((c, i) => ({ c, init: true, path: `${pod.path}.initContainers[${i}]` })),
       ...(pod.spec.containers ?? []).map((c, i) => ({ c, init: false, path: `${pod.path}.containers[${i}]` })),
@@ -285,8 +306,8 @@ function policyIssues(o, ctx) {
       issues.push(...checkResources(c, where));
       issues.push(...checkSecurity(pod.spec, c, where));
       if (!init) issues.push(...checkProbes(c, where, nats));
+      if (trainer) issues.push(...checkTrainerImage(c, where));
     }
-    const trainer = pod.labels?.['app.kubernetes.io/component'] === 'training';
     for (const v of pod.spec.volumes ?? []) {
       const claimName = v.persistentVolumeClaim?.claimName;
       if (trainer && claimName && ctx.modelClaims.has(claimName)) {

@@ -4,21 +4,23 @@
  * or NATS_USER + NATS_PASSWORD_FILE, and NATS_INBOX_PREFIX). Without CLIENT_ID the replica is pooled.
  */
 import { readEnv, readJobSpec } from '../common/env.js';
-import { runServiceProcess } from '../common/http.js';
-import { ClientTrainer } from './trainer.js';
+import { serviceProcess } from '../common/http.js';
+import { startTrainer } from './trainer.module.js';
 
 const env = readEnv();
 const ackWait = process.env['ACK_WAIT_MS'];
 if (ackWait !== undefined && !(Number.isInteger(Number(ackWait)) && Number(ackWait) >= 1000))
   throw new Error(`ACK_WAIT_MS: ${ackWait} is not an integer number of milliseconds >= 1000`);
 const clientId = process.env['CLIENT_ID'] || undefined;
-await runServiceProcess(
-  new ClientTrainer({
-    natsUrl: env.natsUrl,
-    spec: await readJobSpec(env),
-    replica: process.env['REPLICA'] ?? `client-trainer-${clientId ?? process.pid}`,
-    ...(ackWait !== undefined ? { ackWaitMs: Number(ackWait) } : {}),
-    ...(clientId !== undefined ? { clientId } : {}),
-  }),
-  env.httpPort,
+serviceProcess(
+  await startTrainer(
+    {
+      natsUrl: env.natsUrl,
+      spec: await readJobSpec(env),
+      replica: process.env['REPLICA'] ?? `client-trainer-${clientId ?? process.pid}`,
+      ...(ackWait !== undefined ? { ackWaitMs: Number(ackWait) } : {}),
+      ...(clientId !== undefined ? { clientId } : {}),
+    },
+    env.httpPort,
+  ),
 );

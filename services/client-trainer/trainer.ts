@@ -9,26 +9,26 @@
  * restarts from that position, so any replica computes the same update as the standalone job.
  */
 import { hostname } from 'node:os';
-import { connectService, type ServiceConnection } from '../common/connection.js';
+import type { ServiceConnection } from '../common/connection.js';
+import type { JobStores } from '../common/providers.js';
 import { fetchEmulatorPackage, type FetchedPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import {
   BlobStore,
-  ClientMetricsSchema,
   ClientUpdateSchema,
   PROTOCOL_VERSION,
   StateStore,
   WorkQueue,
   blobBucketName,
   updateBucketName,
-  clientMetricsSubject,
   publishMessage,
   stateBucketName,
   streamExists,
   taskStreamName,
   updateSubject,
+  type ClientMetrics,
   type ClientUpdate,
   type FailedTask,
   type PlannedRounds,
@@ -55,7 +55,6 @@ import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/s
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import { JetStreamWorkQueueServer } from '../common/jetstream-transport.js';
-import { TrainerController } from './trainer.controller.js';
 import type { ServiceRole } from '../common/role.js';
 
 const position = z.strictObject({ epoch: z.int().nonnegative(), pos: z.int().nonnegative() });
@@ -101,14 +100,31 @@ export interface TrainerOptions {
   readonly cacheRoot?: string;
 }
 
+/** The replica's name in logs and metrics. */
+export function trainerName(opts: TrainerOptions): string {
+  return opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
+}
+
+/** What ClientTrainerModule injects (services/client-trainer/trainer.module.ts). */
+export interface TrainerDeps {
+  readonly log: JsonLogger;
+  readonly conn: ServiceConnection;
+  readonly stores: JobStores;
+}
+
+/**
+ * The trainer service class: built by ClientTrainerModule with its connection and stores injected (the module opens
+ * and closes the connection); start() watches the round plans and loads the emulator package in the background.
+ */
 export class ClientTrainer implements ServiceRole {
   readonly name: string;
   readonly log: JsonLogger;
   readonly metrics: ServiceMetrics;
   /** Tasks this replica completed, as `round/client`. */
   readonly completed: string[] = [];
-  #nc: NatsConnection | undefined;
-  #conn: ServiceConnection | undefined;
+  readonly #nc: NatsConnection;
+  readonly #conn: ServiceConnection;
+  readonly #stores: JobStores;
   #ctx: JobContext | undefined;
   /** What a task needs once the package is loaded. */
   #work: Loaded | undefined;
@@ -119,7 +135,6 @@ export class ClientTrainer implements ServiceRole {
    * by startService; see services/common/jetstream-transport.ts).
    */
   readonly transports: readonly JetStreamWorkQueueServer[];
-  readonly controllers = [TrainerController];
   #modelSha = '';
   #stopping = false;
   readonly #abort = new AbortController();
@@ -132,15 +147,21 @@ export class ClientTrainer implements ServiceRole {
     return this.#plans?.latest() ?? -1;
   }
 
-  constructor(private readonly opts: TrainerOptions) {
-    this.name = opts.replica ?? (opts.clientId === undefined ? 'client-trainer' : `client-trainer-${opts.clientId}`);
-    this.log = new JsonLogger(this.name, opts.logSink);
+  constructor(
+    private readonly opts: TrainerOptions,
+    deps: TrainerDeps,
+  ) {
+    this.name = trainerName(opts);
+    this.log = deps.log;
+    this.#conn = deps.conn;
+    this.#nc = deps.conn.nc;
+    this.#stores = deps.stores;
     this.metrics = new ServiceMetrics(this.name);
     this.transports = [
       new JetStreamWorkQueueServer(
         {
           queue: () => this.#queue,
-          closed: () => this.#nc?.isClosed() ?? true,
+          closed: () => this.#nc.isClosed(),
           consume: {
             ackWaitMs: opts.ackWaitMs ?? 60_000,
             maxDeliver: 5,
@@ -172,19 +193,17 @@ export class ClientTrainer implements ServiceRole {
 
   ready(): boolean {
     // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && (this.#conn?.connected() ?? false);
+    return this.#ready && this.#conn.connected();
   }
 
   /**
-   * Connects and returns; the replica then waits for the job, fetches and loads the emulator package and pulls
-   * tasks in the background (ready() turns true once it pulls). Waiting here would let a trainer started before the
-   * aggregator hold up whoever awaits start().
+   * Returns at once; the replica then waits for the job, fetches and loads the emulator package and pulls tasks in
+   * the background (ready() turns true once it pulls). Waiting here would let a trainer started before the
+   * aggregator hold up whoever awaits start(). The connection is the module's (already open).
    */
   async start(): Promise<void> {
-    const jobId = this.opts.spec.job.id;
-    if (!jobId) throw new Error('job.id: required by the distributed runtime');
-    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
-    const nc = (this.#nc = this.#conn.nc);
+    const jobId = this.#stores.jobId;
+    const nc = this.#nc;
     // Round plans are broadcast to every client: the latest one tells which tasks belong to ended rounds.
     this.#plans = await watchPlannedRounds(nc, jobId);
     this.#loop = this.#run(nc, jobId).catch((e: unknown) => {
@@ -200,9 +219,9 @@ export class ClientTrainer implements ServiceRole {
   async #run(nc: NatsConnection, jobId: string): Promise<void> {
     const clientId = this.opts.clientId;
     if (clientId !== undefined && !(await this.#jobStarted(nc, jobId, clientId))) return;
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    const blobs = await this.#stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
-    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
+    const state = await this.#stores.state();
     const pkg = await this.#fetchPackage(blobs, state);
     // Training sets only; a data owner's replica only its own client's. Private evaluation: the test sets too,
     // since AdapEmu on a client's test set is computed here and only its numbers leave.
@@ -210,11 +229,7 @@ export class ClientTrainer implements ServiceRole {
       parts: this.opts.spec.eval.mode === 'private' ? ['train', 'test'] : ['train'],
       ...(clientId === undefined ? {} : { onlyClients: [clientId] }),
     }));
-    const queue = await WorkQueue.open(nc, {
-      jobId: ctx.jobId,
-      ...(clientId === undefined ? {} : { clientId }),
-      logger: { warn: (m) => this.log.warn(m) },
-    });
+    const queue = await this.#stores.queue({ ...(clientId === undefined ? {} : { clientId }), log: this.log });
     this.#work = { ctx, nc, blobs, state };
     this.#ready = true;
     this.#pullingResolve();
@@ -227,11 +242,14 @@ export class ClientTrainer implements ServiceRole {
     return this.#train(w.ctx, w.nc, w.blobs, w.state, task, tc);
   }
 
-  /** Evaluates one task (TrainerController's TASK_EVALUATE handler); resolves once the metrics are published. */
-  async evaluate(task: TrainTask): Promise<void> {
+  /**
+   * Evaluates one task (TrainerController's TASK_EVALUATE handler): the ClientMetrics to publish, which the
+   * controller does on the injected connection; null for a task past its deadline.
+   */
+  async evaluate(task: TrainTask): Promise<ClientMetrics | null> {
     const w = this.#loaded();
-    if (!this.#checkTask(w.ctx, task)) return;
-    return this.#evaluate(w.ctx, w.nc, w.blobs, task);
+    if (!this.#checkTask(w.ctx, task)) return null;
+    return this.#evaluate(w.ctx, w.blobs, task);
   }
 
   #loaded(): Loaded {
@@ -403,7 +421,7 @@ export class ClientTrainer implements ServiceRole {
    * Private evaluation: AdapEmu (the broadcast adapter on this emulator package) on the client's own test set, as
    * the standalone job computes it; only the numbers are published.
    */
-  async #evaluate(ctx: JobContext, nc: NatsConnection, blobs: BlobStore, task: TrainTask): Promise<void> {
+  async #evaluate(ctx: JobContext, blobs: BlobStore, task: TrainTask): Promise<ClientMetrics> {
     const { round, clientId } = task;
     const client = ctx.data.clients.find((c) => c.id === clientId);
     if (!client) throw new Error(`client ${clientId} is not in this replica's federation ${ctx.data.source}`);
@@ -419,7 +437,7 @@ export class ClientTrainer implements ServiceRole {
       { batch: ctx.spec.clients.batchSize, seq: ctx.spec.data.maxLength, maxNewTokens: ctx.spec.eval.maxNewTokens },
     );
     const durationMs = Math.round(performance.now() - t0);
-    publishMessage(nc, clientMetricsSubject(ctx.jobId, round, clientId), ClientMetricsSchema, {
+    return {
       protocolVersion: PROTOCOL_VERSION,
       jobId: ctx.jobId,
       round,
@@ -430,9 +448,7 @@ export class ClientTrainer implements ServiceRole {
       tokens: s.tokens,
       items: s.items,
       durationMs,
-    });
-    await nc.flush();
-    this.log.info('evaluated', { round, clientId, loss: s.testLoss, accuracy: s.accuracy, items: s.items, durationMs });
+    };
   }
 
   async stop(): Promise<void> {
@@ -445,9 +461,7 @@ export class ClientTrainer implements ServiceRole {
     this.#plans?.stop();
     await this.#loop;
     this.#work = undefined;
-    const nc = this.#nc;
-    this.#nc = undefined;
-    if (nc) await nc.drain().catch(() => nc.close());
+    // The connection is the module's: NatsConnectionLifecycle drains it when the app closes.
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

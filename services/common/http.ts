@@ -1,8 +1,9 @@
 /**
  * The Nest shell of a service: a hybrid app with /health/live, /health/ready (503 until the role is ready and while
  * NATS is down), /metrics, the role's controllers (HTTP routes and message handlers) and the role's transport
- * strategies as connected microservices (the trainer's JetStream work queue). KV and the object store stay plain
- * nats.js calls inside the role.
+ * strategies as connected microservices (the trainer's JetStream work queue). A role comes either as an object
+ * (startService: its controllers and ROLE in a module made here) or as a module of its own (startServiceModule: the
+ * client-trainer's, whose connection and stores are injected providers, services/common/providers.ts).
  */
 import 'reflect-metadata';
 import {
@@ -12,6 +13,7 @@ import {
   Inject,
   Module,
   ServiceUnavailableException,
+  type DynamicModule,
   type INestApplication,
   type Type,
 } from '@nestjs/common';
@@ -66,12 +68,39 @@ export async function startService<R extends ServiceRole>(
   extraControllers: Type[] = [],
 ): Promise<RunningService<R>> {
   @Module({
-    controllers: [HealthController, MetricsController, ...(role.controllers ?? []), ...extraControllers],
+    controllers: [...(role.controllers ?? [])],
     providers: [{ provide: ROLE, useValue: role }],
+    exports: [ROLE],
   })
   // oxlint-disable-next-line no-extraneous-class -- a Nest module is its decorator
+  class RoleModule {}
+  return serve<R>(RoleModule, port, extraControllers);
+}
+
+/**
+ * Starts the HTTP shell around a role's own module, which provides (and exports) ROLE. The module's providers are
+ * resolved first (its NATS connection opens then), so liveness answers once they are; readiness as startService.
+ */
+export function startServiceModule<R extends ServiceRole>(
+  roleModule: DynamicModule,
+  port: number,
+  extraControllers: Type[] = [],
+): Promise<RunningService<R>> {
+  return serve<R>(roleModule, port, extraControllers);
+}
+
+async function serve<R extends ServiceRole>(
+  roleModule: DynamicModule | Type,
+  port: number,
+  extraControllers: Type[],
+): Promise<RunningService<R>> {
+  @Module({ imports: [roleModule], controllers: [HealthController, MetricsController, ...extraControllers] })
+  // oxlint-disable-next-line no-extraneous-class -- a Nest module is its decorator
   class ServiceModule {}
-  const app = await NestFactory.create(ServiceModule, { logger: role.log, abortOnError: false });
+  // The role's logger is one of the module's providers: Nest's own lines wait in its buffer until it is known.
+  const app = await NestFactory.create(ServiceModule, { bufferLogs: true, abortOnError: false });
+  const role = app.get<R>(ROLE);
+  app.useLogger(role.log);
   // A hybrid app: HTTP (health, metrics, dashboard) plus the role's message transports.
   for (const strategy of role.transports ?? []) app.connectMicroservice({ strategy }, { inheritAppConfig: true });
   // All interfaces by default: kubelet probes and Prometheus reach the pod IP. HTTP_HOST=127.0.0.1 keeps it local.
@@ -108,7 +137,12 @@ export async function runServiceProcess<R extends ServiceRole>(
   port: number,
   extraControllers: Type[] = [],
 ): Promise<RunningService<R>> {
-  const svc = await startService(role, port, extraControllers);
+  return serviceProcess(await startService(role, port, extraControllers));
+}
+
+/** Stops a started service cleanly on SIGTERM / SIGINT, then exits. */
+export function serviceProcess<R extends ServiceRole>(svc: RunningService<R>): RunningService<R> {
+  const role = svc.role;
   const shutdown = (signal: string): void => {
     role.log.info('shutting down', { signal });
     svc.close().then(

@@ -7,7 +7,8 @@
  * (`eval.ownerValidation`), and scores each requested mode on it (rows with client 'owner'); clients score AdapEmu
  * themselves. eval.mode simulation: it reads every client's test set and scores per client plus the pooled 'all'.
  */
-import { connectService, type ServiceConnection } from '../common/connection.js';
+import type { ServiceConnection } from '../common/connection.js';
+import type { JobStores } from '../common/providers.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -15,7 +16,6 @@ import {
   EvalRequestSchema,
   EvalResultSchema,
   PROTOCOL_VERSION,
-  blobBucketName,
   decodeMessage,
   evaluatedSubject,
   parseUpdateSubject,
@@ -34,12 +34,10 @@ import {
   type JobContext,
 } from '../common/ports-nats.js';
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
-import { JsonLogger, type LogRecord } from '../common/logger.js';
+import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
-import type { Type } from '@nestjs/common';
 import { ServerNats } from '@nestjs/microservices';
 import { natsTransportOptions } from '../common/nats-transport.js';
-import { evaluatorController } from './evaluator.controller.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
 
@@ -67,17 +65,24 @@ export interface Progress {
 
 const MODES: Record<EvalMode, 'emu' | 'full' | 'base'> = { adapEmu: 'emu', adapFu: 'full', base: 'base' };
 
+/** What EvaluatorModule injects (services/evaluator/evaluator.module.ts). */
+export interface EvaluatorDeps {
+  readonly log: JsonLogger;
+  readonly conn: ServiceConnection;
+  readonly stores: JobStores;
+}
+
+/** The evaluator service class: built by EvaluatorModule with its connection and stores injected. */
 export class Evaluator implements ServiceRole {
   readonly name = 'evaluator';
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('evaluator');
-  #nc: NatsConnection | undefined;
-  #conn: ServiceConnection | undefined;
+  readonly #conn: ServiceConnection;
+  readonly #stores: JobStores;
   #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
   #work: { ctx: JobContext; nc: NatsConnection; blobs: BlobStore } | undefined;
-  /** The evaluation request's handler (EvaluatorController) on Nest's NATS transport (ServerNats, queue group). */
-  readonly controllers: readonly Type[];
+  /** Where the evaluation request's handler (EvaluatorController) listens: Nest's NATS transport, queue group. */
   readonly transports: readonly ServerNats[];
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
@@ -85,15 +90,19 @@ export class Evaluator implements ServiceRole {
   /** Private mode: the owner's validation set, the only data scored here. */
   #owner: OwnerValidation | undefined;
 
-  constructor(private readonly opts: EvaluatorOptions) {
-    this.log = new JsonLogger('evaluator', opts.logSink);
-    this.controllers = [evaluatorController(opts.spec.job.id ?? '')];
+  constructor(
+    private readonly opts: EvaluatorOptions,
+    deps: EvaluatorDeps,
+  ) {
+    this.log = deps.log;
+    this.#conn = deps.conn;
+    this.#stores = deps.stores;
     this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 
   ready(): boolean {
     // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && (this.#conn?.connected() ?? false);
+    return this.#ready && this.#conn.connected();
   }
 
   progress(): Progress {
@@ -148,9 +157,8 @@ export class Evaluator implements ServiceRole {
         this.log.info('owner validation set loaded', { files: this.#owner.files, examples: this.#owner.test.length });
       }
     }
-    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
-    const nc = (this.#nc = this.#conn.nc);
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
+    const nc = this.#conn.nc;
+    const blobs = await this.#stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     this.#work = { ctx, nc, blobs };
     // Training losses for the dashboard; malformed messages are the aggregator's to reject, here they are skipped.
@@ -247,9 +255,7 @@ export class Evaluator implements ServiceRole {
     for (const t of this.transports) await t.close();
     await this.#queue;
     this.#work = undefined;
-    const nc = this.#nc;
-    this.#nc = undefined;
-    if (nc) await nc.drain().catch(() => nc.close());
+    // The connection is the module's: NatsConnectionLifecycle drains it when the app closes.
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

@@ -1,10 +1,9 @@
 /** The evaluator process: NATS_URL, JOB_SPEC, HTTP_PORT; dashboard at /dashboard. */
 import { readEnv, readJobSpec } from '../common/env.js';
-import { runServiceProcess } from '../common/http.js';
-import { DashboardController } from './dashboard.js';
-import { Evaluator } from './evaluator.js';
+import { serviceProcess } from '../common/http.js';
+import { startEvaluator } from './evaluator.module.js';
 
 const env = readEnv();
-await runServiceProcess(new Evaluator({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }), env.httpPort, [
-  DashboardController,
-]);
+serviceProcess(
+  await startEvaluator({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }, env.httpPort, { dashboard: true }),
+);

@@ -10,25 +10,19 @@
  * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
  * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
-import { connectService, type ServiceConnection } from '../common/connection.js';
-import type { NatsConnection } from '@nats-io/transport-node';
-import type { Type } from '@nestjs/common';
+import type { ServiceConnection } from '../common/connection.js';
+import type { JobStores } from '../common/providers.js';
 import { ServerNats } from '@nestjs/microservices';
 import { natsTransportOptions } from '../common/nats-transport.js';
-import { alignmentController } from './alignment.controller.js';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
 import {
   BlobRefSchema,
-  BlobStore,
   PROTOCOL_VERSION,
-  StateStore,
-  blobBucketName,
   ownerBucketName,
   decodeMessage,
   decodeTensors,
   encodeTensors,
-  stateBucketName,
 } from '../../libs/protocol/src/index.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import {
@@ -82,40 +76,49 @@ export interface AlignmentOptions {
   readonly logSink?: (r: LogRecord) => void;
 }
 
+/** What ServerAlignmentModule injects (services/server-alignment/alignment.module.ts). */
+export interface AlignmentDeps {
+  readonly log: JsonLogger;
+  readonly conn: ServiceConnection;
+  readonly stores: JobStores;
+}
+
+/** The alignment service class: built by ServerAlignmentModule with its connection and stores injected. */
 export class ServerAlignment implements ServiceRole {
   readonly name = 'server-alignment';
   readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('server-alignment');
-  #nc: NatsConnection | undefined;
-  #conn: ServiceConnection | undefined;
+  readonly #conn: ServiceConnection;
+  readonly #stores: JobStores;
   #ctx: JobContext | undefined;
   #queue: Promise<void> = Promise.resolve();
   #ready = false;
   #handle: ((req: AlignRequest) => Promise<{ reply: AlignReply; persist?: () => Promise<void> }>) | undefined;
-  /** The alignment call's handler (AlignmentController) on Nest's NATS transport (ServerNats, queue group). */
-  readonly controllers: readonly Type[];
+  /** Where the alignment call's handler (AlignmentController) listens: Nest's NATS transport, queue group. */
   readonly transports: readonly ServerNats[];
 
-  constructor(private readonly opts: AlignmentOptions) {
-    this.log = new JsonLogger('server-alignment', opts.logSink);
-    this.controllers = [alignmentController(opts.spec.job.id ?? '')];
+  constructor(
+    private readonly opts: AlignmentOptions,
+    deps: AlignmentDeps,
+  ) {
+    this.log = deps.log;
+    this.#conn = deps.conn;
+    this.#stores = deps.stores;
     this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 
   ready(): boolean {
     // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && (this.#conn?.connected() ?? false);
+    return this.#ready && this.#conn.connected();
   }
 
   async start(): Promise<void> {
     // The public corpus only: alignment never sees client data.
     const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
-    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
-    const nc = (this.#nc = this.#conn.nc);
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(ctx.jobId) });
+    const blobs = await this.#stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));
-    const kv = await StateStore.open(nc, { bucket: stateBucketName(ctx.jobId) });
+    const kv = await this.#stores.state();
     const stored = (await kv.get(ALIGN_KEY, AlignStateSchema))?.value ?? null;
     const spec = ctx.spec;
     const emulator = stored
@@ -228,7 +231,7 @@ export class ServerAlignment implements ServiceRole {
       };
     };
     this.#handle = handle;
-    await nc.flush();
+    await this.#conn.nc.flush();
     this.#ready = true;
   }
 
@@ -301,9 +304,7 @@ export class ServerAlignment implements ServiceRole {
     await this.#queue;
     for (const t of this.transports) await t.close();
     await this.#queue;
-    const nc = this.#nc;
-    this.#nc = undefined;
-    if (nc) await nc.drain().catch(() => nc.close());
+    // The connection is the module's: NatsConnectionLifecycle drains it when the app closes.
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

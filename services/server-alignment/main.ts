@@ -1,7 +1,7 @@
 /** The server-alignment process: NATS_URL, JOB_SPEC, HTTP_PORT. */
 import { readEnv, readJobSpec } from '../common/env.js';
-import { runServiceProcess } from '../common/http.js';
-import { ServerAlignment } from './alignment.js';
+import { serviceProcess } from '../common/http.js';
+import { startAlignment } from './alignment.module.js';
 
 const env = readEnv();
-await runServiceProcess(new ServerAlignment({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }), env.httpPort);
+serviceProcess(await startAlignment({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }, env.httpPort));

@@ -1,7 +1,8 @@
 /**
  * The four services from the built image, as the cluster runs them: NATS (local/nats:2.9.10, JetStream) and
  * server-alignment, evaluator, two client-trainer replicas and the aggregator, each a container of
- * local/fedbiot-services:dev started through Testcontainers, complete a 2-round FedBiOT job with 3 clients.
+ * local/fedbiot-services:dev started through Testcontainers (the trainers from local/fedbiot-trainer:dev, the same code
+ * built without models/, as the cluster's trainer pods run it), complete a 2-round FedBiOT job with 3 clients.
  *
  * Each service container gets the pod contract of deploy/README.md section 1 as far as it applies without a
  * cluster: uid 1000, read-only root filesystem, tmpfs /tmp and model cache (/var/cache/fedbiot, given as
@@ -26,7 +27,8 @@
  * model's; every pod answers /health/ready, and the aggregator's /metrics shows round 2.
  *
  * Needs the images, built before the tests (the test builds nothing):
- *   scripts/build-nats-image.sh && scripts/build-node-image.sh && npm run build && scripts/build-app-image.sh
+ *   scripts/build-nats-image.sh && scripts/build-node-image.sh && npm run build && scripts/build-app-image.sh &&
+ *   scripts/build-app-image.sh --trainer
  * Skipped, loudly, only when `docker info` fails. Testcontainers runs with Ryuk disabled (its image comes from
  * Docker Hub) and the host override `localhost`; `after` stops every container it started, also on failure.
  */
@@ -62,6 +64,8 @@ import { repoRoot } from '../support/paths.js';
 
 const NATS_IMAGE = process.env['FEDBIOT_NATS_IMAGE'] ?? 'local/nats:2.9.10';
 const APP_IMAGE = process.env['FEDBIOT_APP_IMAGE'] ?? 'local/fedbiot-services:dev';
+/** The trainers' image: no model weights in it (issue 11), so a trainer that needed the model could not start. */
+const TRAINER_IMAGE = process.env['FEDBIOT_TRAINER_IMAGE'] ?? 'local/fedbiot-trainer:dev';
 const ROUNDS = 2;
 const CLIENTS = ['add', 'sub', 'mul'];
 /** The whole job (5 model loads, 2 rounds, 3 evaluations) normally takes well under a minute here. */
@@ -139,14 +143,25 @@ function collect(lines: Line[], onLine?: (line: Line) => void): (stream: Readabl
 before(async () => {
   if (noDocker) return;
   tmp = mkdtempSync(join(tmpdir(), 'fedbiot-containers-'));
-  for (const image of [NATS_IMAGE, APP_IMAGE]) {
+  for (const image of [NATS_IMAGE, APP_IMAGE, TRAINER_IMAGE]) {
     const r = spawnSync('docker', ['image', 'inspect', image], { stdio: 'ignore' });
     assert.equal(
       r.status,
       0,
-      `image ${image} is missing: build it first (scripts/build-nats-image.sh, scripts/build-app-image.sh)`,
+      `image ${image} is missing: build it first (scripts/build-nats-image.sh, scripts/build-app-image.sh [--trainer])`,
     );
   }
+  // The label scripts/build-app-image.sh records from what it shipped: the trainers' image holds no models/.
+  const weights = spawnSync(
+    'docker',
+    ['image', 'inspect', '--format', '{{index .Config.Labels "org.fedbiot.model-weights"}}', TRAINER_IMAGE],
+    { encoding: 'utf8' },
+  ).stdout.trim();
+  assert.equal(
+    weights,
+    'false',
+    `${TRAINER_IMAGE} must be built without models (scripts/build-app-image.sh --trainer)`,
+  );
   // Before the first import of testcontainers, which reads them: Ryuk's image would come from Docker Hub, and the
   // host override skips the "inside a container" probe that pulls alpine (this VM has a /.dockerenv).
   process.env['TESTCONTAINERS_RYUK_DISABLED'] ??= 'true';
@@ -230,7 +245,7 @@ test(
       onLine?: (service: string, line: Line) => void,
     ): Promise<Service> => {
       const lines: Line[] = [];
-      const c = new GenericContainer(APP_IMAGE)
+      const c = new GenericContainer(main === 'client-trainer' ? TRAINER_IMAGE : APP_IMAGE)
         .withNetworkMode('host')
         .withUser('1000:1000')
         .withCommand([`dist/services/${main}/main.js`])

@@ -205,6 +205,8 @@ test('dev: one trainer, local images, no KEDA', () => {
   assert.ok(objects.every((o) => o.kind === 'Namespace' || o.metadata.namespace === 'fedbiot-dev'));
   assert.equal(find(objects, 'Deployment', 'client-trainer').spec.replicas, 1);
   assert.equal(container(find(objects, 'Deployment', 'aggregator')).image, 'local/fedbiot-services:dev');
+  // Trainers run the image built without models/ (scripts/build-app-image.sh --trainer).
+  assert.equal(container(find(objects, 'Deployment', 'client-trainer')).image, 'local/fedbiot-trainer:dev');
   assert.equal(container(find(objects, 'StatefulSet', 'nats')).image, 'local/nats:2.9.10');
   assert.equal(objects.filter((o) => o.kind === 'ScaledObject').length, 0);
 });
@@ -242,7 +244,11 @@ test('prod: KEDA scales the trainers on the job work queue; PDBs; GPU trainer va
   assert.match(envOf(gc).get('NVIDIA_DRIVER_CAPABILITIES')!, /graphics/);
   assert.equal(gpu.spec.template.spec.nodeSelector['nvidia.com/gpu.present'], 'true');
   assert.ok(gpu.spec.template.spec.tolerations.some((t: K8s) => t.key === 'nvidia.com/gpu'));
-  assert.match(gc.image, /fedbiot-services-gpu:0\.1\.0$/);
+  assert.match(gc.image, /fedbiot-trainer-gpu:0\.1\.0$/);
+  assert.equal(
+    container(find(objects, 'Deployment', 'client-trainer')).image,
+    'registry.example.com/fedbiot/fedbiot-trainer:0.1.0',
+  );
   assert.equal(
     find(objects, 'ScaledObject', 'client-trainer-gpu').spec.triggers[0].metadata.consumer,
     'client-trainer',
@@ -316,10 +322,13 @@ test('a broken manifest set fails, with each defect named on its object', () => 
   expect('Deployment/trainer-with-model', [
     /^model-at-client: volume model: a trainer mounts PersistentVolumeClaim owner-model, which holds model weights/,
   ]);
+  expect('Deployment/trainer-model-image', [
+    /^model-at-client: container app: a trainer runs image fedbiot-services:0\.1\.0, which carries model weights/,
+  ]);
   expect('ConfigMap/simulated-eval-job', [
     /^eval-private: job\.yaml: eval\.mode is simulation, in which the evaluator reads every client's test set/,
   ]);
-  assert.equal(target!.objects.length, 10);
+  assert.equal(target!.objects.length, 11);
 });
 
 test('the NATS TLS component renders, validates and mounts the CA for every service', () => {

@@ -33,12 +33,10 @@ import {
   publishMessage,
   updateSubject,
 } from '../../libs/protocol/src/index.js';
-import { startService } from '../../services/common/http.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { ClientNats } from '@nestjs/microservices';
 import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
 import type { LogRecord } from '../../services/common/logger.js';
-import { DashboardController } from '../../services/evaluator/dashboard.js';
-import { Evaluator } from '../../services/evaluator/evaluator.js';
 import { HeadlessChromium } from '../support/chromium.js';
 import { repoRoot } from '../support/paths.js';
 import { rng } from '../support/rng.js';
@@ -110,11 +108,9 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
   const client = new ClientNats(natsTransportOptions(NATS_URL, {}));
   let ctx: JobContext | undefined;
   let browser: HeadlessChromium | undefined;
-  const evaluator = await startService(
-    new Evaluator({ natsUrl: NATS_URL, spec, logSink: (r) => void logs.push(r) }),
-    0,
-    [DashboardController],
-  );
+  const evaluator = await startEvaluator({ natsUrl: NATS_URL, spec, logSink: (r) => void logs.push(r) }, 0, {
+    dashboard: true,
+  });
   let passed = false;
   try {
     ctx = await openJobContext(spec);

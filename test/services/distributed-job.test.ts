@@ -51,11 +51,12 @@ import { startService, type RunningService } from '../../services/common/http.js
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
 import { Aggregator } from '../../services/aggregator/aggregator.js';
-import { ClientTrainer } from '../../services/client-trainer/trainer.js';
-import { ALIGN_PENDING_KEY, ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
+import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
+import { startTrainer } from '../../services/client-trainer/trainer.module.js';
+import { ALIGN_PENDING_KEY, type ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
+import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { Kvm } from '@nats-io/kv';
-import { Evaluator } from '../../services/evaluator/evaluator.js';
-import { DashboardController } from '../../services/evaluator/dashboard.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
@@ -251,22 +252,20 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
   let garbage: NodeJS.Timeout | undefined;
   let passed = false;
   try {
-    const alignment = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0);
+    const alignment = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0);
     services.push(alignment);
-    const evaluator = await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0, [
-      DashboardController,
-    ]);
+    const evaluator = await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0, { dashboard: true });
     services.push(evaluator);
     const trainers = [];
     for (const replica of ['trainer-a', 'trainer-b']) {
-      const t = await startService(
-        new ClientTrainer({
+      const t = await startTrainer(
+        {
           natsUrl: NATS_URL,
           spec: trainerSpec(s),
           replica,
           logSink: sink,
           cacheRoot: join(tmp, `${jobId}-${replica}`),
-        }),
+        },
         0,
       );
       services.push(t);
@@ -383,10 +382,10 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
   let passed = false;
   try {
     const sink = (r: LogRecord): void => void logs.push(r);
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+      services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
 
     // First aggregator: stopped once round 1's tasks are enqueued; the trainers finish them while no aggregator
     // listens, so the replacement's re-enqueue is deduplicated and it must replay the updates from KV.
@@ -465,10 +464,10 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
       logs.push({ ...r, service: 'server-alignment-1' });
       if (r.msg === 'aligned' && r['call'] === 1) stopped ??= first!.close();
     };
-    first = await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }), 0);
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    first = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: firstSink }, 0);
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }), 0));
+      services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
     const aggregator = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
       0,
@@ -496,7 +495,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
     const pending = (await kv.get(ALIGN_PENDING_KEY))?.json() as { call: number } | undefined;
     assert.equal(pending?.call, 1, 'call 1 is the pending request');
 
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     const final = await aggregator.role.done;
     assert.equal(final?.round, 2);
     const replayed = logs.find((r) => r.service === 'server-alignment' && r.msg === 'replayed unpersisted alignment');
@@ -567,10 +566,10 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   let passed = false;
   try {
     await childReady;
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    const survivor = await startService(
-      new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS }),
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    const survivor = await startTrainer(
+      { natsUrl: NATS_URL, spec: s, replica: 'trainer-b', logSink: sink, ackWaitMs: ACK_WAIT_MS },
       0,
     );
     services.push(survivor);
@@ -656,11 +655,9 @@ test('a NaN update is rejected by the update checks, logged with client and reas
         })();
       },
     });
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(await startService(new Evaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(
-      await startService(new ClientTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }), 0),
-    );
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }, 0));
     const aggregator = await startService(
       new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
       0,
@@ -732,22 +729,22 @@ test('data owners: each client trains on its own replica under its own NATS iden
     // The owners' trainers start first; their start() waits until the aggregator has created the job's streams.
     const trainersStarted = Promise.all(
       clients.map((clientId) =>
-        startService(
-          new ClientTrainer({
+        startTrainer(
+          {
             natsUrl: url,
             natsEnv: envOf(`client-${clientId}`),
             spec: ownerSpec(clientId),
             clientId,
             logSink: sink,
             cacheRoot: join(tmp, `${jobId}-owner-${clientId}`, 'cache'),
-          }),
+          },
           0,
         ),
       ),
     );
     const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
-    services.push(await startService(new ServerAlignment(as('server-alignment')), 0));
-    services.push(await startService(new Evaluator(as('evaluator')), 0));
+    services.push(await startAlignment(as('server-alignment'), 0));
+    services.push(await startEvaluator(as('evaluator'), 0));
     const aggregator = await startService(new Aggregator({ ...as('aggregator'), deadlineMs: 60_000 }), 0);
     services.push(aggregator);
     const trainers = await trainersStarted;
@@ -818,20 +815,18 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
   const services: RunningService<ServiceRole>[] = [];
   let passed = false;
   try {
-    services.push(await startService(new ServerAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }), 0));
-    services.push(
-      await startService(new Evaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }), 0),
-    );
+    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: privateSpec(evalFed), logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
-        await startService(
-          new ClientTrainer({
+        await startTrainer(
+          {
             natsUrl: NATS_URL,
             spec: trainerSpec(s),
             replica,
             logSink: sink,
             cacheRoot: join(tmp, `${jobId}-${replica}`),
-          }),
+          },
           0,
         ),
       );
@@ -942,19 +937,19 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
   };
   let passed = false;
   try {
-    services.push(await startService(new ServerAlignment({ natsUrl: url, spec: s, logSink: sink }), 0));
-    services.push(await startService(new Evaluator({ natsUrl: url, spec: s, logSink: sink }), 0));
+    services.push(await startAlignment({ natsUrl: url, spec: s, logSink: sink }, 0));
+    services.push(await startEvaluator({ natsUrl: url, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(
-        await startService(
-          new ClientTrainer({
+        await startTrainer(
+          {
             natsUrl: url,
             spec: trainerSpec(s),
             replica,
             logSink: sink,
             ackWaitMs: 5000,
             cacheRoot: join(tmp, `${jobId}-${replica}`),
-          }),
+          },
           0,
         ),
       );

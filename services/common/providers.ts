@@ -1,0 +1,123 @@
+/**
+ * NestJS providers shared by the services' modules: the NATS connection and the job's stores, opened by the module
+ * (custom providers with factories) and injected into controllers and service classes, instead of each role opening
+ * its own inside start(). The module that opens the connection also drains it when the app closes.
+ */
+import { Inject, Injectable, type FactoryProvider, type OnApplicationShutdown, type Provider } from '@nestjs/common';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { BlobStore, StateStore, WorkQueue, blobBucketName, stateBucketName } from '../../libs/protocol/src/index.js';
+import { connectService, type ServiceConnection } from './connection.js';
+import { JsonLogger, type LogRecord } from './logger.js';
+
+/** The service's NATS connection (a ServiceConnection: unlimited reconnects, connected() for readiness). */
+export const NATS_CONNECTION = Symbol('NatsConnection');
+/** The service's JsonLogger (the role's log, also given to the connection for its reconnect messages). */
+export const SERVICE_LOG = Symbol('ServiceLog');
+/** The job's stores (JobStores), bound to the injected connection. */
+export const JOB_STORES = Symbol('JobStores');
+
+/**
+ * Connects once, at module initialisation. `natsEnv` is where credentials, TLS files and the inbox prefix are read
+ * from (libs/protocol credentials.ts); several services in one process each get their own identity this way.
+ */
+export function natsConnectionProvider(
+  natsUrl: string,
+  opts: { readonly natsEnv?: NodeJS.ProcessEnv },
+): FactoryProvider<Promise<ServiceConnection>> {
+  return {
+    provide: NATS_CONNECTION,
+    inject: [SERVICE_LOG],
+    useFactory: (log: JsonLogger) => connectService(natsUrl, opts, log),
+  };
+}
+
+/** Drains the injected connection when the app closes (after the roles stopped: RunningService.close). */
+@Injectable()
+export class NatsConnectionLifecycle implements OnApplicationShutdown {
+  constructor(@Inject(NATS_CONNECTION) private readonly conn: ServiceConnection) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    const nc = this.conn.nc;
+    if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
+  }
+}
+
+/**
+ * The job's blob store, state store and work queue on one connection. Each is opened on first use and kept: a data
+ * owner's trainer runs under a client identity that may not create the job's buckets, so they can only be opened
+ * once the aggregator has created them, which may be long after the module started (and its HTTP probes answer).
+ * A failed open is forgotten, so the next use tries again.
+ */
+export class JobStores {
+  #blobs: Promise<BlobStore> | undefined;
+  #state: Promise<StateStore> | undefined;
+  #queue: Promise<WorkQueue> | undefined;
+
+  constructor(
+    readonly nc: NatsConnection,
+    readonly jobId: string,
+  ) {}
+
+  blobs(): Promise<BlobStore> {
+    return (this.#blobs ??= retryable(BlobStore.open(this.nc, { bucket: blobBucketName(this.jobId) }), () => {
+      this.#blobs = undefined;
+    }));
+  }
+
+  state(): Promise<StateStore> {
+    return (this.#state ??= retryable(StateStore.open(this.nc, { bucket: stateBucketName(this.jobId) }), () => {
+      this.#state = undefined;
+    }));
+  }
+
+  /** The job's work queue; `clientId`: the per-client consumer of a data owner's replica. */
+  queue(opts: { readonly clientId?: string; readonly log: JsonLogger }): Promise<WorkQueue> {
+    return (this.#queue ??= retryable(
+      WorkQueue.open(this.nc, {
+        jobId: this.jobId,
+        ...(opts.clientId === undefined ? {} : { clientId: opts.clientId }),
+        logger: { warn: (m) => opts.log.warn(m) },
+      }),
+      () => {
+        this.#queue = undefined;
+      },
+    ));
+  }
+}
+
+/** A provider of the job's stores on the injected connection. */
+export function jobStoresProvider(jobId: string): FactoryProvider<JobStores> {
+  return {
+    provide: JOB_STORES,
+    inject: [NATS_CONNECTION],
+    useFactory: (conn: ServiceConnection) => new JobStores(conn.nc, jobId),
+  };
+}
+
+function retryable<T>(p: Promise<T>, forget: () => void): Promise<T> {
+  return p.catch((e: unknown) => {
+    forget();
+    throw e;
+  });
+}
+
+/**
+ * What every service module provides: its logger (SERVICE_LOG, named `name`), its NATS connection (NATS_CONNECTION,
+ * drained when the app closes) and the job's stores on it (JOB_STORES).
+ */
+export function serviceProviders(
+  name: string,
+  opts: {
+    readonly natsUrl: string;
+    readonly natsEnv?: NodeJS.ProcessEnv;
+    readonly logSink?: (r: LogRecord) => void;
+  },
+  jobId: string,
+): Provider[] {
+  return [
+    { provide: SERVICE_LOG, useFactory: () => new JsonLogger(name, opts.logSink) },
+    natsConnectionProvider(opts.natsUrl, opts),
+    NatsConnectionLifecycle,
+    jobStoresProvider(jobId),
+  ];
+}
