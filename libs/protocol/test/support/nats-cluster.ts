@@ -54,7 +54,24 @@ async function portOpen(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Starts the cluster, again on fresh ports when a node does not come up: ports are picked free and released before
+ * the servers bind them, so under a full test run another server can take one in between (a node whose route port
+ * is taken exits, and the cluster could never place an R3 stream).
+ */
 export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+  let last: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await startNatsClusterOnce(size);
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw last;
+}
+
+async function startNatsClusterOnce(size: number): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'fl-nats-cluster-'));
   const ports = await Promise.all(Array.from({ length: size }, async () => [await freePort(), await freePort()]));
   const nodes = ports.map(([port], i) => ({ name: `n${i + 1}`, port: port!, url: `nats://127.0.0.1:${port!}` }));
@@ -85,9 +102,11 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
     const child = spawn(NATS_SERVER_BIN, ['-c', confs[i]!], { stdio: ['ignore', 'ignore', 'pipe'] });
     child.stderr?.on('data', (b: Buffer) => (logs[i] += b.toString()));
     children[i] = child;
+    // "Server is ready" comes after every listener (client and route) is bound, from this process: an open port
+    // alone could belong to another test's server.
     const until = Date.now() + 30_000;
-    while (!(await portOpen(nodes[i]!.port))) {
-      if (child.exitCode !== null || Date.now() > until) {
+    while (!logs[i]!.includes('Server is ready') || !(await portOpen(nodes[i]!.port))) {
+      if (child.exitCode !== null || child.signalCode !== null || Date.now() > until) {
         throw new Error(`cluster node ${nodes[i]!.name} did not start: ${logs[i]}`);
       }
       await new Promise((r) => setTimeout(r, 50));
