@@ -1,3 +1,4 @@
+import { createServer } from 'node:net';
 /** Shared benchmark plumbing: timing, memory, machine description, table printing, JSON results. */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -80,4 +81,16 @@ export async function withPeakRss<T>(fn: () => Promise<T>, everyMs = 20): Promis
   } finally {
     clearInterval(timer);
   }
+}
+
+/** A loopback TCP port free at the time of the call (for a private nats-server). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
 }

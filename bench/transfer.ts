@@ -14,13 +14,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, open, rm, statfs, writeFile } from 'node:fs/promises';
-import { createServer, connect as tcpConnect } from 'node:net';
+import { connect as tcpConnect } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Objm, StorageType } from '@nats-io/obj';
 import { connectTransport, getFile, putFile, transferClient } from '../libs/protocol/src/index.js';
-import { argOf, machine, printTable, withPeakRss, writeResults } from './common.js';
+import { argOf, freePort, machine, printTable, withPeakRss, writeResults } from './common.js';
 
 const MiB = 1 << 20;
 const NATS_SERVER_BIN = process.env['NATS_SERVER_BIN'] ?? '/usr/sbin/nats-server';
@@ -41,17 +41,6 @@ async function writeRandomFile(path: string, size: number): Promise<string> {
     await fh.close();
   }
   return hash.digest('hex');
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 interface Server {

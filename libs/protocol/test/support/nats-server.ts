@@ -68,7 +68,8 @@ export interface PrivateNats {
   stop(): Promise<void>;
 }
 
-async function freePort(): Promise<number> {
+/** A loopback TCP port free at the time of the call (released again: the caller's server binds it). */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);
@@ -79,7 +80,8 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function portOpen(port: number): Promise<boolean> {
+/** Whether something accepts connections on 127.0.0.1:`port`. */
+export async function portOpen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const c = tcpConnect(port, '127.0.0.1');
     c.once('connect', () => {
