@@ -97,8 +97,18 @@ function checkOptions(o: CollectOptions): void {
   }
 }
 
-/** Subscribes to `fl.<job>.round.<r>.update.*` and returns once the server has the subscription. */
-export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): Promise<RoundCollection> {
+/** A collection fed by its owner: `deliver` each message of the round's update subjects, in arrival order. */
+export interface OpenCollection extends RoundCollection {
+  /** One message on `fl.<job>.round.<r>.update.<client>`: validated, deduplicated, counted or reported. */
+  deliver(subject: string, data: Uint8Array): void;
+}
+
+/**
+ * The round's collection without a subscription of its own: the caller hands it every message of the round's update
+ * subjects (the aggregator's Nest event handler does). Same checks, quorum, deadline (from now) and late-update
+ * reporting as `collectUpdates`, which is this plus a subscription.
+ */
+export function openCollection(opts: CollectOptions): OpenCollection {
   checkOptions(opts);
   const log = opts.logger ?? console;
   const policy: LatePolicy = opts.onLate ?? 'discard';
@@ -183,28 +193,42 @@ export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): 
     if (accepted.size === expected.size) closeRound();
   };
 
-  const sub: Subscription = nc.subscribe(roundUpdatesPattern(opts.jobId, opts.round), {
-    callback: (err, msg) => {
-      if (err !== null) return log.warn(`collector round ${opts.round}: subscription error: ${err.message}`);
-      onMessage(msg.subject, msg.data);
-    },
-  });
   const timer = setTimeout(closeRound, opts.deadlineMs);
-  try {
-    await nc.flush();
-  } catch (e) {
-    clearTimeout(timer);
-    sub.unsubscribe();
-    throw e;
-  }
   return {
     result,
+    deliver: onMessage,
     takeLate: () => kept.splice(0, kept.length),
     close: async () => {
       clearTimeout(timer);
-      if (!sub.isClosed()) sub.unsubscribe();
       // Closing before the round settled counts as the deadline passing now.
       closeRound();
+    },
+  };
+}
+
+/** Subscribes to `fl.<job>.round.<r>.update.*` and returns once the server has the subscription. */
+export async function collectUpdates(nc: NatsConnection, opts: CollectOptions): Promise<RoundCollection> {
+  const collection = openCollection(opts);
+  const log = opts.logger ?? console;
+  const sub: Subscription = nc.subscribe(roundUpdatesPattern(opts.jobId, opts.round), {
+    callback: (err, msg) => {
+      if (err !== null) return log.warn(`collector round ${opts.round}: subscription error: ${err.message}`);
+      collection.deliver(msg.subject, msg.data);
+    },
+  });
+  try {
+    await nc.flush();
+  } catch (e) {
+    sub.unsubscribe();
+    await collection.close();
+    throw e;
+  }
+  return {
+    result: collection.result,
+    takeLate: () => collection.takeLate(),
+    close: async () => {
+      if (!sub.isClosed()) sub.unsubscribe();
+      await collection.close();
     },
   };
 }

@@ -145,6 +145,7 @@ export {
 } from './work-queue.js';
 export {
   collectUpdates,
+  openCollection,
   watchStaleUpdates,
   type StaleUpdate,
   type StaleWatchOptions,
@@ -155,6 +156,7 @@ export {
   type RejectedUpdate,
   type CollectResult,
   type RoundCollection,
+  type OpenCollection,
 } from './collector.js';
 export { publishMessage } from './publish.js';
 export { connectTransport, deleteJobResources, streamExists } from './connection.js';
