@@ -16,6 +16,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { z } from 'zod';
 import type { ClientProxy } from '@nestjs/microservices';
 import { sendWithRetry } from './nats-transport.js';
+import { subscriptionInbox, type RoundInbox } from './round-inbox.js';
 import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
 import type { LoraSpec } from '../../libs/model/src/llama.js';
 import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
@@ -27,14 +28,12 @@ import {
   PROTOCOL_VERSION,
   QuorumNotReachedError,
   RoundPlanSchema,
-  collectUpdates,
   decodeMessage,
   decodeTensors,
   encodeMessage,
   encodeTensors,
   evaluateSubject,
   planSubject,
-  roundMetricsPattern,
   updateSubject,
   updateBucketName,
   blobBucketName,
@@ -354,6 +353,8 @@ export interface NatsPortsOptions {
   readonly natsClient?: Pick<ClientProxy, 'send'>;
   /** Private evaluation: every client of the federation, each asked for AdapEmu on its own test set. */
   readonly evalClients?: readonly string[];
+  /** Where updates and client metrics arrive (the aggregator's Nest event handlers); default subscriptionInbox(nc). */
+  readonly inbox?: RoundInbox;
 }
 
 /** What the ports use of a JobContext: the spec-derived parts, no model or data (a benchmark can build it from a config). */
@@ -369,6 +370,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
   const deadlineMs = o.deadlineMs ?? ctx.spec.aggregation.deadlineMs ?? 600_000;
   const requestTimeoutMs = o.requestTimeoutMs ?? 600_000;
   let alignCall = o.nextAlignCall;
+  const inbox = o.inbox ?? subscriptionInbox(nc, jobId);
   const training = (round: number, clientId: string): TrainingConfig => ({
     localSteps: ctx.clientSettings.localSteps,
     learningRate: ctx.clientSettings.lr,
@@ -383,7 +385,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       const emulatorRef = await putLora(blobs, emulator);
       const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
       const deadlineAt = Date.now() + deadlineMs;
-      const collection = await collectUpdates(nc, {
+      const collection = await inbox.collect({
         jobId,
         round,
         expected: clients,
@@ -549,24 +551,21 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     const got = new Map<string, EvalScores>();
     let allIn: () => void = () => {};
     const complete = new Promise<void>((r) => (allIn = r));
-    const sub = nc.subscribe(roundMetricsPattern(jobId, round), {
-      callback: (err, msg) => {
-        if (err) return;
-        const clientId = msg.subject.split('.').at(-1)!;
-        const d = decodeMessage(ClientMetricsSchema, msg.data, msg.subject, { jobId, round, clientId });
-        if (!d.ok) return o.onRejected?.(clientId, `metrics: ${d.error.message}`);
-        if (!expected.includes(clientId) || got.has(clientId)) return;
-        const m = d.value;
-        got.set(clientId, { testLoss: m.loss, accuracy: m.accuracy, tokens: m.tokens, items: m.items });
-        if (got.size === expected.length) allIn();
-      },
+    const listening = inbox.metrics(round, (subject, data) => {
+      const clientId = subject.split('.').at(-1)!;
+      const d = decodeMessage(ClientMetricsSchema, data, subject, { jobId, round, clientId });
+      if (!d.ok) return o.onRejected?.(clientId, `metrics: ${d.error.message}`);
+      if (!expected.includes(clientId) || got.has(clientId)) return;
+      const m = d.value;
+      got.set(clientId, { testLoss: m.loss, accuracy: m.accuracy, tokens: m.tokens, items: m.items });
+      if (got.size === expected.length) allIn();
     });
     const deadlineAt = Date.now() + deadlineMs;
     let timer: NodeJS.Timeout | undefined;
     const abort = (): void => allIn();
     o.signal?.addEventListener('abort', abort, { once: true });
     try {
-      await nc.flush();
+      await listening;
       for (const clientId of expected)
         await queue.enqueue({
           protocolVersion: PROTOCOL_VERSION,
@@ -585,7 +584,10 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     } finally {
       clearTimeout(timer);
       o.signal?.removeEventListener('abort', abort);
-      sub.unsubscribe();
+      void listening.then(
+        (stop) => stop(),
+        () => {},
+      );
     }
     const missing = expected.filter((c) => !got.has(c));
     if (missing.length > 0)

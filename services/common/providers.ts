@@ -4,10 +4,13 @@
  * its own inside start(). The module that opens the connection also drains it when the app closes.
  */
 import { Inject, Injectable, type FactoryProvider, type OnApplicationShutdown, type Provider } from '@nestjs/common';
+import { ClientNats } from '@nestjs/microservices';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { BlobStore, StateStore, WorkQueue, blobBucketName, stateBucketName } from '../../libs/protocol/src/index.js';
 import { connectService, type ServiceConnection } from './connection.js';
 import { JsonLogger, type LogRecord } from './logger.js';
+import { NatsEventServer } from './nats-event-transport.js';
+import { natsTransportOptions } from './nats-transport.js';
 
 /** The service's NATS connection (a ServiceConnection: unlimited reconnects, connected() for readiness). */
 export const NATS_CONNECTION = Symbol('NatsConnection');
@@ -15,6 +18,10 @@ export const NATS_CONNECTION = Symbol('NatsConnection');
 export const SERVICE_LOG = Symbol('ServiceLog');
 /** The job's stores (JobStores), bound to the injected connection. */
 export const JOB_STORES = Symbol('JobStores');
+/** Nest's ClientNats for request/reply calls to other services' @MessagePattern handlers; closed when the app closes. */
+export const NATS_CLIENT = Symbol('NatsClient');
+/** The NatsEventServer (core NATS @EventPattern handlers) on the injected connection. */
+export const NATS_EVENTS = Symbol('NatsEvents');
 
 /**
  * Connects once, at module initialisation. `natsEnv` is where credentials, TLS files and the inbox prefix are read
@@ -40,6 +47,42 @@ export class NatsConnectionLifecycle implements OnApplicationShutdown {
     const nc = this.conn.nc;
     if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
   }
+}
+
+/**
+ * Nest's NATS client under the service's identity (`natsEnv`: credentials, TLS, inbox prefix). ClientNats connects on
+ * its first call, with a connection of its own (Nest's transport owns it).
+ */
+export function natsClientProvider(
+  natsUrl: string,
+  opts: { readonly natsEnv?: NodeJS.ProcessEnv },
+): FactoryProvider<ClientNats> {
+  return {
+    provide: NATS_CLIENT,
+    useFactory: () => new ClientNats(natsTransportOptions(natsUrl, opts.natsEnv)),
+  };
+}
+
+/** Closes the injected ClientNats when the app closes. */
+@Injectable()
+export class NatsClientLifecycle implements OnApplicationShutdown {
+  constructor(@Inject(NATS_CLIENT) private readonly client: ClientNats) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.client.close();
+  }
+}
+
+/**
+ * A transport strategy for the module's @EventPattern handlers over core NATS, on the injected connection (the
+ * role lists it in `transports`; the shared shell connects it as a microservice).
+ */
+export function natsEventsProvider(): FactoryProvider<NatsEventServer> {
+  return {
+    provide: NATS_EVENTS,
+    inject: [NATS_CONNECTION, SERVICE_LOG],
+    useFactory: (conn: ServiceConnection, log: JsonLogger) => new NatsEventServer(conn.nc, log),
+  };
 }
 
 /**
