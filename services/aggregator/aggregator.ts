@@ -1,24 +1,27 @@
 /**
  * The aggregator: runs the standalone round loop (runRounds) with NATS-bound ports, keeps job state in KV after
  * every completed round and, restarted, resumes from the last completed round with the stored adapter and emulator.
+ *
+ * Its collaborators are injected by AggregatorModule (aggregator.module.ts): the NATS connection, logger and job
+ * stores (services/common/providers.ts), Nest's NATS client for the alignment and evaluation calls, the metrics, the
+ * run folder writer, and the inbox that AggregatorController's @EventPattern handlers feed with the round's
+ * ClientUpdates and ClientMetrics (over NatsEventServer, this role's transport).
  */
-import { connectService, type ServiceConnection } from '../common/connection.js';
+import type { ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
-  BlobStore,
   RoundBlobPruner,
   JOB_STATE_KEY,
   JobStateSchema,
   PROTOCOL_VERSION,
-  StateStore,
-  WorkQueue,
   blobBucketName,
   updateBucketName,
-  watchStaleUpdates,
-  stateBucketName,
   type BlobRef,
+  type BlobStore,
+  type StateStore,
+  type WorkQueue,
 } from '../../libs/protocol/src/index.js';
 import {
   aggregationSettingsFor,
@@ -38,14 +41,16 @@ import {
 } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
 import { Gauge } from 'prom-client';
-import { ClientNats } from '@nestjs/microservices';
-import { natsTransportOptions } from '../common/nats-transport.js';
+import type { ClientNats } from '@nestjs/microservices';
 import { join } from 'node:path';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
-import { JsonLogger, type LogRecord } from '../common/logger.js';
-import { RunFolder, checkpointed, runsDirFrom } from './run-folder.js';
+import type { JsonLogger, LogRecord } from '../common/logger.js';
+import { checkpointed, type RunFolderWriter } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
+import type { JobStores } from '../common/providers.js';
+import type { NatsEventServer } from '../common/nats-event-transport.js';
+import type { AggregatorInbox } from './aggregator-inbox.js';
 
 /** A coordinator event as runRounds reports it. */
 export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
@@ -70,6 +75,48 @@ export interface AggregatorOptions {
   readonly quorum?: number;
 }
 
+/** The aggregator's Prometheus metrics: every service's, plus rounds completed and the latest evaluation. */
+export class AggregatorMetrics extends ServiceMetrics {
+  /** Rounds completed (checkpointed); survives a restart through KV. */
+  readonly roundsCompleted = new Gauge({
+    name: 'fl_rounds_completed',
+    help: 'Federated rounds completed and checkpointed',
+    registers: [this.registry],
+  });
+  /** The latest evaluation per method and client (client 'all': pooled; 'owner': the owner's validation set). */
+  readonly evalLoss = new Gauge({
+    name: 'fl_eval_loss',
+    help: 'Test loss (nats per token) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.registry],
+  });
+  readonly evalAccuracy = new Gauge({
+    name: 'fl_eval_accuracy',
+    help: 'Exact-match accuracy (0-1) of the latest evaluation',
+    labelNames: ['method', 'client'] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    super('aggregator');
+  }
+}
+
+/** What AggregatorModule injects. */
+export interface AggregatorDeps {
+  readonly log: JsonLogger;
+  readonly conn: ServiceConnection;
+  readonly stores: JobStores;
+  readonly metrics: AggregatorMetrics;
+  readonly folders: RunFolderWriter;
+  /** Fed by AggregatorController's event handlers. */
+  readonly inbox: AggregatorInbox;
+  /** The transport of those handlers (core NATS, on `conn`). */
+  readonly events: NatsEventServer;
+  /** Nest's NATS client for the alignment and evaluation calls (request/reply to @MessagePattern handlers). */
+  readonly natsClient: ClientNats;
+}
+
 /** What a run of the job needs, opened once in start(). */
 interface RunEnv {
   readonly ctx: JobContext;
@@ -79,7 +126,6 @@ interface RunEnv {
   readonly queue: WorkQueue;
   /** The emulator package's manifest blob. */
   readonly model: BlobRef;
-  readonly runsDir: string;
   /** Deletes blobs of rounds older than the kept checkpoints. */
   readonly pruner: RoundBlobPruner;
 }
@@ -87,48 +133,38 @@ interface RunEnv {
 export class Aggregator implements ServiceRole {
   readonly name = 'aggregator';
   readonly log: JsonLogger;
-  readonly metrics = new ServiceMetrics('aggregator');
-  /** Rounds completed (checkpointed); survives a restart through KV. */
-  readonly roundsCompleted = new Gauge({
-    name: 'fl_rounds_completed',
-    help: 'Federated rounds completed and checkpointed',
-    registers: [this.metrics.registry],
-  });
-  /** The latest evaluation per method and client (client 'all': pooled; 'owner': the owner's validation set). */
-  readonly evalLoss = new Gauge({
-    name: 'fl_eval_loss',
-    help: 'Test loss (nats per token) of the latest evaluation',
-    labelNames: ['method', 'client'] as const,
-    registers: [this.metrics.registry],
-  });
-  readonly evalAccuracy = new Gauge({
-    name: 'fl_eval_accuracy',
-    help: 'Exact-match accuracy (0-1) of the latest evaluation',
-    labelNames: ['method', 'client'] as const,
-    registers: [this.metrics.registry],
-  });
+  readonly metrics: AggregatorMetrics;
+  /** AggregatorController's transport, connected by the shared shell once start() resolved. */
+  readonly transports: readonly NatsEventServer[];
   /** Coordinator events of this incarnation (train, comm, align, eval, rejected...). */
   readonly events: RoundEvent[] = [];
-  #nc: NatsConnection | undefined;
-  #conn: ServiceConnection | undefined;
+  readonly #conn: ServiceConnection;
+  readonly #stores: JobStores;
+  readonly #folders: RunFolderWriter;
+  readonly #inbox: AggregatorInbox;
+  readonly #natsClient: ClientNats;
   #ctx: JobContext | undefined;
   #run: Promise<CoordinatorState | null> | undefined;
-  #folder: RunFolder | undefined;
-  /** The round whose updates are still collected; older ones are stale. */
-  #collecting = 0;
-  /** Nest's NATS client for the alignment and evaluation calls (request/reply to @MessagePattern handlers). */
-  readonly #natsClient: ClientNats;
   #ready = false;
   readonly #abort = new AbortController();
 
-  constructor(private readonly opts: AggregatorOptions) {
-    this.log = new JsonLogger('aggregator', opts.logSink);
-    this.#natsClient = new ClientNats(natsTransportOptions(opts.natsUrl, opts.natsEnv));
+  constructor(
+    private readonly opts: AggregatorOptions,
+    deps: AggregatorDeps,
+  ) {
+    this.log = deps.log;
+    this.metrics = deps.metrics;
+    this.transports = [deps.events];
+    this.#conn = deps.conn;
+    this.#stores = deps.stores;
+    this.#folders = deps.folders;
+    this.#inbox = deps.inbox;
+    this.#natsClient = deps.natsClient;
   }
 
   ready(): boolean {
     // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && (this.#conn?.connected() ?? false);
+    return this.#ready && this.#conn.connected();
   }
 
   /** Settles when the job completed (the final state), or with the error that stopped it. null: it was already complete. */
@@ -142,10 +178,9 @@ export class Aggregator implements ServiceRole {
     // The client list only: the aggregator holds no client data (updates carry their example counts).
     this.#ctx = await openJobContext(spec, { parts: [] });
     const ctx = this.#ctx;
-    this.#conn = await connectService(this.opts.natsUrl, this.opts, this.log);
-    const nc = (this.#nc = this.#conn.nc);
+    const nc = this.#conn.nc;
     const jobId = ctx.jobId;
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
+    const blobs = await this.#stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     // Update buckets exist before any task goes out: client identities may write into theirs but not create it.
     // Their limits bound what one client can store (max_bytes) and make the aggregator download (per object).
@@ -157,8 +192,8 @@ export class Aggregator implements ServiceRole {
       [blobBucketName(jobId), ...updateBuckets],
       spec.aggregation.keepBlobRounds,
     );
-    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-    const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => this.log.warn(m) } });
+    const state = await this.#stores.state();
+    const queue = await this.#stores.queue({ log: this.log });
     // The emulator package, never the full model: built once per source, split and dtype, then streamed into the
     // package bucket; content-addressed, so a restarted aggregator uploads nothing again.
     const pkg = await publishEmulatorPackage(blobs, state, {
@@ -176,19 +211,10 @@ export class Aggregator implements ServiceRole {
       state,
       queue,
       model: pkg.ref,
-      runsDir: this.opts.runsDir ?? runsDirFrom(process.env, spec),
       pruner,
     };
-    // Updates of rounds whose collection closed would vanish silently: log and count them (one watcher per
-    // incarnation; #prepare moves the round it compares with).
-    await watchStaleUpdates(nc, {
-      jobId,
-      currentRound: () => this.#collecting,
-      onStale: (u) => {
-        this.metrics.rejectedUpdates.inc({ reason: 'stale' });
-        this.log.write('warn', 'update for an ended round', { ...u });
-      },
-    });
+    // Updates of rounds whose collection closed would vanish silently: the inbox logs and counts them (#prepare
+    // moves the round it compares with).
     const launch = await this.#prepare(env);
     this.#ready = true;
     this.#run = this.#drive(env, launch);
@@ -203,7 +229,7 @@ export class Aggregator implements ServiceRole {
    * Any other failure ends the job.
    */
   async #drive(env: RunEnv, launch: () => Promise<CoordinatorState | null>): Promise<CoordinatorState | null> {
-    const conn = this.#conn!;
+    const conn = this.#conn;
     for (;;) {
       const disconnects = conn.disconnects();
       try {
@@ -229,10 +255,10 @@ export class Aggregator implements ServiceRole {
    * before writing it.
    */
   async #prepare(env: RunEnv): Promise<() => Promise<CoordinatorState | null>> {
-    const { ctx, nc, blobs, state, queue, model, runsDir, pruner } = env;
+    const { ctx, nc, blobs, state, queue, model, pruner } = env;
     const spec = ctx.spec;
     const jobId = ctx.jobId;
-    this.#folder?.close();
+    this.#folders.close();
     const stored = await state.get(JOB_STATE_KEY, JobStateSchema);
     const init = initialLoras(ctx);
     let start: CoordinatorState = { round: 0, adapter: init.adapter, emulator: init.emulator, preAligned: false };
@@ -241,7 +267,7 @@ export class Aggregator implements ServiceRole {
       if (j.status === 'completed') {
         this.log.info('job already completed', { jobId, rounds: j.totalRounds });
         // Died after the last checkpoint but before the run folder was finished: finish it from the stored adapter.
-        const folder = (this.#folder = await RunFolder.open(runsDir, spec, { round: j.totalRounds, preAligned: true }));
+        const folder = await this.#folders.open({ round: j.totalRounds, preAligned: true });
         if (!existsSync(join(folder.dir, 'results.json')) && j.adapterLora)
           await this.#finish(await getLora(blobs, j.adapterLora, ctx.specs.adapter));
         return async () => null;
@@ -256,12 +282,12 @@ export class Aggregator implements ServiceRole {
       };
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
-    this.roundsCompleted.set(start.round);
+    this.metrics.roundsCompleted.set(start.round);
     // After an outage this incarnation re-runs the interrupted round: its events of that round go.
     this.events.splice(0, this.events.length, ...this.events.filter((e) => checkpointed(e, start)));
-    const folder = (this.#folder = await RunFolder.open(runsDir, spec, start));
+    const folder = await this.#folders.open(start);
     this.log.info('run folder', { dir: folder.dir });
-    this.#collecting = start.round;
+    this.#inbox.collecting = start.round;
     const ports = natsRoundPorts(ctx, {
       nc,
       blobs,
@@ -274,13 +300,14 @@ export class Aggregator implements ServiceRole {
       nextAlignCall: start.preAligned ? start.round + 1 : 0,
       evalClients: ctx.data.clients.map((c) => c.id),
       natsClient: this.#natsClient,
+      inbox: this.#inbox,
       onRejected: (clientId, reason) => {
         this.metrics.rejectedUpdates.inc({ reason: 'message' });
         this.log.write('warn', 'update rejected', { clientId, reason });
       },
       onNotice: (m) => this.log.write('warn', m),
       onPhase: (round, phase, detail) => {
-        this.#collecting = phase === 'collected' ? round + 1 : round;
+        this.#inbox.collecting = phase === 'collected' ? round + 1 : round;
         if (phase === 'collecting') this.metrics.round.set(round);
         this.log.info(`round ${phase}`, { round, ...detail });
       },
@@ -326,8 +353,8 @@ export class Aggregator implements ServiceRole {
             folder.log(e);
             if (e.kind === 'eval') {
               const labels = { method: String(e['method']), client: String(e['client']) };
-              this.evalLoss.set(labels, Number(e['test_loss']));
-              this.evalAccuracy.set(labels, Number(e['accuracy']));
+              this.metrics.evalLoss.set(labels, Number(e['test_loss']));
+              this.metrics.evalAccuracy.set(labels, Number(e['accuracy']));
             }
             this.log.info(e.kind, { ...e });
           },
@@ -341,7 +368,7 @@ export class Aggregator implements ServiceRole {
             await writeState(s, adapterRef, emulatorRef);
             const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
             if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
-            this.roundsCompleted.set(s.round);
+            this.metrics.roundsCompleted.set(s.round);
             this.log.info('checkpoint', { round: s.round });
           },
         },
@@ -355,9 +382,10 @@ export class Aggregator implements ServiceRole {
   /** Writes the results, report, adapter and merged model into the run folder (the standalone job's files). */
   async #finish(adapter: LoraWeights): Promise<void> {
     const t0 = performance.now();
-    const table = await this.#folder!.finish(this.#ctx!.lm, adapter);
+    const folder = this.#folders.current;
+    const table = await folder.finish(this.#ctx!.lm, adapter);
     this.log.info('run folder written', {
-      dir: this.#folder!.dir,
+      dir: folder.dir,
       ms: Math.round(performance.now() - t0),
       results: table.split('\n'),
     });
@@ -366,12 +394,9 @@ export class Aggregator implements ServiceRole {
   async stop(): Promise<void> {
     this.#ready = false;
     this.#abort.abort(new Error('aggregator stopped'));
-    const nc = this.#nc;
-    this.#nc = undefined;
-    if (nc) await nc.drain().catch(() => nc.close());
-    await this.#natsClient.close();
-    this.#folder?.close();
-    this.#folder = undefined;
+    // The event handlers stop; the connection and the Nest client are the module's (closed when the app closes).
+    for (const t of this.transports) await t.close();
+    this.#folders.close();
     await this.#ctx?.lm.release();
     this.#ctx = undefined;
   }

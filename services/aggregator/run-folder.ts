@@ -124,6 +124,37 @@ export class RunFolder {
 }
 
 /**
+ * The aggregator's run folder writer (a provider of AggregatorModule): `<runsDir>/<job.id>`, opened again by every
+ * (re)start of the round loop at the state it continues from, the previous one closed first.
+ */
+export class RunFolderWriter {
+  #folder: RunFolder | undefined;
+
+  constructor(
+    /** Where run folders go (runsDirFrom when the options name none). */
+    readonly runsDir: string,
+    private readonly spec: JobSpec,
+  ) {}
+
+  /** Closes the open folder (if any) and opens it for a run continuing at `from` (RunFolder.open). */
+  async open(from: { readonly round: number; readonly preAligned: boolean }): Promise<RunFolder> {
+    this.close();
+    return (this.#folder = await RunFolder.open(this.runsDir, this.spec, from));
+  }
+
+  /** The folder opened last; throws before the first open. */
+  get current(): RunFolder {
+    if (!this.#folder) throw new Error('run folder: not opened yet');
+    return this.#folder;
+  }
+
+  close(): void {
+    this.#folder?.close();
+    this.#folder = undefined;
+  }
+}
+
+/**
  * The LoRA under PEFT adapter name `name` (tensor keys carry it), as the standalone job exports it (job.ts keeps
  * the same few lines private).
  */

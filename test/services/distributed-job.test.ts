@@ -47,10 +47,11 @@ import {
   updateSubject,
   type NatsIdentity,
 } from '../../libs/protocol/src/index.js';
-import { startService, type RunningService } from '../../services/common/http.js';
+import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
-import { Aggregator } from '../../services/aggregator/aggregator.js';
+import type { Aggregator } from '../../services/aggregator/aggregator.js';
+import { startAggregator } from '../../services/aggregator/aggregator.module.js';
 import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { ALIGN_PENDING_KEY, type ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
@@ -282,8 +283,8 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
       }
     }, 100);
     const runsDir = join(tmp, `${jobId}-owner-runs`);
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000, runsDir }),
+    const aggregator = await startAggregator(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 30_000, runsDir },
       0,
     );
     services.push(aggregator);
@@ -396,10 +397,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
     };
     const runsDir = join(tmp, `${jobId}-owner-runs`);
-    first = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }),
-      0,
-    );
+    first = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }, 0);
     await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
     await stopped;
     const published1 = (): number => logs.filter((r) => r.msg === 'update published' && r['round'] === 1).length;
@@ -408,10 +406,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       await new Promise((r) => setTimeout(r, 100));
     }
 
-    const second = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }),
-      0,
-    );
+    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
     services.push(second);
     const final = await second.role.done;
     assert.equal(final?.round, 2);
@@ -468,10 +463,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
     services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     for (const replica of ['trainer-a', 'trainer-b'])
       services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
-      0,
-    );
+    const aggregator = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }, 0);
     services.push(aggregator);
     for (let waited = 0; stopped === undefined; waited += 50) {
       assert.ok(waited < 30_000, 'the first server aligns call 1');
@@ -573,10 +565,7 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
       0,
     );
     services.push(survivor);
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
-      0,
-    );
+    const aggregator = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }, 0);
     services.push(aggregator);
     const final = await aggregator.role.done;
     assert.equal(final?.round, 2);
@@ -658,10 +647,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
     services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
     services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: sink }, 0));
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
-      0,
-    );
+    const aggregator = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }, 0);
     services.push(aggregator);
     const final = await aggregator.role.done;
     sub.unsubscribe();
@@ -745,7 +731,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
     const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
     services.push(await startAlignment(as('server-alignment'), 0));
     services.push(await startEvaluator(as('evaluator'), 0));
-    const aggregator = await startService(new Aggregator({ ...as('aggregator'), deadlineMs: 60_000 }), 0);
+    const aggregator = await startAggregator({ ...as('aggregator'), deadlineMs: 60_000 }, 0);
     services.push(aggregator);
     const trainers = await trainersStarted;
     services.push(...trainers);
@@ -830,10 +816,7 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
           0,
         ),
       );
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }),
-      0,
-    );
+    const aggregator = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000 }, 0);
     services.push(aggregator);
     const final = await aggregator.role.done;
     assert.equal(final?.round, 2);
@@ -953,10 +936,7 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
           0,
         ),
       );
-    const aggregator = await startService(
-      new Aggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }),
-      0,
-    );
+    const aggregator = await startAggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }, 0);
     services.push(aggregator);
     const final = await aggregator.role.done;
     assert.ok(outage, 'the outage happened during round 1');
