@@ -87,6 +87,7 @@ export { DEMO_TASK_IDS, solve as solveDemoProblem, type DemoRecord, type DemoTas
 export { numberToWords } from './demo/words.js';
 export {
   buildKnowledgeTokenizer,
+  CLIENT_PEOPLE,
   COLOURS,
   generateKnowledgeCorpus,
   generateKnowledgeFederation,

@@ -1,6 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKnowledgeFederation, generateWorld, KNOWLEDGE_TASK_IDS, knowledgeCorpora } from '../src/index.js';
+import {
+  CLIENT_PEOPLE,
+  generateKnowledgeFederation,
+  generateWorld,
+  KNOWLEDGE_TASK_IDS,
+  knowledgeCorpora,
+} from '../src/index.js';
 
 test('the world is fixed: the same people and facts for every job seed', () => {
   const w = generateWorld();
@@ -30,16 +36,25 @@ test('each client asks about one relation; its test people are never in its trai
   }
 });
 
-test('only the knowledge corpus holds the facts; no question form appears in any corpus', () => {
+test('only the knowledge corpus holds the facts; clients ask only about people pretraining never asked about', () => {
   const c = knowledgeCorpora();
   const world = generateWorld();
   const pub = c.public.join('\n');
   const know = c.knowledge.join('\n');
-  for (const p of world.slice(0, 25)) {
+  for (const p of [...world.slice(0, 25), ...world.slice(-5)]) {
     assert.ok(!pub.includes(p.name), `${p.name} in the public corpus`);
     assert.ok(know.includes(`${p.name} `), `${p.name} missing from the knowledge corpus`);
   }
   const f = generateKnowledgeFederation();
+  const asked = new Set(f.clients.flatMap((x) => [...x.train, ...x.test].map((r) => r.person)));
+  assert.ok([...asked].every((n) => world.findIndex((p) => p.name === n) < CLIENT_PEOPLE));
   for (const r of f.clients.flatMap((x) => x.test.slice(0, 10))) assert.ok(!know.includes(r.instruction));
-  assert.ok(!/\?/.test(know), 'no questions in pretraining');
+  // Every question in pretraining is a drill about a drilled person: no client's person is ever asked about.
+  const questions = know.match(/Q: [^?]*\?/g) ?? [];
+  assert.ok(questions.length > 1000, `${questions.length} drill questions`);
+  const drilled = new Set(world.slice(CLIENT_PEOPLE).map((p) => p.name));
+  for (const q of questions.slice(0, 2000)) {
+    const names = q.match(/\b[A-Z][a-z]+\b/g)?.filter((w) => w !== 'Q' && w !== 'Which' && w !== 'What' && w !== 'Where');
+    assert.ok(names?.length === 1 && drilled.has(names[0]!), `pretraining asks: ${q}`);
+  }
 });

@@ -134,7 +134,7 @@ export async function pretrainDeepDemoModel(opts: PretrainOptions): Promise<Pret
   const c = knowledgeCorpora();
   const texts = shuffled([...c.public, ...c.knowledge], createRng(opts.seed ?? 0));
   const windows = chunkCorpus(texts, tokenizer, { seq: T });
-  return pretrainOn(opts, deepDemoModelConfig(tokenizer.vocabSize), windows, tokDir, tokenizer.padTokenId ?? 0, 1200);
+  return pretrainOn(opts, deepDemoModelConfig(tokenizer.vocabSize), windows, tokDir, tokenizer.padTokenId ?? 0, 1100);
 }
 
 const pretty = (v: unknown): string => JSON.stringify(v, null, 2) + '\n';

@@ -21,7 +21,17 @@ export type KnowledgeTaskId = (typeof KNOWLEDGE_TASK_IDS)[number];
 
 /** The world is the same for every job seed: the demo model memorised this one. */
 export const WORLD_SEED = 20240617;
-export const WORLD_PEOPLE = 240;
+export const WORLD_PEOPLE = 360;
+/**
+ * The first CLIENT_PEOPLE people are the ones clients ask about; pretraining never shows them in question form. The
+ * rest are "drilled": pretraining also asks about them in question-and-answer form (DRILLS), which is what teaches
+ * a model to pull a stored fact out for a question at all. Without drills the pretrained model stated facts after
+ * "<name> lives in" for 119 of 120 people, yet picked the right town after a question about them no more often than
+ * guessing (11 of 120), and clients could not fine-tune that skill into a 2-layer adapter: every method stayed near
+ * the 12.5 % of guessing. Allen-Zhu and Li (Physics of Language Models 3.1, 2023) report the same: extraction
+ * generalises to people never asked about only when pretraining mixes question-answer data about other people.
+ */
+export const CLIENT_PEOPLE = 240;
 
 export const TOWNS = ['Ardale', 'Brennick', 'Corvath', 'Dunmere', 'Elsford', 'Fenwick', 'Galloway', 'Harrowby'];
 export const COLOURS = ['red', 'blue', 'green', 'yellow', 'white', 'black', 'purple', 'orange'];
@@ -80,28 +90,49 @@ const STATEMENTS: Record<KnowledgeTaskId, readonly ((p: WorldPerson) => string)[
   ],
 };
 
+/** Pretraining's question-and-answer forms, for drilled people only; clients ask in other words (QUESTIONS). */
+const DRILLS: Record<KnowledgeTaskId, readonly ((p: WorldPerson) => string)[]> = {
+  town: [(p) => `Q: Which town does ${p.name} live in? A: ${p.town}.`, (p) => `Q: Where is the home of ${p.name}? A: ${p.town}.`],
+  colour: [
+    (p) => `Q: Which colour is the favourite of ${p.name}? A: ${p.colour}.`,
+    (p) => `Q: What colour does ${p.name} love? A: ${p.colour}.`,
+  ],
+  trade: [(p) => `Q: What work does ${p.name} do? A: ${p.trade}.`, (p) => `Q: What is the trade of ${p.name}? A: ${p.trade}.`],
+};
+
+/** Paragraphs of 3-6 sentences drawn in order, each sentence made by `say` (deterministic from `rng`). */
+function paragraphsOf<T>(items: readonly T[], say: (item: T) => string, rng: Rng): string[] {
+  const paragraphs: string[] = [];
+  for (let i = 0; i < items.length; ) {
+    const n = between(rng, 3, 6);
+    paragraphs.push(items.slice(i, i + n).map(say).join(' '));
+    i += n;
+  }
+  return paragraphs;
+}
+
 /**
- * The owner's knowledge text: paragraphs of 3-6 fact statements about random people, each fact stated about
- * `mentionsPerFact` times in all (deterministic from `seed`).
+ * The owner's knowledge text (deterministic from `seed`): paragraphs of 3-6 fact statements about random people,
+ * each fact stated about `mentionsPerFact` times in all, and paragraphs of question-answer drills about the
+ * `drilled` people, each fact asked `drillsPerFact` times; the two kinds interleaved.
  */
 export function generateKnowledgeCorpus(
   world: readonly WorldPerson[],
   mentionsPerFact: number,
   seed: number,
+  drilled: readonly WorldPerson[] = [],
+  drillsPerFact = 0,
 ): string[] {
   const rng = createRng(seed);
-  const facts: { p: WorldPerson; rel: KnowledgeTaskId }[] = [];
-  for (let m = 0; m < mentionsPerFact; m++)
-    for (const p of world) for (const rel of KNOWLEDGE_TASK_IDS) facts.push({ p, rel });
-  const order = shuffled(facts, rng);
-  const paragraphs: string[] = [];
-  for (let i = 0; i < order.length;) {
-    const n = between(rng, 3, 6);
-    const part = order.slice(i, i + n).map(({ p, rel }) => pick(STATEMENTS[rel], rng)(p));
-    paragraphs.push(part.join(' '));
-    i += n;
-  }
-  return paragraphs;
+  const factsOf = (people: readonly WorldPerson[], times: number): { p: WorldPerson; rel: KnowledgeTaskId }[] => {
+    const facts: { p: WorldPerson; rel: KnowledgeTaskId }[] = [];
+    for (let m = 0; m < times; m++) for (const p of people) for (const rel of KNOWLEDGE_TASK_IDS) facts.push({ p, rel });
+    return shuffled(facts, rng);
+  };
+  const statements = paragraphsOf(factsOf(world, mentionsPerFact), ({ p, rel }) => pick(STATEMENTS[rel], rng)(p), rng);
+  if (drillsPerFact === 0) return statements;
+  const drills = paragraphsOf(factsOf(drilled, drillsPerFact), ({ p, rel }) => pick(DRILLS[rel], rng)(p), rng);
+  return shuffled([...statements, ...drills], rng);
 }
 
 /** Client questions: phrasings unlike any pretraining sentence, answered by one word. */
@@ -150,7 +181,7 @@ export interface KnowledgeFederationOptions {
   readonly trainPeople?: number;
   /** Questions per training person (distinct phrasings). Default 4. */
   readonly phrasingsPerPerson?: number;
-  /** Test questions per client, one per person not trained on. Default 180 (the rest of the world). */
+  /** Test questions per client, one per person not trained on. Default 180 (the rest of the CLIENT_PEOPLE). */
   readonly testPerClient?: number;
 }
 
@@ -164,14 +195,15 @@ export function generateKnowledgeFederation(opts: KnowledgeFederationOptions = {
   const nTrain = opts.trainPeople ?? 60;
   const perPerson = opts.phrasingsPerPerson ?? 4;
   const world = generateWorld();
-  const nTest = opts.testPerClient ?? world.length - nTrain;
-  if (nTrain + nTest > world.length || perPerson > 4 || nTrain < 1 || nTest < 1)
+  const asked = world.slice(0, CLIENT_PEOPLE);
+  const nTest = opts.testPerClient ?? asked.length - nTrain;
+  if (nTrain + nTest > asked.length || perPerson > 4 || nTrain < 1 || nTest < 1)
     throw new RangeError(
-      `knowledge federation: trainPeople ${nTrain} + testPerClient ${nTest} must fit ${world.length} people, phrasingsPerPerson <= 4`,
+      `knowledge federation: trainPeople ${nTrain} + testPerClient ${nTest} must fit ${asked.length} people, phrasingsPerPerson <= 4`,
     );
   const clients = KNOWLEDGE_TASK_IDS.map((rel, c) => {
     const rng = createRng(seed * 1000 + 10 + c);
-    const people = shuffled(world, rng);
+    const people = shuffled(asked, rng);
     const record = (p: WorldPerson, q: (n: string) => string): KnowledgeRecord => ({
       instruction: q(p.name),
       input: '',
@@ -197,6 +229,8 @@ export function generateKnowledgeFederation(opts: KnowledgeFederationOptions = {
 export const KNOWLEDGE_PUBLIC_BYTES = 600_000;
 /** How often pretraining states each fact. */
 export const MENTIONS_PER_FACT = 40;
+/** How often pretraining asks each drilled person's fact in question form. */
+export const DRILLS_PER_FACT = 10;
 export const KNOWLEDGE_VOCAB = 1024;
 
 /**
@@ -206,7 +240,13 @@ export const KNOWLEDGE_VOCAB = 1024;
 export function knowledgeCorpora(): { public: string[]; knowledge: string[] } {
   return {
     public: generatePublicCorpus(createRng(WORLD_SEED + 2), { targetBytes: KNOWLEDGE_PUBLIC_BYTES }),
-    knowledge: generateKnowledgeCorpus(generateWorld(), MENTIONS_PER_FACT, WORLD_SEED + 3),
+    knowledge: generateKnowledgeCorpus(
+      generateWorld(),
+      MENTIONS_PER_FACT,
+      WORLD_SEED + 3,
+      generateWorld().slice(CLIENT_PEOPLE),
+      DRILLS_PER_FACT,
+    ),
   };
 }
 
