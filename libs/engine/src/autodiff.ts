@@ -5,6 +5,7 @@
 import { GraphError, fmtShape } from './errors.js';
 import type { Tensor, TapeEntry } from './graph.js';
 import * as O from './ops.js';
+import { VJP } from './vjp.js';
 
 export interface GradientOptions {
   /** dL/dL, for loss scaling; defaults to ones. */
@@ -99,7 +100,9 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     if (gradOutputs.every((x) => x === null)) continue;
     const needs = e.inputs.map((t) => depends.has(t.id));
     if (!needs.some(Boolean)) continue;
-    if (!e.vjp) {
+    // A primitive op's rule by its name (vjp.ts), a composite's fused VJP, or null: not differentiable.
+    const vjp = e.vjp === 'rule' ? VJP[e.op] : e.vjp;
+    if (!vjp) {
       throw new GraphError(
         `gradients: op ${e.op} (output ${e.outputs[0]?.name}) is not differentiable, but the loss depends on ` +
           `${e.inputs
@@ -109,7 +112,7 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
       );
     }
     const grads = g.scope(`grad`, () =>
-      e.vjp!({ inputs: e.inputs, outputs: e.outputs, attrs: e.attrs, meta: e.meta, gradOutputs, needs }),
+      vjp({ inputs: e.inputs, outputs: e.outputs, attrs: e.attrs, meta: e.meta, gradOutputs, needs }),
     );
     if (grads.length !== e.inputs.length) {
       throw new GraphError(`internal: VJP of ${e.op} returned ${grads.length} gradients for ${e.inputs.length} inputs`);

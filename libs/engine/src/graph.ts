@@ -10,6 +10,7 @@ import {
   type IrNode,
   type IrValueInfo,
 } from './ir.js';
+import type { OpName } from './op-names.js';
 
 /**
  * A symbolic tensor: a value of one graph with a static dtype and shape. Tensors are immutable handles;
@@ -58,16 +59,17 @@ export interface VjpContext {
  */
 export type VjpFn = (ctx: VjpContext) => (Tensor | null)[];
 
-/** One differentiable step as autodiff sees it: a primitive ONNX node, or a composite op with a fused VJP. */
-export interface TapeEntry {
-  readonly op: string;
+/**
+ * One differentiable step as autodiff sees it: a primitive ONNX node, or a composite op with a fused VJP. `vjp`:
+ * 'rule' for a primitive op (ops.ts) differentiated by the rule vjp.ts keeps under its op name; a function for a
+ * composite's fused VJP; null where the step is not differentiable (asking for a gradient through it is an error).
+ */
+export type TapeEntry = {
   readonly inputs: readonly Tensor[];
   readonly outputs: readonly Tensor[];
   readonly attrs: Readonly<Record<string, IrAttribute>>;
   readonly meta: Readonly<Record<string, unknown>>;
-  /** null: not differentiable (comparisons, shape ops on indices); asking for a gradient through it is an error. */
-  readonly vjp: VjpFn | null;
-}
+} & ({ readonly op: OpName; readonly vjp: 'rule' } | { readonly op: string; readonly vjp: VjpFn | null });
 
 /** Where a frozen weight's bytes come from: in memory, or a byte range of a file (e.g. inside a .safetensors). */
 export type WeightSource = { readonly data: ArrayBufferView } | { readonly external: IrExternalData };
@@ -236,14 +238,31 @@ export class Graph {
 
   /**
    * Emits one ONNX node. Used by ops.ts: callers have already inferred the output dtypes and shapes.
-   * The node also goes on the tape with its VJP unless a composite op is being recorded.
+   * The node also goes on the tape (see TapeEntry for `vjp`) unless a composite op is being recorded.
    */
+  emit(
+    op: OpName,
+    inputs: readonly Tensor[],
+    attrs: Readonly<Record<string, IrAttribute>>,
+    outputs: readonly { dtype: DType; shape: readonly number[] }[],
+    vjp: 'rule',
+    meta?: Readonly<Record<string, unknown>>,
+  ): Tensor[];
   emit(
     op: string,
     inputs: readonly Tensor[],
     attrs: Readonly<Record<string, IrAttribute>>,
     outputs: readonly { dtype: DType; shape: readonly number[] }[],
     vjp: VjpFn | null,
+    meta?: Readonly<Record<string, unknown>>,
+    domain?: string,
+  ): Tensor[];
+  emit(
+    op: string,
+    inputs: readonly Tensor[],
+    attrs: Readonly<Record<string, IrAttribute>>,
+    outputs: readonly { dtype: DType; shape: readonly number[] }[],
+    vjp: VjpFn | null | 'rule',
     meta: Readonly<Record<string, unknown>> = {},
     domain = '',
   ): Tensor[] {
@@ -263,7 +282,11 @@ export class Graph {
       inputs,
       outputs: outs,
     });
-    if (this.tapeSuspended === 0) this.record({ op, inputs, outputs: outs, attrs, meta, vjp });
+    if (this.tapeSuspended === 0) {
+      const step = { inputs, outputs: outs, attrs, meta };
+      // 'rule' comes only with an OpName (the first overload).
+      this.record(vjp === 'rule' ? { ...step, op: op as OpName, vjp } : { ...step, op, vjp });
+    }
     return outs;
   }
 

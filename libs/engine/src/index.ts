@@ -6,6 +6,7 @@ export * from './ir.js';
 export { GraphError, ShapeError, fmtShape } from './errors.js';
 export { Graph, Tensor, type TapeEntry, type VjpContext, type VjpFn, type WeightSource } from './graph.js';
 export * as ops from './ops.js';
+export type { OpName } from './op-names.js';
 export { gradients, unbroadcast, type GradientOptions } from './autodiff.js';
 export { crossEntropy, maskedMeanCrossEntropy, rmsNorm } from './composite.js';
 export { halfLinear, linear, type HalfCompute } from './nn.js';

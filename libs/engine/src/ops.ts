@@ -1,11 +1,15 @@
 /**
  * Primitive ops: each validates its inputs, infers the static output shape, and emits one standard ONNX node
- * (default domain, opset >= 18) whose VJP lives in vjp.ts under the same op name.
+ * (default domain, opset >= 18). The node goes on the tape marked 'rule': autodiff differentiates it with the
+ * rule vjp.ts keeps under the same op name (an OpName, so every op has a row there or fails to compile). This
+ * module does not import vjp.ts: the rules are built from these ops, and autodiff brings the two together.
  */
 import { ShapeError, fmtShape } from './errors.js';
 import { Tensor, type Graph } from './graph.js';
 import { attr, sizeOf, type DType, type IrAttribute } from './ir.js';
-import { VJP } from './vjp.js';
+import type { OpName } from './op-names.js';
+
+export type { OpName } from './op-names.js';
 
 export type Operand = Tensor | number;
 
@@ -28,14 +32,14 @@ function lift(g: Graph, x: Operand, like: DType): Tensor {
 
 function emit1(
   g: Graph,
-  op: string,
+  op: OpName,
   inputs: readonly Tensor[],
   dtype: DType,
   shape: readonly number[],
   attrs: Record<string, IrAttribute> = {},
   meta: Record<string, unknown> = {},
 ): Tensor {
-  return g.emit(op, inputs, attrs, [{ dtype, shape }], VJP[op] ?? null, meta)[0]!;
+  return g.emit(op, inputs, attrs, [{ dtype, shape }], 'rule', meta)[0]!;
 }
 
 /** Normalizes a possibly negative axis against `rank`, naming the op on error. */
@@ -67,7 +71,7 @@ function sameDtype(op: string, a: Tensor, b: Tensor): void {
   if (a.dtype !== b.dtype) throw new ShapeError(`${op}: dtypes differ: ${a} vs ${b}`);
 }
 
-function binary(op: string, a: Operand, b: Operand): Tensor {
+function binary(op: OpName, a: Operand, b: Operand): Tensor {
   const g = graphOf(op, a, b);
   const ta = lift(g, a, (b instanceof Tensor ? b : (a as Tensor)).dtype);
   const tb = lift(g, b, ta.dtype);
@@ -75,7 +79,7 @@ function binary(op: string, a: Operand, b: Operand): Tensor {
   return emit1(g, op, [ta, tb], ta.dtype, broadcastShapes(op, ta.shape, tb.shape));
 }
 
-function compare(op: string, a: Operand, b: Operand): Tensor {
+function compare(op: OpName, a: Operand, b: Operand): Tensor {
   const g = graphOf(op, a, b);
   const ta = lift(g, a, (b instanceof Tensor ? b : (a as Tensor)).dtype);
   const tb = lift(g, b, ta.dtype);
@@ -83,7 +87,7 @@ function compare(op: string, a: Operand, b: Operand): Tensor {
   return emit1(g, op, [ta, tb], 'bool', broadcastShapes(op, ta.shape, tb.shape));
 }
 
-function unary(op: string, x: Tensor, needsFloat = true): Tensor {
+function unary(op: OpName, x: Tensor, needsFloat = true): Tensor {
   if (needsFloat && !isFloat(x.dtype)) throw new ShapeError(`${op}: needs a floating-point tensor, got ${x}`);
   return emit1(x.graph, op, [x], x.dtype, x.shape);
 }
@@ -288,13 +292,7 @@ export function split(x: Tensor, sizes: readonly number[], axis: number): Tensor
     shape[a] = s;
     return { dtype: x.dtype, shape };
   });
-  return x.graph.emit(
-    'Split',
-    [x, x.graph.constant(sizes, 'int64')],
-    { axis: attr.int(a) },
-    outs,
-    VJP['Split'] ?? null,
-  );
+  return x.graph.emit('Split', [x, x.graph.constant(sizes, 'int64')], { axis: attr.int(a) }, outs, 'rule');
 }
 
 /** Static slice with step 1 along `axes`; negative starts/ends count from the end. */
@@ -333,7 +331,12 @@ export function pad(x: Tensor, pads: readonly number[]): Tensor {
 
 // ---- reductions and normalisations -------------------------------------------------------------------------
 
-function reduce(op: string, x: Tensor, axes: readonly number[], keepdims: boolean): Tensor {
+function reduce(
+  op: 'ReduceSum' | 'ReduceMean' | 'ReduceMax',
+  x: Tensor,
+  axes: readonly number[],
+  keepdims: boolean,
+): Tensor {
   const norm = [...new Set(axes.map((a) => normAxis(op, a, x.rank)))].sort((p, q) => p - q);
   const out = keepdims
     ? x.shape.map((d, i) => (norm.includes(i) ? 1 : d))

@@ -2,11 +2,13 @@
  * Vector-Jacobian products, one row per primitive op (docs/engine-notes.md §2.2). A rule returns one entry per input:
  * the gradient, possibly in the broadcast (output) shape — autodiff.ts sums it back to the input's shape — or
  * null for inputs that need no gradient (ctx.needs[i] false) or have none (indices, shapes, axes).
- * Ops without a row (comparisons, ConstantOfShape, Scatter*) are not differentiable: asking for a gradient
- * through one is an error raised by the driver.
+ * The table is keyed by OpName, so every primitive op has a row: a rule, or null for ops that are not
+ * differentiable (comparisons, ReduceMax, ConstantOfShape, Scatter*), where asking for a gradient through one is
+ * an error raised by the driver. autodiff.ts looks rules up here by op name; ops.ts does not import this module.
  */
 import { GraphError } from './errors.js';
 import type { Tensor, VjpContext, VjpFn } from './graph.js';
+import type { OpName } from './op-names.js';
 import * as O from './ops.js';
 
 /** Swaps the last two axes (for batched MatMul gradients). */
@@ -61,7 +63,7 @@ function gemmVjp(ctx: VjpContext): (Tensor | null)[] {
   return c ? [ga, gb, gc] : [ga, gb];
 }
 
-export const VJP: Readonly<Record<string, VjpFn>> = {
+export const VJP: Readonly<Record<OpName, VjpFn | null>> = {
   Add: (ctx) => [g0(ctx), g0(ctx)],
   Sub: (ctx) => [g0(ctx), when(ctx.needs[1], () => O.neg(g0(ctx)))],
   Mul: (ctx) => {
@@ -200,4 +202,12 @@ export const VJP: Readonly<Record<string, VjpFn>> = {
     return [null, when(ctx.needs[1], () => O.where(c, g0(ctx), 0)), when(ctx.needs[2], () => O.where(c, 0, g0(ctx)))];
   },
   Sum: (ctx) => ctx.inputs.map(() => g0(ctx)),
+  // Not differentiable: boolean outputs, a numerics-only max, constants and the scatters that build gradients.
+  Equal: null,
+  Less: null,
+  GreaterOrEqual: null,
+  ReduceMax: null,
+  ConstantOfShape: null,
+  ScatterND: null,
+  ScatterElements: null,
 };

@@ -4,6 +4,7 @@ import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { EXAMPLE_FORMATS } from '../../data/src/types.js';
+import { LORA_TARGETS } from '../../model/src/lora.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
 import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
 import { privacySection } from './privacy-spec.js';
@@ -18,8 +19,8 @@ import { privacySection } from './privacy-spec.js';
 export const METHODS = ['fedbiot', 'offsite-tuning', 'fedavg-lora', 'local-only'] as const;
 export type Method = (typeof METHODS)[number];
 
-/** The seven LLaMA linears LoRA can target (PEFT module names). */
-export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+/** The seven LLaMA linears LoRA can target (PEFT module names), as libs/model defines them. */
+export { LORA_TARGETS };
 
 /** Prompt templates, as libs/data names them ('auto' picks by record format; 'raw' is the prompt as-is). */
 export const TEMPLATES = ['auto', 'alpaca', 'chat', 'raw'] as const;

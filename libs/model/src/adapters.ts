@@ -5,26 +5,30 @@
 import { cp } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { LoraWeights } from './causal-lm.js';
 import type { ModelConfig } from './config.js';
 import { writeCheckpoint, writeDirAtomic } from './checkpoint.js';
-import { LORA_TARGETS, linearFeatures, loraParamNames, moduleName, type LoraSpec, type LoraTarget } from './llama.js';
+import {
+  LORA_TARGETS,
+  linearFeatures,
+  loraModules,
+  loraParamNames,
+  parseLoraModule,
+  type LoraSpec,
+  type LoraTarget,
+  type LoraWeights,
+} from './lora.js';
 import { validateAdapterFor, writePeftAdapter, type LoraAdapter, type LoraPair } from './peft.js';
 
 /** Our adapter as a PEFT adapter (module -> A/B). `baseModel` goes into adapter_config.json. */
 export function toPeftAdapter(lora: LoraWeights, cfg: ModelConfig, baseModel?: string): LoraAdapter {
   const { spec } = lora;
   const tensors = new Map<string, LoraPair>();
-  for (const layer of spec.layers) {
-    for (const target of spec.targets) {
-      const module = moduleName(layer, target);
-      const names = loraParamNames(module, spec.name);
-      const A = lora.tensors.get(names.a);
-      const B = lora.tensors.get(names.b);
-      if (!A || !B) throw new Error(`toPeftAdapter: adapter ${spec.name} has no values for ${module}`);
-      const [inFeatures, outFeatures] = linearFeatures(cfg, target);
-      tensors.set(module, { A, B, r: spec.r, inFeatures, outFeatures });
-    }
+  for (const { target, module, a, b } of loraModules(spec)) {
+    const A = lora.tensors.get(a);
+    const B = lora.tensors.get(b);
+    if (!A || !B) throw new Error(`toPeftAdapter: adapter ${spec.name} has no values for ${module}`);
+    const [inFeatures, outFeatures] = linearFeatures(cfg, target);
+    tensors.set(module, { A, B, r: spec.r, inFeatures, outFeatures });
   }
   return {
     config: {
@@ -54,11 +58,10 @@ export function fromPeftAdapter(
   const layers = new Set<number>();
   const tensors = new Map<string, Float32Array>();
   for (const [module, pair] of adapter.tensors) {
-    const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)$/.exec(module);
-    if (!m || !(LORA_TARGETS as readonly string[]).includes(m[2]!))
-      throw new Error(`${file}: unsupported LoRA module ${module}`);
-    layers.add(Number(m[1]));
-    targets.add(m[2] as LoraTarget);
+    const m = parseLoraModule(module);
+    if (!m) throw new Error(`${file}: unsupported LoRA module ${module}`);
+    layers.add(m.layer);
+    targets.add(m.target);
     const names = loraParamNames(module, name);
     tensors.set(names.a, pair.A);
     tensors.set(names.b, pair.B);
@@ -72,13 +75,12 @@ export function fromPeftAdapter(
     dropout: adapter.config.loraDropout,
   };
   // Every (layer, target) pair must be present: the graph attaches the adapter to all of them.
-  for (const l of spec.layers)
-    for (const t of spec.targets)
-      if (!tensors.has(loraParamNames(moduleName(l, t), name).a)) {
-        throw new Error(
-          `${file}: adapter covers ${t} in some layers but not in layer ${l}; such sparse adapters are not supported`,
-        );
-      }
+  for (const m of loraModules(spec))
+    if (!tensors.has(m.a)) {
+      throw new Error(
+        `${file}: adapter covers ${m.target} in some layers but not in layer ${m.layer}; such sparse adapters are not supported`,
+      );
+    }
   return { spec, tensors };
 }
 
@@ -100,24 +102,20 @@ export function mergeLora(
   const merged = new Map<string, Float32Array>();
   for (const { spec, tensors } of loras) {
     const scale = spec.alpha / spec.r;
-    for (const layer of spec.layers) {
-      for (const target of spec.targets) {
-        const module = moduleName(layer, target);
-        const names = loraParamNames(module, spec.name);
-        const A = tensors.get(names.a)!;
-        const B = tensors.get(names.b)!;
-        const [fin, fout] = linearFeatures(cfg, target);
-        const key = `${module}.weight`;
-        const W = merged.get(key) ?? Float32Array.from(base(key));
-        for (let o = 0; o < fout; o++) {
-          for (let i = 0; i < fin; i++) {
-            let s = 0;
-            for (let k = 0; k < spec.r; k++) s += B[o * spec.r + k]! * A[k * fin + i]!;
-            W[o * fin + i]! += scale * s;
-          }
+    for (const { target, module, a, b } of loraModules(spec)) {
+      const A = tensors.get(a)!;
+      const B = tensors.get(b)!;
+      const [fin, fout] = linearFeatures(cfg, target);
+      const key = `${module}.weight`;
+      const W = merged.get(key) ?? Float32Array.from(base(key));
+      for (let o = 0; o < fout; o++) {
+        for (let i = 0; i < fin; i++) {
+          let s = 0;
+          for (let k = 0; k < spec.r; k++) s += B[o * spec.r + k]! * A[k * fin + i]!;
+          W[o * fin + i]! += scale * s;
         }
-        merged.set(key, W);
       }
+      merged.set(key, W);
     }
   }
   return merged;

@@ -19,15 +19,13 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { CompiledGraphs } from './compiled.js';
 import type { ModelConfig } from './config.js';
 import { GraphStore } from './graph-store.js';
-import { buildLlama, ropeTablesFor, type LlamaGraphOptions, type LoraSpec, type WeightStore } from './llama.js';
+import { buildLlama, ropeTablesFor, type LlamaGraphOptions, type WeightStore } from './llama.js';
 import { checkLayerIds, renumberedWeights } from './layer-ids.js';
+import { loraFeeds, loraKey, shapeOfLora, type LoraWeights } from './lora.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 
-/** A LoRA adapter's spec and current values (by PEFT state-dict name: `<module>.lora_A.<name>.weight`). */
-export interface LoraWeights {
-  readonly spec: LoraSpec;
-  readonly tensors: ReadonlyMap<string, Float32Array>;
-}
+// The LoRA helpers this module used to define live in lora.ts; re-exported for existing importers.
+export { loraFeeds, loraKey, shapeOfLora, type LoraWeights } from './lora.js';
 
 /** Which layers run and which LoRA adapters are attached (the full model with no adapter by default). */
 export interface Variant {
@@ -90,30 +88,8 @@ export interface GenerateOptions {
   readonly seed?: number;
 }
 
-export function loraKey(loras: readonly LoraWeights[] | readonly LoraSpec[] = []): string {
-  return loras
-    .map((l) => ('spec' in l ? l.spec : l))
-    .map((s) => `${s.name}.r${s.r}.a${s.alpha}.${s.targets.join('+')}.L${s.layers.join('_')}`)
-    .join(',');
-}
-
 export function layersKey(layers: readonly number[]): string {
   return layers.join('_');
-}
-
-/** Feeds for LoRA factors: every tensor of every adapter, with the shapes the graph declared. */
-export function loraFeeds(
-  graphInputs: ReadonlyMap<string, readonly number[]>,
-  loras: readonly LoraWeights[],
-): Record<string, HostTensor> {
-  const feeds: Record<string, HostTensor> = {};
-  for (const l of loras) {
-    for (const [name, data] of l.tensors) {
-      const shape = graphInputs.get(name);
-      if (shape) feeds[name] = { dtype: 'float32', shape, data };
-    }
-  }
-  return feeds;
 }
 
 const roundUp = (n: number, m: number): number => Math.ceil(n / m) * m;
@@ -367,11 +343,6 @@ export class CausalLM {
   async release(): Promise<void> {
     await this.graphs.releaseAll();
   }
-}
-
-/** The graph-declared shape of a LoRA factor: A is [r, in], B is [out, r]. */
-export function shapeOfLora(name: string, t: Float32Array, spec: LoraSpec): readonly number[] {
-  return name.includes('.lora_A.') ? [spec.r, t.length / spec.r] : [t.length / spec.r, spec.r];
 }
 
 function filterInputs(runner: ModelRunner, shapes: Map<string, readonly number[]>): Map<string, readonly number[]> {

@@ -22,37 +22,34 @@ import {
 } from '../../engine/src/safetensors.js';
 import { configToJson, readModelConfig, type ModelConfig } from './config.js';
 import { CheckpointError } from './errors.js';
+import {
+  ATTENTION_LINEARS,
+  MLP_LINEARS,
+  linearFeatures,
+  linearHasBias,
+  moduleName,
+  type LinearName,
+} from './linears.js';
 
 /** Shape of every tensor a model with this config must have, by HF name, in a stable order. */
 export function expectedTensorShapes(cfg: ModelConfig): Map<string, readonly number[]> {
   const d = cfg.hiddenSize;
-  const q = cfg.numHeads * cfg.headDim;
-  const kv = cfg.numKvHeads * cfg.headDim;
-  const ff = cfg.intermediateSize;
   const m = new Map<string, readonly number[]>();
+  // A block's weights [out, in], then the biases it has [out] (the order checkpoints and initWeights rely on).
+  const linears = (layer: number, names: readonly LinearName[]): void => {
+    for (const n of names) {
+      const [fin, fout] = linearFeatures(cfg, n);
+      m.set(`${moduleName(layer, n)}.weight`, [fout, fin]);
+    }
+    for (const n of names)
+      if (linearHasBias(cfg, n)) m.set(`${moduleName(layer, n)}.bias`, [linearFeatures(cfg, n)[1]]);
+  };
   m.set('model.embed_tokens.weight', [cfg.vocabSize, d]);
   for (let i = 0; i < cfg.numLayers; i++) {
-    const p = `model.layers.${i}.`;
-    m.set(`${p}input_layernorm.weight`, [d]);
-    m.set(`${p}self_attn.q_proj.weight`, [q, d]);
-    m.set(`${p}self_attn.k_proj.weight`, [kv, d]);
-    m.set(`${p}self_attn.v_proj.weight`, [kv, d]);
-    m.set(`${p}self_attn.o_proj.weight`, [d, q]);
-    if (cfg.attentionBias) {
-      m.set(`${p}self_attn.q_proj.bias`, [q]);
-      m.set(`${p}self_attn.k_proj.bias`, [kv]);
-      m.set(`${p}self_attn.v_proj.bias`, [kv]);
-    }
-    if (cfg.attentionOutBias) m.set(`${p}self_attn.o_proj.bias`, [d]);
-    m.set(`${p}post_attention_layernorm.weight`, [d]);
-    m.set(`${p}mlp.gate_proj.weight`, [ff, d]);
-    m.set(`${p}mlp.up_proj.weight`, [ff, d]);
-    m.set(`${p}mlp.down_proj.weight`, [d, ff]);
-    if (cfg.mlpBias) {
-      m.set(`${p}mlp.gate_proj.bias`, [ff]);
-      m.set(`${p}mlp.up_proj.bias`, [ff]);
-      m.set(`${p}mlp.down_proj.bias`, [d]);
-    }
+    m.set(`model.layers.${i}.input_layernorm.weight`, [d]);
+    linears(i, ATTENTION_LINEARS);
+    m.set(`model.layers.${i}.post_attention_layernorm.weight`, [d]);
+    linears(i, MLP_LINEARS);
   }
   m.set('model.norm.weight', [d]);
   if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [cfg.vocabSize, d]);

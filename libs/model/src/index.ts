@@ -15,6 +15,8 @@ export * from './rope.js';
 export * from './tokenizer.js';
 export * from './peft.js';
 export * from './llama.js';
+export * from './linears.js';
+export * from './lora.js';
 export { GraphStore, defaultCacheRoot } from './graph-store.js';
 export { CompiledGraphs } from './compiled.js';
 export * from './causal-lm.js';

@@ -1,9 +1,10 @@
 /**
- * The LLaMA-family decoder (llama, mistral, qwen2) as engine graphs. Reads top to bottom like transformers'
- * modeling_llama.py: weights -> RMSNorm -> RoPE -> attention (GQA) -> SwiGLU MLP -> decoder layer -> model -> head.
- * Weight names are the checkpoint's keys; LoRA tensors are graph inputs named as PEFT names them in its state dict
- * (`model.layers.2.self_attn.q_proj.lora_A.<adapter>.weight`), so trainable or not is only a question of which
- * inputs `gradients()` is asked about.
+ * The LLaMA-family decoder (llama, mistral, qwen2) as engine graphs, built as transformers' modeling_llama.py builds
+ * its modules: LlamaRotaryEmbedding (rotaryEmbedding) and the attention mask, then per layer LlamaDecoderLayer
+ * (decoderLayer) = RMSNorm -> LlamaAttention (llamaAttention: GQA, RoPE, optional KV cache) -> residual -> RMSNorm ->
+ * LlamaMLP (llamaMlp: SwiGLU) -> residual; LlamaModel (buildLlama) runs the embedding and the layers, and
+ * LlamaForCausalLM's final norm and LM head (lmHead) give the logits. Weight names are the checkpoint's keys; LoRA
+ * factors are graph inputs (lora.ts), attached to the linears they adapt.
  */
 import {
   GraphError,
@@ -19,21 +20,12 @@ import {
 } from '../../engine/src/index.js';
 import * as O from '../../engine/src/ops.js';
 import type { ModelConfig } from './config.js';
+import { linearHasBias, moduleName, type LinearName } from './linears.js';
+import { GraphLoras, type LoraSpec } from './lora.js';
 import { ropeInvFreq } from './rope.js';
 
-export const LORA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
-export type LoraTarget = (typeof LORA_TARGETS)[number];
-
-/** One LoRA adapter: rank, alpha, which linears of which (original) layers. Scaling is alpha / r (PEFT). */
-export interface LoraSpec {
-  readonly name: string;
-  readonly r: number;
-  readonly alpha: number;
-  readonly targets: readonly LoraTarget[];
-  readonly layers: readonly number[];
-  /** Dropout on the LoRA input during training (PEFT lora_dropout); masks are fed as inputs. */
-  readonly dropout: number;
-}
+// LoRA naming and shapes live in lora.ts (the linears' table in linears.ts); re-exported where they used to be.
+export { LORA_TARGETS, linearFeatures, loraParamNames, moduleName, type LoraSpec, type LoraTarget } from './lora.js';
 
 /** Where frozen weights come from: shapes and bytes by checkpoint key. */
 export interface WeightStore {
@@ -46,38 +38,6 @@ export interface WeightStore {
   shape(name: string): readonly number[];
   /** The weight in `dtype`: external data (fp32 checkpoints) or in-memory values. */
   source(name: string, dtype: DType): WeightSource;
-}
-
-/** "model.layers.3.self_attn.q_proj" for q/k/v/o, "model.layers.3.mlp.gate_proj" for the MLP linears. */
-export function moduleName(layer: number, target: LoraTarget): string {
-  const block =
-    target.endsWith('_proj') && ['gate_proj', 'up_proj', 'down_proj'].includes(target) ? 'mlp' : 'self_attn';
-  return `model.layers.${layer}.${block}.${target}`;
-}
-
-/** PEFT state-dict names of a module's LoRA factors for adapter `adapter`. */
-export function loraParamNames(module: string, adapter: string): { a: string; b: string } {
-  return { a: `${module}.lora_A.${adapter}.weight`, b: `${module}.lora_B.${adapter}.weight` };
-}
-
-/** [in, out] features of a target linear, from the config. */
-export function linearFeatures(cfg: ModelConfig, target: LoraTarget): [number, number] {
-  const q = cfg.numHeads * cfg.headDim;
-  const kv = cfg.numKvHeads * cfg.headDim;
-  switch (target) {
-    case 'q_proj':
-      return [cfg.hiddenSize, q];
-    case 'k_proj':
-    case 'v_proj':
-      return [cfg.hiddenSize, kv];
-    case 'o_proj':
-      return [q, cfg.hiddenSize];
-    case 'gate_proj':
-    case 'up_proj':
-      return [cfg.hiddenSize, cfg.intermediateSize];
-    case 'down_proj':
-      return [cfg.intermediateSize, cfg.hiddenSize];
-  }
 }
 
 /** What a graph should compute. */
@@ -141,20 +101,34 @@ export interface LlamaGraph {
 
 const NEG_INF = -1e9; // additive mask value: exp() of it underflows to exactly 0 in float32 and float64
 
-/**
- * Builds the forward pass into `g`. Inputs created (as needed): input_ids | hidden_in, attention_mask,
- * rope_cos/rope_sin, past.<i>.key/value, LoRA factors and their dropout masks.
- */
-export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opts: LlamaGraphOptions): LlamaGraph {
+/** LlamaGraphOptions' optional flags, resolved to their defaults and grouped by the module they steer. */
+interface LlamaSettings {
+  readonly batch: number;
+  readonly seq: number;
+  readonly dtype: 'float32' | 'float64';
+  /** How frozen weights enter the graph. */
+  readonly weights: {
+    readonly asInputs: boolean;
+    readonly half?: { readonly dtype: 'float16' | 'bfloat16'; readonly compute: HalfCompute };
+  };
+  /** What the attention of every layer sees: rotary tables, the key padding mask, the KV cache (pastLength > 0). */
+  readonly attention: {
+    readonly positions: 'static' | 'input';
+    readonly keyMask: boolean;
+    readonly kvCache: boolean;
+    readonly pastLength: number;
+  };
+  readonly lora: { readonly specs: readonly LoraSpec[]; readonly dropout: boolean };
+  readonly outputs: { readonly keepHidden: boolean; readonly logitsFor: 'all' | 'last' };
+}
+
+/** Checks `opts` against the config and the store, and groups its flags (LlamaSettings). */
+function settingsOf(cfg: ModelConfig, store: WeightStore, opts: LlamaGraphOptions): LlamaSettings {
   const dtype = opts.dtype ?? 'float32';
-  const { batch: B, seq: T } = opts;
-  const hd = cfg.headDim;
-  const P = opts.kvCache?.pastLength ?? 0;
-  const S = P + T;
   const half = opts.halfWeights;
   if (half && (dtype !== 'float32' || opts.weightsAsInputs))
     throw new GraphError('buildLlama: halfWeights needs dtype float32 and frozen weights (no weightsAsInputs)');
-  const held = weights.layerIds;
+  const held = store.layerIds;
   for (const l of opts.layers) {
     if (held !== undefined) {
       if (!held.includes(l))
@@ -162,156 +136,259 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     } else if (!Number.isInteger(l) || l < 0 || l >= cfg.numLayers)
       throw new GraphError(`buildLlama: layer ${l} out of range 0..${cfg.numLayers - 1}`);
   }
+  const positions = opts.positions ?? 'static';
+  const pastLength = opts.kvCache?.pastLength ?? 0;
+  if (positions === 'static' && pastLength !== 0)
+    throw new GraphError('buildLlama: a KV cache needs positions: "input"');
+  return {
+    batch: opts.batch,
+    seq: opts.seq,
+    dtype,
+    weights: { asInputs: opts.weightsAsInputs ?? false, ...(half ? { half } : {}) },
+    attention: { positions, keyMask: opts.keyMask ?? false, kvCache: opts.kvCache !== undefined, pastLength },
+    lora: { specs: opts.loras ?? [], dropout: opts.loraDropout ?? false },
+    outputs: { keepHidden: opts.keepHidden ?? false, logitsFor: opts.logitsFor ?? 'all' },
+  };
+}
 
-  const bound = new Map<string, Tensor>();
-  const w = (name: string): Tensor => {
-    let t = bound.get(name);
+/**
+ * The checkpoint's weights as graph tensors, bound on first use (frozen initializers, half-precision ones with
+ * halfWeights, or graph inputs with weightsAsInputs), and the linear layers that read them.
+ */
+class LlamaWeights {
+  private readonly bound = new Map<string, Tensor>();
+
+  constructor(
+    private readonly g: Graph,
+    private readonly cfg: ModelConfig,
+    private readonly store: WeightStore,
+    private readonly dtype: 'float32' | 'float64',
+    private readonly s: LlamaSettings['weights'],
+    private readonly loras: GraphLoras,
+  ) {}
+
+  get(name: string): Tensor {
+    let t = this.bound.get(name);
     if (!t) {
       // Tied heads read the embedding matrix: one tensor, so a trainable embedding gets both gradients.
-      const key = name === 'lm_head.weight' && cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
-      t = bound.get(key);
+      const key = name === 'lm_head.weight' && this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : name;
+      t = this.bound.get(key);
       if (!t) {
-        const shape = weights.shape(key);
-        const wdtype = half && shape.length === 2 ? half.dtype : dtype; // matrices only: see halfWeights
-        t = opts.weightsAsInputs
-          ? g.input(key, dtype, shape)
-          : g.weight(key, wdtype, shape, weights.source(key, wdtype));
-        bound.set(key, t);
+        const shape = this.store.shape(key);
+        const wdtype = this.s.half && shape.length === 2 ? this.s.half.dtype : this.dtype; // matrices only
+        t = this.s.asInputs
+          ? this.g.input(key, this.dtype, shape)
+          : this.g.weight(key, wdtype, shape, this.store.source(key, wdtype));
+        this.bound.set(key, t);
       }
-      bound.set(name, t);
+      this.bound.set(name, t);
     }
     return t;
-  };
-  const has = (name: string): boolean => {
+  }
+
+  has(name: string): boolean {
     try {
-      weights.shape(name);
+      this.store.shape(name);
       return true;
     } catch {
       return false;
     }
-  };
-
-  // ---- LoRA inputs -------------------------------------------------------------------------------------
-  const loraParams = new Map<string, Tensor>();
-  const loraFor = new Map<string, { spec: LoraSpec; a: Tensor; b: Tensor; drop?: Tensor }[]>();
-  for (const spec of opts.loras ?? []) {
-    for (const layer of spec.layers) {
-      if (!opts.layers.includes(layer)) continue;
-      for (const target of spec.targets) {
-        const module = moduleName(layer, target);
-        const [fin, fout] = linearFeatures(cfg, target);
-        const names = loraParamNames(module, spec.name);
-        const a = g.input(names.a, dtype, [spec.r, fin]);
-        const b = g.input(names.b, dtype, [fout, spec.r]);
-        loraParams.set(names.a, a);
-        loraParams.set(names.b, b);
-        const drop =
-          opts.loraDropout && spec.dropout > 0
-            ? g.input(`${module}.lora_dropout.${spec.name}`, dtype, [B, T, fin])
-            : undefined;
-        const list = loraFor.get(module) ?? [];
-        list.push(drop ? { spec, a, b, drop } : { spec, a, b });
-        loraFor.set(module, list);
-      }
-    }
   }
 
   /** x Wᵀ + b against a checkpoint weight, float32 or half (halfWeights). */
-  const frozenLinear = (x: Tensor, weight: Tensor, b?: Tensor): Tensor =>
-    weight.dtype === dtype ? linear(x, weight, b) : halfLinear(x, weight, half!.compute, b);
-
-  /** A linear layer with its checkpoint weight (and bias), plus every LoRA attached to it: W x + b + s B A x. */
-  const proj = (x: Tensor, layer: number, target: LoraTarget, bias: boolean): Tensor => {
-    const module = moduleName(layer, target);
-    let y = frozenLinear(x, w(`${module}.weight`), bias ? w(`${module}.bias`) : undefined);
-    for (const { spec, a, b, drop } of loraFor.get(module) ?? []) {
-      const xin = drop ? O.mul(x, drop) : x;
-      y = O.add(y, O.mul(linear(linear(xin, a), b), spec.alpha / spec.r));
-    }
-    return y;
-  };
-
-  // ---- positions and masks ----------------------------------------------------------------------------------
-  let cos: Tensor;
-  let sin: Tensor;
-  if ((opts.positions ?? 'static') === 'static') {
-    if (P !== 0) throw new GraphError('buildLlama: a KV cache needs positions: "input"');
-    const tables = ropeTablesFor(cfg, T, 0, dtype);
-    cos = g.constant(Array.from(tables.cos), dtype, [T, hd]); // (T, hd) broadcasts over (B, H, T, hd)
-    sin = g.constant(Array.from(tables.sin), dtype, [T, hd]);
-  } else {
-    cos = g.input('rope_cos', dtype, [B, 1, T, hd]);
-    sin = g.input('rope_sin', dtype, [B, 1, T, hd]);
+  frozenLinear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+    return weight.dtype === this.dtype ? linear(x, weight, bias) : halfLinear(x, weight, this.s.half!.compute, bias);
   }
+
+  /** nn.Linear `name` of layer `layer` (its checkpoint weight, and bias where the config has one) plus its LoRAs. */
+  proj(x: Tensor, layer: number, name: LinearName): Tensor {
+    const module = moduleName(layer, name);
+    const weight = this.get(`${module}.weight`);
+    const bias = linearHasBias(this.cfg, name) ? this.get(`${module}.bias`) : undefined;
+    return this.loras.apply(module, x, this.frozenLinear(x, weight, bias));
+  }
+
+  /** Weight inputs by checkpoint key (weightsAsInputs), a tied head counted once as the embedding. */
+  inputs(): Map<string, Tensor> {
+    if (!this.s.asInputs) return new Map();
+    return new Map([...this.bound].filter(([k]) => k !== 'lm_head.weight' || !this.cfg.tieWordEmbeddings));
+  }
+}
+
+/** What the module builders share: the graph, the config, the weights (with their LoRAs) and the settings. */
+interface LlamaContext {
+  readonly g: Graph;
+  readonly cfg: ModelConfig;
+  readonly w: LlamaWeights;
+  readonly s: LlamaSettings;
+}
+
+/** What every layer's attention reads: the rotary tables and the additive mask (causal and/or key padding). */
+interface AttentionInputs {
+  readonly cos: Tensor;
+  readonly sin: Tensor;
+  readonly bias: Tensor | undefined;
+}
+
+/**
+ * LlamaRotaryEmbedding's cos/sin: 'static' bakes positions 0..T-1 into constants [T, hd] (broadcasting over
+ * (B, H, T, hd)); 'input' takes `rope_cos`/`rope_sin` [B, 1, T, hd] (per-row positions, KV-cache offsets).
+ */
+function rotaryEmbedding({ g, cfg, s }: LlamaContext): { cos: Tensor; sin: Tensor } {
+  const { batch: B, seq: T, dtype } = s;
+  const hd = cfg.headDim;
+  if (s.attention.positions === 'static') {
+    const tables = ropeTablesFor(cfg, T, 0, dtype);
+    return {
+      cos: g.constant(Array.from(tables.cos), dtype, [T, hd]),
+      sin: g.constant(Array.from(tables.sin), dtype, [T, hd]),
+    };
+  }
+  return { cos: g.input('rope_cos', dtype, [B, 1, T, hd]), sin: g.input('rope_sin', dtype, [B, 1, T, hd]) };
+}
+
+/**
+ * The additive attention mask over S = P + T keys: causal (query t, at absolute position P + t, sees keys
+ * 0..P+t; none for T = 1) plus, with keyMask, -1e9 where the `attention_mask` input [B, S] is 0.
+ */
+function attentionMask({ g, s }: LlamaContext): Tensor | undefined {
+  const { batch: B, seq: T, dtype } = s;
+  const P = s.attention.pastLength;
+  const S = P + T;
   let bias: Tensor | undefined;
   if (T > 1) {
-    // Causal: query t (absolute position P + t) sees keys 0..P+t.
     const causal: number[] = [];
-    for (let t = 0; t < T; t++) for (let s = 0; s < S; s++) causal.push(s <= P + t ? 0 : NEG_INF);
+    for (let t = 0; t < T; t++) for (let k = 0; k < S; k++) causal.push(k <= P + t ? 0 : NEG_INF);
     bias = g.constant(causal, dtype, [T, S]);
   }
-  if (opts.keyMask) {
+  if (s.attention.keyMask) {
     const m = g.input('attention_mask', dtype, [B, S]);
     const keyBias = O.reshape(O.mul(O.sub(1, m), NEG_INF), [B, 1, 1, S]); // (B, 1, 1, S): 0 or -1e9
     bias = bias ? O.add(keyBias, bias) : keyBias;
   }
+  return bias;
+}
 
-  // ---- embeddings ---------------------------------------------------------------------------------------------
-  let x: Tensor;
-  let embeddings: Tensor | undefined;
-  if (opts.start === 'ids') {
-    const ids = g.input('input_ids', 'int64', [B, T]);
-    // A half embedding is gathered in half, then only the B*T rows read are cast. With float16 compute a bfloat16
-    // table is read through the same Cast to float16 as a tied head's (onnxruntime folds it into one float16
-    // initializer), as WebGPU has no bfloat16 kernels.
-    const table = w('model.embed_tokens.weight');
-    const rows = half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
-    x = embeddings = O.cast(O.gather(rows, ids, 0), dtype); // (B, T, d)
-  } else {
-    x = g.input('hidden_in', dtype, [B, T, cfg.hiddenSize]);
+/**
+ * model.embed_tokens on `input_ids` [B, T]. A half embedding is gathered in half, then only the B*T rows read are
+ * cast. With float16 compute a bfloat16 table is read through the same Cast to float16 as a tied head's
+ * (onnxruntime folds it into one float16 initializer), as WebGPU has no bfloat16 kernels.
+ */
+function embedTokens({ g, w, s }: LlamaContext): Tensor {
+  const ids = g.input('input_ids', 'int64', [s.batch, s.seq]);
+  const table = w.get('model.embed_tokens.weight');
+  const rows = s.weights.half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
+  return O.cast(O.gather(rows, ids, 0), s.dtype); // (B, T, d)
+}
+
+/**
+ * LlamaAttention of layer `layer` on the normed hidden state `h` (B, T, d): q/k/v projections, RoPE on q and k,
+ * the past keys/values of a KV cache (`past.<layer>.key/value` inputs), grouped-query attention, o_proj.
+ * `present`: this graph's new keys and values (with a KV cache).
+ */
+function llamaAttention(
+  { g, cfg, w, s }: LlamaContext,
+  layer: number,
+  h: Tensor,
+  at: AttentionInputs,
+): { out: Tensor; present?: { key: Tensor; value: Tensor } } {
+  const { batch: B, seq: T, dtype } = s;
+  const hd = cfg.headDim;
+  const P = s.attention.pastLength;
+  const q = heads(w.proj(h, layer, 'q_proj'), B, T, cfg.numHeads, hd); // (B, H, T, hd)
+  let k = heads(w.proj(h, layer, 'k_proj'), B, T, cfg.numKvHeads, hd); // (B, Hkv, T, hd)
+  let v = heads(w.proj(h, layer, 'v_proj'), B, T, cfg.numKvHeads, hd);
+  const qr = rope(q, at.cos, at.sin);
+  k = rope(k, at.cos, at.sin);
+  let present: { key: Tensor; value: Tensor } | undefined;
+  if (s.attention.kvCache) {
+    present = { key: k, value: v };
+    if (P > 0) {
+      const pk = g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]);
+      const pv = g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]);
+      k = O.concat([pk, k], 2); // (B, Hkv, S, hd)
+      v = O.concat([pv, v], 2);
+    }
   }
+  const attn = attention(qr, repeatKv(k, cfg), repeatKv(v, cfg), at.bias); // (B, H, T, hd)
+  const merged = O.reshape(O.transpose(attn, [0, 2, 1, 3]), [B, T, cfg.numHeads * hd]); // (B, T, H*hd)
+  const out = w.proj(merged, layer, 'o_proj');
+  return present ? { out, present } : { out };
+}
 
+/** LlamaMLP (SwiGLU): down(silu(gate(x)) * up(x)). */
+function llamaMlp(w: LlamaWeights, layer: number, x: Tensor): Tensor {
+  const gate = w.proj(x, layer, 'gate_proj');
+  const up = w.proj(x, layer, 'up_proj');
+  const act = O.mul(O.mul(gate, O.sigmoid(gate)), up); // silu(g) * u
+  return w.proj(act, layer, 'down_proj');
+}
+
+/** LlamaDecoderLayer: x + attention(input_layernorm(x)), then + mlp(post_attention_layernorm(.)). */
+function decoderLayer(
+  m: LlamaContext,
+  layer: number,
+  x: Tensor,
+  at: AttentionInputs,
+): { hidden: Tensor; present?: { key: Tensor; value: Tensor } } {
+  const { cfg, w } = m;
+  return m.g.scope(`layers.${layer}`, () => {
+    const pre = `model.layers.${layer}`;
+    const h = rmsNorm(x, w.get(`${pre}.input_layernorm.weight`), cfg.rmsNormEps);
+    const attn = llamaAttention(m, layer, h, at);
+    const afterAttn = O.add(x, attn.out);
+    const h2 = rmsNorm(afterAttn, w.get(`${pre}.post_attention_layernorm.weight`), cfg.rmsNormEps);
+    const hidden = O.add(afterAttn, llamaMlp(w, layer, h2));
+    return attn.present ? { hidden, present: attn.present } : { hidden };
+  });
+}
+
+/**
+ * LlamaForCausalLM's head: the final RMSNorm (model.norm) and lm_head (the embedding matrix when tied or absent),
+ * on every position or, for generation, the last one (logits [B, 1, V]).
+ */
+function lmHead({ cfg, w, s }: LlamaContext, x: Tensor): { normed: Tensor; logits: Tensor } {
+  const T = s.seq;
+  const last = s.outputs.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
+  const normed = rmsNorm(last, w.get('model.norm.weight'), cfg.rmsNormEps);
+  const headName = cfg.tieWordEmbeddings || !w.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  return { normed, logits: w.frozenLinear(normed, w.get(headName)) }; // (B, T, V)
+}
+
+/**
+ * Builds the forward pass into `g` (LlamaModel, and the head with `head`). Inputs created (as needed):
+ * input_ids | hidden_in, attention_mask, rope_cos/rope_sin, past.<i>.key/value, LoRA factors and their dropout masks.
+ */
+export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opts: LlamaGraphOptions): LlamaGraph {
+  const s = settingsOf(cfg, weights, opts);
+  const loras = GraphLoras.attach(g, cfg, s.lora.specs, {
+    layers: opts.layers,
+    dtype: s.dtype,
+    dropout: s.lora.dropout,
+    batch: s.batch,
+    seq: s.seq,
+  });
+  const w = new LlamaWeights(g, cfg, weights, s.dtype, s.weights, loras);
+  const m: LlamaContext = { g, cfg, w, s };
+  const { cos, sin } = rotaryEmbedding(m);
+  const at: AttentionInputs = { cos, sin, bias: attentionMask(m) };
+
+  const embeddings = opts.start === 'ids' ? embedTokens(m) : undefined;
+  let x = embeddings ?? g.input('hidden_in', s.dtype, [s.batch, s.seq, cfg.hiddenSize]);
   const hiddenStates: Tensor[] = [];
   const presents: { key: Tensor; value: Tensor }[] = [];
   for (const layer of opts.layers) {
-    x = g.scope(`layers.${layer}`, () => {
-      const pre = `model.layers.${layer}`;
-      // Self-attention block
-      const h = rmsNorm(x, w(`${pre}.input_layernorm.weight`), cfg.rmsNormEps);
-      const q = heads(proj(h, layer, 'q_proj', cfg.attentionBias), B, T, cfg.numHeads, hd); // (B, H, T, hd)
-      let k = heads(proj(h, layer, 'k_proj', cfg.attentionBias), B, T, cfg.numKvHeads, hd); // (B, Hkv, T, hd)
-      let v = heads(proj(h, layer, 'v_proj', cfg.attentionBias), B, T, cfg.numKvHeads, hd);
-      const qr = rope(q, cos, sin);
-      k = rope(k, cos, sin);
-      if (opts.kvCache) {
-        presents.push({ key: k, value: v });
-        if (P > 0) {
-          const pk = g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]);
-          const pv = g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]);
-          k = O.concat([pk, k], 2); // (B, Hkv, S, hd)
-          v = O.concat([pv, v], 2);
-        }
-      }
-      const attn = attention(qr, repeatKv(k, cfg), repeatKv(v, cfg), bias); // (B, H, T, hd)
-      const merged = O.reshape(O.transpose(attn, [0, 2, 1, 3]), [B, T, cfg.numHeads * hd]); // (B, T, H*hd)
-      const afterAttn = O.add(x, proj(merged, layer, 'o_proj', cfg.attentionOutBias));
-      // MLP block (SwiGLU): down(silu(gate(h)) * up(h))
-      const h2 = rmsNorm(afterAttn, w(`${pre}.post_attention_layernorm.weight`), cfg.rmsNormEps);
-      const gate = proj(h2, layer, 'gate_proj', cfg.mlpBias);
-      const up = proj(h2, layer, 'up_proj', cfg.mlpBias);
-      const act = O.mul(O.mul(gate, O.sigmoid(gate)), up); // silu(g) * u
-      return O.add(afterAttn, proj(act, layer, 'down_proj', cfg.mlpBias));
-    });
-    if (opts.keepHidden) hiddenStates.push(x);
+    const out = decoderLayer(m, layer, x, at);
+    x = out.hidden;
+    if (out.present) presents.push(out.present);
+    if (s.outputs.keepHidden) hiddenStates.push(x);
   }
 
   let logits: Tensor | undefined;
   if (opts.head) {
-    const last = opts.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
-    const normed = rmsNorm(last, w('model.norm.weight'), cfg.rmsNormEps);
-    const headName = cfg.tieWordEmbeddings || !has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    logits = frozenLinear(normed, w(headName)); // (B, T, V)
-    if (opts.keepHidden) hiddenStates.push(normed);
+    const head = lmHead(m, x);
+    logits = head.logits;
+    if (s.outputs.keepHidden) hiddenStates.push(head.normed);
   }
   return {
     graph: g,
@@ -319,11 +396,9 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     ...(embeddings ? { embeddings } : {}),
     lastHidden: x,
     hiddenStates,
-    loraParams,
+    loraParams: loras.params,
     presents,
-    weightInputs: opts.weightsAsInputs
-      ? new Map([...bound].filter(([k]) => k !== 'lm_head.weight' || !cfg.tieWordEmbeddings))
-      : new Map(),
+    weightInputs: w.inputs(),
   };
 }
 
@@ -332,7 +407,7 @@ function heads(x: Tensor, B: number, T: number, n: number, hd: number): Tensor {
   return O.transpose(O.reshape(x, [B, T, n, hd]), [0, 2, 1, 3]);
 }
 
-/** HF rotate_half convention: x*cos + cat(-x2, x1)*sin, with x = cat(x1, x2) along the head axis. */
+/** apply_rotary_pos_emb, HF's rotate_half convention: x*cos + cat(-x2, x1)*sin, with x = cat(x1, x2). */
 function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const half = x.shape[x.rank - 1]! / 2;
   const [x1, x2] = O.split(x, [half, half], -1);
@@ -340,7 +415,7 @@ function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   return O.add(O.mul(x, cos), O.mul(rotated, sin));
 }
 
-/** Grouped-query attention: each KV head serves numHeads/numKvHeads query heads. (B, Hkv, S, hd) -> (B, H, S, hd) */
+/** repeat_kv: each KV head serves numHeads/numKvHeads query heads. (B, Hkv, S, hd) -> (B, H, S, hd) */
 function repeatKv(x: Tensor, cfg: ModelConfig): Tensor {
   const groups = cfg.numHeads / cfg.numKvHeads;
   if (groups === 1) return x;
@@ -349,7 +424,7 @@ function repeatKv(x: Tensor, cfg: ModelConfig): Tensor {
   return O.reshape(expanded, [B, Hkv * groups, S, hd]);
 }
 
-/** softmax(q kᵀ / sqrt(hd) + bias) v, as HF's eager attention. */
+/** eager_attention_forward: softmax(q kᵀ / sqrt(hd) + bias) v. */
 function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | undefined): Tensor {
   const hd = q.shape[q.rank - 1]!;
   let scores = O.mul(O.matmul(q, O.transpose(k, [0, 1, 3, 2])), 1 / Math.sqrt(hd)); // (B, H, T, S)

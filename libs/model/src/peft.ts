@@ -18,6 +18,7 @@ import {
 import { writeDirAtomic, writeJsonAtomic } from './checkpoint.js';
 import type { ModelConfig } from './config.js';
 import { PeftAdapterError } from './errors.js';
+import { linearBlock, linearFeatures, parseModuleName } from './linears.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
@@ -56,8 +57,6 @@ export interface LoraAdapter {
 export function loraScaling(config: LoraAdapterConfig): number {
   return config.useRslora === true ? config.loraAlpha / Math.sqrt(config.r) : config.loraAlpha / config.r;
 }
-
-const MODULE_RE = /^model\.layers\.(\d+)\.(self_attn\.(?:q|k|v|o)_proj|mlp\.(?:gate|up|down)_proj)$/;
 
 function parseAdapterConfig(json: unknown, file: string): LoraAdapterConfig {
   const fail = (field: string, msg: string): never => {
@@ -148,17 +147,16 @@ export async function readPeftAdapter(dir: string): Promise<LoraAdapter> {
     if (m === null)
       throw new PeftAdapterError(wFile, name, 'not a LoRA lora_A/lora_B weight (other PEFT tensors are not supported)');
     const module = m[1]!;
-    const mm = MODULE_RE.exec(module);
-    if (mm === null)
+    const mm = parseModuleName(module);
+    if (mm === undefined)
       throw new PeftAdapterError(wFile, name, `${module} is not an adaptable linear of a LLaMA-family layer`);
-    const suffix = mm[2]!.split('.')[1]!;
-    if (!config.targetModules.includes(suffix))
+    if (!config.targetModules.includes(mm.name))
       throw new PeftAdapterError(
         wFile,
         name,
-        `${suffix} is not in target_modules ${JSON.stringify(config.targetModules)}`,
+        `${mm.name} is not in target_modules ${JSON.stringify(config.targetModules)}`,
       );
-    const layer = Number(mm[1]);
+    const layer = mm.layer;
     if (config.layersToTransform !== undefined && !config.layersToTransform.includes(layer)) {
       throw new PeftAdapterError(
         wFile,
@@ -199,25 +197,6 @@ export async function readPeftAdapter(dir: string): Promise<LoraAdapter> {
   return { config, tensors };
 }
 
-/** in/out features of each adaptable linear of a model with this config. */
-function linearShape(cfg: ModelConfig, kind: string): { inFeatures: number; outFeatures: number } {
-  const d = cfg.hiddenSize;
-  const q = cfg.numHeads * cfg.headDim;
-  const kv = cfg.numKvHeads * cfg.headDim;
-  const ff = cfg.intermediateSize;
-  const table: Record<string, [number, number]> = {
-    'self_attn.q_proj': [d, q],
-    'self_attn.k_proj': [d, kv],
-    'self_attn.v_proj': [d, kv],
-    'self_attn.o_proj': [q, d],
-    'mlp.gate_proj': [d, ff],
-    'mlp.up_proj': [d, ff],
-    'mlp.down_proj': [ff, d],
-  };
-  const [inFeatures, outFeatures] = table[kind]!;
-  return { inFeatures, outFeatures };
-}
-
 /**
  * Checks that an adapter fits a model: every module exists (layer index in range), and A/B have the in/out
  * features the config implies.
@@ -233,10 +212,11 @@ export function validateAdapterFor(
   for (const [module, p] of adapter.tensors) {
     const tA = `${PREFIX}${module}.lora_A.weight`;
     const tB = `${PREFIX}${module}.lora_B.weight`;
-    const m = MODULE_RE.exec(module);
-    if (m === null)
+    const m = parseModuleName(module);
+    if (m === undefined)
       throw new PeftAdapterError(file, tA, `${module} is not an adaptable linear of a ${cfg.modelType} layer`);
-    const layer = Number(m[1]);
+    const { layer } = m;
+    const kind = `${linearBlock(m.name)}.${m.name}`; // e.g. self_attn.q_proj, as errors name it
     if (layerIds !== undefined ? !layerIds.includes(layer) : layer >= cfg.numLayers)
       throw new PeftAdapterError(
         file,
@@ -245,19 +225,19 @@ export function validateAdapterFor(
           ? `layer ${layer} is not in this checkpoint (it holds layers ${layerIds.join(', ')})`
           : `layer ${layer} does not exist (the model has ${cfg.numLayers} layers)`,
       );
-    const want = linearShape(cfg, m[2]!);
-    if (p.inFeatures !== want.inFeatures || p.A.length !== p.r * p.inFeatures) {
+    const [inFeatures, outFeatures] = linearFeatures(cfg, m.name);
+    if (p.inFeatures !== inFeatures || p.A.length !== p.r * p.inFeatures) {
       throw new PeftAdapterError(
         file,
         tA,
-        `shape [${p.r}, ${p.inFeatures}] but the model's ${m[2]} needs [${p.r}, ${want.inFeatures}]`,
+        `shape [${p.r}, ${p.inFeatures}] but the model's ${kind} needs [${p.r}, ${inFeatures}]`,
       );
     }
-    if (p.outFeatures !== want.outFeatures || p.B.length !== p.outFeatures * p.r) {
+    if (p.outFeatures !== outFeatures || p.B.length !== p.outFeatures * p.r) {
       throw new PeftAdapterError(
         file,
         tB,
-        `shape [${p.outFeatures}, ${p.r}] but the model's ${m[2]} needs [${want.outFeatures}, ${p.r}]`,
+        `shape [${p.outFeatures}, ${p.r}] but the model's ${kind} needs [${outFeatures}, ${p.r}]`,
       );
     }
   }
@@ -278,7 +258,7 @@ export async function writePeftAdapter(dir: string, adapter: LoraAdapter): Promi
   const wFile = join(resolve(dir), ADAPTER_WEIGHTS);
   const tensors = new Map<string, SafetensorsWriteTensor>();
   for (const [module, p] of adapter.tensors) {
-    if (!MODULE_RE.test(module))
+    if (parseModuleName(module) === undefined)
       throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `${module} is not an adaptable linear`);
     if (p.r !== c.r)
       throw new PeftAdapterError(wFile, `${PREFIX}${module}.lora_A.weight`, `rank ${p.r} differs from config r=${c.r}`);

@@ -4,34 +4,17 @@ import {
   LossScaler,
   crossEntropy,
   gradients,
-  mulberry32,
   type Mulberry32,
   type HostTensor,
   type OptimizerConfig,
   type StepResult,
 } from '../../engine/src/index.js';
 import type { CausalLM, LoraWeights, TokenBatch } from './causal-lm.js';
-import { layersKey, loraFeeds, loraKey, shapeOfLora } from './causal-lm.js';
-import { linearFeatures, loraParamNames, moduleName, type LoraSpec } from './llama.js';
+import { layersKey } from './causal-lm.js';
+import { loraDropoutInputs, loraFeeds, loraKey, loraStream, shapeOfLora } from './lora.js';
 
-/** PEFT's LoRA initialisation: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0. */
-export function initLora(spec: LoraSpec, cfg: CausalLM['config'], seed: number): Map<string, Float32Array> {
-  const uniform = seededUniform(seed);
-  const out = new Map<string, Float32Array>();
-  for (const layer of spec.layers) {
-    for (const target of spec.targets) {
-      const [fin, fout] = linearFeatures(cfg, target);
-      const names = loraParamNames(moduleName(layer, target), spec.name);
-      const bound = 1 / Math.sqrt(fin);
-      out.set(
-        names.a,
-        Float32Array.from({ length: spec.r * fin }, () => (2 * uniform() - 1) * bound),
-      );
-      out.set(names.b, new Float32Array(fout * spec.r));
-    }
-  }
-  return out;
-}
+// PEFT's LoRA initialisation lives in lora.ts; re-exported for existing importers.
+export { initLora } from './lora.js';
 
 export interface LoraTrainerOptions {
   readonly batch: number;
@@ -74,7 +57,6 @@ export class LoraTrainer {
     const frozen = opts.frozen ?? [];
     const dropout = spec.dropout > 0;
     const key = `train-B${B}-T${T}-L${layersKey(layers)}-${loraKey([opts.trainable])}-F${loraKey(frozen)}-d${dropout ? 1 : 0}`;
-    const dropoutInputs: { name: string; shape: readonly number[] }[] = [];
     const runner = await lm.graphs.get(key, (g) => {
       const m = lm.build(g, {
         batch: B,
@@ -96,13 +78,7 @@ export class LoraTrainer {
       g.output(loss, 'loss');
       grads.forEach((gr, i) => g.output(gr!, `grad.${trainable[i]![0]}`));
     });
-    for (const name of runner.inputNames) {
-      if (name.includes('.lora_dropout.')) {
-        const module = name.slice(0, name.indexOf('.lora_dropout.'));
-        const target = module.slice(module.lastIndexOf('.') + 1) as Parameters<typeof linearFeatures>[1];
-        dropoutInputs.push({ name, shape: [B, T, linearFeatures(lm.config, target)[0]] });
-      }
-    }
+    const dropoutInputs = loraDropoutInputs(lm.config, runner.inputNames, B, T);
     const params = new Map([...opts.trainable.tensors].map(([k, v]) => [k, Float32Array.from(v)]));
     const shapes = new Map([...params].map(([n, t]) => [n, shapeOfLora(n, t, spec)]));
     const missing = [...params.keys()].filter((n) => !runner.outputNames.includes(`grad.${n}`));
@@ -124,7 +100,7 @@ export class LoraTrainer {
       opts,
       loraFeeds(frozenShapes, frozen),
       dropoutInputs,
-      seededUniform(opts.seed ?? 0),
+      loraStream(opts.seed ?? 0),
     );
   }
 
@@ -161,11 +137,6 @@ export class LoraTrainer {
     const r = await this.trainer.step(feeds);
     return { ...r, tokens };
   }
-}
-
-/** The dropout/initialisation stream of a trainer seed (offset so it differs from other streams of the same seed). */
-function seededUniform(seed: number): Mulberry32 {
-  return mulberry32((seed ^ 0x9e3779b9) >>> 0);
 }
 
 export interface FullTrainerOptions {
