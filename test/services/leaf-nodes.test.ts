@@ -6,12 +6,14 @@
  * own identity, which the hub does not even admit. The services run on the hub. The job must end with the
  * standalone job's final metrics, and the leaf connections must carry only the organization's own subjects.
  *
- * nats-server child processes on loopback (libs/protocol/test/support/nats-leaf.ts), not Testcontainers: the leaf
- * configs are the committed files with paths and ports rewritten, and no Docker is needed.
+ * The three servers are Testcontainers containers of the local NATS image (scripts/build-nats-image.sh) on the host's
+ * network, or nats-server child processes where Docker is missing (libs/protocol/test/support/nats-leaf.ts,
+ * FEDBIOT_TEST_NATS=container|process forces one); the configs are the committed files with paths and ports
+ * rewritten.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -28,14 +30,14 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
-import { NATS_SERVER_BIN } from '../../libs/protocol/test/support/nats-server.js';
+import { hasNatsServer } from '../../libs/protocol/test/support/nats-server.js';
 import {
   freePort,
   leafConfig,
   leafLocalPermissions,
   leafPermissions,
   selfSignedLoopbackCert,
-  startNatsProcess,
+  startNatsServer,
   type NatsProcess,
 } from '../../libs/protocol/test/support/nats-leaf.js';
 
@@ -92,7 +94,7 @@ async function monitor<T>(port: number, path: string): Promise<T> {
 
 test(
   'data owners behind their own leaf nodes (TLS, outbound only, own credentials, own subjects only) complete the job; it equals standalone',
-  { skip: !existsSync(NATS_SERVER_BIN) && `${NATS_SERVER_BIN} not installed` },
+  { skip: !hasNatsServer && 'neither nats-server nor Docker with the local NATS image' },
   async () => {
     const jobId = `leaf-${process.pid}-${Date.now().toString(36)}`;
     const s = resolveJobSpec(rawSpec(jobId), 'leaf test job');
@@ -153,7 +155,7 @@ test(
         .replace('/etc/nats-tls/tls.crt', tls.cert)
         .replace('/etc/nats-tls/tls.key', tls.key);
       assert.match(hubLeafnodes, new RegExp(`listen: "127.0.0.1:${leafPort}"`));
-      const hub = await startNatsProcess('hub', hubDir, hubPort, {
+      const hub = await startNatsServer('hub', hubDir, hubPort, {
         'nats.conf': [
           `server_name: hub`,
           `listen: "127.0.0.1:${hubPort}"`,
@@ -181,7 +183,7 @@ test(
         const adminUsers = org === 'org-a' ? `\n    { user: "org-admin", password: "local-admin-pw" }` : '';
         const users = renderAuthorization(local).replace(/\n {2}\]\n\}\n$/, `${adminUsers}\n  ]\n}\n`);
         const leaf = leafUsers.get(org)!;
-        const leafNode = await startNatsProcess(
+        const leafNode = await startNatsServer(
           org,
           dir,
           port,
@@ -363,7 +365,7 @@ test(
       assert.deepEqual(errors, [], 'no service logged an error');
       passed = true;
       console.log(
-        `leaf nodes: nats-server processes (hub + org-a + org-b, TLS leaf connections); job ${(jobMs / 1000).toFixed(1)} s; max |test loss difference| ${maxDiff.toExponential(2)}; ${atLeaf.length} messages reached org-a's probe, ${updates.length} of them org-a's own updates, none of org-b's`,
+        `leaf nodes: ${servers[0]!.via === 'container' ? 'containers of the local NATS image' : 'nats-server processes'} (hub + org-a + org-b, TLS leaf connections); job ${(jobMs / 1000).toFixed(1)} s; max |test loss difference| ${maxDiff.toExponential(2)}; ${atLeaf.length} messages reached org-a's probe, ${updates.length} of them org-a's own updates, none of org-b's`,
       );
     } finally {
       if (!passed) {

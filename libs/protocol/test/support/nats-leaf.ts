@@ -1,14 +1,15 @@
 /**
- * A hub and leaf nodes, as nats-server child processes on loopback, for tests of data owners behind their own leaf
+ * A hub and leaf nodes on loopback (Testcontainers containers of the local NATS image, or nats-server child
+ * processes where Docker is missing), for tests of data owners behind their own leaf
  * nodes: the hub runs JetStream in a domain of its own and accepts leaf connections over TLS on a leafnode port;
  * each leaf node runs the committed data-owner config (deploy/leafnode/leaf.conf) with its files next to it, no
  * JetStream, and one outbound connection to the hub. Also the hub-side permissions of a leaf node's user.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { clientPermissions, type NatsPermissions } from '../../src/auth.js';
-import { freePort, NATS_SERVER_BIN } from './nats-server.js';
+import { freePort, NATS_IMAGE, NATS_SERVER_BIN, privateNatsVia } from './nats-server.js';
 
 /**
  * The hub-side permissions of a leaf node's user that serves the organization's clients `own` of job `jobId`, whose
@@ -110,6 +111,8 @@ export function selfSignedLoopbackCert(dir: string): { cert: string; key: string
 
 export interface NatsProcess {
   readonly name: string;
+  /** A Testcontainers container of the local NATS image, or a nats-server child process (privateNatsVia()). */
+  readonly via: 'container' | 'process';
   readonly port: number;
   readonly url: string;
   readonly dir: string;
@@ -118,26 +121,41 @@ export interface NatsProcess {
 }
 
 /**
- * Writes `files` (nats.conf and whatever it includes) into `dir`, checks the config with `nats-server -t`, starts
- * the server with `env` and resolves once its log says it is ready (an open port could be another test's server).
+ * Writes `files` (nats.conf and whatever it includes) into `dir`, checks the config with `nats-server -t` (when the
+ * binary is on this host), starts the server with `env` and resolves once its log says it is ready (an open port
+ * could be another test's server). It runs as a Testcontainers container of the local NATS image on the host's
+ * network, with `dir` mounted at the same path, when Docker and the image are there; else as a child process
+ * (FEDBIOT_TEST_NATS=container|process forces one, as for libs/protocol/test/support/nats-server.ts).
  */
-export async function startNatsProcess(
+export async function startNatsServer(
   name: string,
   dir: string,
   port: number,
   files: Record<string, string>,
-  env: NodeJS.ProcessEnv = {},
+  env: Record<string, string> = {},
 ): Promise<NatsProcess> {
   mkdirSync(dir, { recursive: true });
   for (const [file, text] of Object.entries(files)) writeFileSync(join(dir, file), text, { mode: 0o600 });
   const conf = join(dir, 'nats.conf');
-  const childEnv = { ...process.env, ...env };
-  const check = spawnSync(NATS_SERVER_BIN, ['-t', '-c', conf], { encoding: 'utf8', env: childEnv });
-  if (check.status !== 0)
-    throw new Error(`${name}: nats-server -t rejected its config: ${check.stdout}${check.stderr}`);
+  if (existsSync(NATS_SERVER_BIN)) {
+    const check = spawnSync(NATS_SERVER_BIN, ['-t', '-c', conf], { encoding: 'utf8', env: { ...process.env, ...env } });
+    if (check.status !== 0)
+      throw new Error(`${name}: nats-server -t rejected its config: ${check.stdout}${check.stderr}`);
+  }
+  const base = { name, port, url: `nats://127.0.0.1:${port}`, dir };
+  if (privateNatsVia() === 'container')
+    return { ...base, via: 'container', ...(await runContainer(name, dir, conf, env)) };
+  return { ...base, via: 'process', ...(await runProcess(name, conf, env)) };
+}
+
+async function runProcess(
+  name: string,
+  conf: string,
+  env: Record<string, string>,
+): Promise<{ log(): string; stop(): Promise<void> }> {
   const child: ChildProcess = spawn(NATS_SERVER_BIN, ['-c', conf], {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: childEnv,
+    env: { ...process.env, ...env },
   });
   let log = '';
   child.stderr?.on('data', (b: Buffer) => (log += b.toString()));
@@ -153,11 +171,46 @@ export async function startNatsProcess(
   for (const until = Date.now() + 30_000; !log.includes('Server is ready');) {
     if (!running() || Date.now() > until) {
       await stop();
-      throw new Error(`${name} did not start on port ${port}:\n${log}`);
+      throw new Error(`${name} did not start:\n${log}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { name, port, url: `nats://127.0.0.1:${port}`, dir, log: () => log, stop };
+  return { log: () => log, stop };
+}
+
+async function runContainer(
+  name: string,
+  dir: string,
+  conf: string,
+  env: Record<string, string>,
+): Promise<{ log(): string; stop(): Promise<void> }> {
+  // As in nats-server.ts: no Ryuk (its image would come from Docker Hub), no "inside a container" probe.
+  process.env['TESTCONTAINERS_RYUK_DISABLED'] ??= 'true';
+  process.env['TESTCONTAINERS_HOST_OVERRIDE'] ??= 'localhost';
+  const { GenericContainer, Wait } = await import('testcontainers');
+  let log = '';
+  const container = await new GenericContainer(NATS_IMAGE)
+    .withNetworkMode('host')
+    .withBindMounts([{ source: dir, target: dir, mode: 'rw' }])
+    .withEnvironment(env)
+    .withCommand(['-c', conf])
+    .withLogConsumer((stream) => stream.on('data', (b: Buffer | string) => (log += b.toString())))
+    .withWaitStrategy(Wait.forLogMessage(/Server is ready/))
+    .withStartupTimeout(30_000)
+    .start()
+    .catch((e: unknown) => {
+      throw new Error(`${name}: NATS container (${NATS_IMAGE}) did not start: ${(e as Error).message}\n${log}`, {
+        cause: e,
+      });
+    });
+  let stopped: Promise<unknown> | undefined;
+  return {
+    log: () => log,
+    stop: async () => {
+      stopped ??= container.stop({ timeout: 2000 }).catch(() => {});
+      await stopped;
+    },
+  };
 }
 
 /** The committed data-owner leaf config, pointed at files in `dir` and a loopback client port. */
