@@ -371,10 +371,10 @@ test('each broken variant of the prod cluster fails with its rule named, and not
     assert.equal(got.length, patterns.length, `${variant}: ${JSON.stringify(got, null, 1)}`);
     patterns.forEach((p, i) => assert.match(got[i]!, p, variant));
   };
-  const tooFew = (d: string) =>
-    new RegExp(`^Deployment/${d} js-replicas: .*FEDBIOT_JS_REPLICAS=3 exceeds the 2 JetStream server\\(s\\)`);
   expect('even-replicas', [
-    ...['aggregator', 'client-trainer', 'client-trainer-gpu', 'evaluator', 'server-alignment'].map(tooFew),
+    ...['aggregator', 'client-trainer', 'client-trainer-gpu', 'evaluator', 'server-alignment'].map(
+      (d) => new RegExp(`^Deployment/${d} js-replicas: .*FEDBIOT_JS_REPLICAS=3 exceeds the 2 JetStream server\\(s\\)`),
+    ),
     /^StatefulSet\/nats nats-cluster: replicas 2 is even/,
   ]);
   expect('no-cluster-block', [/^StatefulSet\/nats nats-cluster: 3 replicas but nats\.conf has no cluster \{\} block/]);
