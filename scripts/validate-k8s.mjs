@@ -32,6 +32,20 @@
 //   eval-private   a job spec ConfigMap (key job.yaml) does not set eval.mode: simulation, in which the
 //                  evaluator reads every client's test set; deployments evaluate privately (AdapFu on the
 //                  owner's eval.ownerValidation, AdapEmu by each client's trainer, numbers only)
+//   NATS clustering, for every NATS StatefulSet (name nats or label app.kubernetes.io/name: nats) with its
+//   nats.conf read from the mounted ConfigMap (includes resolved among the ConfigMap's keys):
+//   nats-cluster   more than one replica needs a cluster {} block, and a cluster block more than one replica;
+//                  a clustered StatefulSet runs an odd number (>= 3) of servers (RAFT needs a majority: 4 survive
+//                  no more losses than 3), sets server_name per pod ($POD_NAME from metadata.name: JetStream
+//                  knows its peers by name), names a headless serviceName, and its routes list every pod
+//                  <name>-<i>.<serviceName> on the cluster port
+//   nats-quorum    a clustered StatefulSet has a PodDisruptionBudget selecting its pods that keeps a majority up
+//                  (minAvailable >= replicas/2 + 1, or maxUnavailable <= replicas - majority)
+//   nats-anti-affinity  a clustered StatefulSet's pods repel each other across nodes: a required podAntiAffinity
+//                  term with topologyKey kubernetes.io/hostname whose selector matches the pod's own labels
+//   js-replicas    every container with NATS_URL sets FEDBIOT_JS_REPLICAS (default 1) to at most the number of
+//                  JetStream servers it reaches (more cannot be placed); on a cluster to more than 1 and an odd
+//                  count (an R1 stream is lost with its node)
 // Warnings (never fail): Secrets annotated fedbiot.io/example-credentials=true.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -354,6 +368,17 @@ function policyIssues(o, ctx) {
     }
   }
 
+  if (o.kind === 'StatefulSet' && isNats(o)) {
+    const server = ctx.natsServers.find((s) => s.sts === o);
+    if (server) {
+      issues.push(...clusterIssues(server, ctx.objects));
+      if (server.clustered && server.replicas > 1) {
+        issues.push(...quorumIssues(server, ctx.objects), ...antiAffinityIssues(server));
+      }
+    }
+  }
+  issues.push(...jsReplicaIssues(o, ctx));
+
   if ((o.kind === 'Service' && o.spec?.selector) || o.kind === 'PodDisruptionBudget') {
     const selector = o.kind === 'Service' ? o.spec.selector : o.spec?.selector?.matchLabels;
     if (selector && !ctx.podLabels.some((labels) => matches(selector, labels))) {
@@ -382,6 +407,297 @@ function policyIssues(o, ctx) {
           message: `triggers[${i}]: stream ${md.stream} is not the job's work queue FL_TASKS_${ctx.jobId} (job spec id ${ctx.jobId})`,
         });
       }
+    }
+  }
+  return issues;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS server configuration (the subset of the nats-server config syntax the manifests use: key/value pairs
+// separated by `:`, `=` or blanks, `{}` maps, `[]` arrays, quoted and bare strings, `#` and `//` comments,
+// `include <file>` resolved among `files`).
+
+/** Parses a nats-server config into plain objects (keys lower-cased, scalars as strings). */
+export function parseNatsConf(text, files = {}, depth = 0) {
+  if (depth > 8) throw new Error('nats.conf: includes nested too deeply');
+  let i = 0;
+  const n = text.length;
+  const skip = (newlines) => {
+    for (;;) {
+      const ch = text[i];
+      if (ch === '#' || (ch === '/' && text[i + 1] === '/')) {
+        while (i < n && text[i] !== '\n') i++;
+      } else if (ch === ' ' || ch === '\t' || ch === '\r' || (newlines && (ch === '\n' || ch === ',' || ch === ';'))) {
+        i++;
+      } else return;
+    }
+  };
+  const quoted = () => {
+    const q = text[i++];
+    let out = '';
+    while (i < n && text[i] !== q) out += text[i++];
+    i++;
+    return out;
+  };
+  const bare = (stops) => {
+    let out = '';
+    while (i < n && !stops.includes(text[i])) out += text[i++];
+    return out.trim();
+  };
+  const value = () => {
+    skip(false);
+    const ch = text[i];
+    if (ch === '{') {
+      i++;
+      return map('}');
+    }
+    if (ch === '[') {
+      i++;
+      const arr = [];
+      for (;;) {
+        skip(true);
+        if (i >= n) throw new Error('nats.conf: unterminated array');
+        if (text[i] === ']') {
+          i++;
+          return arr;
+        }
+        arr.push(
+          text[i] === '"' || text[i] === "'" ? quoted() : text[i] === '{' || text[i] === '[' ? value() : bare(',]\n#'),
+        );
+      }
+    }
+    if (ch === '"' || ch === "'") return quoted();
+    return bare(',;}\n#');
+  };
+  const map = (close) => {
+    const out = {};
+    for (;;) {
+      skip(true);
+      if (i >= n) {
+        if (close) throw new Error(`nats.conf: missing ${close}`);
+        return out;
+      }
+      if (text[i] === close) {
+        i++;
+        return out;
+      }
+      const key = (text[i] === '"' || text[i] === "'" ? quoted() : bare(' \t:={\n')).toLowerCase();
+      if (key === '') throw new Error(`nats.conf: unexpected ${JSON.stringify(text[i])}`);
+      if (key === 'include') {
+        skip(false);
+        const file = (text[i] === '"' || text[i] === "'" ? quoted() : bare(' \t\n#;')).replace(/^\.\//, '');
+        if (files[file] === undefined) throw new Error(`nats.conf: include ${file}: not in the ConfigMap`);
+        Object.assign(out, parseNatsConf(files[file], files, depth + 1));
+        continue;
+      }
+      skip(false);
+      if (text[i] === ':' || text[i] === '=') i++;
+      out[key] = value();
+    }
+  };
+  return map(undefined);
+}
+
+/** The NATS StatefulSets of a rendered set, each with its parsed config (or the reason there is none). */
+function natsServersOf(objects) {
+  const configMaps = new Map(objects.filter((o) => o?.kind === 'ConfigMap').map((o) => [o.metadata?.name, o]));
+  return objects
+    .filter((o) => o?.kind === 'StatefulSet' && isNats(o))
+    .map((sts) => {
+      const replicas = sts.spec?.replicas ?? 1;
+      const vols = sts.spec?.template?.spec?.volumes ?? [];
+      const cm = vols
+        .map((v) => configMaps.get(v.configMap?.name))
+        .find((c) => typeof c?.data?.['nats.conf'] === 'string');
+      let conf;
+      let confError;
+      if (cm) {
+        try {
+          conf = parseNatsConf(cm.data['nats.conf'], cm.data);
+        } catch (e) {
+          confError = e.message;
+        }
+      }
+      return { sts, replicas, conf, confError, clustered: replicas > 1 || conf?.cluster !== undefined };
+    });
+}
+
+/** Port of a `listen` / `port` pair (`host:port` or a bare port). */
+function listenPort(block) {
+  if (block?.port !== undefined) return Number(block.port);
+  const m = /:(\d+)$/.exec(String(block?.listen ?? ''));
+  return m ? Number(m[1]) : undefined;
+}
+
+function clusterIssues(server, objects) {
+  const { sts, replicas, conf, confError } = server;
+  const name = sts.metadata?.name;
+  const issues = [];
+  const cluster = conf?.cluster;
+  if (confError) issues.push({ rule: 'nats-cluster', message: `nats.conf: ${confError}` });
+  if (replicas > 1 && conf && cluster === undefined) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `${replicas} replicas but nats.conf has no cluster {} block: they would run as ${replicas} separate servers, each with its own JetStream`,
+    });
+  }
+  if (cluster !== undefined && replicas < 2) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `nats.conf has a cluster {} block but the StatefulSet runs ${replicas} replica`,
+    });
+  }
+  if (replicas > 1 && (replicas % 2 === 0 || replicas < 3)) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `replicas ${replicas} is even: a JetStream cluster needs a majority of its servers (RAFT), so run an odd number >= 3 (3 survive one loss; ${replicas} survive ${Math.floor((replicas - 1) / 2)})`,
+    });
+  }
+  if (cluster === undefined) return issues;
+  const serverName = String(conf.server_name ?? '');
+  const podEnv = (sts.spec?.template?.spec?.containers ?? []).flatMap((c) => c.env ?? []);
+  const fromPodName = (v) => podEnv.some((e) => e.name === v && e.valueFrom?.fieldRef?.fieldPath === 'metadata.name');
+  const varName = /^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$/.exec(serverName)?.[1];
+  if (!varName || !fromPodName(varName)) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `server_name is ${serverName ? JSON.stringify(serverName) : 'not set'}: each pod needs its own stable name, e.g. server_name: $POD_NAME with POD_NAME from metadata.name (JetStream knows its RAFT peers by server name)`,
+    });
+  }
+  const serviceName = sts.spec?.serviceName;
+  const headless = objects.find(
+    (o) => o?.kind === 'Service' && o.metadata?.name === serviceName && o.spec?.clusterIP === 'None',
+  );
+  if (!headless) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `serviceName ${serviceName ?? '(none)'} is not a headless Service (clusterIP: None) in the rendered set: the routes need per-pod DNS names`,
+    });
+  }
+  const port = listenPort(cluster) ?? 6222;
+  const routes = Array.isArray(cluster.routes) ? cluster.routes.map(String) : [];
+  const pods = Array.from({ length: replicas }, (_, k) => `${name}-${k}`);
+  const routed = new Set();
+  for (const r of routes) {
+    let url;
+    try {
+      url = new URL(r);
+    } catch {
+      issues.push({ rule: 'nats-cluster', message: `route ${r} is not a URL` });
+      continue;
+    }
+    const [pod, svc] = url.hostname.split('.');
+    if (svc === serviceName && Number(url.port) === port) routed.add(pod);
+  }
+  const missing = pods.filter((p) => !routed.has(p));
+  if (missing.length > 0) {
+    issues.push({
+      rule: 'nats-cluster',
+      message: `cluster.routes do not list ${missing.map((p) => `${p}.${serviceName}:${port}`).join(', ')}: every pod of the ${replicas} must be routed (has ${JSON.stringify(routes)})`,
+    });
+  }
+  return issues;
+}
+
+function quorumIssues(server, objects) {
+  const { sts, replicas } = server;
+  const labels = sts.spec?.template?.metadata?.labels;
+  const majority = Math.floor(replicas / 2) + 1;
+  const pdbs = objects.filter(
+    (o) => o?.kind === 'PodDisruptionBudget' && matches(o.spec?.selector?.matchLabels, labels),
+  );
+  const keeps = (pdb) => {
+    const { minAvailable, maxUnavailable } = pdb.spec ?? {};
+    const count = (v, of) =>
+      typeof v === 'string' && v.endsWith('%') ? Math.ceil((Number(v.slice(0, -1)) / 100) * of) : Number(v);
+    if (minAvailable !== undefined) return count(minAvailable, replicas);
+    if (maxUnavailable !== undefined) return replicas - count(maxUnavailable, replicas);
+    return 0;
+  };
+  if (pdbs.length === 0) {
+    return [
+      {
+        rule: 'nats-quorum',
+        message: `no PodDisruptionBudget selects the ${replicas} NATS pods: a node drain may take the JetStream cluster below its majority of ${majority}`,
+      },
+    ];
+  }
+  const best = Math.max(...pdbs.map(keeps));
+  if (best >= majority) return [];
+  return [
+    {
+      rule: 'nats-quorum',
+      message: `PodDisruptionBudget ${pdbs.map((p) => p.metadata?.name).join(', ')} keeps ${best} of ${replicas} NATS pods: voluntary disruptions may break the JetStream quorum of ${majority} (set minAvailable: ${majority})`,
+    },
+  ];
+}
+
+function antiAffinityIssues(server) {
+  const { sts, replicas } = server;
+  const labels = sts.spec?.template?.metadata?.labels;
+  const terms =
+    sts.spec?.template?.spec?.affinity?.podAntiAffinity?.requiredDuringSchedulingIgnoredDuringExecution ?? [];
+  const ok = terms.some(
+    (t) =>
+      t.topologyKey === 'kubernetes.io/hostname' &&
+      t.labelSelector?.matchLabels &&
+      matches(t.labelSelector.matchLabels, labels),
+  );
+  if (ok) return [];
+  return [
+    {
+      rule: 'nats-anti-affinity',
+      message: `the ${replicas} NATS pods may share a node: add a required podAntiAffinity term (topologyKey kubernetes.io/hostname, labelSelector matching the pod's labels), or one node's loss takes several replicas of every stream`,
+    },
+  ];
+}
+
+/** The NATS StatefulSet a service container reaches through its NATS_URL (host = a Service name). */
+function natsServerFor(nats, servers, objects) {
+  let host;
+  try {
+    host = new URL(nats.split(',')[0].trim()).hostname.split('.')[0];
+  } catch {
+    return undefined;
+  }
+  const svc = objects.find((o) => o?.kind === 'Service' && o.metadata?.name === host);
+  if (svc?.spec?.selector) {
+    const hit = servers.find((s) => matches(svc.spec.selector, s.sts.spec?.template?.metadata?.labels));
+    if (hit) return hit;
+  }
+  return servers.length === 1 ? servers[0] : undefined;
+}
+
+function jsReplicaIssues(o, ctx) {
+  const pod = podSpecOf(o);
+  if (!pod?.spec || ctx.natsServers.length === 0) return [];
+  const issues = [];
+  for (const c of pod.spec.containers ?? []) {
+    const env = new Map((c.env ?? []).map((e) => [e.name, e]));
+    const url = env.get('NATS_URL')?.value;
+    if (url === undefined) continue;
+    const server = natsServerFor(url, ctx.natsServers, ctx.objects);
+    if (!server) continue;
+    const raw = env.get('FEDBIOT_JS_REPLICAS');
+    const where = `container ${c.name}`;
+    if (raw?.valueFrom) continue; // set out of band: not checkable offline
+    const r = raw?.value === undefined ? 1 : Number(raw.value);
+    const shown = raw?.value === undefined ? 'unset (1)' : raw.value;
+    if (!Number.isInteger(r) || r < 1 || r > 5) {
+      issues.push({
+        rule: 'js-replicas',
+        message: `${where}: FEDBIOT_JS_REPLICAS=${shown} is not an integer from 1 to 5`,
+      });
+    } else if (r > server.replicas) {
+      issues.push({
+        rule: 'js-replicas',
+        message: `${where}: FEDBIOT_JS_REPLICAS=${shown} exceeds the ${server.replicas} JetStream server(s) of StatefulSet ${server.sts.metadata?.name}: no stream could be placed`,
+      });
+    } else if (server.clustered && (r < 2 || r % 2 === 0)) {
+      issues.push({
+        rule: 'js-replicas',
+        message: `${where}: FEDBIOT_JS_REPLICAS=${shown} on the ${server.replicas}-node cluster ${server.sts.metadata?.name}: ${r < 2 ? "a stream on one node is lost with that node's volume" : 'an even replica count tolerates no more losses than one fewer'}; set it to 3`,
+      });
     }
   }
   return issues;
@@ -421,7 +737,7 @@ function contextOf(objects) {
       }
     }
   }
-  return { names, podLabels, jobId, modelClaims };
+  return { names, podLabels, jobId, modelClaims, objects, natsServers: natsServersOf(objects) };
 }
 
 /** Validates the objects of one rendered set. */

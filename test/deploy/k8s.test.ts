@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -281,11 +281,110 @@ test('prod: NetworkPolicies let the services reach only NATS and DNS, and NATS o
   const natsRule = egress.find((rule: K8s) => rule.ports.some((p: K8s) => p.port === 4222));
   assert.deepEqual(natsRule.to, [{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'nats' } } }]);
 
+  // The cluster's routes: NATS pods reach each other on 6222, and nothing else opens a route.
+  const routes = find(objects, 'NetworkPolicy', 'nats-cluster-routes').spec;
+  const natsPods = { podSelector: { matchLabels: { 'app.kubernetes.io/name': 'nats' } } };
+  assert.deepEqual(routes.podSelector, natsPods.podSelector);
+  assert.deepEqual(routes.ingress, [{ from: [natsPods], ports: [{ protocol: 'TCP', port: 6222 }] }]);
+  assert.deepEqual(routes.egress[0], { to: [natsPods], ports: [{ protocol: 'TCP', port: 6222 }] });
+
   const natsIngress = find(objects, 'NetworkPolicy', 'nats-ingress').spec.ingress;
   const byPort = new Map(natsIngress.map((r: K8s) => [r.ports[0].port, r.from[0]]));
   assert.deepEqual(byPort.get(4222), { podSelector: { matchLabels: { 'fedbiot.io/nats-client': 'true' } } });
   assert.equal((byPort.get(8222) as K8s).namespaceSelector.matchLabels['kubernetes.io/metadata.name'], 'keda');
   assert.equal(natsIngress.length, 2);
+});
+
+test('base and dev stay one JetStream server: replicas 1, no cluster block, services at the default R1', () => {
+  for (const dir of [join(repoRoot, 'deploy', 'k8s', 'base'), overlayDir('dev')]) {
+    const objects = render(dir);
+    const sts = find(objects, 'StatefulSet', 'nats');
+    assert.equal(sts.spec.replicas, 1, dir);
+    assert.equal(sts.spec.template.spec.affinity, undefined, dir);
+    assert.doesNotMatch(
+      findGenerated(objects, 'ConfigMap', 'nats-config').data['cluster.conf'],
+      /^\s*(cluster|routes|server_name)\b/m,
+      `${dir}: cluster.conf has settings`,
+    );
+    for (const name of SERVICES)
+      assert.equal(envOf(container(find(objects, 'Deployment', name))).has('FEDBIOT_JS_REPLICAS'), false);
+  }
+});
+
+test('prod: a 3-node JetStream cluster (routes over the headless Service, quorum PDB, anti-affinity) and R3 services', () => {
+  const objects = render(overlayDir('prod'));
+  const sts = find(objects, 'StatefulSet', 'nats');
+  assert.equal(sts.spec.replicas, 3);
+  assert.equal(sts.spec.serviceName, 'nats-headless');
+  const pod = sts.spec.template.spec;
+  assert.deepEqual(pod.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution, [
+    { topologyKey: 'kubernetes.io/hostname', labelSelector: { matchLabels: { 'app.kubernetes.io/name': 'nats' } } },
+  ]);
+  const nats = container(sts);
+  assert.ok(nats.ports.some((p: K8s) => p.name === 'cluster' && p.containerPort === 6222));
+  assert.deepEqual(
+    nats.env.find((e: K8s) => e.name === 'POD_NAME'),
+    { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+  );
+  const headless = find(objects, 'Service', 'nats-headless');
+  assert.equal(headless.spec.clusterIP, 'None');
+  assert.equal(headless.spec.publishNotReadyAddresses, true, 'routes resolve before the pods are ready');
+  assert.ok(headless.spec.ports.some((p: K8s) => p.port === 6222 && p.targetPort === 'cluster'));
+  const conf = findGenerated(objects, 'ConfigMap', 'nats-config').data;
+  assert.match(conf['nats.conf'], /^include \.\/cluster\.conf$/m);
+  assert.match(conf['cluster.conf'], /^server_name: \$POD_NAME$/m);
+  const routes = [...(conf['cluster.conf'] as string).matchAll(/nats:\/\/(\S+):6222/g)].map((m) => m[1]);
+  assert.deepEqual(routes, ['nats-0.nats-headless', 'nats-1.nats-headless', 'nats-2.nats-headless']);
+  assert.equal(find(objects, 'PodDisruptionBudget', 'nats').spec.minAvailable, 2);
+  const deployments = objects.filter((o) => o.kind === 'Deployment');
+  assert.deepEqual(deployments.map((d) => d.metadata.name).toSorted(), [...SERVICES, 'client-trainer-gpu'].toSorted());
+  for (const d of deployments) assert.equal(envOf(container(d)).get('FEDBIOT_JS_REPLICAS'), '3', d.metadata.name);
+});
+
+test('each broken variant of the prod cluster fails with its rule named, and nothing else', () => {
+  const base = join(repoRoot, 'test', 'deploy', 'fixtures', 'broken-cluster');
+  const variants = [
+    'even-replicas',
+    'no-cluster-block',
+    'missing-route',
+    'fixed-server-name',
+    'no-quorum',
+    'no-anti-affinity',
+    'r1-service',
+  ];
+  const r = validate(['--json', ...variants.map((v) => join(base, v))]);
+  assert.equal(r.status, 1, r.stderr);
+  const report = JSON.parse(r.stdout) as Report;
+  const failures = new Map(
+    report.targets.map((t, i) => {
+      assert.equal(t.error, undefined, `${variants[i]}: ${t.error}`);
+      return [
+        variants[i]!,
+        t.objects
+          .filter((o) => o.schema.length || o.policy.length)
+          .flatMap((o) => [...o.schema, ...o.policy.map((p) => `${o.kind}/${o.name} ${p.rule}: ${p.message}`)]),
+      ];
+    }),
+  );
+  const expect = (variant: string, patterns: RegExp[]) => {
+    const got = failures.get(variant)!;
+    assert.equal(got.length, patterns.length, `${variant}: ${JSON.stringify(got, null, 1)}`);
+    patterns.forEach((p, i) => assert.match(got[i]!, p, variant));
+  };
+  expect('even-replicas', [
+    ...['aggregator', 'client-trainer', 'client-trainer-gpu', 'evaluator', 'server-alignment'].map(
+      (d) => new RegExp(`^Deployment/${d} js-replicas: .*FEDBIOT_JS_REPLICAS=3 exceeds the 2 JetStream server\\(s\\)`),
+    ),
+    /^StatefulSet\/nats nats-cluster: replicas 2 is even/,
+  ]);
+  expect('no-cluster-block', [/^StatefulSet\/nats nats-cluster: 3 replicas but nats\.conf has no cluster \{\} block/]);
+  expect('missing-route', [/^StatefulSet\/nats nats-cluster: cluster\.routes do not list nats-2\.nats-headless:6222/]);
+  expect('fixed-server-name', [/^StatefulSet\/nats nats-cluster: server_name is "nats": each pod needs its own/]);
+  expect('no-quorum', [/^StatefulSet\/nats nats-quorum: PodDisruptionBudget nats keeps 1 of 3 NATS pods/]);
+  expect('no-anti-affinity', [/^StatefulSet\/nats nats-anti-affinity: the 3 NATS pods may share a node/]);
+  expect('r1-service', [
+    /^Deployment\/evaluator js-replicas: container evaluator: FEDBIOT_JS_REPLICAS=1 on the 3-node cluster/,
+  ]);
 });
 
 test('a broken manifest set fails, with each defect named on its object', () => {
@@ -356,7 +455,11 @@ function writeNatsConfig(objects: K8s[], edit: (conf: string) => string = (c) =>
 }
 
 function natsTest(dir: string): SpawnSyncReturns<string> {
-  return spawnSync(NATS_SERVER, ['-t', '-c', join(dir, 'nats.conf')], { encoding: 'utf8' });
+  // POD_NAME: what the prod StatefulSet sets from metadata.name (cluster.conf: server_name: $POD_NAME).
+  return spawnSync(NATS_SERVER, ['-t', '-c', join(dir, 'nats.conf')], {
+    encoding: 'utf8',
+    env: { ...process.env, POD_NAME: 'nats-0' },
+  });
 }
 
 test(
@@ -445,8 +548,11 @@ test(
   async () => {
     const objects = render(overlayDir('prod'));
     const [port, http] = [await freePort(), await freePort()];
+    // One server of the prod config: its cluster.conf (routes to the 3 pods' DNS names) is dropped here and
+    // exercised on its own by the cluster test below.
     const dir = writeNatsConfig(objects, (c) =>
       c
+        .replace(/^include \.\/cluster\.conf$/m, '')
         .replace(/^port: 4222$/m, `port: ${port}\nhost: 127.0.0.1`)
         .replace(/^http_port: 8222$/m, `http: "127.0.0.1:${http}"`)
         .replace(/store_dir: \/data\/jetstream/, `store_dir: "${tmpdir()}/${'fedbiot-js-'}${port}"`),
@@ -537,6 +643,90 @@ test(
       }
       rmSync(dir, { recursive: true, force: true });
       rmSync(join(tmpdir(), `fedbiot-js-${port}`), { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'the prod cluster config forms a JetStream cluster: three nats-servers with the rendered config (routes pointed at loopback) place an R3 stream',
+  { skip: !hasNatsServer && `${NATS_SERVER} not installed` },
+  async () => {
+    const objects = render(overlayDir('prod'));
+    const conf = findGenerated(objects, 'ConfigMap', 'nats-config').data as Record<string, string>;
+    const pods = ['nats-0', 'nats-1', 'nats-2'];
+    const ports = await Promise.all(pods.map(async () => ({ client: await freePort(), route: await freePort() })));
+    const dir = mkdtempSync(join(tmpdir(), 'fedbiot-nats-cluster-'));
+    const servers: ReturnType<typeof spawn>[] = [];
+    const logs = pods.map(() => '');
+    try {
+      pods.forEach((pod, i) => {
+        const podDir = join(dir, pod);
+        // Each pod's view: the rendered files; DNS names and fixed ports become loopback ports of this host.
+        let cluster = conf['cluster.conf']!.replace(/^(\s*)port: 6222$/m, `$1listen: "127.0.0.1:${ports[i]!.route}"`);
+        pods.forEach((p, j) => {
+          cluster = cluster.replace(`nats://${p}.nats-headless:6222`, `nats://127.0.0.1:${ports[j]!.route}`);
+        });
+        assert.doesNotMatch(cluster.replace(/#.*$/gm, ''), /nats-headless|6222/, 'every route was pointed at loopback');
+        const main = conf['nats.conf']!.replace(/^port: 4222$/m, `listen: "127.0.0.1:${ports[i]!.client}"`)
+          .replace(/^http_port: 8222$/m, '')
+          .replace(/store_dir: \/data\/jetstream/, `store_dir: "${join(podDir, 'js')}"`);
+        mkdirSync(podDir, { recursive: true });
+        writeFileSync(join(podDir, 'nats.conf'), main);
+        for (const f of ['auth.conf', 'tls.conf']) writeFileSync(join(podDir, f), conf[f]!);
+        writeFileSync(join(podDir, 'cluster.conf'), cluster);
+        const child = spawn(NATS_SERVER, ['-c', join(podDir, 'nats.conf')], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+          env: { ...process.env, POD_NAME: pod },
+        });
+        child.stderr!.on('data', (b: Buffer) => (logs[i] += b.toString()));
+        servers.push(child);
+      });
+      const secret = objects.find((o) => o.kind === 'Secret' && o.metadata.name.startsWith('nats-creds-aggregator-'))!;
+      const seed = Buffer.from(secret.data['user.nk'].replace(/\s/g, ''), 'base64').toString('utf8').trim();
+      const stream = find(objects, 'ScaledObject', 'client-trainer').spec.triggers[0].metadata.stream as string;
+      const jobId = stream.replace(/^FL_TASKS_/, '');
+      let info: K8s | undefined;
+      let last: unknown;
+      // The meta leader needs all three routes up and an election: retry the create until it is placed.
+      for (const until = Date.now() + 60_000; Date.now() < until && !info;) {
+        try {
+          const nc = await connect({
+            servers: ports.map((p) => `127.0.0.1:${p.client}`),
+            reconnect: false,
+            authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
+            inboxPrefix: '_INBOX_service-aggregator',
+          });
+          try {
+            const jsm = await jetstreamManager(nc, { timeout: 5000 });
+            info = (await jsm.streams.add({
+              name: stream,
+              subjects: [`fl.${jobId}.task.*`],
+              retention: RetentionPolicy.Workqueue,
+              num_replicas: 3,
+            })) as K8s;
+          } finally {
+            await nc.close();
+          }
+        } catch (e) {
+          last = e;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+      assert.ok(info, `no R3 stream within 60 s: ${String(last)}\n${logs.join('\n----\n').slice(-4000)}`);
+      assert.equal(info.config.num_replicas, 3);
+      // Leader and two current replicas: the stream lives on all three servers, named after their pods.
+      const peers = [info.cluster.leader, ...info.cluster.replicas.map((r: K8s) => r.name)].toSorted();
+      assert.deepEqual(peers, pods);
+      assert.equal(info.cluster.name, 'fedbiot');
+    } finally {
+      for (const child of servers) {
+        if (child.exitCode === null) {
+          const exited = new Promise((r) => child.once('exit', r));
+          child.kill('SIGTERM');
+          await exited;
+        }
+      }
+      rmSync(dir, { recursive: true, force: true });
     }
   },
 );
