@@ -8,7 +8,13 @@ import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
 import type { CausalLM, LoraWeights } from '../../model/src/causal-lm.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
-import { runRounds, type ClientRoundResult, type CoordinatorState, type RoundPorts } from './coordinator.js';
+import {
+  runRounds,
+  type ClientRoundResult,
+  type CoordinatorEvents,
+  type CoordinatorState,
+  type RoundPorts,
+} from './coordinator.js';
 import type { ClientData, FederationData } from './federation.js';
 import { RunDirError } from './errors.js';
 import { BASE_ROW } from './methods.js';
@@ -195,53 +201,69 @@ export async function runFederated(ctx: JobCtx, stage: Stage, from?: LoadedCheck
   const privacy = privacyFor(plan.spec, stage.label, data.clients.length, saved['privacy'], ctx.log);
   const evalExtras = new Map<string, Record<string, number>>();
   const start: CoordinatorState = { round: from ? from.round : 0, adapter, emulator, preAligned: from !== undefined };
+  const clientIds = data.clients.map((c) => c.id);
   return runRounds(
     localPorts(ctx, stage, streams, server, evalExtras),
-    coordinatorSettings(
-      plan,
-      stage,
-      data.clients.map((c) => c.id),
-      privacy?.aggregate,
-    ),
+    coordinatorSettings(plan, stage, clientIds, privacy?.aggregate),
     start,
-    {
-      onEvent: (e) => {
-        // Training events carry the method so the report draws one training-loss line per method and client.
-        if (e.kind === 'comm' && stage.role === 'baseline')
-          ctx.metrics.log({ ...e, phase: stage.label, kind: 'comm-baseline' });
-        else
-          ctx.metrics.log({
-            ...e,
-            phase: stage.label,
-            ...(e.kind === 'train' ? { method: stage.method } : {}),
-            // The coordinator's phase of an alignment (pre-alignment or a round's) survives as its stage.
-            ...(e.kind === 'align' ? { stage: e['phase'], method: stage.method } : {}),
-            ...(e.kind === 'eval' ? evalExtras.get(`${String(e['method'])}\u0000${String(e['client'])}`) : {}),
-          });
-      },
-      onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
-      onCheckpoint: async (state) => {
-        const tensors = new Map<string, Float32Array>();
-        for (const [k, v] of state.adapter.tensors) tensors.set(`adapter/${k}`, v);
-        for (const [k, v] of state.emulator.tensors) tensors.set(`emulator/${k}`, v);
-        const json: Record<string, unknown> = {
-          round: state.round,
-          metricsBytes: metricsBytes(ctx.metrics),
-          streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
-        };
-        if (privacy) json['privacy'] = privacy.state();
-        const opt = server?.exportOptimizerState();
-        if (server && opt) {
-          const t = stateToTensors(opt, 'optim.');
-          for (const [k, v] of t.tensors) tensors.set(k, v);
-          json['optimizerMeta'] = t.meta;
-          json['serverStream'] = server.streamState;
-        }
-        await saveCheckpoint(ctx.runDir, { round: state.round, json, tensors }, { under: stage.checkpoints });
-        ctx.afterCheckpoint?.(stage.label, state.round);
-      },
-    },
+    stageEvents(ctx, stage, evalExtras, () => {
+      const json: Record<string, unknown> = {
+        streams: Object.fromEntries([...streams].map(([id, s]) => [id, s.state])),
+      };
+      const tensors = new Map<string, Float32Array>();
+      if (privacy) json['privacy'] = privacy.state();
+      const opt = server?.exportOptimizerState();
+      if (server && opt) {
+        const t = stateToTensors(opt, 'optim.');
+        for (const [k, v] of t.tensors) tensors.set(k, v);
+        json['optimizerMeta'] = t.meta;
+        json['serverStream'] = server.streamState;
+      }
+      return { json, tensors };
+    }),
   );
+}
+
+/**
+ * The coordinator's events of a stage: metrics.jsonl events labelled with the stage, and checkpoints into the stage's
+ * folder holding the coordinator state plus `extra()` (the stage's streams, alignment server and privacy state).
+ */
+function stageEvents(
+  ctx: JobCtx,
+  stage: Stage,
+  evalExtras: ReadonlyMap<string, Record<string, number>>,
+  extra: () => { json: Record<string, unknown>; tensors: Map<string, Float32Array> },
+): CoordinatorEvents {
+  return {
+    onEvent: (e) => {
+      // Training events carry the method so the report draws one training-loss line per method and client.
+      if (e.kind === 'comm' && stage.role === 'baseline')
+        ctx.metrics.log({ ...e, phase: stage.label, kind: 'comm-baseline' });
+      else
+        ctx.metrics.log({
+          ...e,
+          phase: stage.label,
+          ...(e.kind === 'train' ? { method: stage.method } : {}),
+          // The coordinator's phase of an alignment (pre-alignment or a round's) survives as its stage.
+          ...(e.kind === 'align' ? { stage: e['phase'], method: stage.method } : {}),
+          ...(e.kind === 'eval' ? evalExtras.get(`${String(e['method'])}\u0000${String(e['client'])}`) : {}),
+        });
+    },
+    onRejected: (client, reason) => ctx.log(`  rejected update from ${client}: ${reason}`),
+    onCheckpoint: async (state) => {
+      const tensors = new Map<string, Float32Array>();
+      for (const [k, v] of state.adapter.tensors) tensors.set(`adapter/${k}`, v);
+      for (const [k, v] of state.emulator.tensors) tensors.set(`emulator/${k}`, v);
+      const { json, tensors: more } = extra();
+      for (const [k, v] of more) tensors.set(k, v);
+      await saveCheckpoint(
+        ctx.runDir,
+        { round: state.round, json: { round: state.round, metricsBytes: metricsBytes(ctx.metrics), ...json }, tensors },
+        { under: stage.checkpoints },
+      );
+      ctx.afterCheckpoint?.(stage.label, state.round);
+    },
+  };
 }
 
 /**

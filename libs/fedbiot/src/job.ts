@@ -15,7 +15,7 @@ import { checkModelPath, type JobSpec } from './job-spec.js';
 import { evaluateBase, restoreLora, runFederated, runLocalOnly, type JobCtx } from './job-stages.js';
 import { RunDirError } from './errors.js';
 import { BASE_ROW } from './methods.js';
-import { initialLoras, planJob, type JobPlan, type Stage } from './plan.js';
+import { initialLoras, modelLoadOptions, planJob, type JobPlan, type Stage } from './plan.js';
 import {
   createRunDir,
   discardUnstartedRun,
@@ -65,11 +65,7 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
     overwrite: opts.overwrite === true,
   });
   const runDir = resolve(run.dir);
-  const lm = await CausalLM.load(spec.model.checkpoint, {
-    provider: spec.model.provider,
-    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
-    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
-  });
+  const lm = await CausalLM.load(spec.model.checkpoint, modelLoadOptions(spec));
   let metrics: MetricsLog | undefined;
   try {
     const plan = planJob(spec, lm.config.numLayers);
@@ -86,21 +82,7 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
     };
     describeRun(ctx);
     if (!resume) await evaluateBase(ctx);
-    let mainEmulator: LoraWeights | undefined;
-    for (const [i, stage] of plan.stages.entries()) {
-      if (resume && i < resume.stage) continue;
-      log(stageIntro(plan, stage));
-      const from = resume?.stage === i ? resume.from : undefined;
-      if (!stage.federated) {
-        await runLocalOnly(ctx, stage, mainEmulator ?? (await storedMainEmulator(ctx)));
-        continue;
-      }
-      const final = await runFederated(ctx, stage, from);
-      if (stage.role === 'main') {
-        await exportAdapter(ctx, final.adapter);
-        mainEmulator = final.emulator;
-      }
-    }
+    await runStages(ctx, resume);
     return await finish(ctx, run, t0);
   } catch (e) {
     metrics?.close();
@@ -109,6 +91,27 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
   } finally {
     metrics?.close();
     await lm.release();
+  }
+}
+
+/**
+ * The plan's stages in order, from the resume point on: the job's method (its final adapter exported), then its
+ * baselines; local-only trains on the method's final emulator.
+ */
+async function runStages(ctx: JobCtx, resume: ResumePoint | undefined): Promise<void> {
+  let mainEmulator: LoraWeights | undefined;
+  for (const [i, stage] of ctx.plan.stages.entries()) {
+    if (resume && i < resume.stage) continue;
+    ctx.log(stageIntro(ctx.plan, stage));
+    if (!stage.federated) {
+      await runLocalOnly(ctx, stage, mainEmulator ?? (await storedMainEmulator(ctx)));
+      continue;
+    }
+    const final = await runFederated(ctx, stage, resume?.stage === i ? resume.from : undefined);
+    if (stage.role === 'main') {
+      await exportAdapter(ctx, final.adapter);
+      mainEmulator = final.emulator;
+    }
   }
 }
 

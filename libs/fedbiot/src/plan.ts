@@ -120,6 +120,19 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
   };
 }
 
+/** How the job's model loads (CausalLM.load, loadEmulatorPackage): execution provider, threads, weight dtype. */
+export function modelLoadOptions(spec: JobSpec): {
+  provider: JobSpec['model']['provider'];
+  threads?: number;
+  weightsDtype?: NonNullable<JobSpec['model']['weightsDtype']>;
+} {
+  return {
+    provider: spec.model.provider,
+    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
+    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
+  };
+}
+
 /** The job's initial adapter and emulator LoRA on `lm` (the full model, or a client's emulator package). */
 export function initialLoras(
   plan: Pick<JobPlan, 'specs' | 'seeds'>,
