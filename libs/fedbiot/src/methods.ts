@@ -98,6 +98,44 @@ export const BASELINES_OF: Readonly<Record<Method, readonly Method[]>> = {
   'local-only': [],
 };
 
+/** Which baselines a job spec enables (its `baselines` section). */
+export interface BaselineFlags {
+  readonly offsiteTuning: boolean;
+  readonly localOnly: boolean;
+  readonly fedavgLora: boolean;
+}
+
+const FLAG_OF = {
+  'offsite-tuning': 'offsiteTuning',
+  'local-only': 'localOnly',
+  'fedavg-lora': 'fedavgLora',
+} as const satisfies Partial<Record<Method, keyof BaselineFlags>>;
+
+/** The methods a job runs, in order: its method, then the baselines of it that `baselines` enables. */
+export function methodsRun(method: Method, baselines: BaselineFlags): Method[] {
+  return [method, ...BASELINES_OF[method].filter((m) => m !== 'fedbiot' && baselines[FLAG_OF[m]])];
+}
+
+/**
+ * Emulator alignment steps of `method` on public data, before round 0 (`pre`) and after each round (`perRound`):
+ * per-round alignment runs alignment.preRounds x stepsPerRound, then stepsPerRound; one-shot alignment runs
+ * baselines.oneShotAlignSteps (absent: none) once.
+ */
+export function alignmentSteps(
+  method: Method,
+  alignment: { readonly preRounds: number; readonly stepsPerRound: number },
+  oneShotAlignSteps: number | undefined,
+): { pre: number; perRound: number } {
+  switch (METHOD_TABLE[method].alignment) {
+    case 'per-round':
+      return { pre: alignment.preRounds * alignment.stepsPerRound, perRound: alignment.stepsPerRound };
+    case 'one-shot':
+      return { pre: oneShotAlignSteps ?? 0, perRound: 0 };
+    case 'none':
+      return { pre: 0, perRound: 0 };
+  }
+}
+
 /** The result row of `method` evaluated on `on` (e.g. fedbiot on the emulator: fedbiot-adapemu). */
 export function resultRow(method: Method, on: EvalOn): ResultMethod {
   const r = METHOD_TABLE[method].rows.find((x) => x.on === on);
@@ -107,14 +145,9 @@ export function resultRow(method: Method, on: EvalOn): ResultMethod {
 }
 
 /** The result rows a job produces: base, the method's rows, then the enabled baselines' (in RESULT_METHODS order). */
-export function evalMethodsFor(
-  method: Method,
-  baselines: { offsiteTuning: boolean; localOnly: boolean; fedavgLora: boolean },
-): ResultMethod[] {
-  const enabled: Method[] = [method];
-  if (baselines.offsiteTuning) enabled.push('offsite-tuning');
-  if (baselines.localOnly) enabled.push('local-only');
-  if (baselines.fedavgLora) enabled.push('fedavg-lora');
+export function evalMethodsFor(method: Method, baselines: BaselineFlags): ResultMethod[] {
+  // Every enabled baseline's rows, also those of a baseline the method does not run (a spec may name them).
+  const enabled = [method, ...(Object.keys(FLAG_OF) as (keyof typeof FLAG_OF)[]).filter((m) => baselines[FLAG_OF[m]])];
   const out = new Set<ResultMethod>([BASE_ROW, ...enabled.flatMap((m) => METHOD_TABLE[m].rows.map((r) => r.row))]);
   return RESULT_METHODS.filter((m) => out.has(m));
 }

@@ -11,7 +11,7 @@ import type { LoraSpec } from '../../model/src/llama.js';
 import { aggregationSettingsFor, type CoordinatorSettings } from './coordinator.js';
 import { clientStreamSeed, type ClientData } from './federation.js';
 import type { JobSpec } from './job-spec.js';
-import { BASELINES_OF, METHOD_TABLE, type Method, type MethodRow } from './methods.js';
+import { METHOD_TABLE, alignmentSteps, methodsRun, type Method, type MethodRow } from './methods.js';
 import {
   clientSettingsFor,
   initialLora,
@@ -73,15 +73,9 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
     adapterTop: spec.split.adapterLayers,
     dropRate: spec.split.dropRate,
   });
-  const enabled: Record<Method, boolean> = {
-    fedbiot: false,
-    'offsite-tuning': spec.baselines.offsiteTuning,
-    'local-only': spec.baselines.localOnly,
-    'fedavg-lora': spec.baselines.fedavgLora,
-  };
   const stage = (m: Method, role: Stage['role']): Stage => {
     const t = METHOD_TABLE[m];
-    const oneShot = spec.baselines.oneShotAlignSteps ?? 0;
+    const steps = alignmentSteps(m, spec.alignment, spec.baselines.oneShotAlignSteps);
     return {
       method: m,
       role,
@@ -90,13 +84,8 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
       federated: t.federated,
       clientLayers: t.clientModel === 'full' ? Array.from({ length: numLayers }, (_, i) => i) : split.clientLayers,
       withEmulator: t.clientModel === 'emulator',
-      preAlignSteps:
-        t.alignment === 'per-round'
-          ? spec.alignment.preRounds * spec.alignment.stepsPerRound
-          : t.alignment === 'one-shot'
-            ? oneShot
-            : 0,
-      alignStepsPerRound: t.alignment === 'per-round' ? spec.alignment.stepsPerRound : 0,
+      preAlignSteps: steps.pre,
+      alignStepsPerRound: steps.perRound,
       broadcastEmulator: t.alignment === 'per-round',
       rows: t.rows,
     };
@@ -116,7 +105,7 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
       seed: spec.job.seed,
     },
     seeds: { adapter: spec.job.seed + 1, emulator: spec.job.seed + 2 },
-    stages: [stage(method, 'main'), ...BASELINES_OF[method].filter((m) => enabled[m]).map((m) => stage(m, 'baseline'))],
+    stages: methodsRun(method, spec.baselines).map((m, i) => stage(m, i === 0 ? 'main' : 'baseline')),
   };
 }
 
