@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
-import { listCheckpoints, loadLatestCheckpoint } from '../../libs/fedbiot/src/run-dir.js';
+import { createRunDir, listCheckpoints, loadLatestCheckpoint, saveCheckpoint } from '../../libs/fedbiot/src/run-dir.js';
 import { readSafetensorsHeader, readTensor, toFloat32 } from '../../libs/engine/src/safetensors.js';
 import { repoRoot } from '../support/paths.js';
 
@@ -94,6 +94,20 @@ test("a finished run's checkpoints are its method's final state; each baseline k
     const t = await readTensor(peft, name, header);
     assert.deepEqual(toFloat32(t.dtype, t.data), last.tensors.get(k), name);
   }
+});
+
+test('a run folder of the earlier checkpoint layout (one round counter for all methods) is refused on resume', async () => {
+  const s = spec('legacy');
+  const run = await createRunDir(s.job.outDir, s.job.id, s);
+  await saveCheckpoint(run.dir, {
+    round: 200_004,
+    json: { phase: 'offsite-tuning', round: 4, metricsBytes: 0 },
+    tensors: new Map(),
+  });
+  await assert.rejects(
+    runJob(s, { resume: true, log: () => {} }),
+    /round-200004: a checkpoint of an earlier run-folder layout .*--overwrite starts the run again/,
+  );
 });
 
 test('a job stopped at points of every phase resumes to the same results and the same metrics events', async () => {
