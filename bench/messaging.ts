@@ -21,17 +21,8 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { runRounds, type RoundPorts } from '../libs/fedbiot/src/coordinator.js';
 import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import {
-  AlignReplySchema,
-  AlignRequestSchema,
-  alignSubject,
-  natsRoundPorts,
-  putLora,
-  getBroadcast,
-  getLora,
-  updateKey,
-  type PortsContext,
-} from '../services/common/ports-nats.js';
+import { natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
+import { getBroadcast, getLora, putLora } from '../services/common/lora-blobs.js';
 import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
 import { splitModel } from '../libs/fedbiot/src/split.js';
 import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
@@ -45,6 +36,9 @@ import {
   PROTOCOL_VERSION,
   StateStore,
   WorkQueue,
+  AlignReplySchema,
+  AlignRequestSchema,
+  alignSubject,
   blobBucketName,
   connectTransport,
   decodeMessage,

@@ -13,7 +13,8 @@ import { pathToFileURL } from 'node:url';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import type { LoraWeights } from '../libs/model/src/causal-lm.js';
-import { getBroadcast, putLora, updateKey, type PortsContext } from '../services/common/ports-nats.js';
+import { updateKey, type PortsContext } from '../services/common/ports-nats.js';
+import { getBroadcast, putLora } from '../services/common/lora-blobs.js';
 import {
   BlobStore,
   ClientUpdateSchema,

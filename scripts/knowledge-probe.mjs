@@ -26,12 +26,17 @@ const probes = {
 const rows = [];
 for (const [probe, [prompt, rel]] of Object.entries(probes)) {
   const row = { probe };
-  for (const [variant, layers] of [['full', undefined], ['emulator', emuLayers]]) {
+  for (const [variant, layers] of [
+    ['full', undefined],
+    ['emulator', emuLayers],
+  ]) {
     const ids = people.map((p) => tok.encode(prompt(p)));
     const outs = [];
     for (let i = 0; i < ids.length; i += 40)
       outs.push(...(await model.generate(ids.slice(i, i + 40), { maxNewTokens: 3 }, layers ? { layers } : {})));
-    const ok = outs.filter((o, i) => tok.decode(o).trim().toLowerCase().startsWith(people[i][rel].toLowerCase())).length;
+    const ok = outs.filter((o, i) =>
+      tok.decode(o).trim().toLowerCase().startsWith(people[i][rel].toLowerCase()),
+    ).length;
     row[variant] = `${ok}/${people.length}`;
   }
   rows.push(row);

@@ -42,15 +42,10 @@ import {
 import type { TokenizedExample } from '../../libs/data/src/index.js';
 import { ExampleStream } from '../../libs/fedbiot/src/batches.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  clientSeed,
-  getBroadcast,
-  openClientContext,
-  putLora,
-  streamSeed,
-  updateKey,
-  type JobContext,
-} from '../common/ports-nats.js';
+import { clientSeed } from '../../libs/fedbiot/src/plan.js';
+import { openClientContext, streamSeed, type JobContext } from '../common/job-context.js';
+import { getBroadcast, putLora } from '../common/lora-blobs.js';
+import { updateKey } from '../common/ports-nats.js';
 import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';

@@ -1,11 +1,10 @@
 /**
  * The NATS binding of the round coordinator's ports (distributed FedBiOT): what the aggregator calls instead of the
- * in-process ports of job.ts, plus the job context every service builds from the same JobSpec so that all four
- * compute exactly what the standalone job computes (same split, LoRA specs, initial LoRAs, seeds and data streams).
+ * in-process ports of the standalone job (libs/fedbiot job-stages.ts).
  *
  *   trainClients: adapter + emulator LoRA -> BlobStore; one TrainTask per client on the work queue; ClientUpdates
  *                 collected with quorum + deadline; update blobs downloaded; results in the planned client order
- *   align:        request on fl.<job>.align (server-alignment replies with the emulator LoRA's blob ref)
+ *   align:        AlignRequest on fl.<job>.align (server-alignment replies with the emulator LoRA's blob ref)
  *   evaluate:     eval.mode simulation: request on fl.<job>.round.<r>.evaluate (the evaluator replies with AdapEmu
  *                 and AdapFu rows per client, from every client's test set); eval.mode private: AdapFu from the
  *                 evaluator on the owner's validation set (row client 'owner') and, at the same time, one evaluate
@@ -13,25 +12,20 @@
  *                 ClientMetrics (numbers only) on fl.<job>.round.<r>.metrics.<client>
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { z } from 'zod';
 import type { ClientProxy } from '@nestjs/microservices';
-import { sendWithRetry } from './nats-transport.js';
 import { subscriptionInbox, type RoundInbox } from './round-inbox.js';
-import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
-import type { LoraSpec } from '../../libs/model/src/llama.js';
-import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
 import {
-  BlobRefSchema,
+  AlignReplySchema,
+  AlignRequestSchema,
   ClientMetricsSchema,
   ClientUpdateSchema,
   EvalRequestSchema,
   PROTOCOL_VERSION,
   QuorumNotReachedError,
   RoundPlanSchema,
+  alignSubject,
   decodeMessage,
-  decodeTensors,
   encodeMessage,
-  encodeTensors,
   evaluateSubject,
   planSubject,
   updateSubject,
@@ -40,277 +34,18 @@ import {
   publishMessage,
   type BlobRef,
   type BlobStore,
-  type PutOptions,
+  type EvalMode,
   type StateStore,
-  type Tensor,
   type TrainingConfig,
   type WorkQueue,
 } from '../../libs/protocol/src/index.js';
 import type { ClientRoundResult, RoundPorts } from '../../libs/fedbiot/src/coordinator.js';
-import {
-  clientStreamSeed,
-  loadFederation,
-  type FederationData,
-  type LoadFederationOptions,
-} from '../../libs/fedbiot/src/federation.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  clientSettingsFor,
-  initialLora,
-  loraSpecs,
-  type ClientSettings,
-  type EvalScores,
-} from '../../libs/fedbiot/src/roles.js';
-import { splitModel, type ModelSplit } from '../../libs/fedbiot/src/split.js';
-import { checkPackageSplit, loadEmulatorPackage } from '../../libs/fedbiot/src/emulator-package.js';
-import { clientTrainingSeed } from '../../libs/fedbiot/src/seeds.js';
-
-/** Everything a service derives from the job spec; identical in every service of a job. */
-export interface JobContext {
-  readonly spec: JobSpec;
-  /** The protocol job id (spec.job.id). */
-  readonly jobId: string;
-  /** The full model on the owner's side; the emulator package (numbered like the full model) at a client. */
-  readonly lm: CausalLM;
-  readonly data: FederationData;
-  readonly split: ModelSplit;
-  readonly specs: { adapter: LoraSpec; emulator: LoraSpec };
-  readonly clientSettings: ClientSettings;
-}
-
-function checkDistributed(spec: JobSpec): void {
-  if (spec.job.method !== 'fedbiot')
-    throw new Error(`job.method: the distributed runtime runs fedbiot only, not ${spec.job.method}`);
-  if (!spec.job.id)
-    throw new Error('job.id: required by the distributed runtime (it names the NATS subjects, streams and buckets)');
-}
-
-/** The job's split of a model of `numLayers` layers (FedBiOT: the top adapter only). */
-export function jobSplit(spec: JobSpec, numLayers: number): ModelSplit {
-  return splitModel({
-    numLayers,
-    adapterBottom: 0,
-    adapterTop: spec.split.adapterLayers,
-    dropRate: spec.split.dropRate,
-  });
-}
-
-async function contextFrom(
-  spec: JobSpec,
-  lm: CausalLM,
-  split: ModelSplit,
-  where: string,
-  opts: LoadFederationOptions,
-): Promise<JobContext> {
-  if (!lm.tokenizer) throw new Error(`${where} has no tokenizer.json`);
-  const data = await loadFederation(spec, lm.tokenizer, defaultCacheRoot(), opts);
-  return {
-    spec,
-    jobId: spec.job.id!,
-    lm,
-    data,
-    split,
-    specs: loraSpecs(split, spec.lora),
-    clientSettings: clientSettingsFor(spec),
-  };
-}
-
-/**
- * The model owner's services (aggregator, server-alignment, evaluator): loads the full model and the federation
- * for `spec`, as runJob does for its main phase. Only method `fedbiot` runs distributed; the baselines stay
- * standalone. `opts` says which data the calling service holds (loadFederation's `parts`).
- */
-export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions = {}): Promise<JobContext> {
-  checkDistributed(spec);
-  const lm = await CausalLM.load(spec.model.checkpoint, {
-    provider: spec.model.provider,
-    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
-    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
-  });
-  return contextFrom(spec, lm, jobSplit(spec, lm.config.numLayers), `model.checkpoint: ${spec.model.checkpoint}`, opts);
-}
-
-/**
- * A data owner's trainer: the same context from the emulator package in `packageDir` (fetched and verified by the
- * caller) instead of the full model, which a client never has. The package must hold exactly the client layers
- * of the job's split.
- */
-export async function openClientContext(
-  spec: JobSpec,
-  packageDir: string,
-  opts: LoadFederationOptions = {},
-): Promise<JobContext> {
-  checkDistributed(spec);
-  const { lm, manifest } = await loadEmulatorPackage(packageDir, {
-    provider: spec.model.provider,
-    verify: false,
-    ...(spec.model.threads ? { threads: spec.model.threads } : {}),
-    ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
-  });
-  try {
-    const split = jobSplit(spec, manifest.source.numLayers);
-    checkPackageSplit(manifest, split, packageDir);
-    return await contextFrom(spec, lm, split, `emulator package ${packageDir}`, opts);
-  } catch (e) {
-    await lm.release();
-    throw e;
-  }
-}
-
-/** The initial adapter and emulator LoRA of the job (seeds as in job.ts). */
-export function initialLoras(ctx: JobContext): { adapter: LoraWeights; emulator: LoraWeights } {
-  return {
-    adapter: initialLora(ctx.specs.adapter, ctx.lm, ctx.spec.job.seed + 1),
-    emulator: initialLora(ctx.specs.emulator, ctx.lm, ctx.spec.job.seed + 2),
-  };
-}
-
-/** Local-training seed of `clientId` in `round` (the same function as job.ts: seeds.ts). */
-export function clientSeed(spec: JobSpec, round: number, clientId: string): number {
-  return clientTrainingSeed(spec.job.seed, round, clientId);
-}
-
-/** Seed of a client's example stream: job.ts seeds it by the client's index in the federation. */
-export function streamSeed(ctx: JobContext, clientId: string): number {
-  const client = ctx.data.clients.find((c) => c.id === clientId);
-  if (!client) throw new Error(`client ${clientId} is not in the federation ${ctx.data.source}`);
-  return clientStreamSeed(ctx.spec.job.seed, client);
-}
-
-/** Serialises a LoRA as a safetensors blob; tensors travel flat (the LoraSpec on both ends gives their shapes). */
-export function encodeLora(l: LoraWeights): Uint8Array {
-  return encodeTensors(new Map<string, Tensor>([...l.tensors].map(([k, v]) => [k, { shape: [v.length], data: v }])), {
-    lora: l.spec.name,
-  });
-}
-
-/** Inverse of encodeLora; `source` names the blob in errors. Tensor names and sizes are checked by assertUpdates. */
-export function decodeLora(bytes: Uint8Array, spec: LoraSpec, source: string): LoraWeights {
-  const d = decodeTensors(bytes, source);
-  return { spec, tensors: new Map([...d.tensors].map(([k, t]) => [k, Float32Array.from(t.data)])) };
-}
-
-/** `opts.bucket`: e.g. the client's `updateBucketName` for a trainer's update (default the store's bucket). */
-export async function putLora(blobs: BlobStore, l: LoraWeights, opts: PutOptions = {}): Promise<BlobRef> {
-  return blobs.put(encodeLora(l), opts);
-}
-
-export async function getLora(blobs: BlobStore, ref: BlobRef, spec: LoraSpec): Promise<LoraWeights> {
-  return decodeLora(await blobs.get(ref), spec, `${ref.bucket}/${ref.name}`);
-}
-
-/** A round's broadcast (adapter and emulator LoRA), both fetched at once so their round trips overlap. */
-export async function getBroadcast(
-  blobs: BlobStore,
-  refs: { readonly adapterLora: BlobRef; readonly emulatorLora: BlobRef },
-  specs: { readonly adapter: LoraSpec; readonly emulator: LoraSpec },
-): Promise<{ adapter: LoraWeights; emulator: LoraWeights }> {
-  const [adapter, emulator] = await Promise.all([
-    getLora(blobs, refs.adapterLora, specs.adapter),
-    getLora(blobs, refs.emulatorLora, specs.emulator),
-  ]);
-  return { adapter, emulator };
-}
-
-// ---- request/reply messages between the aggregator and server-alignment / evaluator --------------------------
-
-const protocolVersion = z.literal(PROTOCOL_VERSION);
-const errorReply = z.strictObject({ protocolVersion, jobId: z.string(), error: z.string().min(1) });
-
-/** Subject on which server-alignment answers alignment requests (queue group `server-alignment`). */
-export function alignSubject(jobId: string): `fl.${string}.align` {
-  return `fl.${jobId}.align`;
-}
-
-/** Pattern of every round's evaluation request (queue group `evaluator`). */
-export function evaluatePattern(jobId: string): `fl.${string}.round.*.evaluate` {
-  return `fl.${jobId}.round.*.evaluate`;
-}
-
-/**
- * Aggregator -> server-alignment. `call` numbers the alignments of a job (0: pre-alignment, r + 1: after round r),
- * so a repeated request (aggregator restarted after the server aligned) is answered from the stored result
- * instead of aligning twice.
- */
-export const AlignRequestSchema = z.strictObject({
-  protocolVersion,
-  jobId: z.string(),
-  call: z.int().nonnegative(),
-  adapterLora: BlobRefSchema,
-  steps: z.int().nonnegative(),
-});
-export type AlignRequest = z.infer<typeof AlignRequestSchema>;
-
-export const AlignOkSchema = z.strictObject({
-  protocolVersion,
-  jobId: z.string(),
-  call: z.int().nonnegative(),
-  emulatorLora: BlobRefSchema,
-  loss: z.number(),
-  l2: z.number(),
-  kl: z.number(),
-  steps: z.int().nonnegative(),
-});
-export const AlignReplySchema = z.union([AlignOkSchema, errorReply]);
-export type AlignReply = z.infer<typeof AlignReplySchema>;
-
-export const EvalRowSchema = z.strictObject({
-  method: z.string().min(1),
-  client: z.string().min(1),
-  testLoss: z.number(),
-  accuracy: z.number(),
-  tokens: z.int().nonnegative(),
-  items: z.int().nonnegative(),
-});
-export type EvalRow = z.infer<typeof EvalRowSchema>;
-export const EvalOkSchema = z.strictObject({
-  protocolVersion,
-  jobId: z.string(),
-  round: z.int().nonnegative(),
-  rows: z.array(EvalRowSchema).min(1),
-});
-export const EvalReplySchema = z.union([EvalOkSchema, errorReply]);
-export type EvalReply = z.infer<typeof EvalReplySchema>;
-
-/** Mode of an EvalRequest -> the result method of job.ts. */
-export const EVAL_METHOD = { adapEmu: 'fedbiot-adapemu', adapFu: 'fedbiot-adapfu', base: 'base' } as const;
-
-/** Mean of per-client scores weighted by tokens (loss) and items (accuracy): the 'all' row, as in job.ts. */
-export function pooledScores(scores: readonly EvalScores[]): EvalScores {
-  const tokens = scores.reduce((s, x) => s + x.tokens, 0);
-  const items = scores.reduce((s, x) => s + x.items, 0);
-  return {
-    testLoss: scores.reduce((s, x) => s + x.testLoss * x.tokens, 0) / Math.max(tokens, 1),
-    accuracy: scores.reduce((s, x) => s + x.accuracy * x.items, 0) / Math.max(items, 1),
-    tokens,
-    items,
-  };
-}
-
-/**
- * A request that waits for a responder: services start in any order, so "no responders" is retried until
- * `timeoutMs` runs out. Other failures (a timeout while a responder works) propagate.
- */
-export async function requestWithRetry(
-  nc: NatsConnection,
-  subject: string,
-  body: Uint8Array,
-  timeoutMs: number,
-): Promise<Uint8Array> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const m = await nc.request(subject, body, { timeout: Math.max(1, until - Date.now()) });
-      return m.data;
-    } catch (e) {
-      const noResponders =
-        /no responders/i.test(String((e as Error).message)) || (e as { code?: string }).code === '503';
-      if (!noResponders || Date.now() + 250 > until)
-        throw new Error(`request on ${subject} failed: ${(e as Error).message}`, { cause: e });
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-}
+import { clientSeed, pooledScores } from '../../libs/fedbiot/src/plan.js';
+import type { EvalScores } from '../../libs/fedbiot/src/roles.js';
+import type { JobContext } from './job-context.js';
+import { getLora, putLora } from './lora-blobs.js';
+import { requestReply } from './requests.js';
+import { EvalReplySchema, evalModeRow } from './evaluation-wire.js';
 
 /** KV key of a client's update for a round (written by the trainer before it publishes the update). */
 export function updateKey(round: number, clientId: string): string {
@@ -478,7 +213,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       const call = alignCall++;
       if (steps === 0) return null;
       const subject = alignSubject(jobId);
-      const req: AlignRequest = {
+      const request = {
         protocolVersion: PROTOCOL_VERSION,
         jobId,
         call,
@@ -487,15 +222,16 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       };
       // Nest's NATS transport (ClientNats -> server-alignment's @MessagePattern); a plain request where the caller
       // has no Nest client (bench/messaging.ts's stand-in server answers raw requests).
-      const bytes = o.natsClient
-        ? new TextEncoder().encode(
-            JSON.stringify(await sendWithRetry(o.natsClient, subject, AlignRequestSchema.parse(req), requestTimeoutMs)),
-          )
-        : await requestWithRetry(nc, subject, encodeMessage(AlignRequestSchema, req, subject), requestTimeoutMs);
-      const r = decodeMessage(AlignReplySchema, bytes, `reply to ${subject}`);
-      if (!r.ok) throw r.error;
-      if ('error' in r.value) throw new Error(`server-alignment refused call ${call}: ${r.value.error}`);
-      const v = r.value;
+      const v = await requestReply(
+        o,
+        subject,
+        AlignRequestSchema,
+        request,
+        AlignReplySchema,
+        { jobId },
+        requestTimeoutMs,
+      );
+      if ('error' in v) throw new Error(`server-alignment refused call ${call}: ${v.error}`);
       return {
         emulator: await getLora(blobs, v.emulatorLora, ctx.specs.emulator),
         stats: { loss: v.loss, l2: v.l2, kl: v.kl, steps: v.steps },
@@ -518,20 +254,14 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
   async function requestEvaluation(
     round: number,
     refs: { adapterLora: BlobRef; emulatorLora: BlobRef },
-    modes: ('adapEmu' | 'adapFu')[],
+    modes: Exclude<EvalMode, 'base'>[],
   ): Promise<EvalResultRow[]> {
     const subject = evaluateSubject(jobId, round);
-    const req = { protocolVersion: PROTOCOL_VERSION, jobId, round, ...refs, modes };
+    const request = { protocolVersion: PROTOCOL_VERSION, jobId, round, ...refs, modes };
     // Nest's NATS transport (ClientNats -> the evaluator's @MessagePattern); a plain request without a Nest client.
-    const bytes = o.natsClient
-      ? new TextEncoder().encode(
-          JSON.stringify(await sendWithRetry(o.natsClient, subject, EvalRequestSchema.parse(req), requestTimeoutMs)),
-        )
-      : await requestWithRetry(nc, subject, encodeMessage(EvalRequestSchema, req, subject), requestTimeoutMs);
-    const r = decodeMessage(EvalReplySchema, bytes, `reply to ${subject}`);
-    if (!r.ok) throw r.error;
-    if ('error' in r.value) throw new Error(`evaluator refused round ${round}: ${r.value.error}`);
-    return r.value.rows.map((row) => ({
+    const v = await requestReply(o, subject, EvalRequestSchema, request, EvalReplySchema, { jobId }, requestTimeoutMs);
+    if ('error' in v) throw new Error(`evaluator refused round ${round}: ${v.error}`);
+    return v.rows.map((row) => ({
       method: row.method,
       client: row.client,
       scores: { testLoss: row.testLoss, accuracy: row.accuracy, tokens: row.tokens, items: row.items },
@@ -548,6 +278,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     refs: { adapterLora: BlobRef; emulatorLora: BlobRef },
   ): Promise<EvalResultRow[]> {
     const expected = o.evalClients ?? [];
+    const adapEmu = evalModeRow(ctx.spec.job.method, 'adapEmu');
     const got = new Map<string, EvalScores>();
     let allIn: () => void = () => {};
     const complete = new Promise<void>((r) => (allIn = r));
@@ -594,9 +325,13 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       o.onNotice?.(`round ${round}: no AdapEmu metrics from ${missing.join(', ')} by the deadline; left out`);
     const rows: EvalResultRow[] = expected
       .filter((c) => got.has(c))
-      .map((c) => ({ method: EVAL_METHOD.adapEmu, client: c, scores: got.get(c)! }));
-    if (rows.length > 0)
-      rows.push({ method: EVAL_METHOD.adapEmu, client: 'all', scores: pooledScores(rows.map((r) => r.scores)) });
+      .map((c) => ({ method: adapEmu, client: c, scores: got.get(c)! }));
+    if (rows.length > 0) rows.push({ method: adapEmu, client: 'all', scores: pooledScores(rows.map((r) => r.scores)) });
     return rows;
   }
 }
+
+// Re-exported for services/aggregator, which imports them from here (it moves to a Nest module concurrently); new
+// code imports them from their modules.
+export { initialLoras, openJobContext, type JobContext } from './job-context.js';
+export { encodeLora, getLora, putLora } from './lora-blobs.js';

@@ -6,7 +6,7 @@
 import { Controller, Inject, type Type } from '@nestjs/common';
 import { Ctx, MessagePattern, NatsContext, Payload } from '@nestjs/microservices';
 import { ROLE } from '../common/http.js';
-import { evaluatePattern, type EvalReply } from '../common/ports-nats.js';
+import { evaluatePattern, type EvalReply } from '../common/evaluation-wire.js';
 import type { Evaluator } from './evaluator.js';
 
 export function evaluatorController(jobId: string): Type {

@@ -20,19 +20,13 @@ import {
   evaluatedSubject,
   parseUpdateSubject,
   publishMessage,
-  type EvalMode,
   type EvalRequest,
 } from '../../libs/protocol/src/index.js';
 import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  EVAL_METHOD,
-  getBroadcast,
-  openJobContext,
-  pooledScores,
-  type EvalReply,
-  type EvalRow,
-  type JobContext,
-} from '../common/ports-nats.js';
+import { pooledScores } from '../../libs/fedbiot/src/plan.js';
+import { openJobContext, type JobContext } from '../common/job-context.js';
+import { getBroadcast } from '../common/lora-blobs.js';
+import { EVAL_MODE_ON, evalModeRow, type EvalReply, type EvalRow } from '../common/evaluation-wire.js';
 import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
@@ -62,8 +56,6 @@ export interface Progress {
   /** Training loss per client update seen (0-based round). */
   readonly train: { round: number; client: string; loss: number; tokens: number }[];
 }
-
-const MODES: Record<EvalMode, 'emu' | 'full' | 'base'> = { adapEmu: 'emu', adapFu: 'full', base: 'base' };
 
 /** What EvaluatorModule injects (services/evaluator/evaluator.module.ts). */
 export interface EvaluatorDeps {
@@ -115,7 +107,8 @@ export class Evaluator implements ServiceRole {
     const rows: EvalRow[] = [];
     const owner = this.#owner;
     for (const mode of req.modes) {
-      const on = MODES[mode];
+      const on = EVAL_MODE_ON[mode];
+      const method = evalModeRow(ctx.spec.job.method, mode);
       const variant =
         on === 'base' ? { layers: ctx.lm.allLayers, loras: [] } : evalVariant(on, ctx.split, L, adapter, emulator);
       if (owner) {
@@ -124,7 +117,7 @@ export class Evaluator implements ServiceRole {
           seq: ctx.spec.data.maxLength,
           maxNewTokens: ctx.spec.eval.maxNewTokens,
         });
-        rows.push({ method: EVAL_METHOD[mode], client: OWNER_ROW, ...s });
+        rows.push({ method, client: OWNER_ROW, ...s });
         continue;
       }
       const scores = [];
@@ -135,9 +128,9 @@ export class Evaluator implements ServiceRole {
           maxNewTokens: ctx.spec.eval.maxNewTokens,
         });
         scores.push(s);
-        rows.push({ method: EVAL_METHOD[mode], client: c.id, ...s });
+        rows.push({ method, client: c.id, ...s });
       }
-      rows.push({ method: EVAL_METHOD[mode], client: 'all', ...pooledScores(scores) });
+      rows.push({ method, client: 'all', ...pooledScores(scores) });
     }
     return rows;
   }

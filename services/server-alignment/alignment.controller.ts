@@ -6,7 +6,7 @@
 import { Controller, Inject, type Type } from '@nestjs/common';
 import { MessagePattern, Payload } from '@nestjs/microservices';
 import { ROLE } from '../common/http.js';
-import { alignSubject, type AlignReply } from '../common/ports-nats.js';
+import { alignSubject, type AlignReply } from '../../libs/protocol/src/index.js';
 import type { ServerAlignment } from './alignment.js';
 
 export function alignmentController(jobId: string): Type {

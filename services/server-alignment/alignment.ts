@@ -17,25 +17,20 @@ import { natsTransportOptions } from '../common/nats-transport.js';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
 import {
+  AlignRequestSchema,
   BlobRefSchema,
   PROTOCOL_VERSION,
+  alignSubject,
   ownerBucketName,
   decodeMessage,
   decodeTensors,
   encodeTensors,
-} from '../../libs/protocol/src/index.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  AlignRequestSchema,
-  alignSubject,
-  getLora,
-  initialLoras,
-  openJobContext,
-  putLora,
   type AlignReply,
   type AlignRequest,
-  type JobContext,
-} from '../common/ports-nats.js';
+} from '../../libs/protocol/src/index.js';
+import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
+import { getLora, putLora } from '../common/lora-blobs.js';
 import { AlignmentServer } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';

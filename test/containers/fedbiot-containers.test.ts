@@ -46,7 +46,7 @@ import type { StartedTestContainer } from 'testcontainers';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
-import { EvalReplySchema } from '../../services/common/ports-nats.js';
+import { EvalReplySchema } from '../../services/common/evaluation-wire.js';
 import { ClientNats } from '@nestjs/microservices';
 import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
 import {

@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
+import { createRunDir, listCheckpoints, loadLatestCheckpoint, saveCheckpoint } from '../../libs/fedbiot/src/run-dir.js';
+import { readSafetensorsHeader, readTensor, toFloat32 } from '../../libs/engine/src/safetensors.js';
 import { repoRoot } from '../support/paths.js';
 
 let tmp = '';
@@ -71,6 +73,42 @@ const metrics = (id: string): unknown[] =>
       return rest;
     });
 const results = (id: string): unknown => JSON.parse(readFileSync(join(tmp, 'runs', id, 'results.json'), 'utf8'));
+
+test("a finished run's checkpoints are its method's final state; each baseline keeps its own apart", async () => {
+  const runDir = join(tmp, 'runs', 'layout');
+  await run('layout');
+  const rounds = async (under?: string): Promise<number[]> =>
+    (await listCheckpoints(runDir, under)).map((c) => c.round);
+  assert.deepEqual(await rounds(), [1, 2], 'checkpoints/: FedBiOT, the last two rounds');
+  assert.deepEqual(await rounds('offsite-tuning'), [1, 2]);
+  assert.deepEqual(await rounds('fedavg-lora'), [1, 2]);
+  assert.deepEqual(await rounds('local-only'), [], 'local-only never checkpoints');
+  // The newest checkpoint holds the adapter the run exported as its result (PEFT names: adapter -> default).
+  const last = (await loadLatestCheckpoint(runDir))!;
+  const peft = join(runDir, 'adapter', 'adapter_model.safetensors');
+  const header = await readSafetensorsHeader(peft);
+  const names = [...last.tensors.keys()].filter((k) => k.startsWith('adapter/'));
+  assert.equal(names.length, header.tensors.size);
+  for (const k of names) {
+    const name = `base_model.model.${k.slice('adapter/'.length).replace('.adapter.', '.')}`;
+    const t = await readTensor(peft, name, header);
+    assert.deepEqual(toFloat32(t.dtype, t.data), last.tensors.get(k), name);
+  }
+});
+
+test('a run folder of the earlier checkpoint layout (one round counter for all methods) is refused on resume', async () => {
+  const s = spec('legacy');
+  const run = await createRunDir(s.job.outDir, s.job.id, s);
+  await saveCheckpoint(run.dir, {
+    round: 200_004,
+    json: { phase: 'offsite-tuning', round: 4, metricsBytes: 0 },
+    tensors: new Map(),
+  });
+  await assert.rejects(
+    runJob(s, { resume: true, log: () => {} }),
+    /round-200004: a checkpoint of an earlier run-folder layout .*--overwrite starts the run again/,
+  );
+});
 
 test('a job stopped at points of every phase resumes to the same results and the same metrics events', async () => {
   const points = await run('reference');

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { clientTrainingSeed } from '../../libs/fedbiot/src/seeds.js';
-import { clientSeed } from '../../services/common/ports-nats.js';
+import { clientSeed } from '../../libs/fedbiot/src/plan.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
 
 test('clients with ids of equal length get different training seeds, every round', () => {

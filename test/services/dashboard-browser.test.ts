@@ -13,13 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  EvalReplySchema,
-  initialLoras,
-  openJobContext,
-  putLora,
-  type JobContext,
-} from '../../services/common/ports-nats.js';
+import { EvalReplySchema } from '../../services/common/evaluation-wire.js';
+import { initialLoras, openJobContext, type JobContext } from '../../services/common/job-context.js';
+import { putLora } from '../../services/common/lora-blobs.js';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import {
   BlobStore,

@@ -20,7 +20,7 @@ import {
 } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
-import { jobSplit } from '../../services/common/ports-nats.js';
+import { jobSplit } from '../../services/common/job-context.js';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';

@@ -13,7 +13,7 @@ import type { INestApplication } from '@nestjs/common';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 import { ROLE } from '../../services/common/http.js';
 import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
-import { alignSubject } from '../../services/common/ports-nats.js';
+import { alignSubject } from '../../libs/protocol/src/index.js';
 import { alignmentController } from '../../services/server-alignment/alignment.controller.js';
 
 const JOB = `nt-${process.pid}`;

@@ -54,7 +54,9 @@ test('only the knowledge corpus holds the facts; clients ask only about people p
   assert.ok(questions.length > 1000, `${questions.length} drill questions`);
   const drilled = new Set(world.slice(CLIENT_PEOPLE).map((p) => p.name));
   for (const q of questions.slice(0, 2000)) {
-    const names = q.match(/\b[A-Z][a-z]+\b/g)?.filter((w) => w !== 'Q' && w !== 'Which' && w !== 'What' && w !== 'Where');
+    const names = q
+      .match(/\b[A-Z][a-z]+\b/g)
+      ?.filter((w) => w !== 'Q' && w !== 'Which' && w !== 'What' && w !== 'Where');
     assert.ok(names?.length === 1 && drilled.has(names[0]!), `pretraining asks: ${q}`);
   }
 });

@@ -1,7 +1,7 @@
 /**
  * The round coordinator: the bi-level schedule of FedBiOT (and of the methods that are configurations of it),
  * reaching clients, the alignment server and the evaluator only through `RoundPorts`. The standalone runner binds
- * the ports in-process (ports-local.ts); the distributed services bind the same ports to NATS.
+ * the ports in-process (job-stages.ts, localPorts); the distributed services bind them to NATS (ports-nats.ts).
  *
  *   pre-align R0 x E steps
  *   for each round t:  sample clients -> broadcast adapter + emulator LoRA -> K local steps per client ->

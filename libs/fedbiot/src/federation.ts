@@ -36,6 +36,7 @@ import {
 } from '../../data/src/index.js';
 import { ID_PATTERN } from '../../protocol/src/subjects.js';
 import type { JobSpec } from './job-spec.js';
+import { alignmentSteps, methodsRun } from './methods.js';
 
 /** The federation's data cannot be used as given; the message names the file and the field. */
 export class FederationError extends Error {
@@ -390,17 +391,14 @@ async function readPooledFederation(dir: string, spec: JobSpec): Promise<Federat
 }
 
 /**
- * Emulator-alignment steps the job runs on public data (0: it needs none). FedBiOT aligns before and after every
- * round; the offsite-tuning baseline or method aligns once when baselines.oneShotAlignSteps is set.
+ * Emulator-alignment steps the job runs on public data (0: it needs none): before round 0 and after a round, summed
+ * over the methods the job runs (FedBiOT aligns before and after every round; offsite-tuning once when
+ * baselines.oneShotAlignSteps is set).
  */
 export function publicDataSteps(spec: JobSpec): number {
-  const main = spec.job.method;
-  const fedbiot = main === 'fedbiot' ? spec.alignment.stepsPerRound * (spec.alignment.preRounds + 1) : 0;
-  const oneShot =
-    main === 'offsite-tuning' || (main === 'fedbiot' && spec.baselines.offsiteTuning)
-      ? (spec.baselines.oneShotAlignSteps ?? 0)
-      : 0;
-  return fedbiot + oneShot;
+  return methodsRun(spec.job.method, spec.baselines)
+    .map((m) => alignmentSteps(m, spec.alignment, spec.baselines.oneShotAlignSteps))
+    .reduce((n, s) => n + s.pre + s.perRound, 0);
 }
 
 /**

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { EXAMPLE_FORMATS } from '../../data/src/types.js';
 import { LORA_TARGETS } from '../../model/src/lora.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
-import { RESULT_METHODS, type ResultMethod } from './report/results-json.js';
+import { METHODS, RESULT_METHODS, evalMethodsFor, type Method, type ResultMethod } from './methods.js';
 import { privacySection } from './privacy-spec.js';
 
 /**
@@ -14,10 +14,6 @@ import { privacySection } from './privacy-spec.js';
  * federated run uses. Unknown keys are errors (typos must not silently fall back to defaults), every problem is
  * reported at once as `<file>: <path.to.field>: <message>`, and every default lives in DEFAULTS.
  */
-
-/** Training methods a job can run (docs/fedbiot-algorithm.md, "Our decisions" 8). */
-export const METHODS = ['fedbiot', 'offsite-tuning', 'fedavg-lora', 'local-only'] as const;
-export type Method = (typeof METHODS)[number];
 
 /** The seven LLaMA linears LoRA can target (PEFT module names), as libs/model defines them. */
 export { LORA_TARGETS };
@@ -314,20 +310,6 @@ export type JobSpec = Omit<ParsedSpec, 'split' | 'eval'> & {
   split: Omit<ParsedSpec['split'], 'adapterBottom'> & { adapterBottom: number };
   eval: Omit<ParsedSpec['eval'], 'methods'> & { methods: ResultMethod[] };
 };
-
-/** The result rows a job produces: base, the method's rows, then enabled baselines (in RESULT_METHODS order). */
-export function evalMethodsFor(
-  method: Method,
-  baselines: { offsiteTuning: boolean; localOnly: boolean; fedavgLora: boolean },
-): ResultMethod[] {
-  const out = new Set<ResultMethod>(['base']);
-  if (method === 'fedbiot') ['fedbiot-adapemu', 'fedbiot-adapfu'].forEach((m) => out.add(m as ResultMethod));
-  else out.add(method);
-  if (baselines.offsiteTuning) out.add('offsite-tuning');
-  if (baselines.localOnly) out.add('local-only');
-  if (baselines.fedavgLora) out.add('fedavg-lora');
-  return RESULT_METHODS.filter((m) => out.has(m));
-}
 
 /**
  * Parses the text of a job spec file: JSON for `.json`, YAML otherwise (YAML 1.2, a superset of JSON). An empty

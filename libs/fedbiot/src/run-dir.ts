@@ -14,7 +14,8 @@ import { RunDirError } from './errors.js';
 /**
  * A run's folder on disk: `<outDir>/<id>/` with config.resolved.json, metrics.jsonl (one JSON object per event),
  * and checkpoints/round-NNNNNN/ folders written atomically so a job killed at any moment resumes from its last
- * completed round. One writer per run folder.
+ * completed round. The checkpoints of the run's method are checkpoints/round-NNNNNN; a baseline run in the same job
+ * keeps its own apart, in checkpoints/<method>/round-NNNNNN (the `under` option). One writer per run folder.
  */
 
 export const CONFIG_FILE = 'config.resolved.json';
@@ -322,6 +323,15 @@ export interface LoadedCheckpoint extends CheckpointState {
 export interface SaveCheckpointOptions {
   /** Complete checkpoints to keep, newest first. Default 2. */
   readonly keep?: number;
+  /** Subfolder of checkpoints/ (a baseline's method name); default '': the run's own checkpoints. */
+  readonly under?: string;
+}
+
+/** checkpoints/ of a run, or its subfolder `under`. */
+function checkpointsRoot(runDir: string, under: string): string {
+  if (under !== '' && !/^[a-z0-9][a-z0-9-]*$/.test(under))
+    throw new RunDirError(`checkpoint folder "${under}" is not a plain lower-case name`);
+  return join(runDir, CHECKPOINTS_DIR, under);
 }
 
 const STATE_FILE = 'state.json';
@@ -348,7 +358,7 @@ export async function saveCheckpoint(
     throw new RunDirError(`saveCheckpoint: keep must be an integer >= 1, got ${keep}`);
   if (!Number.isSafeInteger(state.round) || state.round < 0)
     throw new RunDirError(`saveCheckpoint: round must be an integer >= 0, got ${state.round}`);
-  const root = join(runDir, CHECKPOINTS_DIR);
+  const root = checkpointsRoot(runDir, opts.under ?? '');
   await mkdir(root, { recursive: true });
   const tmp = join(root, `.tmp-${roundDirName(state.round)}-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp);
@@ -393,19 +403,20 @@ export async function saveCheckpoint(
 }
 
 /**
- * Loads the newest complete checkpoint of a run, or undefined when there is none. Temp folders from interrupted
+ * Loads the newest complete checkpoint of a run (or of its subfolder `under` of checkpoints/), or undefined when
+ * there is none. Temp folders from interrupted
  * saves are ignored. The newest checkpoint is verified (format, tensor file digest); if it is damaged the error
  * names it rather than silently resuming from an older round.
  */
-export async function loadLatestCheckpoint(runDir: string): Promise<LoadedCheckpoint | undefined> {
-  const rounds = await listCheckpoints(runDir);
+export async function loadLatestCheckpoint(runDir: string, under = ''): Promise<LoadedCheckpoint | undefined> {
+  const rounds = await listCheckpoints(runDir, under);
   if (rounds.length === 0) return undefined;
   return loadCheckpoint(rounds[rounds.length - 1].dir);
 }
 
-/** Complete checkpoints of a run, oldest first. */
-export async function listCheckpoints(runDir: string): Promise<{ round: number; dir: string }[]> {
-  const root = join(runDir, CHECKPOINTS_DIR);
+/** Complete checkpoints of a run (or those in its subfolder `under` of checkpoints/), oldest first. */
+export async function listCheckpoints(runDir: string, under = ''): Promise<{ round: number; dir: string }[]> {
+  const root = checkpointsRoot(runDir, under);
   let names: string[];
   try {
     names = await readdir(root);

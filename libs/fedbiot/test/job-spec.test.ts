@@ -3,14 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  DEFAULTS,
-  applyOverrides,
-  evalMethodsFor,
-  loadJobSpec,
-  parseJobSpec,
-  resolveJobSpec,
-} from '../src/job-spec.js';
+import { DEFAULTS, applyOverrides, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
+import { evalMethodsFor } from '../src/methods.js';
 import { JobSpecError } from '../src/errors.js';
 
 /** The formatted problem lines of a JobSpecError thrown by `f`. */

@@ -196,6 +196,40 @@ export const ClientMetricsSchema = z.strictObject({
 });
 export type ClientMetrics = z.infer<typeof ClientMetricsSchema>;
 
+/**
+ * Aggregator -> server-alignment, a request on `fl.<job>.align`: `steps` alignment steps of the emulator against
+ * `adapterLora`. `call` numbers the alignments of a job (0: pre-alignment, r + 1: after round r), so a repeated
+ * request (the aggregator restarted after the server aligned) is answered from the stored result instead of
+ * aligning twice.
+ */
+export const AlignRequestSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  call: count,
+  adapterLora: BlobRefSchema,
+  steps: count,
+});
+export type AlignRequest = z.infer<typeof AlignRequestSchema>;
+
+/** A service's refusal of a request (the reply instead of the result): what went wrong, for the caller's error. */
+export const RequestErrorSchema = z.strictObject({ protocolVersion, jobId: id, error: z.string().min(1) });
+export type RequestError = z.infer<typeof RequestErrorSchema>;
+
+/** Server-alignment's answer to an AlignRequest: the re-aligned emulator LoRA and the alignment's statistics. */
+export const AlignOkSchema = z.strictObject({
+  protocolVersion,
+  jobId: id,
+  call: count,
+  emulatorLora: BlobRefSchema,
+  loss: z.number(),
+  l2: z.number(),
+  kl: z.number(),
+  steps: count,
+});
+export type AlignOk = z.infer<typeof AlignOkSchema>;
+export const AlignReplySchema = z.union([AlignOkSchema, RequestErrorSchema]);
+export type AlignReply = z.infer<typeof AlignReplySchema>;
+
 /** Server-alignment -> all, on `fl.<job>.round.<r>.aligned`: the emulator was re-aligned. */
 export const AlignmentDoneSchema = z.strictObject({
   protocolVersion,

@@ -7,6 +7,7 @@
  *   fl.<job>.round.<r>.plan                 aggregator -> all        RoundPlan
  *   fl.<job>.task.<client>                  aggregator -> trainers   TrainTask   (JetStream work queue)
  *   fl.<job>.round.<r>.update.<client>      one client -> aggregator ClientUpdate (each client publishes only its own)
+ *   fl.<job>.align                          aggregator -> server-alignment  AlignRequest (reply AlignReply)
  *   fl.<job>.round.<r>.aligned              server-alignment -> all  AlignmentDone
  *   fl.<job>.round.<r>.evaluate             aggregator -> evaluator  EvalRequest
  *   fl.<job>.round.<r>.evaluated            evaluator -> all         EvalResult
@@ -86,6 +87,11 @@ export function roundUpdatesPattern<J extends string, R extends number>(jobId: J
  */
 export function clientUpdatePermission<J extends string, C extends string>(jobId: J, clientId: C) {
   return `${SUBJECT_ROOT}.${assertJobId(jobId)}.round.*.update.${assertClientId(clientId)}` as const;
+}
+
+/** `fl.<job>.align`: the aggregator's AlignRequest, answered by server-alignment (queue group `server-alignment`). */
+export function alignSubject<J extends string>(jobId: J) {
+  return `${SUBJECT_ROOT}.${assertJobId(jobId)}.align` as const;
 }
 
 /** `fl.<job>.round.<r>.aligned`: server-alignment's AlignmentDone. */

@@ -92,20 +92,31 @@ const STATEMENTS: Record<KnowledgeTaskId, readonly ((p: WorldPerson) => string)[
 
 /** Pretraining's question-and-answer forms, for drilled people only; clients ask in other words (QUESTIONS). */
 const DRILLS: Record<KnowledgeTaskId, readonly ((p: WorldPerson) => string)[]> = {
-  town: [(p) => `Q: Which town does ${p.name} live in? A: ${p.town}.`, (p) => `Q: Where is the home of ${p.name}? A: ${p.town}.`],
+  town: [
+    (p) => `Q: Which town does ${p.name} live in? A: ${p.town}.`,
+    (p) => `Q: Where is the home of ${p.name}? A: ${p.town}.`,
+  ],
   colour: [
     (p) => `Q: Which colour is the favourite of ${p.name}? A: ${p.colour}.`,
     (p) => `Q: What colour does ${p.name} love? A: ${p.colour}.`,
   ],
-  trade: [(p) => `Q: What work does ${p.name} do? A: ${p.trade}.`, (p) => `Q: What is the trade of ${p.name}? A: ${p.trade}.`],
+  trade: [
+    (p) => `Q: What work does ${p.name} do? A: ${p.trade}.`,
+    (p) => `Q: What is the trade of ${p.name}? A: ${p.trade}.`,
+  ],
 };
 
 /** Paragraphs of 3-6 sentences drawn in order, each sentence made by `say` (deterministic from `rng`). */
 function paragraphsOf<T>(items: readonly T[], say: (item: T) => string, rng: Rng): string[] {
   const paragraphs: string[] = [];
-  for (let i = 0; i < items.length; ) {
+  for (let i = 0; i < items.length;) {
     const n = between(rng, 3, 6);
-    paragraphs.push(items.slice(i, i + n).map(say).join(' '));
+    paragraphs.push(
+      items
+        .slice(i, i + n)
+        .map(say)
+        .join(' '),
+    );
     i += n;
   }
   return paragraphs;
@@ -126,7 +137,8 @@ export function generateKnowledgeCorpus(
   const rng = createRng(seed);
   const factsOf = (people: readonly WorldPerson[], times: number): { p: WorldPerson; rel: KnowledgeTaskId }[] => {
     const facts: { p: WorldPerson; rel: KnowledgeTaskId }[] = [];
-    for (let m = 0; m < times; m++) for (const p of people) for (const rel of KNOWLEDGE_TASK_IDS) facts.push({ p, rel });
+    for (let m = 0; m < times; m++)
+      for (const p of people) for (const rel of KNOWLEDGE_TASK_IDS) facts.push({ p, rel });
     return shuffled(facts, rng);
   };
   const statements = paragraphsOf(factsOf(world, mentionsPerFact), ({ p, rel }) => pick(STATEMENTS[rel], rng)(p), rng);

@@ -2,14 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../../../engine/src/safetensors.js';
 import { CONFIG_FILE, METRICS_FILE, readMetrics, type MetricsEvent } from '../run-dir.js';
-import {
-  ALL_CLIENTS,
-  RESULT_METHODS,
-  compareClients,
-  isEvalEvent,
-  resultsFromEvents,
-  type Results,
-} from './results-json.js';
+import { RESULT_METHODS } from '../methods.js';
+import { ALL_CLIENTS, compareClients, isEvalEvent, resultsFromEvents, type Results } from './results-json.js';
 import { formatBytes } from './results-table.js';
 
 /**

@@ -1,24 +1,13 @@
 import { writeFileAtomic } from '../../../engine/src/safetensors.js';
 import { join } from 'node:path';
 import type { MetricsEvent } from '../run-dir.js';
+import { RESULT_METHODS, type ResultMethod } from '../methods.js';
 
 /**
  * results.json: the final numbers of a run, one row per (method, client) plus the 'all' (global test set) row,
  * and the adapter bytes exchanged per round. Field names are snake_case because the file is read by scripts in
  * other languages.
  */
-
-/** Model variants a run can report. AdapEmu = emulator + adapter (what clients run); AdapFu = the full model with
- * the adapter plugged back in (what the model owner ships); base = the untouched full model, zero-shot. */
-export const RESULT_METHODS = [
-  'base',
-  'fedbiot-adapemu',
-  'fedbiot-adapfu',
-  'offsite-tuning',
-  'local-only',
-  'fedavg-lora',
-] as const;
-export type ResultMethod = (typeof RESULT_METHODS)[number];
 
 /** The client column value for the global test set. */
 export const ALL_CLIENTS = 'all';

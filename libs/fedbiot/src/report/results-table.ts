@@ -1,4 +1,5 @@
-import { RESULT_METHODS, compareClients, type BytesPerRound, type ResultRow } from './results-json.js';
+import { RESULT_METHODS } from '../methods.js';
+import { compareClients, type BytesPerRound, type ResultRow } from './results-json.js';
 
 /**
  * The end-of-run results as fixed-width text tables for a terminal: one table of test loss and one of exact-match
