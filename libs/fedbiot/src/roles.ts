@@ -146,7 +146,8 @@ export class AlignmentServer {
     const trainer = await this.ensureTrainer();
     const { batchSize: B, seq: T } = this.settings;
     const teacher = await this.teacherRunner();
-    const adapterFeeds = loraFeeds(loraShapes([adapter]), [adapter]);
+    // The adapter sits above the teacher's hidden output, so it reaches the teacher only through the head (KL term).
+    const adapterFeeds = this.settings.lambda > 0 ? loraFeeds(loraShapes([adapter]), [adapter]) : {};
     let first = { l2: 0, kl: 0 };
     let last = { l2: 0, kl: 0 };
     for (let s = 0; s < steps; s++) {
@@ -214,7 +215,7 @@ export class AlignmentServer {
           start: 'ids',
           head: this.settings.lambda > 0,
           keepHidden: true,
-          loras: [this.specs.adapter],
+          loras: this.settings.lambda > 0 ? [this.specs.adapter] : [],
         });
         g.output(m.hiddenStates[teacherEnd]!, 'teacher_hidden');
         if (this.settings.lambda > 0) g.output(O.logSoftmax(m.logits!, -1), 'teacher_logprobs');

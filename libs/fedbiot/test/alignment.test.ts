@@ -121,3 +121,34 @@ test('alignment steps lower the L2 gap between the emulator and the full model (
     await lm.release();
   }
 });
+
+test('alignment with lambda 0 (L2 only, no KL term) runs and lowers the L2 gap', async () => {
+  // The teacher graph then has no LM head, so the adapter LoRA (above the teacher's hidden output) is not one of
+  // its inputs: feeding it anyway failed with "feed ... is not an input of the model" (found by experiments'
+  // fedbiot-kl0 method).
+  const lm = await CausalLM.load(join(repoRoot, 'models', 'demo-llama'), { thread: 'main', threads: 1 });
+  try {
+    const split = splitModel({ numLayers: lm.config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.5 });
+    const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'v_proj'] });
+    const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, {
+      seq: 32,
+    }).slice(0, 4);
+    const server = new AlignmentServer(
+      lm,
+      split,
+      specs,
+      { lambda: 0, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 },
+      windows,
+      initialLora(specs.emulator, lm, 2),
+    );
+    const adapter = initialLora(specs.adapter, lm, 1);
+    const first = await server.align(adapter, 1);
+    await server.align(adapter, 12);
+    const last = await server.align(adapter, 1);
+    const msg = `L2 ${first.l2.toFixed(4)} -> ${last.l2.toFixed(4)}, loss ${first.loss} -> ${last.loss}`;
+    assert.ok(first.l2 > 0 && last.l2 < first.l2, msg);
+    assert.ok(Math.abs(last.loss - last.l2) < 1e-6, `with lambda 0 the loss is the L2 term: ${msg}`);
+  } finally {
+    await lm.release();
+  }
+});
