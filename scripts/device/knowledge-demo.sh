@@ -36,7 +36,7 @@ experiment)
   # A model just pretrained on this machine replaces the committed one; else the committed one runs.
   [[ -f .cache/demo-deep-new/model.safetensors ]] && cp .cache/demo-deep-new/* models/demo-deep/
   spec=${SPEC:-experiments/demo-core.json}; name=$(basename "$spec" .json)
-  node dist/bin/experiment.js --spec "$spec" --parallel "${PARALLEL:-15}" --out ".cache/exp-$name" 2>&1 |
+  node dist/bin/experiment.js --spec "$spec" --parallel "${PARALLEL:-15}" --out ".cache/exp-$name" ${ONLY:+--only "$ONLY"} 2>&1 |
     grep -v -E "evaluation:|local training:|alignment:" | tail -40
   tar -C .cache -cf "$OUT/exp-$name.tar" "exp-$name"
   ;;
