@@ -167,6 +167,17 @@ export class ServerAlignment implements ServiceRole {
         reply,
       };
       await kv.put(ALIGN_KEY, AlignStateSchema, next);
+      // Only the stored state's optimizer blob can ever be read again (a restart resumes from it, a replay re-runs
+      // the next call from it), so the previous one goes once the new state is durable. Content addressing can give
+      // both states one object (a call with 0 steps leaves the moments unchanged): then nothing is deleted.
+      const previous = last?.optimizer;
+      if (previous && previous.name !== optimizer?.name)
+        await blobs.delete(previous).catch((e: unknown) =>
+          this.log.write('warn', 'could not delete the previous alignment optimizer blob', {
+            blob: previous.name,
+            error: String(e),
+          }),
+        );
       last = next;
     };
     /** Aligns `req` and stores the emulator; the caller persists the rest with `persist`. */

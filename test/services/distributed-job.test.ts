@@ -41,6 +41,7 @@ import {
   deleteJobResources,
   encodeTensors,
   generateJobAuth,
+  ownerBucketName,
   planSubject,
   publishMessage,
   stateBucketName,
@@ -57,6 +58,7 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { ALIGN_PENDING_KEY, type ServerAlignment, type AlignState } from '../../services/server-alignment/alignment.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { Kvm } from '@nats-io/kv';
+import { Objm } from '@nats-io/obj';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
@@ -295,6 +297,14 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     assert.equal(events.filter((e) => e['kind'] === 'train').length, 6);
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
+    // The owner bucket keeps only the stored alignment state's optimizer moments, not one blob per alignment call.
+    const ownerObjects = await (await new Objm(nc).open(ownerBucketName(jobId))).list();
+    const stored = (await (await new Kvm(nc).open(stateBucketName(jobId))).get('align'))?.json<AlignState>();
+    assert.deepEqual(
+      ownerObjects.map((o) => o.name),
+      [stored?.optimizer?.name],
+      'one optimizer blob: the stored state\'s',
+    );
 
     const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
 
