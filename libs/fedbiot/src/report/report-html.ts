@@ -233,6 +233,8 @@ export function alignmentPanels(events: readonly MetricsEvent[]): ChartSpec[] {
   ];
 }
 
+const num = (v: unknown, digits: number): string => (typeof v === 'number' ? v.toFixed(digits) : '-');
+
 /**
  * Client-level DP (privacy.dp): the (epsilon, delta) the RDP accountant reports after each round, per phase, from
  * the metrics' `privacy` events ('' when the run has no DP). epsilon null in the events means unbounded (sigma 0).
@@ -241,7 +243,6 @@ export function privacyHtml(events: readonly MetricsEvent[]): string {
   const rows = events.filter((e) => e.kind === 'privacy' && 'noise_multiplier' in e) as readonly (MetricsEvent &
     Record<string, unknown>)[];
   if (rows.length === 0) return '';
-  const num = (v: unknown, digits: number): string => (typeof v === 'number' ? v.toFixed(digits) : '-');
   const body = rows
     .map((e) => {
       const eps = e['epsilon'];
