@@ -302,7 +302,12 @@ export class Aggregator implements ServiceRole {
     const privacy = await openPrivacy(spec, ctx.data.clients.length, state, start.round, (line) =>
       this.log.info(line.trim()),
     );
-    if (privacy) this.metrics.dpDelta.set(spec.privacy!.dp!.delta);
+    if (privacy) {
+      const delta = spec.privacy!.dp!.delta;
+      this.metrics.dpDelta.set(delta);
+      // Resumed: the epsilon already spent, before the next round reports its own.
+      if (privacy.accountant.steps > 0) this.metrics.dpEpsilon.set(privacy.accountant.getPrivacySpent(delta).epsilon);
+    }
     // After an outage this incarnation re-runs the interrupted round: its events of that round go.
     this.events.splice(0, this.events.length, ...this.events.filter((e) => checkpointed(e, start)));
     const folder = await this.#folders.open(start);

@@ -221,6 +221,13 @@ test('privacy.dp: an aggregator replaced while collecting round 1 continues the 
     await stopped;
     const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
     services.push(second);
+    // Restored from KV before the resumed round reports (unless round 1 already completed): never 0 / unset.
+    const early = await (await fetch(`${second.url}/metrics`)).text();
+    const earlyEps = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(early)?.[1]);
+    assert.ok(
+      earlyEps === refPrivacy[0]!['epsilon'] || earlyEps === refPrivacy[1]!['epsilon'],
+      `fl_dp_epsilon right after the restart: ${earlyEps}`,
+    );
     assert.equal((await second.role.done)?.round, 2);
     assert.ok(logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1));
     const got = privacyRows(metricsOf(join(runsDir, jobId)));
