@@ -51,6 +51,7 @@ import type { ServiceRole } from '../common/role.js';
 import type { JobStores } from '../common/providers.js';
 import type { NatsEventServer } from '../common/nats-event-transport.js';
 import type { AggregatorInbox } from './aggregator-inbox.js';
+import { assertServicesPrivacy, openPrivacy, savePrivacy } from './privacy.js';
 
 /** A coordinator event as runRounds reports it. */
 export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
@@ -94,6 +95,17 @@ export class AggregatorMetrics extends ServiceMetrics {
     name: 'fl_eval_accuracy',
     help: 'Exact-match accuracy (0-1) of the latest evaluation',
     labelNames: ['method', 'client'] as const,
+    registers: [this.registry],
+  });
+  /** privacy.dp: the client-level epsilon spent so far at the job's delta (+Inf when sigma is 0). */
+  readonly dpEpsilon = new Gauge({
+    name: 'fl_dp_epsilon',
+    help: 'Client-level DP epsilon spent after the rounds so far (RDP accountant), at delta fl_dp_delta',
+    registers: [this.registry],
+  });
+  readonly dpDelta = new Gauge({
+    name: 'fl_dp_delta',
+    help: 'The delta of fl_dp_epsilon (privacy.dp.delta)',
     registers: [this.registry],
   });
 
@@ -175,6 +187,8 @@ export class Aggregator implements ServiceRole {
 
   async start(): Promise<void> {
     const spec = this.opts.spec;
+    // Before anything is created: a privacy mode the services cannot honour must not run in the clear.
+    assertServicesPrivacy(spec);
     // The client list only: the aggregator holds no client data (updates carry their example counts).
     this.#ctx = await openJobContext(spec, { parts: [] });
     const ctx = this.#ctx;
@@ -283,6 +297,17 @@ export class Aggregator implements ServiceRole {
       this.log.info('resuming job', { jobId, round: start.round, preAligned: start.preAligned });
     }
     this.metrics.roundsCompleted.set(start.round);
+    // privacy.dp: the standalone job's aggregate hook (clip, weight, sum, noise, RDP accountant), its accountant
+    // resumed from the state stored with the checkpoint this run continues from.
+    const privacy = await openPrivacy(spec, ctx.data.clients.length, state, start.round, (line) =>
+      this.log.info(line.trim()),
+    );
+    if (privacy) {
+      const delta = spec.privacy!.dp!.delta;
+      this.metrics.dpDelta.set(delta);
+      // Resumed: the epsilon already spent, before the next round reports its own.
+      if (privacy.accountant.steps > 0) this.metrics.dpEpsilon.set(privacy.accountant.getPrivacySpent(delta).epsilon);
+    }
     // After an outage this incarnation re-runs the interrupted round: its events of that round go.
     this.events.splice(0, this.events.length, ...this.events.filter((e) => checkpointed(e, start)));
     const folder = await this.#folders.open(start);
@@ -343,6 +368,7 @@ export class Aggregator implements ServiceRole {
           preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
           alignStepsPerRound: spec.alignment.stepsPerRound,
           ...aggregationSettingsFor(spec, ctx.clientSettings),
+          ...(privacy ? { aggregate: privacy.aggregate } : {}),
           evalEvery: spec.eval.every,
           broadcastEmulator: true,
         },
@@ -356,6 +382,8 @@ export class Aggregator implements ServiceRole {
               this.metrics.evalLoss.set(labels, Number(e['test_loss']));
               this.metrics.evalAccuracy.set(labels, Number(e['accuracy']));
             }
+            if (e.kind === 'privacy' && 'epsilon' in e)
+              this.metrics.dpEpsilon.set(e['epsilon'] === null ? Infinity : Number(e['epsilon']));
             this.log.info(e.kind, { ...e });
           },
           onRejected: (clientId, reason, check) => {
@@ -365,6 +393,7 @@ export class Aggregator implements ServiceRole {
           onCheckpoint: async (s) => {
             folder.sync();
             const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
+            if (privacy) await savePrivacy(state, privacy, s.round);
             await writeState(s, adapterRef, emulatorRef);
             const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
             if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });

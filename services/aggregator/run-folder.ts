@@ -17,6 +17,7 @@ import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { createRunDir, readMetrics, MetricsLog, METRICS_FILE } from '../../libs/fedbiot/src/run-dir.js';
 import { resultsFromEvents, writeResultsJson } from '../../libs/fedbiot/src/report/results-json.js';
 import { formatResultsTable } from '../../libs/fedbiot/src/report/results-table.js';
+import { privacySummary } from '../../libs/fedbiot/src/privacy-aggregation.js';
 import { writeReportHtml } from '../../libs/fedbiot/src/report/report-html.js';
 
 /** Where run folders go: FEDBIOT_RUNS_DIR, else the spec's job.outDir. */
@@ -94,10 +95,12 @@ export class RunFolder {
    */
   async finish(lm: CausalLM, adapter: LoraWeights): Promise<string> {
     this.metrics.sync();
-    const results = resultsFromEvents(await readMetrics(join(this.dir, METRICS_FILE)));
+    const events = await readMetrics(join(this.dir, METRICS_FILE));
+    const results = resultsFromEvents(events);
     await writeResultsJson(this.dir, results);
     await writeReportHtml(this.dir, { title: `FedBiOT job ${this.spec.job.id} (distributed)` });
-    const table = formatResultsTable(results.rows, results.bytes_per_round);
+    // With privacy.dp: the final (epsilon, delta) under the table, as the standalone job writes it.
+    const table = formatResultsTable(results.rows, results.bytes_per_round) + privacySummary(events);
     await writeFile(join(this.dir, 'results.txt'), table + '\n');
     const checkpoint = lm.checkpoint;
     if (!checkpoint) throw new Error(`model.checkpoint: ${this.spec.model.checkpoint} is not loaded from a folder`);

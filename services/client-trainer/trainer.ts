@@ -51,6 +51,7 @@ import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import { JetStreamWorkQueueServer } from '../common/jetstream-transport.js';
 import type { ServiceRole } from '../common/role.js';
+import { assertServicesPrivacy } from '../common/privacy-check.js';
 
 const position = z.strictObject({ epoch: z.int().nonnegative(), pos: z.int().nonnegative() });
 /** KV `stream.<client>`: where the client's data stream stood before and after its last trained round. */
@@ -197,6 +198,8 @@ export class ClientTrainer implements ServiceRole {
    * aggregator hold up whoever awaits start(). The connection is the module's (already open).
    */
   async start(): Promise<void> {
+    // Secure aggregation would need this replica to mask its update; it cannot yet, so it refuses the job.
+    assertServicesPrivacy(this.opts.spec);
     const jobId = this.#stores.jobId;
     const nc = this.#nc;
     // Round plans are broadcast to every client: the latest one tells which tasks belong to ended rounds.

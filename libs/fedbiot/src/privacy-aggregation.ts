@@ -23,6 +23,7 @@ import {
   gaussianNoise,
   noiseStd,
   prepareClientInput,
+  seededRng,
   secureAggregateInProcess,
   tensorLayout,
   unflatten,
@@ -327,6 +328,13 @@ export function privacySummary(events: readonly Record<string, unknown>[]): stri
   return lines.length === 0 ? '' : `\n${lines.join('\n')}`;
 }
 
+/**
+ * Tests only: when set, DP noise comes from seededRng(`<value>/<phase>`) instead of node:crypto, so a standalone and
+ * a distributed run of one spec draw the same noise (and can be compared number for number). It voids the privacy
+ * guarantee (the noise is predictable) and repeats its draws after a resume; a warning line says so.
+ */
+export const INSECURE_DP_NOISE_SEED_ENV = 'FEDBIOT_INSECURE_DP_NOISE_SEED';
+
 /** The job's privacy hook for one federated phase, or undefined when the spec's `privacy` section is empty. */
 export function privacyFor(
   spec: JobSpec,
@@ -337,6 +345,11 @@ export function privacyFor(
 ): PrivacyAggregation | undefined {
   const privacy = spec.privacy;
   if (privacy?.dp === undefined && privacy?.secureAggregation === undefined) return undefined;
+  const noiseSeed = process.env[INSECURE_DP_NOISE_SEED_ENV];
+  if (noiseSeed !== undefined && noiseSeed !== '')
+    log(
+      `  privacy ${phase}: ${INSECURE_DP_NOISE_SEED_ENV} is set: DP noise is seeded (tests only, no privacy guarantee)`,
+    );
   return new PrivacyAggregation({
     privacy,
     clientCount,
@@ -346,6 +359,7 @@ export function privacyFor(
     seed: spec.job.seed,
     label: `${spec.job.id ?? 'job'}/${phase}`,
     ...(resume !== undefined ? { resume } : {}),
+    ...(noiseSeed !== undefined && noiseSeed !== '' ? { rng: seededRng(`${noiseSeed}/${phase}`) } : {}),
     log,
   });
 }

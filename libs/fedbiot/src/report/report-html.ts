@@ -233,6 +233,29 @@ export function alignmentPanels(events: readonly MetricsEvent[]): ChartSpec[] {
   ];
 }
 
+const num = (v: unknown, digits: number): string => (typeof v === 'number' ? v.toFixed(digits) : '-');
+
+/**
+ * Client-level DP (privacy.dp): the (epsilon, delta) the RDP accountant reports after each round, per phase, from
+ * the metrics' `privacy` events ('' when the run has no DP). epsilon null in the events means unbounded (sigma 0).
+ */
+export function privacyHtml(events: readonly MetricsEvent[]): string {
+  const rows = events.filter((e) => e.kind === 'privacy' && 'noise_multiplier' in e) as readonly (MetricsEvent &
+    Record<string, unknown>)[];
+  if (rows.length === 0) return '';
+  const body = rows
+    .map((e) => {
+      const eps = e['epsilon'];
+      return `<tr><td>${esc(String(e['phase'] ?? 'main'))}</td><td>${e.round + 1}</td><td>${eps === null ? '&infin;' : num(eps, 3)}</td><td>${esc(String(e['delta']))}</td><td>${num(e['effective_noise_multiplier'], 3)}</td><td>${num(e['clip'], 4)}</td><td>${esc(String(e['clipped_clients']))}/${esc(String(e['clients']))}</td></tr>`;
+    })
+    .join('\n');
+  return `<section class="privacy"><h2>Client-level differential privacy</h2>
+<p class="note">DP-FedAvg: each client's update clipped to L2 norm C, Gaussian noise of std sigma C on the sum; (epsilon, delta) spent after each round (RDP accountant, all rounds of the phase so far).</p>
+<table class="privacy-table"><thead><tr><th>phase</th><th>round</th><th>epsilon</th><th>delta</th><th>sigma</th><th>C</th><th>clipped</th></tr></thead><tbody>
+${body}
+</tbody></table></section>`;
+}
+
 /** The full HTML page. */
 export function renderReportHtml(input: ReportInput): string {
   const title = input.title ?? 'FedBiOT run report';
@@ -255,6 +278,7 @@ export function renderReportHtml(input: ReportInput): string {
       charts: alignmentPanels(input.events),
     },
   ];
+  const dp = privacyHtml(input.events);
   const chartHtml = groups
     .filter((g) => g.charts.some((c) => c.series.length > 0 || (c.refs ?? []).length > 0))
     .map(
@@ -283,7 +307,7 @@ svg text{font-family:inherit;font-size:11px;fill:#1b1f24}
 </head>
 <body>
 <h1>${esc(title)}</h1>
-${chartHtml || '<p>No per-round evaluation events yet.</p>'}
+${chartHtml || '<p>No per-round evaluation events yet.</p>'}${dp === '' ? '' : `\n${dp}`}
 <section class="results"><h2>Results</h2>
 ${renderResultsHtml(results)}
 ${(input.verdict ?? []).map((l) => `<p class="verdict">${esc(l)}</p>`).join('\n')}

@@ -1,0 +1,267 @@
+/**
+ * Privacy in the distributed job (issue 14): the four services on a private NATS (FEDBIOT_TEST_NATS=process: a
+ * nats-server child process), in one process.
+ * - privacy.dp: the aggregator clips, weights, sums and noises the round's updates exactly as the standalone job
+ *   (libs/fedbiot/src/privacy-aggregation.ts); with the same (test-only) noise seed on both sides, the distributed
+ *   adapter and merged model equal the standalone job's byte for byte, and epsilon per round is in metrics.jsonl,
+ *   results.txt, report.html and the aggregator's fl_dp_epsilon gauge;
+ * - an aggregator replaced mid-job continues the RDP accounting from KV (the final epsilon is the standalone's);
+ * - privacy.secureAggregation is refused at startup by the aggregator and the trainer (not run in the clear).
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { runJob } from '../../libs/fedbiot/src/job.js';
+import { INSECURE_DP_NOISE_SEED_ENV } from '../../libs/fedbiot/src/privacy-aggregation.js';
+import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
+import type { RunningService } from '../../services/common/http.js';
+import type { LogRecord } from '../../services/common/logger.js';
+import type { ServiceRole } from '../../services/common/role.js';
+import type { Aggregator } from '../../services/aggregator/aggregator.js';
+import { startAggregator } from '../../services/aggregator/aggregator.module.js';
+import { startTrainer } from '../../services/client-trainer/trainer.module.js';
+import { startAlignment } from '../../services/server-alignment/alignment.module.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
+import { repoRoot } from '../support/paths.js';
+import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
+
+let nats: PrivateNats | undefined;
+let NATS_URL = '';
+let tmp = '';
+const savedSeed = process.env[INSECURE_DP_NOISE_SEED_ENV];
+
+/** test/services/distributed-job.test.ts's job (3 clients, 2 rounds) with client-level DP. */
+function rawSpec(id: string, privacy: Record<string, unknown>): Record<string, unknown> {
+  return {
+    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+    data: { federation: join(tmp, 'federation'), maxLength: 96 },
+    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
+    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
+    eval: { maxNewTokens: 4, mode: 'simulation' },
+    baselines: { offsiteTuning: false, localOnly: false },
+    privacy,
+  };
+}
+// C small enough that some updates are clipped; sigma > 0 so noise reaches the sum and epsilon is finite.
+const DP = { dp: { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 } };
+const spec = (id: string, privacy: Record<string, unknown> = DP): JobSpec =>
+  resolveJobSpec(rawSpec(id, privacy), 'privacy services test job');
+
+before(async () => {
+  // Seeded DP noise on both sides (standalone and aggregator, this process): the runs can be compared exactly.
+  process.env[INSECURE_DP_NOISE_SEED_ENV] = 'privacy-services-test';
+  nats = await startPrivateNats(() => '');
+  NATS_URL = nats.url;
+  console.log(`privacy services tests: NATS ${nats.via} at ${NATS_URL}`);
+  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-privacy-services-'));
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 48,
+    testPerClient: 8,
+    globalTestPerTask: 2,
+    corpusBytes: 60_000,
+  });
+});
+after(async () => {
+  if (savedSeed === undefined) delete process.env[INSECURE_DP_NOISE_SEED_ENV];
+  else process.env[INSECURE_DP_NOISE_SEED_ENV] = savedSeed;
+  await nats?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+type Event = Record<string, unknown>;
+const metricsOf = (dir: string): Event[] =>
+  readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Event);
+/** The privacy events' numbers (what the accountant and the hook report), without timestamps. */
+const privacyRows = (events: readonly Event[]): Event[] =>
+  events
+    .filter((e) => e['kind'] === 'privacy')
+    .map((e) => {
+      const { ts: _ts, ...rest } = e;
+      return rest;
+    });
+const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+let reference: Promise<{ runDir: string; events: Event[] }> | undefined;
+/** The standalone DP job (run once). */
+function standalone(): Promise<{ runDir: string; events: Event[] }> {
+  reference ??= (async () => {
+    const { runDir } = await runJob(spec(`standalone-dp-${process.pid}`), { log: () => {} });
+    return { runDir, events: metricsOf(runDir) };
+  })();
+  return reference;
+}
+
+/** Starts alignment, evaluator and two trainer replicas for `s`. */
+async function startWorkers(s: JobSpec, sink: (r: LogRecord) => void): Promise<RunningService<ServiceRole>[]> {
+  const out: RunningService<ServiceRole>[] = [];
+  out.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+  out.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+  for (const replica of ['trainer-a', 'trainer-b'])
+    out.push(
+      await startTrainer(
+        { natsUrl: NATS_URL, spec: s, replica, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${replica}`) },
+        0,
+      ),
+    );
+  return out;
+}
+
+test('privacy.dp: the distributed job equals the standalone DP job (adapter byte for byte) and reports epsilon per round', async () => {
+  const jobId = `svc-dp-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const ref = await standalone();
+  const refPrivacy = privacyRows(ref.events);
+  assert.equal(refPrivacy.length, 2, 'the standalone job reports privacy after each of its 2 rounds');
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink)));
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    const aggregator = await startAggregator(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir },
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const dir = join(runsDir, jobId);
+
+    // The same clipped, weighted, noised average in every round: the released adapter and merged model are the
+    // standalone job's, byte for byte (difference 0).
+    for (const f of ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'])
+      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone DP job's`);
+    const events = metricsOf(dir);
+    const got = privacyRows(events);
+    // Every number of the hook: clients, clipped clients, mean update norm, weight fill, sigma, q, epsilon, delta.
+    assert.deepEqual(got, refPrivacy, 'privacy events equal the standalone ones');
+    const eps = got.map((e) => e['epsilon'] as number);
+    assert.ok(
+      eps.every((e) => Number.isFinite(e) && e > 0),
+      `epsilon finite: ${JSON.stringify(eps)}`,
+    );
+    assert.ok(eps[1]! > eps[0]!, 'epsilon grows with the rounds');
+    assert.deepEqual(
+      got.map((e) => [e['round'], e['delta'], e['dp_rounds'], e['sample_rate']]),
+      [
+        [0, 1e-5, 1, 1],
+        [1, 1e-5, 2, 1],
+      ],
+    );
+    assert.ok(
+      got.some((e) => (e['clipped_clients'] as number) > 0),
+      `C = 0.05 clips some update: ${JSON.stringify(got.map((e) => e['clipped_clients']))}`,
+    );
+    // The evaluations of the noised adapters too.
+    type Row = { method: string; client: string; test_loss: number; accuracy: number };
+    const rowsOf = (d: string): Row[] =>
+      (JSON.parse(readFileSync(join(d, 'results.json'), 'utf8')) as { rows: Row[] }).rows
+        .filter((r) => r.method.startsWith('fedbiot-'))
+        .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
+    assert.deepEqual(rowsOf(dir), rowsOf(ref.runDir), 'results.json FedBiOT rows');
+
+    // Where epsilon is published: results.txt, report.html, the aggregator's metrics.
+    const last = eps[1]!.toFixed(3);
+    assert.match(
+      readFileSync(join(dir, 'results.txt'), 'utf8'),
+      new RegExp(`privacy main: client-level \\(epsilon ${last}, delta 0.00001\\) after 2 rounds`),
+    );
+    const html = readFileSync(join(dir, 'report.html'), 'utf8');
+    assert.match(html, /Client-level differential privacy/);
+    for (const e of eps)
+      assert.ok(html.includes(`<td>${e.toFixed(3)}</td>`), `report.html shows epsilon ${e.toFixed(3)}`);
+    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    const gauge = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]);
+    assert.equal(gauge, eps[1], 'fl_dp_epsilon is the last round\u2019s epsilon');
+    assert.match(metrics, /fl_dp_delta\{service="aggregator"\} 0.00001/);
+    passed = true;
+    console.log(
+      `dp: distributed == standalone (adapter sha256 equal, difference 0); epsilon per round ${JSON.stringify(eps)}; clipped ${JSON.stringify(got.map((e) => e['clipped_clients']))}`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('privacy.dp: an aggregator replaced while collecting round 1 continues the accountant from KV', async () => {
+  const jobId = `svc-dp-restart-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const refPrivacy = privacyRows((await standalone()).events);
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink)));
+    let stopped: Promise<void> | undefined;
+    let first: RunningService<Aggregator> | undefined;
+    const firstSink = (r: LogRecord): void => {
+      logs.push({ ...r, service: 'aggregator-1' });
+      if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
+    };
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    first = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }, 0);
+    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
+    await stopped;
+    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
+    services.push(second);
+    // Restored from KV before the resumed round reports (unless round 1 already completed): never 0 / unset.
+    const early = await (await fetch(`${second.url}/metrics`)).text();
+    const earlyEps = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(early)?.[1]);
+    assert.ok(
+      earlyEps === refPrivacy[0]!['epsilon'] || earlyEps === refPrivacy[1]!['epsilon'],
+      `fl_dp_epsilon right after the restart: ${earlyEps}`,
+    );
+    assert.equal((await second.role.done)?.round, 2);
+    assert.ok(logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1));
+    const got = privacyRows(metricsOf(join(runsDir, jobId)));
+    // The seeded noise stream restarts with the new aggregator, so the adapter after the restart is not the
+    // standalone one; the accounting is: one privacy event per round, round 1's epsilon after 2 rounds.
+    const pick = (e: Event) => [e['round'], e['epsilon'], e['dp_rounds'], e['effective_noise_multiplier']];
+    assert.deepEqual(got.map(pick), refPrivacy.map(pick));
+    const metrics = await (await fetch(`${second.url}/metrics`)).text();
+    assert.equal(Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]), refPrivacy[1]!['epsilon']);
+    passed = true;
+    console.log(`dp restart: epsilon per round ${JSON.stringify(got.map((e) => e['epsilon']))}`);
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('privacy.secureAggregation: the aggregator and the trainer refuse the job at startup', async () => {
+  const jobId = `svc-secagg-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId, { ...DP, secureAggregation: { graph: 'complete' } });
+  const refusal = /privacy\.secureAggregation is not supported by the services yet; run it standalone/;
+  const runsDir = join(tmp, `${jobId}-owner-runs`);
+  const nc = await connectTransport(NATS_URL);
+  try {
+    await assert.rejects(startAggregator({ natsUrl: NATS_URL, spec: s, runsDir, logSink: () => {} }, 0), refusal);
+    await assert.rejects(
+      startTrainer({ natsUrl: NATS_URL, spec: s, replica: 'trainer-a', logSink: () => {} }, 0),
+      refusal,
+    );
+    assert.ok(!existsSync(join(runsDir, jobId)), 'no run folder was started');
+  } finally {
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
