@@ -6,13 +6,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation, writeKnowledgeFederation } from '../../libs/data/src/index.js';
+import { writeKnowledgeFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
 import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
 
 let tmp = '';
 const quiet = (): void => {};
@@ -43,14 +43,7 @@ const results = (runDir: string): { rows: Row[]; bytes_per_round: { down: number
   JSON.parse(readFileSync(join(runDir, 'results.json'), 'utf8'));
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-e2e-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-e2e-');
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 

@@ -8,25 +8,14 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
 import { jobSplit } from '../../services/common/job-context.js';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
 import {
@@ -61,6 +50,7 @@ import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
 let nats: PrivateNats | undefined;
@@ -143,14 +133,7 @@ before(async () => {
   nats = await startPrivateNats(() => '');
   NATS_URL = nats.url;
   console.log(`services tests: NATS ${nats.via} at ${NATS_URL}`);
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-services-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-services-');
 });
 after(async () => {
   await nats?.stop();

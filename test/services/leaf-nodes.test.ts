@@ -13,11 +13,9 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { runJob } from '../../libs/fedbiot/src/job.js';
 import { generateJobAuth, renderAuthorization, type NatsIdentity } from '../../libs/protocol/src/index.js';
@@ -30,6 +28,7 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
 import { hasNatsServer } from '../../libs/protocol/test/support/nats-server.js';
 import {
   freePort,
@@ -70,14 +69,7 @@ interface EvalEvent {
 }
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-leaf-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-leaf-');
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 

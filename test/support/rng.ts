@@ -1,13 +1,11 @@
-/** A small seeded PRNG for test data (mulberry32): same seed, same numbers, on every machine. */
+import { mulberry32 } from '../../libs/engine/src/index.js';
+
+/**
+ * A small seeded PRNG for test data: the project's own mulberry32 (libs/engine), so same seed, same numbers, on
+ * every machine. Uniform values in [0, 1).
+ */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 /** `n` uniform values in [lo, hi). */

@@ -48,11 +48,13 @@ export function packBatch(examples: readonly TokenizedExample[], opts: PackOptio
       throw new RangeError(`packBatch: example ${b} has ${n} tokens but ${ex.lossMask.length} loss-mask entries`);
     }
     const row = b * seq;
+    // Both arrays hold n entries (checked above).
     for (let t = 0; t < n; t++) {
-      inputIds[row + t] = ex.inputIds[t];
-      lossMask[row + t] = ex.lossMask[t];
+      const m = ex.lossMask[t]!;
+      inputIds[row + t] = ex.inputIds[t]!;
+      lossMask[row + t] = m;
       attentionMask[row + t] = 1;
-      lossTokens += ex.lossMask[t];
+      lossTokens += m;
     }
     realTokens += n;
   });

@@ -66,8 +66,10 @@ export function partitionDirichlet(
       );
       const counts = largestRemainder(p, order.length);
       let start = 0;
-      counts.forEach((n, c) => {
-        for (let i = start; i < start + n; i++) shards[c].push(order[i]);
+      shards.forEach((shard, c) => {
+        // counts has one entry per client and sums to order.length, so every index is in range.
+        const n = counts[c]!;
+        for (let i = start; i < start + n; i++) shard.push(order[i]!);
         start += n;
       });
     }
@@ -110,10 +112,10 @@ export function partitionByField(labels: readonly string[], opts: ByFieldOptions
   const bySize = groups.slice().toSorted((a, b) => b[1].length - a[1].length || cmp(a[0], b[0]));
   const bins = Array.from({ length: n }, () => ({ values: [] as string[], indices: [] as number[] }));
   for (const [value, indices] of bySize) {
-    let target = 0;
-    for (let c = 1; c < n; c++) if (bins[c].indices.length < bins[target].indices.length) target = c;
-    bins[target].values.push(value);
-    bins[target].indices.push(...indices);
+    let target = bins[0]!; // n >= 1 (checkCount)
+    for (const bin of bins) if (bin.indices.length < target.indices.length) target = bin;
+    target.values.push(value);
+    target.indices.push(...indices);
   }
   return bins.map((b) => ({ id: b.values.toSorted(cmp).join('+'), indices: sortAsc(b.indices) }));
 }
@@ -161,14 +163,16 @@ export function trainTestSplit<T>(
       groups.map(([, idx]) => idx.length / n),
       total,
     );
-    groups.forEach(([, idx], g) => test.push(...shuffled(idx, rng).slice(0, Math.min(quotas[g], idx.length))));
+    // largestRemainder returns one quota per group.
+    groups.forEach(([, idx], g) => test.push(...shuffled(idx, rng).slice(0, Math.min(quotas[g]!, idx.length))));
   }
   const inTest = new Set(test);
   const testIndices = sortAsc(test);
   const trainIndices = range(n).filter((i) => !inTest.has(i));
   return {
-    train: trainIndices.map((i) => examples[i]),
-    test: testIndices.map((i) => examples[i]),
+    // Both index lists are drawn from range(n), n = examples.length.
+    train: trainIndices.map((i) => examples[i]!),
+    test: testIndices.map((i) => examples[i]!),
     trainIndices,
     testIndices,
   };
@@ -201,7 +205,16 @@ export function labelsOf(examples: readonly Example[], field: string): string[] 
 
 /** The items of each shard. */
 export function selectShards<T>(items: readonly T[], partition: Partition): { id: string; items: T[] }[] {
-  return partition.map((s) => ({ id: s.id, items: s.indices.map((i) => items[i]) }));
+  return partition.map((s) => ({
+    id: s.id,
+    items: s.indices.map((i) => {
+      const item = items[i];
+      if (item === undefined) {
+        throw new RangeError(`selectShards: shard "${s.id}" names example ${i}, but there are ${items.length} items`);
+      }
+      return item;
+    }),
+  }));
 }
 
 /** Integer counts summing to `total`, proportional to `weights` (which sum to 1), by largest remainder. */
@@ -210,7 +223,8 @@ export function largestRemainder(weights: readonly number[], total: number): num
   const counts = exact.map((x) => Math.floor(x));
   let left = total - counts.reduce((a, b) => a + b, 0);
   const order = exact.map((x, i) => ({ r: x - Math.floor(x), i })).toSorted((a, b) => b.r - a.r || a.i - b.i);
-  for (let k = 0; left > 0; k = (k + 1) % order.length, left--) counts[order[k].i]++;
+  // order holds one entry per weight, and each entry's i indexes counts.
+  for (let k = 0; left > 0; k = (k + 1) % order.length, left--) counts[order[k]!.i]!++;
   return counts;
 }
 

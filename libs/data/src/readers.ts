@@ -73,7 +73,7 @@ export function parseJsonl(text: string, file: string, opts: JsonlReadOptions = 
   const issues: DatasetIssue[] = [];
   const lines = stripBom(text).split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i];
+    const raw = lines[i]!;
     if (raw.trim() === '') continue;
     const line = i + 1;
     const result = parseRecord(raw, format, { file, line });
@@ -156,7 +156,7 @@ export function parseText(text: string, file: string, opts: TextReadOptions = {}
       start = -1;
     };
     for (let i = 0; i < lines.length; i++) {
-      const l = lines[i];
+      const l = lines[i]!;
       if (l.trim() === '') {
         flush();
         continue;
@@ -256,7 +256,7 @@ function formatIssue(record: unknown, path: readonly PropertyKey[], code: string
 
 function expectedOf(message: string): string {
   const m = /expected (\w+)/.exec(message);
-  return m ? m[1] : 'another type';
+  return m?.[1] ?? 'another type';
 }
 
 function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {

@@ -32,19 +32,23 @@ export function createRng(seed: number): Rng {
   const lo = seed >>> 0;
   const hi = Math.floor(seed / 0x100000000) >>> 0;
   const mix = splitmix32(lo ^ Math.imul(hi, 0x27d4eb2f));
-  const s = new Uint32Array([mix(), mix(), mix(), mix()]);
+  // The 128-bit state as four 32-bit words (held as int32 between steps: every use below reads them as 32 bits).
+  let s0 = mix();
+  let s1 = mix();
+  let s2 = mix();
+  let s3 = mix();
   // xoshiro must not start from the all-zero state; splitmix32 makes that practically impossible, but be sure.
-  if ((s[0] | s[1] | s[2] | s[3]) === 0) s[0] = 1;
+  if ((s0 | s1 | s2 | s3) === 0) s0 = 1;
 
   const nextUint32 = (): number => {
-    const result = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
-    const t = s[1] << 9;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 11);
+    const result = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
+    const t = s1 << 9;
+    s2 ^= s0;
+    s3 ^= s1;
+    s1 ^= s2;
+    s0 ^= s3;
+    s2 ^= t;
+    s3 = rotl(s3, 11);
     return result;
   };
   const next = (): number => nextUint32() / 0x100000000;
@@ -95,8 +99,9 @@ export function shuffled<T>(items: readonly T[], rng: Rng): T[] {
   const out = items.slice();
   for (let i = out.length - 1; i > 0; i--) {
     const j = rng.int(i + 1);
-    const tmp = out[i];
-    out[i] = out[j];
+    // i < out.length and j <= i: both in range.
+    const tmp = out[i]!;
+    out[i] = out[j]!;
     out[j] = tmp;
   }
   return out;
@@ -114,5 +119,5 @@ export function sampleDirichlet(alpha: readonly number[], rng: Rng): number[] {
 /** Picks one element uniformly. */
 export function pick<T>(items: readonly T[], rng: Rng): T {
   if (items.length === 0) throw new RangeError('rng.pick: empty list');
-  return items[rng.int(items.length)];
+  return items[rng.int(items.length)]!; // int(n) is in [0, n)
 }

@@ -96,8 +96,13 @@ export function responseOf(example: Example): string {
       return example.output;
     case 'prompt-completion':
       return example.completion;
-    case 'chat':
-      return example.messages[example.messages.length - 1].content;
+    case 'chat': {
+      const last = example.messages.at(-1);
+      if (last === undefined) {
+        throw new RangeError(`responseOf: chat example ${example.source.file}:${example.source.line} has no messages`);
+      }
+      return last.content;
+    }
     case 'text':
       return example.text;
   }

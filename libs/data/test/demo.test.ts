@@ -1,8 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { exactMatch, firstNumber } from '../src/demo/exact-match.js';
 import { generateDemoFederation, writeDemoFederation, type DemoManifest } from '../src/demo/federation.js';
@@ -10,6 +9,7 @@ import type { DemoRecord } from '../src/demo/tasks.js';
 import { numberToWords } from '../src/demo/words.js';
 import { labelsOf } from '../src/partition.js';
 import { readJsonl, readText } from '../src/readers.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 const SMALL = { trainPerClient: 60, testPerClient: 15, globalTestPerTask: 10, corpusBytes: 30_000, vocabSize: 400 };
 
@@ -17,7 +17,7 @@ const SMALL = { trainPerClient: 60, testPerClient: 15, globalTestPerTask: 10, co
 function answerFromText(r: DemoRecord): number {
   const nums = `${r.instruction} ${r.input}`.match(/\d+/g)?.map(Number) ?? [];
   assert.equal(nums.length, 2, `two numbers in: ${r.instruction} ${r.input}`);
-  const [x, y] = nums;
+  const [x, y] = nums as [number, number]; // two, asserted above
   assert.deepEqual(
     [x, y].toSorted((a, b) => a - b),
     [r.a, r.b].toSorted((a, b) => a - b),
@@ -70,6 +70,7 @@ test('demo federation: splits are disjoint, each client has its own phrasing, na
   );
   // Capitalised words (names, sentence starts) used by each client: the name pools do not overlap.
   const [add, sub, mul] = fed.clients.map((c) => capitalisedWords(c.train));
+  assert.ok(add && sub && mul, 'three clients');
   for (const name of ['Ava', 'Ben', 'Emma']) assert.ok(add.has(name) && !sub.has(name) && !mul.has(name), name);
   for (const name of ['Omar', 'Priya']) assert.ok(sub.has(name) && !add.has(name) && !mul.has(name), name);
   for (const name of ['Kenji', 'Lucia']) assert.ok(mul.has(name) && !add.has(name) && !sub.has(name), name);
@@ -161,13 +162,14 @@ async function filesUnder(dir: string): Promise<Map<string, Buffer>> {
 }
 
 test('writeDemoFederation: same seed -> same bytes, another seed -> different; manifest hashes match; files read back', async () => {
-  const root = await mkdtemp(join(tmpdir(), 'data-demo-'));
-  try {
-    const [a, b, c] = ['a', 'b', 'c'].map((d) => join(root, d));
+  await withTmp('data-demo-', async (root) => {
+    const a = join(root, 'a');
+    const b = join(root, 'b');
+    const c = join(root, 'c');
     const manifest = await writeDemoFederation(a, { seed: 9, ...SMALL });
     await writeDemoFederation(b, { seed: 9, ...SMALL });
     await writeDemoFederation(c, { seed: 10, ...SMALL });
-    const [fa, fb, fc] = await Promise.all([a, b, c].map(filesUnder));
+    const [fa, fb, fc] = await Promise.all([filesUnder(a), filesUnder(b), filesUnder(c)]);
     assert.deepEqual([...fa.keys()].toSorted(), [
       'clients/add/test.jsonl',
       'clients/add/train.jsonl',
@@ -209,7 +211,5 @@ test('writeDemoFederation: same seed -> same bytes, another seed -> different; m
     assert.deepEqual(new Set(labelsOf(global, 'category')), new Set(['add', 'sub', 'mul']));
     const corpus = await readText(join(a, 'public/corpus.txt'));
     assert.equal(corpus.length, manifest.publicCorpus.count);
-  } finally {
-    await rm(root, { recursive: true, force: true });
-  }
+  });
 });

@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DatasetError } from '../src/errors.js';
 import { parseJsonl, parseText, readDataset, readJsonl } from '../src/readers.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 test('alpaca records: input defaults to "", extra fields and file:line are kept, blank lines skipped', () => {
   const text = [
@@ -21,6 +21,7 @@ test('alpaca records: input defaults to "", extra fields and file:line are kept,
     extra: { category: 'add', id: 7 },
     source: { file: 'data/a.jsonl', line: 1 },
   });
+  assert.ok(b);
   assert.equal(b.format, 'alpaca');
   assert.equal(b.format === 'alpaca' && b.input, '');
   assert.deepEqual(b.extra, { label: null });
@@ -39,6 +40,7 @@ test('prompt/completion and chat records, auto-detected per line in one file (CR
     extra: { split: 'x' },
     source: { file: 'm.jsonl', line: 1 },
   });
+  assert.ok(chat);
   assert.equal(chat.format, 'chat');
   assert.deepEqual(chat.format === 'chat' && chat.messages.map((m) => m.role), ['system', 'user', 'assistant']);
   assert.deepEqual(chat.source, { file: 'm.jsonl', line: 2 });
@@ -145,14 +147,14 @@ test('plain text: paragraphs with their first line, one per line, or the whole f
     ],
   );
   const [whole] = parseText(text, 'c.txt', { split: 'file' });
+  assert.ok(whole);
   assert.equal(whole.text, 'First paragraph\nstill first.\n\n\nSecond one.\n   \nThird.');
   assert.equal(whole.source.line, 2);
   assert.throws(() => parseText(' \n', 'empty.txt'), /empty\.txt: no text/);
 });
 
 test('files on disk: readJsonl names the path in errors; readDataset dispatches on the extension', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'data-readers-'));
-  try {
+  await withTmp('data-readers-', async (dir) => {
     const good = join(dir, 'good.jsonl');
     const bad = join(dir, 'bad.jsonl');
     const txt = join(dir, 'corpus.txt');
@@ -168,9 +170,7 @@ test('files on disk: readJsonl names the path in errors; readDataset dispatches 
       (await readDataset(txt)).map((e) => e.format === 'text' && e.text),
       ['one', 'two'],
     );
-    assert.equal((await readDataset(good))[0].format, 'prompt-completion');
+    assert.equal((await readDataset(good))[0]?.format, 'prompt-completion');
     await assert.rejects(readDataset(join(dir, 'x.csv')), /unsupported dataset extension "\.csv"/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });

@@ -171,7 +171,7 @@ test('chunkCorpus: BOS + text + EOS per document, one stream, fixed windows, fir
       [1, ...chars('cde')],
     ],
   ); // the trailing [2] is shorter than minTokens (2) and dropped
-  assert.deepEqual(w[0].lossMask, [0, 1, 1, 1]);
+  assert.deepEqual(w[0]?.lossMask, [0, 1, 1, 1]);
 });
 
 test('promptRecord: a generation prompt gets exactly the prompt tokens training put before the response', () => {

@@ -30,9 +30,13 @@ function referenceEncode(
         }
       }
       if (best < 0) break;
-      sym = [...sym.slice(0, best), sym[best] + sym[best + 1], ...sym.slice(best + 2)];
+      sym = [...sym.slice(0, best), sym[best]! + sym[best + 1]!, ...sym.slice(best + 2)]; // best + 1 < sym.length
     }
-    for (const s of sym) ids.push(vocab[s]);
+    for (const s of sym) {
+      const id = vocab[s];
+      if (id === undefined) throw new Error(`reference BPE: symbol "${s}" is not in the vocabulary`);
+      ids.push(id);
+    }
   }
   return ids;
 }

@@ -1,18 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AdamW } from '../src/optim/index.js';
-
-/** mulberry32: a small seeded PRNG, so every run sees the same numbers. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../../../test/support/rng.js';
 
 /** Values with |x| in [0.5, 2] and random sign, so relative error is meaningful for every element. */
 function awayFromZero(n: number, r: () => number): Float32Array {

@@ -63,7 +63,7 @@ export function checkUpdate(
     let bad = 0;
     let first = -1;
     for (let i = 0; i < values.length; i++) {
-      const v = values[i];
+      const v = values[i]!;
       if (Number.isFinite(v)) sumSq += v * v;
       else if (bad++ === 0) first = i;
     }
@@ -184,7 +184,8 @@ export class FedAvgAccumulator {
         sum = new Float64Array(values.length);
         this.sums.set(name, sum);
       }
-      for (let i = 0; i < values.length; i++) sum[i] += w * values[i];
+      // checkConsistent: every update's tensor has the length of the first, which sized `sum`.
+      for (let i = 0; i < values.length; i++) sum[i]! += w * values[i]!;
     }
     this.total += w;
     this.clients.push(update.clientId);
@@ -199,7 +200,7 @@ export class FedAvgAccumulator {
     const out = new Map<string, Float32Array>();
     for (const [name, sum] of this.sums) {
       const avg = new Float32Array(sum.length);
-      for (let i = 0; i < sum.length; i++) avg[i] = sum[i] / this.total;
+      for (let i = 0; i < sum.length; i++) avg[i] = sum[i]! / this.total;
       out.set(name, avg);
     }
     return out;
@@ -326,7 +327,7 @@ export function deltaNorm(update: ReadonlyMap<string, Float32Array>, base: Reado
     const u = update.get(name);
     if (u === undefined || u.length !== b.length) return NaN;
     for (let i = 0; i < b.length; i++) {
-      const d = u[i] - b[i];
+      const d = u[i]! - b[i]!; // same length (checked above)
       s += d * d;
     }
   }
@@ -336,7 +337,12 @@ export function deltaNorm(update: ReadonlyMap<string, Float32Array>, base: Reado
 /** ||x||₂ over all tensors (float64). */
 export function l2Norm(tensors: ReadonlyMap<string, Float32Array>): number {
   let s = 0;
-  for (const v of tensors.values()) for (let i = 0; i < v.length; i++) s += v[i] * v[i];
+  for (const v of tensors.values()) {
+    for (let i = 0; i < v.length; i++) {
+      const x = v[i]!;
+      s += x * x;
+    }
+  }
   return Math.sqrt(s);
 }
 

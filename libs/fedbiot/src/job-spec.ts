@@ -329,7 +329,7 @@ export function parseJobSpec(text: string, file: string): unknown {
     throw new JobSpecError(
       doc.errors.map((e) => {
         const at = e.linePos?.[0];
-        const message = e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+        const message = e.message.split('\n', 1)[0]!.replace(/ at line \d+, column \d+:?$/, '');
         return { file, path: '', message, ...(at === undefined ? {} : { line: at.line, col: at.col }) };
       }),
     );
@@ -366,11 +366,14 @@ export function applyOverrides(raw: unknown, overrides: readonly string[], sourc
     }
     let target: Record<string, unknown> = out;
     let ok = true;
+    // split() gives at least one key; all but the last name sections.
+    const last = path[path.length - 1]!;
     for (let i = 0; i < path.length - 1; i++) {
-      const next = target[path[i]];
-      if (next === undefined || next === null) target[path[i]] = {};
+      const key = path[i]!;
+      const next = target[key];
+      if (next === undefined || next === null) target[key] = {};
       else if (typeof next === 'string' && path.slice(0, i + 1).join('.') === 'data.partition')
-        target[path[i]] = { kind: next }; // `partition: by-field` in the file, `--set data.partition.field=x` here
+        target[key] = { kind: next }; // `partition: by-field` in the file, `--set data.partition.field=x` here
       else if (!isPlainObject(next)) {
         issues.push({
           file: source,
@@ -380,9 +383,9 @@ export function applyOverrides(raw: unknown, overrides: readonly string[], sourc
         ok = false;
         break;
       }
-      target = target[path[i]] as Record<string, unknown>;
+      target = target[key] as Record<string, unknown>;
     }
-    if (ok) target[path[path.length - 1]] = textOnly(leaf) ? text : parseValue(text);
+    if (ok) target[last] = textOnly(leaf) ? text : parseValue(text);
   }
   if (issues.length > 0) throw new JobSpecError(issues);
   return out;
@@ -520,15 +523,15 @@ function objectShape(s: z.ZodType): Record<string, z.ZodType> | undefined {
 function resolvePath(path: readonly string[]): z.ZodType | string {
   // In zod 4 superRefine adds a check to the object schema itself, so the root is still an object.
   let node: z.ZodType = jobSpecSchema;
-  for (let i = 0; i < path.length; i++) {
+  for (const [i, key] of path.entries()) {
     const shape = objectShape(node);
     const here = path.slice(0, i).join('.');
     if (shape === undefined) return `${here} is a value, not a section`;
-    const key = path[i];
-    if (key === '' || !Object.hasOwn(shape, key)) {
+    const field = Object.hasOwn(shape, key) ? shape[key] : undefined;
+    if (key === '' || field === undefined) {
       return `unknown ${i === 0 ? 'section' : `key in ${here}`} "${key}" (expected one of: ${Object.keys(shape).join(', ')})`;
     }
-    node = shape[key];
+    node = field;
   }
   return node;
 }

@@ -281,7 +281,7 @@ export async function readMetrics(path: string): Promise<MetricsEvent[]> {
   const endsClean = text.endsWith('\n');
   const events: MetricsEvent[] = [];
   for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
+    const line = lines[i]!;
     if (line.trim() === '') continue;
     let v: unknown;
     try {
@@ -409,9 +409,8 @@ export async function saveCheckpoint(
  * names it rather than silently resuming from an older round.
  */
 export async function loadLatestCheckpoint(runDir: string, under = ''): Promise<LoadedCheckpoint | undefined> {
-  const rounds = await listCheckpoints(runDir, under);
-  if (rounds.length === 0) return undefined;
-  return loadCheckpoint(rounds[rounds.length - 1].dir);
+  const newest = (await listCheckpoints(runDir, under)).at(-1);
+  return newest === undefined ? undefined : loadCheckpoint(newest.dir);
 }
 
 /** Complete checkpoints of a run (or those in its subfolder `under` of checkpoints/), oldest first. */

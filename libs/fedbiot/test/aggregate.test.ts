@@ -87,7 +87,7 @@ test('FedAvgAccumulator gives the same result in streaming order and rejects dup
   };
   assert.throws(
     () => acc.add(missing),
-    (e: unknown) => e instanceof UpdateRejectedError && e.problems[0].tensor === B && e.problems[0].kind === 'missing',
+    (e: unknown) => e instanceof UpdateRejectedError && e.problems[0]?.tensor === B && e.problems[0].kind === 'missing',
   );
   const wrongLen = upd('w', [1, 2], [1, 2], 1, 1);
   assert.throws(
@@ -125,8 +125,10 @@ test('checkUpdate accepts a good update and reports NaN with its index and the t
   const nan = upd('c7', [0, Number.NaN, Number.POSITIVE_INFINITY], [1, 2], 1, 1);
   const p = checkUpdate(nan, reference, { maxNorm: 10 });
   assert.equal(p.length, 1);
-  assert.deepEqual({ c: p[0].clientId, t: p[0].tensor, k: p[0].kind }, { c: 'c7', t: A, k: 'non-finite' });
-  assert.match(p[0].message, /2 non-finite values, first at index 1 \(NaN\)/);
+  const [q] = p;
+  assert.ok(q);
+  assert.deepEqual({ c: q.clientId, t: q.tensor, k: q.kind }, { c: 'c7', t: A, k: 'non-finite' });
+  assert.match(q.message, /2 non-finite values, first at index 1 \(NaN\)/);
 });
 
 test('checkUpdate reports shape, missing and extra tensors together', () => {
@@ -148,7 +150,7 @@ test('checkUpdate reports shape, missing and extra tensors together', () => {
       ['shape', A],
     ],
   );
-  assert.match(p[2].message, /has 2 elements, expected shape \[1, 3\] \(3 elements\)/);
+  assert.match(p[2]!.message, /has 2 elements, expected shape \[1, 3\] \(3 elements\)/);
 });
 
 test('checkUpdate bounds the global L2 norm over all tensors', () => {
@@ -156,9 +158,11 @@ test('checkUpdate bounds the global L2 norm over all tensors', () => {
   assert.deepEqual(checkUpdate(x, reference, { maxNorm: 4.8 }), []);
   const p = checkUpdate(x, reference, { maxNorm: 4.79 });
   assert.equal(p.length, 1);
-  assert.equal(p[0].kind, 'norm');
-  assert.equal(p[0].tensor, undefined);
-  assert.match(p[0].message, /L2 norm 4\.79583 exceeds the bound 4\.79/);
+  const [q] = p;
+  assert.ok(q);
+  assert.equal(q.kind, 'norm');
+  assert.equal(q.tensor, undefined);
+  assert.match(q.message, /L2 norm 4\.79583 exceeds the bound 4\.79/);
   assert.throws(
     () => assertUpdates([x, y], reference, { maxNorm: 4.79 }),
     (e: unknown) =>

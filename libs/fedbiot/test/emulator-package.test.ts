@@ -256,7 +256,7 @@ test('sharded bf16 source, sharded package, corrupted and mismatched packages', 
     // One flipped byte in a shard is named by verifyPackage; so is a missing file; so is a broken manifest.
     const victim = join(out, shardFiles[1]!);
     const buf = await readFile(victim);
-    buf[buf.length - 3] ^= 0xff;
+    buf[buf.length - 3]! ^= 0xff;
     await writeFile(victim, buf);
     await assert.rejects(
       verifyPackage(out),

@@ -1,13 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expandGrid, experimentSpecSchema, loadExperimentSpec, type Cell } from '../src/experiment/grid.js';
 import { summarize, summaryMarkdown, type CellResult } from '../src/experiment/summary.js';
 import { formatCi, meanCi, t975 } from '../src/report/stats.js';
 import { singleRunVerdict } from '../src/report/verdict.js';
 import { repoRoot } from '../../../test/support/paths.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 test('t-intervals: quantiles and a hand-computed interval', () => {
   assert.equal(t975(2), 4.303);
@@ -84,17 +84,14 @@ test('the summary pairs seeds, gives mean ± t-interval and a verdict that follo
 });
 
 test('experiment specs are validated with the field named; the shipped demo grid parses with >= 3 seeds', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'exp-spec-'));
-  try {
+  await withTmp('exp-spec-', async (dir) => {
     const bad = join(dir, 'bad.json');
     await writeFile(bad, JSON.stringify({ methods: { 'a b': [] }, seeds: [], extra: 1 }));
     await assert.rejects(loadExperimentSpec(bad), (e: Error) => /methods/.test(e.message) && /seeds/.test(e.message));
     const demo = await loadExperimentSpec(join(repoRoot, 'experiments', 'demo-grid.json'));
     assert.ok(demo.seeds.length >= 3);
     assert.ok(expandGrid(demo).length >= 3 * Object.keys(demo.methods).length);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 const verdictRows = (fu: number, ot: number) => [

@@ -1,13 +1,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULTS, applyOverrides, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
 import { evalMethodsFor } from '../src/methods.js';
 import { JobSpecError } from '../src/errors.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 /** The formatted problem lines of a JobSpecError thrown by `f`. */
+/** The first of a list of problems; fails the test when there is none. */
+function firstProblem(p: readonly string[]): string {
+  return p[0] ?? assert.fail('expected at least one problem');
+}
+
 function problems(f: () => unknown): string[] {
   try {
     f();
@@ -106,11 +111,11 @@ test('an unknown key is an error naming its full path and the allowed keys', () 
   const p = problems(() => resolveJobSpec(parseJobSpec('clients:\n  learningRate: 0.1\n', 'job.yaml'), 'job.yaml'));
   assert.equal(p.length, 1);
   assert.match(
-    p[0],
+    p[0]!,
     /^job\.yaml: clients\.learningRate: unknown key \(expected one of: perRound, localSteps, .*lr.*\)$/,
   );
   const top = problems(() => resolveJobSpec({ trainer: {} }, 'j.json'));
-  assert.match(top[0], /^j\.json: trainer: unknown key/);
+  assert.match(firstProblem(top), /^j\.json: trainer: unknown key/);
 });
 
 test('several bad values are reported together, each as <file>: <path>: <message>', () => {
@@ -152,10 +157,10 @@ test('several bad values are reported together, each as <file>: <path>: <message
 test('syntax errors carry file:line:col; a non-mapping document is rejected', () => {
   const p = problems(() => parseJobSpec('job:\n  rounds: 3\n  rounds: 4\n', 'dup.yaml'));
   assert.equal(p.length, 1);
-  assert.match(p[0], /^dup\.yaml:3:3: Map keys must be unique$/);
-  assert.match(problems(() => parseJobSpec('{"job": ', 'j.json'))[0], /^j\.json: invalid JSON: /);
+  assert.match(p[0]!, /^dup\.yaml:3:3: Map keys must be unique$/);
+  assert.match(firstProblem(problems(() => parseJobSpec('{"job": ', 'j.json'))), /^j\.json: invalid JSON: /);
   assert.match(
-    problems(() => resolveJobSpec(parseJobSpec('- 1\n- 2\n', 'list.yaml'), 'list.yaml'))[0],
+    firstProblem(problems(() => resolveJobSpec(parseJobSpec('- 1\n- 2\n', 'list.yaml'), 'list.yaml'))),
     /^list\.yaml: Invalid input: expected object/,
   );
 });
@@ -185,7 +190,7 @@ test('overrides: JSON values when they parse, text otherwise, text-only fields k
   assert.equal(s.model.checkpoint, '123');
   // A value of the wrong type is caught by validation, not silently coerced.
   assert.match(
-    problems(() => resolveJobSpec(applyOverrides({}, ['job.rounds=three']), 'x'))[0],
+    firstProblem(problems(() => resolveJobSpec(applyOverrides({}, ['job.rounds=three']), 'x'))),
     /^x: job\.rounds: Invalid input: expected number, received string$/,
   );
 });
@@ -204,8 +209,7 @@ test('overrides: every bad path is reported, naming it', () => {
 });
 
 test('loadJobSpec reads a file and applies overrides', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-jobspec-'));
-  try {
+  await withTmp('fedbiot-jobspec-', async (dir) => {
     const file = join(dir, 'job.yaml');
     await writeFile(file, 'job:\n  rounds: 4\nclients:\n  localSteps: 3\n');
     const s = await loadJobSpec(file, ['job.rounds=2']);
@@ -216,14 +220,11 @@ test('loadJobSpec reads a file and applies overrides', async () => {
       loadJobSpec(file, ['clients.localSteps=0']),
       /job\.yaml \(with overrides\): clients\.localSteps: Too small/,
     );
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('paths written in a spec file are relative to the file; --set paths and defaults to the current folder', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-jobspec-'));
-  try {
+  await withTmp('fedbiot-jobspec-', async (dir) => {
     const file = join(dir, 'sub', 'job.yaml');
     await mkdir(join(dir, 'sub'));
     await writeFile(
@@ -239,9 +240,7 @@ test('paths written in a spec file are relative to the file; --set paths and def
     const d = await loadJobSpec(file);
     assert.equal(d.data.federation, 'demo', '"demo" is no path');
     assert.equal(d.model.checkpoint, DEFAULTS.model.checkpoint, 'defaults are not rebased');
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('partition shorthand: a kind alone stands for {kind}; by-field and dirichlet say what they still need', () => {

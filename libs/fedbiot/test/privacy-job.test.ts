@@ -6,26 +6,18 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../data/src/index.js';
 import { resolveJobSpec } from '../src/job-spec.js';
 import { runJob } from '../src/job.js';
 import { RdpAccountant } from '../../privacy/src/index.js';
 import { repoRoot } from '../../../test/support/paths.js';
+import { tmpWithDemoFederation } from '../../../test/support/federation.js';
 
 let tmp = '';
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-privacy-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-privacy-');
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 

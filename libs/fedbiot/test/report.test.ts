@@ -1,8 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import type { MetricsEvent } from '../src/run-dir.js';
 import { MetricsLog, createRunDir } from '../src/run-dir.js';
@@ -16,6 +14,7 @@ import {
   writeReportHtml,
 } from '../src/report/report-html.js';
 import { progress } from '../src/progress.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 // Two rounds of a FedBiOT demo run: 2 clients + the global set, three methods, plus comm and train events.
 function demoEvents(): MetricsEvent[] {
@@ -69,8 +68,7 @@ test('resultsFromEvents takes each (method, client) from its latest round and av
 });
 
 test('results.json has the documented shape and rejects bad rows', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'fedbiot-report-'));
-  try {
+  await withTmp('fedbiot-report-', async (dir) => {
     const rows: ResultRow[] = [
       { method: 'fedbiot-adapfu', client: 'all', test_loss: 1.25, accuracy: 0.5 },
       { method: 'base', client: 'c1', test_loss: 2, accuracy: null },
@@ -100,16 +98,14 @@ test('results.json has the documented shape and rejects bad rows', async () => {
         /rows\[2\]: duplicate row for method base, client c1/.test(e.message) &&
         /bytes_per_round\.down/.test(e.message),
     );
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('the results table is fixed-width, methods as rows, clients as columns with all last', () => {
   const text = formatResultsTable(resultsFromEvents(demoEvents()).rows, { down: 1536, up: 500 });
   const lines = text.split('\n');
   assert.equal(lines[0], 'Test loss (nats/token, lower is better)');
-  assert.match(lines[1], /^method\s+\|\s+add \|\s+sub \|\s+all$/);
+  assert.match(lines[1] ?? '', /^method\s+\|\s+add \|\s+sub \|\s+all$/);
   assert.equal(lines[3], 'base            | 2.5000 | 2.5000 | 2.5000');
   assert.equal(lines[4], 'fedbiot-adapemu | 2.1000 | 2.1000 | 2.1000');
   // Every row of a table has the same width.
@@ -127,7 +123,7 @@ test('the results table is fixed-width, methods as rows, clients as columns with
 });
 
 const colour = (chart: string, name: string): string =>
-  new RegExp(`data-series="${name}"[^>]*stroke="([^"]+)"`).exec(chart)![1];
+  new RegExp(`data-series="${name}"[^>]*stroke="([^"]+)"`).exec(chart)?.[1] ?? assert.fail(`no series ${name}`);
 
 test('report.html: a panel per client, a colour per method, base as a reference line, the tables and the config', () => {
   const events = demoEvents();
@@ -143,6 +139,7 @@ test('report.html: a panel per client, a colour per method, base as a reference 
     .split('<svg')
     .slice(1)
     .map((c) => c.slice(0, c.indexOf('</svg>')));
+  const chartAt = (i: number): string => charts[i] ?? assert.fail(`no chart ${i}`);
   for (const [i, chart] of charts.entries()) {
     const isEval = i < 6;
     // Tuned methods are curves; the base model (measured once per round here, zero-shot) is a dashed reference.
@@ -153,18 +150,18 @@ test('report.html: a panel per client, a colour per method, base as a reference 
     assert.ok((chart.match(/class="ytick"/g) ?? []).length >= 2);
   }
   // One colour per method in every panel.
-  assert.equal(colour(charts[0], 'fedbiot-adapfu'), colour(charts[2], 'fedbiot-adapfu'));
-  assert.notEqual(colour(charts[0], 'fedbiot-adapfu'), colour(charts[0], 'fedbiot-adapemu'));
+  assert.equal(colour(chartAt(0), 'fedbiot-adapfu'), colour(chartAt(2), 'fedbiot-adapfu'));
+  assert.notEqual(colour(chartAt(0), 'fedbiot-adapfu'), colour(chartAt(0), 'fedbiot-adapemu'));
   // Accuracy on a fixed 0-100 axis.
-  assert.ok(charts[0].includes('>100</text>') && charts[0].includes('>0</text>'));
+  assert.ok(chartAt(0).includes('>100</text>') && chartAt(0).includes('>0</text>'));
   // Loss: the axis spans the tuned curves; a base model far above them sits on the edge, marked off scale.
-  assert.match(charts[3], /base 2\.50<\/text>/);
+  assert.match(chartAt(3), /base 2\.50<\/text>/);
   const far = renderReportHtml({
     events: events.map((e) => (e.kind === 'eval' && e['method'] === 'base' ? { ...e, test_loss: 13 } : e)),
   });
   assert.match(far, /base 13\.0 \(off scale, above\)/);
   // Training loss of round r is plotted at r + 1, like the evaluation after it.
-  const train = /data-series="fedbiot"[^>]*points="([^"]+)"/.exec(charts[6])![1].split(' ');
+  const train = (/data-series="fedbiot"[^>]*points="([^"]+)"/.exec(chartAt(6))?.[1] ?? '').split(' ');
   assert.equal(train.length, 3);
   assert.ok(html.includes('<p class="verdict">Verdict: x &lt; y</p>'));
   assert.ok(html.includes('<table class="results-table">'));
@@ -212,8 +209,7 @@ test('chart geometry: points map linearly onto the axes built from nice ticks', 
 });
 
 test('writeReportHtml builds the page from a run folder', async () => {
-  const out = await mkdtemp(join(tmpdir(), 'fedbiot-report-'));
-  try {
+  await withTmp('fedbiot-report-', async (out) => {
     const run = await createRunDir(out, 'r1', { job: { rounds: 3 } });
     const log = await MetricsLog.open(run.dir);
     for (const e of demoEvents()) log.log(e);
@@ -222,9 +218,7 @@ test('writeReportHtml builds the page from a run folder', async () => {
     const html = await readFile(path, 'utf8');
     assert.equal((html.match(/<svg[\s>]/g) ?? []).length, 8);
     assert.ok(html.includes('Resolved configuration'));
-  } finally {
-    await rm(out, { recursive: true, force: true });
-  }
+  });
 });
 
 test('progress in plain mode prints a line per 10% and a final line; ticks past total are clamped', () => {

@@ -148,7 +148,7 @@ test('a damaged newest checkpoint is an error naming it, not a silent fallback',
     const second = await saveCheckpoint(dir, state(2));
     const tensors = join(second, 'tensors.safetensors');
     const bytes = await readFile(tensors);
-    bytes[bytes.length - 1] ^= 0xff;
+    bytes[bytes.length - 1]! ^= 0xff;
     await writeFile(tensors, bytes);
     await assert.rejects(
       loadLatestCheckpoint(dir),
@@ -174,14 +174,14 @@ test('MetricsLog appends one JSON object per line and survives a torn last line'
     assert.throws(() => log.log({ round: 2, kind: 'x' }), /closed/);
     const lines = (await readFile(join(dir, 'metrics.jsonl'), 'utf8')).trimEnd().split('\n');
     assert.equal(lines.length, 4);
-    assert.deepEqual(JSON.parse(lines[0]), { ts: 1000, round: 0, kind: 'train', client: 'a', loss: 2.5 });
-    assert.deepEqual(Object.keys(JSON.parse(lines[2])), ['ts', 'round', 'kind', 'seconds']);
-    assert.equal(JSON.parse(lines[3]).loss, null);
+    assert.deepEqual(JSON.parse(lines[0]!), { ts: 1000, round: 0, kind: 'train', client: 'a', loss: 2.5 });
+    assert.deepEqual(Object.keys(JSON.parse(lines[2]!)), ['ts', 'round', 'kind', 'seconds']);
+    assert.equal(JSON.parse(lines[3]!).loss, null);
     // A crash mid-write leaves half a line: it is skipped; corruption in the middle is an error with file:line.
     await appendFile(join(dir, 'metrics.jsonl'), '{"ts":5,"round":1,"ki');
     const events = await readMetrics(join(dir, 'metrics.jsonl'));
     assert.equal(events.length, 4);
-    assert.equal(events[1].kind, 'eval');
+    assert.equal(events[1]!.kind, 'eval');
     const bad = join(dir, 'bad.jsonl');
     await writeFile(bad, '{"round":0,"kind":"a"}\nnot json\n{"round":1,"kind":"b"}\n');
     await assert.rejects(readMetrics(bad), new RegExp(`${bad.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:2: not JSON`));

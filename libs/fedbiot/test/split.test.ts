@@ -135,7 +135,7 @@ test('keptLayerIndices matches the exact formula on other sizes (incl. half-even
       assert.equal(got[0], 0);
       if (got.length > 1) assert.equal(got[got.length - 1], n - 1, `last layer kept n=${n} beta=${beta}`);
       assert.ok(
-        got.every((v, i) => i === 0 || v > got[i - 1]),
+        got.every((v, i) => i === 0 || v > got[i - 1]!),
         'strictly ascending, no duplicates',
       );
     }

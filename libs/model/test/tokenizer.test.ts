@@ -1,10 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TokenizerError } from '../src/errors.js';
 import { loadTokenizer } from '../src/tokenizer.js';
+import { withTmp } from '../../../test/support/tmp.js';
 
 /**
  * A 24-token SentencePiece-style BPE in the layout of LLaMA-2's tokenizer.json: "▁" replaces spaces and is
@@ -122,15 +122,12 @@ async function withTokenizerDir(
   fn: (dir: string) => Promise<void>,
   extra: Record<string, string> = {},
 ): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'h5-tok-'));
-  try {
+  await withTmp('h5-tok-', async (dir) => {
     await writeFile(join(dir, 'tokenizer.json'), JSON.stringify(TOKENIZER_JSON));
     if (config !== undefined) await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(config));
     for (const [name, text] of Object.entries(extra)) await writeFile(join(dir, name), text);
     await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  });
 }
 
 test('encode applies the BPE merges and the BOS post-processor; decode inverts it', async () => {

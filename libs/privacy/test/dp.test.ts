@@ -128,7 +128,7 @@ test('DP-FedAvg under secure aggregation: clipped, noised inputs sum to the nois
   const signal = new Float64Array(L);
   for (let i = 0; i < n; i++) {
     const v = clipUpdate(new Map([['x', tensors(`u${i}`, 0.2).values().next().value!]]), C).clipped.get('x')!;
-    for (let j = 0; j < L; j++) signal[j] += v[j]!;
+    for (let j = 0; j < L; j++) signal[j]! += v[j]!;
   }
   const resid = Float64Array.from(r.sum, (v, j) => v / maxWeight - signal[j]!);
   const m = moments(resid);

@@ -80,7 +80,7 @@ function plainSum(cfg: SecAggConfig, data: { values: Float32Array; weight: numbe
   let w = 0;
   for (const id of ids) {
     const d = data[cfg.clients.indexOf(id)]!;
-    for (let i = 0; i < sum.length; i++) sum[i] += d.weight * d.values[i]!;
+    for (let i = 0; i < sum.length; i++) sum[i]! += d.weight * d.values[i]!;
     w += d.weight;
   }
   return { sum, weightSum: w };
@@ -190,7 +190,7 @@ test('dropouts: more than n - t fails with how many shares were available vs nee
 /** Pearson chi-square of byte values (256 buckets) of a buffer. */
 function chiSquareBytes(b: Uint8Array): number {
   const counts = new Float64Array(256);
-  for (const v of b) counts[v]++;
+  for (const v of b) counts[v]!++; // a byte indexes 256 buckets
   const e = b.length / 256;
   return counts.reduce((s, c) => s + ((c - e) * (c - e)) / e, 0);
 }

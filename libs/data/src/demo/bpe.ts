@@ -72,7 +72,7 @@ export function buildDemoTokenizer(
   }
   const vocab = new Map<string, number>();
   SPECIALS.forEach((t) => vocab.set(t, vocab.size));
-  for (let b = 0; b < 256; b++) vocab.set(BYTE_TO_CHAR[b], vocab.size);
+  for (const char of BYTE_TO_CHAR) vocab.set(char, vocab.size);
   const merges = trainMerges(counts, vocabSize - vocab.size, vocab);
 
   const addedTokens = SPECIALS.map((content, id) => ({
@@ -185,8 +185,9 @@ function trainMerges(counts: Map<string, number>, budget: number, vocab: Map<str
   const words: Word[] = [...counts].map(([w, count]) => ({ symbols: Array.from(w), count }));
   const pairs = new Map<string, number>();
   const addPairs = (w: Word, sign: number): void => {
-    for (let i = 0; i + 1 < w.symbols.length; i++) {
-      const k = key(w.symbols[i], w.symbols[i + 1]);
+    const s = w.symbols;
+    for (let i = 1; i < s.length; i++) {
+      const k = key(s[i - 1]!, s[i]!);
       const v = (pairs.get(k) ?? 0) + sign * w.count;
       if (v === 0) pairs.delete(k);
       else pairs.set(k, v);
@@ -224,7 +225,7 @@ function trainMerges(counts: Map<string, number>, budget: number, vocab: Map<str
         if (i + 1 < s.length && s[i] === a && s[i + 1] === b) {
           next.push(merged);
           i++;
-        } else next.push(s[i]);
+        } else next.push(s[i]!);
       }
       w.symbols = next;
       addPairs(w, 1);

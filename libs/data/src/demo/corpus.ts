@@ -155,7 +155,7 @@ const SENTENCES: readonly Gen[] = [
     const seq = Array.from({ length: 5 }, (_, i) => num(r, start + i * step));
     return `Counting by ${numberToWords(step)}s from ${start}: ${seq.join(', ')}.`;
   },
-  (r) => FACTS[r.int(FACTS.length)],
+  (r) => pick(FACTS, r),
   // Arithmetic as statements, phrased unlike the clients' questions.
   (r) => {
     const a = between(r, 0, 50);

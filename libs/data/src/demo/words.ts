@@ -27,7 +27,7 @@ const TENS = ['', '', 'twenty', 'thirty', 'forty', 'fifty', 'sixty', 'seventy', 
 /** English words for an integer in [0, 9999]: 42 -> "forty-two", 305 -> "three hundred five". */
 export function numberToWords(n: number): string {
   if (!Number.isInteger(n) || n < 0 || n > 9999) throw new RangeError(`numberToWords: ${n} is outside [0, 9999]`);
-  if (n < 20) return ONES[n];
+  if (n < 20) return ONES[n]!;
   if (n < 100) return TENS[Math.floor(n / 10)] + (n % 10 ? `-${ONES[n % 10]}` : '');
   if (n < 1000) {
     const rest = n % 100;

@@ -63,13 +63,14 @@ function adamwKernel(
   const c1 = 1 - beta1;
   const c2 = 1 - beta2;
   const n = p.length;
+  // checkStepInputs made g, m and v as long as p, so every index below n is in range.
   for (let i = 0; i < n; i++) {
-    const gi = g[i];
-    const mi = beta1 * m[i] + c1 * gi;
-    const vi = beta2 * v[i] + c2 * gi * gi;
+    const gi = g[i]!;
+    const mi = beta1 * m[i]! + c1 * gi;
+    const vi = beta2 * v[i]! + c2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
+    p[i] = p[i]! * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
   }
 }
 

@@ -27,7 +27,10 @@ export function clipGradNorm(grads: Map<string, Float32Array>, maxNorm: number):
   let sumSq = 0;
   for (const [name, g] of grads) {
     let s = 0;
-    for (let i = 0; i < g.length; i++) s += g[i] * g[i];
+    for (let i = 0; i < g.length; i++) {
+      const x = g[i]!;
+      s += x * x;
+    }
     if (!Number.isFinite(s)) {
       const i = firstNonFinite(g);
       throw new Error(`clipGradNorm: gradient "${name}" holds a non-finite value (${g[i]}) at index ${i}`);
@@ -38,7 +41,7 @@ export function clipGradNorm(grads: Map<string, Float32Array>, maxNorm: number):
   const coef = maxNorm / (norm + 1e-6);
   if (coef < 1) {
     for (const g of grads.values()) {
-      for (let i = 0; i < g.length; i++) g[i] *= coef;
+      for (let i = 0; i < g.length; i++) g[i]! *= coef;
     }
   }
   return norm;

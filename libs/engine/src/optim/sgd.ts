@@ -58,14 +58,16 @@ function sgdKernel(
   const { momentum, weightDecay, nesterov } = h;
   const keep = 1 - h.dampening;
   const n = p.length;
+  // checkStepInputs made g and buf as long as p, so every index below n is in range.
   for (let i = 0; i < n; i++) {
-    let d = g[i] + weightDecay * p[i];
+    const pi = p[i]!;
+    let d = g[i]! + weightDecay * pi;
     if (buf !== undefined) {
-      const b = first ? d : momentum * buf[i] + keep * d;
+      const b = first ? d : momentum * buf[i]! + keep * d;
       buf[i] = b;
       d = nesterov ? d + momentum * b : b;
     }
-    p[i] = p[i] - lr * d;
+    p[i] = pi - lr * d;
   }
 }
 

@@ -375,8 +375,9 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const yTicks = chart.yRange
     ? niceTicks(chart.yRange[0], chart.yRange[1], 6, false)
     : niceTicks(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1, 6, false);
-  const [x0, x1] = [xTicks[0], xTicks[xTicks.length - 1]];
-  const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
+  // niceTicks gives at least one tick (its first is <= its last bound).
+  const [x0, x1] = [xTicks[0]!, xTicks[xTicks.length - 1]!];
+  const [y0, y1] = [yTicks[0]!, yTicks[yTicks.length - 1]!];
   const sx = (x: number): number => m.left + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
   const parts: string[] = [];
@@ -488,7 +489,8 @@ function niceNum(x: number, round: boolean): number {
 }
 
 function tickLabel(v: number, ticks: readonly number[]): string {
-  const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : 1;
+  const [a, b] = ticks;
+  const step = a !== undefined && b !== undefined ? Math.abs(b - a) : 1;
   const decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
   return v.toFixed(decimals);
 }

@@ -36,10 +36,11 @@ export function formatResultsTable(rows: readonly ResultRow[], bytesPerRound?: B
 
 /** Left-aligned first column, right-aligned numbers, '|' separators and a dashed rule under the header. */
 function renderGrid(header: readonly string[], body: readonly (readonly string[])[]): string {
-  const widths = header.map((h, j) => Math.max(h.length, ...body.map((row) => row[j].length)));
+  // Every body row has a cell per header column (the caller builds them so).
+  const widths = header.map((h, j) => Math.max(h.length, ...body.map((row) => row[j]!.length)));
   const line = (cells: readonly string[]): string =>
     cells
-      .map((c, j) => (j === 0 ? c.padEnd(widths[j]) : c.padStart(widths[j])))
+      .map((c, j) => (j === 0 ? c.padEnd(widths[j]!) : c.padStart(widths[j]!)))
       .join(' | ')
       .trimEnd();
   const rule = widths.map((w) => '-'.repeat(w)).join('-+-');
