@@ -236,6 +236,9 @@ async function scaleCase(
       },
     });
 
+    // Every pull loop reports once its consumer is live; round 0 starts after that (no process start in its figures).
+    let ready = 0;
+    const readySub = nc.subscribe(`bench.${jobId}.ready`, { callback: () => void ready++ });
     const cfgFile = join(dir, 'replica.json');
     writeFileSync(cfgFile, JSON.stringify({ natsUrl: url, ctx, concurrency } satisfies ReplicaConfig));
     const script = join(process.cwd(), 'dist', 'bench', 'scale.js');
@@ -244,6 +247,11 @@ async function scaleCase(
       kids.add(kid);
       kid.on('exit', () => kids.delete(kid));
     }
+    for (let t = 0; ready < replicas * concurrency; t += 50) {
+      if (t > 120_000) throw new Error(`scale: ${ready} of ${replicas * concurrency} pull loops started in 120 s`);
+      await sleep(50);
+    }
+    readySub.unsubscribe();
     const pruner = new RoundBlobPruner(blobs, [blobBucketName(jobId), ...buckets], spec.aggregation.keepBlobRounds);
     const setupMs = performance.now() - tSetup;
 
@@ -433,23 +441,23 @@ export async function main(args: string[]): Promise<void> {
     'out_mib',
     'rejected',
   ]);
-  // Verdict from this run's rows: how the aggregator's peak RSS and the hub's bytes grow with N.
-  const big = out.filter((r) => r['mode'] === 'stream' && r['size'] === '7b');
-  const rss = (n: number): number =>
-    Math.max(...big.filter((r) => r['clients'] === n).map((r) => r['agg_peak_rss_mib'] as number));
-  const ns = [...new Set(big.map((r) => r['clients'] as number))].sort((a, b) => a - b);
-  if (ns.length >= 2) {
-    const lo = ns[0]!;
-    const hi = ns.at(-1)!;
-    const perClientOut =
-      big.filter((r) => r['clients'] === hi).reduce((s, r) => s + (r['out_mib'] as number), 0) /
-      big.filter((r) => r['clients'] === hi).length /
-      hi;
+  const file = writeResults('scale', out);
+  console.log(`wrote ${file}`);
+  // Verdict over every streaming row of this machine in bench/results/scale.json (this run's and earlier runs' of
+  // other N): how the aggregator's peak RSS and the hub's bytes grow with N, per LoRA size.
+  const all = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>[];
+  for (const size of ['demo', '7b'] as const) {
+    const rs = all.filter((r) => r['mode'] === 'stream' && r['size'] === size && r['machine'] === machine());
+    if (rs.length === 0) continue;
+    const ns = [...new Set(rs.map((r) => r['clients'] as number))].toSorted((a, b) => a - b);
+    const rss = ns.map((n) =>
+      Math.max(...rs.filter((r) => r['clients'] === n).map((r) => r['agg_peak_rss_mib'] as number)),
+    );
+    const outPerClient = Math.max(...rs.map((r) => (r['out_mib'] as number) / (r['clients'] as number)));
     console.log(
-      `verdict: 7B-shaped, ${lo} -> ${hi} clients: aggregator peak RSS ${rss(lo)} -> ${rss(hi)} MiB (streaming: ~flat in N); the hub sends ${perClientOut.toFixed(1)} MiB per client per round (broadcast fan-out dominates, linear in N).`,
+      `verdict (${size}): aggregator peak RSS ${rss.join(' / ')} MiB at ${ns.join(' / ')} clients (aggregation as updates arrive: no N copies held); the hub sends up to ${outPerClient.toFixed(2)} MiB per client per round (broadcast ${((rs[0]!['broadcast_kib'] as number) / 1024).toFixed(2)} MiB each), linear in N.`,
     );
   }
-  console.log(`wrote ${writeResults('scale', out)}`);
 }
 
 // As a process: one trainer replica running `concurrency` simulated clients' pull loops until killed.
@@ -458,8 +466,13 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href &
   const nc = await connectTransport(cfg.natsUrl, { timeoutMs: 10_000 });
   await Promise.all(
     Array.from({ length: cfg.concurrency }, async () => {
+      let started = false;
       for (;;) {
         const c = await clientLoop(cfg.ctx, nc).catch(() => null);
+        if (c && !started) {
+          started = true;
+          nc.publish(`bench.${cfg.ctx.jobId}.ready`);
+        }
         if (c) await c.done;
         await sleep(200);
       }
