@@ -237,8 +237,11 @@ async function scaleCase(
     });
 
     // Every pull loop reports once its consumer is live; round 0 starts after that (no process start in its figures).
+    const loops = replicas * concurrency;
     let ready = 0;
-    const readySub = nc.subscribe(`bench.${jobId}.ready`, { callback: () => void ready++ });
+    let allReady: () => void = () => {};
+    const readyPromise = new Promise<void>((r) => (allReady = r));
+    const readySub = nc.subscribe(`bench.${jobId}.ready`, { callback: () => void (++ready === loops && allReady()) });
     const cfgFile = join(dir, 'replica.json');
     writeFileSync(cfgFile, JSON.stringify({ natsUrl: url, ctx, concurrency } satisfies ReplicaConfig));
     const script = join(process.cwd(), 'dist', 'bench', 'scale.js');
@@ -247,10 +250,17 @@ async function scaleCase(
       kids.add(kid);
       kid.on('exit', () => kids.delete(kid));
     }
-    for (let t = 0; ready < replicas * concurrency; t += 50) {
-      if (t > 120_000) throw new Error(`scale: ${ready} of ${replicas * concurrency} pull loops started in 120 s`);
-      await sleep(50);
-    }
+    let readyTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      readyPromise,
+      new Promise<never>(
+        (_r, reject) =>
+          (readyTimer = setTimeout(
+            () => reject(new Error(`scale: ${ready} of ${loops} pull loops started in 120 s`)),
+            120_000,
+          )),
+      ),
+    ]).finally(() => clearTimeout(readyTimer));
     readySub.unsubscribe();
     const pruner = new RoundBlobPruner(blobs, [blobBucketName(jobId), ...buckets], spec.aggregation.keepBlobRounds);
     const setupMs = performance.now() - tSetup;
