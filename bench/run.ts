@@ -1,4 +1,4 @@
-/** `npm run bench -- <suite> [options]`: engine | model | perf | profile | gpu-check | messaging | transfer | package | privacy | soak. Each suite prints a table and writes bench/results/<suite>.json. */
+/** `npm run bench -- <suite> [options]`: engine | model | perf | profile | gpu-check | messaging | transfer | package | privacy | soak | scale. Each suite prints a table and writes bench/results/<suite>.json. */
 const suites: Record<string, () => Promise<{ main: (args: string[]) => Promise<void> }>> = {
   engine: () => import('./engine.js'),
   model: () => import('./model.js'),
@@ -10,6 +10,7 @@ const suites: Record<string, () => Promise<{ main: (args: string[]) => Promise<v
   package: () => import('./package.js'),
   privacy: () => import('./privacy.js'),
   soak: () => import('./soak.js'),
+  scale: () => import('./scale.js'),
 };
 const [name, ...args] = process.argv.slice(2);
 const load = name ? suites[name] : undefined;

@@ -34,12 +34,18 @@ import {
   publishMessage,
   type BlobRef,
   type BlobStore,
+  type ClientUpdate,
   type EvalMode,
   type StateStore,
   type TrainingConfig,
   type WorkQueue,
 } from '../../libs/protocol/src/index.js';
-import type { ClientRoundResult, RoundPorts } from '../../libs/fedbiot/src/coordinator.js';
+import {
+  loraBytes,
+  type ClientRoundReceipt,
+  type ClientRoundResult,
+  type RoundPorts,
+} from '../../libs/fedbiot/src/coordinator.js';
 import { clientSeed, pooledScores } from '../../libs/fedbiot/src/plan.js';
 import type { EvalScores } from '../../libs/fedbiot/src/roles.js';
 import type { JobContext } from './job-context.js';
@@ -90,6 +96,8 @@ export interface NatsPortsOptions {
   readonly evalClients?: readonly string[];
   /** Where updates and client metrics arrive (the aggregator's Nest event handlers); default subscriptionInbox(nc). */
   readonly inbox?: RoundInbox;
+  /** Update blobs downloaded at once while a round is collected (each in flight is held in memory); default 4. */
+  readonly downloadConcurrency?: number;
 }
 
 /** What the ports use of a JobContext: the spec-derived parts, no model or data (a benchmark can build it from a config). */
@@ -114,8 +122,46 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     seed: clientSeed(ctx.spec, round, clientId),
   });
   const ports: RoundPorts = {
-    trainClients: async (round, clients, adapter, emulator): Promise<ClientRoundResult[]> => {
+    trainClients: async (round, clients, adapter, emulator, sink) => {
       o.signal?.throwIfAborted();
+      // Each accepted update's blob is downloaded as it arrives (at most `downloadConcurrency` at once) and, given a
+      // sink, handed to it and dropped: the coordinator folds it into the round's running FedAvg, so the aggregator
+      // holds a few updates at a time, not the round's. Results (or receipts) are returned in the planned order.
+      const got = new Map<string, ClientRoundResult | ClientRoundReceipt>();
+      const pending: Promise<void>[] = [];
+      const waiting: (() => void)[] = [];
+      let active = 0;
+      const maxActive = Math.max(1, o.downloadConcurrency ?? 4);
+      const fetchUpdate = async (u: ClientUpdate): Promise<void> => {
+        if (active >= maxActive) await new Promise<void>((r) => waiting.push(r));
+        active++;
+        const clientId = u.clientId;
+        try {
+          // Only the sender's own update bucket (or the shared one) counts: a ref into another client's
+          // bucket would pass that client's update off as the sender's.
+          const b = u.adapterLora.bucket;
+          if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
+            throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
+          const lora = await getLora(blobs, u.adapterLora, ctx.specs.adapter);
+          const r: ClientRoundResult = {
+            clientId,
+            adapter: lora,
+            tokens: u.tokens,
+            examples: u.examples,
+            meanLoss: u.meanLoss,
+          };
+          if (sink) {
+            sink(r);
+            const { adapter: _, ...counts } = r;
+            got.set(clientId, { ...counts, bytes: loraBytes(lora) });
+          } else got.set(clientId, r);
+        } catch (e) {
+          o.onRejected?.(clientId, `update blob ${u.adapterLora.name}: ${(e as Error).message}`);
+        } finally {
+          active--;
+          waiting.shift()?.();
+        }
+      };
       const adapterRef = await putLora(blobs, adapter);
       const emulatorRef = await putLora(blobs, emulator);
       const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
@@ -130,6 +176,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         onLateUpdate: (l) =>
           o.onNotice?.(`late update from ${l.clientId} for round ${l.round} (${l.lateByMs} ms after close), discarded`),
         onDuplicate: (d) => o.onNotice?.(`duplicate update from ${d.clientId} for round ${d.round}, first kept`),
+        onAccepted: (u) => void pending.push(fetchUpdate(u)),
         // onRejected/onLateUpdate/onDuplicate report everything; the collector's own warnings would repeat them.
         logger: { warn: () => {} },
       });
@@ -184,25 +231,15 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
           closedBy: result.closedBy,
           elapsedMs: result.elapsedMs,
         });
-        // The planned order, not arrival order: FedAvg then sums in the same order as the standalone job.
-        const byClient = new Map(result.updates.map((u) => [u.clientId, u]));
-        const out: ClientRoundResult[] = [];
-        for (const clientId of clients) {
-          const u = byClient.get(clientId);
-          if (!u) continue;
-          try {
-            // Only the sender's own update bucket (or the shared one) counts: a ref into another client's
-            // bucket would pass that client's update off as the sender's.
-            const b = u.adapterLora.bucket;
-            if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
-              throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
-            const lora = await getLora(blobs, u.adapterLora, ctx.specs.adapter);
-            out.push({ clientId, adapter: lora, tokens: u.tokens, examples: u.examples, meanLoss: u.meanLoss });
-          } catch (e) {
-            o.onRejected?.(clientId, `update blob ${u.adapterLora.name}: ${(e as Error).message}`);
-          }
-        }
-        return out;
+        // Every update accepted in time was handed to fetchUpdate as it arrived; wait for the last downloads.
+        await Promise.all(pending);
+        // The planned order, not arrival order: without a sink FedAvg then sums in the same order as the standalone
+        // job; with one, the coordinator's StreamingFedAvg restores that order itself.
+        const inTime = new Set(result.updates.map((u) => u.clientId));
+        return clients.flatMap((c) => {
+          const r = inTime.has(c) ? got.get(c) : undefined;
+          return r ? [r] : [];
+        });
       } finally {
         o.signal?.removeEventListener('abort', abort);
         await collection.close();

@@ -235,6 +235,102 @@ export class FedAvgAccumulator {
   }
 }
 
+/**
+ * FedAvg as updates arrive, in a planned order: each update is folded into the float64 sums (FedAvgAccumulator) as
+ * soon as every client planned before it has been folded or `skip`ped, so the summation order, and with it every
+ * bit of the result, is the one fedAvg gives on the accepted updates in planned order (what the collect-all path
+ * computed). An update that arrives ahead of its turn is held until its turn; when more than `maxHeld` are held
+ * (a slow early client among many fast ones), the held ones are folded in planned order and every later update in
+ * arrival order: memory stays bounded by `maxHeld` updates plus the sums, and the result then differs from the
+ * planned-order one only by float64 summation-order rounding (the sums are float64, rounded to float32 once).
+ */
+export class StreamingFedAvg {
+  private readonly acc: FedAvgAccumulator;
+  private readonly held = new Map<string, ClientUpdate>();
+  private readonly skipped = new Set<string>();
+  private next = 0;
+  private ordered = true;
+  private peak = 0;
+
+  constructor(
+    weighting: Weighting,
+    private readonly planned: readonly string[],
+    private readonly maxHeld = 8,
+  ) {
+    this.acc = new FedAvgAccumulator(weighting);
+  }
+
+  /** Updates folded in so far. */
+  get count(): number {
+    return this.acc.clientIds.length;
+  }
+
+  /** Most updates held at once (waiting for their turn). */
+  get peakHeld(): number {
+    return this.peak;
+  }
+
+  /** Whether every update so far was folded in planned order (the result equals fedAvg's in planned order). */
+  get inPlannedOrder(): boolean {
+    return this.ordered;
+  }
+
+  /** Folds `update` in (now or when its turn comes). Throws like FedAvgAccumulator.add on a bad weight or shape. */
+  add(update: ClientUpdate): void {
+    if (!this.ordered) return this.acc.add(update);
+    if (this.held.has(update.clientId) || this.acc.clientIds.includes(update.clientId)) {
+      throw new UpdateRejectedError([
+        { clientId: update.clientId, kind: 'extra', message: 'a second update from this client in the same round' },
+      ]);
+    }
+    // Counts are checked now, not when the update's turn comes.
+    rawWeight(update, this.acc.weighting);
+    this.held.set(update.clientId, update);
+    this.drain();
+    this.peak = Math.max(this.peak, this.held.size);
+    if (this.held.size > this.maxHeld) {
+      this.flush();
+      this.ordered = false;
+    }
+  }
+
+  /** A planned client whose update will not come (rejected, failed download): later clients need not wait for it. */
+  skip(clientId: string): void {
+    this.skipped.add(clientId);
+    if (this.ordered) this.drain();
+  }
+
+  /** The weighted average (held updates folded first, in planned order). */
+  result(): Map<string, Float32Array> {
+    this.flush();
+    return this.acc.result();
+  }
+
+  private drain(): void {
+    for (; this.next < this.planned.length; this.next++) {
+      const id = this.planned[this.next]!;
+      const u = this.held.get(id);
+      if (u !== undefined) {
+        this.held.delete(id);
+        this.acc.add(u);
+      } else if (!this.skipped.has(id)) break;
+    }
+  }
+
+  /** Folds every held update: planned ones in planned order, then any unplanned in arrival order. */
+  private flush(): void {
+    for (const id of this.planned) {
+      const u = this.held.get(id);
+      if (u === undefined) continue;
+      this.held.delete(id);
+      this.acc.add(u);
+    }
+    for (const u of this.held.values()) this.acc.add(u);
+    this.held.clear();
+    this.next = this.planned.length;
+  }
+}
+
 // ---- defences against a hostile client (a data owner with valid credentials) ------------------------------------
 
 /** What one client's local training can produce at most: the task the server handed out. */

@@ -16,13 +16,14 @@ import {
   deltaNorm,
   l2Norm,
   median,
+  StreamingFedAvg,
   type AdamWTask,
   type AggregationRule,
   type ClientUpdate,
   type TaskBounds,
   type Weighting,
 } from './aggregate.js';
-import type { UpdateProblem } from './errors.js';
+import { UpdateRejectedError, type UpdateProblem } from './errors.js';
 import type { JobSpec } from './job-spec.js';
 import type { AlignmentStats, ClientSettings, EvalScores } from './roles.js';
 import { sampleClients, type PerRound } from './sampling.js';
@@ -35,14 +36,36 @@ export interface ClientRoundResult {
   readonly meanLoss: number;
 }
 
+/** A client's round result whose adapter went to the UpdateSink (and was not kept): its counts and update size. */
+export interface ClientRoundReceipt {
+  readonly clientId: string;
+  readonly tokens: number;
+  readonly examples: number;
+  readonly meanLoss: number;
+  /** Bytes of the update's float32 tensors (loraBytes of the adapter it carried). */
+  readonly bytes: number;
+}
+
+/**
+ * Where a port may hand each client's result as soon as it holds it (aggregation as updates arrive): the coordinator
+ * screens it and folds it into the round's running FedAvg, and the port need not keep the adapter. Never throws.
+ */
+export type UpdateSink = (result: ClientRoundResult) => void;
+
 export interface RoundPorts {
-  /** Runs local training for `clients` from the broadcast; resolves with the updates that arrived. */
+  /**
+   * Runs local training for `clients` from the broadcast; resolves with the updates that arrived, in planned order.
+   * With `sink` (the coordinator passes one when the round's aggregation can stream: FedAvg, no relative norm bound,
+   * no aggregate hook), a port may hand each result to it as it arrives and return a ClientRoundReceipt in its place;
+   * results returned whole are sunk by the coordinator. Without `sink`, every result must be whole.
+   */
   trainClients(
     round: number,
     clients: readonly string[],
     adapter: LoraWeights,
     emulator: LoraWeights,
-  ): Promise<ClientRoundResult[]>;
+    sink?: UpdateSink,
+  ): Promise<readonly (ClientRoundResult | ClientRoundReceipt)[]>;
   /** E alignment steps of the emulator against the (new) adapter; null when this method does not align. */
   align(adapter: LoraWeights, steps: number): Promise<{ emulator: LoraWeights; stats: AlignmentStats } | null>;
   /** Scores per (method, client) for the current adapter and emulator. */
@@ -160,27 +183,11 @@ export function screenUpdates(
   base: ReadonlyMap<string, Float32Array>,
   settings: Pick<CoordinatorSettings, 'maxUpdateNorm' | 'task' | 'normBound' | 'relativeNormBound'>,
 ): { accepted: ClientUpdate[]; rejected: { clientId: string; problems: UpdateProblem[] }[] } {
-  const reference = new Map([...base].map(([k, v]) => [k, { shape: [v.length] }]));
-  const opts = settings.maxUpdateNorm !== undefined ? { maxNorm: settings.maxUpdateNorm } : {};
-  const task = settings.task;
-  let reach = Infinity;
-  if (task && settings.normBound !== 'off') {
-    let numel = 0;
-    for (const v of base.values()) numel += v.length;
-    reach = adamwDeltaBound(task, numel, l2Norm(base));
-  }
+  const screen = updateScreen(base, settings);
   const passed: { u: ClientUpdate; dist: number }[] = [];
   const rejected: { clientId: string; problems: UpdateProblem[] }[] = [];
   for (const u of updates) {
-    const problems = [...checkUpdate(u, reference, opts), ...(task ? checkCounts(u, task) : [])];
-    const dist = problems.length === 0 ? deltaNorm(u.tensors, base) : NaN;
-    if (problems.length === 0 && dist > reach) {
-      problems.push({
-        clientId: u.clientId,
-        kind: 'norm',
-        message: `moved ${dist.toPrecision(6)} from the broadcast, more than ${task!.localSteps} AdamW steps of lr ${task!.lr} can (${reach.toPrecision(6)})`,
-      });
-    }
+    const { problems, dist } = screen(u);
     if (problems.length > 0) rejected.push({ clientId: u.clientId, problems });
     else passed.push({ u, dist });
   }
@@ -204,6 +211,50 @@ export function screenUpdates(
   }
   return { accepted, rejected };
 }
+
+/**
+ * The per-update part of screenUpdates (everything but the relative bound, which needs the round's median): one
+ * update's problems against the broadcast `base`, and its distance from it (NaN when it has problems).
+ */
+export function updateScreen(
+  base: ReadonlyMap<string, Float32Array>,
+  settings: Pick<CoordinatorSettings, 'maxUpdateNorm' | 'task' | 'normBound'>,
+): (u: ClientUpdate) => { problems: UpdateProblem[]; dist: number } {
+  const reference = new Map([...base].map(([k, v]) => [k, { shape: [v.length] }]));
+  const opts = settings.maxUpdateNorm !== undefined ? { maxNorm: settings.maxUpdateNorm } : {};
+  const task = settings.task;
+  let reach = Infinity;
+  if (task && settings.normBound !== 'off') {
+    let numel = 0;
+    for (const v of base.values()) numel += v.length;
+    reach = adamwDeltaBound(task, numel, l2Norm(base));
+  }
+  return (u) => {
+    const problems = [...checkUpdate(u, reference, opts), ...(task ? checkCounts(u, task) : [])];
+    const dist = problems.length === 0 ? deltaNorm(u.tensors, base) : NaN;
+    if (problems.length === 0 && dist > reach) {
+      problems.push({
+        clientId: u.clientId,
+        kind: 'norm',
+        message: `moved ${dist.toPrecision(6)} from the broadcast, more than ${task!.localSteps} AdamW steps of lr ${task!.lr} can (${reach.toPrecision(6)})`,
+      });
+    }
+    return { problems, dist };
+  };
+}
+
+/**
+ * Whether a round's aggregation can fold updates in as they arrive: FedAvg with per-update checks only. Trimmed
+ * mean and median need every value of a coordinate at once, the relative norm bound needs the round's median
+ * distance, and the privacy hook (clipping, noise, secure aggregation) takes the accepted updates together; those
+ * keep the collect-all path.
+ */
+export function canStream(settings: Pick<CoordinatorSettings, 'rule' | 'relativeNormBound' | 'aggregate'>): boolean {
+  return (settings.rule ?? 'fedavg') === 'fedavg' && settings.relativeNormBound === undefined && !settings.aggregate;
+}
+
+/** Updates a StreamingFedAvg holds at most while waiting for an earlier planned client (the rest stream in arrival order). */
+export const STREAM_MAX_HELD = 8;
 
 export function loraBytes(l: LoraWeights): number {
   let n = 0;
@@ -229,7 +280,40 @@ export async function runRounds(
   }
   for (let round = state.round; round < settings.rounds; round++) {
     const clients = sampleClients(settings.clientIds, settings.perRound, settings.seed, round);
-    const results = await ports.trainClients(round, clients, state.adapter, state.emulator);
+    // Aggregation as updates arrive where the settings allow it: each update is screened and folded into the
+    // running FedAvg as the port hands it over, and dropped; the others are screened and aggregated together below.
+    const stream = canStream(settings)
+      ? {
+          fedAvg: new StreamingFedAvg(settings.weighting, clients, STREAM_MAX_HELD),
+          screen: updateScreen(state.adapter.tensors, settings),
+          seen: new Set<string>(),
+          rejected: new Map<string, UpdateProblem[]>(),
+        }
+      : null;
+    const sink: UpdateSink | undefined = stream
+      ? (r) => {
+          if (stream.seen.has(r.clientId)) return;
+          stream.seen.add(r.clientId);
+          const u = { clientId: r.clientId, tensors: r.adapter.tensors, tokens: r.tokens, examples: r.examples };
+          let { problems } = stream.screen(u);
+          if (problems.length === 0) {
+            try {
+              stream.fedAvg.add(u);
+            } catch (e) {
+              problems =
+                e instanceof UpdateRejectedError
+                  ? [...e.problems]
+                  : [{ clientId: r.clientId, kind: 'shape', message: (e as Error).message }];
+            }
+          }
+          if (problems.length > 0) {
+            stream.rejected.set(r.clientId, problems);
+            stream.fedAvg.skip(r.clientId);
+          }
+        }
+      : undefined;
+    const results = await ports.trainClients(round, clients, state.adapter, state.emulator, sink);
+    if (sink) for (const r of results) if ('adapter' in r) sink(r);
     for (const r of results) {
       events.onEvent({
         round,
@@ -242,16 +326,23 @@ export async function runRounds(
     }
     // Validate every update before averaging: one bad client (NaN, wrong shapes, impossible counts, moved too far)
     // is rejected and logged, the others are still averaged.
-    const screened = screenUpdates(
-      results.map((r) => ({
-        clientId: r.clientId,
-        tensors: r.adapter.tensors,
-        tokens: r.tokens,
-        examples: r.examples,
-      })),
-      state.adapter.tensors,
-      settings,
-    );
+    const screened = stream
+      ? {
+          accepted: [],
+          rejected: results.flatMap((r) => {
+            const problems = stream.rejected.get(r.clientId);
+            return problems ? [{ clientId: r.clientId, problems }] : [];
+          }),
+        }
+      : screenUpdates(
+          results.map((r) => {
+            if (!('adapter' in r))
+              throw new Error(`trainClients: ${r.clientId}'s result has no adapter and no sink was given`);
+            return { clientId: r.clientId, tensors: r.adapter.tensors, tokens: r.tokens, examples: r.examples };
+          }),
+          state.adapter.tensors,
+          settings,
+        );
     for (const { clientId, problems } of screened.rejected) {
       const reason = problems.map((p) => (p.tensor === undefined ? '' : `tensor ${p.tensor}: `) + p.message).join('; ');
       const kind = problems[0]!.kind;
@@ -260,7 +351,10 @@ export async function runRounds(
     }
     const accepted = screened.accepted;
     let adapter = state.adapter;
-    if (accepted.length > 0 && settings.aggregate) {
+    if (stream) {
+      if (stream.fedAvg.count > 0) adapter = { spec: state.adapter.spec, tensors: stream.fedAvg.result() };
+      else events.onEvent({ round, kind: 'skipped', reason: 'no acceptable update this round; adapter kept' });
+    } else if (accepted.length > 0 && settings.aggregate) {
       const r = settings.aggregate(round, state.adapter, accepted);
       adapter = r.adapter;
       for (const e of r.events) events.onEvent({ ...e, round });
@@ -278,7 +372,7 @@ export async function runRounds(
     // selected client, and one adapter update back from each.
     const down =
       clients.length * (loraBytes(state.adapter) + (settings.broadcastEmulator ? loraBytes(state.emulator) : 0));
-    const up = results.reduce((s, r) => s + loraBytes(r.adapter), 0);
+    const up = results.reduce((s, r) => s + ('adapter' in r ? loraBytes(r.adapter) : r.bytes), 0);
     events.onEvent({ round, kind: 'comm', down, up, clients: clients.length });
     let emulator = state.emulator;
     const aligned = await ports.align(adapter, settings.alignStepsPerRound);

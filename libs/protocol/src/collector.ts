@@ -32,6 +32,11 @@ export interface CollectOptions {
   readonly onLate?: LatePolicy;
   /** An update arrived after the round closed (log it with the client id). */
   readonly onLateUpdate?: (late: LateUpdate) => void;
+  /**
+   * An update was accepted for the round (in time, planned, first from its client), as it arrives: the caller can
+   * fetch and aggregate it now instead of after the round closes (aggregation as updates arrive).
+   */
+  readonly onAccepted?: (update: ClientUpdate) => void;
   /** A client sent a second update for the round; the first one is kept. */
   readonly onDuplicate?: (dup: DuplicateUpdate) => void;
   /** A message on the round's update subjects was malformed, impersonated another client, or came from an unplanned client. */
@@ -190,6 +195,7 @@ export function openCollection(opts: CollectOptions): OpenCollection {
       return report(opts.onLateUpdate, late);
     }
     accepted.set(clientId, decoded.value);
+    report(opts.onAccepted, decoded.value);
     if (accepted.size === expected.size) closeRound();
   };
 
