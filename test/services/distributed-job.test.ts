@@ -945,7 +945,9 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
     const reconnected = new Set(logs.filter((r) => r.msg === 'NATS reconnected').map((r) => r.service));
     assert.equal(reconnected.size, services.length, `reconnected: ${[...reconnected].join(', ')}`);
     const published1 = logs.filter((r) => r.msg === 'update published' && r['round'] === 1).map((r) => r['clientId']);
-    assert.deepEqual(published1.toSorted(), ['add', 'mul', 'sub'], 'round 1 completed after the outage');
+    // Distinct clients: with the short ackWait a task that outlasts 5 s on a loaded box is redelivered and published
+    // twice (at-least-once delivery); the aggregator keeps the first copy and logs the duplicate.
+    assert.deepEqual([...new Set(published1)].toSorted(), ['add', 'mul', 'sub'], 'round 1 completed after the outage');
     passed = true;
     const pulledAgain = logs.filter((r) => r.msg === 'pulling tasks again').length;
     console.log(
