@@ -2,8 +2,8 @@
  * The services' logs, written by pino: one JSON object per line ({level, time, service, context?, ...fields, msg})
  * on stdout, or with LOG_FORMAT=pretty one readable line per record (pino-pretty: time, level, [service context],
  * message, the fields); into a sink instead (tests). LOG_LEVEL (debug|info|warn|error, default info) drops the
- * records below it. Also Nest's LoggerService, so framework messages come out the same way, and Nest's start-up lines
- * (modules loaded, routes mapped) are debug records.
+ * records below it. Also Nest's LoggerService, so framework messages come out the same way; Nest's start-up lines
+ * (modules loaded, routes mapped, microservice started) and its NATS transports' status lines are debug records.
  *
  * Why pino directly and not nestjs-pino (5.2.1, whose peer range does include Nest 12): nestjs-pino keeps one
  * pino-http instance, and with it one root logger, per process (module state in its rootLogger.js, built by whichever
@@ -38,7 +38,24 @@ export function logFormatFromEnv(env: NodeJS.ProcessEnv = process.env): LogForma
   return v as LogFormat;
 }
 
-const NEST_STARTUP = new Set(['NestFactory', 'InstanceLoader', 'RoutesResolver', 'RouterExplorer', 'NestApplication']);
+/** Nest's contexts whose log() lines are start-up detail (modules loaded, routes mapped, microservice started). */
+const NEST_STARTUP = new Set([
+  'NestFactory',
+  'InstanceLoader',
+  'RoutesResolver',
+  'RouterExplorer',
+  'NestApplication',
+  'NestMicroservice',
+]);
+
+/** A framework line that is detail: start-up, or a Nest NATS transport's connection status (ours logs reconnects). */
+function frameworkDetail(message: string, context: string | undefined): boolean {
+  if (context === undefined) return false;
+  return (
+    NEST_STARTUP.has(context) ||
+    ((context === 'ClientNats' || context === 'Server') && message.startsWith('NatsStatus:'))
+  );
+}
 
 export interface LoggerOptions {
   /** Default: LOG_FORMAT. Ignored when a sink is given (a sink gets records). */
@@ -108,8 +125,9 @@ export class JsonLogger implements LoggerService {
 
   // LoggerService: Nest passes (message, context?) and for errors (message, stack?, context?).
   log(message: unknown, context?: string): void {
-    // Nest's start-up lines (modules loaded, routes mapped) are framework detail: debug, under LOG_LEVEL=debug.
-    this.write(context && NEST_STARTUP.has(context) ? 'debug' : 'info', String(message), context ? { context } : {});
+    // Nest's start-up and transport-status lines are framework detail: debug, shown under LOG_LEVEL=debug.
+    const msg = String(message);
+    this.write(frameworkDetail(msg, context) ? 'debug' : 'info', msg, context ? { context } : {});
   }
   error(message: unknown, ...rest: unknown[]): void {
     this.write('error', String(message), rest.length ? { detail: rest.map(String) } : {});

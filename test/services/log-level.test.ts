@@ -41,6 +41,8 @@ test("Nest's start-up lines are debug records; other framework messages stay inf
     const log = new JsonLogger('test', (r) => out.push(r));
     log.log('AppModule dependencies initialized', 'InstanceLoader');
     log.log('Mapped {/health/live, GET} route', 'RouterExplorer');
+    log.log('Nest microservice successfully started', 'NestMicroservice');
+    log.log('NatsStatus: type: "close", data: "".', 'ClientNats');
     log.log('something else', 'Custom');
   } finally {
     if (saved === undefined) delete process.env['LOG_LEVEL'];
@@ -51,6 +53,8 @@ test("Nest's start-up lines are debug records; other framework messages stay inf
     [
       ['debug', 'InstanceLoader'],
       ['debug', 'RouterExplorer'],
+      ['debug', 'NestMicroservice'],
+      ['debug', 'ClientNats'],
       ['info', 'Custom'],
     ],
   );
