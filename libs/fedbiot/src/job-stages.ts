@@ -28,7 +28,8 @@ import {
   type Stage,
 } from './plan.js';
 import { privacyFor } from './privacy-aggregation.js';
-import { progress, roundsEta } from './progress.js';
+import type { JobEta } from './eta.js';
+import { progress, progressNote, roundsEta } from './progress.js';
 import {
   AlignmentServer,
   copyLora,
@@ -50,6 +51,14 @@ export interface JobCtx {
   readonly metrics: MetricsLog;
   readonly log: (line: string) => void;
   readonly afterCheckpoint?: (stage: string, round: number) => void;
+  /** The whole job's progress (stage, round, time left), one line on stderr per finished round. */
+  readonly overall?: JobEta;
+}
+
+/** The overall line after step `step` of `stage` ended, when its start was seen in this process. */
+function noteOverall(ctx: JobCtx, stage: Stage, step: number): void {
+  const line = ctx.overall?.done(ctx.plan.stages.indexOf(stage), step);
+  if (line !== undefined) progressNote(line);
 }
 
 /** Size of metrics.jsonl once everything logged so far is on disk: a checkpoint covers exactly these bytes. */
@@ -261,6 +270,7 @@ function stageEvents(
         { round: state.round, json: { round: state.round, metricsBytes: metricsBytes(ctx.metrics), ...json }, tensors },
         { under: stage.checkpoints },
       );
+      if (state.round > 0) noteOverall(ctx, stage, state.round - 1);
       ctx.afterCheckpoint?.(stage.label, state.round);
     },
   };
@@ -284,6 +294,7 @@ function localPorts(
   return {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       eta.begin(round);
+      ctx.overall?.start(plan.stages.indexOf(stage), round);
       const out: ClientRoundResult[] = [];
       const steps = plan.clientSettings.localSteps;
       const bar = progress(`${stage.label} round ${round + 1}/${rounds} local training`, clients.length * steps);
@@ -342,7 +353,8 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
   const [row] = stage.rows;
   if (!row) throw new Error(`${stage.method} reports no result row`);
   const scores: Scored[] = [];
-  for (const c of data.clients) {
+  for (const [i, c] of data.clients.entries()) {
+    ctx.overall?.start(plan.stages.indexOf(stage), i);
     let adapter = initialLora(plan.specs.adapter, lm, plan.seeds.adapter);
     const stream = new ExampleStream<TokenizedExample>(c.train, streamSeed(spec, c));
     const bar = progress(`${stage.method} ${c.id}`, spec.job.rounds * plan.clientSettings.localSteps);
@@ -371,6 +383,7 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
     const variant = evalVariant(row.on, plan.split, plan.numLayers, adapter, emulator);
     const [scored] = await evaluateOn(ctx, row.row, variant, [c]);
     scores.push(scored!);
+    noteOverall(ctx, stage, i);
   }
   const all = { method: row.row, client: 'all', scores: pooledScores(scores.map((s) => s.scores)) };
   logEval(ctx, stage.label, spec.job.rounds, [...scores, all]);

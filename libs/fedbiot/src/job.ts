@@ -12,6 +12,7 @@ import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import { loadFederation } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
+import { JobEta, etaStages } from './eta.js';
 import { evaluateBase, restoreLora, runFederated, runLocalOnly, type JobCtx } from './job-stages.js';
 import { RunDirError } from './errors.js';
 import { BASE_ROW } from './methods.js';
@@ -79,6 +80,7 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
       metrics,
       log,
       ...(opts.afterCheckpoint ? { afterCheckpoint: opts.afterCheckpoint } : {}),
+      overall: new JobEta(etaStages(plan, data.clients.length)),
     };
     describeRun(ctx);
     if (!resume) await evaluateBase(ctx);
