@@ -3,9 +3,12 @@
  * stages one after another (the method's rounds, each baseline's rounds, local-only), and after every round the user
  * reads where the job is and about how long it still takes.
  *
- * The estimate: a stage that has run rounds costs its own mean round time per round left; a stage not started yet
- * costs the per-round time of the first stage that has measured rounds, scaled by its work per round (client steps
- * weighted by the layers a client runs through: a full-model baseline's round is dearer than an emulator round).
+ * The estimate: a stage that has run rounds costs its own mean round time per round left. A stage not started yet
+ * costs its work per round at the measured rates: training in client steps x the layers a client runs through (a
+ * full-model baseline's round is dearer than an emulator round), evaluation in test batches x the layers of the
+ * evaluated model, each rate measured on what ran so far in this process (the base evaluation gives the evaluation
+ * rate before the first round). Until both rates are known, the first measured stage's round time scaled by the
+ * total work stands in.
  */
 import type { JobPlan } from './plan.js';
 import { formatDuration } from './progress.js';
@@ -17,8 +20,16 @@ export interface EtaStage {
   readonly rounds: number;
   /** What one step is called in the line: 'round' or 'client'. */
   readonly unit: 'round' | 'client';
-  /** Relative work of one step (client steps x layers), to scale a measured rate to a stage not started yet. */
-  readonly workPerRound: number;
+  /** Training work of one step: client steps x client layers. */
+  readonly trainWork: number;
+  /** Evaluation work of one step: test batches x layers of the evaluated model, summed over the rows scored. */
+  readonly evalWork: number;
+}
+
+/** Measured milliseconds per unit of training and of evaluation work (absent: not measured yet). */
+export interface EtaRates {
+  readonly train?: number;
+  readonly eval?: number;
 }
 
 /** Where the job is: stage index `stage` has completed `done` of its steps. */
@@ -29,23 +40,27 @@ export interface EtaPosition {
 
 /**
  * Milliseconds left of the job's stages after `at`, from `measured[i]` (durations in ms of the steps of stage i
- * that ran in this process; absent or empty: none). Undefined while no step has been measured anywhere.
+ * that ran in this process; absent or empty: none) and the work rates. Undefined while no step has been measured.
  */
 export function remainingMs(
   stages: readonly EtaStage[],
   at: EtaPosition,
   measured: readonly (readonly number[] | undefined)[],
+  rates: EtaRates = {},
 ): number | undefined {
   const mean = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
   const ref = measured.findIndex((m) => m !== undefined && m.length > 0);
   if (ref < 0) return undefined;
   const refStage = stages[ref];
   const refMs = mean(measured[ref]!);
+  const work = (s: EtaStage): number => s.trainWork + s.evalWork;
   const msPerStep = (i: number): number => {
     const own = measured[i];
     if (own && own.length > 0) return mean(own);
     const s = stages[i]!;
-    return refStage && refStage.workPerRound > 0 ? (refMs * s.workPerRound) / refStage.workPerRound : refMs;
+    if ((rates.train !== undefined || s.trainWork === 0) && (rates.eval !== undefined || s.evalWork === 0))
+      return s.trainWork * (rates.train ?? 0) + s.evalWork * (rates.eval ?? 0);
+    return refStage && work(refStage) > 0 ? (refMs * work(s)) / work(refStage) : refMs;
   };
   let left = 0;
   for (let i = at.stage; i < stages.length; i++) {
@@ -69,12 +84,29 @@ export function overallLine(stages: readonly EtaStage[], at: EtaPosition, leftMs
 export class JobEta {
   private readonly measured: number[][];
   private readonly began = new Map<number, number>();
+  private readonly spent = { train: { ms: 0, work: 0 }, eval: { ms: 0, work: 0 } };
 
   constructor(
     readonly stages: readonly EtaStage[],
     private readonly now: () => number = Date.now,
   ) {
     this.measured = stages.map(() => []);
+  }
+
+  /** `ms` spent on `work` units of training or evaluation (feeds the rates for stages not started yet). */
+  measure(kind: 'train' | 'eval', work: number, ms: number): void {
+    if (!(work > 0) || !(ms >= 0)) return;
+    this.spent[kind].ms += ms;
+    this.spent[kind].work += work;
+  }
+
+  /** The rates measured so far. */
+  rates(): EtaRates {
+    const rate = (k: 'train' | 'eval'): number | undefined =>
+      this.spent[k].work > 0 ? this.spent[k].ms / this.spent[k].work : undefined;
+    const train = rate('train');
+    const evalRate = rate('eval');
+    return { ...(train === undefined ? {} : { train }), ...(evalRate === undefined ? {} : { eval: evalRate }) };
   }
 
   /** Step `step` (0-based) of stage `stage` begins (a second call for the same step keeps the first time). */
@@ -94,20 +126,38 @@ export class JobEta {
     this.measured[stage]?.push(this.now() - t0);
     this.began.delete(key);
     const at = { stage, done: step + 1 };
-    return overallLine(this.stages, at, remainingMs(this.stages, at, this.measured));
+    return overallLine(this.stages, at, remainingMs(this.stages, at, this.measured, this.rates()));
   }
 }
 
 /**
- * The stages of a job's plan for the estimate: a federated stage steps by rounds, each costing every client's local
- * steps on the stage's client layers; local-only steps by client, each training alone for all the job's rounds.
+ * The stages of a job's plan for the estimate: a federated stage steps by rounds (every client's local steps, its
+ * rows scored every `eval.every` rounds), local-only by client (training alone for all the job's rounds, then its
+ * row scored on that client's test set). `evalBatches`: test batches of all clients together.
  */
-export function etaStages(plan: JobPlan, clients: number): EtaStage[] {
+export function etaStages(plan: JobPlan, clients: number, evalBatches: number): EtaStage[] {
   const { rounds } = plan.spec.job;
   const steps = plan.clientSettings.localSteps;
-  return plan.stages.map((s) =>
-    s.federated
-      ? { label: s.method, rounds, unit: 'round', workPerRound: clients * steps * s.clientLayers.length }
-      : { label: s.method, rounds: clients, unit: 'client', workPerRound: rounds * steps * s.clientLayers.length },
-  );
+  const every = Math.max(1, plan.spec.eval.every);
+  return plan.stages.map((s) => {
+    const evalLayers = s.rows.reduce(
+      (n, r) => n + (r.on === 'full' ? plan.numLayers : plan.split.clientLayers.length),
+      0,
+    );
+    return s.federated
+      ? {
+          label: s.method,
+          rounds,
+          unit: 'round',
+          trainWork: clients * steps * s.clientLayers.length,
+          evalWork: (evalBatches * evalLayers) / every,
+        }
+      : {
+          label: s.method,
+          rounds: clients,
+          unit: 'client',
+          trainWork: rounds * steps * s.clientLayers.length,
+          evalWork: (evalBatches / Math.max(1, clients)) * evalLayers,
+        };
+  });
 }

@@ -111,6 +111,7 @@ async function evaluateOn(
   const seq = spec.data.maxLength;
   const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, B), 0);
   const bar = total > 0 ? progress(`${method} evaluation`, total) : undefined;
+  const t0 = performance.now();
   for (const c of clients) {
     const scores = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
       batch: B,
@@ -132,6 +133,7 @@ async function evaluateOn(
     });
   }
   bar?.done();
+  ctx.overall?.measure('eval', total * (variant.layers?.length ?? ctx.plan.numLayers), performance.now() - t0);
   const tNo = out.reduce((a, o) => a + (o.scores.tokensNoEos ?? 0), 0);
   out.push({
     method,
@@ -298,6 +300,7 @@ function localPorts(
       const out: ClientRoundResult[] = [];
       const steps = plan.clientSettings.localSteps;
       const bar = progress(`${stage.label} round ${round + 1}/${rounds} local training`, clients.length * steps);
+      const t0 = performance.now();
       for (const id of clients) {
         const r = await trainLocally(
           lm,
@@ -312,6 +315,7 @@ function localPorts(
         out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
       }
       bar.done();
+      ctx.overall?.measure('train', clients.length * steps * stage.clientLayers.length, performance.now() - t0);
       return out;
     },
     align: async (adapterNow, steps) => {
@@ -358,6 +362,7 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
     let adapter = initialLora(plan.specs.adapter, lm, plan.seeds.adapter);
     const stream = new ExampleStream<TokenizedExample>(c.train, streamSeed(spec, c));
     const bar = progress(`${stage.method} ${c.id}`, spec.job.rounds * plan.clientSettings.localSteps);
+    const t0 = performance.now();
     for (let round = 0; round < spec.job.rounds; round++) {
       const r = await trainLocally(
         lm,
@@ -380,6 +385,8 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
       });
     }
     bar.done();
+    const work = spec.job.rounds * plan.clientSettings.localSteps * stage.clientLayers.length;
+    ctx.overall?.measure('train', work, performance.now() - t0);
     const variant = evalVariant(row.on, plan.split, plan.numLayers, adapter, emulator);
     const [scored] = await evaluateOn(ctx, row.row, variant, [c]);
     scores.push(scored!);
