@@ -77,7 +77,7 @@ export function prettyStream(
     colorize,
     translateTime: 'SYS:HH:MM:ss.l',
     singleLine: true,
-    ignore: 'pid,hostname,service,context',
+    ignore: 'service,context',
     messageFormat: '[{service}{if context} {context}{end}] {msg}',
   });
   const dest = out ?? pino.destination({ dest: 1, sync: true });

@@ -113,14 +113,17 @@ test('LOG_FORMAT=pretty: one readable line per record, LOG_LEVEL still honoured'
   withEnv({ LOG_LEVEL: 'info', LOG_FORMAT: 'Pretty' }, () => {
     const log = new JsonLogger('aggregator', undefined, { out: c.out });
     log.info('round collecting', { round: 1 });
+    log.info('started', { child: 'evaluator', pid: 42 });
     log.debug('not shown');
     log.log('AppModule dependencies initialized', 'InstanceLoader');
     log.warn('late update', 'AggregatorInbox');
   });
   const lines = c.text().trimEnd().split('\n');
-  assert.equal(lines.length, 2, c.text());
+  assert.equal(lines.length, 3, c.text());
   assert.match(lines[0]!, /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO: \[aggregator\] round collecting \{"round":1\}$/);
-  assert.match(lines[1]!, /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[aggregator AggregatorInbox\] late update$/);
+  // pino-pretty's convention: a record's pid (the launcher's lines carry a child's) stands after the level.
+  assert.match(lines[1]!, /\] INFO \(42\): \[aggregator\] started \{"child":"evaluator"\}$/);
+  assert.match(lines[2]!, /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[aggregator AggregatorInbox\] late update$/);
   assert.throws(
     () => withEnv({ LOG_FORMAT: 'text' }, () => new JsonLogger('x')),
     /LOG_FORMAT: "text" is not a format \(expected one of: json, pretty\)/,
