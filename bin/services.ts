@@ -1,29 +1,38 @@
 /**
  * Starts the four services of a distributed job locally, one child process each, against NATS_URL:
  *   npm run build && JOB_SPEC=job.yaml node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done]
+ *     [--keep-dashboard]
  * HTTP ports: P aggregator, P+1 server-alignment, P+2 evaluator (dashboard at /dashboard), P+3.. trainers
  * (default P = 8080, N = 2). Logs are the children's JSON lines on stdout. SIGINT/SIGTERM stop every child. A child
  * that dies is restarted (after 1 s, doubling up to 30 s while it keeps dying within a minute of its start; after 10
  * restarts in a row the launcher gives up and stops everything): a trainer's unacked task is redelivered, a restarted
  * aggregator or server-alignment resumes from KV. With --exit-when-done the aggregator exits when the job
- * completed, and the launcher then stops the rest and exits with the aggregator's status.
+ * completed, and the launcher then stops the rest and exits with the aggregator's status; with --keep-dashboard too
+ * (or KEEP_DASHBOARD=1) it stops the rest but the evaluator, whose dashboard shows the finished job until SIGINT /
+ * SIGTERM, and then exits with the aggregator's status. The launcher's own lines are logs like the services' (JSON,
+ * or LOG_FORMAT=pretty).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_NATS_URL } from '../services/common/env.js';
+import { JsonLogger } from '../services/common/logger.js';
 
 const args = process.argv.slice(2);
 let trainers = 2;
 let portBase = 8080;
 let exitWhenDone = false;
+let keepDashboard = ['1', 'true', 'yes'].includes((process.env['KEEP_DASHBOARD'] ?? '').toLowerCase());
 for (let i = 0; i < args.length; i++) {
   const a = args[i]!;
   if (a === '--trainers') trainers = Number(args[++i]);
   else if (a === '--port-base') portBase = Number(args[++i]);
   else if (a === '--exit-when-done') exitWhenDone = true;
+  else if (a === '--keep-dashboard') keepDashboard = true;
   else if (a === '--help' || a === '-h') {
     console.log(
-      'usage: JOB_SPEC=job.yaml [NATS_URL=...] node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done]',
+      'usage: JOB_SPEC=job.yaml [NATS_URL=...] node dist/bin/services.js [--trainers N] [--port-base P] [--exit-when-done] [--keep-dashboard]\n' +
+        "  --exit-when-done  stop everything and exit with the aggregator's status once the job completed\n" +
+        "  --keep-dashboard  (or KEEP_DASHBOARD=1) with --exit-when-done: keep the evaluator's dashboard up until Ctrl-C",
     );
     process.exit(0);
   } else {
@@ -57,17 +66,30 @@ const plan: { name: string; script: string; env: Record<string, string> }[] = [
 
 const children = new Map<string, ChildProcess>();
 let stopping = false;
-const say = (msg: string, fields: Record<string, unknown> = {}): void =>
-  void process.stdout.write(
-    JSON.stringify({ time: new Date().toISOString(), level: 'info', service: 'launcher', msg, ...fields }) + '\n',
-  );
+const log = new JsonLogger('launcher');
+const say = (msg: string, fields: Record<string, unknown> = {}): void => log.info(msg, fields);
 
-function stopAll(code: number): void {
+/** Stops every child (but those named in `keep`) and no longer restarts any. */
+function stopAll(code: number, keep: ReadonlySet<string> = new Set()): void {
   if (stopping) return;
   stopping = true;
   process.exitCode = code;
   for (const t of pendingRestarts) clearTimeout(t);
-  for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+  for (const [name, c] of children)
+    if (!keep.has(name) && c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+}
+
+/** The job is done: stop the rest; with --keep-dashboard the evaluator stays up until SIGINT / SIGTERM. */
+function jobDone(code: number): void {
+  if (!keepDashboard) return stopAll(code);
+  stopAll(code, new Set(['evaluator']));
+  const url = `http://127.0.0.1:${portBase + 2}/dashboard`;
+  say('job done; the dashboard stays up until SIGINT / SIGTERM', { url, code });
+  const stopDashboard = (): void => void children.get('evaluator')?.kill('SIGTERM');
+  process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGTERM');
+  process.once('SIGINT', stopDashboard);
+  process.once('SIGTERM', stopDashboard);
 }
 const pendingRestarts = new Set<NodeJS.Timeout>();
 
@@ -87,7 +109,7 @@ function launch(p: (typeof plan)[number], restarts: number): void {
   child.on('exit', (code, signal) => {
     say('exited', { child: p.name, code, signal });
     if (stopping) return;
-    if (p.name === 'aggregator' && exitWhenDone && code !== null) return stopAll(code);
+    if (p.name === 'aggregator' && exitWhenDone && code !== null) return jobDone(code);
     const inARow = Date.now() - startedAt >= STABLE_MS ? 0 : restarts;
     if (inARow >= MAX_RESTARTS) {
       say('giving up', { child: p.name, restarts: inARow });

@@ -7,6 +7,7 @@
  * run folder writer, and the inbox that AggregatorController's @EventPattern handlers feed with the round's
  * ClientUpdates and ClientMetrics (over NatsEventServer, this role's transport).
  */
+import { RUN_RECORD_KEY, RunRecordSchema, runRecord } from '../common/run-record.js';
 import type { ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
 import { defaultCacheRoot } from '../../libs/model/src/index.js';
@@ -418,6 +419,11 @@ export class Aggregator implements ServiceRole {
       ms: Math.round(performance.now() - t0),
       results: table.split('\n'),
     });
+    // The dashboard shows the job as finished, with these paths, once this record is in KV.
+    const spec = this.#ctx!.spec;
+    await (
+      await this.#stores.state()
+    ).put(RUN_RECORD_KEY, RunRecordSchema, runRecord(spec.job.id ?? '', folder.dir, spec.job.rounds));
   }
 
   async stop(): Promise<void> {

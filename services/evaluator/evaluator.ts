@@ -50,6 +50,8 @@ export interface EvaluatorOptions {
 /** What the dashboard shows. */
 export interface Progress {
   readonly jobId: string;
+  /** The job's method: its result rows are curves, any other row (base, a baseline) a reference line. */
+  readonly method: string;
   readonly totalRounds: number;
   /** Evaluation rows per evaluated round (round = rounds completed). */
   readonly evals: { round: number; rows: EvalRow[] }[];
@@ -98,7 +100,8 @@ export class Evaluator implements ServiceRole {
   }
 
   progress(): Progress {
-    return { jobId: this.opts.spec.job.id ?? '', totalRounds: this.opts.spec.job.rounds, ...this.#progress };
+    const { job } = this.opts.spec;
+    return { jobId: job.id ?? '', method: job.method, totalRounds: job.rounds, ...this.#progress };
   }
 
   async #rows(ctx: JobContext, blobs: BlobStore, req: EvalRequest): Promise<EvalRow[]> {

@@ -4,7 +4,10 @@
  * the clients' ClientUpdates and sends EvalRequests that the real Evaluator answers by evaluating the demo model.
  * One page stays open: after round 1 it must show the round progress and one SVG polyline per series with one
  * point each; when round 2's results arrive, its own polling must redraw the curves with two points, without a
- * reload. DASHBOARD_SCREENSHOT_DIR keeps the two screenshots.
+ * reload. The base model's rows (a round-0 evaluation) are dashed reference lines, not curves; accuracy is drawn on
+ * 0-100 % even when every value is 0. Once KV holds the aggregator's finished-run record, the page says the job
+ * finished and lists the run folder's paths instead of the training line. DASHBOARD_SCREENSHOT_DIR keeps the three
+ * screenshots.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,13 +19,18 @@ import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
 import { EvalReplySchema } from '../../services/common/evaluation-wire.js';
 import { initialLoras, openJobContext, type JobContext } from '../../services/common/job-context.js';
 import { putLora } from '../../services/common/lora-blobs.js';
+import { RUN_RECORD_KEY, RunRecordSchema, runRecord } from '../../services/common/run-record.js';
 import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import {
   BlobStore,
   ClientUpdateSchema,
   EvalRequestSchema,
+  JOB_STATE_KEY,
+  JobStateSchema,
   PROTOCOL_VERSION,
+  StateStore,
   blobBucketName,
+  stateBucketName,
   connectTransport,
   deleteJobResources,
   evaluateSubject,
@@ -71,18 +79,28 @@ interface Shown {
   training: string;
   /** chart id -> series name -> number of points of its polyline */
   charts: Record<string, Record<string, number>>;
+  /** chart id -> names of its dashed reference lines */
+  refs: Record<string, string[]>;
+  /** chart id -> its y-axis tick labels, bottom to top */
+  yTicks: Record<string, string[]>;
+  /** The finished box: shown, and its file paths by kind. */
+  finished: { shown: boolean; files: Record<string, string> };
   updated: string | undefined;
 }
 const READ_PAGE = `(() => {
-  const charts = {};
+  const charts = {}, refs = {}, yTicks = {};
   for (const s of document.querySelectorAll('section.chart')) {
     charts[s.id] = {};
     for (const p of s.querySelectorAll('svg polyline.series'))
       charts[s.id][p.dataset.series] = p.getAttribute('points').trim().split(/\\s+/).filter(Boolean).length;
+    refs[s.id] = [...s.querySelectorAll('svg line.ref')].map((l) => l.dataset.ref).sort();
+    yTicks[s.id] = [...s.querySelectorAll('svg text.ytick')].map((t) => t.textContent);
   }
   const bar = document.getElementById('round-bar');
+  const files = Object.fromEntries([...document.querySelectorAll('#files code.path')].map((c) => [c.dataset.file, c.textContent]));
   return { progress: document.getElementById('progress').textContent, bar: { value: bar.value, max: bar.max },
-    training: document.getElementById('training').textContent, charts, updated: document.body.dataset.updated };
+    training: document.getElementById('training').textContent, charts, refs, yTicks,
+    finished: { shown: !document.getElementById('finished').hidden, files }, updated: document.body.dataset.updated };
 })()`;
 
 test('the dashboard in headless Chromium shows round progress and per-client curves that grow as rounds finish', async () => {
@@ -116,6 +134,21 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
     const init = initialLoras(ctx);
     const adapterRef = await putLora(blobs, init.adapter);
 
+    /** Evaluation of `round` rounds completed in `modes`, asked as the aggregator asks. */
+    const evaluate = async (round: number, adapter: LoraWeights, modes: string[]): Promise<void> => {
+      const subject = evaluateSubject(jobId, round);
+      // As the aggregator asks: Nest's NATS transport to the evaluator's @MessagePattern.
+      const req = EvalRequestSchema.parse({
+        protocolVersion: PROTOCOL_VERSION,
+        jobId,
+        round,
+        adapterLora: await putLora(blobs, adapter),
+        emulatorLora: await putLora(blobs, init.emulator),
+        modes,
+      });
+      const reply = EvalReplySchema.safeParse(await sendWithRetry(client, subject, req, 120_000));
+      assert.ok(reply.success && !('error' in reply.data), `evaluation of round ${round}: ${JSON.stringify(reply)}`);
+    };
     /** Round r (0-based) as the rest of the job would make it: the clients' updates, then its evaluation. */
     const finishRound = async (r: number, adapter: LoraWeights): Promise<void> => {
       clients.forEach((clientId, i) =>
@@ -132,20 +165,11 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
           durationMs: 10,
         }),
       );
-      const subject = evaluateSubject(jobId, r + 1);
-      // As the aggregator asks: Nest's NATS transport to the evaluator's @MessagePattern.
-      const req = EvalRequestSchema.parse({
-        protocolVersion: PROTOCOL_VERSION,
-        jobId,
-        round: r + 1,
-        adapterLora: await putLora(blobs, adapter),
-        emulatorLora: await putLora(blobs, init.emulator),
-        modes: ['adapEmu', 'adapFu'],
-      });
-      const reply = EvalReplySchema.safeParse(await sendWithRetry(client, subject, req, 120_000));
-      assert.ok(reply.success && !('error' in reply.data), `evaluation of round ${r + 1}: ${JSON.stringify(reply)}`);
+      await evaluate(r + 1, adapter, ['adapEmu', 'adapFu']);
     };
 
+    // The base model, scored before training (round 0): a reference line in the test-loss and accuracy charts.
+    await evaluate(0, init.adapter, ['base']);
     await finishRound(0, init.adapter);
     browser = await HeadlessChromium.launch();
     const page = await browser.open(`${evaluator.url}/dashboard`);
@@ -164,6 +188,16 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
     assert.deepEqual(first.charts['chart-train-loss'], Object.fromEntries(trainSeries.map((s) => [s, 1])));
     assert.deepEqual(first.charts['chart-test-loss'], Object.fromEntries(evalSeries.toSorted().map((s) => [s, 1])));
     assert.deepEqual(first.charts['chart-accuracy'], Object.fromEntries(evalSeries.toSorted().map((s) => [s, 1])));
+    const baseRefs = [...clients, 'all'].map((c) => `base / ${c}`).toSorted();
+    assert.deepEqual(first.refs['chart-test-loss'], baseRefs, 'the base model: dashed reference lines');
+    assert.deepEqual(first.refs['chart-accuracy'], baseRefs);
+    assert.deepEqual(first.refs['chart-train-loss'], []);
+    // Accuracy on 0-100 % whatever the values (the untrained demo model scores 0 everywhere: the axis was -1..1).
+    assert.equal(first.yTicks['chart-accuracy']![0], '0');
+    assert.equal(first.yTicks['chart-accuracy']!.at(-1), '100');
+    for (const id of ['chart-train-loss', 'chart-test-loss'])
+      assert.ok(!first.yTicks[id]!.some((t) => t.startsWith('-')), `${id}: no negative loss on the axis`);
+    assert.equal(first.finished.shown, false);
     const shotDir = process.env['DASHBOARD_SCREENSHOT_DIR'];
     if (shotDir) mkdirSync(shotDir, { recursive: true });
     if (shotDir) writeFileSync(join(shotDir, 'dashboard-round1.png'), await page.screenshot());
@@ -186,7 +220,42 @@ test('the dashboard in headless Chromium shows round progress and per-client cur
       `[...document.querySelectorAll('#chart-train-loss polyline.series')].map((p) => p.getAttribute('points').trim().split(/\\s+/).map((xy) => Number(xy.split(',')[1])))`,
     );
     for (const [y1, y2] of ys) assert.ok(y2! > y1!, `training loss curve goes down: ${y1} -> ${y2}`);
+    assert.equal(second.finished.shown, false, 'not finished before the run folder is written');
     if (shotDir) writeFileSync(join(shotDir, 'dashboard-round2.png'), await page.screenshot());
+
+    // The aggregator's last writes: KV `job` completed, then (run folder written) KV `run`.
+    const kv = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
+    await kv.put(JOB_STATE_KEY, JobStateSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      jobId,
+      status: 'completed',
+      totalRounds: 2,
+      lastCompletedRound: 1,
+      model: null,
+      adapterLora: null,
+      emulatorLora: null,
+      message: null,
+      updatedAt: Date.now(),
+    });
+    const writing = await page.waitFor<Shown>(
+      `(() => { const s = ${READ_PAGE}; return s.training.startsWith('all rounds done') ? s : null; })()`,
+      'the page to see the job completed',
+    );
+    assert.equal(writing.finished.shown, false);
+    const runDir = join(tmp, 'runs', jobId);
+    await kv.put(RUN_RECORD_KEY, RunRecordSchema, runRecord(jobId, runDir, 2));
+    const done = await page.waitFor<Shown>(
+      `(() => { const s = ${READ_PAGE}; return s.finished.shown ? s : null; })()`,
+      'the page to show the finished job',
+    );
+    assert.equal(done.training, 'finished: 2 / 2 rounds');
+    assert.deepEqual(done.finished.files, {
+      results: join(runDir, 'results.json'),
+      report: join(runDir, 'report.html'),
+      adapter: join(runDir, 'adapter'),
+      'merged model': join(runDir, 'merged-model'),
+    });
+    if (shotDir) writeFileSync(join(shotDir, 'dashboard-finished.png'), await page.screenshot());
     passed = true;
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));

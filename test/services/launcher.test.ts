@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,6 +97,92 @@ test('a trainer killed under the launcher is restarted and the job completes (ex
     );
     assert.equal(code, 0, 'the launcher exits with the aggregator status');
     console.log(`launcher: killed ${killed}, restarted it; job completed, exit ${code}`);
+  } finally {
+    await nats.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('--exit-when-done --keep-dashboard: the other services stop, the dashboard stays up showing the finished run; SIGTERM ends it', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'fedbiot-launcher-keep-'));
+  const nats = await startPrivateNats(() => '');
+  try {
+    await writeDemoFederation(join(tmp, 'federation'), {
+      seed: 5,
+      trainPerClient: 24,
+      testPerClient: 4,
+      globalTestPerTask: 1,
+      corpusBytes: 30_000,
+    });
+    const jobId = `keep-${process.pid}`;
+    const specFile = join(tmp, 'job.json');
+    writeFileSync(
+      specFile,
+      JSON.stringify({
+        job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
+        model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+        data: { federation: join(tmp, 'federation'), maxLength: 64 },
+        clients: { localSteps: 2, batchSize: 4 },
+        alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+        aggregation: { deadlineMs: 120_000 },
+        eval: { maxNewTokens: 2, mode: 'simulation' },
+        baselines: { offsiteTuning: false, localOnly: false },
+      }),
+    );
+    const portBase = 20_000 + ((process.pid + 7919) % 20_000);
+    const launcher = spawn(
+      process.execPath,
+      [
+        fileURLToPath(new URL('../../bin/services.js', import.meta.url)),
+        '--trainers',
+        '1',
+        '--port-base',
+        String(portBase),
+        '--exit-when-done',
+        '--keep-dashboard',
+      ],
+      {
+        env: { ...process.env, JOB_SPEC: specFile, NATS_URL: nats.url, FEDBIOT_CACHE: join(tmp, 'cache') },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    const lines: Record<string, unknown>[] = [];
+    const exited = new Promise<number | null>((resolve) => launcher.once('exit', (c) => resolve(c)));
+    const done = new Promise<Record<string, unknown>>((resolve) =>
+      createInterface({ input: launcher.stdout! }).on('line', (line) => {
+        let r: Record<string, unknown>;
+        try {
+          r = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          return;
+        }
+        lines.push(r);
+        if (r['service'] === 'launcher' && String(r['msg']).startsWith('job done')) resolve(r);
+      }),
+    );
+    const said = await Promise.race([done, exited.then(() => null)]);
+    assert.ok(said, 'the launcher said the job is done and kept the dashboard');
+    assert.equal(said['url'], `http://127.0.0.1:${portBase + 2}/dashboard`);
+    // The other children stop; the evaluator does not.
+    const stoppedOthers = async (): Promise<string[]> => {
+      for (let i = 0; i < 100; i++) {
+        const gone = lines.filter((r) => r['service'] === 'launcher' && r['msg'] === 'exited').map((r) => r['child']);
+        if (gone.length >= 3) return gone.map(String).toSorted();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return [];
+    };
+    assert.deepEqual(await stoppedOthers(), ['aggregator', 'client-trainer-1', 'server-alignment']);
+    const data = (await (await fetch(`http://127.0.0.1:${portBase + 2}/dashboard/data`)).json()) as {
+      job: { status: string; run: { dir: string; results: string; adapter: string } | null };
+    };
+    assert.equal(data.job.status, 'completed');
+    const runDir = join(tmp, 'runs', jobId);
+    assert.equal(data.job.run?.dir, runDir);
+    assert.equal(data.job.run?.results, join(runDir, 'results.json'));
+    assert.ok(existsSync(data.job.run.results) && existsSync(join(data.job.run.adapter, 'adapter_config.json')));
+    launcher.kill('SIGTERM');
+    assert.equal(await exited, 0, "the launcher exits with the aggregator's status once the dashboard stopped");
   } finally {
     await nats.stop();
     rmSync(tmp, { recursive: true, force: true });

@@ -28,7 +28,8 @@ import {
   type Stage,
 } from './plan.js';
 import { privacyFor } from './privacy-aggregation.js';
-import { progress, roundsEta } from './progress.js';
+import type { JobEta } from './eta.js';
+import { progress, progressNote, roundsEta } from './progress.js';
 import {
   AlignmentServer,
   copyLora,
@@ -50,6 +51,14 @@ export interface JobCtx {
   readonly metrics: MetricsLog;
   readonly log: (line: string) => void;
   readonly afterCheckpoint?: (stage: string, round: number) => void;
+  /** The whole job's progress (stage, round, time left), one line on stderr per finished round. */
+  readonly overall?: JobEta;
+}
+
+/** The overall line after step `step` of `stage` ended, when its start was seen in this process. */
+function noteOverall(ctx: JobCtx, stage: Stage, step: number): void {
+  const line = ctx.overall?.done(ctx.plan.stages.indexOf(stage), step);
+  if (line !== undefined) progressNote(line);
 }
 
 /** Size of metrics.jsonl once everything logged so far is on disk: a checkpoint covers exactly these bytes. */
@@ -102,6 +111,7 @@ async function evaluateOn(
   const seq = spec.data.maxLength;
   const total = clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, B), 0);
   const bar = total > 0 ? progress(`${method} evaluation`, total) : undefined;
+  const t0 = performance.now();
   for (const c of clients) {
     const scores = await evaluateVariant(ctx.lm, variant, c.test, c.testItems, {
       batch: B,
@@ -123,6 +133,7 @@ async function evaluateOn(
     });
   }
   bar?.done();
+  ctx.overall?.measure('eval', total * (variant.layers?.length ?? ctx.plan.numLayers), performance.now() - t0);
   const tNo = out.reduce((a, o) => a + (o.scores.tokensNoEos ?? 0), 0);
   out.push({
     method,
@@ -261,6 +272,7 @@ function stageEvents(
         { round: state.round, json: { round: state.round, metricsBytes: metricsBytes(ctx.metrics), ...json }, tensors },
         { under: stage.checkpoints },
       );
+      if (state.round > 0) noteOverall(ctx, stage, state.round - 1);
       ctx.afterCheckpoint?.(stage.label, state.round);
     },
   };
@@ -284,9 +296,11 @@ function localPorts(
   return {
     trainClients: async (round, clients, adapterNow, emulatorNow) => {
       eta.begin(round);
+      ctx.overall?.start(plan.stages.indexOf(stage), round);
       const out: ClientRoundResult[] = [];
       const steps = plan.clientSettings.localSteps;
       const bar = progress(`${stage.label} round ${round + 1}/${rounds} local training`, clients.length * steps);
+      const t0 = performance.now();
       for (const id of clients) {
         const r = await trainLocally(
           lm,
@@ -301,6 +315,7 @@ function localPorts(
         out.push({ clientId: id, adapter: r.adapter, tokens: r.tokens, examples: r.examples, meanLoss: r.meanLoss });
       }
       bar.done();
+      ctx.overall?.measure('train', clients.length * steps * stage.clientLayers.length, performance.now() - t0);
       return out;
     },
     align: async (adapterNow, steps) => {
@@ -342,10 +357,12 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
   const [row] = stage.rows;
   if (!row) throw new Error(`${stage.method} reports no result row`);
   const scores: Scored[] = [];
-  for (const c of data.clients) {
+  for (const [i, c] of data.clients.entries()) {
+    ctx.overall?.start(plan.stages.indexOf(stage), i);
     let adapter = initialLora(plan.specs.adapter, lm, plan.seeds.adapter);
     const stream = new ExampleStream<TokenizedExample>(c.train, streamSeed(spec, c));
     const bar = progress(`${stage.method} ${c.id}`, spec.job.rounds * plan.clientSettings.localSteps);
+    const t0 = performance.now();
     for (let round = 0; round < spec.job.rounds; round++) {
       const r = await trainLocally(
         lm,
@@ -368,9 +385,12 @@ export async function runLocalOnly(ctx: JobCtx, stage: Stage, emulator: LoraWeig
       });
     }
     bar.done();
+    const work = spec.job.rounds * plan.clientSettings.localSteps * stage.clientLayers.length;
+    ctx.overall?.measure('train', work, performance.now() - t0);
     const variant = evalVariant(row.on, plan.split, plan.numLayers, adapter, emulator);
     const [scored] = await evaluateOn(ctx, row.row, variant, [c]);
     scores.push(scored!);
+    noteOverall(ctx, stage, i);
   }
   const all = { method: row.row, client: 'all', scores: pooledScores(scores.map((s) => s.scores)) };
   logEval(ctx, stage.label, spec.job.rounds, [...scores, all]);

@@ -12,6 +12,8 @@ import { loadTokenizer } from '../../model/src/tokenizer.js';
 import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
 import { loadFederation } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
+import { JobEta, etaStages } from './eta.js';
+import { evalBatches } from './roles.js';
 import { evaluateBase, restoreLora, runFederated, runLocalOnly, type JobCtx } from './job-stages.js';
 import { RunDirError } from './errors.js';
 import { BASE_ROW } from './methods.js';
@@ -79,6 +81,13 @@ export async function runJob(specIn: JobSpec, opts: JobOptions = {}): Promise<Jo
       metrics,
       log,
       ...(opts.afterCheckpoint ? { afterCheckpoint: opts.afterCheckpoint } : {}),
+      overall: new JobEta(
+        etaStages(
+          plan,
+          data.clients.length,
+          data.clients.reduce((n, c) => n + evalBatches(c.test, c.testItems, spec.clients.batchSize), 0),
+        ),
+      ),
     };
     describeRun(ctx);
     if (!resume) await evaluateBase(ctx);

@@ -124,6 +124,15 @@ function lineProgress(
   };
 }
 
+/**
+ * One line of progress that is not a bar (the job's overall line): on stderr like the bars, hidden under
+ * LOG_LEVEL=warn or error; a given stream (tests) is always written.
+ */
+export function progressNote(line: string, stream?: NodeJS.WritableStream): void {
+  if (stream === undefined && !logs('info', levelOrInfo())) return;
+  (stream ?? process.stderr).write(`${line}\n`);
+}
+
 /** 42s, 3m05s, 1h02m: what a person reads at a glance. */
 export function formatDuration(ms: number): string {
   const s = Math.max(0, Math.round(ms / 1000));
