@@ -1,10 +1,13 @@
 /** The aggregator process: NATS_URL, JOB_SPEC, HTTP_PORT (see services/README.md). */
 import { readEnv, readJobSpec } from '../common/env.js';
 import { serviceProcess } from '../common/http.js';
+import { startProcess } from '../common/startup.js';
 import { startAggregator } from './aggregator.module.js';
 
-const env = readEnv();
-const svc = serviceProcess(await startAggregator({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }, env.httpPort));
+const svc = await startProcess('aggregator', async () => {
+  const env = readEnv();
+  return serviceProcess(await startAggregator({ natsUrl: env.natsUrl, spec: await readJobSpec(env) }, env.httpPort));
+});
 // The process stays up after the job (health / metrics) until told to stop, unless EXIT_WHEN_DONE=1.
 const ok = await svc.role.done.then(
   () => true,

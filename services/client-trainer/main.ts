@@ -5,22 +5,25 @@
  */
 import { readEnv, readJobSpec } from '../common/env.js';
 import { serviceProcess } from '../common/http.js';
+import { startProcess } from '../common/startup.js';
 import { startTrainer } from './trainer.module.js';
 
-const env = readEnv();
-const ackWait = process.env['ACK_WAIT_MS'];
-if (ackWait !== undefined && !(Number.isInteger(Number(ackWait)) && Number(ackWait) >= 1000))
-  throw new Error(`ACK_WAIT_MS: ${ackWait} is not an integer number of milliseconds >= 1000`);
-const clientId = process.env['CLIENT_ID'] || undefined;
-serviceProcess(
-  await startTrainer(
-    {
-      natsUrl: env.natsUrl,
-      spec: await readJobSpec(env),
-      replica: process.env['REPLICA'] ?? `client-trainer-${clientId ?? process.pid}`,
-      ...(ackWait !== undefined ? { ackWaitMs: Number(ackWait) } : {}),
-      ...(clientId !== undefined ? { clientId } : {}),
-    },
-    env.httpPort,
-  ),
-);
+await startProcess('client-trainer', async () => {
+  const env = readEnv();
+  const ackWait = process.env['ACK_WAIT_MS'];
+  if (ackWait !== undefined && !(Number.isInteger(Number(ackWait)) && Number(ackWait) >= 1000))
+    throw new Error(`ACK_WAIT_MS: ${ackWait} is not an integer number of milliseconds >= 1000`);
+  const clientId = process.env['CLIENT_ID'] || undefined;
+  return serviceProcess(
+    await startTrainer(
+      {
+        natsUrl: env.natsUrl,
+        spec: await readJobSpec(env),
+        replica: process.env['REPLICA'] ?? `client-trainer-${clientId ?? process.pid}`,
+        ...(ackWait !== undefined ? { ackWaitMs: Number(ackWait) } : {}),
+        ...(clientId !== undefined ? { clientId } : {}),
+      },
+      env.httpPort,
+    ),
+  );
+});

@@ -98,7 +98,9 @@ async function serve<R extends ServiceRole>(
   // oxlint-disable-next-line no-extraneous-class -- a Nest module is its decorator
   class ServiceModule {}
   // The role's logger is one of the module's providers: Nest's own lines wait in its buffer until it is known.
-  const app = await NestFactory.create(ServiceModule, { bufferLogs: true, abortOnError: false });
+  // A provider that fails (bad credentials, unreachable NATS) is rethrown, not flushed through Nest's console
+  // logger: the process's start-up wrapper (startup.ts) writes it as one JSON line.
+  const app = await NestFactory.create(ServiceModule, { bufferLogs: true, abortOnError: false, autoFlushLogs: false });
   const role = app.get<R>(ROLE);
   app.useLogger(role.log);
   // A hybrid app: HTTP (health, metrics, dashboard) plus the role's message transports.
