@@ -173,7 +173,7 @@ async function jobLosingANode(name: string, restart: boolean): Promise<Outcome> 
   let loss: Promise<Omit<Outcome, 'cluster' | 'jobMs'>> | undefined;
   let killedAtLog = -1;
   // Fails the wait for the job as soon as the node loss itself fails (no new leader: the state was not replicated).
-  let lossFailed: (e: unknown) => void = () => {};
+  let lossFailed: ((e: unknown) => void) | undefined;
   const lossFailure = new Promise<never>((_, reject) => (lossFailed = reject));
   lossFailure.catch(() => {});
   let passed = false;
@@ -217,7 +217,7 @@ async function jobLosingANode(name: string, restart: boolean): Promise<Outcome> 
       logs.push(r);
       if (r.msg === 'update published' && r['round'] === 1 && loss === undefined) {
         loss = lose();
-        loss.catch(lossFailed);
+        loss.catch((e: unknown) => lossFailed?.(e));
       }
     };
     const url = (i: number): string => cluster.servers[i % cluster.servers.length]!;
