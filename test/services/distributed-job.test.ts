@@ -286,7 +286,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     assert.deepEqual(
       ownerObjects.map((o) => o.name),
       [stored?.optimizer?.name],
-      'one optimizer blob: the stored state\'s',
+      "one optimizer blob: the stored state's",
     );
 
     const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
