@@ -50,7 +50,7 @@ import { clientSeed, pooledScores } from '../../libs/fedbiot/src/plan.js';
 import type { EvalScores } from '../../libs/fedbiot/src/roles.js';
 import type { JobContext } from './job-context.js';
 import { getLora, putLora } from './lora-blobs.js';
-import { requestReply } from './requests.js';
+import { requestReply, retryTransient } from './requests.js';
 import { EvalReplySchema, evalModeRow } from './evaluation-wire.js';
 
 /** KV key of a client's update for a round (written by the trainer before it publishes the update). */
@@ -142,7 +142,9 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
           const b = u.adapterLora.bucket;
           if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
             throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
-          const lora = await getLora(blobs, u.adapterLora, ctx.specs.adapter);
+          // A clustered broker that loses the bucket's leader times out until a new one is elected: retried until
+          // the round's deadline, so a node loss does not cost an honest client its update.
+          const lora = await retryTransient(() => getLora(blobs, u.adapterLora, ctx.specs.adapter), deadlineAt);
           const r: ClientRoundResult = {
             clientId,
             adapter: lora,

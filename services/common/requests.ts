@@ -56,3 +56,28 @@ export async function requestReply<Q extends z.ZodType, R extends z.ZodType>(
   if (!r.ok) throw r.error;
   return r.value;
 }
+
+/**
+ * Whether a failed JetStream call may succeed if tried again: a timeout, no responders (503), or a stream without a
+ * leader while a clustered broker elects one (nats-server 2.9 answers "jetstream not enabled" or times out for the
+ * 5-11 s of an election). Content errors (a wrong sha256, a size limit, an undecodable LoRA) are not transient.
+ */
+export function isTransientNatsError(e: unknown): boolean {
+  const err = e as { message?: unknown; code?: unknown; name?: unknown };
+  if (err?.code === '503' || err?.code === 'TIMEOUT' || err?.name === 'TimeoutError') return true;
+  return /timeout|timed out|no responders|jetstream (is )?not enabled|no leader|leader(ship)? (election|change)|temporarily unavailable/i.test(
+    String(err?.message ?? ''),
+  );
+}
+
+/** Calls `fn` until it succeeds, fails with a non-transient error, or `deadlineAt` (epoch ms) has passed. */
+export async function retryTransient<T>(fn: () => Promise<T>, deadlineAt: number, pauseMs = 500): Promise<T> {
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isTransientNatsError(e) || Date.now() + pauseMs > deadlineAt) throw e;
+      await new Promise((r) => setTimeout(r, pauseMs));
+    }
+  }
+}

@@ -88,3 +88,41 @@ test('an unreadable credentials file: one error line naming NATS_CREDS_FILE and 
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('transient NATS errors are retried until the deadline; content errors are not', async () => {
+  const { isTransientNatsError, retryTransient } = await import('../../services/common/requests.js');
+  assert.ok(isTransientNatsError(Object.assign(new Error('TIMEOUT'), { code: 'TIMEOUT' })));
+  assert.ok(isTransientNatsError(new Error('jetstream is not enabled')));
+  assert.ok(isTransientNatsError(Object.assign(new Error('no responders'), { code: '503' })));
+  assert.ok(!isTransientNatsError(new Error('sha256 mismatch for blob x')));
+  let calls = 0;
+  const v = await retryTransient(
+    async () => {
+      if (++calls < 3) throw new Error('request timed out');
+      return 'ok';
+    },
+    Date.now() + 5_000,
+    10,
+  );
+  assert.equal(v, 'ok');
+  assert.equal(calls, 3);
+  calls = 0;
+  await assert.rejects(
+    retryTransient(async () => {
+      calls++;
+      throw new Error('size 2 GiB over the limit');
+    }, Date.now() + 5_000),
+    /over the limit/,
+  );
+  assert.equal(calls, 1, 'a content error is not retried');
+  await assert.rejects(
+    retryTransient(
+      async () => {
+        throw new Error('timeout');
+      },
+      Date.now() + 50,
+      10,
+    ),
+    /timeout/,
+  );
+});

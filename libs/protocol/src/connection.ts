@@ -37,7 +37,13 @@ export async function connectTransport(
   const security = explicit ? {} : transportSecurityFromEnv(env);
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers, timeout: timeoutMs, ...security, ...rest });
+    // A comma-separated list (NATS_URL=nats://n0:4222,nats://n1:4222,...) names every node of a cluster, so the
+    // client can fail over even before the first server tells it about the others.
+    const list = servers
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0);
+    nc = await connect({ servers: list.length > 1 ? list : servers, timeout: timeoutMs, ...security, ...rest });
   } catch (e) {
     // No `cause`: a logger that serialises the cause chain would print whatever the client attached to it.
     throw new TransportUnavailableError(shown, `cannot connect (${redactServers((e as Error).message)})`);
