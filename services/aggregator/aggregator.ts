@@ -9,7 +9,7 @@
  */
 import type { ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
-import { defaultCacheRoot } from '../../libs/model/src/index.js';
+import { defaultCacheRoot, type LoraWeights } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   RoundBlobPruner,
@@ -28,8 +28,8 @@ import {
   runRounds,
   updateByteLimits,
   type CoordinatorState,
-} from '../../libs/fedbiot/src/coordinator.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+  type JobSpec,
+} from '../../libs/fedbiot/src/index.js';
 import {
   encodeLora,
   getLora,
@@ -43,7 +43,6 @@ import { existsSync } from 'node:fs';
 import { Gauge } from 'prom-client';
 import type { ClientNats } from '@nestjs/microservices';
 import { join } from 'node:path';
-import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { checkpointed, type RunFolderWriter } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';

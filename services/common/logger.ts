@@ -3,7 +3,7 @@
  * sink (tests). Also Nest's LoggerService, so framework messages come out in the same shape.
  */
 import type { LoggerService } from '@nestjs/common';
-import { logLevelFromEnv, logs } from '../../libs/fedbiot/src/log-level.js';
+import { logLevelFromEnv, logs } from '../../libs/fedbiot/src/light.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface LogRecord {

@@ -39,9 +39,13 @@ import {
   type TrainingConfig,
   type WorkQueue,
 } from '../../libs/protocol/src/index.js';
-import type { ClientRoundResult, RoundPorts } from '../../libs/fedbiot/src/coordinator.js';
-import { clientSeed, pooledScores } from '../../libs/fedbiot/src/plan.js';
-import type { EvalScores } from '../../libs/fedbiot/src/roles.js';
+import {
+  type ClientRoundResult,
+  type RoundPorts,
+  clientSeed,
+  pooledScores,
+  type EvalScores,
+} from '../../libs/fedbiot/src/index.js';
 import type { JobContext } from './job-context.js';
 import { getLora, putLora } from './lora-blobs.js';
 import { requestReply } from './requests.js';

@@ -4,7 +4,7 @@
  * report.html draw the same pictures and the page needs no chart library, only innerHTML.
  */
 import { Controller, Get, Header, Inject } from '@nestjs/common';
-import { renderLineChart, type ChartSpec, type Series } from '../../libs/fedbiot/src/report/report-html.js';
+import { renderLineChart, type ChartSpec, type Series } from '../../libs/fedbiot/src/index.js';
 import { ROLE } from '../common/http.js';
 import type { Evaluator, Progress } from './evaluator.js';
 

@@ -10,8 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation, writeKnowledgeFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
+import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import { repoRoot } from '../support/paths.js';
 
 let tmp = '';

@@ -27,8 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
+import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,

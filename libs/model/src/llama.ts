@@ -17,8 +17,8 @@ import {
   type HalfCompute,
   type Tensor,
   type WeightSource,
+  ops as O,
 } from '../../engine/src/index.js';
-import * as O from '../../engine/src/ops.js';
 import type { ModelConfig } from './config.js';
 import { linearHasBias, moduleName, type LinearName } from './linears.js';
 import { GraphLoras, type LoraSpec } from './lora.js';
