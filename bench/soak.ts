@@ -26,7 +26,8 @@ import {
   loraSpecs,
   splitModel,
 } from '../libs/fedbiot/src/index.js';
-import { encodeLora, natsRoundPorts, putLora, type PortsContext } from '../services/common/ports-nats.js';
+import { encodeLora, putLora } from '../services/common/lora-blobs.js';
+import { natsRoundPorts, type PortsContext } from '../services/common/ports-nats.js';
 import { type LoraWeights, readModelConfig, initLora } from '../libs/model/src/index.js';
 import {
   BlobStore,

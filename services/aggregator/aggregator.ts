@@ -24,21 +24,15 @@ import {
   type WorkQueue,
 } from '../../libs/protocol/src/index.js';
 import {
-  aggregationSettingsFor,
+  coordinatorSettings,
   runRounds,
   updateByteLimits,
   type CoordinatorState,
   type JobSpec,
 } from '../../libs/fedbiot/src/index.js';
-import {
-  encodeLora,
-  getLora,
-  initialLoras,
-  natsRoundPorts,
-  openJobContext,
-  putLora,
-  type JobContext,
-} from '../common/ports-nats.js';
+import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
+import { encodeLora, getLora, putLora } from '../common/lora-blobs.js';
+import { natsRoundPorts } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
 import { Gauge } from 'prom-client';
 import type { ClientNats } from '@nestjs/microservices';
@@ -334,17 +328,13 @@ export class Aggregator implements ServiceRole {
     return () =>
       runRounds(
         ports,
-        {
-          rounds: spec.job.rounds,
-          clientIds: ctx.data.clients.map((c) => c.id),
-          perRound: spec.clients.perRound,
-          seed: spec.job.seed,
-          preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
-          alignStepsPerRound: spec.alignment.stepsPerRound,
-          ...aggregationSettingsFor(spec, ctx.clientSettings),
-          evalEvery: spec.eval.every,
-          broadcastEmulator: true,
-        },
+        // stages[0] is the job's method, fedbiot (openJobContext refuses others): per-round alignment, the emulator
+        // broadcast every round.
+        coordinatorSettings(
+          ctx,
+          ctx.stages[0]!,
+          ctx.data.clients.map((c) => c.id),
+        ),
         start,
         {
           onEvent: (e) => {

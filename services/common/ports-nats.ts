@@ -334,8 +334,3 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     return rows;
   }
 }
-
-// Re-exported for services/aggregator, which imports them from here (it moves to a Nest module concurrently); new
-// code imports them from their modules.
-export { initialLoras, openJobContext, type JobContext } from './job-context.js';
-export { encodeLora, getLora, putLora } from './lora-blobs.js';

@@ -21,7 +21,8 @@ import {
   sampleClients,
   splitModel,
 } from '../../libs/fedbiot/src/index.js';
-import { encodeLora, natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
+import { encodeLora } from '../../services/common/lora-blobs.js';
+import { natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
 import { type LoraWeights, readModelConfig, initLora } from '../../libs/model/src/index.js';
 import {
   BlobStore,
