@@ -11,8 +11,6 @@ import { linear, ops as O, mulberry32, type Mulberry32 } from '../../engine/src/
 import type { ModelConfig } from './config.js';
 import { LINEAR_NAMES, linearFeatures, moduleName, parseModuleName, type LinearName } from './linears.js';
 
-export { linearFeatures, moduleName } from './linears.js';
-
 /** Every linear of a decoder layer can carry a LoRA. */
 export const LORA_TARGETS = LINEAR_NAMES;
 export type LoraTarget = LinearName;
