@@ -7,11 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gradients, ops as O, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
-import { CausalLM } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
-import { initLora } from '../libs/model/src/trainer.js';
-import type { LoraSpec } from '../libs/model/src/llama.js';
+import { CausalLM, parseModelConfig, writeRandomCheckpoint, initLora, type LoraSpec } from '../libs/model/src/index.js';
 import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
 
 interface BlockCase {

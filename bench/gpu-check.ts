@@ -8,11 +8,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crossEntropy, gradients, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
-import { CausalLM } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
-import { LORA_TARGETS, type LoraSpec } from '../libs/model/src/llama.js';
-import { initLora } from '../libs/model/src/trainer.js';
+import {
+  CausalLM,
+  parseModelConfig,
+  writeRandomCheckpoint,
+  LORA_TARGETS,
+  type LoraSpec,
+  initLora,
+} from '../libs/model/src/index.js';
 import { randomBatch } from './model.js';
 import { argOf, machine, printTable, writeResults } from './common.js';
 

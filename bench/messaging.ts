@@ -19,15 +19,25 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { runRounds, type RoundPorts } from '../libs/fedbiot/src/coordinator.js';
-import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
+import {
+  runRounds,
+  type RoundPorts,
+  resolveJobSpec,
+  clientSettingsFor,
+  loraSpecs,
+  splitModel,
+} from '../libs/fedbiot/src/index.js';
 import { natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
 import { getBroadcast, getLora, putLora } from '../services/common/lora-blobs.js';
-import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
-import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig, readModelConfig, type ModelConfig } from '../libs/model/src/config.js';
-import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
+import {
+  CausalLM,
+  type LoraWeights,
+  parseModelConfig,
+  readModelConfig,
+  type ModelConfig,
+  LoraTrainer,
+  initLora,
+} from '../libs/model/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,

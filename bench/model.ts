@@ -8,11 +8,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecutionProvider, HalfCompute } from '../libs/engine/src/index.js';
-import { CausalLM, type LoadOptions, type TokenBatch } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
-import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
-import type { LoraSpec } from '../libs/model/src/llama.js';
+import {
+  CausalLM,
+  type LoadOptions,
+  type TokenBatch,
+  parseModelConfig,
+  writeRandomCheckpoint,
+  LoraTrainer,
+  initLora,
+  type LoraSpec,
+} from '../libs/model/src/index.js';
 import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
 
 export const SMOLLM_135M = {

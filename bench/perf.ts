@@ -14,9 +14,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
+import { LoraTrainer, initLora } from '../libs/model/src/index.js';
 import type { TokenizedExample } from '../libs/data/src/index.js';
-import { AlignmentServer, initialLora } from '../libs/fedbiot/src/roles.js';
+import { AlignmentServer, initialLora } from '../libs/fedbiot/src/index.js';
 import { randomBatch } from './model.js';
 import { benchRunOptions, frozenWeightsMib, loadBenchModel } from './shapes.js';
 import { argOf, machine, peakRssMib, printTable, time, withPeakRss, writeResults } from './common.js';

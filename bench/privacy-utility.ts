@@ -10,8 +10,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../libs/fedbiot/src/job.js';
+import { resolveJobSpec, runJob } from '../libs/fedbiot/src/index.js';
 import { argOf, machine, printTable, writeResults } from './common.js';
 
 /** Two-sided 95% t quantiles for n - 1 = 1..9 degrees of freedom. */

@@ -7,7 +7,7 @@
  * `npm run bench -- privacy [--clients 3,10,50] [--plus-k 8]` writes bench/results/privacy.json;
  * `npm run bench -- privacy --utility` measures what DP costs on the demo instead (privacy-utility.ts).
  */
-import { FedAvgAccumulator } from '../libs/fedbiot/src/aggregate.js';
+import { FedAvgAccumulator } from '../libs/fedbiot/src/index.js';
 import { SecAggClient, SecAggServer, seededRng, type SecAggConfig } from '../libs/privacy/src/index.js';
 import { argOf, machine, printTable, writeResults } from './common.js';
 

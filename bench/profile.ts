@@ -13,7 +13,7 @@
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LoraTrainer, initLora } from '../libs/model/src/trainer.js';
+import { LoraTrainer, initLora } from '../libs/model/src/index.js';
 import { randomBatch } from './model.js';
 import { benchRunOptions, loadBenchModel } from './shapes.js';
 import { argOf, machine, printTable, time, writeResults } from './common.js';

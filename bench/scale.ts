@@ -30,13 +30,12 @@ import {
   runRounds,
   updateByteLimits,
   type CoordinatorState,
-} from '../libs/fedbiot/src/coordinator.js';
-import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
-import type { LoraWeights } from '../libs/model/src/causal-lm.js';
-import { readModelConfig, type ModelConfig } from '../libs/model/src/config.js';
-import { initLora } from '../libs/model/src/trainer.js';
+  resolveJobSpec,
+  clientSettingsFor,
+  loraSpecs,
+  splitModel,
+} from '../libs/fedbiot/src/index.js';
+import { initLora, readModelConfig, type LoraWeights, type ModelConfig } from '../libs/model/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,
@@ -52,8 +51,8 @@ import {
   updateSubject,
   type Consumption,
 } from '../libs/protocol/src/index.js';
-import { getBroadcast, putLora } from '../services/common/lora-blobs.js';
-import { encodeLora, natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
+import { encodeLora, getBroadcast, putLora } from '../services/common/lora-blobs.js';
+import { natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
 import { argOf, freePort, machine, printTable, writeResults } from './common.js';
 import { FAKE_COUNTS, fakeLocal } from './soak-clients.js';
 

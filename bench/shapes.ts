@@ -6,12 +6,15 @@
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ExecutionProvider, HalfCompute, WebGpuOptions } from '../libs/engine/src/index.js';
-import { CausalLM, type LoadOptions } from '../libs/model/src/causal-lm.js';
-import { parseModelConfig, type ModelConfig } from '../libs/model/src/config.js';
-import { writeRandomCheckpoint } from '../libs/model/src/init.js';
-import { loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel, type ModelSplit } from '../libs/fedbiot/src/split.js';
-import type { LoraSpec } from '../libs/model/src/llama.js';
+import {
+  CausalLM,
+  type LoadOptions,
+  parseModelConfig,
+  type ModelConfig,
+  writeRandomCheckpoint,
+  type LoraSpec,
+} from '../libs/model/src/index.js';
+import { loraSpecs, splitModel, type ModelSplit } from '../libs/fedbiot/src/index.js';
 import { SMOLLM_135M } from './model.js';
 import { argOf } from './common.js';
 

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
-import type { LoraWeights } from '../libs/model/src/causal-lm.js';
+import type { LoraWeights } from '../libs/model/src/index.js';
 import { updateKey, type PortsContext } from '../services/common/ports-nats.js';
 import { getBroadcast, putLora } from '../services/common/lora-blobs.js';
 import {
@@ -29,8 +29,9 @@ import {
   updateSubject,
   type BlobRef,
   type Consumption,
+  objectDigest,
+  writeObjectMeta,
 } from '../libs/protocol/src/index.js';
-import { objectDigest, writeObjectMeta } from '../libs/protocol/src/object-store.js';
 
 /** issue 17's attacks: weights x1e4, tokens 2^53-1, an update ref to a 1 GiB object. */
 export type Behaviour = 'honest' | 'scaled' | 'tokens' | 'huge-ref';

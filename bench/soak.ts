@@ -21,14 +21,14 @@ import {
   runRounds,
   updateByteLimits,
   type CoordinatorState,
-} from '../libs/fedbiot/src/coordinator.js';
-import { resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { encodeLora, natsRoundPorts, putLora, type PortsContext } from '../services/common/ports-nats.js';
-import { clientSettingsFor, loraSpecs } from '../libs/fedbiot/src/roles.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
-import type { LoraWeights } from '../libs/model/src/causal-lm.js';
-import { readModelConfig } from '../libs/model/src/config.js';
-import { initLora } from '../libs/model/src/trainer.js';
+  resolveJobSpec,
+  clientSettingsFor,
+  loraSpecs,
+  splitModel,
+} from '../libs/fedbiot/src/index.js';
+import { encodeLora, putLora } from '../services/common/lora-blobs.js';
+import { natsRoundPorts, type PortsContext } from '../services/common/ports-nats.js';
+import { type LoraWeights, readModelConfig, initLora } from '../libs/model/src/index.js';
 import {
   BlobStore,
   RoundBlobPruner,

@@ -10,14 +10,16 @@ import { existsSync, openSync, closeSync } from 'node:fs';
 import { appendFile, copyFile, mkdir } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { expandGrid, loadExperimentSpec, type Cell } from '../libs/fedbiot/src/experiment/grid.js';
 import {
+  expandGrid,
+  loadExperimentSpec,
+  type Cell,
   readCellResult,
   summaryMarkdown,
   writeSummary,
   type CellResult,
-} from '../libs/fedbiot/src/experiment/summary.js';
-import { progress } from '../libs/fedbiot/src/progress.js';
+  progress,
+} from '../libs/fedbiot/src/light.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => {

@@ -4,10 +4,17 @@
  * state, one per client's updates) on the server; `delete` removes them, `status` says where the job stands.
  * Credentials come from the environment like the services' (NATS_CREDS_FILE, NATS_USER + NATS_PASSWORD, TLS).
  */
-import { connectTransport, deleteJobResources, streamExists } from '../libs/protocol/src/connection.js';
-import { JobStateSchema, type JobState } from '../libs/protocol/src/messages.js';
-import { JOB_STATE_KEY, StateStore } from '../libs/protocol/src/state-store.js';
-import { ID_PATTERN, stateBucketName } from '../libs/protocol/src/subjects.js';
+import {
+  connectTransport,
+  deleteJobResources,
+  streamExists,
+  JobStateSchema,
+  type JobState,
+  JOB_STATE_KEY,
+  StateStore,
+  ID_PATTERN,
+  stateBucketName,
+} from '../libs/protocol/src/index.js';
 import { DEFAULT_NATS_URL } from '../services/common/env.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 

@@ -4,10 +4,14 @@
  * federation, with offsite-tuning (same adapter layers) and local-only baselines. The last line printed is the run
  * folder.
  */
-import { DEMO_JOB } from '../libs/fedbiot/src/demo-model.js';
-import { applyOverrides, loadJobSpec, resolveJobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../libs/fedbiot/src/job.js';
-import { logLevelFromEnv } from '../libs/fedbiot/src/log-level.js';
+import {
+  DEMO_JOB,
+  applyOverrides,
+  loadJobSpec,
+  resolveJobSpec,
+  runJob,
+  logLevelFromEnv,
+} from '../libs/fedbiot/src/index.js';
 
 const args = process.argv.slice(2);
 let config: string | undefined;

@@ -5,10 +5,17 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { readPeftAdapter } from '../libs/model/src/peft.js';
-import { CausalLM, type LoraWeights } from '../libs/model/src/causal-lm.js';
-import { fromPeftAdapter } from '../libs/model/src/adapters.js';
-import { loadTokenizer, type TextTokenizer as Tokenizer } from '../libs/model/src/tokenizer.js';
+import {
+  readPeftAdapter,
+  CausalLM,
+  type LoraWeights,
+  fromPeftAdapter,
+  loadTokenizer,
+  type TextTokenizer as Tokenizer,
+  openCheckpoint,
+  pruneModelCache,
+  defaultCacheRoot,
+} from '../libs/model/src/index.js';
 import {
   PACKAGE_DTYPES,
   buildEmulatorPackage,
@@ -16,13 +23,12 @@ import {
   loadEmulatorPackage,
   type PackageDtype,
   type PackageManifest,
-} from '../libs/fedbiot/src/emulator-package.js';
-import { TEMPLATES } from '../libs/fedbiot/src/job-spec.js';
-import { CONFIG_FILE } from '../libs/fedbiot/src/run-dir.js';
-import { splitModel } from '../libs/fedbiot/src/split.js';
-import { openCheckpoint } from '../libs/model/src/checkpoint.js';
-import { pruneModelCache } from '../libs/model/src/cache-prune.js';
-import { defaultCacheRoot } from '../libs/model/src/graph-store.js';
+  TEMPLATES,
+  CONFIG_FILE,
+  splitModel,
+  chunks,
+  toTokenBatch,
+} from '../libs/fedbiot/src/index.js';
 import {
   chunkCorpus,
   promptRecord,
@@ -33,7 +39,6 @@ import {
   type PromptTemplate,
   type TokenizedExample,
 } from '../libs/data/src/index.js';
-import { chunks, toTokenBatch } from '../libs/fedbiot/src/batches.js';
 import type { ExecutionProvider } from '../libs/engine/src/index.js';
 
 const COMMON = `  --model DIR        a Hugging Face model folder (config.json, *.safetensors) or an emulator package

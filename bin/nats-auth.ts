@@ -18,10 +18,9 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { loadJobSpec, type JobSpec } from '../libs/fedbiot/src/job-spec.js';
-import { demoFederationDir, readManifest } from '../libs/fedbiot/src/federation.js';
-import { defaultCacheRoot } from '../libs/model/src/graph-store.js';
-import { generateJobAuth } from '../libs/protocol/src/auth.js';
+import { loadJobSpec, type JobSpec, demoFederationDir, readManifest } from '../libs/fedbiot/src/index.js';
+import { defaultCacheRoot } from '../libs/model/src/index.js';
+import { generateJobAuth } from '../libs/protocol/src/index.js';
 
 const USAGE =
   'usage: npm run nats-auth -- --job job.yaml --out DIR [--clients a,b,c] [--credentials nkey|password] [--force]';

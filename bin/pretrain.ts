@@ -5,7 +5,7 @@
  * Deterministic for a given seed, step count and thread count (float summation order depends on threads).
  */
 import { join } from 'node:path';
-import { cleanWorkDir, pretrainDeepDemoModel, pretrainDemoModel } from '../libs/fedbiot/src/demo-model.js';
+import { cleanWorkDir, pretrainDeepDemoModel, pretrainDemoModel } from '../libs/fedbiot/src/index.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => {

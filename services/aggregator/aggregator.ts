@@ -10,7 +10,7 @@
 import { RUN_RECORD_KEY, RunRecordSchema, runRecord } from '../common/run-record.js';
 import type { ServiceConnection } from '../common/connection.js';
 import { publishEmulatorPackage } from '../common/emulator-package.js';
-import { defaultCacheRoot } from '../../libs/model/src/index.js';
+import { defaultCacheRoot, type LoraWeights } from '../../libs/model/src/index.js';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   RoundBlobPruner,
@@ -25,26 +25,19 @@ import {
   type WorkQueue,
 } from '../../libs/protocol/src/index.js';
 import {
-  aggregationSettingsFor,
+  coordinatorSettings,
   runRounds,
   updateByteLimits,
   type CoordinatorState,
-} from '../../libs/fedbiot/src/coordinator.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import {
-  encodeLora,
-  getLora,
-  initialLoras,
-  natsRoundPorts,
-  openJobContext,
-  putLora,
-  type JobContext,
-} from '../common/ports-nats.js';
+  type JobSpec,
+} from '../../libs/fedbiot/src/index.js';
+import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
+import { encodeLora, getLora, putLora } from '../common/lora-blobs.js';
+import { natsRoundPorts } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
 import { Gauge } from 'prom-client';
 import type { ClientNats } from '@nestjs/microservices';
 import { join } from 'node:path';
-import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
 import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { checkpointed, type RunFolderWriter } from './run-folder.js';
 import { ServiceMetrics } from '../common/metrics.js';
@@ -361,17 +354,15 @@ export class Aggregator implements ServiceRole {
     return () =>
       runRounds(
         ports,
+        // stages[0] is the job's method, fedbiot (openJobContext refuses others): per-round alignment, the emulator
+        // broadcast every round.
         {
-          rounds: spec.job.rounds,
-          clientIds: ctx.data.clients.map((c) => c.id),
-          perRound: spec.clients.perRound,
-          seed: spec.job.seed,
-          preAlignSteps: spec.alignment.preRounds * spec.alignment.stepsPerRound,
-          alignStepsPerRound: spec.alignment.stepsPerRound,
-          ...aggregationSettingsFor(spec, ctx.clientSettings),
+          ...coordinatorSettings(
+            ctx,
+            ctx.stages[0]!,
+            ctx.data.clients.map((c) => c.id),
+          ),
           ...(privacy ? { aggregate: privacy.aggregate } : {}),
-          evalEvery: spec.eval.every,
-          broadcastEmulator: true,
         },
         start,
         {

@@ -10,8 +10,7 @@
  * startup (assertServicesPrivacy) rather than silently run in the clear.
  */
 import { z } from 'zod';
-import { privacyFor, type PrivacyAggregation } from '../../libs/fedbiot/src/privacy-aggregation.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { privacyFor, type JobSpec, type PrivacyAggregation } from '../../libs/fedbiot/src/index.js';
 import type { StateStore } from '../../libs/protocol/src/index.js';
 import { assertServicesPrivacy } from '../common/privacy-check.js';
 

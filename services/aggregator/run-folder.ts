@@ -10,15 +10,20 @@
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { writeFileAtomic } from '../../libs/engine/src/safetensors.js';
-import type { CausalLM, LoraWeights } from '../../libs/model/src/causal-lm.js';
-import { exportMerged, savePeftAdapter } from '../../libs/model/src/adapters.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { createRunDir, readMetrics, MetricsLog, METRICS_FILE } from '../../libs/fedbiot/src/run-dir.js';
-import { resultsFromEvents, writeResultsJson } from '../../libs/fedbiot/src/report/results-json.js';
-import { formatResultsTable } from '../../libs/fedbiot/src/report/results-table.js';
-import { privacySummary } from '../../libs/fedbiot/src/privacy-aggregation.js';
-import { writeReportHtml } from '../../libs/fedbiot/src/report/report-html.js';
+import { writeFileAtomic } from '../../libs/engine/src/index.js';
+import { type CausalLM, type LoraWeights, exportMerged, savePeftAdapter } from '../../libs/model/src/index.js';
+import {
+  type JobSpec,
+  createRunDir,
+  readMetrics,
+  MetricsLog,
+  METRICS_FILE,
+  resultsFromEvents,
+  writeResultsJson,
+  formatResultsTable,
+  writeReportHtml,
+  privacySummary,
+} from '../../libs/fedbiot/src/index.js';
 
 /** Where run folders go: FEDBIOT_RUNS_DIR, else the spec's job.outDir. */
 export function runsDirFrom(env: NodeJS.ProcessEnv, spec: JobSpec): string {

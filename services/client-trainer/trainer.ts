@@ -40,13 +40,17 @@ import {
   watchPlannedRounds,
 } from '../../libs/protocol/src/index.js';
 import type { TokenizedExample } from '../../libs/data/src/index.js';
-import { ExampleStream } from '../../libs/fedbiot/src/batches.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { clientSeed } from '../../libs/fedbiot/src/plan.js';
+import {
+  ExampleStream,
+  type JobSpec,
+  clientSeed,
+  evalVariant,
+  evaluateVariant,
+  trainLocally,
+} from '../../libs/fedbiot/src/index.js';
 import { openClientContext, streamSeed, type JobContext } from '../common/job-context.js';
 import { getBroadcast, putLora } from '../common/lora-blobs.js';
 import { updateKey } from '../common/ports-nats.js';
-import { evalVariant, evaluateVariant, trainLocally } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import { JetStreamWorkQueueServer } from '../common/jetstream-transport.js';

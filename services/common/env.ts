@@ -1,5 +1,5 @@
 /** Service settings from the environment: NATS_URL, JOB_SPEC, HTTP_PORT (secrets are never read from or logged here). */
-import { loadJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { loadJobSpec, type JobSpec } from '../../libs/fedbiot/src/light.js';
 
 export const DEFAULT_NATS_URL = 'nats://127.0.0.1:4222';
 

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { PROTOCOL_VERSION, RequestErrorSchema, type EvalMode } from '../../libs/protocol/src/index.js';
-import { BASE_ROW, resultRow, type Method, type ResultMethod } from '../../libs/fedbiot/src/methods.js';
+import { BASE_ROW, resultRow, type Method, type ResultMethod } from '../../libs/fedbiot/src/index.js';
 
 /** Pattern of every round's evaluation request (queue group `evaluator`). */
 export function evaluatePattern(jobId: string): `fl.${string}.round.*.evaluate` {

@@ -3,20 +3,22 @@
  * plus the model and the data this service holds. Every service of a job builds it from the same JobSpec, so all
  * four compute exactly what the standalone job computes (same split, LoRA specs, initial LoRAs, seeds and streams).
  */
-import { CausalLM, type LoraWeights } from '../../libs/model/src/causal-lm.js';
-import { defaultCacheRoot } from '../../libs/model/src/graph-store.js';
-import { loadFederation, type FederationData, type LoadFederationOptions } from '../../libs/fedbiot/src/federation.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { METHOD_TABLE } from '../../libs/fedbiot/src/methods.js';
+import { CausalLM, type LoraWeights, defaultCacheRoot } from '../../libs/model/src/index.js';
 import {
+  loadFederation,
+  type FederationData,
+  type LoadFederationOptions,
+  type JobSpec,
+  METHOD_TABLE,
   initialLoras as planInitialLoras,
   modelLoadOptions,
   planJob,
   streamSeed as planStreamSeed,
   type JobPlan,
-} from '../../libs/fedbiot/src/plan.js';
-import type { ModelSplit } from '../../libs/fedbiot/src/split.js';
-import { checkPackageSplit, loadEmulatorPackage } from '../../libs/fedbiot/src/emulator-package.js';
+  type ModelSplit,
+  checkPackageSplit,
+  loadEmulatorPackage,
+} from '../../libs/fedbiot/src/index.js';
 
 /** Everything a service derives from the job spec (the plan) and what it holds; identical in every service of a job. */
 export interface JobContext extends JobPlan {

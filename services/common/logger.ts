@@ -14,7 +14,7 @@
 import type { LoggerService } from '@nestjs/common';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import { prettyFactory } from 'pino-pretty';
-import { logLevelFromEnv } from '../../libs/fedbiot/src/log-level.js';
+import { logLevelFromEnv } from '../../libs/fedbiot/src/light.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface LogRecord {

@@ -2,8 +2,7 @@
  * LoRA weights on the wire: a LoRA is one safetensors blob in the job's object store, and messages carry its
  * BlobRef. Tensors travel flat; the LoraSpec on both ends (the job plan's) gives their shapes.
  */
-import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
-import type { LoraSpec } from '../../libs/model/src/llama.js';
+import type { LoraWeights, LoraSpec } from '../../libs/model/src/index.js';
 import {
   decodeTensors,
   encodeTensors,

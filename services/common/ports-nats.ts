@@ -45,9 +45,10 @@ import {
   type ClientRoundReceipt,
   type ClientRoundResult,
   type RoundPorts,
-} from '../../libs/fedbiot/src/coordinator.js';
-import { clientSeed, pooledScores } from '../../libs/fedbiot/src/plan.js';
-import type { EvalScores } from '../../libs/fedbiot/src/roles.js';
+  clientSeed,
+  pooledScores,
+  type EvalScores,
+} from '../../libs/fedbiot/src/index.js';
 import type { JobContext } from './job-context.js';
 import { getLora, putLora } from './lora-blobs.js';
 import { requestReply, retryTransient } from './requests.js';
@@ -369,8 +370,3 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     return rows;
   }
 }
-
-// Re-exported for services/aggregator, which imports them from here (it moves to a Nest module concurrently); new
-// code imports them from their modules.
-export { initialLoras, openJobContext, type JobContext } from './job-context.js';
-export { encodeLora, getLora, putLora } from './lora-blobs.js';

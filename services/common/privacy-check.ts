@@ -3,7 +3,7 @@
  * aggregator: services/aggregator/privacy.ts). Secure aggregation is not wired into the services yet, so a spec
  * that asks for it is refused when a service starts instead of being run with every update in the clear.
  */
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import type { JobSpec } from '../../libs/fedbiot/src/light.js';
 
 /** Throws when the spec asks the services for a privacy mode they do not implement (secure aggregation). */
 export function assertServicesPrivacy(spec: JobSpec): void {

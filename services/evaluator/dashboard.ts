@@ -8,8 +8,13 @@
  */
 import { Controller, Get, Header, Inject } from '@nestjs/common';
 import { JOB_STATE_KEY, JobStateSchema, type JobState } from '../../libs/protocol/src/index.js';
-import { renderLineChart, type ChartSpec, type Series } from '../../libs/fedbiot/src/report/report-html.js';
-import { METHOD_TABLE, type Method } from '../../libs/fedbiot/src/methods.js';
+import {
+  renderLineChart,
+  METHOD_TABLE,
+  type ChartSpec,
+  type Method,
+  type Series,
+} from '../../libs/fedbiot/src/index.js';
 import { ROLE } from '../common/http.js';
 import { JOB_STORES, type JobStores } from '../common/providers.js';
 import { RUN_RECORD_KEY, RunRecordSchema, type RunRecord } from '../common/run-record.js';

@@ -22,12 +22,10 @@ import {
   publishMessage,
   type EvalRequest,
 } from '../../libs/protocol/src/index.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { pooledScores } from '../../libs/fedbiot/src/plan.js';
+import { type JobSpec, pooledScores, evalVariant, evaluateVariant } from '../../libs/fedbiot/src/index.js';
 import { openJobContext, type JobContext } from '../common/job-context.js';
 import { getBroadcast } from '../common/lora-blobs.js';
 import { EVAL_MODE_ON, evalModeRow, type EvalReply, type EvalRow } from '../common/evaluation-wire.js';
-import { evalVariant, evaluateVariant } from '../../libs/fedbiot/src/roles.js';
 import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
 import { ServerNats } from '@nestjs/microservices';

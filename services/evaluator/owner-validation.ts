@@ -11,8 +11,7 @@ import {
   type TextTokenizer,
   type TokenizedExample,
 } from '../../libs/data/src/index.js';
-import type { EvalItem } from '../../libs/fedbiot/src/federation.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import type { EvalItem, JobSpec } from '../../libs/fedbiot/src/index.js';
 
 /** The client column of rows scored on the owner's validation set. */
 export const OWNER_ROW = 'owner';

@@ -28,10 +28,9 @@ import {
   type AlignReply,
   type AlignRequest,
 } from '../../libs/protocol/src/index.js';
-import type { JobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { type JobSpec, AlignmentServer } from '../../libs/fedbiot/src/index.js';
 import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
 import { getLora, putLora } from '../common/lora-blobs.js';
-import { AlignmentServer } from '../../libs/fedbiot/src/roles.js';
 import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';

@@ -15,8 +15,8 @@ import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { connect, nkeyAuthenticator } from '@nats-io/transport-node';
 import { jetstreamManager, RetentionPolicy } from '@nats-io/jetstream';
 import { createUser } from '@nats-io/nkeys';
-import { parseJobSpec, resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { taskStreamName, TRAINER_CONSUMER } from '../../libs/protocol/src/subjects.js';
+import { parseJobSpec, resolveJobSpec } from '../../libs/fedbiot/src/index.js';
+import { taskStreamName, TRAINER_CONSUMER } from '../../libs/protocol/src/index.js';
 import { repoRoot } from '../support/paths.js';
 
 // Rendered YAML is untyped by nature; the assertions below are the type checks.

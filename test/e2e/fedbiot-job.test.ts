@@ -9,8 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeKnowledgeFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
+import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import { repoRoot } from '../support/paths.js';
 import { tmpWithDemoFederation } from '../support/federation.js';
 

@@ -6,10 +6,15 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { connectTransport, streamExists } from '../../libs/protocol/src/connection.js';
-import { JobStateSchema, PROTOCOL_VERSION } from '../../libs/protocol/src/messages.js';
-import { JOB_STATE_KEY, StateStore } from '../../libs/protocol/src/state-store.js';
-import { stateBucketName } from '../../libs/protocol/src/subjects.js';
+import {
+  connectTransport,
+  streamExists,
+  JobStateSchema,
+  PROTOCOL_VERSION,
+  JOB_STATE_KEY,
+  StateStore,
+  stateBucketName,
+} from '../../libs/protocol/src/index.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 import { repoRoot } from '../support/paths.js';
 

@@ -6,9 +6,7 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixturesDir, repoRoot } from '../support/paths.js';
-import { readModelConfig } from '../../libs/model/src/config.js';
-import { initLora } from '../../libs/model/src/trainer.js';
-import { savePeftAdapter } from '../../libs/model/src/adapters.js';
+import { readModelConfig, initLora, savePeftAdapter } from '../../libs/model/src/index.js';
 
 const cli = join(repoRoot, 'dist', 'bin', 'model.js');
 const run = (...args: string[]) =>

@@ -12,10 +12,16 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
-import { createRunDir, listCheckpoints, loadLatestCheckpoint, saveCheckpoint } from '../../libs/fedbiot/src/run-dir.js';
-import { readSafetensorsHeader, readTensor, toFloat32 } from '../../libs/engine/src/safetensors.js';
+import {
+  resolveJobSpec,
+  type JobSpec,
+  runJob,
+  createRunDir,
+  listCheckpoints,
+  loadLatestCheckpoint,
+  saveCheckpoint,
+} from '../../libs/fedbiot/src/index.js';
+import { readSafetensorsHeader, readTensor, toFloat32 } from '../../libs/engine/src/index.js';
 import { repoRoot } from '../support/paths.js';
 
 let tmp = '';

@@ -1,8 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { clientTrainingSeed } from '../../libs/fedbiot/src/seeds.js';
-import { clientSeed } from '../../libs/fedbiot/src/plan.js';
-import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { clientTrainingSeed, clientSeed, resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 
 test('clients with ids of equal length get different training seeds, every round', () => {
   for (let round = 0; round < 20; round++) {

@@ -15,12 +15,12 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 import { EvalReplySchema } from '../../services/common/evaluation-wire.js';
 import { initialLoras, openJobContext, type JobContext } from '../../services/common/job-context.js';
 import { putLora } from '../../services/common/lora-blobs.js';
 import { RUN_RECORD_KEY, RunRecordSchema, runRecord } from '../../services/common/run-record.js';
-import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
+import type { LoraWeights } from '../../libs/model/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,

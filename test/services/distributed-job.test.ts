@@ -16,8 +16,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
+import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,

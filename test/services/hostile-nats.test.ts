@@ -10,16 +10,20 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { FAKE_COUNTS, fakeLocal, startFakeTrainer, type Behaviour } from '../../bench/soak-clients.js';
-import { fedAvg } from '../../libs/fedbiot/src/aggregate.js';
-import { aggregationSettingsFor, runRounds, updateByteLimits } from '../../libs/fedbiot/src/coordinator.js';
-import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { encodeLora, natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
-import { clientSettingsFor, loraSpecs } from '../../libs/fedbiot/src/roles.js';
-import { sampleClients } from '../../libs/fedbiot/src/sampling.js';
-import { splitModel } from '../../libs/fedbiot/src/split.js';
-import type { LoraWeights } from '../../libs/model/src/causal-lm.js';
-import { readModelConfig } from '../../libs/model/src/config.js';
-import { initLora } from '../../libs/model/src/trainer.js';
+import {
+  fedAvg,
+  aggregationSettingsFor,
+  runRounds,
+  updateByteLimits,
+  resolveJobSpec,
+  clientSettingsFor,
+  loraSpecs,
+  sampleClients,
+  splitModel,
+} from '../../libs/fedbiot/src/index.js';
+import { encodeLora } from '../../services/common/lora-blobs.js';
+import { natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
+import { type LoraWeights, readModelConfig, initLora } from '../../libs/model/src/index.js';
 import {
   BlobStore,
   StateStore,

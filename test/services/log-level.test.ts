@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { JsonLogger, type LogRecord } from '../../services/common/logger.js';
-import { logLevelFromEnv, logs } from '../../libs/fedbiot/src/log-level.js';
+import { logLevelFromEnv, logs } from '../../libs/fedbiot/src/index.js';
 
 function recordsAt(level: string | undefined): string[] {
   const saved = process.env['LOG_LEVEL'];

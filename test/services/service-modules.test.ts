@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import 'reflect-metadata';
 import { Test } from '@nestjs/testing';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
+import { resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 import { stateBucketName } from '../../libs/protocol/src/index.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 import { ClientTrainer } from '../../services/client-trainer/trainer.js';

@@ -4,7 +4,7 @@
  */
 import { mulberry32 } from '../../engine/src/index.js';
 import type { TokenizedExample } from '../../data/src/index.js';
-import type { TokenBatch } from '../../model/src/causal-lm.js';
+import type { TokenBatch } from '../../model/src/index.js';
 
 export function toTokenBatch(
   examples: readonly TokenizedExample[],

@@ -7,7 +7,7 @@
  *   for each round t:  sample clients -> broadcast adapter + emulator LoRA -> K local steps per client ->
  *                      check updates -> FedAvg (token-weighted) -> E alignment steps -> evaluate -> checkpoint
  */
-import type { LoraWeights } from '../../model/src/causal-lm.js';
+import type { LoraWeights } from '../../model/src/light.js';
 import {
   adamwDeltaBound,
   aggregate,

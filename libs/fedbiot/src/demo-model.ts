@@ -21,13 +21,18 @@ import {
   type DemoTokenizerFiles,
   type TokenizedExample,
 } from '../../data/src/index.js';
-import { CausalLM } from '../../model/src/causal-lm.js';
+import {
+  CausalLM,
+  parseModelConfig,
+  type ModelConfig,
+  initWeights,
+  writeRandomCheckpoint,
+  writeCheckpoint,
+  writeDirAtomic,
+  loadTokenizer,
+  FullTrainer,
+} from '../../model/src/index.js';
 import type { ExecutionProvider } from '../../engine/src/index.js';
-import { parseModelConfig, type ModelConfig } from '../../model/src/config.js';
-import { initWeights, writeRandomCheckpoint } from '../../model/src/init.js';
-import { writeCheckpoint, writeDirAtomic } from '../../model/src/checkpoint.js';
-import { loadTokenizer } from '../../model/src/tokenizer.js';
-import { FullTrainer } from '../../model/src/trainer.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import { progress } from './progress.js';
 

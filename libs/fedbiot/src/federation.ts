@@ -34,7 +34,7 @@ import {
   type TextTokenizer,
   type TokenizedExample,
 } from '../../data/src/index.js';
-import { ID_PATTERN } from '../../protocol/src/subjects.js';
+import { ID_PATTERN } from '../../protocol/src/index.js';
 import type { JobSpec } from './job-spec.js';
 import { alignmentSteps, methodsRun } from './methods.js';
 

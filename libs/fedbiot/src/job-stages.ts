@@ -5,7 +5,7 @@
  */
 import { statSync } from 'node:fs';
 import { stateFromTensors, stateToTensors } from '../../engine/src/index.js';
-import type { CausalLM, LoraWeights } from '../../model/src/causal-lm.js';
+import type { CausalLM, LoraWeights } from '../../model/src/index.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import {

@@ -6,10 +6,14 @@
 import { join, resolve } from 'node:path';
 import { truncate, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
-import { defaultCacheRoot } from '../../model/src/graph-store.js';
-import { loadTokenizer } from '../../model/src/tokenizer.js';
-import { exportMerged, savePeftAdapter } from '../../model/src/adapters.js';
+import {
+  CausalLM,
+  type LoraWeights,
+  defaultCacheRoot,
+  loadTokenizer,
+  exportMerged,
+  savePeftAdapter,
+} from '../../model/src/index.js';
 import { loadFederation } from './federation.js';
 import { checkModelPath, type JobSpec } from './job-spec.js';
 import { JobEta, etaStages } from './eta.js';

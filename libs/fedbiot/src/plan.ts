@@ -6,8 +6,7 @@
  * A run is the base model's evaluation, then its stages: the job's method ('main'), then the baselines it enables
  * (METHOD_TABLE / BASELINES_OF say which and how each trains).
  */
-import type { CausalLM, LoraWeights } from '../../model/src/causal-lm.js';
-import type { LoraSpec } from '../../model/src/llama.js';
+import type { CausalLM, LoraWeights, LoraSpec } from '../../model/src/index.js';
 import { aggregationSettingsFor, type CoordinatorSettings } from './coordinator.js';
 import { clientStreamSeed, type ClientData } from './federation.js';
 import type { JobSpec } from './job-spec.js';

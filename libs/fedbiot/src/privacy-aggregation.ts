@@ -14,7 +14,7 @@
  *   the RDP accountant steps once per round with q = m / N and the noise multiplier that made it into the sum.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import type { LoraWeights } from '../../model/src/causal-lm.js';
+import type { LoraWeights } from '../../model/src/light.js';
 import {
   RdpAccountant,
   SecAggError,

@@ -11,10 +11,19 @@ import {
   type OptimizerState,
   type Tensor,
 } from '../../engine/src/index.js';
-import type { CausalLM, LoraWeights, TokenBatch } from '../../model/src/causal-lm.js';
-import { layersKey, loraFeeds, loraKey, shapeOfLora } from '../../model/src/causal-lm.js';
-import type { LoraSpec, LoraTarget } from '../../model/src/llama.js';
-import { LoraTrainer, initLora } from '../../model/src/trainer.js';
+import {
+  type CausalLM,
+  type LoraWeights,
+  type TokenBatch,
+  layersKey,
+  loraFeeds,
+  loraKey,
+  shapeOfLora,
+  type LoraSpec,
+  type LoraTarget,
+  LoraTrainer,
+  initLora,
+} from '../../model/src/index.js';
 import { exactMatch, type TokenizedExample } from '../../data/src/index.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
 import type { EvalItem } from './federation.js';

@@ -8,7 +8,7 @@ import {
   toFloat32,
   writeFileAtomic,
   writeSafetensors,
-} from '../../engine/src/safetensors.js';
+} from '../../engine/src/light.js';
 import { RunDirError } from './errors.js';
 
 /**

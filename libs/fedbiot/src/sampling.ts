@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createRng, shuffled } from '../../data/src/rng.js';
+import { createRng, shuffled } from '../../data/src/index.js';
 import { SamplingError } from './errors.js';
 
 /** How many clients take part in a round: a fraction of all clients or an exact count (not both). Neither: all. */

@@ -4,11 +4,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ort } from '../../engine/src/runtime/ort.js';
-import { Graph, encodeModel } from '../../engine/src/index.js';
+import { ort, Graph, encodeModel } from '../../engine/src/index.js';
 import { alignmentLoss, evalVariant, AlignmentServer, loraSpecs, initialLora } from '../src/roles.js';
 import { splitModel } from '../src/split.js';
-import { CausalLM } from '../../model/src/causal-lm.js';
+import { CausalLM } from '../../model/src/index.js';
 import { chunkCorpus, createRng, generatePublicCorpus } from '../../data/src/index.js';
 import { join } from 'node:path';
 import { repoRoot } from '../../../test/support/paths.js';

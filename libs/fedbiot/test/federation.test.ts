@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeDemoFederation } from '../../data/src/index.js';
-import { loadTokenizer } from '../../model/src/tokenizer.js';
+import { loadTokenizer } from '../../model/src/index.js';
 import { clientStreamSeed, loadFederation } from '../src/federation.js';
 import { resolveJobSpec } from '../src/job-spec.js';
 

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../data/src/index.js';
 import type { TokenizedExample } from '../../data/src/index.js';
-import { CausalLM, type LoraWeights } from '../../model/src/causal-lm.js';
+import { CausalLM, type LoraWeights } from '../../model/src/index.js';
 import {
   adamwDeltaBound,
   aggregate,

@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { LoraWeights } from '../../model/src/causal-lm.js';
+import type { LoraWeights } from '../../model/src/index.js';
 import { RdpAccountant, SecAggError, seededBytes, seededRng } from '../../privacy/src/index.js';
 import { fedAvg, type ClientUpdate } from '../src/aggregate.js';
 import { applyOverrides, resolveJobSpec } from '../src/job-spec.js';

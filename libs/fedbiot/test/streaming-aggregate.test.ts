@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { LoraWeights } from '../../model/src/causal-lm.js';
+import type { LoraWeights } from '../../model/src/index.js';
 import { StreamingFedAvg, aggregate, fedAvg, type ClientUpdate } from '../src/aggregate.js';
 import {
   runRounds,

@@ -9,7 +9,6 @@ import type { ModelConfig } from './config.js';
 import { writeCheckpoint, writeDirAtomic } from './checkpoint.js';
 import {
   LORA_TARGETS,
-  linearFeatures,
   loraModules,
   loraParamNames,
   parseLoraModule,
@@ -17,6 +16,7 @@ import {
   type LoraTarget,
   type LoraWeights,
 } from './lora.js';
+import { linearFeatures } from './linears.js';
 import { validateAdapterFor, writePeftAdapter, type LoraAdapter, type LoraPair } from './peft.js';
 
 /** Our adapter as a PEFT adapter (module -> A/B). `baseModel` goes into adapter_config.json. */

@@ -13,7 +13,7 @@
  */
 import { existsSync, readdirSync, rmSync, statSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
-import { readSafetensorsHeaderSync } from '../../engine/src/safetensors.js';
+import { readSafetensorsHeaderSync } from '../../engine/src/light.js';
 
 export interface PruneCacheOptions {
   /** Versions of each weight file / fp32 conversion to keep, newest first. Default 2; at least 1. */

@@ -24,9 +24,6 @@ import { checkLayerIds, renumberedWeights } from './layer-ids.js';
 import { loraFeeds, loraKey, shapeOfLora, type LoraWeights } from './lora.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 
-// The LoRA helpers this module used to define live in lora.ts; re-exported for existing importers.
-export { loraFeeds, loraKey, shapeOfLora, type LoraWeights } from './lora.js';
-
 /** Which layers run and which LoRA adapters are attached (the full model with no adapter by default). */
 export interface Variant {
   readonly layers?: readonly number[];

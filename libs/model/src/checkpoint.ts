@@ -19,7 +19,7 @@ import {
   writeSafetensors,
   type SafetensorsHeader,
   type SafetensorsWriteTensor,
-} from '../../engine/src/safetensors.js';
+} from '../../engine/src/light.js';
 import { configToJson, readModelConfig, type ModelConfig } from './config.js';
 import { CheckpointError } from './errors.js';
 import {

@@ -1,6 +1,8 @@
-/** libs/model: LLaMA-family models from Hugging Face checkpoints on the engine. */
-export * from './config.js';
-export * from './errors.js';
+/**
+ * libs/model: LLaMA-family models from Hugging Face checkpoints on the engine. Importing this entry loads
+ * onnxruntime-node; light.ts is the part that does not.
+ */
+export * from './light.js';
 export {
   expectedTensorShapes,
   openCheckpoint,
@@ -15,12 +17,10 @@ export * from './rope.js';
 export * from './tokenizer.js';
 export * from './peft.js';
 export * from './llama.js';
-export * from './linears.js';
-export * from './lora.js';
 export { GraphStore, defaultCacheRoot } from './graph-store.js';
 export { CompiledGraphs } from './compiled.js';
 export * from './causal-lm.js';
 export * from './trainer.js';
 export * from './adapters.js';
-export { checkLayerIds, parseLayerName, renumberedWeights } from './layer-ids.js';
 export { initWeights, memoryWeights, writeRandomCheckpoint } from './init.js';
+export { pruneModelCache } from './cache-prune.js';

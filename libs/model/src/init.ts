@@ -3,7 +3,7 @@
  * in memory. Initialisation follows transformers' LlamaPreTrainedModel: normal(0, initializer_range) for linears
  * and embeddings, ones for RMSNorm weights, zeros for biases.
  */
-import { mulberry32 } from '../../engine/src/random.js';
+import { mulberry32 } from '../../engine/src/light.js';
 import { expectedTensorShapes } from './checkpoint.js';
 import type { ModelConfig } from './config.js';
 import type { WeightStore } from './llama.js';

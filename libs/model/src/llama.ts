@@ -17,15 +17,12 @@ import {
   type HalfCompute,
   type Tensor,
   type WeightSource,
+  ops as O,
 } from '../../engine/src/index.js';
-import * as O from '../../engine/src/ops.js';
 import type { ModelConfig } from './config.js';
 import { linearHasBias, moduleName, type LinearName } from './linears.js';
 import { GraphLoras, type LoraSpec } from './lora.js';
 import { ropeInvFreq } from './rope.js';
-
-// LoRA naming and shapes live in lora.ts (the linears' table in linears.ts); re-exported where they used to be.
-export { LORA_TARGETS, linearFeatures, loraParamNames, moduleName, type LoraSpec, type LoraTarget } from './lora.js';
 
 /** Where frozen weights come from: shapes and bytes by checkpoint key. */
 export interface WeightStore {

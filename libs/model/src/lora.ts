@@ -4,15 +4,12 @@
  * initialisation, and how an adapter attaches to a graph (W x + b + (alpha / r) B A x). LoRA factors are graph
  * inputs, so trainable or not is only a question of which inputs `gradients()` is asked about.
  */
-// The engine's graph modules, not its index: job specs import LORA_TARGETS from here without loading onnxruntime.
+// The engine's light entry for values: job specs import LORA_TARGETS (via libs/model's light entry) without loading
+// onnxruntime; the index import is type-only and erased.
 import type { DType, Graph, HostTensor, Tensor } from '../../engine/src/index.js';
-import { linear } from '../../engine/src/nn.js';
-import * as O from '../../engine/src/ops.js';
-import { mulberry32, type Mulberry32 } from '../../engine/src/random.js';
+import { linear, ops as O, mulberry32, type Mulberry32 } from '../../engine/src/light.js';
 import type { ModelConfig } from './config.js';
 import { LINEAR_NAMES, linearFeatures, moduleName, parseModuleName, type LinearName } from './linears.js';
-
-export { linearFeatures, moduleName } from './linears.js';
 
 /** Every linear of a decoder layer can carry a LoRA. */
 export const LORA_TARGETS = LINEAR_NAMES;

@@ -14,7 +14,7 @@ import {
   toFloat32,
   writeSafetensors,
   type SafetensorsWriteTensor,
-} from '../../engine/src/safetensors.js';
+} from '../../engine/src/light.js';
 import { writeDirAtomic, writeJsonAtomic } from './checkpoint.js';
 import type { ModelConfig } from './config.js';
 import { PeftAdapterError } from './errors.js';

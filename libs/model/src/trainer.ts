@@ -9,12 +9,9 @@ import {
   type OptimizerConfig,
   type StepResult,
 } from '../../engine/src/index.js';
-import type { CausalLM, LoraWeights, TokenBatch } from './causal-lm.js';
+import type { CausalLM, TokenBatch } from './causal-lm.js';
 import { layersKey } from './causal-lm.js';
-import { loraDropoutInputs, loraFeeds, loraKey, loraStream, shapeOfLora } from './lora.js';
-
-// PEFT's LoRA initialisation lives in lora.ts; re-exported for existing importers.
-export { initLora } from './lora.js';
+import { loraDropoutInputs, loraFeeds, loraKey, loraStream, shapeOfLora, type LoraWeights } from './lora.js';
 
 export interface LoraTrainerOptions {
   readonly batch: number;

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeSafetensors } from '../../engine/src/safetensors.js';
+import { writeSafetensors } from '../../engine/src/index.js';
 import { pruneModelCache } from '../src/cache-prune.js';
 import { openCheckpoint } from '../src/checkpoint.js';
 import { GraphStore } from '../src/graph-store.js';

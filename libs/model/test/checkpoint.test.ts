@@ -9,7 +9,7 @@ import {
   float32ArrayTo,
   readSafetensorsHeader,
   writeSafetensors,
-} from '../../engine/src/safetensors.js';
+} from '../../engine/src/index.js';
 import { expectedTensorShapes, openCheckpoint, writeCheckpoint } from '../src/checkpoint.js';
 import { readModelConfig } from '../src/config.js';
 import { CheckpointError } from '../src/errors.js';

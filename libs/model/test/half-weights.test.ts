@@ -10,7 +10,8 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CausalLM, type LoadOptions } from '../src/causal-lm.js';
-import { LoraTrainer, initLora } from '../src/trainer.js';
+import { LoraTrainer } from '../src/trainer.js';
+import { initLora } from '../src/lora.js';
 import {
   B,
   MODEL,

@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { gradCheck, type FeedValue } from '../../engine/src/index.js';
 import { parseModelConfig } from '../src/config.js';
 import { initWeights, memoryWeights } from '../src/init.js';
-import { LORA_TARGETS, buildLlama, causalLmLoss, type LoraSpec } from '../src/llama.js';
+import { buildLlama, causalLmLoss } from '../src/llama.js';
+import { LORA_TARGETS, type LoraSpec } from '../src/lora.js';
 import { rng, uniform } from '../../../test/support/rng.js';
 
 const config = (extra: Record<string, unknown> = {}) =>

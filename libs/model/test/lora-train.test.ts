@@ -8,10 +8,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CausalLM, type TokenBatch } from '../src/causal-lm.js';
-import { LoraTrainer, initLora } from '../src/trainer.js';
+import { LoraTrainer } from '../src/trainer.js';
+import { initLora, type LoraSpec } from '../src/lora.js';
 import { exportMerged, fromPeftAdapter, savePeftAdapter } from '../src/adapters.js';
 import { readPeftAdapter } from '../src/peft.js';
-import type { LoraSpec } from '../src/llama.js';
 import { fixturesDir } from '../../../test/support/paths.js';
 
 function batchOf(rows: number[][], T: number): TokenBatch {

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
-import { Graph } from '../../engine/src/graph.js';
+import { Graph } from '../../engine/src/index.js';
 import { readModelConfig } from '../src/config.js';
 import { expectedTensorShapes } from '../src/checkpoint.js';
 import { LINEAR_NAMES, linearFeatures, moduleName, parseModuleName } from '../src/linears.js';

@@ -11,7 +11,8 @@ import { join } from 'node:path';
 import { Graph, gradients, openRunner, readTensor, type HostTensor } from '../../engine/src/index.js';
 import { openCheckpoint } from '../src/checkpoint.js';
 import { GraphStore } from '../src/graph-store.js';
-import { buildLlama, causalLmLoss, loraParamNames, type LoraSpec, type LoraTarget } from '../src/llama.js';
+import { buildLlama, causalLmLoss } from '../src/llama.js';
+import { loraParamNames, type LoraSpec, type LoraTarget } from '../src/lora.js';
 import { readPeftAdapter } from '../src/peft.js';
 import { fixturesDir } from '../../../test/support/paths.js';
 

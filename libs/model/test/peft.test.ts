@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { copyFile, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fixturesDir } from '../../../test/support/paths.js';
-import { readSafetensorsHeader, readTensor, writeSafetensors } from '../../engine/src/safetensors.js';
+import { readSafetensorsHeader, readTensor, writeSafetensors } from '../../engine/src/index.js';
 import { readModelConfig } from '../src/config.js';
 import { PeftAdapterError } from '../src/errors.js';
 import { loraScaling, readPeftAdapter, validateAdapterFor, writePeftAdapter, type LoraAdapter } from '../src/peft.js';

@@ -167,6 +167,7 @@ export {
   type RoundCollection,
   type OpenCollection,
 } from './collector.js';
+export { objectDigest, writeObjectMeta, type ObjectMeta } from './object-store.js';
 export { publishMessage } from './publish.js';
 export { connectTransport, deleteJobResources, streamExists } from './connection.js';
 export { transportSecurityFromEnv, redactServers, CredentialsError, type TransportSecurity } from './credentials.js';

@@ -18,7 +18,7 @@ import {
   SharesForwardSchema,
   UnmaskRequestSchema,
   UnmaskSchema,
-} from '../../privacy/src/messages.js';
+} from '../../privacy/src/index.js';
 
 /** The protocol version this build speaks and accepts. */
 export const PROTOCOL_VERSION = 1 as const;

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../../engine/src/safetensors.js';
+import { writeFileAtomic } from '../../../engine/src/light.js';
 import { CONFIG_FILE, METRICS_FILE, readMetrics, type MetricsEvent } from '../run-dir.js';
 import { RESULT_METHODS } from '../methods.js';
 import { ALL_CLIENTS, compareClients, isEvalEvent, resultsFromEvents, type Results } from './results-json.js';

@@ -1,4 +1,4 @@
-import { writeFileAtomic } from '../../../engine/src/safetensors.js';
+import { writeFileAtomic } from '../../../engine/src/light.js';
 import { join } from 'node:path';
 import type { MetricsEvent } from '../run-dir.js';
 import { RESULT_METHODS, type ResultMethod } from '../methods.js';

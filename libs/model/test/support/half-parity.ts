@@ -5,10 +5,9 @@
  */
 import { join } from 'node:path';
 import { crossEntropy, float32ArrayTo, gradients, toFloat32, type HalfCompute } from '../../../engine/src/index.js';
-import { CausalLM, loraFeeds, type LoadOptions, type TokenBatch } from '../../src/causal-lm.js';
+import { CausalLM, type LoadOptions, type TokenBatch } from '../../src/causal-lm.js';
 import { writeCheckpoint } from '../../src/checkpoint.js';
-import { initLora } from '../../src/trainer.js';
-import type { LoraSpec } from '../../src/llama.js';
+import { initLora, loraFeeds, type LoraSpec } from '../../src/lora.js';
 import { fixturesDir } from '../../../../test/support/paths.js';
 
 export const MODEL = join(fixturesDir, 'llama-tiny-a', 'model');
