@@ -19,6 +19,7 @@ import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js
 import {
   AlignRequestSchema,
   BlobRefSchema,
+  type BlobRef,
   PROTOCOL_VERSION,
   alignSubject,
   ownerBucketName,
@@ -142,6 +143,8 @@ export class ServerAlignment implements ServiceRole {
     }
     if (stored) this.log.info('resumed alignment state', { call: stored.call });
     let last = stored;
+    /** Optimizer blobs of the stored state and the one before it (see persist). */
+    const keptOptimizers: BlobRef[] = stored?.optimizer ? [stored.optimizer] : [];
     /** Writes the state after `call` (AdamW blob + KV `align`); the emulator blob is already stored. */
     const persist = async (call: number, emulatorLora: AlignState['emulatorLora'], reply: AlignState['reply']) => {
       const opt = server.exportOptimizerState();
@@ -166,17 +169,23 @@ export class ServerAlignment implements ServiceRole {
         reply,
       };
       await kv.put(ALIGN_KEY, AlignStateSchema, next);
-      // Only the stored state's optimizer blob can ever be read again (a restart resumes from it, a replay re-runs
-      // the next call from it), so the previous one goes once the new state is durable. Content addressing can give
-      // both states one object (a call with 0 steps leaves the moments unchanged): then nothing is deleted.
-      const previous = last?.optimizer;
-      if (previous && previous.name !== optimizer?.name)
-        await blobs.delete(previous).catch((e: unknown) =>
-          this.log.write('warn', 'could not delete the previous alignment optimizer blob', {
-            blob: previous.name,
-            error: String(e),
-          }),
-        );
+      // A restart resumes from the stored state's optimizer blob; the one before it is kept too, for a read of KV
+      // that still returns the previous record (a replica catching up after a restart) and for tests that roll the
+      // record back by one call. Older ones can never be read again: deleted once the new state is durable.
+      // Content addressing can give two states one object (a call with 0 steps): that one is never deleted.
+      if (optimizer) keptOptimizers.push(optimizer);
+      while (keptOptimizers.length > 2) {
+        const old = keptOptimizers.shift()!;
+        if (keptOptimizers.some((k) => k.name === old.name)) continue;
+        await blobs
+          .delete(old)
+          .catch((e: unknown) =>
+            this.log.write('warn', 'could not delete an old alignment optimizer blob', {
+              blob: old.name,
+              error: String(e),
+            }),
+          );
+      }
       last = next;
     };
     /** Aligns `req` and stores the emulator; the caller persists the rest with `persist`. */

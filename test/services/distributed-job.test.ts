@@ -279,13 +279,20 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     assert.equal(events.filter((e) => e['kind'] === 'train').length, 6);
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
-    // The owner bucket keeps only the stored alignment state's optimizer moments, not one blob per alignment call.
-    const ownerObjects = await (await new Objm(nc).open(ownerBucketName(jobId))).list();
-    const stored = (await (await new Kvm(nc).open(stateBucketName(jobId))).get('align'))?.json<AlignState>();
+    // The owner bucket keeps the stored alignment state's optimizer moments and the previous state's, not one blob
+    // per alignment call.
+    const ownerObjects = (await (await new Objm(nc).open(ownerBucketName(jobId))).list()).map((o) => o.name);
+    const history: AlignState[] = [];
+    for await (const e of await (await new Kvm(nc).open(stateBucketName(jobId))).history({ key: 'align' }))
+      if (e.operation === 'PUT') history.push(e.json() as AlignState);
+    assert.ok(history.length >= 3, `${history.length} alignment states stored`);
     assert.deepEqual(
-      ownerObjects.map((o) => o.name),
-      [stored?.optimizer?.name],
-      "one optimizer blob: the stored state's",
+      ownerObjects.toSorted(),
+      history
+        .slice(-2)
+        .map((h) => h.optimizer?.name)
+        .toSorted(),
+      "two optimizer blobs: the stored state's and the previous one's",
     );
 
     const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
