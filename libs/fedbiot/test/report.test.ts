@@ -238,3 +238,16 @@ test('progress in plain mode prints a line per 10% and a final line; ticks past 
   assert.equal(lines[9], 'align: done 20/20 in 2.5s loss=0.5');
   assert.throws(() => progress('x', 0), /total must be an integer >= 1/);
 });
+
+test('the single-run verdict says whether plugging the adapter into the full model helped, by the sign it prints', async () => {
+  const { singleRunVerdict } = await import('../src/report/verdict.js');
+  const rows = (fu: number, emu: number): ResultRow[] => [
+    { method: 'fedbiot-adapfu', client: 'all', test_loss: 1, accuracy: fu },
+    { method: 'fedbiot-adapemu', client: 'all', test_loss: 1, accuracy: emu },
+    { method: 'offsite-tuning', client: 'all', test_loss: 1, accuracy: 0.15 },
+  ];
+  const line = (fu: number, emu: number): string =>
+    singleRunVerdict(rows(fu, emu), 540).find((l) => l.startsWith('AdapFu - AdapEmu')) ?? '';
+  assert.match(line(0.133, 0.185), /^AdapFu - AdapEmu: -5\.2 points \(plugging .* did not help here\)/);
+  assert.match(line(0.3, 0.2), /^AdapFu - AdapEmu: 10\.0 points \(plugging .* helped\)/);
+});

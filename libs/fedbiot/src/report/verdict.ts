@@ -42,7 +42,7 @@ export function singleRunVerdict(
   );
   if (emu !== null)
     lines.push(
-      `AdapFu - AdapEmu: ${(100 * (fu - emu)).toFixed(1)} points (above 0: plugging the adapter back into the full model helps)${base !== null ? `; base model ${pct(base)}` : ''}.`,
+      `AdapFu - AdapEmu: ${(100 * (fu - emu)).toFixed(1)} points (${fu > emu ? 'plugging the adapter back into the full model helped' : 'plugging the adapter back into the full model did not help here'})${base !== null ? `; base model ${pct(base)}` : ''}.`,
     );
   const baseLoss = rows.find((r) => r.method === 'base' && r.client === ALL_CLIENTS)?.test_loss;
   if (typeof baseLoss === 'number' && baseInfo?.lossNoEos !== undefined)
