@@ -387,7 +387,15 @@ export class Aggregator implements ServiceRole {
             const [adapterRef, emulatorRef] = [await putLora(blobs, s.adapter), await putLora(blobs, s.emulator)];
             if (privacy) await savePrivacy(state, privacy, s.round);
             await writeState(s, adapterRef, emulatorRef);
-            const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name]));
+            // Pruning is housekeeping: a broker that cannot answer now (a clustered node catching up, a leader
+            // election) must not fail the job; the pruner keeps its marks and tries again at the next checkpoint.
+            const pruned = await pruner.checkpoint(new Set([adapterRef.name, emulatorRef.name])).catch((e: unknown) => {
+              this.log.write('warn', 'blob pruning failed; retried at the next checkpoint', {
+                round: s.round,
+                error: String(e),
+              });
+              return { deleted: 0, bytes: 0 };
+            });
             if (pruned.deleted > 0) this.log.info('pruned blobs', { round: s.round, ...pruned });
             this.metrics.roundsCompleted.set(s.round);
             this.log.info('checkpoint', { round: s.round });
