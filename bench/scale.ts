@@ -25,17 +25,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { NatsConnection } from '@nats-io/transport-node';
-import {
-  aggregationSettingsFor,
-  runRounds,
-  updateByteLimits,
-  type CoordinatorState,
-  resolveJobSpec,
-  clientSettingsFor,
-  loraSpecs,
-  splitModel,
-} from '../libs/fedbiot/src/index.js';
-import { initLora, readModelConfig, type LoraWeights, type ModelConfig } from '../libs/model/src/index.js';
+import { runRounds, type CoordinatorState, resolveJobSpec } from '../libs/fedbiot/src/index.js';
+import { readModelConfig, type ModelConfig } from '../libs/model/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,
@@ -53,7 +44,8 @@ import {
 } from '../libs/protocol/src/index.js';
 import { encodeLora, getBroadcast, putLora } from '../services/common/lora-blobs.js';
 import { natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
-import { argOf, freePort, machine, printTable, writeResults } from './common.js';
+import { argOf, freePort, machine, printTable, waitForNats, writeResults } from './common.js';
+import { fakeJob, fakeRoundSettings, openFakeAggregatorStores } from './fake-federation.js';
 import { FAKE_COUNTS, fakeLocal } from './soak-clients.js';
 
 const NATS_SERVER_BIN = process.env['NATS_SERVER_BIN'] ?? '/usr/sbin/nats-server';
@@ -186,42 +178,14 @@ async function scaleCase(
     );
     const demo = await readModelConfig(join(process.cwd(), 'models', 'demo-llama', 'config.json'));
     const cfg = size === '7b' ? llama7bShape(demo) : demo;
-    const split = splitModel({
-      numLayers: cfg.numLayers,
-      adapterBottom: 0,
-      adapterTop: spec.split.adapterLayers,
-      dropRate: spec.split.dropRate,
-    });
-    const ctx: PortsContext = {
-      jobId,
-      spec,
-      specs: loraSpecs(split, spec.lora),
-      clientSettings: clientSettingsFor(spec),
-    };
-    const adapter0: LoraWeights = { spec: ctx.specs.adapter, tensors: initLora(ctx.specs.adapter, cfg, 1) };
-    const emulator0: LoraWeights = { spec: ctx.specs.emulator, tensors: initLora(ctx.specs.emulator, cfg, 2) };
+    const { ctx, adapter0, emulator0 } = fakeJob(jobId, spec, cfg);
     const updateBytes = encodeLora(adapter0).length;
     const broadcastBytes = updateBytes + encodeLora(emulator0).length;
     const clientIds = Array.from({ length: clients }, (_, i) => `c${String(i).padStart(4, '0')}`);
 
-    for (let t = 0; ; t += 50) {
-      try {
-        const probe = await connectTransport(url, { timeoutMs: 500 });
-        await probe.close();
-        break;
-      } catch (e) {
-        if (t > 10_000) throw e;
-        await sleep(50);
-      }
-    }
+    await waitForNats(url);
     const nc = await connectTransport(url, { timeoutMs: 10_000 });
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
-    const limits = updateByteLimits(spec, updateBytes);
-    const buckets = clientIds.map((c) => updateBucketName(jobId, c));
-    for (const b of buckets) await blobs.ensureBucket(b, limits);
-    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-    const queue = await WorkQueue.open(nc, { jobId, logger: { warn: () => {} } });
-    const model = await blobs.put(new TextEncoder().encode('stands for the emulator package manifest'));
+    const { blobs, state, queue, model, buckets } = await openFakeAggregatorStores(nc, ctx, clientIds, updateBytes);
 
     // Broadcast fan-out: each client reports when it holds the broadcast.
     const fetchedAt = new Map<number, { n: number; last: number }>();
@@ -338,17 +302,7 @@ async function scaleCase(
           },
           evaluate: async () => [],
         },
-        {
-          rounds,
-          clientIds,
-          perRound: { count: clients },
-          seed: spec.job.seed,
-          preAlignSteps: 0,
-          alignStepsPerRound: 0,
-          evalEvery: rounds,
-          broadcastEmulator: true,
-          ...aggregationSettingsFor(spec, ctx.clientSettings),
-        },
+        fakeRoundSettings(ctx, rounds, clientIds),
         start,
         {
           onEvent: (e) => {

@@ -8,7 +8,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
@@ -18,6 +17,7 @@ import { createUser } from '@nats-io/nkeys';
 import { parseJobSpec, resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 import { taskStreamName, TRAINER_CONSUMER } from '../../libs/protocol/src/index.js';
 import { repoRoot } from '../support/paths.js';
+import { freePort } from '../../libs/protocol/test/support/nats-server.js';
 
 // Rendered YAML is untyped by nature; the assertions below are the type checks.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -530,17 +530,6 @@ test(
     }
   },
 );
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolvePort(port));
-    });
-  });
-}
 
 test(
   'the rendered NATS config admits exactly the example credential Secrets and serves /jsz for KEDA',
