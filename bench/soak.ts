@@ -75,13 +75,8 @@ async function soakRun(
     await waitForNats(url);
     // Reconnect forever: a paused broker must not close the aggregator's connection.
     const nc = await connectTransport(url, { timeoutMs: 5000, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
-    const { blobs, state, queue, model, buckets } = await openFakeAggregatorStores(
-      nc,
-      ctx,
-      clientIds,
-      encodeLora(adapter0).length,
-      'memory',
-    );
+    const stores = await openFakeAggregatorStores(nc, ctx, clientIds, encodeLora(adapter0).length, 'memory');
+    const { blobs, buckets } = stores;
 
     const cfgFile = join(dir, 'replica.json');
     const replica: ReplicaConfig = { natsUrl: url, ctx, ackWaitMs: 3000 };
@@ -122,10 +117,7 @@ async function soakRun(
       const stop = new AbortController();
       const ports = natsRoundPorts(ctx, {
         nc,
-        blobs,
-        queue,
-        state,
-        model,
+        ...stores,
         nextAlignCall: 0,
         signal: stop.signal,
         onRejected: () => rejected++,

@@ -48,12 +48,8 @@ test('x1e4 weights, tokens 2^53-1 and a 1 GiB update ref are rejected; the job e
   const clientIds = ['c0', 'c1', 'c2', 'c3', 'c4', 'c5'];
 
   const nc = await connect();
-  const { blobs, state, queue, model } = await openFakeAggregatorStores(
-    nc,
-    ctx,
-    clientIds,
-    encodeLora(adapter0).length,
-  );
+  const stores = await openFakeAggregatorStores(nc, ctx, clientIds, encodeLora(adapter0).length);
+  const { blobs } = stores;
   const trainers: Consumption[] = [];
   for (let i = 0; i < 2; i++)
     trainers.push(await startFakeTrainer(ctx, await connect(), { behaviour: (c) => attackers[c] ?? 'honest' }));
@@ -62,10 +58,7 @@ test('x1e4 weights, tokens 2^53-1 and a 1 GiB update ref are rejected; the job e
   try {
     const ports = natsRoundPorts(ctx, {
       nc,
-      blobs,
-      queue,
-      state,
-      model,
+      ...stores,
       nextAlignCall: 0,
       onRejected: (client, reason) => blobRejections.push({ client, reason }),
     });
