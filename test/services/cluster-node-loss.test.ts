@@ -38,6 +38,7 @@ import {
   type EvalEvent,
 } from '../support/services-job.js';
 import { hasNatsServer } from '../../libs/protocol/test/support/nats-server.js';
+import { eventually } from '../../libs/protocol/test/support/nats.js';
 import { startTestCluster, type TestCluster } from '../../libs/protocol/test/support/nats-cluster-containers.js';
 
 const REPLICAS = Number(process.env['FEDBIOT_TEST_NODELOSS_REPLICAS'] ?? '3');
@@ -57,25 +58,6 @@ let reference: Promise<EvalEvent[]> | undefined;
 /** The standalone job's final eval rows (run once; the job id enters no seed). */
 const standalone = (): Promise<EvalEvent[]> =>
   (reference ??= standaloneFinal(spec(`standalone-${process.pid}`)).then((r) => r.rows));
-
-/**
- * Retries `fn` until it returns without throwing. JetStream on a cluster answers with errors or timeouts while it
- * elects leaders: nats-server 2.9 takes a few seconds to elect a stream's new leader after its leader died, longer
- * on a loaded machine, and the meta leader needs every peer's heartbeat before it places an R3 stream.
- */
-async function eventually<T>(what: string, fn: () => Promise<T>, timeoutMs = 90_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < until) {
-    try {
-      return await fn();
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-  throw new Error(`${what}: still failing after ${timeoutMs} ms: ${String(last)}`);
-}
 
 // The services create the job's streams and buckets with FEDBIOT_JS_REPLICAS (read when each is created): set for
 // the whole file, since both variants run at once.

@@ -31,3 +31,25 @@ export async function waitFor(what: string, cond: () => boolean | Promise<boolea
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/**
+ * Retries `fn` every 250 ms until it returns without throwing; rejects with the last error after `timeoutMs`.
+ * JetStream on a cluster answers with errors or timeouts while it elects leaders: nats-server 2.9 takes a few
+ * seconds to elect a stream's new leader after its leader died, and the meta leader needs every peer's heartbeat
+ * before it places an R3 stream. 90 s by default: under a full test run's load a node can lag its heartbeats long
+ * enough for the meta leader to find "no suitable peers for placement" of an R3 stream for a while (alone it takes
+ * 1-3 s).
+ */
+export async function eventually<T>(what: string, fn: () => Promise<T>, timeoutMs = 90_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      return await fn();
+    } catch (e) {
+      last = e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  throw new Error(`${what}: still failing after ${timeoutMs} ms: ${String(last)}`);
+}
