@@ -84,13 +84,14 @@ export function leafPermissions(
 export function selfSignedCert(dir: string, cn: string, san?: string): { cert: string; key: string } | undefined {
   const cert = join(dir, 'tls.crt');
   const key = join(dir, 'tls.key');
+  // prettier-ignore
   const r = spawnSync(
     'openssl',
     [
-      ...['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1'],
-      ...['-subj', `/CN=${cn}`],
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+      '-subj', `/CN=${cn}`,
       ...(san ? ['-addext', `subjectAltName=${san}`] : []),
-      ...['-keyout', key, '-out', cert],
+      '-keyout', key, '-out', cert,
     ],
     { encoding: 'utf8' },
   );
