@@ -13,7 +13,6 @@ import { createHash } from 'node:crypto';
 import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
 import { jobSplit } from '../../services/common/job-context.js';
 import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/index.js';
@@ -47,6 +46,7 @@ import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
+import { onJsonLines } from '../support/json-lines.js';
 import {
   aggregatorStoppedInRound1,
   assertSameFinal,
@@ -438,13 +438,8 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   let killed: { round: unknown; clientId: unknown } | undefined;
   const childReady = new Promise<void>((resolve, reject) => {
     child.once('exit', () => reject(new Error('trainer child exited before it was ready')));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      let r: LogRecord;
-      try {
-        r = JSON.parse(line) as LogRecord;
-      } catch {
-        return;
-      }
+    onJsonLines(child.stdout!, (line) => {
+      const r = line as LogRecord;
       logs.push(r);
       if (r.msg === 'ready') resolve();
       if (r.msg === 'training' && !killed) {
