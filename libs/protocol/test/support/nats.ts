@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { after, before } from 'node:test';
 import { connectTransport } from '../../src/connection.js';
+import { startPrivateNats, type PrivateNats } from './nats-server.js';
 
 /** The broker these tests run against (the machine's nats-server -js, or NATS_URL). */
 export const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
@@ -52,4 +54,22 @@ export async function eventually<T>(what: string, fn: () => Promise<T>, timeoutM
     }
   }
   throw new Error(`${what}: still failing after ${timeoutMs} ms: ${String(last)}`);
+}
+
+/**
+ * For a test file on a private nats-server of its own: starts it and connects in `before` (handing the connection
+ * to `use`), closes both in `after`.
+ */
+export function usePrivateNats(use: (nc: NatsConnection) => void): void {
+  let server: PrivateNats | undefined;
+  let nc: NatsConnection | undefined;
+  before(async () => {
+    server = await startPrivateNats(() => '');
+    nc = await connectTransport(server.url, { timeoutMs: 5000 });
+    use(nc);
+  });
+  after(async () => {
+    await nc?.close();
+    await server?.stop();
+  });
 }
