@@ -83,7 +83,6 @@ export class ServerAlignment extends RequestService implements ServiceRole {
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));
     const kv = await this.stores.state();
     const stored = (await kv.get(ALIGN_KEY, AlignStateSchema))?.value ?? null;
-    const spec = ctx.spec;
     const emulator = stored
       ? await getLora(blobs, stored.emulatorLora, ctx.specs.emulator)
       : initialLoras(ctx).emulator;
@@ -91,14 +90,8 @@ export class ServerAlignment extends RequestService implements ServiceRole {
       ctx.lm,
       ctx.split,
       ctx.specs,
-      {
-        lambda: spec.alignment.lambda,
-        mu: spec.alignment.mu,
-        lr: spec.alignment.lr,
-        batchSize: spec.alignment.batchSize,
-        seq: spec.data.maxLength,
-        seed: spec.job.seed,
-      },
+      // The plan's alignment settings, as the standalone job's (libs/fedbiot plan.ts).
+      ctx.alignment,
       ctx.data.publicWindows,
       emulator,
       stored?.stream,
