@@ -1,8 +1,8 @@
-import { createServer } from 'node:net';
 /** Shared benchmark plumbing: timing, memory, machine description, table printing, JSON results. */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { connectTransport } from '../libs/protocol/src/index.js';
 
 export interface Timing {
   readonly median: number;
@@ -83,14 +83,19 @@ export async function withPeakRss<T>(fn: () => Promise<T>, everyMs = 20): Promis
   }
 }
 
-/** A loopback TCP port free at the time of the call (for a private nats-server). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
+/** Waits until a NATS server answers at `url` (a child just spawned); throws after about 10 s. */
+export async function waitForNats(url: string): Promise<void> {
+  for (let t = 0; ; t += 50) {
+    try {
+      const probe = await connectTransport(url, { timeoutMs: 500 });
+      await probe.close();
+      return;
+    } catch (e) {
+      if (t > 10_000) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
+
+/** A loopback TCP port free at the time of the call (for a private nats-server): the test support's. */
+export { freePort } from '../libs/protocol/test/support/nats-server.js';

@@ -25,36 +25,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { NatsConnection } from '@nats-io/transport-node';
-import {
-  aggregationSettingsFor,
-  runRounds,
-  updateByteLimits,
-  type CoordinatorState,
-  resolveJobSpec,
-  clientSettingsFor,
-  loraSpecs,
-  splitModel,
-} from '../libs/fedbiot/src/index.js';
-import { initLora, readModelConfig, type LoraWeights, type ModelConfig } from '../libs/model/src/index.js';
-import {
-  BlobStore,
-  ClientUpdateSchema,
-  PROTOCOL_VERSION,
-  RoundBlobPruner,
-  StateStore,
-  WorkQueue,
-  blobBucketName,
-  connectTransport,
-  publishMessage,
-  stateBucketName,
-  updateBucketName,
-  updateSubject,
-  type Consumption,
-} from '../libs/protocol/src/index.js';
-import { encodeLora, getBroadcast, putLora } from '../services/common/lora-blobs.js';
-import { natsRoundPorts, updateKey, type PortsContext } from '../services/common/ports-nats.js';
-import { argOf, freePort, machine, printTable, writeResults } from './common.js';
-import { FAKE_COUNTS, fakeLocal } from './soak-clients.js';
+import { runRounds, type CoordinatorState, resolveJobSpec } from '../libs/fedbiot/src/index.js';
+import { readModelConfig, type ModelConfig } from '../libs/model/src/index.js';
+import { RoundBlobPruner, blobBucketName, connectTransport, type Consumption } from '../libs/protocol/src/index.js';
+import { encodeLora, putLora } from '../services/common/lora-blobs.js';
+import { natsRoundPorts, type PortsContext } from '../services/common/ports-nats.js';
+import { argOf, freePort, machine, printTable, waitForNats, writeResults } from './common.js';
+import { fakeJob, fakeRoundSettings, openFakeAggregatorStores } from './fake-federation.js';
+import { startFakeTrainer } from './soak-clients.js';
 
 const NATS_SERVER_BIN = process.env['NATS_SERVER_BIN'] ?? '/usr/sbin/nats-server';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -83,38 +61,12 @@ function llama7bShape(demo: ModelConfig): ModelConfig {
   };
 }
 
-/** One simulated client's task loop: broadcast get (reported), fake training, update put, KV, publish. */
-async function clientLoop(ctx: PortsContext, nc: NatsConnection): Promise<Consumption> {
-  const jobId = ctx.jobId;
-  const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
-  const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-  const queue = await WorkQueue.open(nc, { jobId, logger: { warn: (m) => console.error(`scale replica: ${m}`) } });
-  return queue.consume(
-    async (task) => {
-      const { round, clientId } = task;
-      const { adapter } = await getBroadcast(blobs, task, ctx.specs);
-      nc.publish(fetchedSubject(jobId), JSON.stringify({ round, clientId }));
-      const local = fakeLocal(adapter, round, clientId);
-      const ref = await putLora(blobs, local, { bucket: updateBucketName(jobId, clientId) });
-      const update = {
-        protocolVersion: PROTOCOL_VERSION,
-        jobId,
-        round,
-        clientId,
-        adapterLora: ref,
-        examples: FAKE_COUNTS.examples,
-        tokens: FAKE_COUNTS.tokens,
-        meanLoss: 1,
-        steps: ctx.clientSettings.localSteps,
-        durationMs: 0,
-      } as const;
-      await state.put(updateKey(round, clientId), ClientUpdateSchema, update);
-      publishMessage(nc, updateSubject(jobId, round, clientId), ClientUpdateSchema, update);
-      await nc.flush();
-    },
-    { ackWaitMs: 30_000 },
-  );
-}
+/** One simulated client's task loop (bench/soak-clients.ts), which also reports each fetched broadcast. */
+const clientLoop = (ctx: PortsContext, nc: NatsConnection): Promise<Consumption> =>
+  startFakeTrainer(ctx, nc, {
+    onFetched: (round, clientId) => nc.publish(fetchedSubject(ctx.jobId), JSON.stringify({ round, clientId })),
+    warn: (m) => console.error(`scale replica: ${m}`),
+  });
 
 /** utime + stime of a process in ms (/proc/<pid>/stat fields 14 and 15, in clock ticks of 10 ms). */
 function procCpuMs(pid: number): number {
@@ -186,42 +138,15 @@ async function scaleCase(
     );
     const demo = await readModelConfig(join(process.cwd(), 'models', 'demo-llama', 'config.json'));
     const cfg = size === '7b' ? llama7bShape(demo) : demo;
-    const split = splitModel({
-      numLayers: cfg.numLayers,
-      adapterBottom: 0,
-      adapterTop: spec.split.adapterLayers,
-      dropRate: spec.split.dropRate,
-    });
-    const ctx: PortsContext = {
-      jobId,
-      spec,
-      specs: loraSpecs(split, spec.lora),
-      clientSettings: clientSettingsFor(spec),
-    };
-    const adapter0: LoraWeights = { spec: ctx.specs.adapter, tensors: initLora(ctx.specs.adapter, cfg, 1) };
-    const emulator0: LoraWeights = { spec: ctx.specs.emulator, tensors: initLora(ctx.specs.emulator, cfg, 2) };
+    const { ctx, adapter0, emulator0 } = fakeJob(jobId, spec, cfg);
     const updateBytes = encodeLora(adapter0).length;
     const broadcastBytes = updateBytes + encodeLora(emulator0).length;
     const clientIds = Array.from({ length: clients }, (_, i) => `c${String(i).padStart(4, '0')}`);
 
-    for (let t = 0; ; t += 50) {
-      try {
-        const probe = await connectTransport(url, { timeoutMs: 500 });
-        await probe.close();
-        break;
-      } catch (e) {
-        if (t > 10_000) throw e;
-        await sleep(50);
-      }
-    }
+    await waitForNats(url);
     const nc = await connectTransport(url, { timeoutMs: 10_000 });
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
-    const limits = updateByteLimits(spec, updateBytes);
-    const buckets = clientIds.map((c) => updateBucketName(jobId, c));
-    for (const b of buckets) await blobs.ensureBucket(b, limits);
-    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-    const queue = await WorkQueue.open(nc, { jobId, logger: { warn: () => {} } });
-    const model = await blobs.put(new TextEncoder().encode('stands for the emulator package manifest'));
+    const stores = await openFakeAggregatorStores(nc, ctx, clientIds, updateBytes);
+    const { blobs, buckets } = stores;
 
     // Broadcast fan-out: each client reports when it holds the broadcast.
     const fetchedAt = new Map<number, { n: number; last: number }>();
@@ -317,10 +242,7 @@ async function scaleCase(
 
     const ports = natsRoundPorts(ctx, {
       nc,
-      blobs,
-      queue,
-      state,
-      model,
+      ...stores,
       nextAlignCall: 0,
       onRejected: () => rejected++,
       onPhase: (_round, phase) => {
@@ -338,17 +260,7 @@ async function scaleCase(
           },
           evaluate: async () => [],
         },
-        {
-          rounds,
-          clientIds,
-          perRound: { count: clients },
-          seed: spec.job.seed,
-          preAlignSteps: 0,
-          alignStepsPerRound: 0,
-          evalEvery: rounds,
-          broadcastEmulator: true,
-          ...aggregationSettingsFor(spec, ctx.clientSettings),
-        },
+        fakeRoundSettings(ctx, rounds, clientIds),
         start,
         {
           onEvent: (e) => {

@@ -87,6 +87,10 @@ export interface FakeTrainerOptions {
   readonly ackWaitMs?: number;
   /** Called after each published update (the soak counts them). */
   readonly onUpdate?: (round: number, clientId: string) => void;
+  /** Called once a task's broadcast is fetched (the scale bench times the fan-out by it). */
+  readonly onFetched?: (round: number, clientId: string) => void;
+  /** The work queue's warnings (dropped by default). */
+  readonly warn?: (msg: string) => void;
 }
 
 /** One pooled trainer replica on `nc`: pulls any client's task. */
@@ -98,12 +102,13 @@ export async function startFakeTrainer(
   const jobId = ctx.jobId;
   const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
   const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-  const queue = await WorkQueue.open(nc, { jobId, logger: { warn: () => {} } });
+  const queue = await WorkQueue.open(nc, { jobId, logger: { warn: opts.warn ?? (() => {}) } });
   return queue.consume(
     async (task) => {
       const { round, clientId } = task;
       const behaviour = opts.behaviour?.(clientId) ?? 'honest';
       const { adapter } = await getBroadcast(blobs, task, ctx.specs);
+      opts.onFetched?.(round, clientId);
       let local = fakeLocal(adapter, round, clientId);
       if (behaviour === 'scaled')
         local = { spec: local.spec, tensors: new Map([...local.tensors].map(([k, v]) => [k, v.map((x) => x * 1e4)])) };

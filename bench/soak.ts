@@ -16,35 +16,16 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  aggregationSettingsFor,
-  runRounds,
-  updateByteLimits,
-  type CoordinatorState,
-  resolveJobSpec,
-  clientSettingsFor,
-  loraSpecs,
-  splitModel,
-} from '../libs/fedbiot/src/index.js';
+import { runRounds, type CoordinatorState, resolveJobSpec } from '../libs/fedbiot/src/index.js';
 import { encodeLora, putLora } from '../services/common/lora-blobs.js';
-import { natsRoundPorts, type PortsContext } from '../services/common/ports-nats.js';
-import { type LoraWeights, readModelConfig, initLora } from '../libs/model/src/index.js';
-import {
-  BlobStore,
-  RoundBlobPruner,
-  StateStore,
-  WorkQueue,
-  blobBucketName,
-  connectTransport,
-  stateBucketName,
-  updateBucketName,
-} from '../libs/protocol/src/index.js';
-import { argOf, freePort, machine, printTable, writeResults, withPeakRss } from './common.js';
+import { natsRoundPorts } from '../services/common/ports-nats.js';
+import { type LoraWeights, readModelConfig } from '../libs/model/src/index.js';
+import { RoundBlobPruner, blobBucketName, connectTransport } from '../libs/protocol/src/index.js';
+import { argOf, freePort, machine, printTable, waitForNats, writeResults, withPeakRss } from './common.js';
+import { fakeJob, fakeRoundSettings, openFakeAggregatorStores } from './fake-federation.js';
 import type { ReplicaConfig } from './soak-clients.js';
 
 const NATS_SERVER_BIN = process.env['NATS_SERVER_BIN'] ?? '/usr/sbin/nats-server';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Disturbance {
   readonly killEveryMs: number;
@@ -88,41 +69,14 @@ async function soakRun(
       'soak bench',
     );
     const cfg = await readModelConfig(join(process.cwd(), 'models', 'demo-llama', 'config.json'));
-    const split = splitModel({
-      numLayers: cfg.numLayers,
-      adapterBottom: 0,
-      adapterTop: spec.split.adapterLayers,
-      dropRate: spec.split.dropRate,
-    });
-    const ctx: PortsContext = {
-      jobId,
-      spec,
-      specs: loraSpecs(split, spec.lora),
-      clientSettings: clientSettingsFor(spec),
-    };
-    const adapter0: LoraWeights = { spec: ctx.specs.adapter, tensors: initLora(ctx.specs.adapter, cfg, 1) };
-    const emulator0: LoraWeights = { spec: ctx.specs.emulator, tensors: initLora(ctx.specs.emulator, cfg, 2) };
+    const { ctx, adapter0, emulator0 } = fakeJob(jobId, spec, cfg);
     const clientIds = Array.from({ length: clients }, (_, i) => `c${String(i).padStart(3, '0')}`);
 
-    for (let t = 0; ; t += 50) {
-      try {
-        const probe = await connectTransport(url, { timeoutMs: 500 });
-        await probe.close();
-        break;
-      } catch (e) {
-        if (t > 10_000) throw e;
-        await sleep(50);
-      }
-    }
+    await waitForNats(url);
     // Reconnect forever: a paused broker must not close the aggregator's connection.
     const nc = await connectTransport(url, { timeoutMs: 5000, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
-    const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId), storage: 'memory' });
-    const limits = updateByteLimits(spec, encodeLora(adapter0).length);
-    const buckets = clientIds.map((c) => updateBucketName(jobId, c));
-    for (const b of buckets) await blobs.ensureBucket(b, limits);
-    const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-    const queue = await WorkQueue.open(nc, { jobId, storage: 'memory', logger: { warn: () => {} } });
-    const model = await blobs.put(new TextEncoder().encode('stands for the emulator package manifest'));
+    const stores = await openFakeAggregatorStores(nc, ctx, clientIds, encodeLora(adapter0).length, 'memory');
+    const { blobs, buckets } = stores;
 
     const cfgFile = join(dir, 'replica.json');
     const replica: ReplicaConfig = { natsUrl: url, ctx, ackWaitMs: 3000 };
@@ -163,10 +117,7 @@ async function soakRun(
       const stop = new AbortController();
       const ports = natsRoundPorts(ctx, {
         nc,
-        blobs,
-        queue,
-        state,
-        model,
+        ...stores,
         nextAlignCall: 0,
         signal: stop.signal,
         onRejected: () => rejected++,
@@ -184,32 +135,17 @@ async function soakRun(
           if (disturb && round === disturb.restartRound && restarts === 0) setTimeout(() => stop.abort(), 1000);
         },
       });
-      return runRounds(
-        { ...ports, evaluate: async () => [] },
-        {
-          rounds,
-          clientIds,
-          perRound: { count: clients },
-          seed: spec.job.seed,
-          preAlignSteps: 0,
-          alignStepsPerRound: 0,
-          evalEvery: rounds,
-          broadcastEmulator: true,
-          ...aggregationSettingsFor(spec, ctx.clientSettings),
+      return runRounds({ ...ports, evaluate: async () => [] }, fakeRoundSettings(ctx, rounds, clientIds), ckpt, {
+        onEvent: (e) => {
+          if (e.kind === 'rejected') rejected++;
         },
-        ckpt,
-        {
-          onEvent: (e) => {
-            if (e.kind === 'rejected') rejected++;
-          },
-          onCheckpoint: async (s) => {
-            const a = await putLora(blobs, s.adapter);
-            const e = await putLora(blobs, s.emulator);
-            ckpt = s;
-            pruned += (await pruner.checkpoint(new Set([a.name, e.name]))).deleted;
-          },
+        onCheckpoint: async (s) => {
+          const a = await putLora(blobs, s.adapter);
+          const e = await putLora(blobs, s.emulator);
+          ckpt = s;
+          pruned += (await pruner.checkpoint(new Set([a.name, e.name]))).deleted;
         },
-      ).catch((e: unknown) => {
+      }).catch((e: unknown) => {
         if (!stop.signal.aborted) throw e;
         restarts++;
         // A restarted service has no marks yet (RoundBlobPruner doc).

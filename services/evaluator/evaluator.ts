@@ -7,8 +7,6 @@
  * (`eval.ownerValidation`), and scores each requested mode on it (rows with client 'owner'); clients score AdapEmu
  * themselves. eval.mode simulation: it reads every client's test set and scores per client plus the pooled 'all'.
  */
-import type { ServiceConnection } from '../common/connection.js';
-import type { JobStores } from '../common/providers.js';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   BlobStore,
@@ -22,28 +20,16 @@ import {
   publishMessage,
   type EvalRequest,
 } from '../../libs/protocol/src/index.js';
-import { type JobSpec, pooledScores, evalVariant, evaluateVariant } from '../../libs/fedbiot/src/index.js';
+import { pooledScores, evalVariant, evaluateVariant } from '../../libs/fedbiot/src/index.js';
 import { openJobContext, type JobContext } from '../common/job-context.js';
 import { getBroadcast } from '../common/lora-blobs.js';
 import { EVAL_MODE_ON, evalModeRow, type EvalReply, type EvalRow } from '../common/evaluation-wire.js';
-import type { JsonLogger, LogRecord } from '../common/logger.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
-import { ServerNats } from '@nestjs/microservices';
-import { natsTransportOptions } from '../common/nats-transport.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
+import { RequestService, type RequestServiceDeps, type RequestServiceOptions } from '../common/request-service.js';
 
-export interface EvaluatorOptions {
-  readonly natsUrl: string;
-  /**
-   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
-   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
-   * services in one process each get their own identity this way.
-   */
-  readonly natsEnv?: NodeJS.ProcessEnv;
-  readonly spec: JobSpec;
-  readonly logSink?: (r: LogRecord) => void;
-}
+export type EvaluatorOptions = RequestServiceOptions;
 
 /** What the dashboard shows. */
 export interface Progress {
@@ -58,26 +44,16 @@ export interface Progress {
 }
 
 /** What EvaluatorModule injects (services/evaluator/evaluator.module.ts). */
-export interface EvaluatorDeps {
-  readonly log: JsonLogger;
-  readonly conn: ServiceConnection;
-  readonly stores: JobStores;
-}
+export type EvaluatorDeps = RequestServiceDeps;
 
 /** The evaluator service class: built by EvaluatorModule with its connection and stores injected. */
-export class Evaluator implements ServiceRole {
+export class Evaluator extends RequestService implements ServiceRole {
   readonly name = 'evaluator';
-  readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('evaluator');
-  readonly #conn: ServiceConnection;
-  readonly #stores: JobStores;
   #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
   #work: { ctx: JobContext; nc: NatsConnection; blobs: BlobStore } | undefined;
-  /** Where the evaluation request's handler (EvaluatorController) listens: Nest's NATS transport, queue group. */
-  readonly transports: readonly ServerNats[];
   #queue: Promise<void> = Promise.resolve();
-  #ready = false;
   #progress: { evals: Progress['evals']; train: Progress['train'] } = { evals: [], train: [] };
   /** Private mode: the owner's validation set, the only data scored here. */
   #owner: OwnerValidation | undefined;
@@ -86,15 +62,7 @@ export class Evaluator implements ServiceRole {
     private readonly opts: EvaluatorOptions,
     deps: EvaluatorDeps,
   ) {
-    this.log = deps.log;
-    this.#conn = deps.conn;
-    this.#stores = deps.stores;
-    this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
-  }
-
-  ready(): boolean {
-    // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && this.#conn.connected();
+    super(opts, deps);
   }
 
   progress(): Progress {
@@ -151,8 +119,8 @@ export class Evaluator implements ServiceRole {
         this.log.info('owner validation set loaded', { files: this.#owner.files, examples: this.#owner.test.length });
       }
     }
-    const nc = this.#conn.nc;
-    const blobs = await this.#stores.blobs();
+    const nc = this.conn.nc;
+    const blobs = await this.stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     this.#work = { ctx, nc, blobs };
     // Training losses for the dashboard; malformed messages are the aggregator's to reject, here they are skipped.
@@ -173,7 +141,7 @@ export class Evaluator implements ServiceRole {
       }),
     );
     await nc.flush();
-    this.#ready = true;
+    this.started = true;
   }
 
   /**
@@ -241,7 +209,7 @@ export class Evaluator implements ServiceRole {
   }
 
   async stop(): Promise<void> {
-    this.#ready = false;
+    this.started = false;
     for (const s of this.#subs) s.unsubscribe();
     this.#subs = [];
     // The accepted requests first (their replies go out on the transport's connection), then the transport.

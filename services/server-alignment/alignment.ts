@@ -10,10 +10,6 @@
  * from `align` = call c - 1 and re-runs call c from `align.pending` (same state, stream position and adapter, so the
  * same emulator) before answering anything, so every call's state is exact, never skipped or aligned twice.
  */
-import type { ServiceConnection } from '../common/connection.js';
-import type { JobStores } from '../common/providers.js';
-import { ServerNats } from '@nestjs/microservices';
-import { natsTransportOptions } from '../common/nats-transport.js';
 import { z } from 'zod';
 import { stateFromTensors, stateToTensors } from '../../libs/engine/src/index.js';
 import {
@@ -29,12 +25,12 @@ import {
   type AlignReply,
   type AlignRequest,
 } from '../../libs/protocol/src/index.js';
-import { type JobSpec, AlignmentServer } from '../../libs/fedbiot/src/index.js';
+import { AlignmentServer } from '../../libs/fedbiot/src/index.js';
 import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
 import { getLora, putLora } from '../common/lora-blobs.js';
-import { JsonLogger, type LogRecord } from '../common/logger.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
+import { RequestService, type RequestServiceDeps, type RequestServiceOptions } from '../common/request-service.js';
 
 /** KV `align`: the server's state after alignment call `call`, and that call's answer. */
 export const AlignStateSchema = z.strictObject({
@@ -59,63 +55,34 @@ export const AlignPendingSchema = z.strictObject({
 export type AlignPending = z.infer<typeof AlignPendingSchema>;
 export const ALIGN_PENDING_KEY = 'align.pending';
 
-export interface AlignmentOptions {
-  readonly natsUrl: string;
-  /**
-   * Where the NATS credentials, TLS files and inbox prefix are read from (NATS_CREDS_FILE, NATS_USER +
-   * NATS_PASSWORD_FILE, NATS_INBOX_PREFIX, ...: see libs/protocol credentials.ts). Default process.env; several
-   * services in one process each get their own identity this way.
-   */
-  readonly natsEnv?: NodeJS.ProcessEnv;
-  readonly spec: JobSpec;
-  readonly logSink?: (r: LogRecord) => void;
-}
+export type AlignmentOptions = RequestServiceOptions;
 
 /** What ServerAlignmentModule injects (services/server-alignment/alignment.module.ts). */
-export interface AlignmentDeps {
-  readonly log: JsonLogger;
-  readonly conn: ServiceConnection;
-  readonly stores: JobStores;
-}
+export type AlignmentDeps = RequestServiceDeps;
 
 /** The alignment service class: built by ServerAlignmentModule with its connection and stores injected. */
-export class ServerAlignment implements ServiceRole {
+export class ServerAlignment extends RequestService implements ServiceRole {
   readonly name = 'server-alignment';
-  readonly log: JsonLogger;
   readonly metrics = new ServiceMetrics('server-alignment');
-  readonly #conn: ServiceConnection;
-  readonly #stores: JobStores;
   #ctx: JobContext | undefined;
   #queue: Promise<void> = Promise.resolve();
-  #ready = false;
   #handle: ((req: AlignRequest) => Promise<{ reply: AlignReply; persist?: () => Promise<void> }>) | undefined;
-  /** Where the alignment call's handler (AlignmentController) listens: Nest's NATS transport, queue group. */
-  readonly transports: readonly ServerNats[];
 
   constructor(
     private readonly opts: AlignmentOptions,
     deps: AlignmentDeps,
   ) {
-    this.log = deps.log;
-    this.#conn = deps.conn;
-    this.#stores = deps.stores;
-    this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
-  }
-
-  ready(): boolean {
-    // Not ready while NATS is down: the service can neither take nor deliver work.
-    return this.#ready && this.#conn.connected();
+    super(opts, deps);
   }
 
   async start(): Promise<void> {
     // The public corpus only: alignment never sees client data.
     const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
-    const blobs = await this.#stores.blobs();
+    const blobs = await this.stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));
-    const kv = await this.#stores.state();
+    const kv = await this.stores.state();
     const stored = (await kv.get(ALIGN_KEY, AlignStateSchema))?.value ?? null;
-    const spec = ctx.spec;
     const emulator = stored
       ? await getLora(blobs, stored.emulatorLora, ctx.specs.emulator)
       : initialLoras(ctx).emulator;
@@ -123,14 +90,8 @@ export class ServerAlignment implements ServiceRole {
       ctx.lm,
       ctx.split,
       ctx.specs,
-      {
-        lambda: spec.alignment.lambda,
-        mu: spec.alignment.mu,
-        lr: spec.alignment.lr,
-        batchSize: spec.alignment.batchSize,
-        seq: spec.data.maxLength,
-        seed: spec.job.seed,
-      },
+      // The plan's alignment settings, as the standalone job's (libs/fedbiot plan.ts).
+      ctx.alignment,
       ctx.data.publicWindows,
       emulator,
       stored?.stream,
@@ -177,14 +138,12 @@ export class ServerAlignment implements ServiceRole {
       while (keptOptimizers.length > 2) {
         const old = keptOptimizers.shift()!;
         if (keptOptimizers.some((k) => k.name === old.name)) continue;
-        await blobs
-          .delete(old)
-          .catch((e: unknown) =>
-            this.log.write('warn', 'could not delete an old alignment optimizer blob', {
-              blob: old.name,
-              error: String(e),
-            }),
-          );
+        await blobs.delete(old).catch((e: unknown) =>
+          this.log.write('warn', 'could not delete an old alignment optimizer blob', {
+            blob: old.name,
+            error: String(e),
+          }),
+        );
       }
       last = next;
     };
@@ -245,8 +204,8 @@ export class ServerAlignment implements ServiceRole {
       };
     };
     this.#handle = handle;
-    await this.#conn.nc.flush();
-    this.#ready = true;
+    await this.conn.nc.flush();
+    this.started = true;
   }
 
   /**
@@ -305,14 +264,14 @@ export class ServerAlignment implements ServiceRole {
         call,
         error: (e as Error).message,
       });
-      this.#ready = false;
+      this.started = false;
       // No server listening: the aggregator retries until a restarted server-alignment answers.
       for (const t of this.transports) await t.close();
     }
   }
 
   async stop(): Promise<void> {
-    this.#ready = false;
+    this.started = false;
     // The accepted calls first (their replies go out on the transport's connection), then the transport; a call
     // that arrived meanwhile is still finished (its state stored), though its reply may be lost with the connection.
     await this.#queue;

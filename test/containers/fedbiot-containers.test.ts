@@ -36,7 +36,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -60,6 +59,7 @@ import {
   type JobState,
 } from '../../libs/protocol/src/index.js';
 import { repoRoot } from '../support/paths.js';
+import { freePort } from '../../libs/protocol/test/support/nats-server.js';
 
 const NATS_IMAGE = process.env['FEDBIOT_NATS_IMAGE'] ?? 'local/nats:2.9.10';
 const APP_IMAGE = process.env['FEDBIOT_APP_IMAGE'] ?? 'local/fedbiot-services:dev';
@@ -102,14 +102,6 @@ interface Service {
 let tmp = '';
 const started: StartedTestContainer[] = [];
 const services: Service[] = [];
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 /** Makes a tree readable by the containers' uid 1000 (mkdtemp creates 0700 directories owned by the test's uid). */
 function openForReading(dir: string): void {

@@ -8,7 +8,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
@@ -18,6 +17,8 @@ import { createUser } from '@nats-io/nkeys';
 import { parseJobSpec, resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 import { taskStreamName, TRAINER_CONSUMER } from '../../libs/protocol/src/index.js';
 import { repoRoot } from '../support/paths.js';
+import { freePort } from '../../libs/protocol/test/support/nats-server.js';
+import { selfSignedCert } from '../../libs/protocol/test/support/nats-leaf.js';
 
 // Rendered YAML is untyped by nature; the assertions below are the type checks.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -494,30 +495,9 @@ test(
     const objects = render(join(repoRoot, 'test', 'deploy', 'fixtures', 'nats-tls'));
     const dir = writeNatsConfig(objects);
     try {
-      const gen = spawnSync(
-        'openssl',
-        [
-          'req',
-          '-x509',
-          '-newkey',
-          'ec',
-          '-pkeyopt',
-          'ec_paramgen_curve:P-256',
-          '-nodes',
-          '-days',
-          '1',
-          '-subj',
-          '/CN=nats',
-          '-keyout',
-          join(dir, 'tls.key'),
-          '-out',
-          join(dir, 'tls.crt'),
-        ],
-        { encoding: 'utf8' },
-      );
-      if (gen.error) return; // no openssl: the render + validation test above still covers the component
-      assert.equal(gen.status, 0, gen.stderr);
-      copyFileSync(join(dir, 'tls.crt'), join(dir, 'ca.crt')); // self-signed: its own CA
+      const made = selfSignedCert(dir, 'nats');
+      if (!made) return; // no openssl: the render + validation test above still covers the component
+      copyFileSync(made.cert, join(dir, 'ca.crt')); // self-signed: its own CA
       const tls = findGenerated(objects, 'ConfigMap', 'nats-config').data['tls.conf'].replaceAll(
         '/etc/nats-tls/',
         `${dir}/`,
@@ -530,17 +510,6 @@ test(
     }
   },
 );
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolvePort(port));
-    });
-  });
-}
 
 test(
   'the rendered NATS config admits exactly the example credential Secrets and serves /jsz for KEDA',

@@ -18,24 +18,27 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
+import type { JobSpec } from '../../libs/fedbiot/src/index.js';
 import { REPLICAS_ENV, stateBucketName, taskStreamName } from '../../libs/protocol/src/index.js';
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
-import type { Aggregator } from '../../services/aggregator/aggregator.js';
 import { startAggregator } from '../../services/aggregator/aggregator.module.js';
-import { startTrainer } from '../../services/client-trainer/trainer.module.js';
-import { startAlignment } from '../../services/server-alignment/alignment.module.js';
-import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
-import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
+import {
+  finalEvals,
+  servicesSpec,
+  standaloneFinal,
+  startWorkers,
+  trainerSpec,
+  type EvalEvent,
+} from '../support/services-job.js';
 import { hasNatsServer } from '../../libs/protocol/test/support/nats-server.js';
+import { eventually } from '../../libs/protocol/test/support/nats.js';
 import { startTestCluster, type TestCluster } from '../../libs/protocol/test/support/nats-cluster-containers.js';
 
 const REPLICAS = Number(process.env['FEDBIOT_TEST_NODELOSS_REPLICAS'] ?? '3');
@@ -44,83 +47,24 @@ const JOB_LIMIT_MS = 240_000;
 
 let tmp = '';
 
-/** The settings of test/services/distributed-job.test.ts (3 clients: add, sub, mul; 2 rounds). */
-function rawSpec(id: string): Record<string, unknown> {
-  return {
-    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-    data: { federation: join(tmp, 'federation'), maxLength: 96 },
-    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4, mode: 'simulation' },
-    baselines: { offsiteTuning: false, localOnly: false },
-  };
-}
-const spec = (id: string): JobSpec => resolveJobSpec(rawSpec(id), 'node-loss test job');
-/** A trainer never holds the model: its checkpoint names a folder that does not exist. */
-const trainerSpec = (s: JobSpec): JobSpec => ({ ...s, model: { ...s.model, checkpoint: join(tmp, 'no-model') } });
+/** The job of test/services/distributed-job.test.ts (3 clients: add, sub, mul; 2 rounds). */
+const spec = (id: string): JobSpec => servicesSpec(tmp, id, 'node-loss test job');
 
-interface EvalEvent {
-  round: number;
-  kind: string;
-  method: string;
-  client: string;
-  test_loss: number;
-  accuracy: number;
-}
 const row = (e: EvalEvent) => ({ method: e.method, client: e.client, test_loss: e.test_loss, accuracy: e.accuracy });
 const byKey = (a: { method: string; client: string }, b: { method: string; client: string }): number =>
   `${a.method}/${a.client}`.localeCompare(`${b.method}/${b.client}`);
 
 let reference: Promise<EvalEvent[]> | undefined;
 /** The standalone job's final eval rows (run once; the job id enters no seed). */
-function standalone(): Promise<EvalEvent[]> {
-  reference ??= (async () => {
-    const s = spec(`standalone-${process.pid}`);
-    const { runDir } = await runJob(s, { log: () => {} });
-    const rows = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
-      .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
-    assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
-    return rows;
-  })();
-  return reference;
-}
-
-/**
- * Retries `fn` until it returns without throwing. JetStream on a cluster answers with errors or timeouts while it
- * elects leaders: nats-server 2.9 takes a few seconds to elect a stream's new leader after its leader died, longer
- * on a loaded machine, and the meta leader needs every peer's heartbeat before it places an R3 stream.
- */
-async function eventually<T>(what: string, fn: () => Promise<T>, timeoutMs = 90_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < until) {
-    try {
-      return await fn();
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-  throw new Error(`${what}: still failing after ${timeoutMs} ms: ${String(last)}`);
-}
+const standalone = (): Promise<EvalEvent[]> =>
+  (reference ??= standaloneFinal(spec(`standalone-${process.pid}`)).then((r) => r.rows));
 
 // The services create the job's streams and buckets with FEDBIOT_JS_REPLICAS (read when each is created): set for
 // the whole file, since both variants run at once.
 const savedReplicas = process.env[REPLICAS_ENV];
 before(async () => {
   process.env[REPLICAS_ENV] = String(REPLICAS);
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-nodeloss-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-nodeloss-');
 });
 after(() => {
   if (savedReplicas === undefined) delete process.env[REPLICAS_ENV];
@@ -220,23 +164,19 @@ async function jobLosingANode(name: string, restart: boolean): Promise<Outcome> 
       }
     };
     const url = (i: number): string => cluster.servers[i % cluster.servers.length]!;
-    services.push(await startAlignment({ natsUrl: url(1), spec: s, logSink: sink }, 0));
-    services.push(await startEvaluator({ natsUrl: url(2), spec: s, logSink: sink }, 0));
-    for (const [i, replica] of ['trainer-a', 'trainer-b'].entries())
-      services.push(
-        await startTrainer(
-          {
-            natsUrl: url(i + 1),
-            spec: trainerSpec(s),
-            replica,
-            logSink: sink,
-            // A task whose ack was lost with the node comes back after this long.
-            ackWaitMs: 5000,
-            cacheRoot: join(tmp, `${jobId}-${replica}`),
-          },
-          0,
-        ),
-      );
+    // The aggregator on node 0, the others spread over nodes 1 and 2.
+    const node: Record<string, number> = { 'server-alignment': 1, evaluator: 2, 'trainer-a': 1, 'trainer-b': 2 };
+    services.push(
+      ...(await startWorkers({
+        natsUrl: (service) => url(node[service]!),
+        spec: s,
+        logSink: sink,
+        trainerSpec: trainerSpec(s, tmp),
+        // A task whose ack was lost with the node comes back after this long.
+        ackWaitMs: 5000,
+        cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+      })),
+    );
     const t1 = Date.now();
     const aggregator = await startAggregator({ natsUrl: url(0), spec: s, logSink: sink, deadlineMs: JOB_LIMIT_MS }, 0);
     services.push(aggregator);
@@ -260,9 +200,7 @@ async function jobLosingANode(name: string, restart: boolean): Promise<Outcome> 
       logs.slice(killedAtLog).some((r) => r.msg === 'update published' && r['round'] === 1),
       'round 1 was still running when the node died: an update of it was published afterwards',
     );
-    const rows = (aggregator.role as Aggregator).events.filter(
-      (e) => e.kind === 'eval' && e.round === s.job.rounds,
-    ) as unknown as EvalEvent[];
+    const rows = finalEvals(aggregator.role, s.job.rounds);
     // An update the aggregator could not fetch while the cluster elected leaders is dropped from its round (the
     // round then closes on quorum and the result differs): named here, before the metrics show it.
     const rejected = logs.filter((r) => r.msg === 'update rejected');

@@ -13,10 +13,9 @@ import { createHash } from 'node:crypto';
 import { readSafetensorsHeader, readTensorBytesSync } from '../../libs/engine/src/index.js';
 import { jobSplit } from '../../services/common/job-context.js';
 import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
+import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import {
   BlobStore,
   ClientUpdateSchema,
@@ -26,7 +25,6 @@ import {
   connectTransport,
   decodeMessage,
   decodeTensors,
-  deleteJobResources,
   encodeTensors,
   generateJobAuth,
   ownerBucketName,
@@ -39,7 +37,6 @@ import {
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
-import type { Aggregator } from '../../services/aggregator/aggregator.js';
 import { startAggregator } from '../../services/aggregator/aggregator.module.js';
 import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
@@ -49,6 +46,22 @@ import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
+import { onJsonLines } from '../support/json-lines.js';
+import {
+  aggregatorStoppedInRound1,
+  assertSameFinal,
+  fedbiotResultRows,
+  finalEvals,
+  metricsOf,
+  servicesRawSpec,
+  servicesSpec,
+  sha256Of,
+  standaloneFinal,
+  startWorkers,
+  stopServicesJob,
+  trainerSpec,
+  openServicesJob,
+} from '../support/services-job.js';
 import { tmpWithDemoFederation } from '../support/federation.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
@@ -56,29 +69,8 @@ let nats: PrivateNats | undefined;
 let NATS_URL = '';
 let tmp = '';
 
-/** The settings of test/e2e/fedbiot-job.test.ts (3 clients: add, sub, mul). */
-function rawSpec(id: string): Record<string, unknown> {
-  return {
-    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-    data: { federation: join(tmp, 'federation'), maxLength: 96 },
-    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    // Simulation: the evaluator scores AdapEmu and AdapFu on every client's test set, so the whole table can be
-    // compared with the standalone job's; the private mode has its own test below.
-    eval: { maxNewTokens: 4, mode: 'simulation' },
-    baselines: { offsiteTuning: false, localOnly: false },
-  };
-}
-const spec = (id: string): JobSpec => resolveJobSpec(rawSpec(id), 'services test job');
-/**
- * A trainer's job spec: model.checkpoint names a folder that does not exist, since a client never holds the model
- * (it trains on the emulator package the aggregator publishes).
- */
-const trainerSpec = (s: JobSpec): JobSpec => ({
-  ...s,
-  model: { ...s.model, checkpoint: join(tmp, 'no-model-at-clients') },
-});
+const rawSpec = (id: string): Record<string, unknown> => servicesRawSpec(tmp, id);
+const spec = (id: string): JobSpec => servicesSpec(tmp, id, 'services test job');
 
 /** Every .safetensors file under `dir`, recursively. */
 function safetensorsFiles(dir: string): string[] {
@@ -139,50 +131,10 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-interface EvalEvent {
-  round: number;
-  kind: string;
-  method: string;
-  client: string;
-  test_loss: number;
-  accuracy: number;
-}
-
-let referenceRows: Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> | undefined;
+let referenceRows: ReturnType<typeof standaloneFinal> | undefined;
 /** The standalone job's final eval rows and run folder for the test spec (run once; the job id enters no seed). */
-function standalone(): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
-  referenceRows ??= (async () => {
-    const s = spec(`standalone-${process.pid}`);
-    const t0 = performance.now();
-    const { runDir } = await runJob(s, { log: () => {} });
-    const ms = performance.now() - t0;
-    const rows = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
-      .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds);
-    assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
-    return { rows, ms, runDir };
-  })();
-  return referenceRows;
-}
-
-/** Asserts the distributed final eval rows equal the standalone ones; returns the largest loss difference. */
-function assertSameFinal(got: readonly EvalEvent[], reference: readonly EvalEvent[]): number {
-  assert.equal(got.length, reference.length);
-  let maxDiff = 0;
-  for (const ref of reference) {
-    const row = got.find((g) => g.method === ref.method && g.client === ref.client);
-    assert.ok(row, `distributed row ${ref.method}/${ref.client}`);
-    const d = Math.abs(row.test_loss - ref.test_loss);
-    assert.ok(d < 1e-6, `${ref.method}/${ref.client} test loss ${row.test_loss} vs standalone ${ref.test_loss}`);
-    assert.equal(row.accuracy, ref.accuracy, `${ref.method}/${ref.client} accuracy`);
-    maxDiff = Math.max(maxDiff, d);
-  }
-  return maxDiff;
-}
-
-const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+const standalone = (): ReturnType<typeof standaloneFinal> =>
+  (referenceRows ??= standaloneFinal(spec(`standalone-${process.pid}`)));
 
 /**
  * The aggregator's run folder against the standalone job's: the same files, the same FedBiOT results, and the same
@@ -206,56 +158,33 @@ function assertSameRunFolder(dir: string, standaloneDir: string, spec: JobSpec):
     JSON.parse(readFileSync(join(dir, 'config.resolved.json'), 'utf8')),
     JSON.parse(JSON.stringify(spec)),
   );
-  type Row = { method: string; client: string; test_loss: number; accuracy: number };
-  const rowsOf = (d: string): Row[] =>
-    (JSON.parse(readFileSync(join(d, 'results.json'), 'utf8')) as { rows: Row[] }).rows
-      .filter((r) => r.method.startsWith('fedbiot-'))
-      .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
-  assert.deepEqual(rowsOf(dir), rowsOf(standaloneDir), 'results.json FedBiOT rows');
+  assert.deepEqual(fedbiotResultRows(dir), fedbiotResultRows(standaloneDir), 'results.json FedBiOT rows');
   for (const f of ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'])
     assert.equal(sha256Of(join(dir, f)), sha256Of(join(standaloneDir, f)), `${f} equals the standalone job's`);
   assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<svg/);
-  return readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  return metricsOf(dir);
 }
-
-const finalEvals = (a: Aggregator, rounds: number): EvalEvent[] =>
-  a.events.filter((e) => e.kind === 'eval' && e.round === rounds) as unknown as EvalEvent[];
 
 test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
   const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const { rows: reference, ms: standaloneMs, runDir: standaloneDir } = await standalone();
 
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   const t1 = performance.now();
   let garbage: NodeJS.Timeout | undefined;
   let passed = false;
   try {
-    const alignment = await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0);
-    services.push(alignment);
-    const evaluator = await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0, { dashboard: true });
-    services.push(evaluator);
-    const trainers = [];
-    for (const replica of ['trainer-a', 'trainer-b']) {
-      const t = await startTrainer(
-        {
-          natsUrl: NATS_URL,
-          spec: trainerSpec(s),
-          replica,
-          logSink: sink,
-          cacheRoot: join(tmp, `${jobId}-${replica}`),
-        },
-        0,
-      );
-      services.push(t);
-      trainers.push(t);
-    }
+    const workers = await startWorkers({
+      natsUrl: NATS_URL,
+      spec: s,
+      logSink: sink,
+      trainerSpec: trainerSpec(s, tmp),
+      cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+      dashboard: true,
+    });
+    services.push(...workers);
+    const [, evaluator, ...trainers] = workers;
     // Malformed bodies on a planned client's update subject in both rounds: not JSON, and JSON of another version.
     let n = 0;
     garbage = setInterval(() => {
@@ -364,11 +293,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
   } finally {
     clearInterval(garbage);
     // On failure, what the services said (the aggregator's rejections are expected noise).
-    if (!passed)
-      for (const r of logs) if (r.level !== 'debug' && r.msg !== 'update rejected') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId, quiet: (r) => r.msg === 'update rejected' });
   }
 });
 
@@ -376,29 +301,15 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
   const jobId = `svc-restart-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const { rows: reference } = await standalone();
-  const logs: LogRecord[] = [];
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    const sink = (r: LogRecord): void => void logs.push(r);
-    services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-    for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(await startTrainer({ natsUrl: NATS_URL, spec: s, replica, logSink: sink }, 0));
+    services.push(...(await startWorkers({ natsUrl: NATS_URL, spec: s, logSink: sink })));
 
     // First aggregator: stopped once round 1's tasks are enqueued; the trainers finish them while no aggregator
     // listens, so the replacement's re-enqueue is deduplicated and it must replay the updates from KV.
-    let stopped: Promise<void> | undefined;
-    let first: RunningService<Aggregator> | undefined;
-    const firstSink = (r: LogRecord): void => {
-      logs.push({ ...r, service: 'aggregator-1' });
-      if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
-    };
     const runsDir = join(tmp, `${jobId}-owner-runs`);
-    first = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }, 0);
-    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
-    await stopped;
+    await aggregatorStoppedInRound1({ natsUrl: NATS_URL, spec: s, logs, runsDir });
     const published1 = (): number => logs.filter((r) => r.msg === 'update published' && r['round'] === 1).length;
     for (let waited = 0; published1() < 3; waited += 100) {
       assert.ok(waited < 30_000, 'the trainers finish round 1 without an aggregator');
@@ -433,10 +344,7 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       `restart: max |test loss difference| ${maxDiff.toExponential(2)}; updates published ${JSON.stringify(trained)}`,
     );
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -444,10 +352,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
   const jobId = `svc-align-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const { rows: reference } = await standalone();
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
     // First server: stopped once it has aligned call 1 (the alignment after round 0; stopping lets it answer and
@@ -500,10 +405,7 @@ test('server-alignment stopped after round 0 alignment, before its state was sto
     passed = true;
     console.log(`alignment restart: max |test loss difference| ${maxDiff.toExponential(2)}`);
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -513,10 +415,7 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   const { rows: reference } = await standalone();
   const specFile = join(tmp, `${jobId}.json`);
   writeFileSync(specFile, JSON.stringify(rawSpec(jobId)));
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   const ACK_WAIT_MS = 4000;
   const child = spawn(
     process.execPath,
@@ -539,13 +438,8 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
   let killed: { round: unknown; clientId: unknown } | undefined;
   const childReady = new Promise<void>((resolve, reject) => {
     child.once('exit', () => reject(new Error('trainer child exited before it was ready')));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      let r: LogRecord;
-      try {
-        r = JSON.parse(line) as LogRecord;
-      } catch {
-        return;
-      }
+    onJsonLines(child.stdout!, (line) => {
+      const r = line as LogRecord;
       logs.push(r);
       if (r.msg === 'ready') resolve();
       if (r.msg === 'training' && !killed) {
@@ -593,11 +487,8 @@ test('a trainer process killed mid-task: the task is redelivered to the other re
       `kill: task ${JSON.stringify(killed)} redelivered; max |test loss difference| ${maxDiff.toExponential(2)}`,
     );
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -607,10 +498,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
     { ...rawSpec(jobId), job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') } },
     'nan job',
   );
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
     const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
@@ -669,10 +557,7 @@ test('a NaN update is rejected by the update checks, logged with client and reas
     assert.match(metrics, /fl_rejected_updates_total\{reason="check",service="aggregator"\} 1/);
     passed = true;
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -703,6 +588,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
     const raw = rawSpec(jobId);
     return trainerSpec(
       resolveJobSpec({ ...raw, data: { ...(raw['data'] as object), federation: dir } }, `${clientId}'s job spec`),
+      tmp,
     );
   };
   const logs: LogRecord[] = [];
@@ -807,7 +693,7 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
         await startTrainer(
           {
             natsUrl: NATS_URL,
-            spec: trainerSpec(s),
+            spec: trainerSpec(s, tmp),
             replica,
             logSink: sink,
             cacheRoot: join(tmp, `${jobId}-${replica}`),
@@ -875,10 +761,7 @@ test('private evaluation: the evaluator holds no client file, trainers publish o
     );
   } finally {
     sub.unsubscribe();
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -919,22 +802,16 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
   };
   let passed = false;
   try {
-    services.push(await startAlignment({ natsUrl: url, spec: s, logSink: sink }, 0));
-    services.push(await startEvaluator({ natsUrl: url, spec: s, logSink: sink }, 0));
-    for (const replica of ['trainer-a', 'trainer-b'])
-      services.push(
-        await startTrainer(
-          {
-            natsUrl: url,
-            spec: trainerSpec(s),
-            replica,
-            logSink: sink,
-            ackWaitMs: 5000,
-            cacheRoot: join(tmp, `${jobId}-${replica}`),
-          },
-          0,
-        ),
-      );
+    services.push(
+      ...(await startWorkers({
+        natsUrl: url,
+        spec: s,
+        logSink: sink,
+        trainerSpec: trainerSpec(s, tmp),
+        ackWaitMs: 5000,
+        cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+      })),
+    );
     const aggregator = await startAggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }, 0);
     services.push(aggregator);
     const final = await aggregator.role.done;

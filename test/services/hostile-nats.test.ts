@@ -10,30 +10,12 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { FAKE_COUNTS, fakeLocal, startFakeTrainer, type Behaviour } from '../../bench/soak-clients.js';
-import {
-  fedAvg,
-  aggregationSettingsFor,
-  runRounds,
-  updateByteLimits,
-  resolveJobSpec,
-  clientSettingsFor,
-  loraSpecs,
-  sampleClients,
-  splitModel,
-} from '../../libs/fedbiot/src/index.js';
+import { fakeJob, fakeRoundSettings, openFakeAggregatorStores } from '../../bench/fake-federation.js';
+import { fedAvg, runRounds, resolveJobSpec, sampleClients } from '../../libs/fedbiot/src/index.js';
 import { encodeLora } from '../../services/common/lora-blobs.js';
-import { natsRoundPorts, type PortsContext } from '../../services/common/ports-nats.js';
-import { type LoraWeights, readModelConfig, initLora } from '../../libs/model/src/index.js';
-import {
-  BlobStore,
-  StateStore,
-  WorkQueue,
-  blobBucketName,
-  connectTransport,
-  stateBucketName,
-  updateBucketName,
-  type Consumption,
-} from '../../libs/protocol/src/index.js';
+import { natsRoundPorts } from '../../services/common/ports-nats.js';
+import { readModelConfig } from '../../libs/model/src/index.js';
+import { connectTransport, type Consumption } from '../../libs/protocol/src/index.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 import { repoRoot } from '../support/paths.js';
 
@@ -61,30 +43,13 @@ test('x1e4 weights, tokens 2^53-1 and a 1 GiB update ref are rejected; the job e
     'hostile nats test',
   );
   const cfg = await readModelConfig(join(repoRoot, 'models', 'demo-llama', 'config.json'));
-  const split = splitModel({
-    numLayers: cfg.numLayers,
-    adapterBottom: 0,
-    adapterTop: spec.split.adapterLayers,
-    dropRate: spec.split.dropRate,
-  });
-  const ctx: PortsContext = {
-    jobId,
-    spec,
-    specs: loraSpecs(split, spec.lora),
-    clientSettings: clientSettingsFor(spec),
-  };
-  const adapter0: LoraWeights = { spec: ctx.specs.adapter, tensors: initLora(ctx.specs.adapter, cfg, 1) };
-  const emulator0: LoraWeights = { spec: ctx.specs.emulator, tensors: initLora(ctx.specs.emulator, cfg, 2) };
+  const { ctx, adapter0, emulator0 } = fakeJob(jobId, spec, cfg);
   const attackers: Record<string, Behaviour> = { c1: 'scaled', c3: 'tokens', c4: 'huge-ref' };
   const clientIds = ['c0', 'c1', 'c2', 'c3', 'c4', 'c5'];
 
   const nc = await connect();
-  const blobs = await BlobStore.open(nc, { bucket: blobBucketName(jobId) });
-  const limits = updateByteLimits(spec, encodeLora(adapter0).length);
-  for (const c of clientIds) await blobs.ensureBucket(updateBucketName(jobId, c), limits);
-  const state = await StateStore.open(nc, { bucket: stateBucketName(jobId) });
-  const queue = await WorkQueue.open(nc, { jobId, logger: { warn: () => {} } });
-  const model = await blobs.put(new TextEncoder().encode('stands for the emulator package manifest'));
+  const stores = await openFakeAggregatorStores(nc, ctx, clientIds, encodeLora(adapter0).length);
+  const { blobs } = stores;
   const trainers: Consumption[] = [];
   for (let i = 0; i < 2; i++)
     trainers.push(await startFakeTrainer(ctx, await connect(), { behaviour: (c) => attackers[c] ?? 'honest' }));
@@ -93,26 +58,13 @@ test('x1e4 weights, tokens 2^53-1 and a 1 GiB update ref are rejected; the job e
   try {
     const ports = natsRoundPorts(ctx, {
       nc,
-      blobs,
-      queue,
-      state,
-      model,
+      ...stores,
       nextAlignCall: 0,
       onRejected: (client, reason) => blobRejections.push({ client, reason }),
     });
     const final = await runRounds(
       { ...ports, evaluate: async () => [] },
-      {
-        rounds,
-        clientIds,
-        perRound: { count: clientIds.length },
-        seed: spec.job.seed,
-        preAlignSteps: 0,
-        alignStepsPerRound: 0,
-        evalEvery: rounds,
-        broadcastEmulator: true,
-        ...aggregationSettingsFor(spec, ctx.clientSettings),
-      },
+      fakeRoundSettings(ctx, rounds, clientIds),
       { round: 0, adapter: adapter0, emulator: emulator0, preAligned: true },
       {
         onEvent: (e) => {

@@ -7,40 +7,46 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { startPrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 import { repoRoot } from '../support/paths.js';
+import { onJsonLines } from '../support/json-lines.js';
+
+/** A 1-round job on a small demo federation in `tmp`; returns the path of its spec file. */
+async function writeLauncherJob(tmp: string, jobId: string): Promise<string> {
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 24,
+    testPerClient: 4,
+    globalTestPerTask: 1,
+    corpusBytes: 30_000,
+  });
+  const specFile = join(tmp, 'job.json');
+  writeFileSync(
+    specFile,
+    JSON.stringify({
+      job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
+      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+      data: { federation: join(tmp, 'federation'), maxLength: 64 },
+      clients: { localSteps: 2, batchSize: 4 },
+      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+      aggregation: { deadlineMs: 120_000 },
+      eval: { maxNewTokens: 2, mode: 'simulation' },
+      baselines: { offsiteTuning: false, localOnly: false },
+    }),
+  );
+  return specFile;
+}
 
 test('a trainer killed under the launcher is restarted and the job completes (exit 0)', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'fedbiot-launcher-'));
   const nats = await startPrivateNats(() => '');
   try {
-    await writeDemoFederation(join(tmp, 'federation'), {
-      seed: 5,
-      trainPerClient: 24,
-      testPerClient: 4,
-      globalTestPerTask: 1,
-      corpusBytes: 30_000,
-    });
     const jobId = `launch-${process.pid}`;
-    const specFile = join(tmp, 'job.json');
-    writeFileSync(
-      specFile,
-      JSON.stringify({
-        job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
-        model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-        data: { federation: join(tmp, 'federation'), maxLength: 64 },
-        clients: { localSteps: 2, batchSize: 4 },
-        alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
-        aggregation: { deadlineMs: 120_000 },
-        eval: { maxNewTokens: 2, mode: 'simulation' },
-        baselines: { offsiteTuning: false, localOnly: false },
-      }),
-    );
+    const specFile = await writeLauncherJob(tmp, jobId);
     const portBase = 20_000 + (process.pid % 20_000);
     const launcher = spawn(
       process.execPath,
@@ -66,13 +72,7 @@ test('a trainer killed under the launcher is restarted and the job completes (ex
     const lines: Record<string, unknown>[] = [];
     const pids = new Map<string, number>();
     let killed: string | undefined;
-    createInterface({ input: launcher.stdout! }).on('line', (line) => {
-      let r: Record<string, unknown>;
-      try {
-        r = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
+    onJsonLines(launcher.stdout!, (r) => {
       lines.push(r);
       if (r['service'] === 'launcher' && r['msg'] === 'started') pids.set(String(r['child']), Number(r['pid']));
       // The first trainer to train is killed mid-task, once.
@@ -107,28 +107,8 @@ test('--exit-when-done --keep-dashboard: the other services stop, the dashboard 
   const tmp = mkdtempSync(join(tmpdir(), 'fedbiot-launcher-keep-'));
   const nats = await startPrivateNats(() => '');
   try {
-    await writeDemoFederation(join(tmp, 'federation'), {
-      seed: 5,
-      trainPerClient: 24,
-      testPerClient: 4,
-      globalTestPerTask: 1,
-      corpusBytes: 30_000,
-    });
     const jobId = `keep-${process.pid}`;
-    const specFile = join(tmp, 'job.json');
-    writeFileSync(
-      specFile,
-      JSON.stringify({
-        job: { id: jobId, seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
-        model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-        data: { federation: join(tmp, 'federation'), maxLength: 64 },
-        clients: { localSteps: 2, batchSize: 4 },
-        alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
-        aggregation: { deadlineMs: 120_000 },
-        eval: { maxNewTokens: 2, mode: 'simulation' },
-        baselines: { offsiteTuning: false, localOnly: false },
-      }),
-    );
+    const specFile = await writeLauncherJob(tmp, jobId);
     const portBase = 20_000 + ((process.pid + 7919) % 20_000);
     const launcher = spawn(
       process.execPath,
@@ -149,13 +129,7 @@ test('--exit-when-done --keep-dashboard: the other services stop, the dashboard 
     const lines: Record<string, unknown>[] = [];
     const exited = new Promise<number | null>((resolve) => launcher.once('exit', (c) => resolve(c)));
     const done = new Promise<Record<string, unknown>>((resolve) =>
-      createInterface({ input: launcher.stdout! }).on('line', (line) => {
-        let r: Record<string, unknown>;
-        try {
-          r = JSON.parse(line) as Record<string, unknown>;
-        } catch {
-          return;
-        }
+      onJsonLines(launcher.stdout!, (r) => {
         lines.push(r);
         if (r['service'] === 'launcher' && String(r['msg']).startsWith('job done')) resolve(r);
       }),

@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
+import { resolveJobSpec, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import { generateJobAuth, renderAuthorization, type NatsIdentity } from '../../libs/protocol/src/index.js';
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
@@ -26,6 +26,14 @@ import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
+import {
+  assertSameFinal,
+  finalEvals,
+  servicesRawSpec,
+  servicesSpec,
+  standaloneFinal,
+  trainerSpec,
+} from '../support/services-job.js';
 import { repoRoot } from '../support/paths.js';
 import { tmpWithDemoFederation } from '../support/federation.js';
 import { hasNatsServer } from '../../libs/protocol/test/support/nats-server.js';
@@ -44,28 +52,6 @@ const ORGS = { 'org-a': ['add'], 'org-b': ['sub', 'mul'] } as const;
 type Org = keyof typeof ORGS;
 
 let tmp = '';
-
-/** The settings of test/services/distributed-job.test.ts (3 clients: add, sub, mul; 2 rounds). */
-function rawSpec(id: string, federation = join(tmp, 'federation')): Record<string, unknown> {
-  return {
-    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-    data: { federation, maxLength: 96 },
-    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4, mode: 'simulation' },
-    baselines: { offsiteTuning: false, localOnly: false },
-  };
-}
-
-interface EvalEvent {
-  round: number;
-  kind: string;
-  method: string;
-  client: string;
-  test_loss: number;
-  accuracy: number;
-}
 
 before(async () => {
   tmp = await tmpWithDemoFederation('fedbiot-leaf-');
@@ -88,18 +74,13 @@ test(
   { skip: !hasNatsServer && 'neither nats-server nor Docker with the local NATS image' },
   async () => {
     const jobId = `leaf-${process.pid}-${Date.now().toString(36)}`;
-    const s = resolveJobSpec(rawSpec(jobId), 'leaf test job');
+    const s = servicesSpec(tmp, jobId, 'leaf test job');
     const clients = Object.values(ORGS).flat();
 
     // The standalone reference (same spec and seed; the job id enters no seed).
-    const ref = resolveJobSpec(rawSpec(`leaf-standalone-${process.pid}`), 'standalone');
-    const { runDir } = await runJob(ref, { log: () => {} });
-    const reference = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as EvalEvent & { phase: string })
-      .filter((e) => e.phase === 'main' && e.kind === 'eval' && e.round === ref.job.rounds);
-    assert.equal(reference.length, 8);
+    const { rows: reference } = await standaloneFinal(
+      servicesSpec(tmp, `leaf-standalone-${process.pid}`, 'standalone'),
+    );
 
     // Identities: services on the hub; clients on their organization's leaf only; one hub user per leaf node.
     const auth = generateJobAuth({ jobId, clients, credentials: 'password' });
@@ -272,8 +253,7 @@ test(
           mkdirSync(dirname(join(dir, rel)), { recursive: true });
           copyFileSync(join(tmp, 'federation', rel), join(dir, rel));
         }
-        const spec = resolveJobSpec(rawSpec(jobId, dir), `${clientId}'s job spec`);
-        return { ...spec, model: { ...spec.model, checkpoint: join(tmp, 'no-model-at-clients') } };
+        return trainerSpec(resolveJobSpec(servicesRawSpec(tmp, jobId, {}, dir), `${clientId}'s job spec`), tmp);
       };
       const trainersStarted = Promise.all(
         (Object.entries(ORGS) as [Org, readonly string[]][]).flatMap(([org, ids]) =>
@@ -313,19 +293,7 @@ test(
         assert.deepEqual((trainers[i]!.role as ClientTrainer).completed, [`0/${clientId}`, `1/${clientId}`]);
 
       // The final metrics equal the standalone job's.
-      const got = aggregator.role.events.filter(
-        (e) => e.kind === 'eval' && e.round === s.job.rounds,
-      ) as unknown as EvalEvent[];
-      assert.equal(got.length, reference.length);
-      let maxDiff = 0;
-      for (const r of reference) {
-        const row = got.find((g) => g.method === r.method && g.client === r.client);
-        assert.ok(row, `${r.method}/${r.client}`);
-        const d = Math.abs(row.test_loss - r.test_loss);
-        assert.ok(d < 1e-6, `${r.method}/${r.client}: ${row.test_loss} vs standalone ${r.test_loss}`);
-        assert.equal(row.accuracy, r.accuracy);
-        maxDiff = Math.max(maxDiff, d);
-      }
+      const maxDiff = assertSameFinal(finalEvals(aggregator.role, s.job.rounds), reference);
 
       // No trainer was ever a client of the hub: its client connections are the services' and the observer's.
       type Connz = { connections: { authorized_user?: string }[] };

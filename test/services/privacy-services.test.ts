@@ -10,22 +10,24 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { INSECURE_DP_NOISE_SEED_ENV, resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
+import { INSECURE_DP_NOISE_SEED_ENV, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
-import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
-import type { ServiceRole } from '../../services/common/role.js';
-import type { Aggregator } from '../../services/aggregator/aggregator.js';
 import { startAggregator } from '../../services/aggregator/aggregator.module.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
-import { startAlignment } from '../../services/server-alignment/alignment.module.js';
-import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
-import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
+import {
+  aggregatorStoppedInRound1,
+  fedbiotResultRows,
+  metricsOf,
+  servicesSpec,
+  sha256Of,
+  startWorkers,
+  stopServicesJob,
+  openServicesJob,
+} from '../support/services-job.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
 let nats: PrivateNats | undefined;
@@ -33,23 +35,11 @@ let NATS_URL = '';
 let tmp = '';
 const savedSeed = process.env[INSECURE_DP_NOISE_SEED_ENV];
 
-/** test/services/distributed-job.test.ts's job (3 clients, 2 rounds) with client-level DP. */
-function rawSpec(id: string, privacy: Record<string, unknown>): Record<string, unknown> {
-  return {
-    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-    data: { federation: join(tmp, 'federation'), maxLength: 96 },
-    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4, mode: 'simulation' },
-    baselines: { offsiteTuning: false, localOnly: false },
-    privacy,
-  };
-}
 // C small enough that some updates are clipped; sigma > 0 so noise reaches the sum and epsilon is finite.
 const DP = { dp: { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 } };
+/** test/services/distributed-job.test.ts's job (3 clients, 2 rounds) with client-level DP. */
 const spec = (id: string, privacy: Record<string, unknown> = DP): JobSpec =>
-  resolveJobSpec(rawSpec(id, privacy), 'privacy services test job');
+  servicesSpec(tmp, id, 'privacy services test job', { privacy });
 
 before(async () => {
   // Seeded DP noise on both sides (standalone and aggregator, this process): the runs can be compared exactly.
@@ -57,14 +47,7 @@ before(async () => {
   nats = await startPrivateNats(() => '');
   NATS_URL = nats.url;
   console.log(`privacy services tests: NATS ${nats.via} at ${NATS_URL}`);
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-privacy-services-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-privacy-services-');
 });
 after(async () => {
   if (savedSeed === undefined) delete process.env[INSECURE_DP_NOISE_SEED_ENV];
@@ -74,11 +57,6 @@ after(async () => {
 });
 
 type Event = Record<string, unknown>;
-const metricsOf = (dir: string): Event[] =>
-  readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Event);
 /** The privacy events' numbers (what the accountant and the hook report), without timestamps. */
 const privacyRows = (events: readonly Event[]): Event[] =>
   events
@@ -87,7 +65,6 @@ const privacyRows = (events: readonly Event[]): Event[] =>
       const { ts: _ts, ...rest } = e;
       return rest;
     });
-const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 
 let reference: Promise<{ runDir: string; events: Event[] }> | undefined;
 /** The standalone DP job (run once). */
@@ -100,19 +77,13 @@ function standalone(): Promise<{ runDir: string; events: Event[] }> {
 }
 
 /** Starts alignment, evaluator and two trainer replicas for `s`. */
-async function startWorkers(s: JobSpec, sink: (r: LogRecord) => void): Promise<RunningService<ServiceRole>[]> {
-  const out: RunningService<ServiceRole>[] = [];
-  out.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-  out.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-  for (const replica of ['trainer-a', 'trainer-b'])
-    out.push(
-      await startTrainer(
-        { natsUrl: NATS_URL, spec: s, replica, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${replica}`) },
-        0,
-      ),
-    );
-  return out;
-}
+const workers = (s: JobSpec, sink: (r: LogRecord) => void): ReturnType<typeof startWorkers> =>
+  startWorkers({
+    natsUrl: NATS_URL,
+    spec: s,
+    logSink: sink,
+    cacheRoot: (replica) => join(tmp, `${s.job.id}-${replica}`),
+  });
 
 test('privacy.dp: the distributed job equals the standalone DP job (adapter byte for byte) and reports epsilon per round', async () => {
   const jobId = `svc-dp-${process.pid}-${Date.now().toString(36)}`;
@@ -120,13 +91,10 @@ test('privacy.dp: the distributed job equals the standalone DP job (adapter byte
   const ref = await standalone();
   const refPrivacy = privacyRows(ref.events);
   assert.equal(refPrivacy.length, 2, 'the standalone job reports privacy after each of its 2 rounds');
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    services.push(...(await startWorkers(s, sink)));
+    services.push(...(await workers(s, sink)));
     const runsDir = join(tmp, `${jobId}-owner-runs`);
     const aggregator = await startAggregator(
       { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir },
@@ -163,12 +131,7 @@ test('privacy.dp: the distributed job equals the standalone DP job (adapter byte
       `C = 0.05 clips some update: ${JSON.stringify(got.map((e) => e['clipped_clients']))}`,
     );
     // The evaluations of the noised adapters too.
-    type Row = { method: string; client: string; test_loss: number; accuracy: number };
-    const rowsOf = (d: string): Row[] =>
-      (JSON.parse(readFileSync(join(d, 'results.json'), 'utf8')) as { rows: Row[] }).rows
-        .filter((r) => r.method.startsWith('fedbiot-'))
-        .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
-    assert.deepEqual(rowsOf(dir), rowsOf(ref.runDir), 'results.json FedBiOT rows');
+    assert.deepEqual(fedbiotResultRows(dir), fedbiotResultRows(ref.runDir), 'results.json FedBiOT rows');
 
     // Where epsilon is published: results.txt, report.html, the aggregator's metrics.
     const last = eps[1]!.toFixed(3);
@@ -189,10 +152,7 @@ test('privacy.dp: the distributed job equals the standalone DP job (adapter byte
       `dp: distributed == standalone (adapter sha256 equal, difference 0); epsilon per round ${JSON.stringify(eps)}; clipped ${JSON.stringify(got.map((e) => e['clipped_clients']))}`,
     );
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -200,23 +160,12 @@ test('privacy.dp: an aggregator replaced while collecting round 1 continues the 
   const jobId = `svc-dp-restart-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const refPrivacy = privacyRows((await standalone()).events);
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    services.push(...(await startWorkers(s, sink)));
-    let stopped: Promise<void> | undefined;
-    let first: RunningService<Aggregator> | undefined;
-    const firstSink = (r: LogRecord): void => {
-      logs.push({ ...r, service: 'aggregator-1' });
-      if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
-    };
+    services.push(...(await workers(s, sink)));
     const runsDir = join(tmp, `${jobId}-owner-runs`);
-    first = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: firstSink, deadlineMs: 60_000, runsDir }, 0);
-    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
-    await stopped;
+    await aggregatorStoppedInRound1({ natsUrl: NATS_URL, spec: s, logs, runsDir });
     const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
     services.push(second);
     // Restored from KV before the resumed round reports (unless round 1 already completed): never 0 / unset.
@@ -238,10 +187,7 @@ test('privacy.dp: an aggregator replaced while collecting round 1 continues the 
     passed = true;
     console.log(`dp restart: epsilon per round ${JSON.stringify(got.map((e) => e['epsilon']))}`);
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 

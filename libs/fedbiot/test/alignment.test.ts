@@ -5,7 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ort, Graph, encodeModel } from '../../engine/src/index.js';
-import { alignmentLoss, evalVariant, AlignmentServer, loraSpecs, initialLora } from '../src/roles.js';
+import {
+  alignmentLoss,
+  evalVariant,
+  AlignmentServer,
+  loraSpecs,
+  initialLora,
+  type AlignmentStats,
+} from '../src/roles.js';
 import { splitModel } from '../src/split.js';
 import { CausalLM } from '../../model/src/index.js';
 import { chunkCorpus, createRng, generatePublicCorpus } from '../../data/src/index.js';
@@ -90,27 +97,40 @@ test('AdapFu is the full model with only the adapter LoRA; AdapEmu is the client
   assert.deepEqual(emu.loras, [emulator, adapter]);
 });
 
+/**
+ * One alignment step, `steps` more, one more, on the demo model (adapter layers 0-1, drop rate 0.5) with KL weight
+ * `lambda`; returns the first and last step's measurements. Four windows and batch 4: every step sees the same
+ * batch, so first and last measurements are comparable.
+ */
+async function alignmentGap(
+  lm: CausalLM,
+  lambda: number,
+  steps: number,
+): Promise<{ first: AlignmentStats; last: AlignmentStats }> {
+  const split = splitModel({ numLayers: lm.config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.5 });
+  const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'v_proj'] });
+  const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, {
+    seq: 32,
+  }).slice(0, 4);
+  const server = new AlignmentServer(
+    lm,
+    split,
+    specs,
+    { lambda, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 },
+    windows,
+    initialLora(specs.emulator, lm, 2),
+  );
+  const adapter = initialLora(specs.adapter, lm, 1);
+  const first = await server.align(adapter, 1);
+  await server.align(adapter, steps);
+  const last = await server.align(adapter, 1);
+  return { first, last };
+}
+
 test('alignment steps lower the L2 gap between the emulator and the full model (demo model)', async () => {
   const lm = await CausalLM.load(join(repoRoot, 'models', 'demo-llama'), { thread: 'main', threads: 1 });
   try {
-    const split = splitModel({ numLayers: lm.config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.5 });
-    const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'v_proj'] });
-    // Four windows and batch 4: every step sees the same batch, so first and last measurements are comparable.
-    const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, {
-      seq: 32,
-    }).slice(0, 4);
-    const server = new AlignmentServer(
-      lm,
-      split,
-      specs,
-      { lambda: 1, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 },
-      windows,
-      initialLora(specs.emulator, lm, 2),
-    );
-    const adapter = initialLora(specs.adapter, lm, 1);
-    const first = await server.align(adapter, 1);
-    await server.align(adapter, 24);
-    const last = await server.align(adapter, 1);
+    const { first, last } = await alignmentGap(lm, 1, 24);
     assert.ok(first.l2 > 0 && first.kl > 0);
     const msg = `L2 ${first.l2.toFixed(4)} -> ${last.l2.toFixed(4)}, KL ${first.kl.toFixed(4)} -> ${last.kl.toFixed(4)}`;
     console.log(msg);
@@ -127,23 +147,7 @@ test('alignment with lambda 0 (L2 only, no KL term) runs and lowers the L2 gap',
   // fedbiot-kl0 method).
   const lm = await CausalLM.load(join(repoRoot, 'models', 'demo-llama'), { thread: 'main', threads: 1 });
   try {
-    const split = splitModel({ numLayers: lm.config.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.5 });
-    const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0, targets: ['q_proj', 'v_proj'] });
-    const windows = chunkCorpus(generatePublicCorpus(createRng(3), { targetBytes: 4_000 }), lm.tokenizer!, {
-      seq: 32,
-    }).slice(0, 4);
-    const server = new AlignmentServer(
-      lm,
-      split,
-      specs,
-      { lambda: 0, mu: 0, lr: 5e-3, batchSize: 4, seq: 32, seed: 1 },
-      windows,
-      initialLora(specs.emulator, lm, 2),
-    );
-    const adapter = initialLora(specs.adapter, lm, 1);
-    const first = await server.align(adapter, 1);
-    await server.align(adapter, 12);
-    const last = await server.align(adapter, 1);
+    const { first, last } = await alignmentGap(lm, 0, 12);
     const msg = `L2 ${first.l2.toFixed(4)} -> ${last.l2.toFixed(4)}, loss ${first.loss} -> ${last.loss}`;
     assert.ok(first.l2 > 0 && last.l2 < first.l2, msg);
     assert.ok(Math.abs(last.loss - last.l2) < 1e-6, `with lambda 0 the loss is the L2 term: ${msg}`);

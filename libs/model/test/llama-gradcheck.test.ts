@@ -12,7 +12,7 @@ import { buildLlama, causalLmLoss } from '../src/llama.js';
 import { LORA_TARGETS, type LoraSpec } from '../src/lora.js';
 import { rng, uniform } from '../../../test/support/rng.js';
 
-const config = (extra: Record<string, unknown> = {}) =>
+const config = (extra: Record<string, unknown> = {}, file = 'gradcheck-config.json') =>
   parseModelConfig(
     {
       model_type: 'llama',
@@ -27,7 +27,7 @@ const config = (extra: Record<string, unknown> = {}) =>
       rope_theta: 10000,
       ...extra,
     },
-    'gradcheck-config.json',
+    file,
   );
 
 async function checkStack(cfg: ReturnType<typeof config>): Promise<void> {
@@ -72,21 +72,6 @@ test('2-layer LLaMA stack (GQA 4/2, LoRA on all 7 linears, masked loss): gradien
 
 test('2-layer Qwen2-style stack (q/k/v biases, tied embeddings): gradients match finite differences', async () => {
   await checkStack(
-    parseModelConfig(
-      {
-        model_type: 'qwen2',
-        vocab_size: 11,
-        hidden_size: 16,
-        intermediate_size: 24,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 64,
-        rope_theta: 1000000,
-        tie_word_embeddings: true,
-      },
-      'gradcheck-qwen2.json',
-    ),
+    config({ model_type: 'qwen2', rope_theta: 1000000, tie_word_embeddings: true }, 'gradcheck-qwen2.json'),
   );
 });

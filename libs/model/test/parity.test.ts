@@ -8,10 +8,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Graph, gradients, openRunner, readTensor, type HostTensor } from '../../engine/src/index.js';
+import { Graph, gradients, openRunner, readTensor, type HostTensor, type Tensor } from '../../engine/src/index.js';
 import { openCheckpoint } from '../src/checkpoint.js';
 import { GraphStore } from '../src/graph-store.js';
-import { buildLlama, causalLmLoss } from '../src/llama.js';
+import { buildLlama, causalLmLoss, type LlamaGraph, type LlamaGraphOptions } from '../src/llama.js';
 import { loraParamNames, type LoraSpec, type LoraTarget } from '../src/lora.js';
 import { readPeftAdapter } from '../src/peft.js';
 import { fixturesDir } from '../../../test/support/paths.js';
@@ -58,6 +58,20 @@ function shiftedLabels(ids: BigInt64Array, B: number, T: number): { labels: Host
   };
 }
 
+/** Graph `name`: every layer of the checkpoint from token ids to the LM head, and the causal-LM loss of its logits. */
+function wholeModel(
+  name: string,
+  store: GraphStore,
+  [batch, seq]: [number, number],
+  opts: Pick<LlamaGraphOptions, 'keepHidden' | 'loras'>,
+): { g: Graph; m: LlamaGraph; loss: Tensor } {
+  const cfg = store.checkpoint.config;
+  const g = new Graph(name);
+  const layers = Array.from({ length: cfg.numLayers }, (_, i) => i);
+  const m = buildLlama(g, cfg, store.weights(), { batch, seq, layers, start: 'ids', head: true, ...opts });
+  return { g, m, loss: causalLmLoss(m.logits!).loss };
+}
+
 for (const fixture of FIXTURES) {
   test(`${fixture}: logits, every hidden state and the loss match transformers`, async () => {
     const ckpt = await openCheckpoint(join(fixturesDir, fixture, 'model'));
@@ -67,17 +81,7 @@ for (const fixture of FIXTURES) {
       const ids = await ref(fixture, 'input_ids');
       const [B, T] = ids.shape as [number, number];
       const cfg = ckpt.config;
-      const g = new Graph('forward');
-      const layers = Array.from({ length: cfg.numLayers }, (_, i) => i);
-      const m = buildLlama(g, cfg, store.weights(), {
-        batch: B,
-        seq: T,
-        layers,
-        start: 'ids',
-        head: true,
-        keepHidden: true,
-      });
-      const { loss } = causalLmLoss(m.logits!);
+      const { g, m, loss } = wholeModel('forward', store, [B, T], { keepHidden: true });
       g.output(m.logits!, 'logits');
       g.output(loss, 'loss');
       g.output(m.embeddings!, 'hidden_states.0');
@@ -136,7 +140,6 @@ for (const fixture of FIXTURES) {
       const store = new GraphStore(ckpt, { cacheRoot });
       const ids = await ref(fixture, 'input_ids');
       const [B, T] = ids.shape as [number, number];
-      const cfg = ckpt.config;
       const spec: LoraSpec = {
         name: 'default',
         r: adapter.config.r,
@@ -145,17 +148,7 @@ for (const fixture of FIXTURES) {
         layers: [...new Set([...adapter.tensors.keys()].map((k) => Number(/layers\.(\d+)\./.exec(k)![1])))].sort(),
         dropout: 0,
       };
-      const g = new Graph('lora-train');
-      const layers = Array.from({ length: cfg.numLayers }, (_, i) => i);
-      const m = buildLlama(g, cfg, store.weights(), {
-        batch: B,
-        seq: T,
-        layers,
-        start: 'ids',
-        head: true,
-        loras: [spec],
-      });
-      const { loss } = causalLmLoss(m.logits!);
+      const { g, m, loss } = wholeModel('lora-train', store, [B, T], { loras: [spec] });
       const names = [...m.loraParams.keys()];
       const grads = gradients(
         loss,

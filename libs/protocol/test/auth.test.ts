@@ -40,6 +40,7 @@ import {
 } from '../src/subjects.js';
 import { task, update } from './fixtures.js';
 import { waitFor } from './support/nats.js';
+import { connectAs, type Denial } from './support/identity.js';
 import {
   checkConfig,
   hasNatsServer,
@@ -50,30 +51,6 @@ import {
 
 const skip = !hasNatsServer && `${NATS_SERVER_BIN} not installed`;
 const JOB = 'secjob';
-
-interface Denial {
-  operation: string;
-  subject: string;
-}
-
-/** Connects as `who` through the environment variables the services read (seed file + inbox prefix). */
-async function connectAs(server: PrivateNats, who: NatsIdentity): Promise<{ nc: NatsConnection; denials: Denial[] }> {
-  const file = join(server.dir, `${who.name}.nk`);
-  await writeFile(file, `${who.seed}\n`, { mode: 0o600 });
-  const nc = await connectTransport(server.url, {
-    env: { NATS_CREDS_FILE: file, NATS_INBOX_PREFIX: who.inboxPrefix },
-  });
-  const denials: Denial[] = [];
-  void (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === 'error' && s.error.name === 'PermissionViolationError') {
-        const e = s.error as Error & { operation: string; subject: string };
-        denials.push({ operation: e.operation, subject: e.subject });
-      }
-    }
-  })();
-  return { nc, denials };
-}
 
 test('the generated config passes nats-server -t, with NKeys and with passwords', { skip }, async () => {
   for (const credentials of ['nkey', 'password'] as const) {

@@ -5,31 +5,22 @@
  * before a mark. Runs on a private nats-server (FEDBIOT_TEST_NATS=process or a container) so that its store can
  * be measured.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { nuid, type NatsConnection } from '@nats-io/transport-node';
 import { BlobStore, RoundBlobPruner } from '../src/blob-store.js';
-import { connectTransport } from '../src/connection.js';
 import { BlobNotFoundError, BlobTooLargeError } from '../src/errors.js';
 import { objectDigest, objectStreamName, writeObjectMeta } from '../src/object-store.js';
 import { blobBucketName, updateBucketName } from '../src/subjects.js';
-import { startPrivateNats, type PrivateNats } from './support/nats-server.js';
+import { usePrivateNats } from './support/nats.js';
 
-let server: PrivateNats;
 let nc: NatsConnection;
 const jobId = 'limits';
 const GiB = 2 ** 30;
 
-before(async () => {
-  server = await startPrivateNats(() => '');
-  nc = await connectTransport(server.url, { timeoutMs: 5000 });
-});
-after(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+usePrivateNats((c) => (nc = c));
 
 test('a ref or meta entry announcing 1 GiB is refused before any byte is downloaded', async () => {
   const store = await BlobStore.open(nc, { bucket: blobBucketName(jobId), storage: 'memory' });

@@ -9,7 +9,7 @@ import { WorkQueue } from '../src/work-queue.js';
 import { JobStateSchema } from '../src/messages.js';
 import { blobBucketName, stateBucketName, taskStreamName } from '../src/subjects.js';
 import { task } from './fixtures.js';
-import { uniqueJobId } from './support/nats.js';
+import { eventually, uniqueJobId } from './support/nats.js';
 import { hasNatsServerBinary, startNatsCluster } from './support/nats-cluster.js';
 
 test('jetStreamReplicas: explicit, then FEDBIOT_JS_REPLICAS, then 1; anything outside 1..5 names the setting', () => {
@@ -21,23 +21,6 @@ test('jetStreamReplicas: explicit, then FEDBIOT_JS_REPLICAS, then 1; anything ou
   assert.throws(() => jetStreamReplicas(0), /replicas=0: expected an integer from 1 to 5/);
   assert.throws(() => jetStreamReplicas(1.5), /replicas=1\.5/);
 });
-
-/** Retries `fn` while the cluster elects new leaders (JetStream answers 503 / times out meanwhile). */
-// 90 s: under a full test run's load a node can lag its heartbeats long enough for the meta leader to find
-// "no suitable peers for placement" of an R3 stream for a while (seen once in a full run; alone it takes 1-3 s).
-async function eventually<T>(what: string, fn: () => Promise<T>, timeoutMs = 90_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < until) {
-    try {
-      return await fn();
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-  throw new Error(`${what}: still failing after ${timeoutMs} ms: ${String(last)}`);
-}
 
 const state = (jobId: string, round: number) =>
   JobStateSchema.parse({

@@ -8,12 +8,9 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { decodeSum, makeEncoding, seededBytes, secAggErrorBound, SecAggError } from '../../privacy/src/index.js';
 import { generateJobAuth, type NatsIdentity } from '../src/auth.js';
-import { connectTransport } from '../src/connection.js';
 import {
   PROTOCOL_VERSION,
   SecAggMaskedSchema,
@@ -29,35 +26,13 @@ import {
   secAggStepPattern,
 } from '../src/subjects.js';
 import { waitFor } from './support/nats.js';
+import { connectAs, type Denial } from './support/identity.js';
 import { hasNatsServer, startPrivateNats, NATS_SERVER_BIN, type PrivateNats } from './support/nats-server.js';
 
 const skip = !hasNatsServer && `${NATS_SERVER_BIN} not installed`;
 const JOB = 'sajob';
 const CLIENTS = ['c0', 'c1', 'c2', 'c3', 'c4'];
 const L = 96;
-
-interface Denial {
-  operation: string;
-  subject: string;
-}
-
-async function connectAs(server: PrivateNats, who: NatsIdentity): Promise<{ nc: NatsConnection; denials: Denial[] }> {
-  const file = join(server.dir, `${who.name}.nk`);
-  await writeFile(file, `${who.seed}\n`, { mode: 0o600 });
-  const nc = await connectTransport(server.url, {
-    env: { NATS_CREDS_FILE: file, NATS_INBOX_PREFIX: who.inboxPrefix },
-  });
-  const denials: Denial[] = [];
-  void (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === 'error' && s.error.name === 'PermissionViolationError') {
-        const e = s.error as Error & { operation: string; subject: string };
-        denials.push({ operation: e.operation, subject: e.subject });
-      }
-    }
-  })();
-  return { nc, denials };
-}
 
 function plan(round: number, threshold: number): SecAggPlan {
   return {

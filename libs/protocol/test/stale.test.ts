@@ -3,29 +3,19 @@
  * client, never trained), and an update for an ended round is reported with client and round instead of vanishing
  * with its closed collection. Private nats-server.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { collectUpdates, watchStaleUpdates, type StaleUpdate } from '../src/collector.js';
-import { connectTransport } from '../src/connection.js';
 import { ClientUpdateSchema, encodeMessage } from '../src/messages.js';
 import { planSubject, updateSubject } from '../src/subjects.js';
 import { WorkQueue, skipEndedRounds, watchPlannedRounds, type SkippedTask } from '../src/work-queue.js';
 import { task, update as clientUpdate } from './fixtures.js';
-import { waitFor } from './support/nats.js';
-import { startPrivateNats, type PrivateNats } from './support/nats-server.js';
+import { usePrivateNats, waitFor } from './support/nats.js';
 
-let server: PrivateNats;
 let nc: NatsConnection;
 
-before(async () => {
-  server = await startPrivateNats(() => '');
-  nc = await connectTransport(server.url, { timeoutMs: 5000 });
-});
-after(async () => {
-  await nc?.close();
-  await server?.stop();
-});
+usePrivateNats((c) => (nc = c));
 
 test('tasks of ended rounds are skipped (acked, reported with round and client); current ones are trained', async () => {
   const jobId = 'stale-tasks';

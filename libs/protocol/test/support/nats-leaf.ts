@@ -77,36 +77,34 @@ export function leafPermissions(
   };
 }
 
-/** A self-signed certificate for 127.0.0.1 (its own CA): `cert`, `key` paths in `dir`. */
-export function selfSignedLoopbackCert(dir: string): { cert: string; key: string } {
+/**
+ * A self-signed certificate (its own CA) for `cn`, with subjectAltName `san` where given: `tls.crt` and `tls.key` in
+ * `dir`. Undefined where openssl is not installed; throws where it fails.
+ */
+export function selfSignedCert(dir: string, cn: string, san?: string): { cert: string; key: string } | undefined {
   const cert = join(dir, 'tls.crt');
   const key = join(dir, 'tls.key');
+  // prettier-ignore
   const r = spawnSync(
     'openssl',
     [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=fedbiot-hub',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1',
-      '-keyout',
-      key,
-      '-out',
-      cert,
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+      '-subj', `/CN=${cn}`,
+      ...(san ? ['-addext', `subjectAltName=${san}`] : []),
+      '-keyout', key, '-out', cert,
     ],
     { encoding: 'utf8' },
   );
-  if (r.error || r.status !== 0)
-    throw new Error(`openssl could not make a certificate: ${r.error?.message ?? r.stderr}`);
+  if (r.error) return undefined;
+  if (r.status !== 0) throw new Error(`openssl could not make a certificate: ${r.stderr}`);
   return { cert, key };
+}
+
+/** A self-signed certificate for 127.0.0.1 (its own CA): `cert`, `key` paths in `dir`. */
+export function selfSignedLoopbackCert(dir: string): { cert: string; key: string } {
+  const made = selfSignedCert(dir, 'fedbiot-hub', 'IP:127.0.0.1');
+  if (!made) throw new Error('openssl could not make a certificate: openssl is not installed');
+  return made;
 }
 
 export interface NatsProcess {

@@ -1,0 +1,216 @@
+/**
+ * The job the services tests run (test/services/*): its spec, the standalone reference run, the comparison of final
+ * metrics, the worker services started around an aggregator, and the teardown. One home, so every services test
+ * runs the same job and compares it the same way.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
+import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
+import type { Aggregator } from '../../services/aggregator/aggregator.js';
+import { startAggregator } from '../../services/aggregator/aggregator.module.js';
+import type { RunningService } from '../../services/common/http.js';
+import type { LogRecord } from '../../services/common/logger.js';
+import type { ServiceRole } from '../../services/common/role.js';
+import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
+import type { Evaluator } from '../../services/evaluator/evaluator.js';
+import type { ServerAlignment } from '../../services/server-alignment/alignment.js';
+import { startTrainer } from '../../services/client-trainer/trainer.module.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
+import { startAlignment } from '../../services/server-alignment/alignment.module.js';
+import { repoRoot } from './paths.js';
+
+/**
+ * The services tests' job, the settings of test/e2e/fedbiot-job.test.ts: 3 clients (add, sub, mul), 2 rounds, on
+ * the demo federation in `tmp`/federation (test/support/federation.ts). `extra` adds or replaces top-level sections
+ * (for example `privacy`). The evaluator runs in simulation mode: it scores AdapEmu and AdapFu on every client's
+ * test set, so the whole table can be compared with the standalone job's.
+ */
+export function servicesRawSpec(
+  tmp: string,
+  id: string,
+  extra: Record<string, unknown> = {},
+  federation = join(tmp, 'federation'),
+): Record<string, unknown> {
+  return {
+    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+    data: { federation, maxLength: 96 },
+    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
+    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
+    eval: { maxNewTokens: 4, mode: 'simulation' },
+    baselines: { offsiteTuning: false, localOnly: false },
+    ...extra,
+  };
+}
+
+/** `servicesRawSpec` resolved; `what` names it in validation errors. */
+export const servicesSpec = (tmp: string, id: string, what: string, extra?: Record<string, unknown>): JobSpec =>
+  resolveJobSpec(servicesRawSpec(tmp, id, extra), what);
+
+/**
+ * A trainer's job spec: model.checkpoint names a folder under `tmp` that does not exist, since a client never holds
+ * the model (it trains on the emulator package the aggregator publishes).
+ */
+export const trainerSpec = (s: JobSpec, tmp: string): JobSpec => ({
+  ...s,
+  model: { ...s.model, checkpoint: join(tmp, 'no-model-at-clients') },
+});
+
+/** An eval event of metrics.jsonl (and of the aggregator's events). */
+export interface EvalEvent {
+  round: number;
+  kind: string;
+  method: string;
+  client: string;
+  test_loss: number;
+  accuracy: number;
+}
+
+/** The events of a run folder's metrics.jsonl. */
+export const metricsOf = (runDir: string): Record<string, unknown>[] =>
+  readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+/** The standalone reference: `s` run by runJob; its final eval rows (AdapEmu + AdapFu for add, sub, mul, all). */
+export async function standaloneFinal(s: JobSpec): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
+  const t0 = performance.now();
+  const { runDir } = await runJob(s, { log: () => {} });
+  const ms = performance.now() - t0;
+  const rows = (metricsOf(runDir) as unknown as (EvalEvent & { phase: string })[]).filter(
+    (e) => e.phase === 'main' && e.kind === 'eval' && e.round === s.job.rounds,
+  );
+  assert.equal(rows.length, 8, 'AdapEmu + AdapFu rows for add, sub, mul, all');
+  return { rows, ms, runDir };
+}
+
+/** The aggregator's eval events of the last round. */
+export const finalEvals = (a: Aggregator, rounds: number): EvalEvent[] =>
+  a.events.filter((e) => e.kind === 'eval' && e.round === rounds) as unknown as EvalEvent[];
+
+/** Asserts the distributed final eval rows equal the standalone ones; returns the largest loss difference. */
+export function assertSameFinal(got: readonly EvalEvent[], reference: readonly EvalEvent[]): number {
+  assert.equal(got.length, reference.length);
+  let maxDiff = 0;
+  for (const ref of reference) {
+    const row = got.find((g) => g.method === ref.method && g.client === ref.client);
+    assert.ok(row, `distributed row ${ref.method}/${ref.client}`);
+    const d = Math.abs(row.test_loss - ref.test_loss);
+    assert.ok(d < 1e-6, `${ref.method}/${ref.client} test loss ${row.test_loss} vs standalone ${ref.test_loss}`);
+    assert.equal(row.accuracy, ref.accuracy, `${ref.method}/${ref.client} accuracy`);
+    maxDiff = Math.max(maxDiff, d);
+  }
+  return maxDiff;
+}
+
+/** The sha256 of a file's bytes, in hex. */
+export const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+type ResultRow = { method: string; client: string; test_loss: number; accuracy: number };
+/** The FedBiOT rows of a run folder's results.json (method, client, test loss, accuracy). */
+export const fedbiotResultRows = (runDir: string): ResultRow[] =>
+  (JSON.parse(readFileSync(join(runDir, 'results.json'), 'utf8')) as { rows: ResultRow[] }).rows
+    .filter((r) => r.method.startsWith('fedbiot-'))
+    .map(({ method, client, test_loss, accuracy }) => ({ method, client, test_loss, accuracy }));
+
+export interface WorkerOptions {
+  /** The NATS URL of every service, or of each (named server-alignment, evaluator, trainer-a, trainer-b). */
+  natsUrl: string | ((service: string) => string);
+  spec: JobSpec;
+  logSink: (r: LogRecord) => void;
+  /** The trainers' spec, when it differs from `spec` (see trainerSpec). */
+  trainerSpec?: JobSpec;
+  /** Where each trainer replica keeps its cache (the trainer's default otherwise). */
+  cacheRoot?: (replica: string) => string;
+  ackWaitMs?: number;
+  dashboard?: boolean;
+}
+
+/** Starts server-alignment, the evaluator and trainer replicas trainer-a and trainer-b: all services but the aggregator. */
+export async function startWorkers(
+  o: WorkerOptions,
+): Promise<[RunningService<ServerAlignment>, RunningService<Evaluator>, ...RunningService<ClientTrainer>[]]> {
+  const { natsUrl } = o;
+  const url = typeof natsUrl === 'string' ? () => natsUrl : natsUrl;
+  const alignment = await startAlignment({ natsUrl: url('server-alignment'), spec: o.spec, logSink: o.logSink }, 0);
+  const evaluator = await startEvaluator({ natsUrl: url('evaluator'), spec: o.spec, logSink: o.logSink }, 0, {
+    dashboard: o.dashboard,
+  });
+  const trainers: RunningService<ClientTrainer>[] = [];
+  for (const replica of ['trainer-a', 'trainer-b'])
+    trainers.push(
+      await startTrainer(
+        {
+          natsUrl: url(replica),
+          spec: o.trainerSpec ?? o.spec,
+          replica,
+          logSink: o.logSink,
+          ackWaitMs: o.ackWaitMs,
+          cacheRoot: o.cacheRoot?.(replica),
+        },
+        0,
+      ),
+    );
+  return [alignment, evaluator, ...trainers];
+}
+
+/** What a services test gathers and closes: the services' log records (and their sink), the services, a connection. */
+export interface ServicesJob {
+  logs: LogRecord[];
+  sink: (r: LogRecord) => void;
+  nc: NatsConnection;
+  services: RunningService<ServiceRole>[];
+}
+
+/** A services test's start: no log record yet, no service yet, a connection to `natsUrl`. */
+export async function openServicesJob(natsUrl: string): Promise<ServicesJob> {
+  const logs: LogRecord[] = [];
+  return { logs, sink: (r) => void logs.push(r), nc: await connectTransport(natsUrl), services: [] };
+}
+
+/**
+ * An aggregator that is stopped as soon as it collects round 1 (its records go to `logs` as service aggregator-1);
+ * returns once it has stopped without finishing the job, for a replacement to resume it.
+ */
+export async function aggregatorStoppedInRound1(o: {
+  natsUrl: string;
+  spec: JobSpec;
+  logs: LogRecord[];
+  runsDir: string;
+}): Promise<void> {
+  let stopped: Promise<void> | undefined;
+  let first: RunningService<Aggregator> | undefined;
+  const firstSink = (r: LogRecord): void => {
+    o.logs.push({ ...r, service: 'aggregator-1' });
+    if (r.msg === 'round collecting' && r['round'] === 1) stopped ??= first!.close();
+  };
+  first = await startAggregator(
+    { natsUrl: o.natsUrl, spec: o.spec, logSink: firstSink, deadlineMs: 60_000, runsDir: o.runsDir },
+    0,
+  );
+  await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
+  await stopped;
+}
+
+/**
+ * The end of a services test: on failure prints what the services logged (but debug records and what `quiet`
+ * drops), closes the services in reverse order, deletes the job's NATS resources and closes `nc`.
+ */
+export async function stopServicesJob(o: {
+  passed: boolean;
+  logs: readonly LogRecord[];
+  services: readonly RunningService<ServiceRole>[];
+  nc: NatsConnection;
+  jobId: string;
+  quiet?: (r: LogRecord) => boolean;
+}): Promise<void> {
+  if (!o.passed) for (const r of o.logs) if (r.level !== 'debug' && !o.quiet?.(r)) console.log(JSON.stringify(r));
+  for (const svc of o.services.toReversed()) await svc.close().catch(() => {});
+  await deleteJobResources(o.nc, o.jobId).catch(() => {});
+  await o.nc.close();
+}
