@@ -46,6 +46,7 @@ import type { JobStores } from '../common/providers.js';
 import type { NatsEventServer } from '../common/nats-event-transport.js';
 import type { AggregatorInbox } from './aggregator-inbox.js';
 import { assertServicesPrivacy, openPrivacy, savePrivacy } from './privacy.js';
+import { secAggMaxWeight } from '../common/privacy-check.js';
 
 /** A coordinator event as runRounds reports it. */
 export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
@@ -363,6 +364,8 @@ export class Aggregator implements ServiceRole {
             ctx.data.clients.map((c) => c.id),
           ),
           ...(privacy ? { aggregate: privacy.aggregate } : {}),
+          // privacy.secureAggregation: the trainers mask their updates; the round's aggregate is the secure sum.
+          ...(spec.privacy?.secureAggregation ? { secureAggregation: { maxWeight: secAggMaxWeight(spec) } } : {}),
         },
         start,
         {

@@ -6,8 +6,8 @@
  * protected). The RDP accountant's state is kept in the job's KV per completed round, so a restarted aggregator
  * continues the accounting where the checkpoint it resumes from left it.
  *
- * Secure aggregation is not wired into the services yet: a job spec with `privacy.secureAggregation` is refused at
- * startup (assertServicesPrivacy) rather than silently run in the clear.
+ * Secure aggregation (without DP) runs through the coordinator's secure path instead (ports-nats.ts
+ * trainClientsSecure); secure aggregation together with DP is refused at startup (assertServicesPrivacy).
  */
 import { z } from 'zod';
 import { privacyFor, type JobSpec, type PrivacyAggregation } from '../../libs/fedbiot/src/index.js';

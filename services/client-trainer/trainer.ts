@@ -36,10 +36,13 @@ import {
   type SkippedTask,
   type TaskContext,
   type TrainTask,
+  type SecAggPlan,
+  runSecAggClient,
   skipEndedRounds,
   watchPlannedRounds,
 } from '../../libs/protocol/src/index.js';
 import type { TokenizedExample } from '../../libs/data/src/index.js';
+import { prepareClientInput, type SecAggInput } from '../../libs/privacy/src/index.js';
 import {
   ExampleStream,
   type JobSpec,
@@ -120,6 +123,8 @@ export class ClientTrainer implements ServiceRole {
   readonly name: string;
   readonly log: JsonLogger;
   readonly metrics: ServiceMetrics;
+  /** Secure-aggregation exchanges still running (they outlive their task: a replica may train the next client). */
+  readonly #exchanges = new Set<Promise<unknown>>();
   /** Tasks this replica completed, as `round/client`. */
   readonly completed: string[] = [];
   readonly #nc: NatsConnection;
@@ -202,7 +207,7 @@ export class ClientTrainer implements ServiceRole {
    * aggregator hold up whoever awaits start(). The connection is the module's (already open).
    */
   async start(): Promise<void> {
-    // Secure aggregation would need this replica to mask its update; it cannot yet, so it refuses the job.
+    // A privacy mode the services do not implement (secure aggregation with DP) is refused, not run differently.
     assertServicesPrivacy(this.opts.spec);
     const jobId = this.#stores.jobId;
     const nc = this.#nc;
@@ -348,6 +353,10 @@ export class ClientTrainer implements ServiceRole {
     this.log.info('training', { round, clientId, delivery: tc.deliveryCount });
     const stream = new ExampleStream<TokenizedExample>(client.train, streamSeed(ctx, clientId), from ?? undefined);
     const { adapter, emulator } = await getBroadcast(blobs, task, ctx.specs);
+    // Secure aggregation: the exchange starts now (keys are agreed while this client trains) and gets the masked
+    // input once training is done; the update itself never leaves this replica in the clear.
+    const secure = task.secagg ? this.#startSecAgg(nc, task, task.secagg, tc) : undefined;
+    if (secure === null) return;
     this.metrics.round.set(round);
     const t0 = performance.now();
     let last = t0;
@@ -368,6 +377,110 @@ export class ClientTrainer implements ServiceRole {
     );
     const ms = performance.now() - t0;
     this.metrics.trainedTokens.inc(r.tokens);
+    if (secure) {
+      // Counts first (durable, then published), then the masked input: an aggregator that has the masked input
+      // of this client has its counts too.
+      const counts: ClientUpdate = {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId: ctx.jobId,
+        round,
+        clientId,
+        examples: r.examples,
+        tokens: r.tokens,
+        meanLoss: r.meanLoss,
+        steps: ctx.clientSettings.localSteps,
+        durationMs: Math.round(ms),
+      };
+      await state.put(updateKey(round, clientId), ClientUpdateSchema, counts);
+      publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, counts);
+      await nc.flush();
+      // The standalone hook's weighting (privacy-aggregation.ts): tokens, examples or 1, capped at W.
+      const weighting = ctx.spec.aggregation.weighting;
+      const weight = weighting === 'uniform' ? 1 : weighting === 'tokens' ? r.tokens : r.examples;
+      const ci = prepareClientInput({
+        local: r.adapter.tensors,
+        global: adapter.tensors,
+        weight,
+        maxWeight: secure.plan.maxWeight,
+      });
+      secure.input(ci.input);
+    } else await this.#publishUpdate(ctx, nc, blobs, state, round, clientId, r, ms);
+    await state.put(key, StreamStateSchema, {
+      protocolVersion: PROTOCOL_VERSION,
+      clientId,
+      round,
+      before: from,
+      after: stream.state,
+    });
+    this.completed.push(`${round}/${clientId}`);
+    this.log.info(secure ? 'counts published, update masked' : 'update published', {
+      round,
+      clientId,
+      loss: r.meanLoss,
+      tokens: r.tokens,
+      ms: Math.round(ms),
+      delivery: tc.deliveryCount,
+    });
+  }
+
+  /**
+   * Starts this client's side of the round's SecAgg exchange (runSecAggClient) in the background; `input` hands it
+   * the masked input's source once training is done. Null (task skipped): a redelivered task cannot rejoin an
+   * exchange its first delivery started (this client counts as dropped). Throws for a plan that does not match the
+   * task.
+   */
+  #startSecAgg(
+    nc: NatsConnection,
+    task: TrainTask,
+    plan: SecAggPlan,
+    tc: TaskContext,
+  ): { plan: SecAggPlan; input: (i: SecAggInput) => void } | null {
+    const { round, clientId } = task;
+    if (plan.jobId !== task.jobId || plan.round !== round || !plan.clients.includes(clientId))
+      throw new Error(`secagg plan of ${plan.jobId} round ${plan.round} does not cover ${clientId} in round ${round}`);
+    if (tc.deliveryCount > 1) {
+      this.log.write('warn', 'redelivered secure-aggregation task skipped (the exchange cannot be rejoined)', {
+        round,
+        clientId,
+        delivery: tc.deliveryCount,
+      });
+      return null;
+    }
+    let give!: (i: SecAggInput) => void;
+    const input = new Promise<SecAggInput>((resolve) => (give = resolve));
+    const exchange = runSecAggClient({
+      nc,
+      plan,
+      clientId,
+      input,
+      stepTimeoutMs: Math.max(1, task.deadlineAt - Date.now()),
+    });
+    this.#exchanges.add(exchange);
+    exchange.then(
+      (x) => {
+        this.#exchanges.delete(exchange);
+        this.log.info('secure aggregation done', { round, clientId, completed: x.completed });
+      },
+      (e: unknown) => {
+        this.#exchanges.delete(exchange);
+        if (!this.#stopping)
+          this.log.write('warn', 'secure aggregation failed', { round, clientId, error: (e as Error).message });
+      },
+    );
+    return { plan, input: give };
+  }
+
+  /** The update in the clear: uploaded to the client's bucket, stored in KV, published. */
+  async #publishUpdate(
+    ctx: JobContext,
+    nc: NatsConnection,
+    blobs: BlobStore,
+    state: StateStore,
+    round: number,
+    clientId: string,
+    r: { adapter: Parameters<typeof putLora>[1]; examples: number; tokens: number; meanLoss: number },
+    ms: number,
+  ): Promise<void> {
     // The client's own update bucket: with per-client credentials no other client can read it (auth.ts).
     const ref = await putLora(blobs, r.adapter, { bucket: updateBucketName(ctx.jobId, clientId) });
     const update: ClientUpdate = {
@@ -386,22 +499,6 @@ export class ClientTrainer implements ServiceRole {
     await state.put(updateKey(round, clientId), ClientUpdateSchema, update);
     publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, update);
     await nc.flush();
-    await state.put(key, StreamStateSchema, {
-      protocolVersion: PROTOCOL_VERSION,
-      clientId,
-      round,
-      before: from,
-      after: stream.state,
-    });
-    this.completed.push(`${round}/${clientId}`);
-    this.log.info('update published', {
-      round,
-      clientId,
-      loss: r.meanLoss,
-      tokens: r.tokens,
-      ms: Math.round(ms),
-      delivery: tc.deliveryCount,
-    });
   }
 
   /** False: the task is past its deadline (skipped, logged). Throws for a task of another job or package. */

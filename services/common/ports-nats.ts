@@ -32,7 +32,10 @@ import {
   updateBucketName,
   blobBucketName,
   publishMessage,
+  runSecAggAggregator,
   type BlobRef,
+  type SecAggAggregatorResult,
+  type SecAggPlan,
   type BlobStore,
   type ClientUpdate,
   type EvalMode,
@@ -45,6 +48,7 @@ import {
   type ClientRoundReceipt,
   type ClientRoundResult,
   type RoundPorts,
+  type UpdateSink,
   clientSeed,
   pooledScores,
   type EvalScores,
@@ -53,6 +57,7 @@ import type { JobContext } from './job-context.js';
 import { getLora, putLora } from './lora-blobs.js';
 import { requestReply, retryTransient } from './requests.js';
 import { EvalReplySchema, evalModeRow } from './evaluation-wire.js';
+import { secAggPlanFor } from './privacy-check.js';
 
 /** KV key of a client's update for a round (written by the trainer before it publishes the update). */
 export function updateKey(round: number, clientId: string): string {
@@ -97,6 +102,11 @@ export interface NatsPortsOptions {
   readonly evalClients?: readonly string[];
   /** Where updates and client metrics arrive (the aggregator's Nest event handlers); default subscriptionInbox(nc). */
   readonly inbox?: RoundInbox;
+  /**
+   * Secure aggregation: how long the aggregator waits for the unmasking step's answers (clients that died after
+   * masking are recovered from the others' shares after it); default 10000.
+   */
+  readonly secAggUnmaskTimeoutMs?: number;
   /** Update blobs downloaded at once while a round is collected (each in flight is held in memory); default 4. */
   readonly downloadConcurrency?: number;
 }
@@ -122,131 +132,201 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
     proximalWeight: ctx.clientSettings.proxEps,
     seed: clientSeed(ctx.spec, round, clientId),
   });
-  const ports: RoundPorts = {
-    trainClients: async (round, clients, adapter, emulator, sink) => {
-      o.signal?.throwIfAborted();
-      // Each accepted update's blob is downloaded as it arrives (at most `downloadConcurrency` at once) and, given a
-      // sink, handed to it and dropped: the coordinator folds it into the round's running FedAvg, so the aggregator
-      // holds a few updates at a time, not the round's. Results (or receipts) are returned in the planned order.
-      const got = new Map<string, ClientRoundResult | ClientRoundReceipt>();
-      const pending: Promise<void>[] = [];
-      const waiting: (() => void)[] = [];
-      let active = 0;
-      const maxActive = Math.max(1, o.downloadConcurrency ?? 4);
-      const fetchUpdate = async (u: ClientUpdate): Promise<void> => {
-        if (active >= maxActive) await new Promise<void>((r) => waiting.push(r));
-        active++;
-        const clientId = u.clientId;
-        try {
-          // Only the sender's own update bucket (or the shared one) counts: a ref into another client's
-          // bucket would pass that client's update off as the sender's.
-          const b = u.adapterLora.bucket;
-          if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
-            throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
-          // A clustered broker that loses the bucket's leader times out until a new one is elected: retried until
-          // the round's deadline, so a node loss does not cost an honest client its update.
-          const lora = await retryTransient(() => getLora(blobs, u.adapterLora, ctx.specs.adapter), deadlineAt);
-          const r: ClientRoundResult = {
-            clientId,
-            adapter: lora,
-            tokens: u.tokens,
-            examples: u.examples,
-            meanLoss: u.meanLoss,
-          };
-          if (sink) {
-            sink(r);
-            const { adapter: _, ...counts } = r;
-            got.set(clientId, { ...counts, bytes: loraBytes(lora) });
-          } else got.set(clientId, r);
-        } catch (e) {
-          o.onRejected?.(clientId, `update blob ${u.adapterLora.name}: ${(e as Error).message}`);
-        } finally {
-          active--;
-          waiting.shift()?.();
-        }
-      };
-      const adapterRef = await putLora(blobs, adapter);
-      const emulatorRef = await putLora(blobs, emulator);
-      const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
-      const deadlineAt = Date.now() + deadlineMs;
-      const collection = await inbox.collect({
+  /**
+   * One training round: tasks out, ClientUpdates in (quorum + deadline). In the clear (`secure` absent) each accepted
+   * update's blob is downloaded; under secure aggregation every task carries the round's SecAgg plan, the updates
+   * carry counts only, and runSecAggAggregator (listening before any task goes out) yields the survivors' sum.
+   */
+  const trainRound = async (
+    round: number,
+    clients: readonly string[],
+    adapter: Parameters<RoundPorts['trainClients']>[2],
+    emulator: Parameters<RoundPorts['trainClients']>[3],
+    sink: UpdateSink | undefined,
+    secure: SecAggPlan | undefined,
+  ): Promise<{ results: (ClientRoundResult | ClientRoundReceipt)[]; secagg?: SecAggAggregatorResult }> => {
+    o.signal?.throwIfAborted();
+    // Each accepted update's blob is downloaded as it arrives (at most `downloadConcurrency` at once) and, given a
+    // sink, handed to it and dropped: the coordinator folds it into the round's running FedAvg, so the aggregator
+    // holds a few updates at a time, not the round's. Results (or receipts) are returned in the planned order.
+    const got = new Map<string, ClientRoundResult | ClientRoundReceipt>();
+    const pending: Promise<void>[] = [];
+    const waiting: (() => void)[] = [];
+    let active = 0;
+    const maxActive = Math.max(1, o.downloadConcurrency ?? 4);
+    const fetchUpdate = async (u: ClientUpdate): Promise<void> => {
+      if (secure) {
+        // Counts only: the update itself is in the masked sum (a blob ref sent anyway is ignored, never read).
+        const { clientId, tokens, examples, meanLoss } = u;
+        got.set(clientId, { clientId, tokens, examples, meanLoss, bytes: 0 });
+        return;
+      }
+      if (active >= maxActive) await new Promise<void>((r) => waiting.push(r));
+      active++;
+      const clientId = u.clientId;
+      try {
+        // Only the sender's own update bucket (or the shared one) counts: a ref into another client's
+        // bucket would pass that client's update off as the sender's.
+        if (u.adapterLora === undefined)
+          throw new Error('no adapterLora (counts only, but this round is in the clear)');
+        const b = u.adapterLora.bucket;
+        if (b !== updateBucketName(jobId, clientId) && b !== blobBucketName(jobId))
+          throw new Error(`bucket ${b} is neither ${updateBucketName(jobId, clientId)} nor the shared bucket`);
+        // A clustered broker that loses the bucket's leader times out until a new one is elected: retried until
+        // the round's deadline, so a node loss does not cost an honest client its update.
+        const ref = u.adapterLora;
+        const lora = await retryTransient(() => getLora(blobs, ref, ctx.specs.adapter), deadlineAt);
+        const r: ClientRoundResult = {
+          clientId,
+          adapter: lora,
+          tokens: u.tokens,
+          examples: u.examples,
+          meanLoss: u.meanLoss,
+        };
+        if (sink) {
+          sink(r);
+          const { adapter: _, ...counts } = r;
+          got.set(clientId, { ...counts, bytes: loraBytes(lora) });
+        } else got.set(clientId, r);
+      } catch (e) {
+        o.onRejected?.(clientId, `update blob ${u.adapterLora?.name ?? '(none)'}: ${(e as Error).message}`);
+      } finally {
+        active--;
+        waiting.shift()?.();
+      }
+    };
+    const adapterRef = await putLora(blobs, adapter);
+    const emulatorRef = await putLora(blobs, emulator);
+    const quorum = Math.min(o.quorum ?? ctx.spec.aggregation.quorum ?? clients.length, clients.length);
+    const deadlineAt = Date.now() + deadlineMs;
+    const collection = await inbox.collect({
+      jobId,
+      round,
+      expected: clients,
+      quorum,
+      deadlineMs,
+      onRejected: (r) => o.onRejected?.(r.subject.split('.').at(-1) ?? '?', r.error.message),
+      onLateUpdate: (l) =>
+        o.onNotice?.(`late update from ${l.clientId} for round ${l.round} (${l.lateByMs} ms after close), discarded`),
+      onDuplicate: (d) => o.onNotice?.(`duplicate update from ${d.clientId} for round ${d.round}, first kept`),
+      onAccepted: (u) => void pending.push(fetchUpdate(u)),
+      // onRejected/onLateUpdate/onDuplicate report everything; the collector's own warnings would repeat them.
+      logger: { warn: () => {} },
+    });
+    const abort = (): void => void collection.close();
+    o.signal?.addEventListener('abort', abort, { once: true });
+    // Secure aggregation: the aggregator's side of the exchange listens before the first task goes out.
+    let secagg: Promise<SecAggAggregatorResult> | undefined;
+    if (secure) {
+      let listening!: () => void;
+      const ready = new Promise<void>((r) => (listening = r));
+      secagg = runSecAggAggregator({
+        nc,
+        plan: secure,
+        stepTimeoutMs: Math.max(1, deadlineAt - Date.now()),
+        unmaskTimeoutMs: o.secAggUnmaskTimeoutMs ?? 10_000,
+        onListening: listening,
+        onRejected: (subject, reason) => o.onRejected?.(subject.split('.').at(-1) ?? '?', `secagg: ${reason}`),
+      });
+      secagg.catch(() => {}); // awaited below
+      await Promise.race([ready, secagg]);
+    }
+    try {
+      const plan = {
+        protocolVersion: PROTOCOL_VERSION,
         jobId,
         round,
-        expected: clients,
+        clients: [...clients],
         quorum,
-        deadlineMs,
-        onRejected: (r) => o.onRejected?.(r.subject.split('.').at(-1) ?? '?', r.error.message),
-        onLateUpdate: (l) =>
-          o.onNotice?.(`late update from ${l.clientId} for round ${l.round} (${l.lateByMs} ms after close), discarded`),
-        onDuplicate: (d) => o.onNotice?.(`duplicate update from ${d.clientId} for round ${d.round}, first kept`),
-        onAccepted: (u) => void pending.push(fetchUpdate(u)),
-        // onRejected/onLateUpdate/onDuplicate report everything; the collector's own warnings would repeat them.
-        logger: { warn: () => {} },
-      });
-      const abort = (): void => void collection.close();
-      o.signal?.addEventListener('abort', abort, { once: true });
-      try {
-        const plan = {
+        deadlineAt,
+        model: o.model,
+        adapterLora: adapterRef,
+        emulatorLora: emulatorRef,
+        training: training(round, clients[0]!),
+      };
+      publishMessage(nc, planSubject(jobId, round), RoundPlanSchema, plan);
+      for (const clientId of clients) {
+        await queue.enqueue({
           protocolVersion: PROTOCOL_VERSION,
           jobId,
           round,
-          clients: [...clients],
-          quorum,
-          deadlineAt,
+          clientId,
           model: o.model,
           adapterLora: adapterRef,
           emulatorLora: emulatorRef,
-          training: training(round, clients[0]!),
-        };
-        publishMessage(nc, planSubject(jobId, round), RoundPlanSchema, plan);
-        for (const clientId of clients) {
-          await queue.enqueue({
-            protocolVersion: PROTOCOL_VERSION,
-            jobId,
-            round,
-            clientId,
-            model: o.model,
-            adapterLora: adapterRef,
-            emulatorLora: emulatorRef,
-            training: training(round, clientId),
-            deadlineAt,
-          });
-        }
-        let replayed = 0;
-        for (const clientId of clients) {
-          const stored = await o.state?.get(updateKey(round, clientId), ClientUpdateSchema);
-          if (!stored) continue;
-          // The stored message is the client's own, validated again by the collector like any other.
-          nc.publish(updateSubject(jobId, round, clientId), encodeMessage(ClientUpdateSchema, stored.value, 'kv'));
-          replayed++;
-        }
-        o.onPhase?.(round, 'collecting', { clients: [...clients], quorum, deadlineAt, replayed });
-        let result;
-        try {
-          result = await collection.result;
-        } catch (e) {
-          if (e instanceof QuorumNotReachedError) throw new Error(`round ${round}: ${e.message}`, { cause: e });
-          throw e;
-        }
-        o.onPhase?.(round, 'collected', {
-          received: result.updates.map((u) => u.clientId),
-          missing: result.missing,
-          closedBy: result.closedBy,
-          elapsedMs: result.elapsedMs,
+          training: training(round, clientId),
+          deadlineAt,
+          ...(secure ? { secagg: secure } : {}),
         });
-        // Every update accepted in time was handed to fetchUpdate as it arrived; wait for the last downloads.
-        await Promise.all(pending);
-        // The planned order, not arrival order: without a sink FedAvg then sums in the same order as the standalone
-        // job; with one, the coordinator's StreamingFedAvg restores that order itself.
-        const inTime = new Set(result.updates.map((u) => u.clientId));
-        return clients.flatMap((c) => {
-          const r = inTime.has(c) ? got.get(c) : undefined;
-          return r ? [r] : [];
-        });
-      } finally {
-        o.signal?.removeEventListener('abort', abort);
-        await collection.close();
       }
+      let replayed = 0;
+      for (const clientId of clients) {
+        const stored = await o.state?.get(updateKey(round, clientId), ClientUpdateSchema);
+        if (!stored) continue;
+        // The stored message is the client's own, validated again by the collector like any other.
+        nc.publish(updateSubject(jobId, round, clientId), encodeMessage(ClientUpdateSchema, stored.value, 'kv'));
+        replayed++;
+      }
+      o.onPhase?.(round, 'collecting', { clients: [...clients], quorum, deadlineAt, replayed });
+      let result;
+      try {
+        result = await collection.result;
+      } catch (e) {
+        if (e instanceof QuorumNotReachedError) throw new Error(`round ${round}: ${e.message}`, { cause: e });
+        throw e;
+      }
+      o.onPhase?.(round, 'collected', {
+        received: result.updates.map((u) => u.clientId),
+        missing: result.missing,
+        closedBy: result.closedBy,
+        elapsedMs: result.elapsedMs,
+      });
+      // Every update accepted in time was handed to fetchUpdate as it arrived; wait for the last downloads.
+      await Promise.all(pending);
+      // The planned order, not arrival order: without a sink FedAvg then sums in the same order as the standalone
+      // job; with one, the coordinator's StreamingFedAvg restores that order itself.
+      const inTime = new Set(result.updates.map((u) => u.clientId));
+      const results = clients.flatMap((c) => {
+        const r = inTime.has(c) ? got.get(c) : undefined;
+        return r ? [r] : [];
+      });
+      return secagg ? { results, secagg: await secagg } : { results };
+    } finally {
+      o.signal?.removeEventListener('abort', abort);
+      await collection.close();
+    }
+  };
+  const ports: RoundPorts = {
+    trainClients: async (round, clients, adapter, emulator, sink) =>
+      (await trainRound(round, clients, adapter, emulator, sink, undefined)).results,
+    trainClientsSecure: async (round, clients, adapter, emulator) => {
+      let total = 0;
+      for (const t of adapter.tensors.values()) total += t.length;
+      const plan = secAggPlanFor(ctx.spec, jobId, round, clients, total);
+      const { results, secagg } = await trainRound(round, clients, adapter, emulator, undefined, plan);
+      const r = secagg!;
+      return {
+        receipts: results.map((x) => ({
+          clientId: x.clientId,
+          tokens: x.tokens,
+          examples: x.examples,
+          meanLoss: x.meanLoss,
+          bytes: 0,
+        })),
+        sum: r.sum,
+        weightSum: r.weightSum,
+        survivors: r.survivors,
+        dropped: r.dropped,
+        errorBound: r.errorBound,
+        detail: {
+          secagg_threshold: plan.threshold,
+          secagg_graph: plan.graph.kind === 'complete' ? 'complete' : `secagg+ k=${plan.graph.k}`,
+          secagg_clip_range: plan.clipRange,
+          // Masked, then gone before revealing shares: recovered from the others' Shamir shares.
+          secagg_recovered_after_masking: r.unmaskMissing,
+          ...(r.rejected.length > 0 ? { secagg_rejected: r.rejected } : {}),
+        },
+      };
     },
     align: async (adapter, steps) => {
       o.signal?.throwIfAborted();

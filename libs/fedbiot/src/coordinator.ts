@@ -8,6 +8,7 @@
  *                      check updates -> FedAvg (token-weighted) -> E alignment steps -> evaluate -> checkpoint
  */
 import type { LoraWeights } from '../../model/src/light.js';
+import { tensorLayout, unflatten } from '../../privacy/src/index.js';
 import {
   adamwDeltaBound,
   aggregate,
@@ -52,6 +53,28 @@ export interface ClientRoundReceipt {
  */
 export type UpdateSink = (result: ClientRoundResult) => void;
 
+/**
+ * What a port returns for a round run under secure aggregation (privacy.secureAggregation): the clients' counts and
+ * the survivors' sum, never a client's adapter. The sum is SecAggResult's: sum_u w_u x_u over the survivors, where
+ * x_u = the client's local adapter minus the round's broadcast, flattened in tensorLayout (sorted-name) order and
+ * clamped to the clip range, and w_u its weight capped at the public bound W (prepareClientInput, libs/privacy).
+ */
+export interface SecureRoundResult {
+  /** Counts of the clients that reported finishing local training (their messages carry no adapter). */
+  readonly receipts: readonly ClientRoundReceipt[];
+  readonly sum: Float32Array;
+  /** sum_u w_u over the survivors (exact). */
+  readonly weightSum: number;
+  /** Clients whose masked input is in the sum. */
+  readonly survivors: readonly string[];
+  /** Clients that shared keys but whose input is not in the sum. */
+  readonly dropped: readonly string[];
+  /** Worst-case quantisation error per element of `sum`. */
+  readonly errorBound: number;
+  /** More fields for the round's `privacy` event (bytes, threshold, rejected messages, ...). */
+  readonly detail?: Readonly<Record<string, unknown>>;
+}
+
 export interface RoundPorts {
   /**
    * Runs local training for `clients` from the broadcast; resolves with the updates that arrived, in planned order.
@@ -66,6 +89,16 @@ export interface RoundPorts {
     emulator: LoraWeights,
     sink?: UpdateSink,
   ): Promise<readonly (ClientRoundResult | ClientRoundReceipt)[]>;
+  /**
+   * Secure aggregation (used instead of trainClients when CoordinatorSettings.secureAggregation is set): runs local
+   * training for `clients` and the SecAgg exchange among them; resolves with their counts and the survivors' sum.
+   */
+  trainClientsSecure?(
+    round: number,
+    clients: readonly string[],
+    adapter: LoraWeights,
+    emulator: LoraWeights,
+  ): Promise<SecureRoundResult>;
   /** E alignment steps of the emulator against the (new) adapter; null when this method does not align. */
   align(adapter: LoraWeights, steps: number): Promise<{ emulator: LoraWeights; stats: AlignmentStats } | null>;
   /** Scores per (method, client) for the current adapter and emulator. */
@@ -108,6 +141,12 @@ export interface CoordinatorSettings {
     global: LoraWeights,
     accepted: readonly ClientUpdate[],
   ) => { adapter: LoraWeights; events: readonly { kind: string; [k: string]: unknown }[] };
+  /**
+   * Secure aggregation without DP (privacy.secureAggregation, no privacy.dp): the round goes through
+   * ports.trainClientsSecure and its sum becomes the new adapter (secureRoundAdapter, the standalone hook's server
+   * half). `maxWeight` is the public weight bound W the clients capped their weights at.
+   */
+  readonly secureAggregation?: { readonly maxWeight: number };
 }
 
 export interface CoordinatorState {
@@ -262,6 +301,136 @@ export function loraBytes(l: LoraWeights): number {
   return n;
 }
 
+/**
+ * The server half of secure aggregation (no DP), the same arithmetic as the standalone hook (privacy-aggregation.ts
+ * PrivacyAggregation.aggregate): new adapter = global + (sum / W) / (weightSum / W); the global adapter is kept when
+ * weightSum is 0. Throws when the sum does not have the adapter's element count.
+ */
+export function secureRoundAdapter(
+  global: LoraWeights,
+  r: Pick<SecureRoundResult, 'sum' | 'weightSum'>,
+  maxWeight: number,
+): LoraWeights {
+  const layout = tensorLayout(new Map([...global.tensors].map(([k, v]) => [k, v.length])));
+  if (r.sum.length !== layout.total)
+    throw new RangeError(`secure sum has ${r.sum.length} elements, the adapter ${layout.total}`);
+  if (r.weightSum <= 0) return global;
+  const W = maxWeight;
+  const sum = Float64Array.from(r.sum, (v) => v / W);
+  const denom = r.weightSum / W;
+  const mean = unflatten(
+    layout,
+    Float64Array.from(sum, (v) => v / denom),
+  );
+  return {
+    spec: global.spec,
+    tensors: new Map([...global.tensors].map(([k, g]) => [k, g.map((v, i) => v + mean.get(k)![i]!)])),
+  };
+}
+
+/**
+ * The screening that still applies to a securely aggregated round. Per client, nothing that looks at the update:
+ * shapes, non-finite values, the absolute norm bound, the AdamW reach bound and the relative bound all need the
+ * client's adapter, which is masked (what bounds a client's contribution is the clamp of each element to the clip
+ * range R and its weight's cap at W, both applied before masking). A client's published counts are only reported:
+ * its weight inside the sum is whatever it masked, so they cannot be removed from it. On the aggregate: the new
+ * adapter is a weighted mean of the survivors' adapters, so its norm and its distance from the broadcast are at most
+ * the largest of theirs; when it breaks the absolute norm bound or the AdamW reach bound, some client did, and the
+ * round's aggregate is refused (adapter kept). Returns the problems of the aggregate (empty: accept).
+ */
+export function screenSecureAggregate(
+  candidate: LoraWeights,
+  base: ReadonlyMap<string, Float32Array>,
+  settings: Pick<CoordinatorSettings, 'maxUpdateNorm' | 'task' | 'normBound'>,
+): UpdateProblem[] {
+  const { task: _, ...withoutCounts } = settings;
+  const screen = updateScreen(base, withoutCounts);
+  const { problems } = screen({ clientId: 'aggregate', tensors: candidate.tensors, tokens: 0, examples: 0 });
+  if (problems.length > 0 || !settings.task || settings.normBound === 'off') return problems;
+  let numel = 0;
+  for (const v of base.values()) numel += v.length;
+  const reach = adamwDeltaBound(settings.task, numel, l2Norm(base));
+  const dist = deltaNorm(candidate.tensors, base);
+  return dist > reach
+    ? [
+        {
+          clientId: 'aggregate',
+          kind: 'norm',
+          message: `the securely aggregated mean moved ${dist.toPrecision(6)} from the broadcast, more than ${settings.task.localSteps} AdamW steps of lr ${settings.task.lr} can (${reach.toPrecision(6)}): some client's update did`,
+        },
+      ]
+    : [];
+}
+
+/** One securely aggregated round: train events, the aggregate, its screening and the privacy event; the new adapter. */
+async function secureRound(
+  ports: RoundPorts,
+  settings: CoordinatorSettings,
+  maxWeight: number,
+  round: number,
+  clients: readonly string[],
+  state: CoordinatorState,
+  events: CoordinatorEvents,
+): Promise<{ adapter: LoraWeights; up: number }> {
+  if (clients.length < 2) {
+    // A "sum" of one client is that client's update: release nothing (the standalone hook keeps the adapter too).
+    events.onEvent({
+      round,
+      kind: 'privacy',
+      clients: clients.length,
+      skipped: 'secure aggregation needs at least 2 clients; adapter kept',
+    });
+    return { adapter: state.adapter, up: 0 };
+  }
+  if (!ports.trainClientsSecure) throw new Error('secure aggregation is set but the ports have no trainClientsSecure');
+  const r = await ports.trainClientsSecure(round, clients, state.adapter, state.emulator);
+  for (const c of r.receipts) {
+    events.onEvent({
+      round,
+      kind: 'train',
+      client: c.clientId,
+      loss: c.meanLoss,
+      tokens: c.tokens,
+      examples: c.examples,
+    });
+    if (settings.task)
+      for (const p of checkCounts(c, settings.task))
+        events.onEvent({
+          round,
+          kind: 'notice',
+          client: c.clientId,
+          check: p.kind,
+          reason: `${p.message} (reported only: its masked weight is in the sum)`,
+        });
+  }
+  const W = maxWeight;
+  const event: { round: number; kind: string; [k: string]: unknown } = {
+    round,
+    kind: 'privacy',
+    clients: clients.length,
+    secagg_survivors: r.survivors.length,
+    secagg_excluded: r.dropped,
+    secagg_error_bound: r.errorBound / W,
+    ...r.detail,
+  };
+  let adapter = state.adapter;
+  if (r.weightSum > 0) {
+    const candidate = secureRoundAdapter(state.adapter, r, W);
+    const problems = screenSecureAggregate(candidate, state.adapter.tensors, settings);
+    if (problems.length === 0) adapter = candidate;
+    else {
+      const reason = problems.map((p) => (p.tensor === undefined ? '' : `tensor ${p.tensor}: `) + p.message).join('; ');
+      events.onRejected?.('aggregate', reason, problems[0]!.kind);
+      events.onEvent({ round, kind: 'rejected', client: 'aggregate', check: problems[0]!.kind, reason });
+      event['skipped'] = 'aggregate failed screening: adapter kept';
+    }
+  } else event['skipped'] = 'weight sum 0: adapter kept';
+  event['weight_fill'] = r.survivors.length > 0 ? r.weightSum / (r.survivors.length * W) : 0;
+  events.onEvent(event);
+  // Upload: each client's masked input is 8 (L + 1) bytes before encoding; the port's detail has the exact bytes.
+  return { adapter, up: r.survivors.length * 8 * (r.sum.length + 1) };
+}
+
 export async function runRounds(
   ports: RoundPorts,
   settings: CoordinatorSettings,
@@ -280,6 +449,22 @@ export async function runRounds(
   }
   for (let round = state.round; round < settings.rounds; round++) {
     const clients = sampleClients(settings.clientIds, settings.perRound, settings.seed, round);
+    if (settings.secureAggregation) {
+      const { adapter, up } = await secureRound(
+        ports,
+        settings,
+        settings.secureAggregation.maxWeight,
+        round,
+        clients,
+        state,
+        events,
+      );
+      const down =
+        clients.length * (loraBytes(state.adapter) + (settings.broadcastEmulator ? loraBytes(state.emulator) : 0));
+      events.onEvent({ round, kind: 'comm', down, up, clients: clients.length });
+      state = await finishRound(ports, settings, events, round, adapter, state.emulator);
+      continue;
+    }
     // Aggregation as updates arrive where the settings allow it: each update is screened and folded into the
     // running FedAvg as the port hands it over, and dropped; the others are screened and aggregated together below.
     const stream = canStream(settings)
@@ -374,26 +559,39 @@ export async function runRounds(
       clients.length * (loraBytes(state.adapter) + (settings.broadcastEmulator ? loraBytes(state.emulator) : 0));
     const up = results.reduce((s, r) => s + ('adapter' in r ? loraBytes(r.adapter) : r.bytes), 0);
     events.onEvent({ round, kind: 'comm', down, up, clients: clients.length });
-    let emulator = state.emulator;
-    const aligned = await ports.align(adapter, settings.alignStepsPerRound);
-    if (aligned) {
-      emulator = aligned.emulator;
-      events.onEvent({ round, kind: 'align', phase: 'round', ...aligned.stats });
-    }
-    state = { round: round + 1, adapter, emulator, preAligned: true };
-    if ((round + 1) % settings.evalEvery === 0 || round + 1 === settings.rounds) {
-      for (const e of await ports.evaluate(round + 1, adapter, emulator)) {
-        events.onEvent({
-          round: round + 1,
-          kind: 'eval',
-          method: e.method,
-          client: e.client,
-          test_loss: e.scores.testLoss,
-          accuracy: e.scores.accuracy,
-        });
-      }
-    }
-    await events.onCheckpoint(state);
+    state = await finishRound(ports, settings, events, round, adapter, state.emulator);
   }
+  return state;
+}
+
+/** A round's end: E alignment steps, evaluation when due, checkpoint. */
+async function finishRound(
+  ports: RoundPorts,
+  settings: CoordinatorSettings,
+  events: CoordinatorEvents,
+  round: number,
+  adapter: LoraWeights,
+  previousEmulator: LoraWeights,
+): Promise<CoordinatorState> {
+  let emulator = previousEmulator;
+  const aligned = await ports.align(adapter, settings.alignStepsPerRound);
+  if (aligned) {
+    emulator = aligned.emulator;
+    events.onEvent({ round, kind: 'align', phase: 'round', ...aligned.stats });
+  }
+  const state: CoordinatorState = { round: round + 1, adapter, emulator, preAligned: true };
+  if ((round + 1) % settings.evalEvery === 0 || round + 1 === settings.rounds) {
+    for (const e of await ports.evaluate(round + 1, adapter, emulator)) {
+      events.onEvent({
+        round: round + 1,
+        kind: 'eval',
+        method: e.method,
+        client: e.client,
+        test_loss: e.scores.testLoss,
+        accuracy: e.scores.accuracy,
+      });
+    }
+  }
+  await events.onCheckpoint(state);
   return state;
 }

@@ -15,6 +15,8 @@ export { chunks, toTokenBatch, ExampleStream } from './batches.js';
 export * from './emulator-package.js';
 export {
   INSECURE_DP_NOISE_SEED_ENV,
+  defaultDegree,
+  maxWeightFor,
   privacyFor,
   privacySummary,
   type PrivacyAggregation,

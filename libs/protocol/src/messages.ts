@@ -151,6 +151,11 @@ export const TrainTaskSchema = z.strictObject({
   training: TrainingConfigSchema,
   /** After this (epoch ms) the aggregator no longer waits for the result; a trainer may skip the task. */
   deadlineAt: epochMs,
+  /**
+   * Secure aggregation (privacy.secureAggregation): the round's SecAgg plan. The trainer then sends its update only
+   * masked, through runSecAggClient (secagg-flow.ts), and its ClientUpdate carries counts only (no adapterLora).
+   */
+  secagg: z.lazy(() => SecAggPlanSchema).optional(),
 });
 export type TrainTask = z.infer<typeof TrainTaskSchema>;
 
@@ -160,8 +165,12 @@ export const ClientUpdateSchema = z.strictObject({
   jobId: id,
   round,
   clientId: id,
-  /** safetensors blob with the adapter's LoRA A and B tensors after local training (PEFT names). */
-  adapterLora: BlobRefSchema,
+  /**
+   * safetensors blob with the adapter's LoRA A and B tensors after local training (PEFT names). Absent under secure
+   * aggregation: the update then travels masked on the round's secagg subjects and this message carries the counts
+   * only (an aggregator not running secure aggregation rejects such an update).
+   */
+  adapterLora: BlobRefSchema.optional(),
   /** Training examples seen (FedAvg weight). */
   examples: count,
   /** Loss-bearing tokens seen. */

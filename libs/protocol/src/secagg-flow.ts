@@ -67,6 +67,13 @@ export interface SecAggAggregatorOptions {
   readonly plan: SecAggPlan;
   /** Per step: stop waiting when every expected client answered or after this many ms. */
   readonly stepTimeoutMs: number;
+  /**
+   * The unmasking step's wait instead of stepTimeoutMs (a live client answers it at once; a shorter wait lets a
+   * client that died after masking be recovered without waiting out a training-length step).
+   */
+  readonly unmaskTimeoutMs?: number;
+  /** Called once the aggregator listens for the four client steps (before that, a client's message could be lost). */
+  readonly onListening?: () => void;
   /** A message dropped at the boundary (bad subject, schema, job/round/client mismatch). */
   readonly onRejected?: (subject: string, reason: string) => void;
 }
@@ -74,6 +81,8 @@ export interface SecAggAggregatorOptions {
 export interface SecAggAggregatorResult extends SecAggResult {
   /** Transport- and protocol-level rejections, `subject: reason`. */
   readonly rejected: readonly string[];
+  /** Clients whose masked input is in the sum but who did not answer the unmasking request (recovered by Shamir). */
+  readonly unmaskMissing: readonly string[];
 }
 
 /**
@@ -107,12 +116,16 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
       },
     }),
   );
-  const collect = async (step: SecAggClientStep, expected: readonly string[]): Promise<unknown[]> => {
+  const collect = async (
+    step: SecAggClientStep,
+    expected: readonly string[],
+    timeoutMs = opts.stepTimeoutMs,
+  ): Promise<unknown[]> => {
     const box = inbox.get(step)!;
     const done = (): boolean => expected.every((c) => box.from.has(c));
     if (!done()) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, opts.stepTimeoutMs);
+        const timer = setTimeout(resolve, timeoutMs);
         box.wake = () => {
           if (done()) {
             clearTimeout(timer);
@@ -126,6 +139,7 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
   };
   try {
     await nc.flush(); // the subscriptions are registered on the server before any client is told to start
+    opts.onListening?.();
     const env = { protocolVersion: PROTOCOL_VERSION, jobId, round } as const;
     const keys = server.advertise(await collect('advertise', plan.clients));
     publishMessage(nc, secAggKeysSubject(jobId, round), SecAggKeysSchema, { ...env, body: keys });
@@ -139,9 +153,12 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
       publishMessage(nc, secAggSharesSubject(jobId, round, to), SecAggSharesSchema, { ...env, clientId: to, body: fw });
     const request = server.maskedInputs(await collect('masked', [...forwards.keys()]));
     publishMessage(nc, secAggUnmaskRequestSubject(jobId, round), SecAggUnmaskRequestSchema, { ...env, body: request });
-    const result = server.unmask(await collect('unmask', request.survivors));
+    const result = server.unmask(
+      await collect('unmask', request.survivors, opts.unmaskTimeoutMs ?? opts.stepTimeoutMs),
+    );
     for (const r of server.rejected) rejected.push(`${r.round}${r.clientId ? ` ${r.clientId}` : ''}: ${r.reason}`);
-    return { ...result, rejected };
+    const answered = inbox.get('unmask')!.from;
+    return { ...result, rejected, unmaskMissing: request.survivors.filter((c) => !answered.has(c)) };
   } finally {
     for (const s of subs) s.unsubscribe();
   }

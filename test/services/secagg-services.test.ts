@@ -1,0 +1,235 @@
+/**
+ * Secure aggregation in the distributed job (issue 14): the four services on a private NATS
+ * (FEDBIOT_TEST_NATS=process), in one process. Each trainer masks its update (runSecAggClient) and publishes its
+ * counts only; the aggregator runs runSecAggAggregator per round and the coordinator's secure path turns the sum into
+ * the round's adapter.
+ * - the distributed job equals the standalone secure-aggregation job: the fixed-point sum is exact (mask
+ *   cancellation in Z_2^64), so the adapter and merged model are byte for byte the standalone's (difference 0);
+ *   no update blob is uploaded to any client bucket and no ClientUpdate carries an adapter;
+ * - a trainer killed after sending its masked input (round 1, 2 of 3 survive, threshold 2) is recovered from the
+ *   others' Shamir shares (the aggregator reports it under secagg_recovered_after_masking): the final adapter is
+ *   still the standalone's.
+ * That a client identity can publish only its own secagg messages is tested in libs/protocol/test/secagg.test.ts.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { writeDemoFederation } from '../../libs/data/src/index.js';
+import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
+import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
+import type { RunningService } from '../../services/common/http.js';
+import type { LogRecord } from '../../services/common/logger.js';
+import type { ServiceRole } from '../../services/common/role.js';
+import { startAggregator } from '../../services/aggregator/aggregator.module.js';
+import { startTrainer } from '../../services/client-trainer/trainer.module.js';
+import { startAlignment } from '../../services/server-alignment/alignment.module.js';
+import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
+import { repoRoot } from '../support/paths.js';
+import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
+
+let nats: PrivateNats | undefined;
+let NATS_URL = '';
+let tmp = '';
+
+/** test/services/privacy-services.test.ts's job (3 clients, 2 rounds) with secure aggregation and no DP. */
+function spec(id: string): JobSpec {
+  return resolveJobSpec(
+    {
+      job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
+      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
+      data: { federation: join(tmp, 'federation'), maxLength: 96 },
+      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
+      alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
+      eval: { maxNewTokens: 4, mode: 'simulation' },
+      baselines: { offsiteTuning: false, localOnly: false },
+      privacy: { secureAggregation: { graph: 'complete' } },
+    },
+    'secagg services test job',
+  );
+}
+
+before(async () => {
+  nats = await startPrivateNats(() => '');
+  NATS_URL = nats.url;
+  console.log(`secagg services tests: NATS ${nats.via} at ${NATS_URL}`);
+  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-secagg-services-'));
+  await writeDemoFederation(join(tmp, 'federation'), {
+    seed: 5,
+    trainPerClient: 48,
+    testPerClient: 8,
+    globalTestPerTask: 2,
+    corpusBytes: 60_000,
+  });
+});
+after(async () => {
+  await nats?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+type Event = Record<string, unknown>;
+const metricsOf = (dir: string): Event[] =>
+  readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Event);
+const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
+const FILES = ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'];
+
+let reference: Promise<{ runDir: string; events: Event[] }> | undefined;
+/** The standalone secure-aggregation job (run once). */
+function standalone(): Promise<{ runDir: string; events: Event[] }> {
+  reference ??= (async () => {
+    const { runDir } = await runJob(spec(`standalone-secagg-${process.pid}`), { log: () => {} });
+    return { runDir, events: metricsOf(runDir) };
+  })();
+  return reference;
+}
+
+/** Alignment and evaluator, and trainers: pooled replicas, or one per client (`perClient`). */
+async function startWorkers(
+  s: JobSpec,
+  sink: (r: LogRecord) => void,
+  trainers: { replicas: readonly string[] } | { perClient: readonly string[] },
+): Promise<{ services: RunningService<ServiceRole>[]; byClient: Map<string, RunningService<ServiceRole>> }> {
+  const services: RunningService<ServiceRole>[] = [];
+  const byClient = new Map<string, RunningService<ServiceRole>>();
+  services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+  services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
+  if ('replicas' in trainers)
+    for (const replica of trainers.replicas)
+      services.push(
+        await startTrainer(
+          { natsUrl: NATS_URL, spec: s, replica, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${replica}`) },
+          0,
+        ),
+      );
+  else
+    for (const clientId of trainers.perClient) {
+      const t = await startTrainer(
+        { natsUrl: NATS_URL, spec: s, clientId, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${clientId}`) },
+        0,
+      );
+      services.push(t);
+      byClient.set(clientId, t);
+    }
+  return { services, byClient };
+}
+
+test('privacy.secureAggregation: the distributed job equals the standalone secure job (adapter byte for byte), no update in the clear', async () => {
+  const jobId = `svc-secagg-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const ref = await standalone();
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  // Every ClientUpdate of the job, as any subscriber sees it: counts only.
+  const updates: Event[] = [];
+  const sub = nc.subscribe(`fl.${jobId}.round.*.update.*`, {
+    callback: (_e, m) => void updates.push(JSON.parse(new TextDecoder().decode(m.data)) as Event),
+  });
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    const aggregator = await startAggregator(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const dir = join(runsDir, jobId);
+    for (const f of FILES)
+      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    assert.equal(updates.length, 6, '3 clients x 2 rounds');
+    assert.ok(
+      updates.every((u) => !('adapterLora' in u)),
+      'no ClientUpdate names an update blob',
+    );
+    const pick = (es: readonly Event[]) =>
+      es
+        .filter((e) => e['kind'] === 'privacy')
+        .map((e) => [e['round'], e['clients'], e['secagg_survivors'], e['weight_fill']]);
+    assert.deepEqual(pick(metricsOf(dir)), pick(ref.events), 'survivors and weight fill per round');
+    const train = (es: readonly Event[]) =>
+      es
+        .filter((e) => e['kind'] === 'train')
+        .map((e) => `${String(e['round'])}/${String(e['client'])}/${String(e['tokens'])}/${String(e['loss'])}`)
+        .toSorted();
+    assert.deepEqual(train(metricsOf(dir)), train(ref.events), 'train events (counts and losses)');
+    passed = true;
+    console.log('secagg: distributed == standalone (adapter and merged model sha256 equal, difference 0)');
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    sub.unsubscribe();
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('privacy.secureAggregation: a trainer killed after masking is recovered (2 of 3 survive, t = 2): the final adapter is the standalone one', async () => {
+  const jobId = `svc-secagg-kill-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const ref = await standalone();
+  const clients = [
+    ...new Set(ref.events.filter((e) => e['kind'] === 'train').map((e) => String(e['client']))),
+  ].toSorted();
+  assert.equal(clients.length, 3);
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    const w = await startWorkers(s, sink, { perClient: clients });
+    services.push(...w.services);
+    // The first client to send its masked input of round 1 dies right away: the others are still training, so the
+    // unmasking request (sent once every masked input is in) finds it gone.
+    let killed: Promise<void> | undefined;
+    let victim = '';
+    const sub = nc.subscribe(`fl.${jobId}.round.1.secagg.masked.*`, {
+      max: 1,
+      callback: (_e, m) => {
+        victim = m.subject.split('.').at(-1)!;
+        const t = w.byClient.get(victim)!;
+        services.splice(services.indexOf(t), 1);
+        killed = t.close();
+      },
+    });
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    const aggregator = await startAggregator(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    sub.unsubscribe();
+    assert.ok(killed, `the ${victim} replica was killed after masking`);
+    await killed;
+    assert.equal(final?.round, 2);
+    const dir = join(runsDir, jobId);
+    const priv = metricsOf(dir).filter((e) => e['kind'] === 'privacy');
+    assert.deepEqual(
+      priv.map((e) => [e['round'], e['secagg_survivors'], e['secagg_excluded'], e['secagg_recovered_after_masking']]),
+      [
+        [0, 3, [], []],
+        [1, 3, [], [victim]],
+      ],
+      'the killed client masked before dying: it is in the sum, recovered by Shamir',
+    );
+    for (const f of FILES)
+      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    passed = true;
+    console.log(`secagg: ${victim} killed after masking in round 1, recovered; final adapter == standalone`);
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
