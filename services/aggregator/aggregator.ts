@@ -45,7 +45,7 @@ import type { ServiceRole } from '../common/role.js';
 import type { JobStores } from '../common/providers.js';
 import type { NatsEventServer } from '../common/nats-event-transport.js';
 import type { AggregatorInbox } from './aggregator-inbox.js';
-import { assertServicesPrivacy, openPrivacy, savePrivacy } from './privacy.js';
+import { assertServicesPrivacy, openPrivacy, savePrivacy, secureDpAccount } from './privacy.js';
 import { secAggMaxWeight } from '../common/privacy-check.js';
 
 /** A coordinator event as runRounds reports it. */
@@ -363,9 +363,18 @@ export class Aggregator implements ServiceRole {
             ctx.stages[0]!,
             ctx.data.clients.map((c) => c.id),
           ),
-          ...(privacy ? { aggregate: privacy.aggregate } : {}),
-          // privacy.secureAggregation: the trainers mask their updates; the round's aggregate is the secure sum.
-          ...(spec.privacy?.secureAggregation ? { secureAggregation: { maxWeight: secAggMaxWeight(spec) } } : {}),
+          // privacy.secureAggregation: the trainers mask their updates (clipped and noised under DP); the round's
+          // aggregate is the secure sum. privacy.dp alone: the standalone hook clips and noises at the server.
+          ...(spec.privacy?.secureAggregation
+            ? {
+                secureAggregation: {
+                  maxWeight: secAggMaxWeight(spec),
+                  ...(privacy ? { account: secureDpAccount(spec, privacy) } : {}),
+                },
+              }
+            : privacy
+              ? { aggregate: privacy.aggregate }
+              : {}),
         },
         start,
         {

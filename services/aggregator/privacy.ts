@@ -6,11 +6,13 @@
  * protected). The RDP accountant's state is kept in the job's KV per completed round, so a restarted aggregator
  * continues the accounting where the checkpoint it resumes from left it.
  *
- * Secure aggregation (without DP) runs through the coordinator's secure path instead (ports-nats.ts
- * trainClientsSecure); secure aggregation together with DP is refused at startup (assertServicesPrivacy).
+ * With secure aggregation the clients clip and noise before masking (distributed noise) and the round runs through
+ * the coordinator's secure path (ports-nats.ts trainClientsSecure): the aggregator then only steps the accountant
+ * (secureDpAccount), with the noise multiplier that reached the sum (the survivors' shares).
  */
 import { z } from 'zod';
 import { privacyFor, type JobSpec, type PrivacyAggregation } from '../../libs/fedbiot/src/index.js';
+import { effectiveNoiseMultiplier } from '../../libs/privacy/src/index.js';
 import type { StateStore } from '../../libs/protocol/src/index.js';
 import { assertServicesPrivacy } from '../common/privacy-check.js';
 
@@ -51,4 +53,34 @@ export async function openPrivacy(
 /** Stores the accountant's state with checkpoint `round` (before the job state names that round completed). */
 export async function savePrivacy(state: StateStore, privacy: PrivacyAggregation, round: number): Promise<void> {
   await state.put(privacyStateKey(round), PrivacyStateSchema, { round, state: privacy.state() });
+}
+
+/**
+ * DP under secure aggregation: the coordinator's `secureAggregation.account`. Steps the accountant once per round
+ * as the standalone hook does (q = clients sampled per round / N; the effective multiplier of the survivors' noise
+ * shares, sigma sqrt(s / m)) and returns the `privacy` event's DP fields (clipped_clients is unknown to the server:
+ * each client clips its own update).
+ */
+export function secureDpAccount(
+  spec: JobSpec,
+  privacy: PrivacyAggregation,
+): (round: number, sampled: number, survivors: number) => Record<string, unknown> {
+  const dp = spec.privacy!.dp!;
+  return (_round, sampled, survivors) => {
+    const sigma = dp.noiseMultiplier;
+    const sigmaEff = effectiveNoiseMultiplier(sigma, sigma > 0 ? survivors : 0, sampled);
+    const q = Math.min(1, (privacy.opts.sampledPerRound ?? sampled) / privacy.opts.clientCount);
+    privacy.accountant.step(q, sigmaEff);
+    const eps = privacy.accountant.getPrivacySpent(dp.delta);
+    return {
+      clip: dp.clip,
+      noise_multiplier: sigma,
+      effective_noise_multiplier: sigmaEff,
+      sample_rate: q,
+      epsilon: Number.isFinite(eps.epsilon) ? eps.epsilon : null,
+      delta: dp.delta,
+      rdp_order: Number.isFinite(eps.epsilon) ? eps.order : null,
+      dp_rounds: privacy.accountant.steps,
+    };
+  };
 }

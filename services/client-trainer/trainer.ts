@@ -42,7 +42,7 @@ import {
   watchPlannedRounds,
 } from '../../libs/protocol/src/index.js';
 import type { TokenizedExample } from '../../libs/data/src/index.js';
-import { prepareClientInput, type SecAggInput } from '../../libs/privacy/src/index.js';
+import { cryptoRng, prepareClientInput, type SecAggInput } from '../../libs/privacy/src/index.js';
 import {
   ExampleStream,
   type JobSpec,
@@ -402,6 +402,8 @@ export class ClientTrainer implements ServiceRole {
         global: adapter.tensors,
         weight,
         maxWeight: secure.plan.maxWeight,
+        // DP: clipped to C and this client's share of the noise added, from node:crypto, before masking.
+        ...(secure.plan.dp ? { dp: secure.plan.dp, rng: cryptoRng() } : {}),
       });
       secure.input(ci.input);
     } else await this.#publishUpdate(ctx, nc, blobs, state, round, clientId, r, ms);

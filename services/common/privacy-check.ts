@@ -1,23 +1,19 @@
 /**
- * What the services honour of a job spec's `privacy` section: `privacy.dp` (server-side DP-FedAvg, run by the
- * aggregator: services/aggregator/privacy.ts) and `privacy.secureAggregation` without DP (the trainers mask their
- * updates, the aggregator learns only the sum: ports-nats.ts trainClientsSecure, client-trainer/trainer.ts). Both
- * together (distributed noise) and the standalone job's simulated dropouts are refused when a service starts
- * instead of being run differently from what the spec asks.
+ * What the services honour of a job spec's `privacy` section: `privacy.dp` alone (server-side DP-FedAvg, run by the
+ * aggregator: services/aggregator/privacy.ts), `privacy.secureAggregation` (the trainers mask their updates, the
+ * aggregator learns only the sum: ports-nats.ts trainClientsSecure, client-trainer/trainer.ts), and both (each
+ * trainer clips and adds its share of the noise before masking). The standalone job's simulated dropouts are
+ * refused when a service starts instead of being ignored.
  */
 import { randomBytes } from 'node:crypto';
 import { defaultDegree, maxWeightFor, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import { PROTOCOL_VERSION, type SecAggPlan } from '../../libs/protocol/src/index.js';
+import { noiseStd } from '../../libs/privacy/src/index.js';
 
 /** Throws when the spec asks the services for a privacy mode they do not implement. */
 export function assertServicesPrivacy(spec: JobSpec): void {
   const sa = spec.privacy?.secureAggregation;
   if (sa === undefined) return;
-  if (spec.privacy?.dp !== undefined)
-    throw new Error(
-      'together with privacy.dp (noise split across the clients), privacy.secureAggregation is not supported by the ' +
-        'services yet; run it standalone (fedbiot run), or drop one of the two (each alone is supported)',
-    );
   if (sa.simulateDropouts.beforeMasking > 0 || sa.simulateDropouts.afterMasking > 0)
     throw new Error(
       'privacy.secureAggregation.simulateDropouts is for the standalone job (fedbiot run); in the services clients ' +
@@ -33,7 +29,8 @@ export function secAggMaxWeight(spec: JobSpec): number {
 /**
  * The SecAgg plan of one round, with the standalone hook's parameters (privacy-aggregation.ts): the round's clients
  * sorted, threshold floor(holders / 2) + 1 unless set, the complete graph or secagg+ of the given (or default)
- * degree seeded by the job's label, clip range R (default 1 without DP) and W. The round id has a random suffix:
+ * degree seeded by the job's label, clip range R (default 1 without DP, C + 10 sigma C / sqrt(m) with it), W, and
+ * with DP the clip C and each client's noise std sigma C / sqrt(m). The round id has a random suffix:
  * keys and masks are never reused, not even when a resumed aggregator re-runs the round.
  */
 export function secAggPlanFor(
@@ -59,6 +56,12 @@ export function secAggPlanFor(
     throw new Error(
       `privacy.secureAggregation.threshold ${threshold} exceeds the ${holders} share holders per client in round ${round}`,
     );
+  // DP: each client clips to C and adds N(0, sigma^2 C^2 / m) before masking (the standalone hook's distributed noise).
+  const dp = spec.privacy?.dp;
+  const perClientStd =
+    dp && dp.noiseMultiplier > 0
+      ? noiseStd({ clipNorm: dp.clip, noiseMultiplier: dp.noiseMultiplier, mode: 'distributed', nExpected: m })
+      : 0;
   return {
     protocolVersion: PROTOCOL_VERSION,
     jobId,
@@ -67,8 +70,9 @@ export function secAggPlanFor(
     clients: ids,
     threshold,
     vectorLength,
-    clipRange: sa.clipRange ?? 1,
+    clipRange: sa.clipRange ?? (dp ? dp.clip + 10 * perClientStd : 1),
     maxWeight: secAggMaxWeight(spec),
     graph,
+    ...(dp ? { dp: { clip: dp.clip, noiseStd: perClientStd } } : {}),
   };
 }

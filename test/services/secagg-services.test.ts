@@ -35,7 +35,7 @@ let NATS_URL = '';
 let tmp = '';
 
 /** test/services/privacy-services.test.ts's job (3 clients, 2 rounds) with secure aggregation and no DP. */
-function spec(id: string): JobSpec {
+function spec(id: string, dp?: Record<string, unknown>): JobSpec {
   return resolveJobSpec(
     {
       job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
@@ -45,7 +45,7 @@ function spec(id: string): JobSpec {
       alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
       eval: { maxNewTokens: 4, mode: 'simulation' },
       baselines: { offsiteTuning: false, localOnly: false },
-      privacy: { secureAggregation: { graph: 'complete' } },
+      privacy: { secureAggregation: { graph: 'complete' }, ...(dp ? { dp } : {}) },
     },
     'secagg services test job',
   );
@@ -226,6 +226,57 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
       assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
     passed = true;
     console.log(`secagg: ${victim} killed after masking in round 1, recovered; final adapter == standalone`);
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('privacy.secureAggregation + privacy.dp: trainers clip and noise before masking; the accountant equals the standalone job', async () => {
+  const DP = { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 };
+  const jobId = `svc-secagg-dp-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId, DP);
+  const { runDir: refDir } = await runJob(spec(`standalone-secagg-dp-${process.pid}`, DP), { log: () => {} });
+  const ref = metricsOf(refDir);
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    const aggregator = await startAggregator(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
+      0,
+    );
+    services.push(aggregator);
+    const final = await aggregator.role.done;
+    assert.equal(final?.round, 2);
+    const dir = join(runsDir, jobId);
+    // Each trainer draws its own noise share (node:crypto): the adapter cannot equal the standalone one, the
+    // accounting can (q, the effective multiplier of the survivors' shares, epsilon after each round).
+    const pick = (es: readonly Event[]) =>
+      es
+        .filter((e) => e['kind'] === 'privacy')
+        .map((e) => [
+          e['round'],
+          e['secagg_survivors'],
+          e['effective_noise_multiplier'],
+          e['sample_rate'],
+          e['epsilon'],
+          e['dp_rounds'],
+        ]);
+    const got = pick(metricsOf(dir));
+    assert.deepEqual(got, pick(ref), 'privacy accounting per round equals the standalone DP + secagg job');
+    assert.ok(got.every((r) => Number.isFinite(r[4]) && (r[4] as number) > 0));
+    assert.match(readFileSync(join(dir, 'results.txt'), 'utf8'), /privacy main: client-level \(epsilon /);
+    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    assert.equal(Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]), got[1]![4]);
+    passed = true;
+    console.log(`secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone`);
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});

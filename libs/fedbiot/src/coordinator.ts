@@ -142,11 +142,19 @@ export interface CoordinatorSettings {
     accepted: readonly ClientUpdate[],
   ) => { adapter: LoraWeights; events: readonly { kind: string; [k: string]: unknown }[] };
   /**
-   * Secure aggregation without DP (privacy.secureAggregation, no privacy.dp): the round goes through
+   * Secure aggregation (privacy.secureAggregation, with or without privacy.dp): the round goes through
    * ports.trainClientsSecure and its sum becomes the new adapter (secureRoundAdapter, the standalone hook's server
    * half). `maxWeight` is the public weight bound W the clients capped their weights at.
    */
-  readonly secureAggregation?: { readonly maxWeight: number };
+  readonly secureAggregation?: {
+    readonly maxWeight: number;
+    /**
+     * DP under secure aggregation (the clients clipped and noised before masking): called once per securely
+     * aggregated round with the round's sampled and surviving client counts; steps the accountant and returns the
+     * `privacy` event's DP fields.
+     */
+    readonly account?: (round: number, sampled: number, survivors: number) => Record<string, unknown>;
+  };
 }
 
 export interface CoordinatorState {
@@ -426,6 +434,8 @@ async function secureRound(
     }
   } else event['skipped'] = 'weight sum 0: adapter kept';
   event['weight_fill'] = r.survivors.length > 0 ? r.weightSum / (r.survivors.length * W) : 0;
+  const account = settings.secureAggregation?.account;
+  if (account) Object.assign(event, account(round, clients.length, r.survivors.length));
   events.onEvent(event);
   // Upload: each client's masked input is 8 (L + 1) bytes before encoding; the port's detail has the exact bytes.
   return { adapter, up: r.survivors.length * 8 * (r.sum.length + 1) };
