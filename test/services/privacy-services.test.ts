@@ -6,7 +6,8 @@
  *   adapter and merged model equal the standalone job's byte for byte, and epsilon per round is in metrics.jsonl,
  *   results.txt, report.html and the aggregator's fl_dp_epsilon gauge;
  * - an aggregator replaced mid-job continues the RDP accounting from KV (the final epsilon is the standalone's);
- * - privacy.secureAggregation is refused at startup by the aggregator and the trainer (not run in the clear).
+ * - privacy.secureAggregation.simulateDropouts (a standalone-only setting) is refused at startup by the aggregator and
+ *   the trainer: in the services clients drop for real.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -191,10 +192,13 @@ test('privacy.dp: an aggregator replaced while collecting round 1 continues the 
   }
 });
 
-test('privacy.secureAggregation: the aggregator and the trainer refuse the job at startup', async () => {
+test('privacy.secureAggregation.simulateDropouts: the aggregator and the trainer refuse the job at startup', async () => {
   const jobId = `svc-secagg-${process.pid}-${Date.now().toString(36)}`;
-  const s = spec(jobId, { ...DP, secureAggregation: { graph: 'complete' } });
-  const refusal = /privacy\.secureAggregation is not supported by the services yet; run it standalone/;
+  const s = spec(jobId, {
+    ...DP,
+    secureAggregation: { graph: 'complete', simulateDropouts: { beforeMasking: 0, afterMasking: 1 } },
+  });
+  const refusal = /simulateDropouts is for the standalone job/;
   const runsDir = join(tmp, `${jobId}-owner-runs`);
   const nc = await connectTransport(NATS_URL);
   try {
