@@ -456,6 +456,8 @@ export class ClientTrainer implements ServiceRole {
       clientId,
       input,
       stepTimeoutMs: Math.max(1, task.deadlineAt - Date.now()),
+      // A stopped trainer leaves the exchange: the aggregator recovers its masked input from the others' shares.
+      signal: this.#abort.signal,
     });
     this.#exchanges.add(exchange);
     exchange.then(

@@ -176,6 +176,8 @@ export interface SecAggClientOptions {
   readonly stopAfter?: SecAggClientStep;
   /** Replaces node:crypto randomBytes in the client (tests only). */
   readonly random?: (n: number) => Buffer;
+  /** Aborted: send nothing more (a stopping trainer must not answer for a round it left, e.g. reveal its shares). */
+  readonly signal?: AbortSignal;
 }
 
 /** One client's side of one round: advertise, share keys, send the masked input, reveal shares. */
@@ -215,11 +217,13 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
   const request = next(secAggUnmaskRequestSubject(jobId, round), SecAggUnmaskRequestSchema, false);
   await nc.flush();
   const env = { protocolVersion: PROTOCOL_VERSION, jobId, round, clientId } as const;
-  const send = (step: SecAggClientStep, body: unknown): void =>
+  const send = (step: SecAggClientStep, body: unknown): void => {
+    opts.signal?.throwIfAborted();
     publishMessage(nc, secAggClientSubject(jobId, round, step, clientId), STEP_SCHEMA[step], {
       ...env,
       body,
     } as never);
+  };
   send('advertise', client.advertise());
   if (opts.stopAfter === 'advertise') return { completed: 'advertise' };
   send('share-keys', client.shareKeys(await keys));
@@ -227,7 +231,8 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
   const forward = await shares;
   send('masked', client.maskedInput(forward, await opts.input));
   if (opts.stopAfter === 'masked') return { completed: 'masked' };
-  send('unmask', client.unmask(await request));
+  const unmaskRequest = await request;
+  send('unmask', client.unmask(unmaskRequest));
   await nc.flush();
   return { completed: 'unmask' };
 }
