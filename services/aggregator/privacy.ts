@@ -69,18 +69,6 @@ export function secureDpAccount(
   return (_round, sampled, survivors) => {
     const sigma = dp.noiseMultiplier;
     const sigmaEff = effectiveNoiseMultiplier(sigma, sigma > 0 ? survivors : 0, sampled);
-    const q = Math.min(1, (privacy.opts.sampledPerRound ?? sampled) / privacy.opts.clientCount);
-    privacy.accountant.step(q, sigmaEff);
-    const eps = privacy.accountant.getPrivacySpent(dp.delta);
-    return {
-      clip: dp.clip,
-      noise_multiplier: sigma,
-      effective_noise_multiplier: sigmaEff,
-      sample_rate: q,
-      epsilon: Number.isFinite(eps.epsilon) ? eps.epsilon : null,
-      delta: dp.delta,
-      rdp_order: Number.isFinite(eps.epsilon) ? eps.order : null,
-      dp_rounds: privacy.accountant.steps,
-    };
+    return { clip: dp.clip, ...privacy.accountRound(sigmaEff, sampled) };
   };
 }

@@ -108,6 +108,28 @@ export class PrivacyAggregation {
     this.rng = opts.rng ?? cryptoRng();
   }
 
+  /**
+   * Steps the accountant for one round whose sum carries noise of multiplier `sigmaEff` (below the configured sigma
+   * when only some clients' noise shares are in it), with `sampled` clients of the round, and returns the `privacy`
+   * event's accounting fields. The standalone hook and the services' secure path both account through here.
+   */
+  accountRound(sigmaEff: number, sampled: number): Record<string, unknown> {
+    const dp = this.opts.privacy.dp!;
+    const q = Math.min(1, (this.opts.sampledPerRound ?? sampled) / this.opts.clientCount);
+    this.accountant.step(q, sigmaEff);
+    const eps = this.accountant.getPrivacySpent(dp.delta);
+    return {
+      noise_multiplier: dp.noiseMultiplier,
+      effective_noise_multiplier: sigmaEff,
+      sample_rate: q,
+      // JSON has no Infinity: null means unbounded (sigma 0).
+      epsilon: Number.isFinite(eps.epsilon) ? eps.epsilon : null,
+      delta: dp.delta,
+      rdp_order: Number.isFinite(eps.epsilon) ? eps.order : null,
+      dp_rounds: this.accountant.steps,
+    };
+  }
+
   /** To persist with each checkpoint (the accountant's per-order totals). */
   state(): { rdp: ReturnType<RdpAccountant['exportState']> } {
     return { rdp: this.accountant.exportState() };
@@ -273,21 +295,7 @@ export class PrivacyAggregation {
     if (dp) {
       // Distributed noise: only the survivors' shares are in the sum, so the achieved multiplier is lower.
       const sigmaEff = sa ? effectiveNoiseMultiplier(sigma, noiseIn, m) : sigma;
-      const q = Math.min(1, (this.opts.sampledPerRound ?? m) / this.opts.clientCount);
-      this.accountant.step(q, sigmaEff);
-      const eps = this.accountant.getPrivacySpent(dp.delta);
-      Object.assign(event, {
-        clip: C,
-        clipped_clients: clippedClients,
-        noise_multiplier: sigma,
-        effective_noise_multiplier: sigmaEff,
-        sample_rate: q,
-        // JSON has no Infinity: null means unbounded (sigma 0).
-        epsilon: Number.isFinite(eps.epsilon) ? eps.epsilon : null,
-        delta: dp.delta,
-        rdp_order: Number.isFinite(eps.epsilon) ? eps.order : null,
-        dp_rounds: this.accountant.steps,
-      });
+      Object.assign(event, { clip: C, clipped_clients: clippedClients, ...this.accountRound(sigmaEff, m) });
     }
     this.opts.log?.(`  round ${round + 1} privacy: ${describe(event)}`);
     return { adapter, events: [event] };
