@@ -1,7 +1,7 @@
 /**
  * The model shapes users compare with PyTorch (SmolLM-135M at T=256, TinyLlama-1.1B at T=512) and the common setup of
  * the perf and profile benches: the run options from the command line, a random checkpoint of a shape loaded as a
- * CausalLM, and the FedBiOT split and LoRA specs of the step (top-2 adapter layers, LoRA r=8 on q,v, dropout 0.05).
+ * CausalLM, and the FedBiOT split and LoRA specs of the step (top-2 adapter layers, LoRA r=8 on q,v, dropout 0.05 unless `--lora-dropout`).
  */
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -49,6 +49,8 @@ export interface BenchRunOptions {
   readonly webgpu: WebGpuOptions | undefined;
   readonly weightsDtype: NonNullable<LoadOptions['weightsDtype']>;
   readonly compute: HalfCompute | undefined;
+  /** LoRA dropout of the step (`--lora-dropout`, default 0.05 as the PyTorch peer); 0 builds graphs without masks. */
+  readonly loraDropout: number;
 }
 
 export function benchRunOptions(args: readonly string[]): BenchRunOptions {
@@ -66,7 +68,14 @@ export function benchRunOptions(args: readonly string[]): BenchRunOptions {
       'bfloat16',
     ]),
     compute: computeArg === undefined ? undefined : oneOf<HalfCompute>('compute', computeArg, ['float32', 'float16']),
+    loraDropout: loraDropoutOf(argOf(args, 'lora-dropout')),
   };
+}
+
+function loraDropoutOf(arg: string | undefined): number {
+  const p = Number(arg ?? 0.05);
+  if (!(p >= 0 && p < 1)) throw new Error(`--lora-dropout ${arg}: expected a number in [0, 1)`);
+  return p;
 }
 
 function oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
@@ -123,6 +132,6 @@ export async function loadBenchModel(
     ...extra,
   });
   const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });
-  const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: 0.05, targets: ['q_proj', 'v_proj'] });
+  const specs = loraSpecs(split, { r: 8, alpha: 16, dropout: run.loraDropout, targets: ['q_proj', 'v_proj'] });
   return { name: shape.name, seq: shape.seq, cfg, lm, split, specs };
 }

@@ -15,28 +15,7 @@
 set -uo pipefail
 R=$OUT/cuda-side
 mkdir -p "$R"
-step() { echo; echo "=== $*"; }
-q() { grep -v -E "W:onnxruntime|VerifyEachNodeIsAssigned|Rerunning with verbose|^\s*$"; }
-for f in node.xz setup.sh node_modules.tar.xz side/part-aa; do
-  [[ -f .device-carry/$f ]] || { echo "missing .device-carry/$f (the machine changed between calls?)"; exit 2; }
-done
-bash .device-carry/setup.sh >/dev/null && source /tmp/node/env
-[[ -d node_modules/onnxruntime-node ]] || tar -xJf .device-carry/node_modules.tar.xz
-mkdir -p .cache/onnxruntime-cuda
-[[ -d .cache/onnxruntime-cuda/node_modules/onnxruntime-node ]] ||
-  cat .device-carry/side/part-* | xz -dc | tar -C .cache/onnxruntime-cuda -xf -
-export FEDBIOT_CACHE=/tmp/fedbiot-cache PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-node -p '"pinned onnxruntime-node " + require("onnxruntime-node/package.json").version'
-node -p '"side binding " + require("./.cache/onnxruntime-cuda/node_modules/onnxruntime-node/package.json").version'
-
-step "CUDA 13 libraries"
-CUDA_LIB=""
-for d in $(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13' -printf '%h\n' 2>/dev/null | sort -u); do
-  if [[ -e $d/libcublas.so.13 && -e $d/libcudart.so.13 && -e $d/libcurand.so.10 ]]; then CUDA_LIB=$d; break; fi
-done
-ORIG_LD=${LD_LIBRARY_PATH:-}
-echo "CUDA_LIB=$CUDA_LIB"
+source scripts/device/cuda-env.sh
 
 step "setup:cuda --check (finds the side binding because the pin has no npm provider)"
 LD_LIBRARY_PATH=$CUDA_LIB${ORIG_LD:+:$ORIG_LD} node scripts/setup-cuda.mjs --check 2>&1

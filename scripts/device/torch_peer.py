@@ -1,7 +1,9 @@
 # The Python stack a user would otherwise pick (transformers + peft, AdamW), timed on the same shapes as
 # `npm run bench -- model` / `-- engine`, so both sides run on one machine in one call. Usage:
 #   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, tinyllama-cuda, smollm-cpu16, smollm-cpu2
-import json, sys, time
+# PEER_PROFILE=1: after timing, one more CUDA step under torch.profiler; its kernels (self CUDA time, grouped by class
+# as `bench profile` groups ours) are printed and written to OUT.json's rows as `kernels`.
+import json, os, sys, time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from peft import LoraConfig, get_peft_model
@@ -35,11 +37,37 @@ def client_step(name, shape, B, T, top, device, threads=None, steps=5, warm=2):
         if device == 'cuda': torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     times.sort(); med = times[len(times) // 2]
+    kernels = profile_step(step) if device == 'cuda' and os.environ.get('PEER_PROFILE') == '1' else None
     row = dict(case=name, side='pytorch', device=device, threads=torch.get_num_threads() if device == 'cpu' else None,
                batch=B, seq=T, ms_per_step=round(med * 1e3, 2), tokens_per_s=round(B * T / med, 1),
                peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if device == 'cuda' else None)
     print(json.dumps(row), flush=True)
+    if kernels: row['kernels'] = kernels
     return row
+
+KERNEL_CLASSES = [('matmul', ('gemm', 'cutlass', 'sm90_xmma', 'ampere_sgemm', 'sgemm', 'cublas')),
+                  ('attention', ('fmha', 'flash', 'attention', 'efficient')), ('softmax', ('softmax',)),
+                  ('reduction', ('reduce',)), ('copy', ('memcpy', 'memset', 'copy'))]
+
+def profile_step(step):
+    # Self CUDA time of each kernel over one step, summed by kernel name; ms.
+    from torch.profiler import profile, ProfilerActivity
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(); torch.cuda.synchronize()
+    by_name = {}
+    for e in prof.events():
+        if e.device_type.name != 'CUDA': continue
+        d = by_name.setdefault(e.name, [0.0, 0]); d[0] += e.time_range.elapsed_us() / 1e3; d[1] += 1
+    classes = {}
+    for name, (ms, n) in by_name.items():
+        cls = next((c for c, keys in KERNEL_CLASSES if any(k in name.lower() for k in keys)), 'elementwise/other')
+        classes[cls] = round(classes.get(cls, 0) + ms, 3)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:15]
+    out = dict(total_ms=round(sum(v[0] for v in by_name.values()), 3), classes=classes,
+               top=[dict(kernel=k[:90], ms=round(v[0], 3), count=v[1]) for k, v in top])
+    print(json.dumps(out, indent=1), flush=True)
+    return out
 
 CASES = {
     'block': lambda: client_step('block-d256-T128', BLOCK, 4, 128, 1, 'cuda'),
