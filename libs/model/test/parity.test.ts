@@ -8,7 +8,14 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Graph, gradients, openRunner, readTensor, type HostTensor, type Tensor } from '../../engine/src/index.js';
+import {
+  Graph,
+  outputLossAndGradients,
+  openRunner,
+  readTensor,
+  type HostTensor,
+  type Tensor,
+} from '../../engine/src/index.js';
 import { openCheckpoint } from '../src/checkpoint.js';
 import { GraphStore } from '../src/graph-store.js';
 import { buildLlama, causalLmLoss, type LlamaGraph, type LlamaGraphOptions } from '../src/llama.js';
@@ -150,12 +157,7 @@ for (const fixture of FIXTURES) {
       };
       const { g, m, loss } = wholeModel('lora-train', store, [B, T], { loras: [spec] });
       const names = [...m.loraParams.keys()];
-      const grads = gradients(
-        loss,
-        names.map((n) => m.loraParams.get(n)!),
-      );
-      g.output(loss, 'loss');
-      grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
+      outputLossAndGradients(loss, [...m.loraParams]);
       const runner = await openRunner(
         { path: store.write(g, 'parity-lora') },
         { thread: 'main', intraOpNumThreads: 1 },
