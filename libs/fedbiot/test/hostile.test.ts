@@ -31,6 +31,7 @@ import { clientStreamSeed, loadFederation, type FederationData } from '../src/fe
 import { resolveJobSpec, type JobSpec } from '../src/job-spec.js';
 import { clientSettingsFor, initialLora, loraSpecs, trainLocally } from '../src/roles.js';
 import { splitModel } from '../src/split.js';
+import { oneRoundOf } from '../../../test/support/rounds.js';
 import { SMALL_DEMO_FEDERATION, demoJobRawSpec, tmpWithDemoFederation } from '../../../test/support/federation.js';
 
 let tmp = '';
@@ -107,13 +108,7 @@ async function oneRound(
       evaluate: async () => [],
     },
     {
-      rounds: 1,
-      clientIds: results.map((r) => r.clientId),
-      perRound: { count: results.length },
-      seed: 1,
-      preAlignSteps: 0,
-      alignStepsPerRound: 0,
-      evalEvery: 100,
+      ...oneRoundOf(results.map((r) => r.clientId)),
       broadcastEmulator: true,
       ...aggregationSettingsFor(spec, clientSettingsFor(spec)),
       ...extra,
