@@ -128,30 +128,14 @@ for (const fixture of FIXTURES) {
       g.output(m.embeddings!, 'hidden_states.0');
       m.hiddenStates.forEach((h, i) => g.output(h, `hidden.${i + 1}`));
     });
-    compare(
-      'logits',
-      out['logits']!.data as Float32Array,
-      (await ref(fixture, 'logits')).data as Float32Array,
-      1e-4,
-      1e-5,
-    );
-    compare(
-      'hidden_states.0',
-      out['hidden_states.0']!.data as Float32Array,
-      (await ref(fixture, 'hidden_states.0')).data as Float32Array,
-      1e-4,
-      1e-5,
-    );
+    /** The graph's output `output` against transformers' `name`. */
+    const matches = async (name: string, output = name): Promise<void> =>
+      compare(name, out[output]!.data as Float32Array, (await ref(fixture, name)).data as Float32Array, 1e-4, 1e-5);
+    await matches('logits');
+    await matches('hidden_states.0');
     // hidden.L is the output after the final norm, as HF's last hidden state.
-    for (let i = 1; i <= cfg.numLayers; i++) {
-      compare(
-        `hidden_states.${i}`,
-        out[`hidden.${i === cfg.numLayers ? i + 1 : i}`]!.data as Float32Array,
-        (await ref(fixture, `hidden_states.${i}`)).data as Float32Array,
-        1e-4,
-        1e-5,
-      );
-    }
+    for (let i = 1; i <= cfg.numLayers; i++)
+      await matches(`hidden_states.${i}`, `hidden.${i === cfg.numLayers ? i + 1 : i}`);
     const wantLoss = ((await ref(fixture, 'loss')).data as Float32Array)[0]!;
     const gotLoss = (out['loss']!.data as Float32Array)[0]!;
     assert.ok(Math.abs(gotLoss - wantLoss) <= 1e-5, `loss ${gotLoss} vs ${wantLoss}`);
