@@ -150,6 +150,26 @@ export async function startWorkers(
   return [alignment, evaluator, ...trainers];
 }
 
+/**
+ * The server's services around data owners' trainers that are starting (`trainersStarted`): server-alignment, the
+ * evaluator and the aggregator (round deadline `deadlineMs`), each started with the options `as(role)` gives (its
+ * own NATS identity); all of them, trainers last, join `services`. Returns the aggregator and the trainers.
+ */
+export async function startServerAround(
+  trainersStarted: Promise<RunningService<ClientTrainer>[]>,
+  as: (role: string) => Parameters<typeof startAlignment>[0],
+  deadlineMs: number,
+  services: RunningService<ServiceRole>[],
+): Promise<{ aggregator: RunningService<Aggregator>; trainers: RunningService<ClientTrainer>[] }> {
+  services.push(await startAlignment(as('server-alignment'), 0));
+  services.push(await startEvaluator(as('evaluator'), 0));
+  const aggregator = await startAggregator({ ...as('aggregator'), deadlineMs }, 0);
+  services.push(aggregator);
+  const trainers = await trainersStarted;
+  services.push(...trainers);
+  return { aggregator, trainers };
+}
+
 /** What a services test gathers and closes: the services' log records (and their sink), the services, a connection. */
 export interface ServicesJob {
   logs: LogRecord[];
