@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gradients, ops as O, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
+import { outputLossAndGradients, ops as O, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
 import { CausalLM, parseModelConfig, writeRandomCheckpoint, initLora, type LoraSpec } from '../libs/model/src/index.js';
 import { argOf, machine, peakRssMib, printTable, time, writeResults } from './common.js';
 
@@ -66,13 +66,7 @@ export async function benchBlock(
       // A dummy scalar loss sum(h * R) so the backward pass has the block's real shape of work.
       const r = g.input('R', 'float32', m.lastHidden.shape);
       const loss = O.sumAll(O.mul(m.lastHidden, r));
-      const names = [...m.loraParams.keys()];
-      const grads = gradients(
-        loss,
-        names.map((n) => m.loraParams.get(n)!),
-      );
-      g.output(loss, 'loss');
-      grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
+      outputLossAndGradients(loss, [...m.loraParams]);
     });
     const n = c.B * c.T * c.d;
     const hidden: HostTensor = {

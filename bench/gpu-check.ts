@@ -7,7 +7,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { crossEntropy, gradients, type ExecutionProvider, type HostTensor } from '../libs/engine/src/index.js';
+import {
+  crossEntropy,
+  outputLossAndGradients,
+  type ExecutionProvider,
+  type HostTensor,
+} from '../libs/engine/src/index.js';
 import {
   CausalLM,
   parseModelConfig,
@@ -99,12 +104,7 @@ export async function main(args: string[]): Promise<void> {
               const w = g.input('loss_mask', 'float32', [c.B, c.T]);
               const loss = crossEntropy(m.logits!, labels, w);
               names.push(...m.loraParams.keys());
-              const grads = gradients(
-                loss,
-                names.map((n) => m.loraParams.get(n)!),
-              );
-              g.output(loss, 'loss');
-              grads.forEach((gr, i) => g.output(gr!, `grad.${names[i]}`));
+              outputLossAndGradients(loss, [...m.loraParams]);
             },
             { fallbackToCpu: false, ...(verbose && p !== 'cpu' ? { logSeverityLevel: 0 } : {}) },
           );

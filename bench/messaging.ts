@@ -64,6 +64,7 @@ import { ALIGN_PENDING_KEY, AlignPendingSchema, AlignStateSchema } from '../serv
 import { StreamStateSchema } from '../services/client-trainer/trainer.js';
 import { argOf, machine, printTable, time, writeResults } from './common.js';
 import { SMOLLM_135M, randomBatch } from './model.js';
+import { plusUniformNoise } from './soak-clients.js';
 
 const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
 
@@ -88,22 +89,8 @@ const median = (xs: readonly number[]): number => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Uniform noise in [-a, a) from a xorshift32 stream: cheap, so the fake trainers spend no time "training". */
-function noisy(l: LoraWeights, seed: number, a = 1e-3): LoraWeights {
-  let x = seed >>> 0 || 1;
-  const tensors = new Map<string, Float32Array>();
-  for (const [name, t] of l.tensors) {
-    const out = new Float32Array(t.length);
-    for (let i = 0; i < t.length; i++) {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      out[i] = t[i]! + a * ((x >>> 0) / 2 ** 31 - 1);
-    }
-    tensors.set(name, out);
-  }
-  return { spec: l.spec, tensors };
-}
+/** The fake trainers' "training": uniform noise in [-1e-3, 1e-3) (bench/soak-clients.ts). */
+const noisy = (l: LoraWeights, seed: number): LoraWeights => plusUniformNoise(l, seed, 1e-3);
 
 const loraBytes = (l: LoraWeights): number => [...l.tensors.values()].reduce((s, t) => s + t.byteLength, 0);
 

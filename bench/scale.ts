@@ -288,6 +288,17 @@ async function scaleCase(
 }
 
 const MiB = 2 ** 20;
+/** What a round cost, in the per-case and the summary tables. */
+const ROUND_COST_COLUMNS = [
+  'round_ms',
+  'fanout_ms',
+  'close_to_adapter_ms',
+  'agg_cpu_ms',
+  'agg_peak_rss_mib',
+  'broker_cpu_ms',
+] as const;
+/** What went through the broker and what the aggregator rejected, last in both tables. */
+const TRAFFIC_COLUMNS = ['in_mib', 'out_mib', 'rejected'] as const;
 
 export async function main(args: string[]): Promise<void> {
   if (!existsSync(NATS_SERVER_BIN)) throw new Error(`scale: needs nats-server at ${NATS_SERVER_BIN} (NATS_SERVER_BIN)`);
@@ -333,35 +344,10 @@ export async function main(args: string[]): Promise<void> {
         machine: machine(),
         date: new Date().toISOString(),
       });
-    printTable(out.slice(-res.rows.length), [
-      'case',
-      'round_ms',
-      'fanout_ms',
-      'close_to_adapter_ms',
-      'agg_cpu_ms',
-      'agg_peak_rss_mib',
-      'broker_cpu_ms',
-      'in_mib',
-      'out_mib',
-      'rejected',
-    ]);
+    printTable(out.slice(-res.rows.length), ['case', ...ROUND_COST_COLUMNS, ...TRAFFIC_COLUMNS]);
   }
   console.log('');
-  printTable(out, [
-    'case',
-    'update_kib',
-    'broadcast_kib',
-    'round_ms',
-    'fanout_ms',
-    'close_to_adapter_ms',
-    'agg_cpu_ms',
-    'agg_peak_rss_mib',
-    'broker_cpu_ms',
-    'broker_rss_mib',
-    'in_mib',
-    'out_mib',
-    'rejected',
-  ]);
+  printTable(out, ['case', 'update_kib', 'broadcast_kib', ...ROUND_COST_COLUMNS, 'broker_rss_mib', ...TRAFFIC_COLUMNS]);
   const file = writeResults('scale', out);
   console.log(`wrote ${file}`);
   // Verdict over every streaming row of this machine in bench/results/scale.json (this run's and earlier runs' of

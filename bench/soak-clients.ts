@@ -45,22 +45,29 @@ function fnv1a(s: string): number {
   return h;
 }
 
-/** The simulated local training: the broadcast plus uniform noise in [-1e-3, 1e-3), seeded by client and round. */
-export function fakeLocal(adapter: LoraWeights, round: number, clientId: string): LoraWeights {
-  let x = (fnv1a(clientId) ^ Math.imul(round + 1, 0x9e3779b1)) >>> 0 || 1;
+/**
+ * `l` plus uniform noise in [-a, a) from a xorshift32 stream seeded by `seed`: cheap, so the fake trainers spend no
+ * time "training", and deterministic.
+ */
+export function plusUniformNoise(l: LoraWeights, seed: number, a: number): LoraWeights {
+  let x = seed >>> 0 || 1;
   const tensors = new Map<string, Float32Array>();
-  for (const [name, t] of adapter.tensors) {
+  for (const [name, t] of l.tensors) {
     const out = new Float32Array(t.length);
     for (let i = 0; i < t.length; i++) {
       x ^= x << 13;
       x ^= x >>> 17;
       x ^= x << 5;
-      out[i] = t[i]! + 1e-3 * ((x >>> 0) / 2 ** 31 - 1);
+      out[i] = t[i]! + a * ((x >>> 0) / 2 ** 31 - 1);
     }
     tensors.set(name, out);
   }
-  return { spec: adapter.spec, tensors };
+  return { spec: l.spec, tensors };
 }
+
+/** The simulated local training: the broadcast plus uniform noise in [-1e-3, 1e-3), seeded by client and round. */
+export const fakeLocal = (adapter: LoraWeights, round: number, clientId: string): LoraWeights =>
+  plusUniformNoise(adapter, fnv1a(clientId) ^ Math.imul(round + 1, 0x9e3779b1), 1e-3);
 
 /** A meta entry in the client's own bucket that announces a 1 GiB object (no chunk is stored). */
 async function hugeRef(nc: NatsConnection, jobId: string, clientId: string, round: number): Promise<BlobRef> {

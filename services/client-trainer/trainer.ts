@@ -380,20 +380,7 @@ export class ClientTrainer implements ServiceRole {
     if (secure) {
       // Counts first (durable, then published), then the masked input: an aggregator that has the masked input
       // of this client has its counts too.
-      const counts: ClientUpdate = {
-        protocolVersion: PROTOCOL_VERSION,
-        jobId: ctx.jobId,
-        round,
-        clientId,
-        examples: r.examples,
-        tokens: r.tokens,
-        meanLoss: r.meanLoss,
-        steps: ctx.clientSettings.localSteps,
-        durationMs: Math.round(ms),
-      };
-      await state.put(updateKey(round, clientId), ClientUpdateSchema, counts);
-      publishMessage(nc, updateSubject(ctx.jobId, round, clientId), ClientUpdateSchema, counts);
-      await nc.flush();
+      await this.#reportUpdate(ctx, nc, state, round, clientId, r, ms);
       // The standalone hook's weighting (privacy-aggregation.ts): tokens, examples or 1, capped at W.
       const weighting = ctx.spec.aggregation.weighting;
       const weight = weighting === 'uniform' ? 1 : weighting === 'tokens' ? r.tokens : r.examples;
@@ -487,12 +474,29 @@ export class ClientTrainer implements ServiceRole {
   ): Promise<void> {
     // The client's own update bucket: with per-client credentials no other client can read it (auth.ts).
     const ref = await putLora(blobs, r.adapter, { bucket: updateBucketName(ctx.jobId, clientId) });
+    await this.#reportUpdate(ctx, nc, state, round, clientId, r, ms, ref);
+  }
+
+  /**
+   * The round's ClientUpdate (its counts, and the uploaded adapter's ref unless the adapter goes through secure
+   * aggregation), stored in KV, then published.
+   */
+  async #reportUpdate(
+    ctx: JobContext,
+    nc: NatsConnection,
+    state: StateStore,
+    round: number,
+    clientId: string,
+    r: { examples: number; tokens: number; meanLoss: number },
+    ms: number,
+    adapterLora?: ClientUpdate['adapterLora'],
+  ): Promise<void> {
     const update: ClientUpdate = {
       protocolVersion: PROTOCOL_VERSION,
       jobId: ctx.jobId,
       round,
       clientId,
-      adapterLora: ref,
+      ...(adapterLora === undefined ? {} : { adapterLora }),
       examples: r.examples,
       tokens: r.tokens,
       meanLoss: r.meanLoss,

@@ -11,25 +11,12 @@ import { join } from 'node:path';
 import { writeKnowledgeFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, type JobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import { repoRoot } from '../support/paths.js';
-import { tmpWithDemoFederation } from '../support/federation.js';
+import { demoJobRawSpec, tmpWithDemoFederation } from '../support/federation.js';
 
 let tmp = '';
 const quiet = (): void => {};
 
-function spec(id: string): JobSpec {
-  return resolveJobSpec(
-    {
-      job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-      eval: { maxNewTokens: 4 },
-      baselines: { offsiteTuning: false, localOnly: false },
-    },
-    'e2e job',
-  );
-}
+const spec = (id: string): JobSpec => resolveJobSpec(demoJobRawSpec(tmp, id), 'e2e job');
 
 interface Row {
   method: string;

@@ -8,10 +8,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
 import {
   resolveJobSpec,
   type JobSpec,
@@ -22,28 +20,25 @@ import {
   saveCheckpoint,
 } from '../../libs/fedbiot/src/index.js';
 import { readSafetensorsHeader, readTensor, toFloat32 } from '../../libs/engine/src/index.js';
-import { repoRoot } from '../support/paths.js';
+import { demoJobRawSpec, tmpWithDemoFederation } from '../support/federation.js';
 
 let tmp = '';
 
-function spec(id: string): JobSpec {
-  return resolveJobSpec(
-    {
-      job: { id, seed: 11, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 48 },
-      clients: { localSteps: 2, batchSize: 2, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 2 },
+const spec = (id: string): JobSpec =>
+  resolveJobSpec(
+    demoJobRawSpec(tmp, id, {
+      job: { seed: 11 },
+      data: { maxLength: 48 },
+      clients: { localSteps: 2, batchSize: 2 },
+      alignment: { stepsPerRound: 1, batchSize: 2 },
       eval: { maxNewTokens: 2 },
       baselines: { offsiteTuning: true, localOnly: true, fedavgLora: true, oneShotAlignSteps: 1 },
-    },
+    }),
     'resume points test',
   );
-}
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-resume-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
+  tmp = await tmpWithDemoFederation('fedbiot-resume-', {
     seed: 2,
     trainPerClient: 8,
     testPerClient: 2,

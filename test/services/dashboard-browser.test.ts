@@ -11,10 +11,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec } from '../../libs/fedbiot/src/index.js';
 import { EvalReplySchema } from '../../services/common/evaluation-wire.js';
 import { initialLoras, openJobContext, type JobContext } from '../../services/common/job-context.js';
@@ -42,19 +40,17 @@ import { ClientNats } from '@nestjs/microservices';
 import { natsTransportOptions, sendWithRetry } from '../../services/common/nats-transport.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import { HeadlessChromium } from '../support/chromium.js';
-import { repoRoot } from '../support/paths.js';
+import { SMALL_DEMO_FEDERATION, demoJobRawSpec, tmpWithDemoFederation } from '../support/federation.js';
 import { rng } from '../support/rng.js';
 
 const NATS_URL = process.env['NATS_URL'] ?? 'nats://127.0.0.1:4222';
 let tmp = '';
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-dashboard-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
+  tmp = await tmpWithDemoFederation('fedbiot-dashboard-', {
+    ...SMALL_DEMO_FEDERATION,
     trainPerClient: 16,
     testPerClient: 4,
-    globalTestPerTask: 2,
     corpusBytes: 20_000,
   });
 });
@@ -106,15 +102,11 @@ const READ_PAGE = `(() => {
 test('the dashboard in headless Chromium shows round progress and per-client curves that grow as rounds finish', async () => {
   const jobId = `dash-${process.pid}-${Date.now().toString(36)}`;
   const spec = resolveJobSpec(
-    {
-      job: { id: jobId, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
-      eval: { maxNewTokens: 4, mode: 'simulation' },
-      baselines: { offsiteTuning: false, localOnly: false },
-    },
+    demoJobRawSpec(tmp, jobId, {
+      clients: { localSteps: 1 },
+      alignment: { stepsPerRound: 1 },
+      eval: { mode: 'simulation' },
+    }),
     'dashboard test job',
   );
   const logs: LogRecord[] = [];

@@ -57,6 +57,7 @@ import {
   servicesSpec,
   sha256Of,
   standaloneFinal,
+  startServerAround,
   startWorkers,
   stopServicesJob,
   trainerSpec,
@@ -614,12 +615,7 @@ test('data owners: each client trains on its own replica under its own NATS iden
       ),
     );
     const as = (role: string) => ({ natsUrl: url, natsEnv: envOf(`service-${role}`), spec: s, logSink: sink });
-    services.push(await startAlignment(as('server-alignment'), 0));
-    services.push(await startEvaluator(as('evaluator'), 0));
-    const aggregator = await startAggregator({ ...as('aggregator'), deadlineMs: 60_000 }, 0);
-    services.push(aggregator);
-    const trainers = await trainersStarted;
-    services.push(...trainers);
+    const { aggregator, trainers } = await startServerAround(trainersStarted, as, 60_000, services);
     const final = await aggregator.role.done;
     assert.equal(final?.round, 2);
     for (const [i, clientId] of clients.entries())

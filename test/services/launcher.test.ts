@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +41,43 @@ async function writeLauncherJob(tmp: string, jobId: string): Promise<string> {
   return specFile;
 }
 
+/**
+ * bin/services.ts on the job in `specFile` over `natsUrl`, with `trainers` trainer replicas, ports from `portBase`,
+ * caches under `tmp`/cache, `--exit-when-done` and `args`; `env` adds variables. Its stdout is piped (JSON lines).
+ */
+function spawnLauncher(o: {
+  specFile: string;
+  natsUrl: string;
+  tmp: string;
+  trainers: number;
+  portBase: number;
+  args?: readonly string[];
+  env?: Record<string, string>;
+}): ChildProcess {
+  return spawn(
+    process.execPath,
+    [
+      fileURLToPath(new URL('../../bin/services.js', import.meta.url)),
+      '--trainers',
+      String(o.trainers),
+      '--port-base',
+      String(o.portBase),
+      '--exit-when-done',
+      ...(o.args ?? []),
+    ],
+    {
+      env: {
+        ...process.env,
+        JOB_SPEC: o.specFile,
+        NATS_URL: o.natsUrl,
+        ...o.env,
+        FEDBIOT_CACHE: join(o.tmp, 'cache'),
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+}
+
 test('a trainer killed under the launcher is restarted and the job completes (exit 0)', async () => {
   const tmp = mkdtempSync(join(tmpdir(), 'fedbiot-launcher-'));
   const nats = await startPrivateNats(() => '');
@@ -48,27 +85,14 @@ test('a trainer killed under the launcher is restarted and the job completes (ex
     const jobId = `launch-${process.pid}`;
     const specFile = await writeLauncherJob(tmp, jobId);
     const portBase = 20_000 + (process.pid % 20_000);
-    const launcher = spawn(
-      process.execPath,
-      [
-        fileURLToPath(new URL('../../bin/services.js', import.meta.url)),
-        '--trainers',
-        '2',
-        '--port-base',
-        String(portBase),
-        '--exit-when-done',
-      ],
-      {
-        env: {
-          ...process.env,
-          JOB_SPEC: specFile,
-          NATS_URL: nats.url,
-          ACK_WAIT_MS: '3000',
-          FEDBIOT_CACHE: join(tmp, 'cache'),
-        },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
-    );
+    const launcher = spawnLauncher({
+      specFile,
+      natsUrl: nats.url,
+      tmp,
+      trainers: 2,
+      portBase,
+      env: { ACK_WAIT_MS: '3000' },
+    });
     const lines: Record<string, unknown>[] = [];
     const pids = new Map<string, number>();
     let killed: string | undefined;
@@ -110,22 +134,14 @@ test('--exit-when-done --keep-dashboard: the other services stop, the dashboard 
     const jobId = `keep-${process.pid}`;
     const specFile = await writeLauncherJob(tmp, jobId);
     const portBase = 20_000 + ((process.pid + 7919) % 20_000);
-    const launcher = spawn(
-      process.execPath,
-      [
-        fileURLToPath(new URL('../../bin/services.js', import.meta.url)),
-        '--trainers',
-        '1',
-        '--port-base',
-        String(portBase),
-        '--exit-when-done',
-        '--keep-dashboard',
-      ],
-      {
-        env: { ...process.env, JOB_SPEC: specFile, NATS_URL: nats.url, FEDBIOT_CACHE: join(tmp, 'cache') },
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
-    );
+    const launcher = spawnLauncher({
+      specFile,
+      natsUrl: nats.url,
+      tmp,
+      trainers: 1,
+      portBase,
+      args: ['--keep-dashboard'],
+    });
     const lines: Record<string, unknown>[] = [];
     const exited = new Promise<number | null>((resolve) => launcher.once('exit', (c) => resolve(c)));
     const done = new Promise<Record<string, unknown>>((resolve) =>

@@ -21,17 +21,15 @@ import { generateJobAuth, renderAuthorization, type NatsIdentity } from '../../l
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
-import { startAggregator } from '../../services/aggregator/aggregator.module.js';
 import type { ClientTrainer } from '../../services/client-trainer/trainer.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
-import { startAlignment } from '../../services/server-alignment/alignment.module.js';
-import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import {
   assertSameFinal,
   finalEvals,
   servicesRawSpec,
   servicesSpec,
   standaloneFinal,
+  startServerAround,
   trainerSpec,
 } from '../support/services-job.js';
 import { repoRoot } from '../support/paths.js';
@@ -279,12 +277,7 @@ test(
         logSink: sink,
       });
       const t0 = performance.now();
-      services.push(await startAlignment(as('server-alignment'), 0));
-      services.push(await startEvaluator(as('evaluator'), 0));
-      const aggregator = await startAggregator({ ...as('aggregator'), deadlineMs: 90_000 }, 0);
-      services.push(aggregator);
-      const trainers = await trainersStarted;
-      services.push(...trainers);
+      const { aggregator, trainers } = await startServerAround(trainersStarted, as, 90_000, services);
       const final = await aggregator.role.done;
       const jobMs = performance.now() - t0;
       assert.equal(final?.round, 2);

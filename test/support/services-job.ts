@@ -21,10 +21,10 @@ import type { ServerAlignment } from '../../services/server-alignment/alignment.
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
-import { repoRoot } from './paths.js';
+import { demoJobRawSpec } from './federation.js';
 
 /**
- * The services tests' job, the settings of test/e2e/fedbiot-job.test.ts: 3 clients (add, sub, mul), 2 rounds, on
+ * The services tests' job, demoJobRawSpec's (the settings of test/e2e/fedbiot-job.test.ts): 3 clients (add, sub, mul), 2 rounds, on
  * the demo federation in `tmp`/federation (test/support/federation.ts). `extra` adds or replaces top-level sections
  * (for example `privacy`). The evaluator runs in simulation mode: it scores AdapEmu and AdapFu on every client's
  * test set, so the whole table can be compared with the standalone job's.
@@ -35,16 +35,7 @@ export function servicesRawSpec(
   extra: Record<string, unknown> = {},
   federation = join(tmp, 'federation'),
 ): Record<string, unknown> {
-  return {
-    job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-    model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-    data: { federation, maxLength: 96 },
-    clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-    eval: { maxNewTokens: 4, mode: 'simulation' },
-    baselines: { offsiteTuning: false, localOnly: false },
-    ...extra,
-  };
+  return { ...demoJobRawSpec(tmp, id, { data: { federation }, eval: { mode: 'simulation' } }), ...extra };
 }
 
 /** `servicesRawSpec` resolved; `what` names it in validation errors. */
@@ -157,6 +148,26 @@ export async function startWorkers(
       ),
     );
   return [alignment, evaluator, ...trainers];
+}
+
+/**
+ * The server's services around data owners' trainers that are starting (`trainersStarted`): server-alignment, the
+ * evaluator and the aggregator (round deadline `deadlineMs`), each started with the options `as(role)` gives (its
+ * own NATS identity); all of them, trainers last, join `services`. Returns the aggregator and the trainers.
+ */
+export async function startServerAround(
+  trainersStarted: Promise<RunningService<ClientTrainer>[]>,
+  as: (role: string) => Parameters<typeof startAlignment>[0],
+  deadlineMs: number,
+  services: RunningService<ServiceRole>[],
+): Promise<{ aggregator: RunningService<Aggregator>; trainers: RunningService<ClientTrainer>[] }> {
+  services.push(await startAlignment(as('server-alignment'), 0));
+  services.push(await startEvaluator(as('evaluator'), 0));
+  const aggregator = await startAggregator({ ...as('aggregator'), deadlineMs }, 0);
+  services.push(aggregator);
+  const trainers = await trainersStarted;
+  services.push(...trainers);
+  return { aggregator, trainers };
 }
 
 /** What a services test gathers and closes: the services' log records (and their sink), the services, a connection. */

@@ -68,6 +68,7 @@ export {
   DEMO_FORMAT_TEXTS,
   DEMO_SPECIAL_IDS,
   DEMO_SPECIAL_TOKENS,
+  hfSpecialToken,
   type DemoTokenizerFiles,
   type DemoTokenizerOptions,
 } from './demo/bpe.js';

@@ -136,3 +136,17 @@ export function gradients(loss: Tensor, wrt: readonly Tensor[], opts: GradientOp
     return grad;
   });
 }
+
+/**
+ * Outputs the scalar `loss` as `loss` and its gradient with respect to each named tensor as `grad.<name>`, the
+ * names a training step fetches; throws if one of them does not influence the loss.
+ */
+export function outputLossAndGradients(loss: Tensor, wrt: readonly (readonly [string, Tensor])[]): void {
+  const g = loss.graph;
+  const grads = gradients(
+    loss,
+    wrt.map(([, t]) => t),
+  );
+  g.output(loss, 'loss');
+  grads.forEach((gr, i) => g.output(gr!, `grad.${wrt[i]![0]}`));
+}

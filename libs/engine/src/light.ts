@@ -9,7 +9,7 @@ export { GraphError, ShapeError, fmtShape } from './errors.js';
 export { Graph, Tensor, type TapeEntry, type VjpContext, type VjpFn, type WeightSource } from './graph.js';
 export * as ops from './ops.js';
 export type { OpName } from './op-names.js';
-export { gradients, unbroadcast, type GradientOptions } from './autodiff.js';
+export { gradients, outputLossAndGradients, unbroadcast, type GradientOptions } from './autodiff.js';
 export { crossEntropy, maskedMeanCrossEntropy, rmsNorm } from './composite.js';
 export { halfLinear, linear, type HalfCompute } from './nn.js';
 export * from './onnx/serialize.js';

@@ -50,17 +50,25 @@ export interface PretrainOptions {
   readonly onStep?: (step: number, loss: number) => void;
 }
 
-/** Architecture of the demo model: 8 layers so a 2-layer adapter and a 6-layer emulator block remain. */
-export function demoModelConfig(vocabSize: number): ModelConfig {
+/** The width and depth in which the demo models differ (config.json's names). */
+interface DemoModelShape {
+  readonly hidden_size: number;
+  readonly intermediate_size: number;
+  readonly num_hidden_layers: number;
+  readonly num_attention_heads: number;
+}
+
+/** A demo LLaMA config of this shape: 2 key-value heads, tied embeddings, the demo tokenizer's special ids, fp32. */
+function demoLlamaConfig(vocabSize: number, shape: DemoModelShape, what: string): ModelConfig {
   return parseModelConfig(
     {
       architectures: ['LlamaForCausalLM'],
       model_type: 'llama',
       vocab_size: vocabSize,
-      hidden_size: 192,
-      intermediate_size: 512,
-      num_hidden_layers: 8,
-      num_attention_heads: 6,
+      hidden_size: shape.hidden_size,
+      intermediate_size: shape.intermediate_size,
+      num_hidden_layers: shape.num_hidden_layers,
+      num_attention_heads: shape.num_attention_heads,
       num_key_value_heads: 2,
       rms_norm_eps: 1e-5,
       max_position_embeddings: 256,
@@ -71,6 +79,15 @@ export function demoModelConfig(vocabSize: number): ModelConfig {
       pad_token_id: 3,
       torch_dtype: 'float32',
     },
+    what,
+  );
+}
+
+/** Architecture of the demo model: 8 layers so a 2-layer adapter and a 6-layer emulator block remain. */
+export function demoModelConfig(vocabSize: number): ModelConfig {
+  return demoLlamaConfig(
+    vocabSize,
+    { hidden_size: 192, intermediate_size: 512, num_hidden_layers: 8, num_attention_heads: 6 },
     'demo-llama/config.json',
   );
 }
@@ -80,25 +97,9 @@ export function demoModelConfig(vocabSize: number): ModelConfig {
  * layers 0-9; dropout 0.5 keeps 5 of them (0,2,4,6,9), a real compression with knowledge to lose.
  */
 export function deepDemoModelConfig(vocabSize: number): ModelConfig {
-  return parseModelConfig(
-    {
-      architectures: ['LlamaForCausalLM'],
-      model_type: 'llama',
-      vocab_size: vocabSize,
-      hidden_size: 128,
-      intermediate_size: 384,
-      num_hidden_layers: 12,
-      num_attention_heads: 4,
-      num_key_value_heads: 2,
-      rms_norm_eps: 1e-5,
-      max_position_embeddings: 256,
-      rope_theta: 10000,
-      tie_word_embeddings: true,
-      bos_token_id: 1,
-      eos_token_id: 2,
-      pad_token_id: 3,
-      torch_dtype: 'float32',
-    },
+  return demoLlamaConfig(
+    vocabSize,
+    { hidden_size: 128, intermediate_size: 384, num_hidden_layers: 12, num_attention_heads: 4 },
     'demo-deep/config.json',
   );
 }

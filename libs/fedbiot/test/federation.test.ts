@@ -6,11 +6,10 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeDemoFederation } from '../../data/src/index.js';
+import { SMALL_DEMO_FEDERATION, tmpWithDemoFederation } from '../../../test/support/federation.js';
 import { loadTokenizer } from '../../model/src/index.js';
 import { clientStreamSeed, loadFederation } from '../src/federation.js';
 import { resolveJobSpec } from '../src/job-spec.js';
@@ -20,14 +19,11 @@ const modelDir = join(repoRoot, 'models', 'demo-llama');
 let tmp = '';
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-federation-'));
-  await writeDemoFederation(join(tmp, 'all'), {
-    seed: 5,
-    trainPerClient: 12,
-    testPerClient: 4,
-    globalTestPerTask: 2,
-    corpusBytes: 20_000,
-  });
+  tmp = await tmpWithDemoFederation(
+    'fedbiot-federation-',
+    { ...SMALL_DEMO_FEDERATION, trainPerClient: 12, testPerClient: 4, corpusBytes: 20_000 },
+    'all',
+  );
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 

@@ -7,10 +7,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../data/src/index.js';
 import type { TokenizedExample } from '../../data/src/index.js';
 import { CausalLM, type LoraWeights } from '../../model/src/index.js';
 import {
@@ -33,7 +31,8 @@ import { clientStreamSeed, loadFederation, type FederationData } from '../src/fe
 import { resolveJobSpec, type JobSpec } from '../src/job-spec.js';
 import { clientSettingsFor, initialLora, loraSpecs, trainLocally } from '../src/roles.js';
 import { splitModel } from '../src/split.js';
-import { repoRoot } from '../../../test/support/paths.js';
+import { oneRoundOf } from '../../../test/support/rounds.js';
+import { SMALL_DEMO_FEDERATION, demoJobRawSpec, tmpWithDemoFederation } from '../../../test/support/federation.js';
 
 let tmp = '';
 let lm: CausalLM;
@@ -41,23 +40,15 @@ let spec: JobSpec;
 let data: FederationData;
 
 before(async () => {
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-hostile-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
+  tmp = await tmpWithDemoFederation('fedbiot-hostile-', {
+    ...SMALL_DEMO_FEDERATION,
     trainPerClient: 24,
     testPerClient: 2,
     globalTestPerTask: 1,
     corpusBytes: 4_000,
   });
-  spec = resolveJobSpec(
-    {
-      job: { id: 'hostile', seed: 3, rounds: 1, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 64 },
-      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-    },
-    'hostile test',
-  );
+  const raw = demoJobRawSpec(tmp, 'hostile', { job: { rounds: 1 }, data: { maxLength: 64 } });
+  spec = resolveJobSpec({ job: raw.job, model: raw.model, data: raw.data, clients: raw.clients }, 'hostile test');
   lm = await CausalLM.load(spec.model.checkpoint, { thread: 'main', threads: 1 });
   data = await loadFederation(spec, lm.tokenizer!, join(tmp, 'cache'));
 });
@@ -117,13 +108,7 @@ async function oneRound(
       evaluate: async () => [],
     },
     {
-      rounds: 1,
-      clientIds: results.map((r) => r.clientId),
-      perRound: { count: results.length },
-      seed: 1,
-      preAlignSteps: 0,
-      alignStepsPerRound: 0,
-      evalEvery: 100,
+      ...oneRoundOf(results.map((r) => r.clientId)),
       broadcastEmulator: true,
       ...aggregationSettingsFor(spec, clientSettingsFor(spec)),
       ...extra,

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULTS, applyOverrides, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
-import { evalMethodsFor } from '../src/methods.js';
+import { RESULT_METHODS, evalMethodsFor } from '../src/methods.js';
 import { JobSpecError } from '../src/errors.js';
 import { withTmp } from '../../../test/support/tmp.js';
 
@@ -63,14 +63,7 @@ test('method-dependent defaults: offsite-tuning gets 2 bottom adapter layers; ex
     1,
   );
   const withBaselines = resolveJobSpec({ baselines: { localOnly: true, offsiteTuning: true, fedavgLora: true } }, 'x');
-  assert.deepEqual(withBaselines.eval.methods, [
-    'base',
-    'fedbiot-adapemu',
-    'fedbiot-adapfu',
-    'offsite-tuning',
-    'local-only',
-    'fedavg-lora',
-  ]);
+  assert.deepEqual(withBaselines.eval.methods, RESULT_METHODS, 'every result row, in report order');
   assert.deepEqual(evalMethodsFor('local-only', { offsiteTuning: false, localOnly: false, fedavgLora: false }), [
     'base',
     'local-only',

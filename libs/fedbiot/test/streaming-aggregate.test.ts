@@ -13,6 +13,7 @@ import {
   type CoordinatorSettings,
   type RoundPorts,
 } from '../src/coordinator.js';
+import { oneRoundOf } from '../../../test/support/rounds.js';
 
 /** xorshift32 in [-1, 1). */
 function rng(seed: number): () => number {
@@ -168,13 +169,7 @@ async function oneRound(
   const final = await runRounds(
     ports,
     {
-      rounds: 1,
-      clientIds: rs.map((r) => r.clientId),
-      perRound: { count: rs.length },
-      seed: 1,
-      preAlignSteps: 0,
-      alignStepsPerRound: 0,
-      evalEvery: 100,
+      ...oneRoundOf(rs.map((r) => r.clientId)),
       broadcastEmulator: false,
       weighting: 'tokens',
       ...extra,

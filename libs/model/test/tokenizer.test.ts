@@ -4,6 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TokenizerError } from '../src/errors.js';
 import { loadTokenizer } from '../src/tokenizer.js';
+import { hfSpecialToken } from '../../data/src/index.js';
 import { withTmp } from '../../../test/support/tmp.js';
 
 /**
@@ -36,25 +37,16 @@ const VOCAB: Record<string, number> = {
   '▁world': 22,
   '!': 23,
 };
-const special = (id: number, content: string) => ({
-  id,
-  content,
-  single_word: false,
-  lstrip: false,
-  rstrip: false,
-  normalized: false,
-  special: true,
-});
 const TOKENIZER_JSON = {
   version: '1.0',
   truncation: null,
   padding: null,
   added_tokens: [
-    special(0, '<unk>'),
-    special(1, '<s>'),
-    special(2, '</s>'),
-    special(3, '<|user|>'),
-    special(4, '<|assistant|>'),
+    hfSpecialToken(0, '<unk>'),
+    hfSpecialToken(1, '<s>'),
+    hfSpecialToken(2, '</s>'),
+    hfSpecialToken(3, '<|user|>'),
+    hfSpecialToken(4, '<|assistant|>'),
   ],
   normalizer: {
     type: 'Sequence',

@@ -56,6 +56,17 @@ export const DEMO_FORMAT_TEXTS: readonly { readonly text: string; readonly weigh
  * Trains byte-level BPE on `corpusTexts` plus weighted prompt-format texts (see DemoTokenizerOptions) until the vocabulary has `vocabSize` entries or no pair occurs twice. Deterministic: the most frequent pair wins,
  * ties go to the smaller (left, right) pair in code-unit order.
  */
+/** A special token as tokenizer.json's `added_tokens` lists it: matched whole, never split, normalized or stripped. */
+export const hfSpecialToken = (id: number, content: string) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
+
 export function buildDemoTokenizer(
   corpusTexts: readonly string[],
   vocabSize: number,
@@ -75,15 +86,7 @@ export function buildDemoTokenizer(
   for (const char of BYTE_TO_CHAR) vocab.set(char, vocab.size);
   const merges = trainMerges(counts, vocabSize - vocab.size, vocab);
 
-  const addedTokens = SPECIALS.map((content, id) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
+  const addedTokens = SPECIALS.map((content, id) => hfSpecialToken(id, content));
   const bos = DEMO_SPECIAL_TOKENS.bos;
   const tokenizerJson = {
     version: '1.0',

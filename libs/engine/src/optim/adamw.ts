@@ -2,8 +2,9 @@
  * AdamW on Float32Arrays, the same update as torch.optim.AdamW (amsgrad=False, maximize=False). Kept in TS rather
  * than an ONNX graph because ORT copies every output, which made the graph version slower (docs/engine-notes.md §2.5).
  */
-import { checkState, checkStepInputs, hyperNumber, paramSizes, rejectUnknownHyper } from './checks.js';
-import { CONSTANT_SCHEDULE, lrAt, validateSchedule, type ScheduleSpec } from './schedule.js';
+import { checkState, hyperNumber, rejectUnknownHyper } from './checks.js';
+import { validateSchedule, type ScheduleSpec } from './schedule.js';
+import { ScheduledOptimizer, type TensorUpdate } from './scheduled.js';
 import type { Optimizer, OptimizerState, ParamMap } from './types.js';
 
 /** AdamW hyper-parameters; defaults are torch's except lr (FedBiOT's 1e-4; torch uses 1e-3). */
@@ -84,15 +85,10 @@ function adamwKernel(
  * ```
  * Moment buffers are allocated once here (2 floats per parameter value); `step` allocates nothing per element.
  */
-export class AdamW implements Optimizer {
+export class AdamW extends ScheduledOptimizer<AdamWHyper> implements Optimizer {
   readonly kind = 'adamw' as const;
-  private readonly sizes: Map<string, number>;
-  private readonly names: string[];
   private readonly expAvg: Float32Array[];
   private readonly expAvgSq: Float32Array[];
-  private hyper: AdamWHyper;
-  private schedule: ScheduleSpec;
-  private steps = 0;
 
   /**
    * @param params the trainable tensors; only their names and lengths are recorded (values are read in `step`).
@@ -101,7 +97,7 @@ export class AdamW implements Optimizer {
   constructor(params: ParamMap, options: AdamWOptions = {}) {
     const betas = options.betas ?? [0.9, 0.999];
     if (!Array.isArray(betas) || betas.length !== 2) throw new Error(`${OWNER}: betas must be [beta1, beta2]`);
-    this.hyper = checkHyper(
+    const hyper = checkHyper(
       {
         lr: options.lr ?? 1e-4,
         beta1: betas[0],
@@ -111,46 +107,19 @@ export class AdamW implements Optimizer {
       },
       OWNER,
     );
-    this.schedule = validateSchedule(options.schedule ?? CONSTANT_SCHEDULE, `${OWNER}: schedule`);
-    this.sizes = paramSizes(params, OWNER);
-    this.names = [...this.sizes.keys()];
+    super(params, hyper, options.schedule, OWNER);
     this.expAvg = this.names.map((n) => new Float32Array(this.sizes.get(n)!));
     this.expAvgSq = this.names.map((n) => new Float32Array(this.sizes.get(n)!));
   }
 
-  get stepCount(): number {
-    return this.steps;
-  }
-
-  currentLr(): number {
-    return lrAt(this.schedule, this.steps, this.hyper.lr);
-  }
-
-  step(params: Map<string, Float32Array>, grads: ReadonlyMap<string, Float32Array>): void {
-    // Check every tensor before touching any, so a bad call leaves parameters and optimizer state unchanged.
-    checkStepInputs(params, grads, this.sizes, OWNER);
+  protected tensorUpdate(lr: number, done: number): TensorUpdate {
     const { beta1, beta2, eps, weightDecay } = this.hyper;
-    const lr = this.currentLr();
-    const t = this.steps + 1;
+    const t = done + 1;
     const stepSize = lr / (1 - beta1 ** t);
     const bc2Sqrt = Math.sqrt(1 - beta2 ** t);
     const decay = 1 - lr * weightDecay;
-    for (let k = 0; k < this.names.length; k++) {
-      const name = this.names[k]!;
-      adamwKernel(
-        params.get(name)!,
-        grads.get(name)!,
-        this.expAvg[k]!,
-        this.expAvgSq[k]!,
-        decay,
-        beta1,
-        beta2,
-        stepSize,
-        bc2Sqrt,
-        eps,
-      );
-    }
-    this.steps = t;
+    return (k, p, g) =>
+      adamwKernel(p, g, this.expAvg[k]!, this.expAvgSq[k]!, decay, beta1, beta2, stepSize, bc2Sqrt, eps);
   }
 
   exportState(): OptimizerState {
@@ -159,13 +128,7 @@ export class AdamW implements Optimizer {
       slots[name] = { exp_avg: this.expAvg[k]!.slice(), exp_avg_sq: this.expAvgSq[k]!.slice() };
     });
     const h = this.hyper;
-    return {
-      kind: this.kind,
-      step: this.steps,
-      hyper: { lr: h.lr, betas: [h.beta1, h.beta2], eps: h.eps, weightDecay: h.weightDecay },
-      schedule: structuredClone(this.schedule),
-      slots,
-    };
+    return this.stateWith({ lr: h.lr, betas: [h.beta1, h.beta2], eps: h.eps, weightDecay: h.weightDecay }, slots);
   }
 
   importState(state: OptimizerState): void {
@@ -191,8 +154,6 @@ export class AdamW implements Optimizer {
       this.expAvg[k]!.set(state.slots[name]!.exp_avg!);
       this.expAvgSq[k]!.set(state.slots[name]!.exp_avg_sq!);
     });
-    this.hyper = hyper;
-    this.schedule = structuredClone(schedule);
-    this.steps = state.step;
+    this.restore(hyper, schedule, state.step);
   }
 }

@@ -1,6 +1,7 @@
 /** SGD on Float32Arrays, the same update as torch.optim.SGD (maximize=False). */
-import { checkState, checkStepInputs, hyperNumber, paramSizes, rejectUnknownHyper } from './checks.js';
-import { CONSTANT_SCHEDULE, lrAt, validateSchedule, type ScheduleSpec } from './schedule.js';
+import { checkState, hyperNumber, rejectUnknownHyper } from './checks.js';
+import { validateSchedule, type ScheduleSpec } from './schedule.js';
+import { ScheduledOptimizer, type TensorUpdate } from './scheduled.js';
 import type { Optimizer, OptimizerState, ParamMap } from './types.js';
 
 /** SGD hyper-parameters; defaults are torch 2.x's. */
@@ -81,21 +82,16 @@ function sgdKernel(
  * ```
  * With momentum 0 there are no slots; otherwise one `momentum_buffer` per parameter.
  */
-export class SGD implements Optimizer {
+export class SGD extends ScheduledOptimizer<SGDHyper> implements Optimizer {
   readonly kind = 'sgd' as const;
-  private readonly sizes: Map<string, number>;
-  private readonly names: string[];
   private buffers: Float32Array[] | undefined;
-  private hyper: SGDHyper;
-  private schedule: ScheduleSpec;
-  private steps = 0;
 
   /**
    * @param params the trainable tensors; only their names and lengths are recorded (values are read in `step`).
    * @param options hyper-parameters, see {@link SGDOptions}.
    */
   constructor(params: ParamMap, options: SGDOptions = {}) {
-    this.hyper = checkHyper(
+    const hyper = checkHyper(
       {
         lr: options.lr ?? 1e-3,
         momentum: options.momentum ?? 0,
@@ -105,9 +101,7 @@ export class SGD implements Optimizer {
       },
       OWNER,
     );
-    this.schedule = validateSchedule(options.schedule ?? CONSTANT_SCHEDULE, `${OWNER}: schedule`);
-    this.sizes = paramSizes(params, OWNER);
-    this.names = [...this.sizes.keys()];
+    super(params, hyper, options.schedule, OWNER);
     this.buffers = this.allocBuffers(this.hyper.momentum);
   }
 
@@ -115,24 +109,9 @@ export class SGD implements Optimizer {
     return momentum === 0 ? undefined : this.names.map((n) => new Float32Array(this.sizes.get(n)!));
   }
 
-  get stepCount(): number {
-    return this.steps;
-  }
-
-  currentLr(): number {
-    return lrAt(this.schedule, this.steps, this.hyper.lr);
-  }
-
-  step(params: Map<string, Float32Array>, grads: ReadonlyMap<string, Float32Array>): void {
-    // Check every tensor before touching any, so a bad call leaves parameters and optimizer state unchanged.
-    checkStepInputs(params, grads, this.sizes, OWNER);
-    const lr = this.currentLr();
-    const first = this.steps === 0;
-    for (let k = 0; k < this.names.length; k++) {
-      const name = this.names[k]!;
-      sgdKernel(params.get(name)!, grads.get(name)!, this.buffers?.[k], this.hyper, lr, first);
-    }
-    this.steps++;
+  protected tensorUpdate(lr: number, done: number): TensorUpdate {
+    const first = done === 0;
+    return (k, p, g) => sgdKernel(p, g, this.buffers?.[k], this.hyper, lr, first);
   }
 
   exportState(): OptimizerState {
@@ -141,20 +120,17 @@ export class SGD implements Optimizer {
       slots[name] = this.buffers === undefined ? {} : { momentum_buffer: this.buffers[k]!.slice() };
     });
     const h = this.hyper;
-    return {
-      kind: this.kind,
-      step: this.steps,
-      // nesterov as 0/1: the state's hyper values are numbers, arrays or strings only.
-      hyper: {
+    // nesterov as 0/1: the state's hyper values are numbers, arrays or strings only.
+    return this.stateWith(
+      {
         lr: h.lr,
         momentum: h.momentum,
         dampening: h.dampening,
         weightDecay: h.weightDecay,
         nesterov: h.nesterov ? 1 : 0,
       },
-      schedule: structuredClone(this.schedule),
       slots,
-    };
+    );
   }
 
   importState(state: OptimizerState): void {
@@ -181,8 +157,6 @@ export class SGD implements Optimizer {
       this.buffers !== undefined && hyper.momentum !== 0 ? this.buffers : this.allocBuffers(hyper.momentum);
     buffers?.forEach((b, k) => b.set(state.slots[this.names[k]!]!.momentum_buffer!));
     this.buffers = buffers;
-    this.hyper = hyper;
-    this.schedule = structuredClone(schedule);
-    this.steps = state.step;
+    this.restore(hyper, schedule, state.step);
   }
 }
