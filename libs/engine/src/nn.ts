@@ -1,5 +1,6 @@
 /** Layer helpers built from primitive ops. */
 import type { Tensor } from './graph.js';
+import type { DType } from './ir.js';
 import { ShapeError } from './errors.js';
 import * as O from './ops.js';
 
@@ -68,4 +69,23 @@ export function halfLinear(x: Tensor, weight: Tensor, compute: HalfCompute, bias
     },
   );
   return y!;
+}
+
+/**
+ * An inverted-dropout mask of `shape` (values 0 where dropped, 1 / (1 - p) elsewhere, as torch.nn.Dropout) built in
+ * the graph from the dropped positions (int32 [capacity], increasing, padded with the element count; see
+ * drawDropPositions): the keep value everywhere, then -keep added at each dropped position (keep - keep is exactly 0;
+ * the padding lands in one extra slot that is sliced away). The host sends 4 bytes per drop instead of a dense mask
+ * of 4 bytes per element, and the mask is made where the graph runs (on a GPU: no mask crosses the bus).
+ */
+export function dropoutMask(positions: Tensor, shape: readonly number[], p: number, dtype: DType): Tensor {
+  if (positions.dtype !== 'int32' || positions.rank !== 1)
+    throw new ShapeError(`dropoutMask: positions must be int32 [capacity], got ${positions}`);
+  const g = positions.graph;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const keep = 1 / (1 - p);
+  const full = O.expand(g.constant(keep, dtype), [n + 1]);
+  const holes = O.expand(g.constant(-keep, dtype), positions.shape);
+  const masked = O.scatterElementsAdd(full, positions, holes, 0);
+  return O.reshape(O.slice(masked, [0], [n], [0]), shape);
 }

@@ -7,7 +7,7 @@
 // The engine's light entry for values: job specs import LORA_TARGETS (via libs/model's light entry) without loading
 // onnxruntime; the index import is type-only and erased.
 import type { DType, Graph, HostTensor, Tensor } from '../../engine/src/index.js';
-import { linear, ops as O, mulberry32, type Mulberry32 } from '../../engine/src/light.js';
+import { dropCapacity, dropoutMask, linear, ops as O, mulberry32, type Mulberry32 } from '../../engine/src/light.js';
 import type { ModelConfig } from './config.js';
 import { LINEAR_NAMES, linearFeatures, moduleName, parseModuleName, type LinearName } from './linears.js';
 
@@ -39,9 +39,12 @@ export function loraParamNames(module: string, adapter: string): { a: string; b:
   return { a: `${module}.lora_A.${adapter}.weight`, b: `${module}.lora_B.${adapter}.weight` };
 }
 
-/** The graph input holding a module's LoRA dropout mask [B, T, in] (training graphs with dropout > 0). */
+/**
+ * The graph input holding the dropped positions of a module's LoRA dropout mask [B, T, in] (training graphs with
+ * dropout > 0): int32 [dropCapacity(B·T·in, p)], drawn by drawDropPositions; the graph builds the mask (dropoutMask).
+ */
 export function loraDropoutName(module: string, adapter: string): string {
-  return `${module}.lora_dropout.${adapter}`;
+  return `${module}.lora_dropped.${adapter}`;
 }
 
 /** One adapted linear of an adapter: where it sits and the names of its factors. */
@@ -113,20 +116,36 @@ export function loraFeeds(
   return feeds;
 }
 
-/** The dropout-mask inputs among a graph's inputs, with their [B, T, in] shapes. */
+/** A dropout input of a training graph: its name, the mask's element count and drop probability, its capacity. */
+export interface LoraDropoutInput {
+  readonly name: string;
+  /** Elements of the mask (B·T·in). */
+  readonly elements: number;
+  readonly p: number;
+  /** The input's shape: [dropCapacity(elements, p)]. */
+  readonly shape: readonly number[];
+}
+
+/** The dropout inputs among a graph's inputs, for adapters `specs` (each input takes its adapter's dropout). */
 export function loraDropoutInputs(
   cfg: ModelConfig,
+  specs: readonly LoraSpec[],
   inputNames: readonly string[],
   batch: number,
   seq: number,
-): { name: string; shape: readonly number[] }[] {
-  const out: { name: string; shape: readonly number[] }[] = [];
+): LoraDropoutInput[] {
+  const out: LoraDropoutInput[] = [];
   for (const name of inputNames) {
-    const at = name.indexOf('.lora_dropout.');
+    const at = name.indexOf('.lora_dropped.');
     if (at < 0) continue;
     const m = parseLoraModule(name.slice(0, at));
     if (!m) throw new Error(`LoRA dropout input ${name} names no adaptable linear`);
-    out.push({ name, shape: [batch, seq, linearFeatures(cfg, m.target)[0]] });
+    const adapter = name.slice(at + '.lora_dropped.'.length);
+    const spec = specs.find((s) => s.name === adapter);
+    if (!spec || !(spec.dropout > 0))
+      throw new Error(`LoRA dropout input ${name}: no adapter '${adapter}' with dropout`);
+    const elements = batch * seq * linearFeatures(cfg, m.target)[0];
+    out.push({ name, elements, p: spec.dropout, shape: [dropCapacity(elements, spec.dropout)] });
   }
   return out;
 }
@@ -174,7 +193,8 @@ export class GraphLoras {
 
   /**
    * Declares the factor inputs (A [r, in], B [out, r]) of every adapter on every linear of `layers` it covers, and
-   * with `dropout` a mask input [B, T, in] per linear of each adapter whose dropout is > 0.
+   * with `dropout` a dropped-positions input per linear of each adapter whose dropout is > 0, from which the graph
+   * builds the [B, T, in] mask (dropoutMask).
    */
   static attach(
     g: Graph,
@@ -198,9 +218,20 @@ export class GraphLoras {
         const b = g.input(m.b, opts.dtype, shapes.b);
         params.set(m.a, a);
         params.set(m.b, b);
+        const maskShape = [opts.batch, opts.seq, shapes.a[1]];
         const drop =
           opts.dropout && spec.dropout > 0
-            ? g.input(loraDropoutName(m.module, spec.name), opts.dtype, [opts.batch, opts.seq, shapes.a[1]])
+            ? dropoutMask(
+                g.input(loraDropoutName(m.module, spec.name), 'int32', [
+                  dropCapacity(
+                    maskShape.reduce((x, y) => x * y, 1),
+                    spec.dropout,
+                  ),
+                ]),
+                maskShape,
+                spec.dropout,
+                opts.dtype,
+              )
             : undefined;
         const list = byModule.get(m.module) ?? [];
         const scale = spec.alpha / spec.r;

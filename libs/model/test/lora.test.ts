@@ -101,13 +101,18 @@ test('initLora, a graph and the dropout-input shapes agree on names and shapes; 
   }
   const drops = loraDropoutInputs(
     cfg,
+    [spec],
     g.inputs.map((t) => t.name),
     2,
     5,
   );
   assert.deepEqual(
-    drops,
-    g.inputs.filter((t) => t.name.includes('.lora_dropout.')).map((t) => ({ name: t.name, shape: t.shape })),
+    drops.map((d) => ({ name: d.name, shape: d.shape })),
+    g.inputs.filter((t) => t.name.includes('.lora_dropped.')).map((t) => ({ name: t.name, shape: t.shape })),
   );
   assert.equal(drops.length, 2);
+  for (const d of drops) {
+    assert.equal(d.p, 0.1);
+    assert.equal(d.elements, 2 * 5 * (d.name.includes('down_proj') ? cfg.intermediateSize : cfg.hiddenSize));
+  }
 });
