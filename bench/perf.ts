@@ -1,14 +1,14 @@
 /**
  * `npm run bench -- perf`: the FedBiOT steps at the shapes users compare with PyTorch. Per model shape
- * (SmolLM-135M at T=256, TinyLlama-1.1B at T=512; random weights, B=4):
+ * (SmolLM-135M at T=256, TinyLlama-1.1B and LLaMA-2-7B at T=512; random weights, B=4):
  *   client step    = the FedBiOT client step: emulator (dropped lower layers) + top-2 adapter layers with LoRA
  *                    r=8 on q,v, backward through the adapter, AdamW (LoraTrainer on the client layers)
  *   full-prefix    = the same with every original layer (the step PyTorch's peer script times)
  *   align step     = the server's alignment step: teacher forward (full model + adapter) and the emulator-LoRA
  *                    update on hidden-state L2 + KL (AlignmentServer)
- * `--models smollm,tinyllama` picks shapes (default smollm); `--weights-dtype float16|bfloat16` (and `--compute`)
- * runs them with half-precision frozen weights; `--skip-align` leaves the alignment step out (its teacher forward
- * dominates the memory on CPU). Rows go to bench/results/perf-ours.json;
+ * `--models smollm,tinyllama,llama7b` picks shapes (default smollm); `--weights-dtype float16|bfloat16` (and
+ * `--compute`) runs them with half-precision frozen weights; `--skip-align` leaves the alignment step out (its teacher
+ * forward dominates the memory on CPU), `--client-only` the full-prefix step; `--lora-dropout P` (default 0.05). Rows go to bench/results/perf-ours.json;
  * scripts/device/perf.sh joins them with the PyTorch peer into bench/results/perf.json.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -45,10 +45,13 @@ export async function main(args: string[]): Promise<void> {
           machine: machine(),
           date: new Date().toISOString(),
         };
-        for (const [variant, layers] of [
+        const variants = [
           ['client-step', split.clientLayers],
           ['full-prefix-step', lm.allLayers],
-        ] as const) {
+        ] as const;
+        for (const [variant, layers] of variants.filter(
+          ([v]) => v === 'client-step' || !args.includes('--client-only'),
+        )) {
           const trainer = await LoraTrainer.create(lm, {
             batch: B,
             seq: T,

@@ -31,9 +31,24 @@ const TINYLLAMA_11B = {
   rope_theta: 10000,
 };
 
+/** LLaMA-2-7B's shape (random weights: the FedBiOT emulator of a 7B model on one GPU). */
+const LLAMA2_7B = {
+  model_type: 'llama',
+  vocab_size: 32000,
+  hidden_size: 4096,
+  intermediate_size: 11008,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  num_key_value_heads: 32,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 4096,
+  rope_theta: 10000,
+};
+
 export const SHAPES: Record<string, { config: Record<string, unknown>; seq: number; name: string }> = {
   smollm: { config: SMOLLM_135M, seq: 256, name: 'smollm135m' },
   tinyllama: { config: TINYLLAMA_11B, seq: 512, name: 'tinyllama1.1b' },
+  llama7b: { config: LLAMA2_7B, seq: 512, name: 'llama2-7b' },
 };
 
 /**

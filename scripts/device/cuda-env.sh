@@ -23,3 +23,18 @@ done
 echo "CUDA_LIB=$CUDA_LIB"
 ORIG_LD=${LD_LIBRARY_PATH:-}
 export CUDA_LIB
+# gpu_peak DIR CMD...: runs CMD while sampling the GPU's used memory every 100 ms; writes the peak (MiB, the whole
+# card, so run one job at a time) to DIR/gpu-peak-mib.txt. onnxruntime's CUDA arena keeps what it has grown to, so
+# the peak is the most the process held.
+gpu_peak() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$dir/gpu-samples.txt" &
+  local sampler=$!
+  "$@"
+  local rc=$?
+  kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
+  sort -n "$dir/gpu-samples.txt" | tail -1 >"$dir/gpu-peak-mib.txt"
+  echo "peak GPU memory: $(cat "$dir/gpu-peak-mib.txt") MiB"
+  return $rc
+}

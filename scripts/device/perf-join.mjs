@@ -16,11 +16,12 @@ for (const p of peer) {
       rows.push({
         case: `${model}-${variant}`,
         ours_provider: o.provider,
-        peer_device: p.device === 'cuda' ? 'cuda fp32' : `cpu ${p.threads} threads`,
+        peer_device: p.device === 'cuda' ? `cuda ${p.precision ?? 'fp32'}` : `cpu ${p.threads} threads`,
         ours_ms: o.ms_per_step,
         peer_ms: p.ms_per_step,
         speed_ratio: +(p.ms_per_step / o.ms_per_step).toFixed(3),
         ours_peak_rss_mib: o.peak_rss_mib,
+        ours_peak_gpu_mib: o.peak_gpu_mib ?? null,
         peer_peak_gpu_mib: p.peak_gpu_mib,
         machine: o.machine,
         date: o.date,

@@ -1,6 +1,9 @@
 # The Python stack a user would otherwise pick (transformers + peft, AdamW), timed on the same shapes as
 # `npm run bench -- model` / `-- engine`, so both sides run on one machine in one call. Usage:
-#   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, tinyllama-cuda, smollm-cpu16, smollm-cpu2
+#   python3 torch_peer.py OUT.json [cases...]     cases: block, smollm-cuda, tinyllama-cuda, llama7b-cuda, smollm-cpu16, smollm-cpu2
+# PEER_PRECISION=fp32 (default: PyTorch's, float32 matmuls without TF32) | tf32 (allow_tf32 for matmuls, as onnxruntime's
+# CUDA provider does by default) | bf16 (the base model's weights in bfloat16, LoRA factors in float32 as PEFT keeps
+# them). Rows carry `precision`.
 # PEER_PROFILE=1: after timing, one more CUDA step under torch.profiler; its kernels (self CUDA time, grouped by class
 # as `bench profile` groups ours) are printed and written to OUT.json's rows as `kernels`.
 import json, os, sys, time
@@ -10,15 +13,23 @@ from peft import LoraConfig, get_peft_model
 
 SMOLLM = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
               num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+LLAMA7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=32)
 TINYLLAMA = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  num_attention_heads=32, num_key_value_heads=4)
 BLOCK = dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=1,
              num_attention_heads=4, num_key_value_heads=4)
 
+PRECISION = os.environ.get('PEER_PRECISION', 'fp32')
+assert PRECISION in ('fp32', 'tf32', 'bf16'), f'PEER_PRECISION={PRECISION}: expected fp32, tf32 or bf16'
+torch.backends.cuda.matmul.allow_tf32 = PRECISION == 'tf32'
+torch.backends.cudnn.allow_tf32 = PRECISION == 'tf32'
+
 def client_step(name, shape, B, T, top, device, threads=None, steps=5, warm=2):
     if threads: torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**shape)).to(device)
+    if PRECISION == 'bf16': model = model.to(torch.bfloat16)
     L = shape['num_hidden_layers']
     layers = list(range(L - top, L))
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
@@ -38,7 +49,7 @@ def client_step(name, shape, B, T, top, device, threads=None, steps=5, warm=2):
         times.append(time.perf_counter() - t0)
     times.sort(); med = times[len(times) // 2]
     kernels = profile_step(step) if device == 'cuda' and os.environ.get('PEER_PROFILE') == '1' else None
-    row = dict(case=name, side='pytorch', device=device, threads=torch.get_num_threads() if device == 'cpu' else None,
+    row = dict(case=name, side='pytorch', device=device, precision=PRECISION, threads=torch.get_num_threads() if device == 'cpu' else None,
                batch=B, seq=T, ms_per_step=round(med * 1e3, 2), tokens_per_s=round(B * T / med, 1),
                peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20) if device == 'cuda' else None)
     print(json.dumps(row), flush=True)
@@ -73,6 +84,7 @@ CASES = {
     'block': lambda: client_step('block-d256-T128', BLOCK, 4, 128, 1, 'cuda'),
     'smollm-cuda': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cuda'),
     'tinyllama-cuda': lambda: client_step('tinyllama1.1b-client-top2', TINYLLAMA, 4, 512, 2, 'cuda'),
+    'llama7b-cuda': lambda: client_step('llama2-7b-client-top2', LLAMA7B, 4, 512, 2, 'cuda', steps=3, warm=1),
     'smollm-cpu16': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 16, steps=3, warm=1),
     'smollm-cpu2': lambda: client_step('smollm135m-client-top2', SMOLLM, 4, 256, 2, 'cpu', 2, steps=2, warm=1),
 }
