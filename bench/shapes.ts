@@ -8,9 +8,12 @@ import { join } from 'node:path';
 import type { ExecutionProvider, HalfCompute, WebGpuOptions } from '../libs/engine/src/index.js';
 import {
   CausalLM,
+  expectedTensorShapes,
+  writeCheckpoint,
   type LoadOptions,
   parseModelConfig,
   type ModelConfig,
+  normalSampler,
   writeRandomCheckpoint,
   type LoraSpec,
 } from '../libs/model/src/index.js';
@@ -99,6 +102,30 @@ function oneOf<T extends string>(flag: string, value: string, allowed: readonly 
   return value as T;
 }
 
+/** Weights above this many values are tiled from one random block (see writeBenchCheckpoint). */
+const TILE_ABOVE = 2e9;
+
+/**
+ * A random checkpoint of `cfg` for timing: writeRandomCheckpoint's (normal, std 0.02, seed 1), except that models
+ * above 2G parameters repeat one block of 16M such values (drawing 6.7G normals in JS takes minutes; the values do
+ * not change a step's time, only its numbers).
+ */
+async function writeBenchCheckpoint(dir: string, cfg: ModelConfig): Promise<void> {
+  const shapes = [...expectedTensorShapes(cfg)];
+  const total = shapes.reduce((a, [, sh]) => a + sh.reduce((x, y) => x * y, 1), 0);
+  if (total <= TILE_ABOVE) return writeRandomCheckpoint(dir, cfg, 1);
+  const normal = normalSampler(1);
+  const block = Float32Array.from({ length: 1 << 24 }, () => normal() * 0.02);
+  const weights = new Map<string, Float32Array>();
+  for (const [name, shape] of shapes) {
+    const data = new Float32Array(shape.reduce((x, y) => x * y, 1));
+    if (name.endsWith('norm.weight')) data.fill(1);
+    else for (let at = 0; at < data.length; at += block.length) data.set(block.subarray(0, data.length - at), at);
+    weights.set(name, data);
+  }
+  await writeCheckpoint(dir, cfg, weights);
+}
+
 /**
  * Bytes of the frozen weights the graphs map: the half-precision file in the graph folder, or the fp32 checkpoint
  * files. In MiB.
@@ -136,7 +163,7 @@ export async function loadBenchModel(
   if (!shape) throw new Error(`--models: unknown shape ${key} (${Object.keys(SHAPES).join(', ')})`);
   const cfg = parseModelConfig(shape.config, `${shape.name}.json`);
   console.log(`${shape.name}: writing random checkpoint ...`);
-  await writeRandomCheckpoint(join(tmp, key), cfg, 1);
+  await writeBenchCheckpoint(join(tmp, key), cfg);
   const lm = await CausalLM.load(join(tmp, key), {
     provider: run.provider,
     cacheRoot: join(tmp, 'cache'),

@@ -22,5 +22,5 @@ export { CompiledGraphs } from './compiled.js';
 export * from './causal-lm.js';
 export * from './trainer.js';
 export * from './adapters.js';
-export { initWeights, memoryWeights, writeRandomCheckpoint } from './init.js';
+export { initWeights, memoryWeights, normalSampler, writeRandomCheckpoint } from './init.js';
 export { pruneModelCache } from './cache-prune.js';
