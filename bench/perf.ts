@@ -41,7 +41,6 @@ export async function main(args: string[]): Promise<void> {
           weights_dtype: run.weightsDtype,
           compute: lm.halfWeights?.compute ?? 'float32',
           lora_dropout: run.loraDropout,
-          cuda_arena: run.cudaArena ?? (lm.graphs.runnerOptions.provider === 'cuda' ? 'activations' : null),
           frozen_weights_mib: frozenWeightsMib(lm),
           machine: machine(),
           date: new Date().toISOString(),

@@ -67,8 +67,6 @@ export interface BenchRunOptions {
   readonly webgpu: WebGpuOptions | undefined;
   readonly weightsDtype: NonNullable<LoadOptions['weightsDtype']>;
   readonly compute: HalfCompute | undefined;
-  /** `--cuda-arena activations|all` (SessionConfig.cudaArena); default the session's. */
-  readonly cudaArena: 'activations' | 'all' | undefined;
   /** LoRA dropout of the step (`--lora-dropout`, default 0.05 as the PyTorch peer); 0 builds graphs without masks. */
   readonly loraDropout: number;
 }
@@ -89,10 +87,6 @@ export function benchRunOptions(args: readonly string[]): BenchRunOptions {
     ]),
     compute: computeArg === undefined ? undefined : oneOf<HalfCompute>('compute', computeArg, ['float32', 'float16']),
     loraDropout: loraDropoutOf(argOf(args, 'lora-dropout')),
-    cudaArena:
-      argOf(args, 'cuda-arena') === undefined
-        ? undefined
-        : oneOf<'activations' | 'all'>('cuda-arena', argOf(args, 'cuda-arena')!, ['activations', 'all']),
   };
 }
 
@@ -174,7 +168,6 @@ export async function loadBenchModel(
     provider: run.provider,
     cacheRoot: join(tmp, 'cache'),
     ...(run.webgpu ? { webgpu: run.webgpu } : {}),
-    ...(run.cudaArena ? { cudaArena: run.cudaArena } : {}),
     ...(run.threads ? { threads: run.threads } : {}),
     weightsDtype: run.weightsDtype,
     ...(run.compute ? { compute: run.compute } : {}),

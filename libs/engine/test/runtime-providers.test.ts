@@ -138,15 +138,6 @@ test('buildSessionOptions: defaults, float64 level, prepacking, profiling, provi
     'cpu',
   ]);
   assert.deepEqual(buildSessionOptions({ provider: 'cpu', webgpu: tuned }).executionProviders, ['cpu']);
-  // CUDA: weights outside the arena unless asked for; other providers never get the key.
-  const sessionOf = (c: Parameters<typeof buildSessionOptions>[0]): unknown =>
-    (buildSessionOptions(c).extra as { session: Record<string, string> }).session[
-      'use_device_allocator_for_initializers'
-    ];
-  assert.equal(sessionOf({ provider: 'cuda' }), '1');
-  assert.equal(sessionOf({ provider: 'cuda', cudaArena: 'all' }), undefined);
-  assert.equal(sessionOf({ provider: 'webgpu' }), undefined);
-  assert.equal(sessionOf({ provider: 'cpu', cudaArena: 'activations' }), undefined);
   assert.equal(o.intraOpNumThreads, 3);
   assert.equal(o.graphOptimizationLevel, 'basic');
   assert.deepEqual(o.extra, { session: { 'intra_op.allow_spinning': '0' } });

@@ -44,8 +44,6 @@ export interface LoadOptions {
   readonly profileFilePrefix?: string;
   /** WebGPU provider options (validation, buffer cache) for every session; see the engine's WebGpuOptions. */
   readonly webgpu?: WebGpuOptions;
-  /** The CUDA provider's arena: see SessionConfig.cudaArena. */
-  readonly cudaArena?: 'activations' | 'all';
   /**
    * The source model's number of each layer in the folder, for a checkpoint holding a subset of a model's layers
    * (an emulator package; layer-ids.ts). Every layer list, LoRA and adapter then uses the source numbering.
@@ -127,7 +125,6 @@ export class CausalLM {
         ...(opts.threads ? { intraOpNumThreads: opts.threads } : {}),
         ...(opts.profileFilePrefix ? { profileFilePrefix: opts.profileFilePrefix } : {}),
         ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
-        ...(opts.cudaArena ? { cudaArena: opts.cudaArena } : {}),
         ...(half?.compute === 'float32' ? { keepHalfWeights: true } : {}),
       },
       half ? `${half.dtype === 'float16' ? 'f16' : 'bf16'}${half.compute === 'float16' ? 'c16' : ''}-` : '',

@@ -64,14 +64,6 @@ export interface SessionConfig {
    * Default 'cpu'.
    */
   readonly preferredOutputLocation?: 'cpu' | 'gpu-buffer';
-  /**
-   * What the CUDA provider's memory arena holds. 'activations' (default): the weights are allocated exactly, outside
-   * the arena (session config use_device_allocator_for_initializers), so the arena, which grows in power-of-two
-   * chunks and never gives memory back, serves only the run's intermediate tensors. 'all': onnxruntime's default,
-   * weights in the arena too. onnxruntime-node passes no CUDA provider options but the device id, so the session
-   * config is the one lever (see README, CUDA).
-   */
-  readonly cudaArena?: 'activations' | 'all';
   /** ORT log severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal. Default: ORT's (2). */
   readonly logSeverityLevel?: 0 | 1 | 2 | 3 | 4;
   /** Tag in ORT's log lines. */
@@ -140,8 +132,6 @@ export function buildSessionOptions(config: SessionConfig = {}): ort.InferenceSe
   }
   const session: Record<string, string> = { 'intra_op.allow_spinning': '0' };
   if (config.memoryMappedWeights ?? true) session['disable_prepacking'] = '1';
-  if (provider === 'cuda' && (config.cudaArena ?? 'activations') === 'activations')
-    session['use_device_allocator_for_initializers'] = '1';
   const options: ort.InferenceSession.SessionOptions = {
     executionProviders:
       provider === 'cpu'
