@@ -315,6 +315,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         })),
         sum: r.sum,
         weightSum: r.weightSum,
+        stats: r.stats,
         survivors: r.survivors,
         dropped: r.dropped,
         errorBound: r.errorBound,

@@ -269,14 +269,29 @@ test('privacy.secureAggregation + privacy.dp: trainers clip and noise before mas
           e['epsilon'],
           e['dp_rounds'],
         ]);
-    const got = pick(metricsOf(dir));
+    const events = metricsOf(dir);
+    const got = pick(events);
     assert.deepEqual(got, pick(ref), 'privacy accounting per round equals the standalone DP + secagg job');
+    // The clipped count and mean pre-clip norm come from the clients' stats in the masked sum. Round 0 starts from
+    // the same adapter as the standalone job, so its clients' updates, and these sums, are the standalone's.
+    const stats = (es: readonly Event[]) =>
+      es.filter((e) => e['kind'] === 'privacy').map((e) => [e['clipped_clients'], e['mean_update_norm']]);
+    const st = stats(events);
+    assert.equal(st.length, 2);
+    for (const [clipped, norm] of st) {
+      assert.ok(Number.isInteger(clipped) && (clipped as number) >= 0 && (clipped as number) <= 3, String(clipped));
+      assert.ok(typeof norm === 'number' && norm > 0, String(norm));
+    }
+    assert.deepEqual(st[0], stats(ref)[0], 'round 0: clipped_clients and mean_update_norm equal the standalone');
+    assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<td>\d \/ 3<\/td><td>\d\.\d{4}<\/td>/);
     assert.ok(got.every((r) => Number.isFinite(r[4]) && (r[4] as number) > 0));
     assert.match(readFileSync(join(dir, 'results.txt'), 'utf8'), /privacy main: client-level \(epsilon /);
     const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
     assert.equal(Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]), got[1]![4]);
     passed = true;
-    console.log(`secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone`);
+    console.log(
+      `secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone; [clipped, mean norm] ${JSON.stringify(st)}`,
+    );
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     for (const svc of services.toReversed()) await svc.close().catch(() => {});

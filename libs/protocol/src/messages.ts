@@ -460,6 +460,8 @@ export const SecAggPlanSchema = z.strictObject({
   clipRange: z.number().positive(),
   maxWeight: z.int().min(1),
   graph: SecAggGraphSchema,
+  /** Unweighted integer stats each client appends (libs/privacy CLIENT_STATS_LENGTH: clipped flag, norm); default 0. */
+  statsLength: z.int().min(0).max(16).optional(),
   /** Client-level DP: clip each update delta to L2 norm `clip`, add N(0, noiseStd^2) per element before masking. */
   dp: z.strictObject({ clip: z.number().positive(), noiseStd: z.number().nonnegative() }).optional(),
 });

@@ -52,6 +52,7 @@ export function secAggConfigOf(plan: SecAggPlan): SecAggConfig {
     clipRange: plan.clipRange,
     maxWeight: plan.maxWeight,
     graph: plan.graph,
+    ...(plan.statsLength !== undefined ? { statsLength: plan.statsLength } : {}),
   };
 }
 
