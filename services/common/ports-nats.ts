@@ -227,6 +227,8 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         unmaskTimeoutMs: o.secAggUnmaskTimeoutMs ?? 10_000,
         onListening: listening,
         onRejected: (subject, reason) => o.onRejected?.(subject.split('.').at(-1) ?? '?', `secagg: ${reason}`),
+        // Masked inputs arrive as blobs, each only from its sender's own update bucket.
+        blobs: { store: blobs, bucketOf: (c) => updateBucketName(jobId, c) },
       });
       secagg.catch(() => {}); // awaited below
       await Promise.race([ready, secagg]);

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
-import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
+import { connectTransport, deleteJobResources, updateBucketName } from '../../libs/protocol/src/index.js';
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
@@ -130,6 +130,15 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
   const sub = nc.subscribe(`fl.${jobId}.round.*.update.*`, {
     callback: (_e, m) => void updates.push(JSON.parse(new TextDecoder().decode(m.data)) as Event),
   });
+  // The masked inputs: each a blob in its sender's update bucket, its ref on NATS (the vector scales with the model).
+  const masked: { bytes: number; body: Event }[] = [];
+  const maskedSub = nc.subscribe(`fl.${jobId}.round.*.secagg.masked.*`, {
+    callback: (_e, m) =>
+      void masked.push({
+        bytes: m.data.length,
+        body: (JSON.parse(new TextDecoder().decode(m.data)) as { body: Event }).body,
+      }),
+  });
   const services: RunningService<ServiceRole>[] = [];
   let passed = false;
   try {
@@ -150,6 +159,13 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
       updates.every((u) => !('adapterLora' in u)),
       'no ClientUpdate names an update blob',
     );
+    assert.equal(masked.length, 6);
+    for (const m of masked) {
+      assert.equal(m.body['type'], 'secagg.masked-ref');
+      const blob = m.body['maskedRef'] as { bucket: string };
+      assert.equal(blob.bucket, updateBucketName(jobId, String(m.body['sender'])));
+      assert.ok(m.bytes < 1024, `masked message of ${m.bytes} bytes`);
+    }
     const pick = (es: readonly Event[]) =>
       es
         .filter((e) => e['kind'] === 'privacy')
@@ -166,6 +182,7 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     sub.unsubscribe();
+    maskedSub.unsubscribe();
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();

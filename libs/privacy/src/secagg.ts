@@ -105,7 +105,8 @@ export interface SecAggInput {
 }
 
 /** Ring elements of one masked input: the values, the weight and the stats. */
-export const maskedLength = (cfg: SecAggConfig): number => cfg.vectorLength + 1 + (cfg.statsLength ?? 0);
+export const maskedLength = (cfg: Pick<SecAggConfig, 'vectorLength' | 'statsLength'>): number =>
+  cfg.vectorLength + 1 + (cfg.statsLength ?? 0);
 
 /** One client's side of the protocol. Call the methods in order, once each. */
 export class SecAggClient {

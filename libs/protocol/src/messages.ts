@@ -486,8 +486,22 @@ export const SecAggAdvertiseSchema = z
   .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.share-keys.<client>`: its encrypted Shamir shares, one per neighbour. */
 export const SecAggShareKeysSchema = z.strictObject({ ...fromClient, body: ShareKeysSchema }).refine(...senderIsClient);
-/** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input. */
-export const SecAggMaskedSchema = z.strictObject({ ...fromClient, body: MaskedInputSchema }).refine(...senderIsClient);
+/**
+ * The masked input as a blob (secagg-flow.ts): the (vectorLength + 1 + statsLength) * 8 masked bytes in the
+ * sender's own update bucket, since a masked vector scales with the model and outgrows NATS's max_payload (a
+ * 7B-shaped adapter's is tens of MB). The aggregator reads it only from that bucket.
+ */
+export const MaskedInputRefSchema = z.strictObject({
+  type: z.literal('secagg.masked-ref'),
+  roundId: z.string().min(1).max(256),
+  sender: id,
+  maskedRef: BlobRefSchema,
+});
+export type MaskedInputRef = z.infer<typeof MaskedInputRefSchema>;
+/** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input, inline or as a blob ref. */
+export const SecAggMaskedSchema = z
+  .strictObject({ ...fromClient, body: z.union([MaskedInputSchema, MaskedInputRefSchema]) })
+  .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.unmask.<client>`: the shares it reveals for unmasking. */
 export const SecAggUnmaskSchema = z.strictObject({ ...fromClient, body: UnmaskSchema }).refine(...senderIsClient);
 /** Aggregator -> all on `secagg.keys`. */
