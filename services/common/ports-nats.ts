@@ -229,6 +229,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         onRejected: (subject, reason) => o.onRejected?.(subject.split('.').at(-1) ?? '?', `secagg: ${reason}`),
         // Masked inputs arrive as blobs, each only from its sender's own update bucket.
         blobs: { store: blobs, bucketOf: (c) => updateBucketName(jobId, c) },
+        ...(o.signal ? { signal: o.signal } : {}),
       });
       secagg.catch(() => {}); // awaited below
       await Promise.race([ready, secagg]);

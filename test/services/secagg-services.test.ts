@@ -316,3 +316,104 @@ test('privacy.secureAggregation + privacy.dp: trainers clip and noise before mas
     await nc.close();
   }
 });
+
+test('privacy.secureAggregation: an aggregator stopped after the clients masked round 1 is replaced; the round is re-run with fresh keys and the job ends at the standalone adapter', async () => {
+  const jobId = `svc-secagg-restart-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const ref = await standalone();
+  const clients = [
+    ...new Set(ref.events.filter((e) => e['kind'] === 'train').map((e) => String(e['client']))),
+  ].toSorted();
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  // Every advertised key pair of round 1 (one per client and attempt): a re-run must use new keys and a new round id.
+  const advertised: { client: string; roundId: string; cPk: string; sPk: string }[] = [];
+  const adv = nc.subscribe(`fl.${jobId}.round.1.secagg.advertise.*`, {
+    callback: (_e, m) => {
+      const b = (JSON.parse(new TextDecoder().decode(m.data)) as { body: Record<string, string> }).body;
+      advertised.push({ client: b['sender']!, roundId: b['roundId']!, cPk: b['cPk']!, sPk: b['sPk']! });
+    },
+  });
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    // The first aggregator stops once all three clients have sent their masked input of round 1 (before it could
+    // download them and ask for the unmasking shares).
+    let first: Awaited<ReturnType<typeof startAggregator>> | undefined;
+    let stopped: Promise<void> | undefined;
+    let masked = 0;
+    let stopAt = 0;
+    const sub = nc.subscribe(`fl.${jobId}.round.1.secagg.masked.*`, {
+      callback: () => {
+        if (++masked !== 3) return;
+        stopAt = Date.now();
+        stopped ??= first!.close();
+      },
+    });
+    first = await startAggregator(
+      {
+        natsUrl: NATS_URL,
+        spec: s,
+        logSink: (r) => sink({ ...r, service: 'aggregator-1' }),
+        deadlineMs: 120_000,
+        runsDir,
+      },
+      0,
+    );
+    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
+    await stopped;
+    sub.unsubscribe();
+    // A stopping aggregator leaves the exchange at once (it does not wait out the round's deadline), so the
+    // replacement below re-plans round 1 within the work queue's duplicate window: its tasks must still go out.
+    const stopMs = Date.now() - stopAt;
+    assert.ok(stopMs < 15_000, `the first aggregator took ${stopMs} ms to stop`);
+    const firstAttempt = new Set(advertised.map((a) => a.roundId));
+    assert.equal(firstAttempt.size, 1);
+    const t0 = Date.now();
+    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
+    services.push(second);
+    const final = await second.role.done;
+    assert.equal(final?.round, 2);
+    assert.ok(
+      logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1),
+      'resumed at round 1',
+    );
+    // Two attempts of round 1, each client advertising in both, with keys never seen before.
+    const attempts = [...new Set(advertised.map((a) => a.roundId))];
+    assert.equal(attempts.length, 2, `round ids of round 1: ${attempts.join(', ')}`);
+    for (const id of attempts)
+      assert.deepEqual(
+        advertised
+          .filter((a) => a.roundId === id)
+          .map((a) => a.client)
+          .toSorted(),
+        clients,
+      );
+    const keys = advertised.flatMap((a) => [a.cPk, a.sPk]);
+    assert.equal(new Set(keys).size, keys.length, 'no key is used in two attempts');
+    const dir = join(runsDir, jobId);
+    for (const f of FILES)
+      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    const priv = metricsOf(dir).filter((e) => e['kind'] === 'privacy');
+    assert.deepEqual(
+      priv.map((e) => [e['round'], e['secagg_survivors']]),
+      [
+        [0, 3],
+        [1, 3],
+      ],
+    );
+    passed = true;
+    console.log(
+      `secagg restart: first aggregator stopped in ${stopMs} ms; round 1 re-run (round ids ${attempts.join(', ')}); replacement finished in ${Date.now() - t0} ms; final adapter == standalone`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    adv.unsubscribe();
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});

@@ -94,6 +94,8 @@ export interface SecAggAggregatorOptions {
    * client's ref (its own update bucket). Absent: a ref is rejected.
    */
   readonly blobs?: { readonly store: BlobStore; readonly bucketOf: (clientId: string) => string };
+  /** Aborted (the aggregator stops): stop waiting, send nothing more, reject with the signal's reason. */
+  readonly signal?: AbortSignal;
 }
 
 export interface SecAggAggregatorResult extends SecAggResult {
@@ -147,7 +149,11 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
         const d = decodeMessage(STEP_SCHEMA[step], msg.data, msg.subject, { jobId, round, clientId: where.clientId });
         if (!d.ok) return void reject(msg.subject, d.error.message);
         const box = inbox.get(step)!;
-        const body = d.value.body as { type: string };
+        const body = d.value.body as { type: string; roundId: string };
+        // Another attempt's message (a re-run of the round after an aggregator restart shares its subjects) is not
+        // this exchange's: it must neither count as an answer nor void this attempt's message as a duplicate.
+        if (body.roundId !== plan.roundId)
+          return void reject(msg.subject, `round id ${body.roundId} is not this exchange's ${plan.roundId}`);
         if (body.type !== 'secagg.masked-ref') {
           box.bodies.push(body);
           box.from.add(where.clientId);
@@ -171,18 +177,22 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
   ): Promise<unknown[]> => {
     const box = inbox.get(step)!;
     const done = (): boolean => expected.every((c) => box.from.has(c));
-    if (!done()) {
+    if (!done() && !opts.signal?.aborted) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
+        const stop = (): void => {
+          clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', stop);
+          resolve();
+        };
+        const timer = setTimeout(stop, timeoutMs);
+        opts.signal?.addEventListener('abort', stop, { once: true });
         box.wake = () => {
-          if (done()) {
-            clearTimeout(timer);
-            resolve();
-          }
+          if (done()) stop();
         };
       });
       box.wake = undefined;
     }
+    opts.signal?.throwIfAborted();
     // Masked inputs whose download began before the deadline are still in time.
     await Promise.all(box.downloads);
     return [...box.bodies];
@@ -242,7 +252,7 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
     schema: typeof SecAggKeysSchema | typeof SecAggSharesSchema | typeof SecAggUnmaskRequestSchema,
     expectClient: boolean,
   ) => {
-    const sub = nc.subscribe(subject, { max: 1 });
+    const sub = nc.subscribe(subject);
     const value = (async (): Promise<unknown> => {
       const timer = setTimeout(() => sub.unsubscribe(), opts.stepTimeoutMs);
       try {
@@ -253,12 +263,16 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
             ...(expectClient ? { clientId } : {}),
           });
           if (!d.ok) throw d.error;
+          // Another attempt of this round (an aggregator restarted and re-ran it) uses the same subjects: skipped.
+          const body = (d.value as { body: { roundId?: unknown } }).body;
+          if (body.roundId !== plan.roundId) continue;
           // The body is validated again, field by field, by SecAggClient (libs/privacy messages).
-          return (d.value as { body: unknown }).body;
+          return body;
         }
         throw new ProtocolError(subject, [{ path: '', reason: `no message within ${opts.stepTimeoutMs} ms` }]);
       } finally {
         clearTimeout(timer);
+        sub.unsubscribe();
       }
     })();
     value.catch(() => {}); // awaited below; an early failure must not become an unhandled rejection meanwhile

@@ -9,11 +9,21 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
-import { decodeSum, makeEncoding, seededBytes, secAggErrorBound, SecAggError } from '../../privacy/src/index.js';
+import {
+  SecAggClient,
+  decodeSum,
+  makeEncoding,
+  seededBytes,
+  secAggErrorBound,
+  SecAggError,
+} from '../../privacy/src/index.js';
 import { generateJobAuth, type NatsIdentity } from '../src/auth.js';
 import { BlobStore } from '../src/blob-store.js';
+import { publishMessage } from '../src/publish.js';
 import {
   PROTOCOL_VERSION,
+  SecAggAdvertiseSchema,
+  SecAggKeysSchema,
   SecAggMaskedSchema,
   decodeMessage,
   encodeMessage,
@@ -25,6 +35,7 @@ import {
   updateBucketName,
   parseSecAggClientSubject,
   secAggClientSubject,
+  secAggKeysSubject,
   secAggSharesSubject,
   secAggStepPattern,
 } from '../src/subjects.js';
@@ -282,6 +293,55 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
     console.log(
       `masked input ${bytes} bytes per client via the object store; largest masked message ${Math.max(...masked.map((m) => m.data.length))} bytes`,
     );
+  });
+
+  test("another attempt's message (same subjects, other round id) neither answers for its client nor voids its message; an abort stops the aggregator", async () => {
+    const p = plan(5, 3);
+    const ac = new AbortController();
+    const rejected: string[] = [];
+    const aggregation = runSecAggAggregator({
+      nc: agg.nc,
+      plan: p,
+      stepTimeoutMs: 20_000,
+      signal: ac.signal,
+      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+    });
+    aggregation.catch(() => {});
+    await new Promise((r) => setTimeout(r, 100));
+    const c0 = clients.get('c0')!.nc;
+    const keys = new Promise<string[]>((resolve) =>
+      c0.subscribe(secAggKeysSubject(JOB, 5), {
+        max: 1,
+        callback: (_e, m) => {
+          const d = decodeMessage(SecAggKeysSchema, m.data, m.subject);
+          resolve(d.ok ? d.value.body.keys.map((k) => k.id) : []);
+        },
+      }),
+    );
+    await c0.flush();
+    const advertise = (c: string, roundId: string): void =>
+      publishMessage(clients.get(c)!.nc, secAggClientSubject(JOB, 5, 'advertise', c), SecAggAdvertiseSchema, {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId: JOB,
+        round: 5,
+        clientId: c,
+        body: new SecAggClient(c, { ...secAggConfigOf(p), roundId }).advertise(),
+      });
+    // c4's valid keys, then a message of an earlier attempt of this round, before anyone else's keys.
+    advertise('c4', p.roundId);
+    advertise('c4', `${JOB}/5/earlier-attempt`);
+    await clients.get('c4')!.nc.flush();
+    for (const c of ['c0', 'c1', 'c2', 'c3']) advertise(c, p.roundId);
+    assert.deepEqual((await keys).toSorted(), CLIENTS, 'every client, c4 too, is in the keys broadcast');
+    assert.ok(
+      rejected.some((x) => /advertise\.c4: round id .*earlier-attempt is not this exchange's/.test(x)),
+      rejected.join('\n'),
+    );
+    // Nobody shares keys; an abort ends the wait for them at once instead of after the 20 s step timeout.
+    const t0 = Date.now();
+    ac.abort(new Error('aggregator stopped'));
+    await assert.rejects(aggregation, /aggregator stopped/);
+    assert.ok(Date.now() - t0 < 2000, `stopped after ${Date.now() - t0} ms`);
   });
 
   test('more than n - t clients dying after masking fails the round with a clear error', async () => {
