@@ -194,8 +194,42 @@ test('report.html DP table: clipped of the clients in the sum and the mean updat
   assert.match(rows[0]!, /<td>2 \/ 3<\/td><td>0\.0712<\/td>$/);
   assert.match(rows[1]!, /<td>&infin;<\/td>.*<td>1 \/ 2<\/td><td>0\.0400<\/td>$/);
   assert.ok(html.includes('<th>mean norm</th>'));
+  assert.match(rows[0]!, /<td>1e-5<\/td>/, 'delta in exponent form, not 0.00001');
   // No undefined cells when a field is missing (a round skipped before clipping).
   assert.doesNotMatch(privacyHtml([{ ts: 0, round: 0, ...dp, epsilon: 1, clients: 1 }]), /undefined/);
+});
+
+test('chart legend: each series with its last value, so coinciding curves (all methods at 0) stay readable', () => {
+  const svg = renderLineChart({
+    title: 'accuracy',
+    xLabel: 'round',
+    yLabel: '%',
+    series: [
+      {
+        name: 'fedbiot-adapfu',
+        points: [
+          [1, 0],
+          [2, 0],
+        ],
+      },
+      {
+        name: 'offsite-tuning',
+        points: [
+          [1, 0],
+          [2, 0],
+        ],
+      },
+      {
+        name: 'fedbiot-adapemu',
+        points: [
+          [1, 0],
+          [2, 12.5],
+        ],
+      },
+    ],
+  });
+  const labels = [...svg.matchAll(/class="legend-item">.*?<text[^>]*>([^<]*)<\/text>/g)].map((m) => m[1]);
+  assert.deepEqual(labels, ['fedbiot-adapfu 0.00', 'offsite-tuning 0.00', 'fedbiot-adapemu 12.5']);
 });
 
 test('chart geometry: points map linearly onto the axes built from nice ticks', () => {

@@ -250,7 +250,7 @@ export function privacyHtml(events: readonly MetricsEvent[]): string {
     .map((e) => {
       const eps = e['epsilon'];
       const inSum = e['secagg_survivors'] ?? e['clients'];
-      return `<tr><td>${esc(String(e['phase'] ?? 'main'))}</td><td>${e.round + 1}</td><td>${eps === null ? '&infin;' : num(eps, 3)}</td><td>${esc(String(e['delta']))}</td><td>${num(e['effective_noise_multiplier'], 3)}</td><td>${num(e['clip'], 4)}</td><td>${count(e['clipped_clients'])} / ${count(inSum)}</td><td>${num(e['mean_update_norm'], 4)}</td></tr>`;
+      return `<tr><td>${esc(String(e['phase'] ?? 'main'))}</td><td>${e.round + 1}</td><td>${eps === null ? '&infin;' : num(eps, 3)}</td><td>${typeof e['delta'] === 'number' ? e['delta'].toExponential() : '-'}</td><td>${num(e['effective_noise_multiplier'], 3)}</td><td>${num(e['clip'], 4)}</td><td>${count(e['clipped_clients'])} / ${count(inSum)}</td><td>${num(e['mean_update_norm'], 4)}</td></tr>`;
     })
     .join('\n');
   return `<section class="privacy"><h2>Client-level differential privacy</h2>
@@ -443,8 +443,12 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
       );
     const ly = m.top + 8 + i * 16;
     const lx = m.left + pw + 14;
+    // The last value next to the name: curves that coincide (e.g. every method at accuracy 0 under strong DP) hide
+    // each other, the legend still tells each one's value.
+    const last = pts.at(-1);
+    const label = last === undefined ? s.name : `${s.name} ${fmtValue(last[1])}`;
     parts.push(
-      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text></g>`,
+      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(label)}</text></g>`,
     );
   });
   parts.push('</svg>');
