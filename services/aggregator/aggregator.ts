@@ -46,7 +46,7 @@ import type { JobStores } from '../common/providers.js';
 import type { NatsEventServer } from '../common/nats-event-transport.js';
 import type { AggregatorInbox } from './aggregator-inbox.js';
 import { assertServicesPrivacy, openPrivacy, savePrivacy, secureDpAccount } from './privacy.js';
-import { secAggMaxWeight } from '../common/privacy-check.js';
+import { secAggMaskedBytes, secAggMaxWeight } from '../common/privacy-check.js';
 
 /** A coordinator event as runRounds reports it. */
 export type RoundEvent = { round: number; kind: string; [k: string]: unknown };
@@ -193,7 +193,15 @@ export class Aggregator implements ServiceRole {
     this.metrics.trackBlobs(() => blobs.stats);
     // Update buckets exist before any task goes out: client identities may write into theirs but not create it.
     // Their limits bound what one client can store (max_bytes) and make the aggregator download (per object).
-    const limits = updateByteLimits(spec, encodeLora(initialLoras(ctx).adapter).length);
+    // Under secure aggregation a client's bucket holds its masked input instead (8 bytes per element).
+    const adapter0 = initialLoras(ctx).adapter;
+    let elements = 0;
+    for (const t of adapter0.tensors.values()) elements += t.length;
+    const honest = Math.max(
+      encodeLora(adapter0).length,
+      spec.privacy?.secureAggregation ? secAggMaskedBytes(elements) : 0,
+    );
+    const limits = updateByteLimits(spec, honest);
     const updateBuckets = ctx.data.clients.map((c) => updateBucketName(jobId, c.id));
     await Promise.all(updateBuckets.map((b) => blobs.ensureBucket(b, limits)));
     const pruner = new RoundBlobPruner(

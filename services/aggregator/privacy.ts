@@ -58,8 +58,8 @@ export async function savePrivacy(state: StateStore, privacy: PrivacyAggregation
 /**
  * DP under secure aggregation: the coordinator's `secureAggregation.account`. Steps the accountant once per round
  * as the standalone hook does (q = clients sampled per round / N; the effective multiplier of the survivors' noise
- * shares, sigma sqrt(s / m)) and returns the `privacy` event's DP fields (clipped_clients is unknown to the server:
- * each client clips its own update).
+ * shares, sigma sqrt(s / m)) and returns the `privacy` event's DP fields (clipped_clients and mean_update_norm come
+ * from the clients' stats in the secure sum: coordinator.ts secureRound).
  */
 export function secureDpAccount(
   spec: JobSpec,

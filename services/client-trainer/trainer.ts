@@ -355,7 +355,7 @@ export class ClientTrainer implements ServiceRole {
     const { adapter, emulator } = await getBroadcast(blobs, task, ctx.specs);
     // Secure aggregation: the exchange starts now (keys are agreed while this client trains) and gets the masked
     // input once training is done; the update itself never leaves this replica in the clear.
-    const secure = task.secagg ? this.#startSecAgg(nc, task, task.secagg, tc) : undefined;
+    const secure = task.secagg ? this.#startSecAgg(nc, blobs, task, task.secagg, tc) : undefined;
     if (secure === null) return;
     this.metrics.round.set(round);
     const t0 = performance.now();
@@ -420,6 +420,7 @@ export class ClientTrainer implements ServiceRole {
    */
   #startSecAgg(
     nc: NatsConnection,
+    blobs: BlobStore,
     task: TrainTask,
     plan: SecAggPlan,
     tc: TaskContext,
@@ -445,6 +446,8 @@ export class ClientTrainer implements ServiceRole {
       stepTimeoutMs: Math.max(1, task.deadlineAt - Date.now()),
       // A stopped trainer leaves the exchange: the aggregator recovers its masked input from the others' shares.
       signal: this.#abort.signal,
+      // The masked input scales with the model: a blob in this client's own update bucket, its ref on NATS.
+      blobs: { store: blobs, bucket: updateBucketName(task.jobId, clientId) },
     });
     this.#exchanges.add(exchange);
     exchange.then(

@@ -227,6 +227,9 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         unmaskTimeoutMs: o.secAggUnmaskTimeoutMs ?? 10_000,
         onListening: listening,
         onRejected: (subject, reason) => o.onRejected?.(subject.split('.').at(-1) ?? '?', `secagg: ${reason}`),
+        // Masked inputs arrive as blobs, each only from its sender's own update bucket.
+        blobs: { store: blobs, bucketOf: (c) => updateBucketName(jobId, c) },
+        ...(o.signal ? { signal: o.signal } : {}),
       });
       secagg.catch(() => {}); // awaited below
       await Promise.race([ready, secagg]);
@@ -315,6 +318,7 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
         })),
         sum: r.sum,
         weightSum: r.weightSum,
+        stats: r.stats,
         survivors: r.survivors,
         dropped: r.dropped,
         errorBound: r.errorBound,

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { defaultDegree, maxWeightFor, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import { PROTOCOL_VERSION, type SecAggPlan } from '../../libs/protocol/src/index.js';
-import { noiseStd } from '../../libs/privacy/src/index.js';
+import { CLIENT_STATS_LENGTH, maskedLength, noiseStd } from '../../libs/privacy/src/index.js';
 
 /** Throws when the spec asks the services for a privacy mode they do not implement. */
 export function assertServicesPrivacy(spec: JobSpec): void {
@@ -24,6 +24,11 @@ export function assertServicesPrivacy(spec: JobSpec): void {
 /** W: the public cap on a client's weight per round (privacy.maxWeight or the most a round yields). */
 export function secAggMaxWeight(spec: JobSpec): number {
   return spec.privacy?.maxWeight ?? maxWeightFor(spec.aggregation.weighting, spec.clients, spec.data.maxLength);
+}
+
+/** Bytes of one client's masked input (the blob in its update bucket) for an adapter of `vectorLength` elements. */
+export function secAggMaskedBytes(vectorLength: number): number {
+  return 8 * maskedLength({ vectorLength, statsLength: CLIENT_STATS_LENGTH });
 }
 
 /**
@@ -73,6 +78,8 @@ export function secAggPlanFor(
     clipRange: sa.clipRange ?? (dp ? dp.clip + 10 * perClientStd : 1),
     maxWeight: secAggMaxWeight(spec),
     graph,
+    // Each client's clipped flag and pre-clip norm ride in the masked vector: the aggregator learns their sums only.
+    statsLength: CLIENT_STATS_LENGTH,
     ...(dp ? { dp: { clip: dp.clip, noiseStd: perClientStd } } : {}),
   };
 }

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoFederation } from '../../libs/data/src/index.js';
 import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
-import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
+import { connectTransport, deleteJobResources, updateBucketName } from '../../libs/protocol/src/index.js';
 import type { RunningService } from '../../services/common/http.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import type { ServiceRole } from '../../services/common/role.js';
@@ -130,6 +130,15 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
   const sub = nc.subscribe(`fl.${jobId}.round.*.update.*`, {
     callback: (_e, m) => void updates.push(JSON.parse(new TextDecoder().decode(m.data)) as Event),
   });
+  // The masked inputs: each a blob in its sender's update bucket, its ref on NATS (the vector scales with the model).
+  const masked: { bytes: number; body: Event }[] = [];
+  const maskedSub = nc.subscribe(`fl.${jobId}.round.*.secagg.masked.*`, {
+    callback: (_e, m) =>
+      void masked.push({
+        bytes: m.data.length,
+        body: (JSON.parse(new TextDecoder().decode(m.data)) as { body: Event }).body,
+      }),
+  });
   const services: RunningService<ServiceRole>[] = [];
   let passed = false;
   try {
@@ -150,6 +159,13 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
       updates.every((u) => !('adapterLora' in u)),
       'no ClientUpdate names an update blob',
     );
+    assert.equal(masked.length, 6);
+    for (const m of masked) {
+      assert.equal(m.body['type'], 'secagg.masked-ref');
+      const blob = m.body['maskedRef'] as { bucket: string };
+      assert.equal(blob.bucket, updateBucketName(jobId, String(m.body['sender'])));
+      assert.ok(m.bytes < 1024, `masked message of ${m.bytes} bytes`);
+    }
     const pick = (es: readonly Event[]) =>
       es
         .filter((e) => e['kind'] === 'privacy')
@@ -166,6 +182,7 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     sub.unsubscribe();
+    maskedSub.unsubscribe();
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();
@@ -269,16 +286,132 @@ test('privacy.secureAggregation + privacy.dp: trainers clip and noise before mas
           e['epsilon'],
           e['dp_rounds'],
         ]);
-    const got = pick(metricsOf(dir));
+    const events = metricsOf(dir);
+    const got = pick(events);
     assert.deepEqual(got, pick(ref), 'privacy accounting per round equals the standalone DP + secagg job');
+    // The clipped count and mean pre-clip norm come from the clients' stats in the masked sum. Round 0 starts from
+    // the same adapter as the standalone job, so its clients' updates, and these sums, are the standalone's.
+    const stats = (es: readonly Event[]) =>
+      es.filter((e) => e['kind'] === 'privacy').map((e) => [e['clipped_clients'], e['mean_update_norm']]);
+    const st = stats(events);
+    assert.equal(st.length, 2);
+    for (const [clipped, norm] of st) {
+      assert.ok(Number.isInteger(clipped) && (clipped as number) >= 0 && (clipped as number) <= 3, String(clipped));
+      assert.ok(typeof norm === 'number' && norm > 0, String(norm));
+    }
+    assert.deepEqual(st[0], stats(ref)[0], 'round 0: clipped_clients and mean_update_norm equal the standalone');
+    assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<td>\d \/ 3<\/td><td>\d\.\d{4}<\/td>/);
     assert.ok(got.every((r) => Number.isFinite(r[4]) && (r[4] as number) > 0));
     assert.match(readFileSync(join(dir, 'results.txt'), 'utf8'), /privacy main: client-level \(epsilon /);
     const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
     assert.equal(Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]), got[1]![4]);
     passed = true;
-    console.log(`secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone`);
+    console.log(
+      `secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone; [clipped, mean norm] ${JSON.stringify(st)}`,
+    );
   } finally {
     if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    for (const svc of services.toReversed()) await svc.close().catch(() => {});
+    await deleteJobResources(nc, jobId).catch(() => {});
+    await nc.close();
+  }
+});
+
+test('privacy.secureAggregation: an aggregator stopped after the clients masked round 1 is replaced; the round is re-run with fresh keys and the job ends at the standalone adapter', async () => {
+  const jobId = `svc-secagg-restart-${process.pid}-${Date.now().toString(36)}`;
+  const s = spec(jobId);
+  const ref = await standalone();
+  const clients = [
+    ...new Set(ref.events.filter((e) => e['kind'] === 'train').map((e) => String(e['client']))),
+  ].toSorted();
+  const logs: LogRecord[] = [];
+  const sink = (r: LogRecord): void => void logs.push(r);
+  const nc = await connectTransport(NATS_URL);
+  const services: RunningService<ServiceRole>[] = [];
+  // Every advertised key pair of round 1 (one per client and attempt): a re-run must use new keys and a new round id.
+  const advertised: { client: string; roundId: string; cPk: string; sPk: string }[] = [];
+  const adv = nc.subscribe(`fl.${jobId}.round.1.secagg.advertise.*`, {
+    callback: (_e, m) => {
+      const b = (JSON.parse(new TextDecoder().decode(m.data)) as { body: Record<string, string> }).body;
+      advertised.push({ client: b['sender']!, roundId: b['roundId']!, cPk: b['cPk']!, sPk: b['sPk']! });
+    },
+  });
+  let passed = false;
+  try {
+    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
+    const runsDir = join(tmp, `${jobId}-owner-runs`);
+    // The first aggregator stops once all three clients have sent their masked input of round 1 (before it could
+    // download them and ask for the unmasking shares).
+    let first: Awaited<ReturnType<typeof startAggregator>> | undefined;
+    let stopped: Promise<void> | undefined;
+    let masked = 0;
+    let stopAt = 0;
+    const sub = nc.subscribe(`fl.${jobId}.round.1.secagg.masked.*`, {
+      callback: () => {
+        if (++masked !== 3) return;
+        stopAt = Date.now();
+        stopped ??= first!.close();
+      },
+    });
+    first = await startAggregator(
+      {
+        natsUrl: NATS_URL,
+        spec: s,
+        logSink: (r) => sink({ ...r, service: 'aggregator-1' }),
+        deadlineMs: 120_000,
+        runsDir,
+      },
+      0,
+    );
+    await assert.rejects(first.role.done, 'the first aggregator does not finish the job');
+    await stopped;
+    sub.unsubscribe();
+    // A stopping aggregator leaves the exchange at once (it does not wait out the round's deadline), so the
+    // replacement below re-plans round 1 within the work queue's duplicate window: its tasks must still go out.
+    const stopMs = Date.now() - stopAt;
+    assert.ok(stopMs < 15_000, `the first aggregator took ${stopMs} ms to stop`);
+    const firstAttempt = new Set(advertised.map((a) => a.roundId));
+    assert.equal(firstAttempt.size, 1);
+    const t0 = Date.now();
+    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
+    services.push(second);
+    const final = await second.role.done;
+    assert.equal(final?.round, 2);
+    assert.ok(
+      logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1),
+      'resumed at round 1',
+    );
+    // Two attempts of round 1, each client advertising in both, with keys never seen before.
+    const attempts = [...new Set(advertised.map((a) => a.roundId))];
+    assert.equal(attempts.length, 2, `round ids of round 1: ${attempts.join(', ')}`);
+    for (const id of attempts)
+      assert.deepEqual(
+        advertised
+          .filter((a) => a.roundId === id)
+          .map((a) => a.client)
+          .toSorted(),
+        clients,
+      );
+    const keys = advertised.flatMap((a) => [a.cPk, a.sPk]);
+    assert.equal(new Set(keys).size, keys.length, 'no key is used in two attempts');
+    const dir = join(runsDir, jobId);
+    for (const f of FILES)
+      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    const priv = metricsOf(dir).filter((e) => e['kind'] === 'privacy');
+    assert.deepEqual(
+      priv.map((e) => [e['round'], e['secagg_survivors']]),
+      [
+        [0, 3],
+        [1, 3],
+      ],
+    );
+    passed = true;
+    console.log(
+      `secagg restart: first aggregator stopped in ${stopMs} ms; round 1 re-run (round ids ${attempts.join(', ')}); replacement finished in ${Date.now() - t0} ms; final adapter == standalone`,
+    );
+  } finally {
+    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
+    adv.unsubscribe();
     for (const svc of services.toReversed()) await svc.close().catch(() => {});
     await deleteJobResources(nc, jobId).catch(() => {});
     await nc.close();

@@ -8,7 +8,7 @@
  *                      check updates -> FedAvg (token-weighted) -> E alignment steps -> evaluate -> checkpoint
  */
 import type { LoraWeights } from '../../model/src/light.js';
-import { tensorLayout, unflatten } from '../../privacy/src/index.js';
+import { clientStatsFields, tensorLayout, unflatten } from '../../privacy/src/index.js';
 import {
   adamwDeltaBound,
   aggregate,
@@ -65,6 +65,11 @@ export interface SecureRoundResult {
   readonly sum: Float32Array;
   /** sum_u w_u over the survivors (exact). */
   readonly weightSum: number;
+  /**
+   * The survivors' summed client stats (libs/privacy clientStats: clipped count, fixed-point norm sum), masked with
+   * the update; the privacy event's clipped_clients and mean_update_norm come from them.
+   */
+  readonly stats: readonly number[];
   /** Clients whose masked input is in the sum. */
   readonly survivors: readonly string[];
   /** Clients that shared keys but whose input is not in the sum. */
@@ -434,8 +439,11 @@ async function secureRound(
     }
   } else event['skipped'] = 'weight sum 0: adapter kept';
   event['weight_fill'] = r.survivors.length > 0 ? r.weightSum / (r.survivors.length * W) : 0;
+  // Sums over the survivors only (no client's norm is seen); clipping is a DP step, so its count comes with DP.
+  const { clipped_clients, mean_update_norm } = clientStatsFields(r.stats, r.survivors.length);
+  event['mean_update_norm'] = mean_update_norm;
   const account = settings.secureAggregation?.account;
-  if (account) Object.assign(event, account(round, clients.length, r.survivors.length));
+  if (account) Object.assign(event, account(round, clients.length, r.survivors.length), { clipped_clients });
   events.onEvent(event);
   // Upload: each client's masked input is 8 (L + 1) bytes before encoding; the port's detail has the exact bytes.
   return { adapter, up: r.survivors.length * 8 * (r.sum.length + 1) };

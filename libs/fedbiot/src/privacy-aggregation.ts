@@ -16,8 +16,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { LoraWeights } from '../../model/src/light.js';
 import {
+  CLIENT_STATS_LENGTH,
   RdpAccountant,
   SecAggError,
+  clientStatsFields,
   cryptoRng,
   effectiveNoiseMultiplier,
   gaussianNoise,
@@ -179,6 +181,7 @@ export class PrivacyAggregation {
     let sum: Float64Array; // sum_u (w_u / W) x_u (+ noise)
     let weightSum: number; // sum_u w_u
     let inSum = m;
+    let meanNorm = m > 0 ? normSum / m : 0; // secure aggregation: from the survivors' sum instead
     const event: { kind: string; [k: string]: unknown } = { kind: 'privacy', clients: m, capped_weights: capped };
     let noiseIn = 0; // how many clients' noise shares ended up in the sum (distributed noise)
     if (sa) {
@@ -205,6 +208,7 @@ export class PrivacyAggregation {
         clipRange: R,
         maxWeight: W,
         graph,
+        statsLength: CLIENT_STATS_LENGTH,
       };
       // Simulated dropouts: a public, seeded choice per round (the same on resume); a client drops at most once.
       const order = ids.toSorted((a, b) => {
@@ -242,6 +246,8 @@ export class PrivacyAggregation {
       weightSum = r.weightSum;
       inSum = r.survivors.length;
       noiseIn = dp && sigma > 0 ? inSum : 0;
+      // The server learns the survivors' clipped count and norm sum from the secure sum, not per client.
+      ({ clipped_clients: clippedClients, mean_update_norm: meanNorm } = clientStatsFields(r.stats, inSum));
       Object.assign(event, {
         secagg_survivors: inSum,
         secagg_dropped_before_masking: r.dropped.length,
@@ -288,7 +294,7 @@ export class PrivacyAggregation {
         tensors: new Map([...global.tensors].map(([k, g]) => [k, g.map((v, i) => v + mean.get(k)![i]!)])),
       };
     } else event['skipped'] = 'weight sum 0: adapter kept';
-    event['mean_update_norm'] = m > 0 ? normSum / m : 0;
+    event['mean_update_norm'] = meanNorm;
     // sum w / (s W) over the s clients in the sum: how much of the weight bound W the clients use (the server knows
     // sum w anyway). Under DP the signal scales with it and the noise does not.
     event['weight_fill'] = inSum > 0 ? weightSum / (inSum * W) : 0;

@@ -9,6 +9,7 @@ import { formatBytes, formatResultsTable } from '../src/report/results-table.js'
 import {
   evalSeries,
   niceTicks,
+  privacyHtml,
   renderLineChart,
   renderReportHtml,
   writeReportHtml,
@@ -170,6 +171,65 @@ test('report.html: a panel per client, a colour per method, base as a reference 
   assert.ok(html.includes('<title>demo &lt;run&gt;</title>'));
   assert.ok(!/(src|href)=["']https?:/.test(html), 'no external assets');
   assert.ok(!html.includes('<script'));
+});
+
+test('report.html DP table: clipped of the clients in the sum and the mean update norm, secure or not', () => {
+  const dp = { kind: 'privacy', noise_multiplier: 1, effective_noise_multiplier: 0.9, delta: 1e-5, clip: 0.05 };
+  const html = privacyHtml([
+    { ts: 0, round: 0, ...dp, epsilon: 3.25, clients: 3, clipped_clients: 2, mean_update_norm: 0.0712 },
+    // Secure aggregation: one of 3 sampled clients dropped before masking; the stats are the survivors'.
+    {
+      ts: 1,
+      round: 1,
+      ...dp,
+      epsilon: null,
+      clients: 3,
+      secagg_survivors: 2,
+      clipped_clients: 1,
+      mean_update_norm: 0.04,
+    },
+  ]);
+  const rows = [...html.matchAll(/<tr><td>main<\/td>(.*?)<\/tr>/g)].map((m) => m[1]);
+  assert.equal(rows.length, 2);
+  assert.match(rows[0]!, /<td>2 \/ 3<\/td><td>0\.0712<\/td>$/);
+  assert.match(rows[1]!, /<td>&infin;<\/td>.*<td>1 \/ 2<\/td><td>0\.0400<\/td>$/);
+  assert.ok(html.includes('<th>mean norm</th>'));
+  assert.match(rows[0]!, /<td>1e-5<\/td>/, 'delta in exponent form, not 0.00001');
+  // No undefined cells when a field is missing (a round skipped before clipping).
+  assert.doesNotMatch(privacyHtml([{ ts: 0, round: 0, ...dp, epsilon: 1, clients: 1 }]), /undefined/);
+});
+
+test('chart legend: each series with its last value, so coinciding curves (all methods at 0) stay readable', () => {
+  const svg = renderLineChart({
+    title: 'accuracy',
+    xLabel: 'round',
+    yLabel: '%',
+    series: [
+      {
+        name: 'fedbiot-adapfu',
+        points: [
+          [1, 0],
+          [2, 0],
+        ],
+      },
+      {
+        name: 'offsite-tuning',
+        points: [
+          [1, 0],
+          [2, 0],
+        ],
+      },
+      {
+        name: 'fedbiot-adapemu',
+        points: [
+          [1, 0],
+          [2, 12.5],
+        ],
+      },
+    ],
+  });
+  const labels = [...svg.matchAll(/class="legend-item">.*?<text[^>]*>([^<]*)<\/text>/g)].map((m) => m[1]);
+  assert.deepEqual(labels, ['fedbiot-adapfu 0.00', 'offsite-tuning 0.00', 'fedbiot-adapemu 12.5']);
 });
 
 test('chart geometry: points map linearly onto the axes built from nice ticks', () => {

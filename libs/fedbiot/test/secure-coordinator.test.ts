@@ -8,7 +8,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { LoraWeights } from '../../model/src/index.js';
 import {
+  CLIENT_STATS_LENGTH,
+  globalNorm,
   prepareClientInput,
+  updateDelta,
   secureAggregateInProcess,
   seededBytes,
   type SecAggInput,
@@ -76,15 +79,28 @@ function settings(extra: Partial<CoordinatorSettings> = {}): CoordinatorSettings
 const noAlignEval = { align: async () => null, evaluate: async () => [] };
 
 /** The secure port: each client prepares its input as a client-trainer does; the server sees the sum only. */
-function securePort(dropAfterMasking: (round: number) => string[] = () => [], scale = 0.01): RoundPorts {
+function securePort(
+  dropAfterMasking: (round: number) => string[] = () => [],
+  scale = 0.01,
+  clip?: number,
+  onUpdates?: (round: number, ups: readonly ClientUpdate[], adapter: LoraWeights) => void,
+): RoundPorts {
   return {
     trainClients: () => Promise.reject(new Error('trainClients must not be called under secure aggregation')),
     trainClientsSecure: async (round, clients, adapter) => {
-      const ups = clients.map((c) => train(c, round, adapter, scale));
+      // Scales grow with the client: with a clip, some clients are clipped and some are not.
+      const ups = clients.map((c, i) => train(c, round, adapter, clip === undefined ? scale : scale * (i + 1)));
+      onUpdates?.(round, ups, adapter);
       const inputs = new Map<string, SecAggInput>(
         ups.map((u) => [
           u.clientId,
-          prepareClientInput({ local: u.tensors, global: adapter.tensors, weight: u.tokens, maxWeight: W }).input,
+          prepareClientInput({
+            local: u.tensors,
+            global: adapter.tensors,
+            weight: u.tokens,
+            maxWeight: W,
+            ...(clip === undefined ? {} : { dp: { clip, noiseStd: 0 } }),
+          }).input,
         ]),
       );
       let total = 0;
@@ -98,6 +114,7 @@ function securePort(dropAfterMasking: (round: number) => string[] = () => [], sc
           clipRange: 1,
           maxWeight: W,
           graph: { kind: 'complete' },
+          statsLength: CLIENT_STATS_LENGTH,
         },
         inputs,
         { dropAfterMasking: dropAfterMasking(round) },
@@ -112,6 +129,7 @@ function securePort(dropAfterMasking: (round: number) => string[] = () => [], sc
         })),
         sum: r.sum,
         weightSum: r.weightSum,
+        stats: r.stats,
         survivors: r.survivors,
         dropped: r.dropped,
         errorBound: r.errorBound,
@@ -179,6 +197,40 @@ test('clients dropped after masking stay in the sum: the same adapter as without
     settings({ secureAggregation: { maxWeight: W } }),
   );
   assert.ok(sameBits(full.end.adapter.tensors, dropped.end.adapter.tensors));
+});
+
+test('DP under secure aggregation: clipped_clients and mean_update_norm come from the masked sum (survivors only)', async () => {
+  const C = 0.1;
+  const norms = new Map<number, number[]>();
+  const r = await run(
+    securePort(
+      (round) => (round === 1 ? ['c2'] : []),
+      0.004,
+      C,
+      (round, ups, adapter) =>
+        norms.set(
+          round,
+          ups.map((u) => globalNorm(updateDelta(u.tensors, adapter.tensors))),
+        ),
+    ),
+    settings({ secureAggregation: { maxWeight: W, account: () => ({ clip: C }) } }),
+  );
+  const priv = r.events.filter((e) => e.kind === 'privacy');
+  assert.equal(priv.length, 2);
+  for (const [round, ns] of norms) {
+    const e = priv[round]!;
+    // Dropped after masking stays in the sum: all 5 clients' stats are in both rounds.
+    assert.equal(e['secagg_survivors'], 5);
+    const clipped = ns.filter((n) => n > C).length;
+    assert.ok(clipped > 0 && clipped < ns.length, `some clients clipped, some not: norms ${ns.join(', ')}`);
+    assert.equal(e['clipped_clients'], clipped, `round ${round}`);
+    const mean = ns.reduce((a, b) => a + b, 0) / ns.length;
+    // Fixed point 2^-24 per client norm: error at most 2^-25 per client.
+    assert.ok(
+      Math.abs((e['mean_update_norm'] as number) - mean) <= 2 ** -25,
+      `${String(e['mean_update_norm'])} vs ${mean}`,
+    );
+  }
 });
 
 test('the aggregate is screened: a mean that breaks maxUpdateNorm is refused and the adapter kept', async () => {

@@ -8,7 +8,8 @@
  * Worst-case error of the decoded sum sum_i w_i x_i per element (values inside the clip range):
  *   maxClients * maxWeight * 0.5 * 2^-scaleBits   (round-to-nearest per client; see errorBound()).
  * The token weight itself travels as one extra ring element holding the exact integer w (needs maxClients *
- * maxWeight <= 2^52), so the weight sum is exact.
+ * maxWeight <= 2^52), so the weight sum is exact. After it come the optional `stats`: exact non-negative integers
+ * (e.g. a clipped flag, a scaled norm) summed unweighted, each at most statBound(enc) = floor(2^52 / maxClients).
  */
 
 export const RING_BITS = 64;
@@ -53,6 +54,11 @@ export function errorBound(enc: Encoding, n = enc.maxClients): number {
   return (n * enc.maxWeight * 0.5) / enc.scale;
 }
 
+/** The largest value one client's stat may take so that the sum of maxClients of them stays below 2^52. */
+export function statBound(enc: Pick<Encoding, 'maxClients'>): number {
+  return Math.floor(SUM_BOUND / enc.maxClients);
+}
+
 /** Writes integer q (|q| < 2^53) at element i as two's complement mod 2^64. */
 export function setInt(words: Uint32Array, i: number, q: number): void {
   const lo = q % TWO32;
@@ -67,19 +73,26 @@ export function getInt(words: Uint32Array, i: number): number {
 }
 
 /**
- * Encodes (weight / maxWeight) * x plus an optional additive term (DP noise, already on the same scale) into L+1
- * ring elements: L values then the integer weight. Returns the words and how many elements were clamped.
+ * Encodes (weight / maxWeight) * x plus an optional additive term (DP noise, already on the same scale) into
+ * L + 1 + S ring elements: L values, the integer weight, then the S `stats` (integers in [0, statBound], not
+ * weighted). Returns the words and how many elements were clamped.
  */
 export function encodeWeighted(
   enc: Encoding,
   x: ArrayLike<number>,
   weight: number,
   noise?: ArrayLike<number>,
+  stats: readonly number[] = [],
 ): { words: Uint32Array; clamped: number } {
   if (!Number.isInteger(weight) || weight < 0 || weight > enc.maxWeight)
     throw new RangeError(`weight must be an integer in [0, ${enc.maxWeight}], got ${weight}`);
+  const most = statBound(enc);
+  stats.forEach((v, j) => {
+    if (!Number.isInteger(v) || v < 0 || v > most)
+      throw new RangeError(`stats[${j}] must be an integer in [0, ${most}], got ${v}`);
+  });
   const L = x.length;
-  const words = new Uint32Array(2 * (L + 1));
+  const words = new Uint32Array(2 * (L + 1 + stats.length));
   const f = weight / enc.maxWeight;
   const R = enc.clipRange;
   let clamped = 0;
@@ -97,16 +110,25 @@ export function encodeWeighted(
     setInt(words, i, Math.round(v * enc.scale));
   }
   setInt(words, L, weight);
+  stats.forEach((v, j) => setInt(words, L + 1 + j, v));
   return { words, clamped };
 }
 
-/** Decodes a ring sum of L+1 elements into sum_i w_i x_i (float64) and the weight sum. */
-export function decodeSum(enc: Encoding, words: Uint32Array): { sum: Float64Array; weightSum: number } {
-  const L = words.length / 2 - 1;
+/**
+ * Decodes a ring sum of L + 1 + statsLength elements into sum_i w_i x_i (float64), the weight sum and the sums of
+ * the stats.
+ */
+export function decodeSum(
+  enc: Encoding,
+  words: Uint32Array,
+  statsLength = 0,
+): { sum: Float64Array; weightSum: number; stats: number[] } {
+  const L = words.length / 2 - 1 - statsLength;
   const sum = new Float64Array(L);
   const k = enc.maxWeight / enc.scale;
   for (let i = 0; i < L; i++) sum[i] = getInt(words, i) * k;
-  return { sum, weightSum: getInt(words, L) };
+  const stats = Array.from({ length: statsLength }, (_, j) => getInt(words, L + 1 + j));
+  return { sum, weightSum: getInt(words, L), stats };
 }
 
 /** acc += m (mod 2^64), elementwise. */

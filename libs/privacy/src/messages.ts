@@ -55,7 +55,10 @@ export const MaskedInputSchema = z.strictObject({
   type: z.literal('secagg.masked'),
   roundId,
   sender: clientId,
-  /** (vectorLength + 1) Z_{2^64} elements, 8 bytes each (lo, hi little-endian uint32): values then the weight. */
+  /**
+   * (vectorLength + 1 + statsLength) Z_{2^64} elements, 8 bytes each (lo, hi little-endian uint32): values, the
+   * weight, then the stats.
+   */
   masked: b64,
 });
 export type MaskedInput = z.infer<typeof MaskedInputSchema>;

@@ -45,6 +45,11 @@ export interface SecAggConfig {
   readonly maxWeight: number;
   /** 'complete' (default, full SecAgg) or SecAgg+ { kind: 'harary', k, seed }. */
   readonly graph?: GraphConfig;
+  /**
+   * S: how many unweighted integer stats each client appends to its input (SecAggInput.stats), summed exactly
+   * like the weight; the server learns only their sums over the survivors. Default 0.
+   */
+  readonly statsLength?: number;
 }
 
 interface Setup {
@@ -59,6 +64,8 @@ function setup(cfg: SecAggConfig): Setup {
   if (n < 2) throw new RangeError('secure aggregation needs at least 2 clients');
   if (new Set(cfg.clients).size !== n) throw new RangeError('duplicate client ids');
   if (!Number.isInteger(cfg.vectorLength) || cfg.vectorLength < 1) throw new RangeError('vectorLength must be >= 1');
+  if (!Number.isInteger(cfg.statsLength ?? 0) || (cfg.statsLength ?? 0) < 0)
+    throw new RangeError(`statsLength must be an integer >= 0, got ${cfg.statsLength}`);
   const graph = cfg.graph ?? { kind: 'complete' };
   const holders = graph.kind === 'complete' ? n : graph.k + 1;
   if (!Number.isInteger(cfg.threshold) || cfg.threshold < 1 || cfg.threshold > holders)
@@ -93,7 +100,13 @@ export interface SecAggInput {
   readonly weight: number;
   /** Added to (w / maxWeight) * values before encoding (distributed DP noise); length vectorLength. */
   readonly noise?: ArrayLike<number>;
+  /** SecAggConfig.statsLength integers in [0, statBound] (not weighted): the server learns only their sums. */
+  readonly stats?: readonly number[];
 }
+
+/** Ring elements of one masked input: the values, the weight and the stats. */
+export const maskedLength = (cfg: Pick<SecAggConfig, 'vectorLength' | 'statsLength'>): number =>
+  cfg.vectorLength + 1 + (cfg.statsLength ?? 0);
 
 /** One client's side of the protocol. Call the methods in order, once each. */
 export class SecAggClient {
@@ -251,9 +264,12 @@ export class SecAggClient {
       throw new RangeError(`input has ${input.values.length} values, expected ${cfg.vectorLength}`);
     if (input.noise !== undefined && input.noise.length !== cfg.vectorLength)
       throw new RangeError(`noise has ${input.noise.length} values, expected ${cfg.vectorLength}`);
-    const { words, clamped } = encodeWeighted(enc, input.values, input.weight, input.noise);
+    const stats = input.stats ?? [];
+    if (stats.length !== (cfg.statsLength ?? 0))
+      throw new RangeError(`input has ${stats.length} stats, expected statsLength ${cfg.statsLength ?? 0}`);
+    const { words, clamped } = encodeWeighted(enc, input.values, input.weight, input.noise, stats);
     this.clamped = clamped;
-    const L1 = cfg.vectorLength + 1;
+    const L1 = maskedLength(cfg);
     addInto(words, expandMask(this.b, cfg.roundId, L1));
     const me = index.get(this.id)!;
     for (const v of mine) {
@@ -304,6 +320,8 @@ export interface SecAggResult {
   readonly sum: Float32Array;
   /** sum_{u in survivors} w_u, exact. */
   readonly weightSum: number;
+  /** Per stat (SecAggInput.stats), its exact sum over the survivors; empty when statsLength is 0. */
+  readonly stats: readonly number[];
   /** Clients whose input is in the sum. */
   readonly survivors: readonly string[];
   /** Clients that shared keys but whose masked input is not in the sum. */
@@ -442,7 +460,7 @@ export class SecAggServer {
   /** Round 2: collect masked inputs; returns the unmasking request naming the survivors U3. */
   maskedInputs(msgs: readonly unknown[]): UnmaskRequest {
     this.next(2, 'maskedInputs');
-    const bytes = (this.s.cfg.vectorLength + 1) * 8;
+    const bytes = maskedLength(this.s.cfg) * 8;
     const ok = this.accept<MaskedInput>('masked-input', MaskedInputSchema, msgs, this.u2, (m) => {
       const n = fromB64(m.masked).length;
       return n === bytes ? undefined : `masked input of ${n} bytes, expected ${bytes}`;
@@ -503,7 +521,7 @@ export class SecAggServer {
       }
       return bigToBytes(v, 32);
     };
-    const L1 = cfg.vectorLength + 1;
+    const L1 = maskedLength(cfg);
     const acc = new Uint32Array(2 * L1);
     for (const u of u3) {
       addInto(acc, this.masked.get(u)!);
@@ -534,10 +552,11 @@ export class SecAggServer {
       throw new SecAggError(
         `cannot unmask the sum (${ok.length} of ${u3.size} survivors answered, ${dropped.length} dropped after sharing keys): ${problems.join('; ')}`,
       );
-    const { sum, weightSum } = decodeSum(enc, acc);
+    const { sum, weightSum, stats } = decodeSum(enc, acc, cfg.statsLength ?? 0);
     this.result = {
       sum: Float32Array.from(sum),
       weightSum,
+      stats,
       survivors: [...u3],
       dropped,
       errorBound: errorBound(enc, u3.size),

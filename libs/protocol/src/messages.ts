@@ -460,6 +460,8 @@ export const SecAggPlanSchema = z.strictObject({
   clipRange: z.number().positive(),
   maxWeight: z.int().min(1),
   graph: SecAggGraphSchema,
+  /** Unweighted integer stats each client appends (libs/privacy CLIENT_STATS_LENGTH: clipped flag, norm); default 0. */
+  statsLength: z.int().min(0).max(16).optional(),
   /** Client-level DP: clip each update delta to L2 norm `clip`, add N(0, noiseStd^2) per element before masking. */
   dp: z.strictObject({ clip: z.number().positive(), noiseStd: z.number().nonnegative() }).optional(),
 });
@@ -484,8 +486,22 @@ export const SecAggAdvertiseSchema = z
   .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.share-keys.<client>`: its encrypted Shamir shares, one per neighbour. */
 export const SecAggShareKeysSchema = z.strictObject({ ...fromClient, body: ShareKeysSchema }).refine(...senderIsClient);
-/** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input. */
-export const SecAggMaskedSchema = z.strictObject({ ...fromClient, body: MaskedInputSchema }).refine(...senderIsClient);
+/**
+ * The masked input as a blob (secagg-flow.ts): the (vectorLength + 1 + statsLength) * 8 masked bytes in the
+ * sender's own update bucket, since a masked vector scales with the model and outgrows NATS's max_payload (a
+ * 7B-shaped adapter's is tens of MB). The aggregator reads it only from that bucket.
+ */
+export const MaskedInputRefSchema = z.strictObject({
+  type: z.literal('secagg.masked-ref'),
+  roundId: z.string().min(1).max(256),
+  sender: id,
+  maskedRef: BlobRefSchema,
+});
+export type MaskedInputRef = z.infer<typeof MaskedInputRefSchema>;
+/** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input, inline or as a blob ref. */
+export const SecAggMaskedSchema = z
+  .strictObject({ ...fromClient, body: z.union([MaskedInputSchema, MaskedInputRefSchema]) })
+  .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.unmask.<client>`: the shares it reveals for unmasking. */
 export const SecAggUnmaskSchema = z.strictObject({ ...fromClient, body: UnmaskSchema }).refine(...senderIsClient);
 /** Aggregator -> all on `secagg.keys`. */

@@ -8,15 +8,26 @@
  * request before it advertises its keys, and the aggregator subscribes to the four client steps before anything
  * else, so no message of the exchange can be published before its reader listens. A client that misses a step
  * (crash, slow network) simply counts as dropped; Shamir recovery covers up to holders - t of them.
+ *
+ * Sizes: keys, shares and unmasking messages scale with the number of clients, the masked input with the model
+ * ((L + 1 + S) * 8 bytes). Given a blob store (the services always pass one), a client puts its masked input in its
+ * own update bucket and sends a MaskedInputRef on the masked subject; the aggregator downloads it from that bucket
+ * only, refusing any other size than the plan's before a chunk is fetched. Without one the masked input travels
+ * inline and must fit the server's max_payload.
  */
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import {
   SecAggClient,
   SecAggServer,
+  fromB64,
+  maskedLength,
+  toB64,
+  type MaskedInput,
   type SecAggConfig,
   type SecAggInput,
   type SecAggResult,
 } from '../../privacy/src/index.js';
+import type { BlobStore } from './blob-store.js';
 import { ProtocolError } from './errors.js';
 import {
   PROTOCOL_VERSION,
@@ -28,6 +39,7 @@ import {
   SecAggUnmaskRequestSchema,
   SecAggUnmaskSchema,
   decodeMessage,
+  type MaskedInputRef,
   type SecAggPlan,
 } from './messages.js';
 import { publishMessage } from './publish.js';
@@ -52,6 +64,7 @@ export function secAggConfigOf(plan: SecAggPlan): SecAggConfig {
     clipRange: plan.clipRange,
     maxWeight: plan.maxWeight,
     graph: plan.graph,
+    ...(plan.statsLength !== undefined ? { statsLength: plan.statsLength } : {}),
   };
 }
 
@@ -76,6 +89,13 @@ export interface SecAggAggregatorOptions {
   readonly onListening?: () => void;
   /** A message dropped at the boundary (bad subject, schema, job/round/client mismatch). */
   readonly onRejected?: (subject: string, reason: string) => void;
+  /**
+   * Where masked inputs sent as blob refs are read: `bucketOf(client)` is the only bucket accepted for that
+   * client's ref (its own update bucket). Absent: a ref is rejected.
+   */
+  readonly blobs?: { readonly store: BlobStore; readonly bucketOf: (clientId: string) => string };
+  /** Aborted (the aggregator stops): stop waiting, send nothing more, reject with the signal's reason. */
+  readonly signal?: AbortSignal;
 }
 
 export interface SecAggAggregatorResult extends SecAggResult {
@@ -94,25 +114,59 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
   const { jobId, round } = plan;
   const server = new SecAggServer(secAggConfigOf(plan));
   const rejected: string[] = [];
-  const reject = (subject: string, reason: string): void => {
+  const reject = (subject: string, reason: string): null => {
     rejected.push(`${subject}: ${reason}`);
     opts.onRejected?.(subject, reason);
+    return null;
   };
-  const inbox = new Map<SecAggClientStep, { bodies: unknown[]; from: Set<string>; wake?: () => void }>(
-    SECAGG_CLIENT_STEPS.map((s) => [s, { bodies: [], from: new Set<string>() }]),
-  );
+  const maskedBytes = maskedLength(secAggConfigOf(plan)) * 8;
+  const inbox = new Map<
+    SecAggClientStep,
+    { bodies: unknown[]; from: Set<string>; downloads: Set<Promise<void>>; wake?: () => void }
+  >(SECAGG_CLIENT_STEPS.map((s) => [s, { bodies: [], from: new Set<string>(), downloads: new Set() }]));
+  /** A masked input sent as a blob ref: read from the sender's own bucket, at exactly the plan's size. */
+  const download = async (subject: string, clientId: string, ref: MaskedInputRef): Promise<MaskedInput | null> => {
+    const blobs = opts.blobs;
+    if (blobs === undefined) return reject(subject, 'masked input by blob ref, but the aggregator has no blob store');
+    const bucket = blobs.bucketOf(clientId);
+    if (ref.maskedRef.bucket !== bucket)
+      return reject(subject, `masked input blob in bucket ${ref.maskedRef.bucket}, not the sender's ${bucket}`);
+    if (ref.maskedRef.bytes !== maskedBytes)
+      return reject(subject, `masked input blob of ${ref.maskedRef.bytes} bytes, expected ${maskedBytes}`);
+    try {
+      const bytes = await blobs.store.get(ref.maskedRef, { maxBytes: maskedBytes });
+      return { type: 'secagg.masked', roundId: ref.roundId, sender: ref.sender, masked: toB64(bytes) };
+    } catch (e) {
+      return reject(subject, `masked input blob ${ref.maskedRef.name}: ${(e as Error).message}`);
+    }
+  };
   const subs: Subscription[] = SECAGG_CLIENT_STEPS.map((step) =>
     nc.subscribe(secAggStepPattern(jobId, round, step), {
       callback: (err, msg) => {
         if (err) return;
         const where = parseSecAggClientSubject(msg.subject);
-        if (where === null || where.step !== step) return reject(msg.subject, 'not a secagg client subject');
+        if (where === null || where.step !== step) return void reject(msg.subject, 'not a secagg client subject');
         const d = decodeMessage(STEP_SCHEMA[step], msg.data, msg.subject, { jobId, round, clientId: where.clientId });
-        if (!d.ok) return reject(msg.subject, d.error.message);
+        if (!d.ok) return void reject(msg.subject, d.error.message);
         const box = inbox.get(step)!;
-        box.bodies.push(d.value.body);
-        box.from.add(where.clientId);
-        box.wake?.();
+        const body = d.value.body as { type: string; roundId: string };
+        // Another attempt's message (a re-run of the round after an aggregator restart shares its subjects) is not
+        // this exchange's: it must neither count as an answer nor void this attempt's message as a duplicate.
+        if (body.roundId !== plan.roundId)
+          return void reject(msg.subject, `round id ${body.roundId} is not this exchange's ${plan.roundId}`);
+        if (body.type !== 'secagg.masked-ref') {
+          box.bodies.push(body);
+          box.from.add(where.clientId);
+          return box.wake?.();
+        }
+        const fetched = download(msg.subject, where.clientId, body as MaskedInputRef).then((m) => {
+          box.downloads.delete(fetched);
+          if (m === null) return;
+          box.bodies.push(m);
+          box.from.add(where.clientId);
+          box.wake?.();
+        });
+        box.downloads.add(fetched);
       },
     }),
   );
@@ -123,18 +177,24 @@ export async function runSecAggAggregator(opts: SecAggAggregatorOptions): Promis
   ): Promise<unknown[]> => {
     const box = inbox.get(step)!;
     const done = (): boolean => expected.every((c) => box.from.has(c));
-    if (!done()) {
+    if (!done() && !opts.signal?.aborted) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
+        const stop = (): void => {
+          clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', stop);
+          resolve();
+        };
+        const timer = setTimeout(stop, timeoutMs);
+        opts.signal?.addEventListener('abort', stop, { once: true });
         box.wake = () => {
-          if (done()) {
-            clearTimeout(timer);
-            resolve();
-          }
+          if (done()) stop();
         };
       });
       box.wake = undefined;
     }
+    opts.signal?.throwIfAborted();
+    // Masked inputs whose download began before the deadline are still in time.
+    await Promise.all(box.downloads);
     return [...box.bodies];
   };
   try {
@@ -178,6 +238,8 @@ export interface SecAggClientOptions {
   readonly random?: (n: number) => Buffer;
   /** Aborted: send nothing more (a stopping trainer must not answer for a round it left, e.g. reveal its shares). */
   readonly signal?: AbortSignal;
+  /** Put the masked input in `bucket` (the client's own update bucket) and send its ref; absent: inline. */
+  readonly blobs?: { readonly store: BlobStore; readonly bucket: string };
 }
 
 /** One client's side of one round: advertise, share keys, send the masked input, reveal shares. */
@@ -190,7 +252,7 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
     schema: typeof SecAggKeysSchema | typeof SecAggSharesSchema | typeof SecAggUnmaskRequestSchema,
     expectClient: boolean,
   ) => {
-    const sub = nc.subscribe(subject, { max: 1 });
+    const sub = nc.subscribe(subject);
     const value = (async (): Promise<unknown> => {
       const timer = setTimeout(() => sub.unsubscribe(), opts.stepTimeoutMs);
       try {
@@ -201,12 +263,16 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
             ...(expectClient ? { clientId } : {}),
           });
           if (!d.ok) throw d.error;
+          // Another attempt of this round (an aggregator restarted and re-ran it) uses the same subjects: skipped.
+          const body = (d.value as { body: { roundId?: unknown } }).body;
+          if (body.roundId !== plan.roundId) continue;
           // The body is validated again, field by field, by SecAggClient (libs/privacy messages).
-          return (d.value as { body: unknown }).body;
+          return body;
         }
         throw new ProtocolError(subject, [{ path: '', reason: `no message within ${opts.stepTimeoutMs} ms` }]);
       } finally {
         clearTimeout(timer);
+        sub.unsubscribe();
       }
     })();
     value.catch(() => {}); // awaited below; an early failure must not become an unhandled rejection meanwhile
@@ -229,7 +295,13 @@ export async function runSecAggClient(opts: SecAggClientOptions): Promise<{ comp
   send('share-keys', client.shareKeys(await keys));
   if (opts.stopAfter === 'share-keys') return { completed: 'share-keys' };
   const forward = await shares;
-  send('masked', client.maskedInput(forward, await opts.input));
+  const masked = client.maskedInput(forward, await opts.input);
+  if (opts.blobs) {
+    opts.signal?.throwIfAborted();
+    const maskedRef = await opts.blobs.store.put(fromB64(masked.masked), { bucket: opts.blobs.bucket });
+    const ref: MaskedInputRef = { type: 'secagg.masked-ref', roundId: masked.roundId, sender: clientId, maskedRef };
+    send('masked', ref);
+  } else send('masked', masked);
   if (opts.stopAfter === 'masked') return { completed: 'masked' };
   const unmaskRequest = await request;
   send('unmask', client.unmask(unmaskRequest));

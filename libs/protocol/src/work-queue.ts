@@ -179,8 +179,8 @@ export class WorkQueue {
   }
 
   /**
-   * Validates and enqueues `task`. Enqueueing the same job/round/client again within the duplicate window
-   * is a no-op (`duplicate: true`), so a restarted aggregator can re-plan a round safely.
+   * Validates and enqueues `task`. Enqueueing the same job/round/client (and secure-aggregation round id) again
+   * within the duplicate window is a no-op (`duplicate: true`), so a restarted aggregator can re-plan a round safely.
    */
   async enqueue(task: Readonly<TrainTask>): Promise<{ seq: number; duplicate: boolean }> {
     const subject = taskSubject(this.jobId, task.clientId);
@@ -190,11 +190,14 @@ export class WorkQueue {
       ]);
     }
     // Training is deduplicated (a re-planned round must not train twice); evaluation is not: it changes no
-    // state, so a restarted aggregator's re-enqueued evaluate task simply recomputes the same metrics.
+    // state, so a restarted aggregator's re-enqueued evaluate task simply recomputes the same metrics. A secure-
+    // aggregation task is one attempt of its round's exchange (its plan's fresh roundId): a re-planned secure round
+    // is a new exchange with new keys, which the clients must join, so its tasks are new messages.
+    const msgID = `${task.jobId}.${task.round}.${task.clientId}${task.secagg ? `.${task.secagg.roundId}` : ''}`;
     const ack = await this.js.publish(
       subject,
       encodeMessage(TrainTaskSchema, task, subject),
-      task.kind === 'evaluate' ? {} : { msgID: `${task.jobId}.${task.round}.${task.clientId}` },
+      task.kind === 'evaluate' ? {} : { msgID },
     );
     return { seq: ack.seq, duplicate: ack.duplicate };
   }

@@ -9,10 +9,21 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
-import { decodeSum, makeEncoding, seededBytes, secAggErrorBound, SecAggError } from '../../privacy/src/index.js';
+import {
+  SecAggClient,
+  decodeSum,
+  makeEncoding,
+  seededBytes,
+  secAggErrorBound,
+  SecAggError,
+} from '../../privacy/src/index.js';
 import { generateJobAuth, type NatsIdentity } from '../src/auth.js';
+import { BlobStore } from '../src/blob-store.js';
+import { publishMessage } from '../src/publish.js';
 import {
   PROTOCOL_VERSION,
+  SecAggAdvertiseSchema,
+  SecAggKeysSchema,
   SecAggMaskedSchema,
   decodeMessage,
   encodeMessage,
@@ -20,8 +31,11 @@ import {
 } from '../src/messages.js';
 import { runSecAggAggregator, runSecAggClient, secAggConfigOf } from '../src/secagg-flow.js';
 import {
+  blobBucketName,
+  updateBucketName,
   parseSecAggClientSubject,
   secAggClientSubject,
+  secAggKeysSubject,
   secAggSharesSubject,
   secAggStepPattern,
 } from '../src/subjects.js';
@@ -34,7 +48,7 @@ const JOB = 'sajob';
 const CLIENTS = ['c0', 'c1', 'c2', 'c3', 'c4'];
 const L = 96;
 
-function plan(round: number, threshold: number): SecAggPlan {
+function plan(round: number, threshold: number, vectorLength = L): SecAggPlan {
   return {
     protocolVersion: PROTOCOL_VERSION,
     jobId: JOB,
@@ -42,18 +56,18 @@ function plan(round: number, threshold: number): SecAggPlan {
     roundId: `${JOB}/${round}/test`,
     clients: CLIENTS,
     threshold,
-    vectorLength: L,
+    vectorLength,
     clipRange: 1,
     maxWeight: 1000,
     graph: { kind: 'complete' },
   };
 }
 
-/** Client i's input: values in [-1, 1), weight 100 + 50 i. */
-function input(i: number): { values: Float32Array; weight: number } {
-  const b = seededBytes(`input/${i}`)(4 * L);
+/** Client i's input of n values in [-1, 1), weight 100 + 50 i. */
+function input(i: number, n = L): { values: Float32Array; weight: number } {
+  const b = seededBytes(`input/${i}`)(4 * n);
   return {
-    values: Float32Array.from({ length: L }, (_, k) => b.readUInt32LE(4 * k) / 2 ** 31 - 1),
+    values: Float32Array.from({ length: n }, (_, k) => b.readUInt32LE(4 * k) / 2 ** 31 - 1),
     weight: 100 + 50 * i,
   };
 }
@@ -159,7 +173,7 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
     const enc = makeEncoding({ clipRange: 1, maxClients: CLIENTS.length, maxWeight: 1000 });
     for (const m of masked) {
       const d = decodeMessage(SecAggMaskedSchema, m.data, m.subject);
-      if (!d.ok || d.value.body.sender !== d.value.clientId) continue;
+      if (!d.ok || d.value.body.sender !== d.value.clientId || !('masked' in d.value.body)) continue;
       const bytes = Buffer.from(d.value.body.masked, 'base64');
       if (bytes.length !== 8 * (L + 1)) continue;
       const words = new Uint32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
@@ -197,6 +211,137 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
         c0.denials.some((d) => d.subject === `fl.${JOB}.round.2.secagg.${step}.c4`),
       );
     }
+  });
+
+  test("a masked input over max_payload (2 MiB, two 7B layers of r 8 q/v LoRA) travels as a blob in the sender's bucket", async () => {
+    const n = 2 * 4 * 4096 * 8; // per layer: q and v, A (8 x 4096) and B (4096 x 8)
+    const p = plan(4, 3, n);
+    const bytes = 8 * (n + 1);
+    assert.ok(bytes > agg.nc.info!.max_payload, `${bytes} bytes exceed max_payload ${agg.nc.info!.max_payload}`);
+    const aggBlobs = await BlobStore.open(agg.nc, { bucket: blobBucketName(JOB), storage: 'memory' });
+    for (const c of CLIENTS) await aggBlobs.ensureBucket(updateBucketName(JOB, c));
+    const stores = new Map<string, BlobStore>();
+    for (const c of CLIENTS)
+      stores.set(c, await BlobStore.open(clients.get(c)!.nc, { bucket: updateBucketName(JOB, c) }));
+    const masked: Msg[] = [];
+    agg.nc.subscribe(secAggStepPattern(JOB, 4, 'masked'), { callback: (_e, m) => void masked.push(m) });
+    await agg.nc.flush();
+    const rejected: string[] = [];
+    const aggregation = runSecAggAggregator({
+      nc: agg.nc,
+      plan: p,
+      stepTimeoutMs: 30_000,
+      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+      blobs: { store: aggBlobs, bucketOf: (c) => updateBucketName(JOB, c) },
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    // c0 points its masked ref at c1's bucket (c1's blob could be passed off as c0's): refused, never downloaded.
+    const c0 = clients.get('c0')!;
+    const foreign = await aggBlobs.put(new Uint8Array(bytes), { bucket: updateBucketName(JOB, 'c1') });
+    c0.nc.publish(
+      secAggClientSubject(JOB, 4, 'masked', 'c0'),
+      encodeMessage(
+        SecAggMaskedSchema,
+        {
+          protocolVersion: PROTOCOL_VERSION,
+          jobId: JOB,
+          round: 4,
+          clientId: 'c0',
+          body: { type: 'secagg.masked-ref', roundId: p.roundId, sender: 'c0', maskedRef: foreign },
+        },
+        'test',
+      ),
+    );
+    const inputs = CLIENTS.map((_, i) => input(i, n));
+    const done = await Promise.all(
+      CLIENTS.map((c, i) =>
+        runSecAggClient({
+          nc: clients.get(c)!.nc,
+          plan: p,
+          clientId: c,
+          input: inputs[i]!,
+          stepTimeoutMs: 30_000,
+          blobs: { store: stores.get(c)!, bucket: updateBucketName(JOB, c) },
+          ...(c === 'c2' ? { stopAfter: 'masked' as const } : {}),
+        }),
+      ),
+    );
+    assert.deepEqual(
+      done.map((d) => d.completed),
+      ['unmask', 'unmask', 'masked', 'unmask', 'unmask'],
+    );
+    const r = await aggregation;
+    assert.deepEqual([...r.survivors].toSorted(), CLIENTS);
+    assert.ok(
+      rejected.some((x) => /secagg\.masked\.c0: masked input blob in bucket .*c1.*, not the sender's/.test(x)),
+      rejected.join('\n'),
+    );
+    const bound = secAggErrorBound(secAggConfigOf(p));
+    let weightSum = 0;
+    let worst = 0;
+    for (let k = 0; k < n; k++) {
+      let want = 0;
+      for (const x of inputs) want += x.weight * x.values[k]!;
+      worst = Math.max(worst, Math.abs(r.sum[k]! - want) - Math.abs(want) * 2 ** -23);
+    }
+    for (const x of inputs) weightSum += x.weight;
+    assert.equal(r.weightSum, weightSum);
+    assert.ok(worst <= bound, `worst error ${worst} > bound ${bound}`);
+    // On NATS only refs: every masked message is small.
+    assert.equal(masked.length, CLIENTS.length + 1);
+    for (const m of masked) assert.ok(m.data.length < 1024, `masked message of ${m.data.length} bytes`);
+    console.log(
+      `masked input ${bytes} bytes per client via the object store; largest masked message ${Math.max(...masked.map((m) => m.data.length))} bytes`,
+    );
+  });
+
+  test("another attempt's message (same subjects, other round id) neither answers for its client nor voids its message; an abort stops the aggregator", async () => {
+    const p = plan(5, 3);
+    const ac = new AbortController();
+    const rejected: string[] = [];
+    const aggregation = runSecAggAggregator({
+      nc: agg.nc,
+      plan: p,
+      stepTimeoutMs: 20_000,
+      signal: ac.signal,
+      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+    });
+    aggregation.catch(() => {});
+    await new Promise((r) => setTimeout(r, 100));
+    const c0 = clients.get('c0')!.nc;
+    const keys = new Promise<string[]>((resolve) =>
+      c0.subscribe(secAggKeysSubject(JOB, 5), {
+        max: 1,
+        callback: (_e, m) => {
+          const d = decodeMessage(SecAggKeysSchema, m.data, m.subject);
+          resolve(d.ok ? d.value.body.keys.map((k) => k.id) : []);
+        },
+      }),
+    );
+    await c0.flush();
+    const advertise = (c: string, roundId: string): void =>
+      publishMessage(clients.get(c)!.nc, secAggClientSubject(JOB, 5, 'advertise', c), SecAggAdvertiseSchema, {
+        protocolVersion: PROTOCOL_VERSION,
+        jobId: JOB,
+        round: 5,
+        clientId: c,
+        body: new SecAggClient(c, { ...secAggConfigOf(p), roundId }).advertise(),
+      });
+    // c4's valid keys, then a message of an earlier attempt of this round, before anyone else's keys.
+    advertise('c4', p.roundId);
+    advertise('c4', `${JOB}/5/earlier-attempt`);
+    await clients.get('c4')!.nc.flush();
+    for (const c of ['c0', 'c1', 'c2', 'c3']) advertise(c, p.roundId);
+    assert.deepEqual((await keys).toSorted(), CLIENTS, 'every client, c4 too, is in the keys broadcast');
+    assert.ok(
+      rejected.some((x) => /advertise\.c4: round id .*earlier-attempt is not this exchange's/.test(x)),
+      rejected.join('\n'),
+    );
+    // Nobody shares keys; an abort ends the wait for them at once instead of after the 20 s step timeout.
+    const t0 = Date.now();
+    ac.abort(new Error('aggregator stopped'));
+    await assert.rejects(aggregation, /aggregator stopped/);
+    assert.ok(Date.now() - t0 < 2000, `stopped after ${Date.now() - t0} ms`);
   });
 
   test('more than n - t clients dying after masking fails the round with a clear error', async () => {

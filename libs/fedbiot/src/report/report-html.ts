@@ -234,10 +234,13 @@ export function alignmentPanels(events: readonly MetricsEvent[]): ChartSpec[] {
 }
 
 const num = (v: unknown, digits: number): string => (typeof v === 'number' ? v.toFixed(digits) : '-');
+const count = (v: unknown): string => (typeof v === 'number' ? String(v) : '-');
 
 /**
  * Client-level DP (privacy.dp): the (epsilon, delta) the RDP accountant reports after each round, per phase, from
  * the metrics' `privacy` events ('' when the run has no DP). epsilon null in the events means unbounded (sigma 0).
+ * Under secure aggregation the clipped count and the mean pre-clip norm are over the clients in the sum (their
+ * stats travel masked with the update), so `clipped` reads "of the survivors".
  */
 export function privacyHtml(events: readonly MetricsEvent[]): string {
   const rows = events.filter((e) => e.kind === 'privacy' && 'noise_multiplier' in e) as readonly (MetricsEvent &
@@ -246,12 +249,13 @@ export function privacyHtml(events: readonly MetricsEvent[]): string {
   const body = rows
     .map((e) => {
       const eps = e['epsilon'];
-      return `<tr><td>${esc(String(e['phase'] ?? 'main'))}</td><td>${e.round + 1}</td><td>${eps === null ? '&infin;' : num(eps, 3)}</td><td>${esc(String(e['delta']))}</td><td>${num(e['effective_noise_multiplier'], 3)}</td><td>${num(e['clip'], 4)}</td><td>${esc(String(e['clipped_clients']))}/${esc(String(e['clients']))}</td></tr>`;
+      const inSum = e['secagg_survivors'] ?? e['clients'];
+      return `<tr><td>${esc(String(e['phase'] ?? 'main'))}</td><td>${e.round + 1}</td><td>${eps === null ? '&infin;' : num(eps, 3)}</td><td>${typeof e['delta'] === 'number' ? e['delta'].toExponential() : '-'}</td><td>${num(e['effective_noise_multiplier'], 3)}</td><td>${num(e['clip'], 4)}</td><td>${count(e['clipped_clients'])} / ${count(inSum)}</td><td>${num(e['mean_update_norm'], 4)}</td></tr>`;
     })
     .join('\n');
   return `<section class="privacy"><h2>Client-level differential privacy</h2>
-<p class="note">DP-FedAvg: each client's update clipped to L2 norm C, Gaussian noise of std sigma C on the sum; (epsilon, delta) spent after each round (RDP accountant, all rounds of the phase so far).</p>
-<table class="privacy-table"><thead><tr><th>phase</th><th>round</th><th>epsilon</th><th>delta</th><th>sigma</th><th>C</th><th>clipped</th></tr></thead><tbody>
+<p class="note">DP-FedAvg: each client's update clipped to L2 norm C, Gaussian noise of std sigma C on the sum; (epsilon, delta) spent after each round (RDP accountant, all rounds of the phase so far). clipped: clients whose update norm exceeded C, of the clients in the sum; mean norm: their mean update norm before clipping (under secure aggregation both come from the masked sum, never from one client).</p>
+<table class="privacy-table"><thead><tr><th>phase</th><th>round</th><th>epsilon</th><th>delta</th><th>sigma</th><th>C</th><th>clipped</th><th>mean norm</th></tr></thead><tbody>
 ${body}
 </tbody></table></section>`;
 }
@@ -439,8 +443,12 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
       );
     const ly = m.top + 8 + i * 16;
     const lx = m.left + pw + 14;
+    // The last value next to the name: curves that coincide (e.g. every method at accuracy 0 under strong DP) hide
+    // each other, the legend still tells each one's value.
+    const last = pts.at(-1);
+    const label = last === undefined ? s.name : `${s.name} ${fmtValue(last[1])}`;
     parts.push(
-      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(s.name)}</text></g>`,
+      `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(label)}</text></g>`,
     );
   });
   parts.push('</svg>');
