@@ -116,9 +116,14 @@ export class GraphTrainer {
     return feeds;
   }
 
+  /**
+   * @param whileRunning called once the first micro-batch's run has been started and before it is awaited: host work
+   *   for later steps can overlap the run there (it runs in a worker thread or on a GPU)
+   */
   async step(
     microBatches: readonly Record<string, HostTensor>[],
     extraOutputs: readonly string[] = [],
+    whileRunning?: () => void,
   ): Promise<StepResult> {
     if (microBatches.length === 0) throw new Error('GraphTrainer.step: no micro-batches');
     const grads = new Map<string, Float32Array>();
@@ -127,7 +132,7 @@ export class GraphTrainer {
     const extras: Record<string, number> = Object.fromEntries(extraOutputs.map((n) => [n, 0]));
     const ls = this.options.lossScale;
     const scale = ls ? ls.scaler.scale : 1;
-    for (const feeds of microBatches) {
+    for (const [i, feeds] of microBatches.entries()) {
       let run = feeds;
       if (ls) {
         const f = feeds[ls.feed];
@@ -135,7 +140,9 @@ export class GraphTrainer {
           throw new Error(`GraphTrainer: loss scaling needs a float32 feed '${ls.feed}'`);
         run = { ...feeds, [ls.feed]: { ...f, data: Float32Array.from(f.data as Float32Array, (v) => v * scale) } };
       }
-      const out = await this.runner.run({ ...run, ...this.paramFeeds() }, fetches);
+      const pending = this.runner.run({ ...run, ...this.paramFeeds() }, fetches);
+      if (i === 0) whileRunning?.();
+      const out = await pending;
       loss += (out['loss']!.data as Float32Array)[0]! / scale;
       for (const n of extraOutputs) extras[n]! += (out[n]!.data as Float32Array)[0]! / scale;
       for (const name of this.params.keys()) {

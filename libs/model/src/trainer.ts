@@ -36,6 +36,13 @@ export interface LoraTrainerOptions {
   /** Seed for LoRA dropout masks (when the trainable spec has dropout > 0). */
   readonly seed?: number;
   /**
+   * Draw the next micro-batch's LoRA dropout positions while the current run is in flight (GraphTrainer.step's
+   * whileRunning). The draws keep their order in the stream, so the masks, and the results, are the same either way.
+   * Default: on when the graph runs on a GPU provider (the host thread is idle then), off on the CPU provider, whose
+   * threads the drawing would compete with.
+   */
+  readonly prefetchDropout?: boolean;
+  /**
    * Loss scaling. Default: a dynamic LossScaler when the model's matmuls run in float16 (LoadOptions.compute), whose
    * backward Gemms see the cast gradients; none otherwise (float32 activations and gradients need none).
    */
@@ -54,7 +61,11 @@ export class LoraTrainer {
     private readonly frozenFeeds: Record<string, HostTensor>,
     private readonly dropoutInputs: readonly LoraDropoutInput[],
     private readonly rand: Mulberry32,
+    private readonly prefetch: boolean,
   ) {}
+
+  /** Dropout positions drawn ahead (one micro-batch's, in dropoutInputs order), or none. */
+  private drawnAhead: Int32Array[] | undefined;
 
   static async create(lm: CausalLM, opts: LoraTrainerOptions): Promise<LoraTrainer> {
     const layers = opts.layers ?? lm.allLayers;
@@ -107,6 +118,26 @@ export class LoraTrainer {
       loraFeeds(frozenShapes, frozen),
       dropoutInputs,
       loraStream(opts.seed ?? 0),
+      dropoutInputs.length > 0 && (opts.prefetchDropout ?? runner.provider !== 'cpu'),
+    );
+  }
+
+  /**
+   * One micro-batch's dropout positions: those drawn ahead if any, else fresh from the stream. Only the dropped
+   * positions cross to the graph, which builds the inverted-dropout masks (as torch: kept values scaled by 1/(1-p)).
+   * Dense [B, T, in] masks drawn and fed from here (17M values per TinyLlama step) took 160-240 of a 280 ms CUDA step
+   * on the H100 machine (bench perf --lora-dropout 0 vs 0.05); drawing the positions still takes about 24 ms there.
+   */
+  private dropPositions(): Int32Array[] {
+    const ahead = this.drawnAhead;
+    this.drawnAhead = undefined;
+    return (
+      ahead ??
+      this.dropoutInputs.map((d) => {
+        const data = new Int32Array(d.shape[0]!);
+        drawDropPositions(this.rand, d.elements, d.p, data);
+        return data;
+      })
     );
   }
 
@@ -129,17 +160,12 @@ export class LoraTrainer {
         loss_weights: { dtype: 'float32', shape: [mb.batch, mb.seq], data: w },
         ...this.frozenFeeds,
       };
-      for (const d of this.dropoutInputs) {
-        // Only the dropped positions cross to the graph, which builds the inverted-dropout mask (as torch: kept
-        // values scaled by 1/(1-p)). Dense [B, T, in] masks drawn and fed from here (17M values per TinyLlama step)
-        // took 160-240 of a 280 ms CUDA step on the H100 machine (bench perf --lora-dropout 0 vs 0.05).
-        const data = new Int32Array(d.shape[0]!);
-        drawDropPositions(this.rand, d.elements, d.p, data);
-        out[d.name] = { dtype: 'int32', shape: d.shape, data };
-      }
+      const positions = this.dropPositions();
+      this.dropoutInputs.forEach((d, i) => (out[d.name] = { dtype: 'int32', shape: d.shape, data: positions[i]! }));
       return out;
     });
-    const r = await this.trainer.step(feeds);
+    const ahead = this.prefetch ? () => void (this.drawnAhead = this.dropPositions()) : undefined;
+    const r = await this.trainer.step(feeds, [], ahead);
     return { ...r, tokens };
   }
 }

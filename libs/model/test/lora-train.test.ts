@@ -99,3 +99,61 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('dropout positions drawn ahead (prefetchDropout) give the same steps as drawn in place', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'lora-prefetch-'));
+  const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), {
+    thread: 'worker',
+    threads: 1,
+    cacheRoot: join(tmp, 'cache'),
+  });
+  try {
+    const spec: LoraSpec = {
+      name: 'default',
+      r: 4,
+      alpha: 8,
+      targets: ['q_proj', 'v_proj'],
+      layers: [2, 3],
+      dropout: 0.3,
+    };
+    const mbs = [0, 1].map((k) =>
+      batchOf(
+        [0, 1].map((b) => Array.from({ length: 16 }, (_, i) => 7 + ((i * (k + 2) + b) % 11))),
+        16,
+      ),
+    );
+    const run = async (prefetchDropout: boolean): Promise<{ losses: number[]; params: Map<string, Float32Array> }> => {
+      const trainer = await LoraTrainer.create(lm, {
+        batch: 2,
+        seq: 16,
+        trainable: { spec, tensors: initLora(spec, lm.config, 1) },
+        optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
+        seed: 5,
+        prefetchDropout,
+      });
+      const losses: number[] = [];
+      // Two micro-batches per step, then one: the positions drawn ahead must land where the in-place draws would.
+      for (const step of [mbs, mbs, [mbs[0]!], mbs]) losses.push((await trainer.step(step)).loss);
+      return { losses, params: trainer.params };
+    };
+    const inPlace = await run(false);
+    const ahead = await run(true);
+    assert.deepEqual(ahead.losses, inPlace.losses);
+    for (const [name, v] of inPlace.params) assert.deepEqual(ahead.params.get(name), v, name);
+    const noDropout = await (async () => {
+      const trainer = await LoraTrainer.create(lm, {
+        batch: 2,
+        seq: 16,
+        trainable: { spec: { ...spec, dropout: 0 }, tensors: initLora(spec, lm.config, 1) },
+        optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
+      });
+      await trainer.step(mbs);
+      return (await trainer.step(mbs)).loss;
+    })();
+    // Step 1 (B = 0 at step 0, so the LoRA branch and its mask do not matter there yet).
+    assert.notEqual(inPlace.losses[1], noDropout, 'dropout 0.3 changes the second step (the masks are applied)');
+  } finally {
+    await lm.release();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
