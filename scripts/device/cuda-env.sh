@@ -1,6 +1,6 @@
 # Sourced by the GPU machine's CUDA scripts (cuda-side.sh, cuda-profile.sh): node and the pinned node_modules from
 # ../shared/device/pack.sh's carry, the side binding (onnxruntime-node 1.29.0 + Microsoft's CUDA 13 provider, from
-# .device-carry/side/part-*, see cuda-side.sh for how they are made and carried), and CUDA 13's folder on
+# .device-carry/side/part-*, see cuda-carry.sh for how they are made and carried), and CUDA 13's folder on
 # LD_LIBRARY_PATH. Exports CUDA_LIB and FEDBIOT_CACHE; defines step() and q() for the scripts' logs.
 step() { echo; echo "=== $*"; }
 q() { grep -v -E "W:onnxruntime|VerifyEachNodeIsAssigned|Rerunning with verbose|^\s*$"; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine, after the carry calls of cuda-side.sh (same .device-carry layout): where a CUDA client step's
+# On the GPU machine, after the carry calls of cuda-carry.sh: where a CUDA client step's
 # time goes, ours against PyTorch's on the same card in one call.
 #   - `bench profile` with CUDA_LAUNCH_BLOCKING=1: every kernel launch waits for the kernel, so onnxruntime's per-node
 #     times become kernel times (plus launch latency); then without it, for the step's wall time against the time

@@ -34,7 +34,7 @@ import {
 import { rng } from '../../../test/support/rng.js';
 
 /**
- * GPU providers that must work where the tests run: `FEDBIOT_TEST_PROVIDERS=cuda,webgpu` (scripts/device/cuda.sh sets
+ * GPU providers that must work where the tests run: `FEDBIOT_TEST_PROVIDERS=cuda,webgpu` (scripts/device/cuda-side.sh sets
  * it on the GPU machine). Listed ones fail the tests when unavailable; others are tested where they happen to work.
  */
 // The parity check is about float32. cuBLAS may run float32 GEMMs in TF32 when onnxruntime's CUDA provider asks for
