@@ -31,14 +31,38 @@ function batchOf(rows: number[][], T: number): TokenBatch {
   return { batch: B, seq: T, inputIds, labels, lossMask };
 }
 
-test('LoRA training lowers the loss; the adapter round-trips through PEFT files; merged export matches', async () => {
+/** The tiny LLaMA fixture loaded in a temporary cache, released and removed after `fn`. */
+async function withTinyLlama(
+  thread: 'main' | 'worker',
+  fn: (lm: CausalLM, tmp: string) => Promise<void>,
+): Promise<void> {
   const tmp = mkdtempSync(join(tmpdir(), 'lora-'));
   const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), {
-    thread: 'main',
+    thread,
     threads: 1,
     cacheRoot: join(tmp, 'cache'),
   });
   try {
+    await fn(lm, tmp);
+  } finally {
+    await lm.release();
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** A LoRA trainer for B=2, T=16 batches with AdamW (lr 1e-2, no weight decay). */
+function trainerOf(lm: CausalLM, spec: LoraSpec, extra: { seed?: number; prefetchDropout?: boolean } = {}) {
+  return LoraTrainer.create(lm, {
+    batch: 2,
+    seq: 16,
+    trainable: { spec, tensors: initLora(spec, lm.config, 1) },
+    optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
+    ...extra,
+  });
+}
+
+test('LoRA training lowers the loss; the adapter round-trips through PEFT files; merged export matches', () =>
+  withTinyLlama('main', async (lm, tmp) => {
     // Two fixed sequences with a pattern the base model does not know.
     const rows = [
       Array.from({ length: 16 }, (_, i) => 10 + (i % 5)),
@@ -53,13 +77,7 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
       layers: [2, 3],
       dropout: 0.05,
     };
-    const trainer = await LoraTrainer.create(lm, {
-      batch: 2,
-      seq: 16,
-      trainable: { spec, tensors: initLora(spec, lm.config, 1) },
-      optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
-      seed: 3,
-    });
+    const trainer = await trainerOf(lm, spec, { seed: 3 });
     const before = await lm.lossSum(batch, { loras: [{ spec, tensors: trainer.params }] });
     const losses: number[] = [];
     for (let i = 0; i < 40; i++) losses.push((await trainer.step([batch])).loss);
@@ -94,20 +112,10 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
     } finally {
       await merged.release();
     }
-  } finally {
-    await lm.release();
-    rmSync(tmp, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('dropout positions drawn ahead (prefetchDropout) give the same steps as drawn in place', async () => {
-  const tmp = mkdtempSync(join(tmpdir(), 'lora-prefetch-'));
-  const lm = await CausalLM.load(join(fixturesDir, 'llama-tiny-a', 'model'), {
-    thread: 'worker',
-    threads: 1,
-    cacheRoot: join(tmp, 'cache'),
-  });
-  try {
+test('dropout positions drawn ahead (prefetchDropout) give the same steps as drawn in place', () =>
+  withTinyLlama('worker', async (lm) => {
     const spec: LoraSpec = {
       name: 'default',
       r: 4,
@@ -123,14 +131,7 @@ test('dropout positions drawn ahead (prefetchDropout) give the same steps as dra
       ),
     );
     const run = async (prefetchDropout: boolean): Promise<{ losses: number[]; params: Map<string, Float32Array> }> => {
-      const trainer = await LoraTrainer.create(lm, {
-        batch: 2,
-        seq: 16,
-        trainable: { spec, tensors: initLora(spec, lm.config, 1) },
-        optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
-        seed: 5,
-        prefetchDropout,
-      });
+      const trainer = await trainerOf(lm, spec, { seed: 5, prefetchDropout });
       const losses: number[] = [];
       // Two micro-batches per step, then one: the positions drawn ahead must land where the in-place draws would.
       for (const step of [mbs, mbs, [mbs[0]!], mbs]) losses.push((await trainer.step(step)).loss);
@@ -141,19 +142,10 @@ test('dropout positions drawn ahead (prefetchDropout) give the same steps as dra
     assert.deepEqual(ahead.losses, inPlace.losses);
     for (const [name, v] of inPlace.params) assert.deepEqual(ahead.params.get(name), v, name);
     const noDropout = await (async () => {
-      const trainer = await LoraTrainer.create(lm, {
-        batch: 2,
-        seq: 16,
-        trainable: { spec: { ...spec, dropout: 0 }, tensors: initLora(spec, lm.config, 1) },
-        optimizer: { kind: 'adamw', lr: 1e-2, betas: [0.9, 0.95], weightDecay: 0 },
-      });
+      const trainer = await trainerOf(lm, { ...spec, dropout: 0 });
       await trainer.step(mbs);
       return (await trainer.step(mbs)).loss;
     })();
     // Step 1 (B = 0 at step 0, so the LoRA branch and its mask do not matter there yet).
     assert.notEqual(inPlace.losses[1], noDropout, 'dropout 0.3 changes the second step (the masks are applied)');
-  } finally {
-    await lm.release();
-    rmSync(tmp, { recursive: true, force: true });
-  }
-});
+  }));
