@@ -50,6 +50,11 @@ async function withTinyLlama(
   }
 }
 
+/** LoRA r=4 on q, v of the fixture's top two layers. */
+function qvOnTopLayers(dropout: number): LoraSpec {
+  return { name: 'default', r: 4, alpha: 8, targets: ['q_proj', 'v_proj'], layers: [2, 3], dropout };
+}
+
 /** A LoRA trainer for B=2, T=16 batches with AdamW (lr 1e-2, no weight decay). */
 function trainerOf(lm: CausalLM, spec: LoraSpec, extra: { seed?: number; prefetchDropout?: boolean } = {}) {
   return LoraTrainer.create(lm, {
@@ -69,14 +74,7 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
       Array.from({ length: 16 }, (_, i) => 40 + (i % 3)),
     ];
     const batch = batchOf(rows, 16);
-    const spec: LoraSpec = {
-      name: 'default',
-      r: 4,
-      alpha: 8,
-      targets: ['q_proj', 'v_proj'],
-      layers: [2, 3],
-      dropout: 0.05,
-    };
+    const spec = qvOnTopLayers(0.05);
     const trainer = await trainerOf(lm, spec, { seed: 3 });
     const before = await lm.lossSum(batch, { loras: [{ spec, tensors: trainer.params }] });
     const losses: number[] = [];
@@ -116,14 +114,7 @@ test('LoRA training lowers the loss; the adapter round-trips through PEFT files;
 
 test('dropout positions drawn ahead (prefetchDropout) give the same steps as drawn in place', () =>
   withTinyLlama('worker', async (lm) => {
-    const spec: LoraSpec = {
-      name: 'default',
-      r: 4,
-      alpha: 8,
-      targets: ['q_proj', 'v_proj'],
-      layers: [2, 3],
-      dropout: 0.3,
-    };
+    const spec = qvOnTopLayers(0.3);
     const mbs = [0, 1].map((k) =>
       batchOf(
         [0, 1].map((b) => Array.from({ length: 16 }, (_, i) => 7 + ((i * (k + 2) + b) % 11))),
