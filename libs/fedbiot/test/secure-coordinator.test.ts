@@ -20,9 +20,9 @@ import type { ClientUpdate } from '../src/aggregate.js';
 import {
   runRounds,
   secureRoundAdapter,
+  secureRoundResult,
   type CoordinatorSettings,
   type RoundPorts,
-  type SecureRoundResult,
 } from '../src/coordinator.js';
 import { PrivacyAggregation } from '../src/privacy-aggregation.js';
 
@@ -119,22 +119,10 @@ function securePort(
         inputs,
         { dropAfterMasking: dropAfterMasking(round) },
       );
-      const result: SecureRoundResult = {
-        receipts: ups.map((u) => ({
-          clientId: u.clientId,
-          tokens: u.tokens,
-          examples: u.examples,
-          meanLoss: 1,
-          bytes: 0,
-        })),
-        sum: r.sum,
-        weightSum: r.weightSum,
-        stats: r.stats,
-        survivors: r.survivors,
-        dropped: r.dropped,
-        errorBound: r.errorBound,
-      };
-      return result;
+      return secureRoundResult(
+        ups.map((u) => ({ ...u, meanLoss: 1 })),
+        r,
+      );
     },
     ...noAlignEval,
   };
