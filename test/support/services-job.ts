@@ -22,6 +22,7 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { demoJobRawSpec } from './federation.js';
+import { metricsOf } from './json-lines.js';
 
 /**
  * The services tests' job, demoJobRawSpec's (the settings of test/e2e/fedbiot-job.test.ts): 3 clients (add, sub, mul), 2 rounds, on
@@ -61,12 +62,8 @@ export interface EvalEvent {
   accuracy: number;
 }
 
-/** The events of a run folder's metrics.jsonl. */
-export const metricsOf = (runDir: string): Record<string, unknown>[] =>
-  readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+/** The events of a run folder's metrics.jsonl (test/support/json-lines.ts). */
+export { metricsOf };
 
 /** The standalone reference: `s` run by runJob; its final eval rows (AdapEmu + AdapFu for add, sub, mul, all). */
 export async function standaloneFinal(s: JobSpec): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
