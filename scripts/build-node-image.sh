@@ -7,24 +7,20 @@
 #        FORCE=1 scripts/build-node-image.sh      rebuild even if TAG exists
 # Needs: docker (a running daemon), node on PATH.
 #
-# Rebuilt only when missing: `docker import` is not reproducible and a new base ID would bust the
-# app image's layer cache.
+# Rebuilt only when missing (scripts/rootfs-image.sh says why): a new base ID would bust the app
+# image's layer cache.
 set -euo pipefail
+# shellcheck source=rootfs-image.sh
+source "$(dirname "${BASH_SOURCE[0]}")/rootfs-image.sh"
 
 TAG="${1:-local/node:20}"
 NODE_BIN="$(readlink -f "${NODE_BIN:-$(command -v node)}")"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-if [[ "${FORCE:-0}" != "1" ]] && docker image inspect "$TAG" >/dev/null 2>&1; then
-  echo "build-node-image: $TAG already exists (FORCE=1 to rebuild)"
-  exit 0
-fi
+rootfs_skip_if_built build-node-image "$TAG"
 
-ROOT="$(mktemp -d)"
-trap 'rm -rf "$ROOT"' EXIT
-chmod 755 "$ROOT"  # mktemp's 0700 would make "/" unreadable for uid 1000
-mkdir -p "$ROOT/usr/bin" "$ROOT/tmp" "$ROOT/app" "$ROOT/home/node" "$ROOT/etc/ssl/certs"
-chmod 1777 "$ROOT/tmp"
+rootfs_new
+mkdir -p "$ROOT/usr/bin" "$ROOT/app" "$ROOT/home/node" "$ROOT/etc/ssl/certs"
 chown 1000:1000 "$ROOT/home/node"
 cp "$NODE_BIN" "$ROOT/usr/bin/node"
 
@@ -33,20 +29,16 @@ cp "$NODE_BIN" "$ROOT/usr/bin/node"
 ORT_DIR="$REPO_ROOT/node_modules/onnxruntime-node/bin/napi-v6/linux/x64"
 objects=("$NODE_BIN")
 [[ -d "$ORT_DIR" ]] && objects+=("$ORT_DIR/libonnxruntime.so.1")
-for lib in $(ldd "${objects[@]}" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v "$REPO_ROOT" | sort -u); do
-  mkdir -p "$ROOT$(dirname "$lib")"
-  cp -L "$lib" "$ROOT$lib"
-done
+# shellcheck disable=SC2046 # one path a word
+rootfs_add_libs $(ldd "${objects[@]}" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | grep -v "$REPO_ROOT" | sort -u)
 
 cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
-printf 'root:x:0:0:root:/root:/sbin/nologin\nnode:x:1000:1000:node:/home/node:/sbin/nologin\n' >"$ROOT/etc/passwd"
-printf 'root:x:0:\nnode:x:1000:\n' >"$ROOT/etc/group"
+rootfs_user node /home/node
 
 VERSION="$("$NODE_BIN" -v)"
-tar -C "$ROOT" --numeric-owner -c . | docker import \
+rootfs_import "$TAG" \
   --change 'ENTRYPOINT ["/usr/bin/node"]' \
   --change 'WORKDIR /app' \
   --change 'ENV NODE_ENV=production SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-  --change "LABEL org.opencontainers.image.title=node org.opencontainers.image.version=$VERSION" \
-  - "$TAG" >/dev/null
+  --change "LABEL org.opencontainers.image.title=node org.opencontainers.image.version=$VERSION"
 echo "build-node-image: built $TAG (node $VERSION)"

@@ -51,6 +51,7 @@ import {
   type UpdateSink,
   clientSeed,
   pooledScores,
+  secureRoundResult,
   type EvalScores,
 } from '../../libs/fedbiot/src/index.js';
 import type { JobContext } from './job-context.js';
@@ -308,29 +309,14 @@ export function natsRoundPorts(ctx: PortsContext, o: NatsPortsOptions): RoundPor
       const plan = secAggPlanFor(ctx.spec, jobId, round, clients, total);
       const { results, secagg } = await trainRound(round, clients, adapter, emulator, undefined, plan);
       const r = secagg!;
-      return {
-        receipts: results.map((x) => ({
-          clientId: x.clientId,
-          tokens: x.tokens,
-          examples: x.examples,
-          meanLoss: x.meanLoss,
-          bytes: 0,
-        })),
-        sum: r.sum,
-        weightSum: r.weightSum,
-        stats: r.stats,
-        survivors: r.survivors,
-        dropped: r.dropped,
-        errorBound: r.errorBound,
-        detail: {
-          secagg_threshold: plan.threshold,
-          secagg_graph: plan.graph.kind === 'complete' ? 'complete' : `secagg+ k=${plan.graph.k}`,
-          secagg_clip_range: plan.clipRange,
-          // Masked, then gone before revealing shares: recovered from the others' Shamir shares.
-          secagg_recovered_after_masking: r.unmaskMissing,
-          ...(r.rejected.length > 0 ? { secagg_rejected: r.rejected } : {}),
-        },
-      };
+      return secureRoundResult(results, r, {
+        secagg_threshold: plan.threshold,
+        secagg_graph: plan.graph.kind === 'complete' ? 'complete' : `secagg+ k=${plan.graph.k}`,
+        secagg_clip_range: plan.clipRange,
+        // Masked, then gone before revealing shares: recovered from the others' Shamir shares.
+        secagg_recovered_after_masking: r.unmaskMissing,
+        ...(r.rejected.length > 0 ? { secagg_rejected: r.rejected } : {}),
+      });
     },
     align: async (adapter, steps) => {
       o.signal?.throwIfAborted();

@@ -19,7 +19,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { JobSpec } from '../../libs/fedbiot/src/index.js';
@@ -174,7 +173,7 @@ async function jobLosingANode(name: string, restart: boolean): Promise<Outcome> 
         trainerSpec: trainerSpec(s, tmp),
         // A task whose ack was lost with the node comes back after this long.
         ackWaitMs: 5000,
-        cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+        cacheIn: tmp,
       })),
     );
     const t1 = Date.now();

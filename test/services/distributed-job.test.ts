@@ -48,7 +48,9 @@ import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
 import { onJsonLines } from '../support/json-lines.js';
 import {
+  aggregatorFinishes,
   aggregatorStoppedInRound1,
+  assertResumedAt,
   assertSameFinal,
   fedbiotResultRows,
   finalEvals,
@@ -181,7 +183,7 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
       spec: s,
       logSink: sink,
       trainerSpec: trainerSpec(s, tmp),
-      cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+      cacheIn: tmp,
       dashboard: true,
     });
     services.push(...workers);
@@ -317,14 +319,11 @@ test('an aggregator stopped while collecting round 1 is replaced; the job resume
       await new Promise((r) => setTimeout(r, 100));
     }
 
-    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
-    services.push(second);
-    const final = await second.role.done;
-    assert.equal(final?.round, 2);
-    assert.ok(
-      logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1),
-      'resumed at round 1',
+    const second = await aggregatorFinishes(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir },
+      services,
     );
+    assertResumedAt(logs, 1);
     assert.ok(!second.role.events.some((e) => e.round === 0), 'round 0 is not run again');
     const collecting = logs.find((r) => r.service === 'aggregator' && r.msg === 'round collecting' && r['round'] === 1);
     assert.equal(collecting?.['replayed'], 3, 'round 1 updates replayed from KV');
@@ -805,7 +804,7 @@ test('a NATS outage while round 1 trains: every service reports not-ready, recon
         logSink: sink,
         trainerSpec: trainerSpec(s, tmp),
         ackWaitMs: 5000,
-        cacheRoot: (replica) => join(tmp, `${jobId}-${replica}`),
+        cacheIn: tmp,
       })),
     );
     const aggregator = await startAggregator({ natsUrl: url, spec: s, logSink: sink, deadlineMs: downMs + 120_000 }, 0);

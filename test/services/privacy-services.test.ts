@@ -13,21 +13,24 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { INSECURE_DP_NOISE_SEED_ENV, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
+import { INSECURE_DP_NOISE_SEED_ENV, type JobSpec } from '../../libs/fedbiot/src/index.js';
 import { connectTransport, deleteJobResources } from '../../libs/protocol/src/index.js';
-import type { LogRecord } from '../../services/common/logger.js';
 import { startAggregator } from '../../services/aggregator/aggregator.module.js';
 import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { tmpWithDemoFederation } from '../support/federation.js';
 import {
+  aggregatorFinishes,
   aggregatorStoppedInRound1,
+  assertResumedAt,
   fedbiotResultRows,
   metricsOf,
   servicesSpec,
   sha256Of,
   startWorkers,
+  standaloneOnce,
   stopServicesJob,
   openServicesJob,
+  runDistributed,
 } from '../support/services-job.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
@@ -67,24 +70,8 @@ const privacyRows = (events: readonly Event[]): Event[] =>
       return rest;
     });
 
-let reference: Promise<{ runDir: string; events: Event[] }> | undefined;
 /** The standalone DP job (run once). */
-function standalone(): Promise<{ runDir: string; events: Event[] }> {
-  reference ??= (async () => {
-    const { runDir } = await runJob(spec(`standalone-dp-${process.pid}`), { log: () => {} });
-    return { runDir, events: metricsOf(runDir) };
-  })();
-  return reference;
-}
-
-/** Starts alignment, evaluator and two trainer replicas for `s`. */
-const workers = (s: JobSpec, sink: (r: LogRecord) => void): ReturnType<typeof startWorkers> =>
-  startWorkers({
-    natsUrl: NATS_URL,
-    spec: s,
-    logSink: sink,
-    cacheRoot: (replica) => join(tmp, `${s.job.id}-${replica}`),
-  });
+const standalone = standaloneOnce(() => spec(`standalone-dp-${process.pid}`));
 
 test('privacy.dp: the distributed job equals the standalone DP job (adapter byte for byte) and reports epsilon per round', async () => {
   const jobId = `svc-dp-${process.pid}-${Date.now().toString(36)}`;
@@ -95,16 +82,8 @@ test('privacy.dp: the distributed job equals the standalone DP job (adapter byte
   const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    services.push(...(await workers(s, sink)));
-    const runsDir = join(tmp, `${jobId}-owner-runs`);
-    const aggregator = await startAggregator(
-      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir },
-      0,
-    );
-    services.push(aggregator);
-    const final = await aggregator.role.done;
-    assert.equal(final?.round, 2);
-    const dir = join(runsDir, jobId);
+    const run = await runDistributed({ natsUrl: NATS_URL, spec: s, sink, services, tmp, deadlineMs: 60_000 });
+    const dir = run.runDir;
 
     // The same clipped, weighted, noised average in every round: the released adapter and merged model are the
     // standalone job's, byte for byte (difference 0).
@@ -144,7 +123,7 @@ test('privacy.dp: the distributed job equals the standalone DP job (adapter byte
     assert.match(html, /Client-level differential privacy/);
     for (const e of eps)
       assert.ok(html.includes(`<td>${e.toFixed(3)}</td>`), `report.html shows epsilon ${e.toFixed(3)}`);
-    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    const metrics = await (await fetch(`${run.aggregator.url}/metrics`)).text();
     const gauge = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]);
     assert.equal(gauge, eps[1], 'fl_dp_epsilon is the last round\u2019s epsilon');
     assert.match(metrics, /fl_dp_delta\{service="aggregator"\} 0.00001/);
@@ -164,20 +143,24 @@ test('privacy.dp: an aggregator replaced while collecting round 1 continues the 
   const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    services.push(...(await workers(s, sink)));
+    services.push(...(await startWorkers({ natsUrl: NATS_URL, spec: s, logSink: sink, cacheIn: tmp })));
     const runsDir = join(tmp, `${jobId}-owner-runs`);
     await aggregatorStoppedInRound1({ natsUrl: NATS_URL, spec: s, logs, runsDir });
-    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
-    services.push(second);
-    // Restored from KV before the resumed round reports (unless round 1 already completed): never 0 / unset.
-    const early = await (await fetch(`${second.url}/metrics`)).text();
-    const earlyEps = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(early)?.[1]);
+    let earlyEps = NaN;
+    const second = await aggregatorFinishes(
+      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir },
+      services,
+      async (a) => {
+        // Restored from KV before the resumed round reports (unless round 1 already completed): never 0 / unset.
+        const early = await (await fetch(`${a.url}/metrics`)).text();
+        earlyEps = Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(early)?.[1]);
+      },
+    );
     assert.ok(
       earlyEps === refPrivacy[0]!['epsilon'] || earlyEps === refPrivacy[1]!['epsilon'],
       `fl_dp_epsilon right after the restart: ${earlyEps}`,
     );
-    assert.equal((await second.role.done)?.round, 2);
-    assert.ok(logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1));
+    assertResumedAt(logs, 1);
     const got = privacyRows(metricsOf(join(runsDir, jobId)));
     // The seeded noise stream restarts with the new aggregator, so the adapter after the restart is not the
     // standalone one; the accounting is: one privacy event per round, round 1's epsilon after 2 rounds.

@@ -13,21 +13,24 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeDemoFederation } from '../../libs/data/src/index.js';
-import { resolveJobSpec, runJob, type JobSpec } from '../../libs/fedbiot/src/index.js';
-import { connectTransport, deleteJobResources, updateBucketName } from '../../libs/protocol/src/index.js';
-import type { RunningService } from '../../services/common/http.js';
-import type { LogRecord } from '../../services/common/logger.js';
-import type { ServiceRole } from '../../services/common/role.js';
+import type { JobSpec } from '../../libs/fedbiot/src/index.js';
+import { updateBucketName } from '../../libs/protocol/src/index.js';
 import { startAggregator } from '../../services/aggregator/aggregator.module.js';
-import { startTrainer } from '../../services/client-trainer/trainer.module.js';
-import { startAlignment } from '../../services/server-alignment/alignment.module.js';
-import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
-import { repoRoot } from '../support/paths.js';
+import { tmpWithDemoFederation } from '../support/federation.js';
+import {
+  aggregatorFinishes,
+  assertResumedAt,
+  metricsOf,
+  openServicesJob,
+  runDistributed,
+  servicesSpec,
+  sha256Of,
+  standaloneOnce,
+  startWorkers,
+  stopServicesJob,
+} from '../support/services-job.js';
 import { startPrivateNats, type PrivateNats } from '../../libs/protocol/test/support/nats-server.js';
 
 let nats: PrivateNats | undefined;
@@ -35,34 +38,16 @@ let NATS_URL = '';
 let tmp = '';
 
 /** test/services/privacy-services.test.ts's job (3 clients, 2 rounds) with secure aggregation and no DP. */
-function spec(id: string, dp?: Record<string, unknown>): JobSpec {
-  return resolveJobSpec(
-    {
-      job: { id, seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 3, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 2, batchSize: 4 },
-      eval: { maxNewTokens: 4, mode: 'simulation' },
-      baselines: { offsiteTuning: false, localOnly: false },
-      privacy: { secureAggregation: { graph: 'complete' }, ...(dp ? { dp } : {}) },
-    },
-    'secagg services test job',
-  );
-}
+const spec = (id: string, dp?: Record<string, unknown>): JobSpec =>
+  servicesSpec(tmp, id, 'secagg services test job', {
+    privacy: { secureAggregation: { graph: 'complete' }, ...(dp ? { dp } : {}) },
+  });
 
 before(async () => {
   nats = await startPrivateNats(() => '');
   NATS_URL = nats.url;
   console.log(`secagg services tests: NATS ${nats.via} at ${NATS_URL}`);
-  tmp = mkdtempSync(join(tmpdir(), 'fedbiot-secagg-services-'));
-  await writeDemoFederation(join(tmp, 'federation'), {
-    seed: 5,
-    trainPerClient: 48,
-    testPerClient: 8,
-    globalTestPerTask: 2,
-    corpusBytes: 60_000,
-  });
+  tmp = await tmpWithDemoFederation('fedbiot-secagg-services-');
 });
 after(async () => {
   await nats?.stop();
@@ -70,61 +55,26 @@ after(async () => {
 });
 
 type Event = Record<string, unknown>;
-const metricsOf = (dir: string): Event[] =>
-  readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Event);
-const sha256Of = (path: string): string => createHash('sha256').update(readFileSync(path)).digest('hex');
 const FILES = ['adapter/adapter_model.safetensors', 'merged-model/model.safetensors'];
 
-let reference: Promise<{ runDir: string; events: Event[] }> | undefined;
 /** The standalone secure-aggregation job (run once). */
-function standalone(): Promise<{ runDir: string; events: Event[] }> {
-  reference ??= (async () => {
-    const { runDir } = await runJob(spec(`standalone-secagg-${process.pid}`), { log: () => {} });
-    return { runDir, events: metricsOf(runDir) };
-  })();
-  return reference;
+const standalone = standaloneOnce(() => spec(`standalone-secagg-${process.pid}`));
+
+/** Asserts the run folder `dir`'s adapter and merged model are the standalone run's (in `refDir`), byte for byte. */
+function assertSameFiles(dir: string, refDir: string): void {
+  for (const f of FILES)
+    assert.equal(sha256Of(join(dir, f)), sha256Of(join(refDir, f)), `${f} equals the standalone secure job's`);
 }
 
-/** Alignment and evaluator, and trainers: pooled replicas, or one per client (`perClient`). */
-async function startWorkers(
-  s: JobSpec,
-  sink: (r: LogRecord) => void,
-  trainers: { replicas: readonly string[] } | { perClient: readonly string[] },
-): Promise<{ services: RunningService<ServiceRole>[]; byClient: Map<string, RunningService<ServiceRole>> }> {
-  const services: RunningService<ServiceRole>[] = [];
-  const byClient = new Map<string, RunningService<ServiceRole>>();
-  services.push(await startAlignment({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-  services.push(await startEvaluator({ natsUrl: NATS_URL, spec: s, logSink: sink }, 0));
-  if ('replicas' in trainers)
-    for (const replica of trainers.replicas)
-      services.push(
-        await startTrainer(
-          { natsUrl: NATS_URL, spec: s, replica, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${replica}`) },
-          0,
-        ),
-      );
-  else
-    for (const clientId of trainers.perClient) {
-      const t = await startTrainer(
-        { natsUrl: NATS_URL, spec: s, clientId, logSink: sink, cacheRoot: join(tmp, `${s.job.id}-${clientId}`) },
-        0,
-      );
-      services.push(t);
-      byClient.set(clientId, t);
-    }
-  return { services, byClient };
-}
+/** The clients of the standalone run's train events, sorted. */
+const clientsOf = (events: readonly Event[]): string[] =>
+  [...new Set(events.filter((e) => e['kind'] === 'train').map((e) => String(e['client'])))].toSorted();
 
 test('privacy.secureAggregation: the distributed job equals the standalone secure job (adapter byte for byte), no update in the clear', async () => {
   const jobId = `svc-secagg-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const ref = await standalone();
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   // Every ClientUpdate of the job, as any subscriber sees it: counts only.
   const updates: Event[] = [];
   const sub = nc.subscribe(`fl.${jobId}.round.*.update.*`, {
@@ -139,21 +89,11 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
         body: (JSON.parse(new TextDecoder().decode(m.data)) as { body: Event }).body,
       }),
   });
-  const services: RunningService<ServiceRole>[] = [];
   let passed = false;
   try {
-    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
-    const runsDir = join(tmp, `${jobId}-owner-runs`);
-    const aggregator = await startAggregator(
-      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
-      0,
-    );
-    services.push(aggregator);
-    const final = await aggregator.role.done;
-    assert.equal(final?.round, 2);
-    const dir = join(runsDir, jobId);
-    for (const f of FILES)
-      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    const run = await runDistributed({ natsUrl: NATS_URL, spec: s, sink, services, tmp, deadlineMs: 120_000 });
+    const dir = run.runDir;
+    assertSameFiles(dir, ref.runDir);
     assert.equal(updates.length, 6, '3 clients x 2 rounds');
     assert.ok(
       updates.every((u) => !('adapterLora' in u)),
@@ -180,12 +120,9 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
     passed = true;
     console.log('secagg: distributed == standalone (adapter and merged model sha256 equal, difference 0)');
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     sub.unsubscribe();
     maskedSub.unsubscribe();
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -193,18 +130,19 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
   const jobId = `svc-secagg-kill-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const ref = await standalone();
-  const clients = [
-    ...new Set(ref.events.filter((e) => e['kind'] === 'train').map((e) => String(e['client']))),
-  ].toSorted();
+  const clients = clientsOf(ref.events);
   assert.equal(clients.length, 3);
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    const w = await startWorkers(s, sink, { perClient: clients });
-    services.push(...w.services);
+    const [alignment, evaluator, ...trainers] = await startWorkers({
+      natsUrl: NATS_URL,
+      spec: s,
+      logSink: sink,
+      cacheIn: tmp,
+      perClient: clients,
+    });
+    services.push(alignment, evaluator, ...trainers);
     // The first client to send its masked input of round 1 dies right away: the others are still training, so the
     // unmasking request (sent once every masked input is in) finds it gone.
     let killed: Promise<void> | undefined;
@@ -213,22 +151,16 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
       max: 1,
       callback: (_e, m) => {
         victim = m.subject.split('.').at(-1)!;
-        const t = w.byClient.get(victim)!;
+        const t = trainers[clients.indexOf(victim)]!;
         services.splice(services.indexOf(t), 1);
         killed = t.close();
       },
     });
     const runsDir = join(tmp, `${jobId}-owner-runs`);
-    const aggregator = await startAggregator(
-      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
-      0,
-    );
-    services.push(aggregator);
-    const final = await aggregator.role.done;
+    await aggregatorFinishes({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir }, services);
     sub.unsubscribe();
     assert.ok(killed, `the ${victim} replica was killed after masking`);
     await killed;
-    assert.equal(final?.round, 2);
     const dir = join(runsDir, jobId);
     const priv = metricsOf(dir).filter((e) => e['kind'] === 'privacy');
     assert.deepEqual(
@@ -239,15 +171,11 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
       ],
       'the killed client masked before dying: it is in the sum, recovered by Shamir',
     );
-    for (const f of FILES)
-      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    assertSameFiles(dir, ref.runDir);
     passed = true;
     console.log(`secagg: ${victim} killed after masking in round 1, recovered; final adapter == standalone`);
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -255,24 +183,12 @@ test('privacy.secureAggregation + privacy.dp: trainers clip and noise before mas
   const DP = { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 };
   const jobId = `svc-secagg-dp-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId, DP);
-  const { runDir: refDir } = await runJob(spec(`standalone-secagg-dp-${process.pid}`, DP), { log: () => {} });
-  const ref = metricsOf(refDir);
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const { events: ref } = await standaloneOnce(() => spec(`standalone-secagg-dp-${process.pid}`, DP))();
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
-    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
-    const runsDir = join(tmp, `${jobId}-owner-runs`);
-    const aggregator = await startAggregator(
-      { natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 120_000, runsDir },
-      0,
-    );
-    services.push(aggregator);
-    const final = await aggregator.role.done;
-    assert.equal(final?.round, 2);
-    const dir = join(runsDir, jobId);
+    const run = await runDistributed({ natsUrl: NATS_URL, spec: s, sink, services, tmp, deadlineMs: 120_000 });
+    const dir = run.runDir;
     // Each trainer draws its own noise share (node:crypto): the adapter cannot equal the standalone one, the
     // accounting can (q, the effective multiplier of the survivors' shares, epsilon after each round).
     const pick = (es: readonly Event[]) =>
@@ -303,17 +219,14 @@ test('privacy.secureAggregation + privacy.dp: trainers clip and noise before mas
     assert.match(readFileSync(join(dir, 'report.html'), 'utf8'), /<td>\d \/ 3<\/td><td>\d\.\d{4}<\/td>/);
     assert.ok(got.every((r) => Number.isFinite(r[4]) && (r[4] as number) > 0));
     assert.match(readFileSync(join(dir, 'results.txt'), 'utf8'), /privacy main: client-level \(epsilon /);
-    const metrics = await (await fetch(`${aggregator.url}/metrics`)).text();
+    const metrics = await (await fetch(`${run.aggregator.url}/metrics`)).text();
     assert.equal(Number(/fl_dp_epsilon\{service="aggregator"\} (\S+)/.exec(metrics)?.[1]), got[1]![4]);
     passed = true;
     console.log(
       `secagg + dp: epsilon per round ${JSON.stringify(got.map((r) => r[4]))} == standalone; [clipped, mean norm] ${JSON.stringify(st)}`,
     );
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });
 
@@ -321,13 +234,8 @@ test('privacy.secureAggregation: an aggregator stopped after the clients masked 
   const jobId = `svc-secagg-restart-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
   const ref = await standalone();
-  const clients = [
-    ...new Set(ref.events.filter((e) => e['kind'] === 'train').map((e) => String(e['client']))),
-  ].toSorted();
-  const logs: LogRecord[] = [];
-  const sink = (r: LogRecord): void => void logs.push(r);
-  const nc = await connectTransport(NATS_URL);
-  const services: RunningService<ServiceRole>[] = [];
+  const clients = clientsOf(ref.events);
+  const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   // Every advertised key pair of round 1 (one per client and attempt): a re-run must use new keys and a new round id.
   const advertised: { client: string; roundId: string; cPk: string; sPk: string }[] = [];
   const adv = nc.subscribe(`fl.${jobId}.round.1.secagg.advertise.*`, {
@@ -338,7 +246,7 @@ test('privacy.secureAggregation: an aggregator stopped after the clients masked 
   });
   let passed = false;
   try {
-    services.push(...(await startWorkers(s, sink, { replicas: ['trainer-a', 'trainer-b'] })).services);
+    services.push(...(await startWorkers({ natsUrl: NATS_URL, spec: s, logSink: sink, cacheIn: tmp })));
     const runsDir = join(tmp, `${jobId}-owner-runs`);
     // The first aggregator stops once all three clients have sent their masked input of round 1 (before it could
     // download them and ask for the unmasking shares).
@@ -373,14 +281,8 @@ test('privacy.secureAggregation: an aggregator stopped after the clients masked 
     const firstAttempt = new Set(advertised.map((a) => a.roundId));
     assert.equal(firstAttempt.size, 1);
     const t0 = Date.now();
-    const second = await startAggregator({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, 0);
-    services.push(second);
-    const final = await second.role.done;
-    assert.equal(final?.round, 2);
-    assert.ok(
-      logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === 1),
-      'resumed at round 1',
-    );
+    await aggregatorFinishes({ natsUrl: NATS_URL, spec: s, logSink: sink, deadlineMs: 60_000, runsDir }, services);
+    assertResumedAt(logs, 1);
     // Two attempts of round 1, each client advertising in both, with keys never seen before.
     const attempts = [...new Set(advertised.map((a) => a.roundId))];
     assert.equal(attempts.length, 2, `round ids of round 1: ${attempts.join(', ')}`);
@@ -395,8 +297,7 @@ test('privacy.secureAggregation: an aggregator stopped after the clients masked 
     const keys = advertised.flatMap((a) => [a.cPk, a.sPk]);
     assert.equal(new Set(keys).size, keys.length, 'no key is used in two attempts');
     const dir = join(runsDir, jobId);
-    for (const f of FILES)
-      assert.equal(sha256Of(join(dir, f)), sha256Of(join(ref.runDir, f)), `${f} equals the standalone secure job's`);
+    assertSameFiles(dir, ref.runDir);
     const priv = metricsOf(dir).filter((e) => e['kind'] === 'privacy');
     assert.deepEqual(
       priv.map((e) => [e['round'], e['secagg_survivors']]),
@@ -410,10 +311,7 @@ test('privacy.secureAggregation: an aggregator stopped after the clients masked 
       `secagg restart: first aggregator stopped in ${stopMs} ms; round 1 re-run (round ids ${attempts.join(', ')}); replacement finished in ${Date.now() - t0} ms; final adapter == standalone`,
     );
   } finally {
-    if (!passed) for (const r of logs) if (r.level !== 'debug') console.log(JSON.stringify(r));
     adv.unsubscribe();
-    for (const svc of services.toReversed()) await svc.close().catch(() => {});
-    await deleteJobResources(nc, jobId).catch(() => {});
-    await nc.close();
+    await stopServicesJob({ passed, logs, services, nc, jobId });
   }
 });

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createInterface } from 'node:readline';
 
@@ -13,3 +15,10 @@ export function onJsonLines(input: Readable, each: (r: Record<string, unknown>) 
     each(r);
   });
 }
+
+/** The events of a run folder's metrics.jsonl. */
+export const metricsOf = (runDir: string): Record<string, unknown>[] =>
+  readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);

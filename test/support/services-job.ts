@@ -22,6 +22,7 @@ import { startTrainer } from '../../services/client-trainer/trainer.module.js';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { startAlignment } from '../../services/server-alignment/alignment.module.js';
 import { demoJobRawSpec } from './federation.js';
+import { metricsOf } from './json-lines.js';
 
 /**
  * The services tests' job, demoJobRawSpec's (the settings of test/e2e/fedbiot-job.test.ts): 3 clients (add, sub, mul), 2 rounds, on
@@ -61,12 +62,20 @@ export interface EvalEvent {
   accuracy: number;
 }
 
-/** The events of a run folder's metrics.jsonl. */
-export const metricsOf = (runDir: string): Record<string, unknown>[] =>
-  readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+/** The events of a run folder's metrics.jsonl (test/support/json-lines.ts). */
+export { metricsOf };
+
+/**
+ * The standalone run of the job `spec()` gives (runJob, silent), started on the first call and shared by the later
+ * ones: its run folder and metrics.jsonl events. `spec` is called then, so it may read what `before` set up.
+ */
+export function standaloneOnce(
+  spec: () => JobSpec,
+): () => Promise<{ runDir: string; events: Record<string, unknown>[] }> {
+  let run: Promise<{ runDir: string; events: Record<string, unknown>[] }> | undefined;
+  return () =>
+    (run ??= runJob(spec(), { log: () => {} }).then(({ runDir }) => ({ runDir, events: metricsOf(runDir) })));
+}
 
 /** The standalone reference: `s` run by runJob; its final eval rows (AdapEmu + AdapFu for add, sub, mul, all). */
 export async function standaloneFinal(s: JobSpec): Promise<{ rows: EvalEvent[]; ms: number; runDir: string }> {
@@ -116,13 +125,18 @@ export interface WorkerOptions {
   logSink: (r: LogRecord) => void;
   /** The trainers' spec, when it differs from `spec` (see trainerSpec). */
   trainerSpec?: JobSpec;
-  /** Where each trainer replica keeps its cache (the trainer's default otherwise). */
-  cacheRoot?: (replica: string) => string;
+  /** Each trainer keeps its cache in `<cacheIn>/<job id>-<trainer name>` (the trainer's default otherwise). */
+  cacheIn?: string;
+  /** One trainer per client (started with its clientId) instead of the pooled replicas trainer-a and trainer-b. */
+  perClient?: readonly string[];
   ackWaitMs?: number;
   dashboard?: boolean;
 }
 
-/** Starts server-alignment, the evaluator and trainer replicas trainer-a and trainer-b: all services but the aggregator. */
+/**
+ * Starts server-alignment, the evaluator and the trainers (replicas trainer-a and trainer-b, or one per client with
+ * `perClient`, in its order): all services but the aggregator.
+ */
 export async function startWorkers(
   o: WorkerOptions,
 ): Promise<[RunningService<ServerAlignment>, RunningService<Evaluator>, ...RunningService<ClientTrainer>[]]> {
@@ -133,16 +147,17 @@ export async function startWorkers(
     dashboard: o.dashboard,
   });
   const trainers: RunningService<ClientTrainer>[] = [];
-  for (const replica of ['trainer-a', 'trainer-b'])
+  const names = o.perClient ?? ['trainer-a', 'trainer-b'];
+  for (const name of names)
     trainers.push(
       await startTrainer(
         {
-          natsUrl: url(replica),
+          natsUrl: url(name),
           spec: o.trainerSpec ?? o.spec,
-          replica,
+          ...(o.perClient ? { clientId: name } : { replica: name }),
           logSink: o.logSink,
           ackWaitMs: o.ackWaitMs,
-          cacheRoot: o.cacheRoot?.(replica),
+          cacheRoot: o.cacheIn === undefined ? undefined : join(o.cacheIn, `${o.spec.job.id}-${name}`),
         },
         0,
       ),
@@ -168,6 +183,48 @@ export async function startServerAround(
   const trainers = await trainersStarted;
   services.push(...trainers);
   return { aggregator, trainers };
+}
+
+/**
+ * Starts an aggregator with `opts`, adds it to `services` and waits for it to end the job at its last round
+ * (asserted). `whileRunning`, if given, runs once it has started, before the wait. Returns the aggregator.
+ */
+export async function aggregatorFinishes(
+  opts: Parameters<typeof startAggregator>[0],
+  services: RunningService<ServiceRole>[],
+  whileRunning?: (aggregator: RunningService<Aggregator>) => Promise<void>,
+): Promise<RunningService<Aggregator>> {
+  const aggregator = await startAggregator(opts, 0);
+  services.push(aggregator);
+  await whileRunning?.(aggregator);
+  const final = await aggregator.role.done;
+  assert.equal(final?.round, opts.spec.job.rounds, 'the job ends at its last round');
+  return aggregator;
+}
+
+/**
+ * The job `o.spec` run by the services: the workers (startWorkers, caches under `o.tmp`) and an aggregator that writes
+ * the run folder under `<tmp>/<job id>-owner-runs`, all joining `o.services`; returns once the job has ended
+ * (aggregatorFinishes), with the aggregator and the run folder.
+ */
+export async function runDistributed(
+  o: Pick<ServicesJob, 'sink' | 'services'> & { natsUrl: string; spec: JobSpec; tmp: string; deadlineMs: number },
+): Promise<{ aggregator: RunningService<Aggregator>; runDir: string }> {
+  const { natsUrl, spec, sink: logSink, services, tmp, deadlineMs } = o;
+  services.push(...(await startWorkers({ natsUrl, spec, logSink, cacheIn: tmp })));
+  const jobId = spec.job.id;
+  assert.ok(jobId, 'a distributed job has a job.id');
+  const runsDir = join(tmp, `${jobId}-owner-runs`);
+  const aggregator = await aggregatorFinishes({ natsUrl, spec, logSink, deadlineMs, runsDir }, services);
+  return { aggregator, runDir: join(runsDir, jobId) };
+}
+
+/** Asserts that the aggregator logged resuming the job at `round` (a replacement picking the job up from KV). */
+export function assertResumedAt(logs: readonly LogRecord[], round: number): void {
+  assert.ok(
+    logs.some((r) => r.service === 'aggregator' && r.msg === 'resuming job' && r['round'] === round),
+    `resumed at round ${round}`,
+  );
 }
 
 /** What a services test gathers and closes: the services' log records (and their sink), the services, a connection. */

@@ -8,7 +8,7 @@
  *                      check updates -> FedAvg (token-weighted) -> E alignment steps -> evaluate -> checkpoint
  */
 import type { LoraWeights } from '../../model/src/light.js';
-import { clientStatsFields, tensorLayout, unflatten } from '../../privacy/src/index.js';
+import { clientStatsFields, tensorLayout, unflatten, type SecAggResult } from '../../privacy/src/index.js';
 import {
   adamwDeltaBound,
   aggregate,
@@ -55,29 +55,45 @@ export type UpdateSink = (result: ClientRoundResult) => void;
 
 /**
  * What a port returns for a round run under secure aggregation (privacy.secureAggregation): the clients' counts and
- * the survivors' sum, never a client's adapter. The sum is SecAggResult's: sum_u w_u x_u over the survivors, where
- * x_u = the client's local adapter minus the round's broadcast, flattened in tensorLayout (sorted-name) order and
- * clamped to the clip range, and w_u its weight capped at the public bound W (prepareClientInput, libs/privacy).
+ * the survivors' sum, never a client's adapter. The sum and the rest are SecAggResult's (libs/privacy): sum_u w_u x_u
+ * over the survivors, where x_u = the client's local adapter minus the round's broadcast, flattened in tensorLayout
+ * (sorted-name) order and clamped to the clip range, and w_u its weight capped at the public bound W
+ * (prepareClientInput); its stats are the survivors' summed client stats (clientStats: clipped count, fixed-point
+ * norm sum), masked with the update, from which the privacy event's clipped_clients and mean_update_norm come.
  */
-export interface SecureRoundResult {
+export interface SecureRoundResult extends SecAggResult {
   /** Counts of the clients that reported finishing local training (their messages carry no adapter). */
   readonly receipts: readonly ClientRoundReceipt[];
-  readonly sum: Float32Array;
-  /** sum_u w_u over the survivors (exact). */
-  readonly weightSum: number;
-  /**
-   * The survivors' summed client stats (libs/privacy clientStats: clipped count, fixed-point norm sum), masked with
-   * the update; the privacy event's clipped_clients and mean_update_norm come from them.
-   */
-  readonly stats: readonly number[];
-  /** Clients whose masked input is in the sum. */
-  readonly survivors: readonly string[];
-  /** Clients that shared keys but whose input is not in the sum. */
-  readonly dropped: readonly string[];
-  /** Worst-case quantisation error per element of `sum`. */
-  readonly errorBound: number;
   /** More fields for the round's `privacy` event (bytes, threshold, rejected messages, ...). */
   readonly detail?: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * A secure round's result: the receipts of the clients that finished training (`clients`' counts; bytes 0, since no
+ * adapter travels) and the SecAgg server's result `r` (only SecAggResult's fields of it), with `detail` if given.
+ */
+export function secureRoundResult(
+  clients: readonly Omit<ClientRoundReceipt, 'bytes'>[],
+  r: SecAggResult,
+  detail?: Readonly<Record<string, unknown>>,
+): SecureRoundResult {
+  const { sum, weightSum, stats, survivors, dropped, errorBound } = r;
+  return {
+    receipts: clients.map(({ clientId, tokens, examples, meanLoss }) => ({
+      clientId,
+      tokens,
+      examples,
+      meanLoss,
+      bytes: 0,
+    })),
+    sum,
+    weightSum,
+    stats,
+    survivors,
+    dropped,
+    errorBound,
+    ...(detail ? { detail } : {}),
+  };
 }
 
 export interface RoundPorts {

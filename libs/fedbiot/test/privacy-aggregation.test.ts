@@ -6,7 +6,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { LoraWeights } from '../../model/src/index.js';
 import { RdpAccountant, SecAggError, seededBytes, seededRng } from '../../privacy/src/index.js';
 import { fedAvg, type ClientUpdate } from '../src/aggregate.js';
 import { applyOverrides, resolveJobSpec } from '../src/job-spec.js';
@@ -18,32 +17,15 @@ import {
   privacySummary,
   type PrivacyAggregationOptions,
 } from '../src/privacy-aggregation.js';
+import { plusSeededDelta, syntheticAdapter } from '../../../test/support/lora.js';
 
-const A = 'base_model.model.model.layers.6.self_attn.q_proj.lora_A.weight';
-const B = 'base_model.model.model.layers.6.self_attn.v_proj.lora_B.weight';
-const SPEC = { name: 'adapter', r: 2, alpha: 4, targets: ['q_proj'], layers: [6], dropout: 0 } as const;
-
-/** Deterministic values in [-scale, scale]. */
-function vec(seed: string, n: number, scale: number): Float32Array {
-  const b = seededBytes(seed)(4 * n);
-  return Float32Array.from({ length: n }, (_, i) => (b.readUInt32LE(4 * i) / 2 ** 32 - 0.5) * 2 * scale);
-}
-
-const global: LoraWeights = {
-  spec: SPEC as unknown as LoraWeights['spec'],
-  tensors: new Map([
-    [A, vec('gA', 96, 0.1)],
-    [B, vec('gB', 64, 0.1)],
-  ]),
-};
+const global = syntheticAdapter();
 
 /** m clients: local = global + a delta of element size `scale`, tokens 100..(100 + 37 m). */
 function updates(m: number, scale: number, tokens = (i: number) => 100 + 37 * i): ClientUpdate[] {
   return Array.from({ length: m }, (_, i) => ({
     clientId: `c${i}`,
-    tensors: new Map(
-      [...global.tensors].map(([k, g]) => [k, g.map((v, j) => v + vec(`${k}/${i}`, g.length, scale)[j]!)]),
-    ),
+    tensors: plusSeededDelta(global.tensors, String(i), scale),
     tokens: tokens(i),
     examples: 4,
   }));

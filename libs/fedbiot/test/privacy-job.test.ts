@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { resolveJobSpec } from '../src/job-spec.js';
 import { runJob } from '../src/job.js';
 import { RdpAccountant } from '../../privacy/src/index.js';
-import { repoRoot } from '../../../test/support/paths.js';
-import { tmpWithDemoFederation } from '../../../test/support/federation.js';
+import { demoJobRawSpec, tmpWithDemoFederation } from '../../../test/support/federation.js';
+import { metricsOf } from '../../../test/support/json-lines.js';
 
 let tmp = '';
 
@@ -23,28 +23,21 @@ after(() => rmSync(tmp, { recursive: true, force: true }));
 
 test('a FedBiOT job (and its offsite-tuning baseline) with DP and secure aggregation, one client dropping after masking, finishes and reports epsilon', async () => {
   const spec = resolveJobSpec(
-    {
-      job: { id: 'private', seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 2, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+    demoJobRawSpec(tmp, 'private', {
+      clients: { localSteps: 2 },
+      alignment: { stepsPerRound: 1 },
       eval: { maxNewTokens: 2 },
-      baselines: { offsiteTuning: true, localOnly: false },
+      baselines: { offsiteTuning: true },
       privacy: {
         dp: { clip: 0.05, noiseMultiplier: 1.1, delta: 1e-5 },
         secureAggregation: { simulateDropouts: { afterMasking: 1 } },
       },
-    },
+    }),
     'privacy e2e',
   );
   const lines: string[] = [];
   const { runDir, table } = await runJob(spec, { log: (l) => lines.push(l) });
-  const events = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((e) => e['kind'] === 'privacy');
+  const events = metricsOf(runDir).filter((e) => e['kind'] === 'privacy');
   assert.deepEqual(
     events.map((e) => `${String(e['phase'])}/${String(e['round'])}`),
     ['main/0', 'main/1', 'offsite-tuning/0', 'offsite-tuning/1'],
@@ -77,16 +70,12 @@ test('a FedBiOT job (and its offsite-tuning baseline) with DP and secure aggrega
 
 test('a private job stopped after round 1 resumes with its accountant: epsilon composes over both rounds', async () => {
   const spec = resolveJobSpec(
-    {
-      job: { id: 'private-resume', seed: 3, rounds: 2, outDir: join(tmp, 'runs') },
-      model: { checkpoint: join(repoRoot, 'models', 'demo-llama'), threads: 1 },
-      data: { federation: join(tmp, 'federation'), maxLength: 96 },
-      clients: { localSteps: 1, batchSize: 4, lr: 5e-3 },
-      alignment: { preRounds: 1, stepsPerRound: 1, batchSize: 4 },
+    demoJobRawSpec(tmp, 'private-resume', {
+      clients: { localSteps: 1 },
+      alignment: { stepsPerRound: 1 },
       eval: { every: 2, maxNewTokens: 1 },
-      baselines: { offsiteTuning: false, localOnly: false },
       privacy: { dp: { clip: 0.05, noiseMultiplier: 2, delta: 1e-6 }, secureAggregation: {} },
-    },
+    }),
     'privacy resume',
   );
   await assert.rejects(
@@ -99,11 +88,7 @@ test('a private job stopped after round 1 resumes with its accountant: epsilon c
     /simulated crash/,
   );
   const { runDir } = await runJob(spec, { log: () => {}, resume: true });
-  const events = readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((e) => e['kind'] === 'privacy');
+  const events = metricsOf(runDir).filter((e) => e['kind'] === 'privacy');
   assert.deepEqual(
     events.map((e) => [e['round'], e['dp_rounds']]),
     [

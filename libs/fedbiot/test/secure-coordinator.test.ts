@@ -13,47 +13,27 @@ import {
   prepareClientInput,
   updateDelta,
   secureAggregateInProcess,
-  seededBytes,
   type SecAggInput,
 } from '../../privacy/src/index.js';
 import type { ClientUpdate } from '../src/aggregate.js';
 import {
   runRounds,
   secureRoundAdapter,
+  secureRoundResult,
   type CoordinatorSettings,
   type RoundPorts,
-  type SecureRoundResult,
 } from '../src/coordinator.js';
 import { PrivacyAggregation } from '../src/privacy-aggregation.js';
+import { plusSeededDelta, syntheticAdapter } from '../../../test/support/lora.js';
 
-const A = 'base_model.model.model.layers.6.self_attn.q_proj.lora_A.weight';
-const B = 'base_model.model.model.layers.6.self_attn.v_proj.lora_B.weight';
-const SPEC = { name: 'adapter', r: 2, alpha: 4, targets: ['q_proj'], layers: [6], dropout: 0 } as const;
 const W = 2000;
-
-function vec(seed: string, n: number, scale: number): Float32Array {
-  const b = seededBytes(seed)(4 * n);
-  return Float32Array.from({ length: n }, (_, i) => (b.readUInt32LE(4 * i) / 2 ** 32 - 0.5) * 2 * scale);
-}
-
-const start: LoraWeights = {
-  spec: SPEC as unknown as LoraWeights['spec'],
-  tensors: new Map([
-    [A, vec('gA', 96, 0.1)],
-    [B, vec('gB', 64, 0.1)],
-  ]),
-};
+const start = syntheticAdapter();
 
 /** A client's local training: the broadcast plus a delta that depends on client and round. */
 function train(clientId: string, round: number, adapter: LoraWeights, scale = 0.01): ClientUpdate {
   return {
     clientId,
-    tensors: new Map(
-      [...adapter.tensors].map(([k, g]) => [
-        k,
-        g.map((v, j) => v + vec(`${k}/${clientId}/${round}`, g.length, scale)[j]!),
-      ]),
-    ),
+    tensors: plusSeededDelta(adapter.tensors, `${clientId}/${round}`, scale),
     tokens: 100 + 37 * Number(clientId.slice(1)),
     examples: 4,
   };
@@ -119,22 +99,10 @@ function securePort(
         inputs,
         { dropAfterMasking: dropAfterMasking(round) },
       );
-      const result: SecureRoundResult = {
-        receipts: ups.map((u) => ({
-          clientId: u.clientId,
-          tokens: u.tokens,
-          examples: u.examples,
-          meanLoss: 1,
-          bytes: 0,
-        })),
-        sum: r.sum,
-        weightSum: r.weightSum,
-        stats: r.stats,
-        survivors: r.survivors,
-        dropped: r.dropped,
-        errorBound: r.errorBound,
-      };
-      return result;
+      return secureRoundResult(
+        ups.map((u) => ({ ...u, meanLoss: 1 })),
+        r,
+      );
     },
     ...noAlignEval,
   };

@@ -10,15 +10,8 @@
 import { z } from 'zod';
 import { ProtocolError, type ProtocolIssue } from './errors.js';
 import { ID_PATTERN } from './subjects.js';
-import {
-  AdvertiseKeysSchema,
-  KeysBroadcastSchema,
-  MaskedInputSchema,
-  ShareKeysSchema,
-  SharesForwardSchema,
-  UnmaskRequestSchema,
-  UnmaskSchema,
-} from '../../privacy/src/index.js';
+/** The bodies of the secagg messages: libs/privacy's round messages (its messages.ts), carried as they are. */
+import * as secagg from '../../privacy/src/index.js';
 
 /** The protocol version this build speaks and accepts. */
 export const PROTOCOL_VERSION = 1 as const;
@@ -482,10 +475,12 @@ const senderIsClient: [
 
 /** Client -> aggregator on `secagg.advertise.<client>`: its two X25519 public keys. */
 export const SecAggAdvertiseSchema = z
-  .strictObject({ ...fromClient, body: AdvertiseKeysSchema })
+  .strictObject({ ...fromClient, body: secagg.AdvertiseKeysSchema })
   .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.share-keys.<client>`: its encrypted Shamir shares, one per neighbour. */
-export const SecAggShareKeysSchema = z.strictObject({ ...fromClient, body: ShareKeysSchema }).refine(...senderIsClient);
+export const SecAggShareKeysSchema = z
+  .strictObject({ ...fromClient, body: secagg.ShareKeysSchema })
+  .refine(...senderIsClient);
 /**
  * The masked input as a blob (secagg-flow.ts): the (vectorLength + 1 + statsLength) * 8 masked bytes in the
  * sender's own update bucket, since a masked vector scales with the model and outgrows NATS's max_payload (a
@@ -500,15 +495,17 @@ export const MaskedInputRefSchema = z.strictObject({
 export type MaskedInputRef = z.infer<typeof MaskedInputRefSchema>;
 /** Client -> aggregator on `secagg.masked.<client>`: its masked, encoded, weighted input, inline or as a blob ref. */
 export const SecAggMaskedSchema = z
-  .strictObject({ ...fromClient, body: z.union([MaskedInputSchema, MaskedInputRefSchema]) })
+  .strictObject({ ...fromClient, body: z.union([secagg.MaskedInputSchema, MaskedInputRefSchema]) })
   .refine(...senderIsClient);
 /** Client -> aggregator on `secagg.unmask.<client>`: the shares it reveals for unmasking. */
-export const SecAggUnmaskSchema = z.strictObject({ ...fromClient, body: UnmaskSchema }).refine(...senderIsClient);
+export const SecAggUnmaskSchema = z
+  .strictObject({ ...fromClient, body: secagg.UnmaskSchema })
+  .refine(...senderIsClient);
 /** Aggregator -> all on `secagg.keys`. */
-export const SecAggKeysSchema = z.strictObject({ ...fromAggregator, body: KeysBroadcastSchema });
+export const SecAggKeysSchema = z.strictObject({ ...fromAggregator, body: secagg.KeysBroadcastSchema });
 /** Aggregator -> one client on `secagg.shares.<client>` (`clientId` = body.to). */
 export const SecAggSharesSchema = z
-  .strictObject({ ...fromClient, body: SharesForwardSchema })
+  .strictObject({ ...fromClient, body: secagg.SharesForwardSchema })
   .refine((m) => m.body.to === m.clientId, { path: ['body', 'to'], message: 'is not the client of the message' });
 /** Aggregator -> all on `secagg.unmask-request`. */
-export const SecAggUnmaskRequestSchema = z.strictObject({ ...fromAggregator, body: UnmaskRequestSchema });
+export const SecAggUnmaskRequestSchema = z.strictObject({ ...fromAggregator, body: secagg.UnmaskRequestSchema });

@@ -29,7 +29,13 @@ import {
   encodeMessage,
   type SecAggPlan,
 } from '../src/messages.js';
-import { runSecAggAggregator, runSecAggClient, secAggConfigOf } from '../src/secagg-flow.js';
+import {
+  runSecAggAggregator,
+  runSecAggClient,
+  secAggConfigOf,
+  type SecAggAggregatorOptions,
+  type SecAggAggregatorResult,
+} from '../src/secagg-flow.js';
 import {
   blobBucketName,
   updateBucketName,
@@ -90,6 +96,55 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
     await server?.stop();
   });
 
+  /**
+   * The aggregator's side of the exchange `p` (more options in `more`), every rejection it reports in `rejected`;
+   * returns once it has had time to subscribe (it flushes before collecting), before any client sends.
+   */
+  async function startAggregation(
+    p: SecAggPlan,
+    stepTimeoutMs: number,
+    more: Partial<SecAggAggregatorOptions> = {},
+  ): Promise<{ aggregation: Promise<SecAggAggregatorResult>; rejected: string[] }> {
+    const rejected: string[] = [];
+    const aggregation = runSecAggAggregator({
+      nc: agg.nc,
+      plan: p,
+      stepTimeoutMs,
+      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+      ...more,
+    });
+    aggregation.catch(() => {}); // awaited by the test; a failure before then is not an unhandled rejection
+    await new Promise((r) => setTimeout(r, 100));
+    return { aggregation, rejected };
+  }
+
+  /**
+   * Every client's side of the exchange `p` (client i sends input(i), or `inputs[i]`; `more(c)` adds options), the
+   * clients in `dieAfterMasking` stopping once they sent their masked input. Resolves with each client's outcome.
+   */
+  const runClients = (
+    p: SecAggPlan,
+    o: {
+      dieAfterMasking: readonly string[];
+      stepTimeoutMs?: number;
+      inputs?: readonly { values: Float32Array; weight: number }[];
+      more?: (c: string) => Partial<Parameters<typeof runSecAggClient>[0]>;
+    },
+  ): Promise<Awaited<ReturnType<typeof runSecAggClient>>[]> =>
+    Promise.all(
+      CLIENTS.map((c, i) =>
+        runSecAggClient({
+          nc: clients.get(c)!.nc,
+          plan: p,
+          clientId: c,
+          input: o.inputs?.[i] ?? input(i),
+          stepTimeoutMs: o.stepTimeoutMs ?? 10_000,
+          ...o.more?.(c),
+          ...(o.dieAfterMasking.includes(c) ? { stopAfter: 'masked' as const } : {}),
+        }),
+      ),
+    );
+
   test('n clients run the four steps; one dies after masking and is recovered; the aggregator learns only the sum', async () => {
     const p = plan(1, 3);
     // What the aggregator's identity receives on the masked subjects, raw (the spy is the aggregator itself).
@@ -100,14 +155,7 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
       },
     });
     await agg.nc.flush();
-    const rejected: string[] = [];
-    const aggregation = runSecAggAggregator({
-      nc: agg.nc,
-      plan: p,
-      stepTimeoutMs: 3000,
-      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
-    });
-    await new Promise((r) => setTimeout(r, 100)); // the aggregator subscribes first (it flushes before collecting)
+    const { aggregation, rejected } = await startAggregation(p, 3000);
     // c0 forges a masked input of c1's on its own subject: NATS lets it through, the envelope check rejects it.
     const c0 = clients.get('c0')!;
     const forged = encodeMessage(
@@ -126,17 +174,7 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
     c0.nc.publish(secAggClientSubject(JOB, 1, 'masked', 'c0'), JSON.stringify(asC1));
     // ... and on c1's subject: the server denies the publish.
     c0.nc.publish(secAggClientSubject(JOB, 1, 'masked', 'c1'), JSON.stringify(asC1));
-    const runs = CLIENTS.map((c, i) =>
-      runSecAggClient({
-        nc: clients.get(c)!.nc,
-        plan: p,
-        clientId: c,
-        input: input(i),
-        stepTimeoutMs: 10_000,
-        ...(c === 'c3' ? { stopAfter: 'masked' as const } : {}),
-      }),
-    );
-    const done = await Promise.all(runs);
+    const done = await runClients(p, { dieAfterMasking: ['c3'] });
     assert.deepEqual(
       done.map((d) => d.completed),
       ['unmask', 'unmask', 'unmask', 'masked', 'unmask'],
@@ -226,15 +264,9 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
     const masked: Msg[] = [];
     agg.nc.subscribe(secAggStepPattern(JOB, 4, 'masked'), { callback: (_e, m) => void masked.push(m) });
     await agg.nc.flush();
-    const rejected: string[] = [];
-    const aggregation = runSecAggAggregator({
-      nc: agg.nc,
-      plan: p,
-      stepTimeoutMs: 30_000,
-      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
+    const { aggregation, rejected } = await startAggregation(p, 30_000, {
       blobs: { store: aggBlobs, bucketOf: (c) => updateBucketName(JOB, c) },
     });
-    await new Promise((r) => setTimeout(r, 100));
     // c0 points its masked ref at c1's bucket (c1's blob could be passed off as c0's): refused, never downloaded.
     const c0 = clients.get('c0')!;
     const foreign = await aggBlobs.put(new Uint8Array(bytes), { bucket: updateBucketName(JOB, 'c1') });
@@ -253,19 +285,12 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
       ),
     );
     const inputs = CLIENTS.map((_, i) => input(i, n));
-    const done = await Promise.all(
-      CLIENTS.map((c, i) =>
-        runSecAggClient({
-          nc: clients.get(c)!.nc,
-          plan: p,
-          clientId: c,
-          input: inputs[i]!,
-          stepTimeoutMs: 30_000,
-          blobs: { store: stores.get(c)!, bucket: updateBucketName(JOB, c) },
-          ...(c === 'c2' ? { stopAfter: 'masked' as const } : {}),
-        }),
-      ),
-    );
+    const done = await runClients(p, {
+      dieAfterMasking: ['c2'],
+      stepTimeoutMs: 30_000,
+      inputs,
+      more: (c) => ({ blobs: { store: stores.get(c)!, bucket: updateBucketName(JOB, c) } }),
+    });
     assert.deepEqual(
       done.map((d) => d.completed),
       ['unmask', 'unmask', 'masked', 'unmask', 'unmask'],
@@ -298,16 +323,7 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
   test("another attempt's message (same subjects, other round id) neither answers for its client nor voids its message; an abort stops the aggregator", async () => {
     const p = plan(5, 3);
     const ac = new AbortController();
-    const rejected: string[] = [];
-    const aggregation = runSecAggAggregator({
-      nc: agg.nc,
-      plan: p,
-      stepTimeoutMs: 20_000,
-      signal: ac.signal,
-      onRejected: (s, r) => rejected.push(`${s}: ${r}`),
-    });
-    aggregation.catch(() => {});
-    await new Promise((r) => setTimeout(r, 100));
+    const { aggregation, rejected } = await startAggregation(p, 20_000, { signal: ac.signal });
     const c0 = clients.get('c0')!.nc;
     const keys = new Promise<string[]>((resolve) =>
       c0.subscribe(secAggKeysSubject(JOB, 5), {
@@ -346,21 +362,8 @@ describe('secure aggregation over NATS with per-client identities', { skip }, ()
 
   test('more than n - t clients dying after masking fails the round with a clear error', async () => {
     const p = plan(3, 4); // n = 5, t = 4: one may drop; two die
-    const aggregation = runSecAggAggregator({ nc: agg.nc, plan: p, stepTimeoutMs: 1500 });
-    aggregation.catch(() => {});
-    await new Promise((r) => setTimeout(r, 100));
-    await Promise.all(
-      CLIENTS.map((c, i) =>
-        runSecAggClient({
-          nc: clients.get(c)!.nc,
-          plan: p,
-          clientId: c,
-          input: input(i),
-          stepTimeoutMs: 10_000,
-          ...(c === 'c1' || c === 'c2' ? { stopAfter: 'masked' as const } : {}),
-        }),
-      ),
-    );
+    const { aggregation } = await startAggregation(p, 1500);
+    await runClients(p, { dieAfterMasking: ['c1', 'c2'] });
     await assert.rejects(
       aggregation,
       (e: unknown) =>
