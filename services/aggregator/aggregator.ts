@@ -35,6 +35,7 @@ import { initialLoras, openJobContext, type JobContext } from '../common/job-con
 import { encodeLora, getLora, putLora } from '../common/lora-blobs.js';
 import { natsRoundPorts } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { Gauge } from 'prom-client';
 import type { ClientNats } from '@nestjs/microservices';
 import { join } from 'node:path';
@@ -133,6 +134,8 @@ interface RunEnv {
   readonly queue: WorkQueue;
   /** The emulator package's manifest blob. */
   readonly model: BlobRef;
+  /** The owner's local build of that package (removed when the job completes). */
+  readonly packageDir: string;
   /** Deletes blobs of rounds older than the kept checkpoints. */
   readonly pruner: RoundBlobPruner;
 }
@@ -211,8 +214,9 @@ export class Aggregator implements ServiceRole {
     );
     const state = await this.#stores.state();
     const queue = await this.#stores.queue({ log: this.log });
-    // The emulator package, never the full model: built once per source, split and dtype, then streamed into the
-    // package bucket; content-addressed, so a restarted aggregator uploads nothing again.
+    // The emulator package, never the full model: built once per job, source, split and dtype, then streamed into
+    // the package bucket; content-addressed, so a restarted aggregator uploads nothing again. The local build is
+    // removed when the job completes (the bucket keeps the published copy until the job's resources are deleted).
     const pkg = await publishEmulatorPackage(blobs, state, {
       jobId,
       source: spec.model.checkpoint,
@@ -228,6 +232,7 @@ export class Aggregator implements ServiceRole {
       state,
       queue,
       model: pkg.ref,
+      packageDir: pkg.dir,
       pruner,
     };
     // Updates of rounds whose collection closed would vanish silently: the inbox logs and counts them (#prepare
@@ -423,6 +428,7 @@ export class Aggregator implements ServiceRole {
         },
       ).then(async (final) => {
         await this.#finish(final.adapter);
+        await rm(env.packageDir, { recursive: true, force: true });
         this.log.info('job completed', { jobId, rounds: final.round });
         return final;
       });

@@ -39,17 +39,20 @@ export interface OwnerPackage {
 }
 
 /**
- * Where the owner keeps the package of (source, split, dtype): the key hashes the source folder, its weight files'
- * sizes and mtimes, the client layers and the dtype, so an edited checkpoint or another split builds afresh.
+ * Where the owner keeps the package of (job, source, split, dtype): the key hashes the job id (the manifest names
+ * it, so two jobs never share a folder: one job rebuilding it while another uploads from it lost files in a test
+ * running two jobs at once), the source folder, its weight files' sizes and mtimes, the client layers and the dtype,
+ * so an edited checkpoint or another split builds afresh; a restarted aggregator of the same job reuses it.
  */
 async function ownerPackageDir(
   cacheRoot: string,
+  jobId: string,
   source: string,
   split: ModelSplit,
   dtype: PackageDtype,
 ): Promise<string> {
   const h = createHash('sha256').update(
-    `${resolve(source)}\n${split.numLayers}:${split.clientLayers.join(',')}:${dtype}\n`,
+    `${jobId}\n${resolve(source)}\n${split.numLayers}:${split.clientLayers.join(',')}:${dtype}\n`,
   );
   for (const f of ['config.json', 'model.safetensors', 'model.safetensors.index.json']) {
     const s = await stat(join(source, f)).catch(() => null);
@@ -74,7 +77,7 @@ export async function publishEmulatorPackage(
     readonly log?: (msg: string, fields?: Record<string, unknown>) => void;
   },
 ): Promise<OwnerPackage> {
-  const dir = await ownerPackageDir(o.cacheRoot, o.source, o.split, o.dtype);
+  const dir = await ownerPackageDir(o.cacheRoot, o.jobId, o.source, o.split, o.dtype);
   let manifest: PackageManifest | null = null;
   if (existsSync(join(dir, MANIFEST_FILE))) {
     manifest = await verifyPackage(dir).catch(() => null); // a damaged cache entry is rebuilt, never shipped

@@ -46,6 +46,8 @@ import { Kvm } from '@nats-io/kv';
 import { Objm } from '@nats-io/obj';
 import { startEvaluator } from '../../services/evaluator/evaluator.module.js';
 import { repoRoot } from '../support/paths.js';
+import { defaultCacheRoot } from '../../libs/model/src/index.js';
+import { MANIFEST_FILE } from '../../libs/fedbiot/src/index.js';
 import { onJsonLines } from '../support/json-lines.js';
 import {
   aggregatorFinishes,
@@ -168,6 +170,16 @@ function assertSameRunFolder(dir: string, standaloneDir: string, spec: JobSpec):
   return metricsOf(dir);
 }
 
+/** The owner's local emulator-package folders (under the model cache) whose manifest names `jobId`. */
+function ownerPackagesOf(jobId: string): string[] {
+  const root = join(defaultCacheRoot(), 'owner-packages');
+  if (!existsSync(root)) return [];
+  return readdirSync(root).filter((d) => {
+    const m = join(root, d, MANIFEST_FILE);
+    return existsSync(m) && (JSON.parse(readFileSync(m, 'utf8')) as { jobId?: string }).jobId === jobId;
+  });
+}
+
 test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standalone job and survives malformed updates', async () => {
   const jobId = `svc-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId);
@@ -211,6 +223,11 @@ test('distributed 2-round job (3 clients, 2 trainer replicas) equals the standal
     assert.equal(events.filter((e) => e['kind'] === 'train').length, 6);
     const distributedMs = performance.now() - t1;
     assert.equal(final?.round, 2);
+    assert.deepEqual(
+      ownerPackagesOf(jobId),
+      [],
+      "the owner's local package build of this job is removed at completion",
+    );
     // The owner bucket keeps the stored alignment state's optimizer moments and the previous state's, not one blob
     // per alignment call.
     const ownerObjects = (await (await new Objm(nc).open(ownerBucketName(jobId))).list()).map((o) => o.name);
