@@ -59,6 +59,24 @@ const FILES = ['adapter/adapter_model.safetensors', 'merged-model/model.safetens
 
 /** The standalone secure-aggregation job (run once). */
 const standalone = standaloneOnce(() => spec(`standalone-secagg-${process.pid}`));
+const DP = { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 };
+const standaloneDp = standaloneOnce(() => spec(`standalone-secagg-dp-${process.pid}`, DP));
+
+/**
+ * Each trainer draws its own noise share (node:crypto): a DP job's adapter cannot equal the standalone one, its
+ * accounting can (q, the effective multiplier of the survivors' shares, epsilon after each round).
+ */
+const dpAccounting = (es: readonly Event[]): unknown[][] =>
+  es
+    .filter((e) => e['kind'] === 'privacy')
+    .map((e) => [
+      e['round'],
+      e['secagg_survivors'],
+      e['effective_noise_multiplier'],
+      e['sample_rate'],
+      e['epsilon'],
+      e['dp_rounds'],
+    ]);
 
 /** Asserts the run folder `dir`'s adapter and merged model are the standalone run's (in `refDir`), byte for byte. */
 function assertSameFiles(dir: string, refDir: string): void {
@@ -126,12 +144,16 @@ test('privacy.secureAggregation: the distributed job equals the standalone secur
   }
 });
 
-test('privacy.secureAggregation: a trainer killed after masking is recovered (2 of 3 survive, t = 2): the final adapter is the standalone one', async () => {
-  const jobId = `svc-secagg-kill-${process.pid}-${Date.now().toString(36)}`;
-  const s = spec(jobId);
-  const ref = await standalone();
-  const clients = clientsOf(ref.events);
-  assert.equal(clients.length, 3);
+/**
+ * Kills the first trainer whose client sends its masked input of round 1: the others are still training, so the
+ * unmasking request (sent once every masked input is in) finds it gone and Shamir recovers its mask. Returns the run
+ * folder and the victim after checking the round's survivors.
+ */
+async function killAfterMasking(
+  jobId: string,
+  s: JobSpec,
+  clients: readonly string[],
+): Promise<{ dir: string; victim: string }> {
   const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
@@ -143,8 +165,6 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
       perClient: clients,
     });
     services.push(alignment, evaluator, ...trainers);
-    // The first client to send its masked input of round 1 dies right away: the others are still training, so the
-    // unmasking request (sent once every masked input is in) finds it gone.
     let killed: Promise<void> | undefined;
     let victim = '';
     const sub = nc.subscribe(`fl.${jobId}.round.1.secagg.masked.*`, {
@@ -171,40 +191,48 @@ test('privacy.secureAggregation: a trainer killed after masking is recovered (2 
       ],
       'the killed client masked before dying: it is in the sum, recovered by Shamir',
     );
-    assertSameFiles(dir, ref.runDir);
     passed = true;
-    console.log(`secagg: ${victim} killed after masking in round 1, recovered; final adapter == standalone`);
+    return { dir, victim };
   } finally {
     await stopServicesJob({ passed, logs, services, nc, jobId });
   }
+}
+
+test('privacy.secureAggregation: a trainer killed after masking is recovered (2 of 3 survive, t = 2): the final adapter is the standalone one', async () => {
+  const jobId = `svc-secagg-kill-${process.pid}-${Date.now().toString(36)}`;
+  const ref = await standalone();
+  const clients = clientsOf(ref.events);
+  assert.equal(clients.length, 3);
+  const { dir, victim } = await killAfterMasking(jobId, spec(jobId), clients);
+  assertSameFiles(dir, ref.runDir);
+  console.log(`secagg: ${victim} killed after masking in round 1, recovered; final adapter == standalone`);
+});
+
+test('privacy.secureAggregation + privacy.dp: a trainer killed after masking is recovered and the accountant still equals the standalone job', async () => {
+  const jobId = `svc-secagg-dp-kill-${process.pid}-${Date.now().toString(36)}`;
+  const { events: ref } = await standaloneDp();
+  const { dir, victim } = await killAfterMasking(jobId, spec(jobId, DP), clientsOf(ref));
+  // The victim's masked input carried its noise share, so the sum's noise, and the accounting, are the standalone's.
+  const got = dpAccounting(metricsOf(dir));
+  assert.deepEqual(got, dpAccounting(ref), 'privacy accounting per round equals the standalone DP + secagg job');
+  assert.ok(got.every((r) => Number.isFinite(r[4]) && (r[4] as number) > 0));
+  console.log(
+    `secagg + dp: ${victim} killed after masking in round 1, recovered; epsilon ${JSON.stringify(got.map((r) => r[4]))}`,
+  );
 });
 
 test('privacy.secureAggregation + privacy.dp: trainers clip and noise before masking; the accountant equals the standalone job', async () => {
-  const DP = { clip: 0.05, noiseMultiplier: 0.8, delta: 1e-5 };
   const jobId = `svc-secagg-dp-${process.pid}-${Date.now().toString(36)}`;
   const s = spec(jobId, DP);
-  const { events: ref } = await standaloneOnce(() => spec(`standalone-secagg-dp-${process.pid}`, DP))();
+  const { events: ref } = await standaloneDp();
   const { logs, sink, nc, services } = await openServicesJob(NATS_URL);
   let passed = false;
   try {
     const run = await runDistributed({ natsUrl: NATS_URL, spec: s, sink, services, tmp, deadlineMs: 120_000 });
     const dir = run.runDir;
-    // Each trainer draws its own noise share (node:crypto): the adapter cannot equal the standalone one, the
-    // accounting can (q, the effective multiplier of the survivors' shares, epsilon after each round).
-    const pick = (es: readonly Event[]) =>
-      es
-        .filter((e) => e['kind'] === 'privacy')
-        .map((e) => [
-          e['round'],
-          e['secagg_survivors'],
-          e['effective_noise_multiplier'],
-          e['sample_rate'],
-          e['epsilon'],
-          e['dp_rounds'],
-        ]);
     const events = metricsOf(dir);
-    const got = pick(events);
-    assert.deepEqual(got, pick(ref), 'privacy accounting per round equals the standalone DP + secagg job');
+    const got = dpAccounting(events);
+    assert.deepEqual(got, dpAccounting(ref), 'privacy accounting per round equals the standalone DP + secagg job');
     // The clipped count and mean pre-clip norm come from the clients' stats in the masked sum. Round 0 starts from
     // the same adapter as the standalone job, so its clients' updates, and these sums, are the standalone's.
     const stats = (es: readonly Event[]) =>
