@@ -148,21 +148,10 @@ export class LoraTrainer {
 
   /** One optimizer step over micro-batches, each [batch, seq]; the loss is the token mean over all of them. */
   async step(microBatches: readonly TokenBatch[]): Promise<StepResult & { tokens: number }> {
-    let tokens = 0;
-    for (const mb of microBatches) for (const v of mb.lossMask) tokens += v;
-    const scale = 1 / Math.max(tokens, 1);
-    const feeds = microBatches.map((mb) => {
-      const f = this.lm.tokenFeeds(mb);
-      const w = Float32Array.from(mb.lossMask, (v) => v * scale);
-      const out: Record<string, HostTensor> = {
-        input_ids: f['input_ids']!,
-        labels: f['labels']!,
-        loss_weights: { dtype: 'float32', shape: [mb.batch, mb.seq], data: w },
-        ...this.frozenFeeds,
-      };
+    const { tokens, feeds } = lossFeeds(this.lm, microBatches, (out) => {
+      Object.assign(out, this.frozenFeeds);
       const positions = this.dropPositions();
       this.dropoutInputs.forEach((d, i) => (out[d.name] = { dtype: 'int32', shape: d.shape, data: positions[i]! }));
-      return out;
     });
     const ahead = this.prefetch ? () => void (this.drawnAhead = this.dropPositions()) : undefined;
     const r = await this.trainer.step(feeds, [], ahead);
@@ -236,21 +225,36 @@ export class FullTrainer {
   }
 
   async step(microBatches: readonly TokenBatch[]): Promise<StepResult & { tokens: number }> {
-    let tokens = 0;
-    for (const mb of microBatches) for (const v of mb.lossMask) tokens += v;
-    const scale = 1 / Math.max(tokens, 1);
-    const feeds = microBatches.map((mb) => {
-      const f = this.lm.tokenFeeds(mb);
-      return {
-        input_ids: f['input_ids']!,
-        labels: f['labels']!,
-        loss_weights: {
-          dtype: 'float32' as const,
-          shape: [mb.batch, mb.seq],
-          data: Float32Array.from(mb.lossMask, (v) => v * scale),
-        },
-      };
-    });
+    const { tokens, feeds } = lossFeeds(this.lm, microBatches);
     return { ...(await this.trainer.step(feeds)), tokens };
   }
+}
+
+/**
+ * The loss graphs' feeds of each micro-batch: token ids, labels and loss weights mask / tokens-in-step (so the
+ * micro-batch losses sum to the step's token mean), plus what `extra` adds to each.
+ */
+function lossFeeds(
+  lm: CausalLM,
+  microBatches: readonly TokenBatch[],
+  extra?: (feeds: Record<string, HostTensor>) => void,
+): { tokens: number; feeds: Record<string, HostTensor>[] } {
+  let tokens = 0;
+  for (const mb of microBatches) for (const v of mb.lossMask) tokens += v;
+  const scale = 1 / Math.max(tokens, 1);
+  const feeds = microBatches.map((mb) => {
+    const f = lm.tokenFeeds(mb);
+    const out: Record<string, HostTensor> = {
+      input_ids: f['input_ids']!,
+      labels: f['labels']!,
+      loss_weights: {
+        dtype: 'float32',
+        shape: [mb.batch, mb.seq],
+        data: Float32Array.from(mb.lossMask, (v) => v * scale),
+      },
+    };
+    extra?.(out);
+    return out;
+  });
+  return { tokens, feeds };
 }

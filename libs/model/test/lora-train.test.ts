@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CausalLM, type TokenBatch } from '../src/causal-lm.js';
-import { LoraTrainer } from '../src/trainer.js';
+import { FullTrainer, LoraTrainer } from '../src/trainer.js';
 import { initLora, type LoraSpec } from '../src/lora.js';
 import { exportMerged, fromPeftAdapter, savePeftAdapter } from '../src/adapters.js';
 import { readPeftAdapter } from '../src/peft.js';
@@ -139,4 +139,25 @@ test('dropout positions drawn ahead (prefetchDropout) give the same steps as dra
     })();
     // Step 1 (B = 0 at step 0, so the LoRA branch and its mask do not matter there yet).
     assert.notEqual(inPlace.losses[1], noDropout, 'dropout 0.3 changes the second step (the masks are applied)');
+  }));
+
+test('FullTrainer (every weight trained, as the demo pretraining) lowers the loss on a fixed batch', () =>
+  withTinyLlama('main', async (lm) => {
+    const weights = new Map(lm.checkpoint!.tensorNames.map((n) => [n, lm.checkpoint!.readFloat32(n)]));
+    const trainer = await FullTrainer.create(lm, {
+      batch: 2,
+      seq: 16,
+      weights,
+      optimizer: { kind: 'adamw', lr: 3e-3, betas: [0.9, 0.95], weightDecay: 0 },
+      maxGradNorm: 1,
+    });
+    const batch = batchOf(
+      [0, 1].map((b) => Array.from({ length: 16 }, (_, i) => 20 + ((i * 3 + b) % 7))),
+      16,
+    );
+    const losses: number[] = [];
+    for (let i = 0; i < 15; i++) losses.push((await trainer.step([batch])).loss);
+    assert.ok(losses.every(Number.isFinite));
+    assert.ok(losses.at(-1)! < 0.5 * losses[0]!, `loss ${losses[0]!.toFixed(3)} -> ${losses.at(-1)!.toFixed(3)}`);
+    assert.equal(trainer.params.size, weights.size, 'every checkpoint tensor is a trained parameter');
   }));
