@@ -1,8 +1,9 @@
 /**
- * The aggregator as a Nest module: the NATS connection, logger and job stores (services/common/providers.ts), Nest's
- * NATS client for the alignment and evaluation calls, the core NATS event transport, the metrics, the run folder
- * writer and the round inbox are providers, injected into the Aggregator service class (ROLE, read by the shared
- * health and metrics controllers) and into AggregatorController (made per job: its subjects carry the job id).
+ * The aggregator as a Nest module: the NATS connection, logger, job stores and job context (JOB_CONTEXT, loaded by
+ * the role's start(); services/common/providers.ts), Nest's NATS client for the alignment and evaluation calls, the
+ * core NATS event transport, the metrics, the run folder writer and the round inbox are providers, injected into the
+ * Aggregator service class (ROLE, read by the shared health and metrics controllers) and into AggregatorController
+ * (made per job: its subjects carry the job id).
  * startAggregator serves it through the shared shell, which connects the event transport once start() resolved.
  */
 import { Module, type DynamicModule } from '@nestjs/common';
@@ -11,19 +12,22 @@ import type { ServiceConnection } from '../common/connection.js';
 import { ROLE, startServiceModule, type RunningService } from '../common/http.js';
 import type { JsonLogger } from '../common/logger.js';
 import type { NatsEventServer } from '../common/nats-event-transport.js';
+import type { LazyJobContext } from '../common/job-context.js';
 import {
+  JOB_CONTEXT,
   JOB_STORES,
   NATS_CLIENT,
   NATS_CONNECTION,
   NATS_EVENTS,
   NatsClientLifecycle,
   SERVICE_LOG,
+  jobContextProvider,
   natsClientProvider,
   natsEventsProvider,
   serviceProviders,
   type JobStores,
 } from '../common/providers.js';
-import { Aggregator, AggregatorMetrics, type AggregatorOptions } from './aggregator.js';
+import { AGGREGATOR_DATA, Aggregator, AggregatorMetrics, type AggregatorOptions } from './aggregator.js';
 import { aggregatorController } from './aggregator.controller.js';
 import { AggregatorInbox } from './aggregator-inbox.js';
 import { RunFolderWriter, runsDirFrom } from './run-folder.js';
@@ -43,6 +47,8 @@ export class AggregatorModule {
       providers: [
         { provide: AGGREGATOR_OPTIONS, useValue: opts },
         ...serviceProviders('aggregator', opts, jobId),
+        // Loaded by the role's start() (after the HTTP shell answers), freed by its stop().
+        ...jobContextProvider(opts.spec, AGGREGATOR_DATA),
         natsClientProvider(opts.natsUrl, opts),
         NatsClientLifecycle,
         natsEventsProvider(),
@@ -64,6 +70,7 @@ export class AggregatorModule {
             SERVICE_LOG,
             NATS_CONNECTION,
             JOB_STORES,
+            JOB_CONTEXT,
             AggregatorMetrics,
             RunFolderWriter,
             AggregatorInbox,
@@ -75,15 +82,25 @@ export class AggregatorModule {
             log: JsonLogger,
             conn: ServiceConnection,
             stores: JobStores,
+            jobContext: LazyJobContext,
             metrics: AggregatorMetrics,
             folders: RunFolderWriter,
             inbox: AggregatorInbox,
             events: NatsEventServer,
             natsClient: ClientNats,
-          ) => new Aggregator(o, { log, conn, stores, metrics, folders, inbox, events, natsClient }),
+          ) => new Aggregator(o, { log, conn, stores, jobContext, metrics, folders, inbox, events, natsClient }),
         },
       ],
-      exports: [ROLE, NATS_CONNECTION, JOB_STORES, SERVICE_LOG, NATS_EVENTS, AggregatorInbox, AggregatorMetrics],
+      exports: [
+        ROLE,
+        NATS_CONNECTION,
+        JOB_STORES,
+        JOB_CONTEXT,
+        SERVICE_LOG,
+        NATS_EVENTS,
+        AggregatorInbox,
+        AggregatorMetrics,
+      ],
     };
   }
 }

@@ -30,8 +30,9 @@ import {
   updateByteLimits,
   type CoordinatorState,
   type JobSpec,
+  type LoadFederationOptions,
 } from '../../libs/fedbiot/src/index.js';
-import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
+import { initialLoras, type JobContext, type LazyJobContext } from '../common/job-context.js';
 import { encodeLora, getLora, putLora } from '../common/lora-blobs.js';
 import { natsRoundPorts } from '../common/ports-nats.js';
 import { existsSync } from 'node:fs';
@@ -110,11 +111,19 @@ export class AggregatorMetrics extends ServiceMetrics {
   }
 }
 
+/**
+ * The data the aggregator holds (its job context's, JOB_CONTEXT): the client list only, no client data (updates carry
+ * their example counts).
+ */
+export const AGGREGATOR_DATA: LoadFederationOptions = { parts: [] };
+
 /** What AggregatorModule injects. */
 export interface AggregatorDeps {
   readonly log: JsonLogger;
   readonly conn: ServiceConnection;
   readonly stores: JobStores;
+  /** The job context (JOB_CONTEXT, AGGREGATOR_DATA): opened by start(), freed by stop(). */
+  readonly jobContext: LazyJobContext;
   readonly metrics: AggregatorMetrics;
   readonly folders: RunFolderWriter;
   /** Fed by AggregatorController's event handlers. */
@@ -150,6 +159,7 @@ export class Aggregator implements ServiceRole {
   readonly events: RoundEvent[] = [];
   readonly #conn: ServiceConnection;
   readonly #stores: JobStores;
+  readonly #jobContext: LazyJobContext;
   readonly #folders: RunFolderWriter;
   readonly #inbox: AggregatorInbox;
   readonly #natsClient: ClientNats;
@@ -167,6 +177,7 @@ export class Aggregator implements ServiceRole {
     this.transports = [deps.events];
     this.#conn = deps.conn;
     this.#stores = deps.stores;
+    this.#jobContext = deps.jobContext;
     this.#folders = deps.folders;
     this.#inbox = deps.inbox;
     this.#natsClient = deps.natsClient;
@@ -187,8 +198,8 @@ export class Aggregator implements ServiceRole {
     const spec = this.opts.spec;
     // Before anything is created: a privacy mode the services cannot honour must not run in the clear.
     assertServicesPrivacy(spec);
-    // The client list only: the aggregator holds no client data (updates carry their example counts).
-    this.#ctx = await openJobContext(spec, { parts: [] });
+    // The injected job context (AGGREGATOR_DATA: the client list only), loaded here, after the HTTP shell started.
+    this.#ctx = await this.#jobContext.open();
     const ctx = this.#ctx;
     const nc = this.#conn.nc;
     const jobId = ctx.jobId;
@@ -457,7 +468,7 @@ export class Aggregator implements ServiceRole {
     // The event handlers stop; the connection and the Nest client are the module's (closed when the app closes).
     for (const t of this.transports) await t.close();
     this.#folders.close();
-    await this.#ctx?.lm.release();
     this.#ctx = undefined;
+    await this.#jobContext.close();
   }
 }

@@ -130,6 +130,12 @@ export class ClientTrainer implements ServiceRole {
   readonly #nc: NatsConnection;
   readonly #conn: ServiceConnection;
   readonly #stores: JobStores;
+  /**
+   * The job context from the emulator package, not an injected provider as the model owner's services' (JOB_CONTEXT,
+   * services/common/providers.ts): it cannot be opened from the spec, only from a package that exists once the
+   * aggregator has published it, fetched through the job's stores in the background (#run). A holder provider would
+   * only move this field and stop() into another class; the replica's load order stays here.
+   */
   #ctx: JobContext | undefined;
   /** What a task needs once the package is loaded. */
   #work: Loaded | undefined;

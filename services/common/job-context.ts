@@ -69,6 +69,40 @@ export async function openJobContext(spec: JobSpec, opts: LoadFederationOptions 
 }
 
 /**
+ * A model owner's service's job context as a lazy provider (JOB_CONTEXT, services/common/providers.ts), opened the
+ * way JobStores are: nothing loads while the module resolves (the HTTP shell answers /health/live meanwhile); the
+ * role's start() calls open(), which loads the model and the service's data (`opts`, loadFederation's `parts`) once
+ * and remembers them; a failed open is forgotten, so the next one tries again. close() frees the model (the role's
+ * stop(), after its work finished; JobContextLifecycle again when the app closes, for a start that failed).
+ */
+export class LazyJobContext {
+  #ctx: Promise<JobContext> | undefined;
+
+  constructor(
+    readonly spec: JobSpec,
+    readonly opts: LoadFederationOptions = {},
+  ) {}
+
+  /** The context, loaded on the first call. */
+  open(): Promise<JobContext> {
+    if (this.#ctx) return this.#ctx;
+    const ctx: Promise<JobContext> = openJobContext(this.spec, this.opts).catch((e: unknown) => {
+      if (this.#ctx === ctx) this.#ctx = undefined;
+      throw e;
+    });
+    return (this.#ctx = ctx);
+  }
+
+  /** Frees the model, if loaded (after a load in progress); idempotent. A later open() loads it again. */
+  async close(): Promise<void> {
+    const ctx = this.#ctx;
+    this.#ctx = undefined;
+    const loaded = await ctx?.catch(() => undefined);
+    await loaded?.lm.release();
+  }
+}
+
+/**
  * A data owner's trainer: the same context from the emulator package in `packageDir` (fetched and verified by the
  * caller) instead of the full model, which a client never has. The package must hold exactly the client layers
  * of the job's split.

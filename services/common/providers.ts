@@ -1,13 +1,16 @@
 /**
- * NestJS providers shared by the services' modules: the NATS connection and the job's stores, opened by the module
- * (custom providers with factories) and injected into controllers and service classes, instead of each role opening
- * its own inside start(). The module that opens the connection also drains it when the app closes.
+ * NestJS providers shared by the services' modules: the NATS connection, the job's stores and (for the model owner's
+ * services) the job context, made by the module (custom providers with factories) and injected into controllers and
+ * service classes, instead of each role opening its own inside start(). The module that opens the connection also
+ * drains it when the app closes.
  */
 import { Inject, Injectable, type FactoryProvider, type OnApplicationShutdown, type Provider } from '@nestjs/common';
 import { ClientNats } from '@nestjs/microservices';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { BlobStore, StateStore, WorkQueue, blobBucketName, stateBucketName } from '../../libs/protocol/src/index.js';
+import type { JobSpec, LoadFederationOptions } from '../../libs/fedbiot/src/index.js';
 import { connectService, type ServiceConnection } from './connection.js';
+import { LazyJobContext } from './job-context.js';
 import { JsonLogger, type LogRecord } from './logger.js';
 import { NatsEventServer } from './nats-event-transport.js';
 import { natsTransportOptions } from './nats-transport.js';
@@ -18,6 +21,11 @@ export const NATS_CONNECTION = Symbol('NatsConnection');
 export const SERVICE_LOG = Symbol('ServiceLog');
 /** The job's stores (JobStores), bound to the injected connection. */
 export const JOB_STORES = Symbol('JobStores');
+/**
+ * The job context of a model owner's service (LazyJobContext: the plan, the model and the service's data), loaded by
+ * the role's start() on first use and freed by its stop().
+ */
+export const JOB_CONTEXT = Symbol('JobContext');
 /** Nest's ClientNats for request/reply calls to other services' @MessagePattern handlers; closed when the app closes. */
 export const NATS_CLIENT = Symbol('NatsClient');
 /** The NatsEventServer (core NATS @EventPattern handlers) on the injected connection. */
@@ -135,6 +143,28 @@ export function jobStoresProvider(jobId: string): FactoryProvider<JobStores> {
     inject: [NATS_CONNECTION],
     useFactory: (conn: ServiceConnection) => new JobStores(conn.nc, jobId),
   };
+}
+
+/**
+ * A provider of the job context of a model owner's service (aggregator, server-alignment, evaluator), holding the
+ * data `opts` names; loaded when the role opens it. The client-trainer has none: its context comes from the emulator
+ * package it fetches once the job started (services/client-trainer/trainer.ts).
+ */
+export function jobContextProvider(spec: JobSpec, opts: LoadFederationOptions): Provider[] {
+  return [{ provide: JOB_CONTEXT, useFactory: () => new LazyJobContext(spec, opts) }, JobContextLifecycle];
+}
+
+/**
+ * Frees the job context's model when the app closes. The role's stop() has freed it already (a no-op then); this
+ * one covers a start() that failed after loading it, where the shell closes the app without stopping the role.
+ */
+@Injectable()
+export class JobContextLifecycle implements OnApplicationShutdown {
+  constructor(@Inject(JOB_CONTEXT) private readonly ctx: LazyJobContext) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.ctx.close();
+  }
 }
 
 function retryable<T>(p: Promise<T>, forget: () => void): Promise<T> {

@@ -5,6 +5,7 @@
 import { ServerNats } from '@nestjs/microservices';
 import type { JobSpec } from '../../libs/fedbiot/src/index.js';
 import type { ServiceConnection } from './connection.js';
+import type { LazyJobContext } from './job-context.js';
 import type { JsonLogger, LogRecord } from './logger.js';
 import { natsTransportOptions } from './nats-transport.js';
 import type { JobStores } from './providers.js';
@@ -27,15 +28,21 @@ export interface RequestServiceDeps {
   readonly log: JsonLogger;
   readonly conn: ServiceConnection;
   readonly stores: JobStores;
+  /** The job context (JOB_CONTEXT): opened by start(), freed by stop(). */
+  readonly jobContext: LazyJobContext;
 }
 
-/** The base class: the injected logger, connection and stores; the transport; ready once started and connected. */
+/**
+ * The base class: the injected logger, connection, stores and job context; the transport; ready once started and
+ * connected.
+ */
 export abstract class RequestService {
   readonly log: JsonLogger;
   /** Where the request handler (the service's controller) listens: Nest's NATS transport, queue group. */
   readonly transports: readonly ServerNats[];
   protected readonly conn: ServiceConnection;
   protected readonly stores: JobStores;
+  protected readonly jobContext: LazyJobContext;
   /** Set by start() once the service can answer; cleared when it stops. */
   protected started = false;
 
@@ -43,6 +50,7 @@ export abstract class RequestService {
     this.log = deps.log;
     this.conn = deps.conn;
     this.stores = deps.stores;
+    this.jobContext = deps.jobContext;
     this.transports = [new ServerNats(natsTransportOptions(opts.natsUrl, opts.natsEnv))];
   }
 

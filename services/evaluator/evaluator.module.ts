@@ -1,14 +1,24 @@
 /**
- * The evaluator as a Nest module: the NATS connection, the logger and the job's stores are custom providers
- * (services/common/providers.ts) injected into the Evaluator service class (ROLE); EvaluatorController is made per
- * job (its subject carries the job id) and answers on Nest's NATS transport; the dashboard is an extra controller.
+ * The evaluator as a Nest module: the NATS connection, the logger, the job's stores and the job context
+ * (JOB_CONTEXT, loaded by the role's start()) are custom providers (services/common/providers.ts) injected into the
+ * Evaluator service class (ROLE); EvaluatorController is made per job (its subject carries the job id) and answers on
+ * Nest's NATS transport; the dashboard is an extra controller.
  */
 import { Module, type DynamicModule } from '@nestjs/common';
 import type { ServiceConnection } from '../common/connection.js';
 import { ROLE, startServiceModule, type RunningService } from '../common/http.js';
 import type { JsonLogger } from '../common/logger.js';
-import { JOB_STORES, NATS_CONNECTION, SERVICE_LOG, serviceProviders, type JobStores } from '../common/providers.js';
-import { Evaluator, type EvaluatorOptions } from './evaluator.js';
+import type { LazyJobContext } from '../common/job-context.js';
+import {
+  JOB_CONTEXT,
+  JOB_STORES,
+  NATS_CONNECTION,
+  SERVICE_LOG,
+  jobContextProvider,
+  serviceProviders,
+  type JobStores,
+} from '../common/providers.js';
+import { Evaluator, evaluatorData, type EvaluatorOptions } from './evaluator.js';
 import { evaluatorController } from './evaluator.controller.js';
 import { DashboardController } from './dashboard.js';
 
@@ -24,14 +34,16 @@ export class EvaluatorModule {
       controllers: [evaluatorController(jobId)],
       providers: [
         ...serviceProviders('evaluator', opts, jobId),
+        // Loaded by the role's start() (after the HTTP shell answers), freed by its stop().
+        ...jobContextProvider(opts.spec, evaluatorData(opts.spec)),
         {
           provide: ROLE,
-          inject: [SERVICE_LOG, NATS_CONNECTION, JOB_STORES],
-          useFactory: (log: JsonLogger, conn: ServiceConnection, stores: JobStores) =>
-            new Evaluator(opts, { log, conn, stores }),
+          inject: [SERVICE_LOG, NATS_CONNECTION, JOB_STORES, JOB_CONTEXT],
+          useFactory: (log: JsonLogger, conn: ServiceConnection, stores: JobStores, jobContext: LazyJobContext) =>
+            new Evaluator(opts, { log, conn, stores, jobContext }),
         },
       ],
-      exports: [ROLE, NATS_CONNECTION, JOB_STORES, SERVICE_LOG],
+      exports: [ROLE, NATS_CONNECTION, JOB_STORES, JOB_CONTEXT, SERVICE_LOG],
     };
   }
 }

@@ -21,7 +21,8 @@ import {
   type EvalRequest,
 } from '../../libs/protocol/src/index.js';
 import { pooledScores, evalVariant, evaluateVariant } from '../../libs/fedbiot/src/index.js';
-import { openJobContext, type JobContext } from '../common/job-context.js';
+import type { JobSpec, LoadFederationOptions } from '../../libs/fedbiot/src/index.js';
+import type { JobContext } from '../common/job-context.js';
 import { getBroadcast } from '../common/lora-blobs.js';
 import { EVAL_MODE_ON, evalModeRow, type EvalReply, type EvalRow } from '../common/evaluation-wire.js';
 import { OWNER_ROW, loadOwnerValidation, type OwnerValidation } from './owner-validation.js';
@@ -30,6 +31,14 @@ import type { ServiceRole } from '../common/role.js';
 import { RequestService, type RequestServiceDeps, type RequestServiceOptions } from '../common/request-service.js';
 
 export type EvaluatorOptions = RequestServiceOptions;
+
+/**
+ * The data the evaluator holds (its job context's, JOB_CONTEXT). Simulation: the clients' test sets only. Private:
+ * no client file at all (the manifest's client list only).
+ */
+export function evaluatorData(spec: JobSpec): LoadFederationOptions {
+  return { parts: spec.eval.mode === 'simulation' ? ['test'] : [] };
+}
 
 /** What the dashboard shows. */
 export interface Progress {
@@ -50,7 +59,6 @@ export type EvaluatorDeps = RequestServiceDeps;
 export class Evaluator extends RequestService implements ServiceRole {
   readonly name = 'evaluator';
   readonly metrics = new ServiceMetrics('evaluator');
-  #ctx: JobContext | undefined;
   #subs: Subscription[] = [];
   #work: { ctx: JobContext; nc: NatsConnection; blobs: BlobStore } | undefined;
   #queue: Promise<void> = Promise.resolve();
@@ -107,8 +115,8 @@ export class Evaluator extends RequestService implements ServiceRole {
   async start(): Promise<void> {
     const spec = this.opts.spec;
     const simulation = spec.eval.mode === 'simulation';
-    // Simulation: the clients' test sets only. Private: no client file at all (the manifest's client list only).
-    const ctx = (this.#ctx = await openJobContext(spec, { parts: simulation ? ['test'] : [] }));
+    // The injected job context (evaluatorData), loaded here, after the HTTP shell started.
+    const ctx = await this.jobContext.open();
     if (!simulation) {
       if (!spec.eval.ownerValidation)
         this.log.write('warn', 'eval.ownerValidation is not set: no AdapFu in private mode', {});
@@ -218,7 +226,6 @@ export class Evaluator extends RequestService implements ServiceRole {
     await this.#queue;
     this.#work = undefined;
     // The connection is the module's: NatsConnectionLifecycle drains it when the app closes.
-    await this.#ctx?.lm.release();
-    this.#ctx = undefined;
+    await this.jobContext.close();
   }
 }

@@ -26,7 +26,8 @@ import {
   type AlignRequest,
 } from '../../libs/protocol/src/index.js';
 import { AlignmentServer } from '../../libs/fedbiot/src/index.js';
-import { initialLoras, openJobContext, type JobContext } from '../common/job-context.js';
+import type { LoadFederationOptions } from '../../libs/fedbiot/src/index.js';
+import { initialLoras } from '../common/job-context.js';
 import { getLora, putLora } from '../common/lora-blobs.js';
 import { ServiceMetrics } from '../common/metrics.js';
 import type { ServiceRole } from '../common/role.js';
@@ -57,6 +58,9 @@ export const ALIGN_PENDING_KEY = 'align.pending';
 
 export type AlignmentOptions = RequestServiceOptions;
 
+/** The data server-alignment holds (its job context's, JOB_CONTEXT): the public corpus only, never client data. */
+export const ALIGNMENT_DATA: LoadFederationOptions = { parts: ['public'] };
+
 /** What ServerAlignmentModule injects (services/server-alignment/alignment.module.ts). */
 export type AlignmentDeps = RequestServiceDeps;
 
@@ -64,7 +68,6 @@ export type AlignmentDeps = RequestServiceDeps;
 export class ServerAlignment extends RequestService implements ServiceRole {
   readonly name = 'server-alignment';
   readonly metrics = new ServiceMetrics('server-alignment');
-  #ctx: JobContext | undefined;
   #queue: Promise<void> = Promise.resolve();
   #handle: ((req: AlignRequest) => Promise<{ reply: AlignReply; persist?: () => Promise<void> }>) | undefined;
 
@@ -76,8 +79,8 @@ export class ServerAlignment extends RequestService implements ServiceRole {
   }
 
   async start(): Promise<void> {
-    // The public corpus only: alignment never sees client data.
-    const ctx = (this.#ctx = await openJobContext(this.opts.spec, { parts: ['public'] }));
+    // The injected job context (ALIGNMENT_DATA: the public corpus only), loaded here, after the HTTP shell started.
+    const ctx = await this.jobContext.open();
     const blobs = await this.stores.blobs();
     this.metrics.trackBlobs(() => blobs.stats);
     await blobs.ensureBucket(ownerBucketName(ctx.jobId));
@@ -278,7 +281,6 @@ export class ServerAlignment extends RequestService implements ServiceRole {
     for (const t of this.transports) await t.close();
     await this.#queue;
     // The connection is the module's: NatsConnectionLifecycle drains it when the app closes.
-    await this.#ctx?.lm.release();
-    this.#ctx = undefined;
+    await this.jobContext.close();
   }
 }

@@ -23,11 +23,12 @@ import { TrainerController } from '../../services/client-trainer/trainer.control
 import { ClientTrainerModule, startTrainer } from '../../services/client-trainer/trainer.module.js';
 import type { ServiceConnection } from '../../services/common/connection.js';
 import { ROLE } from '../../services/common/http.js';
-import { JOB_STORES, NATS_CONNECTION, type JobStores } from '../../services/common/providers.js';
+import { JOB_CONTEXT, JOB_STORES, NATS_CONNECTION, type JobStores } from '../../services/common/providers.js';
+import { LazyJobContext } from '../../services/common/job-context.js';
 import type { TrainerOptions } from '../../services/client-trainer/trainer.js';
 import { ServerAlignment } from '../../services/server-alignment/alignment.js';
 import { ServerAlignmentModule } from '../../services/server-alignment/alignment.module.js';
-import { Evaluator } from '../../services/evaluator/evaluator.js';
+import { Evaluator, evaluatorData } from '../../services/evaluator/evaluator.js';
 import { EvaluatorModule } from '../../services/evaluator/evaluator.module.js';
 import type { LogRecord } from '../../services/common/logger.js';
 import { connect } from '@nats-io/transport-node';
@@ -120,9 +121,23 @@ test('startTrainer serves the module: live at once, not ready without a job, con
   assert.ok(conn?.nc.isClosed(), 'the service closed the module connection');
 });
 
-for (const [name, register, type] of [
-  ['ServerAlignmentModule', ServerAlignmentModule.register, ServerAlignment],
-  ['EvaluatorModule', EvaluatorModule.register, Evaluator],
+/** The job context provider: made with the spec and the role's data parts, nothing loaded until start() opens it. */
+function assertJobContext(ctx: unknown, spec: TrainerOptions['spec'], parts: readonly string[]): void {
+  assert.ok(ctx instanceof LazyJobContext, 'JOB_CONTEXT is a LazyJobContext');
+  assert.equal(ctx.spec, spec);
+  assert.deepEqual(ctx.opts, { parts });
+}
+
+test('the evaluator holds the test sets in simulation, no client data in private evaluation', () => {
+  const spec = options('tm-parts').spec;
+  assert.deepEqual(evaluatorData({ ...spec, eval: { ...spec.eval, mode: 'simulation' } }), { parts: ['test'] });
+  assert.deepEqual(evaluatorData({ ...spec, eval: { ...spec.eval, mode: 'private' } }), { parts: [] });
+});
+
+// The default eval.mode is private: the evaluator's context holds no client data.
+for (const [name, register, type, parts] of [
+  ['ServerAlignmentModule', ServerAlignmentModule.register, ServerAlignment, ['public']],
+  ['EvaluatorModule', EvaluatorModule.register, Evaluator, []],
 ] as const)
   test(`${name}: the service class and the stores on the module connection, drained on close`, async () => {
     const jobId = `tm-${name}-${process.pid}`;
@@ -138,6 +153,7 @@ for (const [name, register, type] of [
     assert.ok(role instanceof type);
     assert.equal(role.ready(), false, 'not ready before start() loaded the model');
     assert.equal(moduleRef.get<JobStores>(JOB_STORES).nc, conn.nc);
+    assertJobContext(moduleRef.get(JOB_CONTEXT), spec, parts);
     await moduleRef.close();
     assert.ok(conn.nc.isClosed());
   });
@@ -166,6 +182,7 @@ test('AggregatorModule: injected collaborators; its event handlers take real upd
     assert.equal(role.ready(), false, 'not ready before start() loaded the model and the job');
     assert.equal(role.log, moduleRef.get(SERVICE_LOG), 'the role logs through the injected logger');
     assert.equal(moduleRef.get<JobStores>(JOB_STORES).nc, conn.nc, 'the stores use the module connection');
+    assertJobContext(moduleRef.get(JOB_CONTEXT), spec, []);
     const events = moduleRef.get<NatsEventServer>(NATS_EVENTS);
     assert.ok(events instanceof NatsEventServer);
     assert.deepEqual(role.transports, [events], "the handlers' transport is the role's");
