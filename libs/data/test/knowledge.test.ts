@@ -6,6 +6,8 @@ import {
   generateWorld,
   KNOWLEDGE_TASK_IDS,
   knowledgeCorpora,
+  knowledgePretrainingTexts,
+  knowledgePublicTexts,
 } from '../src/index.js';
 
 test('the world is fixed: the same people and facts for every job seed', () => {
@@ -59,4 +61,15 @@ test('only the knowledge corpus holds the facts; clients ask only about people p
       ?.filter((w) => w !== 'Q' && w !== 'Which' && w !== 'What' && w !== 'Where');
     assert.ok(names?.length === 1 && drilled.has(names[0]!), `pretraining asks: ${q}`);
   }
+});
+
+test("public corpus kinds: general is the fact-free text, pretraining the owner's pretraining mix; others are refused", () => {
+  const c = knowledgeCorpora();
+  assert.deepEqual(knowledgePublicTexts(), c.public);
+  assert.deepEqual(knowledgePublicTexts('general'), c.public);
+  const pre = knowledgePublicTexts('pretraining');
+  assert.deepEqual(pre, knowledgePretrainingTexts());
+  assert.equal(pre.length, c.public.length + c.knowledge.length);
+  assert.notDeepEqual(pre.slice(0, 20), c.public.slice(0, 20), 'interleaved, not appended');
+  assert.throws(() => knowledgePublicTexts('facts' as 'general'), /"facts" is not one of general, pretraining/);
 });

@@ -13,12 +13,12 @@ import { rename } from 'node:fs/promises';
 import {
   buildKnowledgeTokenizer,
   chunkCorpus,
-  createRng,
-  knowledgeCorpora,
-  shuffled,
+  knowledgePretrainingTexts,
+  PRETRAINING_MIX_SEED,
   writeDemoFederation,
   writeKnowledgeFederation,
   type DemoTokenizerFiles,
+  type KnowledgePublicCorpus,
   type TokenizedExample,
 } from '../../data/src/index.js';
 import {
@@ -34,6 +34,7 @@ import {
 } from '../../model/src/index.js';
 import type { ExecutionProvider } from '../../engine/src/index.js';
 import { ExampleStream, chunks, toTokenBatch } from './batches.js';
+import { KNOWLEDGE_FEDERATION } from './job-spec.js';
 import { progress } from './progress.js';
 
 export interface PretrainOptions {
@@ -137,8 +138,7 @@ export async function pretrainDeepDemoModel(opts: PretrainOptions): Promise<Pret
   const tokDir = join(opts.workDir, 'tokenizer');
   await writeTokenizerFiles(tokDir, buildKnowledgeTokenizer());
   const tokenizer = await loadTokenizer(tokDir);
-  const c = knowledgeCorpora();
-  const texts = shuffled([...c.public, ...c.knowledge], createRng(opts.seed ?? 0));
+  const texts = knowledgePretrainingTexts(opts.seed ?? PRETRAINING_MIX_SEED);
   const windows = chunkCorpus(texts, tokenizer, { seq: T });
   return pretrainOn(opts, deepDemoModelConfig(tokenizer.vocabSize), windows, tokDir, tokenizer.padTokenId ?? 0, 1100);
 }
@@ -250,14 +250,21 @@ export async function cleanWorkDir(dir: string): Promise<void> {
 /**
  * The knowledge demo federation for a job seed, generated once into the cache (written to a temporary folder and
  * renamed, so parallel experiment workers never read a half-written one). Returns its folder for data.federation.
+ * `publicCorpus` (job spec data.publicCorpus) picks the public corpus the server aligns on; the default 'general'
+ * keeps the folder (and bytes) of runs made before the option existed.
  */
-export async function knowledgeFederationDir(cacheRoot: string, seed: number): Promise<string> {
+export async function knowledgeFederationDir(
+  cacheRoot: string,
+  seed: number,
+  publicCorpus: KnowledgePublicCorpus = 'general',
+): Promise<string> {
   // v2: answers carry a leading space (knowledge.ts answerOf); a new folder, so no stale cache is reused.
-  const dir = join(cacheRoot, 'knowledge-federation-v2', `seed-${seed}`);
+  const name = publicCorpus === 'general' ? `seed-${seed}` : `seed-${seed}-public-${publicCorpus}`;
+  const dir = join(cacheRoot, 'knowledge-federation-v2', name);
   if (existsSync(join(dir, 'manifest.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await writeKnowledgeFederation(tmp, { seed });
+  await writeKnowledgeFederation(tmp, { seed, ...(publicCorpus === 'general' ? {} : { publicCorpus }) });
   try {
     await rename(tmp, dir);
   } catch (e) {
@@ -269,7 +276,7 @@ export async function knowledgeFederationDir(cacheRoot: string, seed: number): P
 }
 
 /** data.federation value that names the knowledge demo's federation (resolved per job seed by the job). */
-export const KNOWLEDGE_FEDERATION = 'demo-knowledge';
+export { KNOWLEDGE_FEDERATION };
 
 /**
  * The default job (`npm start` without --config): FedBiOT on the deep demo model and the knowledge federation,

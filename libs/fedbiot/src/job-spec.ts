@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { EXAMPLE_FORMATS } from '../../data/src/index.js';
+import { EXAMPLE_FORMATS, KNOWLEDGE_PUBLIC_CORPORA } from '../../data/src/index.js';
 import { LORA_TARGETS } from '../../model/src/light.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
 import { METHODS, RESULT_METHODS, evalMethodsFor, type Method, type ResultMethod } from './methods.js';
@@ -17,6 +17,9 @@ import { privacySection } from './privacy-spec.js';
 
 /** The seven LLaMA linears LoRA can target (PEFT module names), as libs/model defines them. */
 export { LORA_TARGETS };
+
+/** data.federation value that names the knowledge demo's federation (resolved per job seed by the job). */
+export const KNOWLEDGE_FEDERATION = 'demo-knowledge';
 
 /** Prompt templates, as libs/data names them ('auto' picks by record format; 'raw' is the prompt as-is). */
 export const TEMPLATES = ['auto', 'alpaca', 'chat', 'raw'] as const;
@@ -158,6 +161,13 @@ const dataSection = z.strictObject({
   partition: partitionSection.prefault({}),
   /** Held-out share of each client's data. */
   testFraction: z.number().min(0).lt(1).default(D.data.testFraction),
+  /**
+   * Knowledge demo only (federation demo-knowledge): the public corpus the server aligns the emulator on. 'general'
+   * (what absent means): general text without the world's facts; 'pretraining': the owner's pretraining text, the
+   * general text plus every fact statement and drill (libs/data knowledge.ts KNOWLEDGE_PUBLIC_CORPORA). Optional,
+   * not defaulted: specs without it resolve as before, so earlier runs still resume.
+   */
+  publicCorpus: z.enum(KNOWLEDGE_PUBLIC_CORPORA).optional(),
 });
 
 const clientsSection = z.strictObject({
@@ -299,6 +309,17 @@ export const jobSpecSchema = z
           );
       });
     }
+    if (s.data.publicCorpus !== undefined && s.data.federation !== KNOWLEDGE_FEDERATION)
+      issue(
+        ['data', 'publicCorpus'],
+        `only applies to the knowledge demo (data.federation ${KNOWLEDGE_FEDERATION}, not ${JSON.stringify(s.data.federation)}); ` +
+          'another federation names its public corpus in its manifest, or set alignment.publicData',
+      );
+    if (s.data.publicCorpus !== undefined && s.alignment.publicData !== undefined)
+      issue(
+        ['data', 'publicCorpus'],
+        "give data.publicCorpus or alignment.publicData, not both (alignment.publicData replaces the federation's public corpus)",
+      );
     if (s.eval.mode === 'simulation' && s.eval.ownerValidation !== undefined)
       issue(['eval', 'ownerValidation'], "only used in mode private (simulation evaluates on the clients' test sets)");
   });

@@ -274,3 +274,45 @@ test('eval.mode: private by default; ownerValidation takes one path or a list; s
   const o = resolveJobSpec(applyOverrides({}, ['eval.ownerValidation=owner/v.jsonl']), 'o');
   assert.deepEqual(o.eval.ownerValidation, ['owner/v.jsonl']);
 });
+
+test('data.publicCorpus: absent by default (the resolved data section is unchanged); knowledge demo only, named in errors', () => {
+  // Absent, not defaulted: specs without it resolve to the same config as before, so earlier runs still resume.
+  const d = resolveJobSpec({ data: { federation: 'demo-knowledge' } }, 'd.yaml');
+  assert.equal('publicCorpus' in d.data, false);
+  assert.deepEqual(Object.keys(d.data).toSorted(), [
+    'federation',
+    'maxLength',
+    'partition',
+    'template',
+    'testFraction',
+  ]);
+  const p = resolveJobSpec(
+    applyOverrides({}, ['data.federation=demo-knowledge', 'data.publicCorpus=pretraining']),
+    'p.yaml',
+  );
+  assert.equal(p.data.publicCorpus, 'pretraining');
+  assert.equal(
+    resolveJobSpec({ data: { federation: 'demo-knowledge', publicCorpus: 'general' } }, 'g').data.publicCorpus,
+    'general',
+  );
+  const bad = problems(() => resolveJobSpec({ data: { federation: 'demo-knowledge', publicCorpus: 'facts' } }, 'b'));
+  assert.equal(bad.length, 1, bad.join('\n'));
+  assert.match(firstProblem(bad), /^b: data\.publicCorpus: .*"general".*"pretraining"/);
+  const other = problems(() => resolveJobSpec({ data: { publicCorpus: 'pretraining' } }, 'o'));
+  assert.deepEqual(other.length, 1, other.join('\n'));
+  assert.match(
+    firstProblem(other),
+    /^o: data\.publicCorpus: only applies to the knowledge demo \(data\.federation demo-knowledge, not "demo"\)/,
+  );
+  const both = problems(() =>
+    resolveJobSpec(
+      { data: { federation: 'demo-knowledge', publicCorpus: 'pretraining' }, alignment: { publicData: 'p.txt' } },
+      'x',
+    ),
+  );
+  assert.deepEqual(both.length, 1, both.join('\n'));
+  assert.match(
+    firstProblem(both),
+    /^x: data\.publicCorpus: give data\.publicCorpus or alignment\.publicData, not both/,
+  );
+});

@@ -195,6 +195,8 @@ export interface KnowledgeFederationOptions {
   readonly phrasingsPerPerson?: number;
   /** Test questions per client, one per person not trained on. Default 180 (the rest of the CLIENT_PEOPLE). */
   readonly testPerClient?: number;
+  /** The public corpus written beside the clients (KNOWLEDGE_PUBLIC_CORPORA). Default 'general'. */
+  readonly publicCorpus?: KnowledgePublicCorpus;
 }
 
 export interface KnowledgeFederation {
@@ -246,8 +248,9 @@ export const DRILLS_PER_FACT = 10;
 export const KNOWLEDGE_VOCAB = 1024;
 
 /**
- * The owner's two corpora: `public` (general text, what the server aligns on) and `knowledge` (the world's facts,
- * pretraining only). Deterministic; independent of any job seed.
+ * The owner's two corpora: `public` (general text, what the server aligns on by default) and `knowledge` (the
+ * world's facts and drills, pretraining; alignment only with publicCorpus 'pretraining'). Deterministic; independent
+ * of any job seed.
  */
 export function knowledgeCorpora(): { public: string[]; knowledge: string[] } {
   return {
@@ -262,6 +265,38 @@ export function knowledgeCorpora(): { public: string[]; knowledge: string[] } {
   };
 }
 
+/** Seed of the fixed shuffle that interleaves the two corpora in pretraining (models/demo-deep: pretrain seed 0). */
+export const PRETRAINING_MIX_SEED = 0;
+
+/**
+ * The owner's pretraining text: the general and the knowledge corpus, paragraphs interleaved by a fixed shuffle so
+ * every batch mixes both (what `npm run pretrain` trains models/demo-deep on, with its default seed).
+ */
+export function knowledgePretrainingTexts(seed = PRETRAINING_MIX_SEED): string[] {
+  const c = knowledgeCorpora();
+  return shuffled([...c.public, ...c.knowledge], createRng(seed));
+}
+
+/**
+ * Which text the knowledge demo's server aligns the emulator on (job spec data.publicCorpus):
+ * - 'general' (the default): the general corpus only, no facts and no drills: alignment cannot show the emulator
+ *   what the dropped layers knew about the world;
+ * - 'pretraining': the owner's own pretraining text (knowledgePretrainingTexts: general text plus every fact
+ *   statement and drill, as pretraining saw them). Still no client data: the owner wrote it before any client
+ *   joined; it is the closest this demo has to the paper's public data from the clients' domain.
+ */
+export const KNOWLEDGE_PUBLIC_CORPORA = ['general', 'pretraining'] as const;
+export type KnowledgePublicCorpus = (typeof KNOWLEDGE_PUBLIC_CORPORA)[number];
+
+/** The paragraphs of the knowledge demo's public corpus of this kind (see KNOWLEDGE_PUBLIC_CORPORA). */
+export function knowledgePublicTexts(kind: KnowledgePublicCorpus = 'general'): string[] {
+  if (kind === 'general') return knowledgeCorpora().public;
+  if (kind === 'pretraining') return knowledgePretrainingTexts();
+  throw new RangeError(
+    `knowledge demo public corpus: ${JSON.stringify(kind)} is not one of ${KNOWLEDGE_PUBLIC_CORPORA.join(', ')}`,
+  );
+}
+
 /** The tokenizer of the knowledge demo model: trained on everything the owner pretrains on. */
 export function buildKnowledgeTokenizer(): ReturnType<typeof buildDemoTokenizer> {
   const c = knowledgeCorpora();
@@ -273,8 +308,9 @@ const sha = (s: string): string => createHash('sha256').update(s, 'utf8').digest
 
 /**
  * Writes the knowledge federation in the manifest layout the job reads (`data.federation: <dir>`):
- * clients/<id>/{train,test}.jsonl, public/corpus.txt (general text only), world.json (the facts, for people reading
- * along; no role reads it), manifest.json. Same options -> same bytes.
+ * clients/<id>/{train,test}.jsonl, public/corpus.txt (general text only, or the owner's pretraining text with
+ * publicCorpus 'pretraining'), world.json (the facts, for people reading along; no role reads it), manifest.json.
+ * Same options -> same bytes.
  */
 export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFederationOptions = {}): Promise<void> {
   const fed = generateKnowledgeFederation(opts);
@@ -296,7 +332,7 @@ export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFeder
       train: await entry(`clients/${c.id}/train.jsonl`, jsonl(c.train), c.train.length),
       test: await entry(`clients/${c.id}/test.jsonl`, jsonl(c.test), c.test.length),
     });
-  const pub = knowledgeCorpora().public;
+  const pub = knowledgePublicTexts(opts.publicCorpus ?? 'general');
   const publicCorpus = await entry('public/corpus.txt', pub.join('\n\n') + '\n', pub.length);
   await entry('world.json', JSON.stringify(fed.world, null, 1) + '\n');
   const manifest = {
