@@ -18,6 +18,7 @@ import {
   writeDemoFederation,
   writeKnowledgeFederation,
   type DemoTokenizerFiles,
+  type KnowledgeClientSplit,
   type KnowledgePublicCorpus,
   type TokenizedExample,
 } from '../../data/src/index.js';
@@ -251,20 +252,29 @@ export async function cleanWorkDir(dir: string): Promise<void> {
  * The knowledge demo federation for a job seed, generated once into the cache (written to a temporary folder and
  * renamed, so parallel experiment workers never read a half-written one). Returns its folder for data.federation.
  * `publicCorpus` (job spec data.publicCorpus) picks the public corpus the server aligns on; the default 'general'
- * keeps the folder (and bytes) of runs made before the option existed.
+ * keeps the folder (and bytes) of runs made before the option existed. `clients` (job spec data.knowledgeClients)
+ * deals the records by relation (the default, folder and bytes as before) or iid (folder suffix `-clients-iid`).
  */
 export async function knowledgeFederationDir(
   cacheRoot: string,
   seed: number,
   publicCorpus: KnowledgePublicCorpus = 'general',
+  clients: KnowledgeClientSplit = 'by-relation',
 ): Promise<string> {
   // v2: answers carry a leading space (knowledge.ts answerOf); a new folder, so no stale cache is reused.
-  const name = publicCorpus === 'general' ? `seed-${seed}` : `seed-${seed}-public-${publicCorpus}`;
+  const name =
+    `seed-${seed}` +
+    (publicCorpus === 'general' ? '' : `-public-${publicCorpus}`) +
+    (clients === 'by-relation' ? '' : `-clients-${clients}`);
   const dir = join(cacheRoot, 'knowledge-federation-v2', name);
   if (existsSync(join(dir, 'manifest.json'))) return dir;
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await writeKnowledgeFederation(tmp, { seed, ...(publicCorpus === 'general' ? {} : { publicCorpus }) });
+  await writeKnowledgeFederation(tmp, {
+    seed,
+    ...(publicCorpus === 'general' ? {} : { publicCorpus }),
+    ...(clients === 'by-relation' ? {} : { clients }),
+  });
   try {
     await rename(tmp, dir);
   } catch (e) {

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { EXAMPLE_FORMATS, KNOWLEDGE_PUBLIC_CORPORA } from '../../data/src/index.js';
+import { EXAMPLE_FORMATS, KNOWLEDGE_CLIENT_SPLITS, KNOWLEDGE_PUBLIC_CORPORA } from '../../data/src/index.js';
 import { LORA_TARGETS } from '../../model/src/light.js';
 import { JobSpecError, type JobSpecIssue } from './errors.js';
 import { METHODS, RESULT_METHODS, evalMethodsFor, type Method, type ResultMethod } from './methods.js';
@@ -168,6 +168,13 @@ const dataSection = z.strictObject({
    * not defaulted: specs without it resolve as before, so earlier runs still resume.
    */
   publicCorpus: z.enum(KNOWLEDGE_PUBLIC_CORPORA).optional(),
+  /**
+   * Knowledge demo only (federation demo-knowledge): how its records are dealt to the three clients. 'by-relation'
+   * (what absent means): each client asks about one relation (town, colour, trade); 'iid': the same records dealt
+   * so each client (iid-0, iid-1, iid-2) holds an equal share of all three relations, in training and test
+   * (libs/data knowledge.ts KNOWLEDGE_CLIENT_SPLITS). Optional, not defaulted: earlier specs resolve as before.
+   */
+  knowledgeClients: z.enum(KNOWLEDGE_CLIENT_SPLITS).optional(),
 });
 
 const clientsSection = z.strictObject({
@@ -314,6 +321,12 @@ export const jobSpecSchema = z
         ['data', 'publicCorpus'],
         `only applies to the knowledge demo (data.federation ${KNOWLEDGE_FEDERATION}, not ${JSON.stringify(s.data.federation)}); ` +
           'another federation names its public corpus in its manifest, or set alignment.publicData',
+      );
+    if (s.data.knowledgeClients !== undefined && s.data.federation !== KNOWLEDGE_FEDERATION)
+      issue(
+        ['data', 'knowledgeClients'],
+        `only applies to the knowledge demo (data.federation ${KNOWLEDGE_FEDERATION}, not ${JSON.stringify(s.data.federation)}); ` +
+          'another federation deals its clients in its manifest, or set data.partition',
       );
     if (s.data.publicCorpus !== undefined && s.alignment.publicData !== undefined)
       issue(

@@ -132,7 +132,12 @@ async function runStages(ctx: JobCtx, resume: ResumePoint | undefined): Promise<
 async function withDemoFederation(spec: JobSpec): Promise<JobSpec> {
   if (spec.data.federation !== KNOWLEDGE_FEDERATION) return spec;
   // The resolved config records the folder it became.
-  const federation = await knowledgeFederationDir(defaultCacheRoot(), spec.job.seed, spec.data.publicCorpus);
+  const federation = await knowledgeFederationDir(
+    defaultCacheRoot(),
+    spec.job.seed,
+    spec.data.publicCorpus,
+    spec.data.knowledgeClients,
+  );
   return { ...spec, data: { ...spec.data, federation } };
 }
 

@@ -316,3 +316,29 @@ test('data.publicCorpus: absent by default (the resolved data section is unchang
     /^x: data\.publicCorpus: give data\.publicCorpus or alignment\.publicData, not both/,
   );
 });
+
+test('data.knowledgeClients: absent by default; by-relation or iid, knowledge demo only, named in errors', () => {
+  const d = resolveJobSpec({ data: { federation: 'demo-knowledge' } }, 'd.yaml');
+  assert.equal('knowledgeClients' in d.data, false);
+  const i = resolveJobSpec(
+    applyOverrides({}, ['data.federation=demo-knowledge', 'data.knowledgeClients=iid']),
+    'i.yaml',
+  );
+  assert.equal(i.data.knowledgeClients, 'iid');
+  assert.equal(
+    resolveJobSpec({ data: { federation: 'demo-knowledge', knowledgeClients: 'by-relation' } }, 'r').data
+      .knowledgeClients,
+    'by-relation',
+  );
+  const bad = problems(() =>
+    resolveJobSpec({ data: { federation: 'demo-knowledge', knowledgeClients: 'mixed' } }, 'b'),
+  );
+  assert.equal(bad.length, 1, bad.join('\n'));
+  assert.match(firstProblem(bad), /^b: data\.knowledgeClients: .*"by-relation".*"iid"/);
+  const other = problems(() => resolveJobSpec({ data: { knowledgeClients: 'iid' } }, 'o'));
+  assert.deepEqual(other.length, 1, other.join('\n'));
+  assert.match(
+    firstProblem(other),
+    /^o: data\.knowledgeClients: only applies to the knowledge demo \(data\.federation demo-knowledge, not "demo"\)/,
+  );
+});

@@ -197,10 +197,26 @@ export interface KnowledgeFederationOptions {
   readonly testPerClient?: number;
   /** The public corpus written beside the clients (KNOWLEDGE_PUBLIC_CORPORA). Default 'general'. */
   readonly publicCorpus?: KnowledgePublicCorpus;
+  /** How the records are dealt to the three clients (KNOWLEDGE_CLIENT_SPLITS). Default 'by-relation'. */
+  readonly clients?: KnowledgeClientSplit;
 }
 
+/**
+ * How the knowledge demo's records are dealt to its three clients (job spec data.knowledgeClients):
+ * - 'by-relation' (the default): client `town` asks only about towns, `colour` only about colours, `trade` only
+ *   about trades; averaging their adapters averages three different lookups;
+ * - 'iid': the same records (same people split per relation, same questions, same totals) dealt to clients
+ *   `iid-0`, `iid-1`, `iid-2` by a seeded shuffle: within each relation the training people are dealt round-robin
+ *   (a person's questions stay on one client) and so are the test questions, so every client holds an equal share
+ *   of all three relations, in training and in test.
+ */
+export const KNOWLEDGE_CLIENT_SPLITS = ['by-relation', 'iid'] as const;
+export type KnowledgeClientSplit = (typeof KNOWLEDGE_CLIENT_SPLITS)[number];
+/** Client ids of the iid split, in order. */
+export const KNOWLEDGE_IID_CLIENT_IDS = ['iid-0', 'iid-1', 'iid-2'] as const;
+
 export interface KnowledgeFederation {
-  readonly clients: readonly { id: KnowledgeTaskId; train: KnowledgeRecord[]; test: KnowledgeRecord[] }[];
+  readonly clients: readonly { id: string; train: KnowledgeRecord[]; test: KnowledgeRecord[] }[];
   readonly world: readonly WorldPerson[];
 }
 
@@ -236,7 +252,33 @@ export function generateKnowledgeFederation(opts: KnowledgeFederationOptions = {
     const test = people.slice(nTrain, nTrain + nTest).map((p) => record(p, pick(QUESTIONS[rel], rng)));
     return { id: rel, train, test };
   });
-  return { clients, world };
+  const split = opts.clients ?? 'by-relation';
+  if (split === 'by-relation') return { clients, world };
+  if (split === 'iid') return { clients: dealIid(clients, seed), world };
+  throw new RangeError(
+    `knowledge federation: clients ${JSON.stringify(split)} is not one of ${KNOWLEDGE_CLIENT_SPLITS.join(', ')}`,
+  );
+}
+
+/**
+ * The 'iid' split (KNOWLEDGE_CLIENT_SPLITS) of the by-relation clients' records: per relation, its training people
+ * (each with all of their questions) and its test questions are shuffled by a seeded rng and dealt round-robin to
+ * the iid clients; each client's training set is then shuffled. Same records, same totals; nothing regenerated.
+ */
+function dealIid(
+  byRelation: readonly { id: KnowledgeTaskId; train: KnowledgeRecord[]; test: KnowledgeRecord[] }[],
+  seed: number,
+): KnowledgeFederation['clients'] {
+  const rng = createRng(seed * 1000 + 20);
+  const n = KNOWLEDGE_IID_CLIENT_IDS.length;
+  const train: KnowledgeRecord[][] = KNOWLEDGE_IID_CLIENT_IDS.map(() => []);
+  const test: KnowledgeRecord[][] = KNOWLEDGE_IID_CLIENT_IDS.map(() => []);
+  for (const c of byRelation) {
+    const people = [...new Set(c.train.map((r) => r.person))].toSorted();
+    shuffled(people, rng).forEach((person, i) => train[i % n]!.push(...c.train.filter((r) => r.person === person)));
+    shuffled(c.test, rng).forEach((r, i) => test[i % n]!.push(r));
+  }
+  return KNOWLEDGE_IID_CLIENT_IDS.map((id, i) => ({ id, train: shuffled(train[i]!, rng), test: test[i]! }));
 }
 
 /** Size of the general (fact-free) public corpus of the knowledge demo, in UTF-8 bytes. */
@@ -325,7 +367,7 @@ export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFeder
       ...(count === undefined ? {} : { count }),
     };
   };
-  const clients = [];
+  const clients: object[] = [];
   for (const c of fed.clients)
     clients.push({
       id: c.id,
