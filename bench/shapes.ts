@@ -119,8 +119,10 @@ async function writeBenchCheckpoint(dir: string, cfg: ModelConfig): Promise<void
   const weights = new Map<string, Float32Array>();
   for (const [name, shape] of shapes) {
     const data = new Float32Array(shape.reduce((x, y) => x * y, 1));
+    // As initWeights: norms 1, biases 0, every other weight random.
     if (name.endsWith('norm.weight')) data.fill(1);
-    else for (let at = 0; at < data.length; at += block.length) data.set(block.subarray(0, data.length - at), at);
+    else if (!name.endsWith('.bias'))
+      for (let at = 0; at < data.length; at += block.length) data.set(block.subarray(0, data.length - at), at);
     weights.set(name, data);
   }
   await writeCheckpoint(dir, cfg, weights);

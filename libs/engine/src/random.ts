@@ -39,13 +39,10 @@ export function drawDropPositions(rand: () => number, n: number, p: number, out:
   if (!(p > 0 && p < 1)) throw new RangeError(`drawDropPositions: drop probability ${p} is not in (0, 1)`);
   if (n >= 2 ** 31) throw new RangeError(`drawDropPositions: ${n} elements do not fit int32 positions`);
   const logKeep = Math.log1p(-p);
+  // Elements kept before the next drop: geometric, by inversion (1 - rand() is in (0, 1], so the log is finite).
+  const gap = (): number => Math.floor(Math.log(1 - rand()) / logKeep);
   let count = 0;
-  // 1 - rand() is in (0, 1], so the log is finite and the gap >= 0.
-  for (
-    let pos = Math.floor(Math.log(1 - rand()) / logKeep);
-    pos < n;
-    pos += Math.floor(Math.log(1 - rand()) / logKeep) + 1
-  ) {
+  for (let pos = gap(); pos < n; pos += gap() + 1) {
     if (count === out.length)
       throw new RangeError(`drawDropPositions: more than ${out.length} drops among ${n} elements at p = ${p}`);
     out[count++] = pos;
