@@ -57,7 +57,7 @@ export const SHAPES: Record<string, { config: Record<string, unknown>; seq: numb
 /**
  * `--provider`, `--threads`, `--steps`, `--models`, `--webgpu '{"validationMode":"disabled"}'`, and the frozen
  * weights' storage `--weights-dtype float32|float16|bfloat16` with their matmuls' `--compute float32|float16`
- * (default: float32 on the CPU provider, float16 on GPU providers; LoadOptions).
+ * (default: float32 on the CPU provider, float16 on GPU providers; LoadOptions), and `--activations float16`.
  */
 export interface BenchRunOptions {
   readonly provider: ExecutionProvider;
@@ -67,6 +67,8 @@ export interface BenchRunOptions {
   readonly webgpu: WebGpuOptions | undefined;
   readonly weightsDtype: NonNullable<LoadOptions['weightsDtype']>;
   readonly compute: HalfCompute | undefined;
+  /** `--activations float16`: float16 activations too (LoadOptions.activations; needs half weights). */
+  readonly activations: NonNullable<LoadOptions['activations']>;
   /** LoRA dropout of the step (`--lora-dropout`, default 0.05 as the PyTorch peer); 0 builds graphs without masks. */
   readonly loraDropout: number;
 }
@@ -86,6 +88,10 @@ export function benchRunOptions(args: readonly string[]): BenchRunOptions {
       'bfloat16',
     ]),
     compute: computeArg === undefined ? undefined : oneOf<HalfCompute>('compute', computeArg, ['float32', 'float16']),
+    activations: oneOf<BenchRunOptions['activations']>('activations', argOf(args, 'activations') ?? 'float32', [
+      'float32',
+      'float16',
+    ]),
     loraDropout: loraDropoutOf(argOf(args, 'lora-dropout')),
   };
 }
@@ -173,6 +179,7 @@ export async function loadBenchModel(
     ...(run.threads ? { threads: run.threads } : {}),
     weightsDtype: run.weightsDtype,
     ...(run.compute ? { compute: run.compute } : {}),
+    ...(run.activations === 'float16' ? { activations: run.activations } : {}),
     ...extra,
   });
   const split = splitModel({ numLayers: cfg.numLayers, adapterBottom: 0, adapterTop: 2, dropRate: 0.2 });

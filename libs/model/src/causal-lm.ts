@@ -19,7 +19,7 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { CompiledGraphs } from './compiled.js';
 import type { ModelConfig } from './config.js';
 import { GraphStore } from './graph-store.js';
-import { buildLlama, ropeTablesFor, type LlamaGraphOptions, type WeightStore } from './llama.js';
+import { buildLlama, ropeTablesFor, type HalfWeights, type LlamaGraphOptions, type WeightStore } from './llama.js';
 import { checkLayerIds, renumberedWeights } from './layer-ids.js';
 import { loraFeeds, loraKey, shapeOfLora, type LoraWeights } from './lora.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
@@ -61,6 +61,12 @@ export interface LoadOptions {
    * the loss).
    */
   readonly compute?: HalfCompute;
+  /**
+   * 'float16' keeps the activations in float16 between the matmuls too (LlamaGraphOptions.halfWeights): the fast
+   * path on GPU providers. Needs half weights and float16 compute (the default compute then); default 'float32'.
+   * The CPU provider runs it through the float32 casts onnxruntime inserts around each float16 node (for tests).
+   */
+  readonly activations?: 'float32' | 'float16';
 }
 
 /** Token batch in row-major [B, T] layout. */
@@ -108,12 +114,24 @@ export class CausalLM {
     const store = new GraphStore(ckpt, opts.cacheRoot ? { cacheRoot: join(opts.cacheRoot, 'graphs') } : {});
     const tokenizer = existsSync(join(resolve(dir), 'tokenizer.json')) ? await loadTokenizer(dir) : undefined;
     const wd = opts.weightsDtype ?? 'float32';
+    if (opts.activations === 'float16' && (wd === 'float32' || opts.compute === 'float32'))
+      throw new Error(
+        `CausalLM.load(${dir}): activations 'float16' need weightsDtype 'float16' or 'bfloat16' and compute 'float16' ` +
+          `(got weightsDtype '${wd}', compute '${opts.compute ?? 'default'}')`,
+      );
+    const act16 = opts.activations === 'float16';
     // The default compute follows the provider sessions will really use: a GPU provider that falls back to the CPU
     // gets the CPU's float32 casts (float16 graphs there would make float32 copies of every weight at load).
     const runsOn =
-      wd === 'float32' || opts.compute ? 'cpu' : await resolveProvider(opts.provider ?? 'cpu', { fallback: true });
-    const half =
-      wd === 'float32' ? undefined : { dtype: wd, compute: opts.compute ?? (runsOn === 'cpu' ? 'float32' : 'float16') };
+      wd === 'float32' || opts.compute || act16
+        ? 'cpu'
+        : await resolveProvider(opts.provider ?? 'cpu', { fallback: true });
+    const half: HalfWeights | undefined =
+      wd === 'float32'
+        ? undefined
+        : act16
+          ? { dtype: wd, compute: 'float16', activations: 'float16' }
+          : { dtype: wd, compute: opts.compute ?? (runsOn === 'cpu' ? 'float32' : 'float16') };
     if (half) await store.prepareHalf(half.dtype);
     const graphs = new CompiledGraphs(
       store,
@@ -127,7 +145,9 @@ export class CausalLM {
         ...(opts.webgpu ? { webgpu: opts.webgpu } : {}),
         ...(half?.compute === 'float32' ? { keepHalfWeights: true } : {}),
       },
-      half ? `${half.dtype === 'float16' ? 'f16' : 'bf16'}${half.compute === 'float16' ? 'c16' : ''}-` : '',
+      half
+        ? `${half.dtype === 'float16' ? 'f16' : 'bf16'}${half.compute === 'float16' ? 'c16' : ''}${act16 ? 'a16' : ''}-`
+        : '',
     );
     let weights = store.weights();
     if (opts.layerIds !== undefined) {

@@ -76,8 +76,21 @@ export interface LlamaGraphOptions {
    * their matmuls in `compute` (engine halfLinear: 'float32' casts each weight at its matmul, for the CPU provider;
    * 'float16' runs the matmul in float16, for GPU providers). Norm weights, biases, LoRA factors, activations and
    * gradients stay float32. Absent: float32 weights, the graph unchanged. Needs dtype 'float32', no weightsAsInputs.
+   *
+   * `activations: 'float16'` (with compute 'float16') also keeps the activations in float16 between the matmuls, as a
+   * torch model in half precision does: the embedding, the residual stream, q/k/v, RoPE, the attention's matmuls and
+   * the MLP run in float16 (no casts around each matmul, half the bytes of every saved activation), while the RMSNorms,
+   * the softmax (with its mask), the LoRA branches and the logits stay float32 (torch's LlamaRMSNorm, eager softmax
+   * and PEFT do the same). Graph inputs and outputs (hidden states, KV cache, logits) stay float32.
    */
-  readonly halfWeights?: { readonly dtype: 'float16' | 'bfloat16'; readonly compute: HalfCompute };
+  readonly halfWeights?: HalfWeights;
+}
+
+/** Half-precision frozen weights: storage dtype, matmul dtype and (optionally) float16 activations. */
+export interface HalfWeights {
+  readonly dtype: 'float16' | 'bfloat16';
+  readonly compute: HalfCompute;
+  readonly activations?: 'float32' | 'float16';
 }
 
 export interface LlamaGraph {
@@ -103,10 +116,12 @@ interface LlamaSettings {
   readonly batch: number;
   readonly seq: number;
   readonly dtype: 'float32' | 'float64';
+  /** Element type of the activations between matmuls: `dtype`, or float16 (HalfWeights.activations). */
+  readonly act: 'float32' | 'float64' | 'float16';
   /** How frozen weights enter the graph. */
   readonly weights: {
     readonly asInputs: boolean;
-    readonly half?: { readonly dtype: 'float16' | 'bfloat16'; readonly compute: HalfCompute };
+    readonly half?: HalfWeights;
   };
   /** What the attention of every layer sees: rotary tables, the key padding mask, the KV cache (pastLength > 0). */
   readonly attention: {
@@ -125,6 +140,8 @@ function settingsOf(cfg: ModelConfig, store: WeightStore, opts: LlamaGraphOption
   const half = opts.halfWeights;
   if (half && (dtype !== 'float32' || opts.weightsAsInputs))
     throw new GraphError('buildLlama: halfWeights needs dtype float32 and frozen weights (no weightsAsInputs)');
+  if (half?.activations === 'float16' && half.compute !== 'float16')
+    throw new GraphError("buildLlama: float16 activations need halfWeights.compute 'float16'");
   const held = store.layerIds;
   for (const l of opts.layers) {
     if (held !== undefined) {
@@ -141,6 +158,7 @@ function settingsOf(cfg: ModelConfig, store: WeightStore, opts: LlamaGraphOption
     batch: opts.batch,
     seq: opts.seq,
     dtype,
+    act: half?.activations === 'float16' ? 'float16' : dtype,
     weights: { asInputs: opts.weightsAsInputs ?? false, ...(half ? { half } : {}) },
     attention: { positions, keyMask: opts.keyMask ?? false, kvCache: opts.kvCache !== undefined, pastLength },
     lora: { specs: opts.loras ?? [], dropout: opts.loraDropout ?? false },
@@ -160,6 +178,7 @@ class LlamaWeights {
     private readonly cfg: ModelConfig,
     private readonly store: WeightStore,
     private readonly dtype: 'float32' | 'float64',
+    private readonly act: LlamaSettings['act'],
     private readonly s: LlamaSettings['weights'],
     private readonly loras: GraphLoras,
   ) {}
@@ -192,8 +211,15 @@ class LlamaWeights {
     }
   }
 
-  /** x Wᵀ + b against a checkpoint weight, float32 or half (halfWeights). */
+  /**
+   * x Wᵀ + b against a checkpoint weight, float32 or half (halfWeights). With float16 activations x is float16 and
+   * the Gemm reads the weight (a bfloat16 one through a Cast that onnxruntime folds) and the bias in float16.
+   */
   frozenLinear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+    if (this.act === 'float16') {
+      const w16 = weight.dtype === 'float16' ? weight : O.cast(weight, 'float16');
+      return linear(x, w16, bias && O.cast(bias, 'float16'));
+    }
     return weight.dtype === this.dtype ? linear(x, weight, bias) : halfLinear(x, weight, this.s.half!.compute, bias);
   }
 
@@ -275,7 +301,7 @@ function embedTokens({ g, w, s }: LlamaContext): Tensor {
   const ids = g.input('input_ids', 'int64', [s.batch, s.seq]);
   const table = w.get('model.embed_tokens.weight');
   const rows = s.weights.half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
-  return O.cast(O.gather(rows, ids, 0), s.dtype); // (B, T, d)
+  return toDtype(O.gather(rows, ids, 0), s.act); // (B, T, d)
 }
 
 /**
@@ -299,15 +325,15 @@ function llamaAttention(
   k = rope(k, at.cos, at.sin);
   let present: { key: Tensor; value: Tensor } | undefined;
   if (s.attention.kvCache) {
-    present = { key: k, value: v };
+    present = { key: toDtype(k, dtype), value: toDtype(v, dtype) };
     if (P > 0) {
-      const pk = g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]);
-      const pv = g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]);
+      const pk = toDtype(g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
+      const pv = toDtype(g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
       k = O.concat([pk, k], 2); // (B, Hkv, S, hd)
       v = O.concat([pv, v], 2);
     }
   }
-  const attn = attention(qr, repeatKv(k, cfg), repeatKv(v, cfg), at.bias); // (B, H, T, hd)
+  const attn = attention(qr, repeatKv(k, cfg), repeatKv(v, cfg), at.bias, dtype); // (B, H, T, hd)
   const merged = O.reshape(O.transpose(attn, [0, 2, 1, 3]), [B, T, cfg.numHeads * hd]); // (B, T, H*hd)
   const out = w.proj(merged, layer, 'o_proj');
   return present ? { out, present } : { out };
@@ -328,13 +354,16 @@ function decoderLayer(
   x: Tensor,
   at: AttentionInputs,
 ): { hidden: Tensor; present?: { key: Tensor; value: Tensor } } {
-  const { cfg, w } = m;
+  const { cfg, w, s } = m;
+  // With float16 activations the norms run in float32 (torch's LlamaRMSNorm upcasts too) and hand float16 on.
+  const norm = (t: Tensor, name: string): Tensor =>
+    toDtype(rmsNorm(toDtype(t, s.dtype), w.get(name), cfg.rmsNormEps), s.act);
   return m.g.scope(`layers.${layer}`, () => {
     const pre = `model.layers.${layer}`;
-    const h = rmsNorm(x, w.get(`${pre}.input_layernorm.weight`), cfg.rmsNormEps);
+    const h = norm(x, `${pre}.input_layernorm.weight`);
     const attn = llamaAttention(m, layer, h, at);
     const afterAttn = O.add(x, attn.out);
-    const h2 = rmsNorm(afterAttn, w.get(`${pre}.post_attention_layernorm.weight`), cfg.rmsNormEps);
+    const h2 = norm(afterAttn, `${pre}.post_attention_layernorm.weight`);
     const hidden = O.add(afterAttn, llamaMlp(w, layer, h2));
     return attn.present ? { hidden, present: attn.present } : { hidden };
   });
@@ -347,9 +376,10 @@ function decoderLayer(
 function lmHead({ cfg, w, s }: LlamaContext, x: Tensor): { normed: Tensor; logits: Tensor } {
   const T = s.seq;
   const last = s.outputs.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
-  const normed = rmsNorm(last, w.get('model.norm.weight'), cfg.rmsNormEps);
+  const normed = rmsNorm(toDtype(last, s.dtype), w.get('model.norm.weight'), cfg.rmsNormEps);
   const headName = cfg.tieWordEmbeddings || !w.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-  return { normed, logits: w.frozenLinear(normed, w.get(headName)) }; // (B, T, V)
+  const logits = toDtype(w.frozenLinear(toDtype(normed, s.act), w.get(headName)), s.dtype); // (B, T, V)
+  return { normed, logits };
 }
 
 /**
@@ -365,20 +395,21 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     batch: s.batch,
     seq: s.seq,
   });
-  const w = new LlamaWeights(g, cfg, weights, s.dtype, s.weights, loras);
+  const w = new LlamaWeights(g, cfg, weights, s.dtype, s.act, s.weights, loras);
   const m: LlamaContext = { g, cfg, w, s };
   const { cos, sin } = rotaryEmbedding(m);
-  const at: AttentionInputs = { cos, sin, bias: attentionMask(m) };
+  const at: AttentionInputs = { cos: toDtype(cos, s.act), sin: toDtype(sin, s.act), bias: attentionMask(m) };
 
-  const embeddings = opts.start === 'ids' ? embedTokens(m) : undefined;
-  let x = embeddings ?? g.input('hidden_in', s.dtype, [s.batch, s.seq, cfg.hiddenSize]);
+  const embedded = opts.start === 'ids' ? embedTokens(m) : undefined;
+  const embeddings = embedded && toDtype(embedded, s.dtype);
+  let x = embedded ?? toDtype(g.input('hidden_in', s.dtype, [s.batch, s.seq, cfg.hiddenSize]), s.act);
   const hiddenStates: Tensor[] = [];
   const presents: { key: Tensor; value: Tensor }[] = [];
   for (const layer of opts.layers) {
     const out = decoderLayer(m, layer, x, at);
     x = out.hidden;
     if (out.present) presents.push(out.present);
-    if (s.outputs.keepHidden) hiddenStates.push(x);
+    if (s.outputs.keepHidden) hiddenStates.push(toDtype(x, s.dtype));
   }
 
   let logits: Tensor | undefined;
@@ -391,7 +422,7 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     graph: g,
     ...(logits ? { logits } : {}),
     ...(embeddings ? { embeddings } : {}),
-    lastHidden: x,
+    lastHidden: toDtype(x, s.dtype),
     hiddenStates,
     loraParams: loras.params,
     presents,
@@ -421,12 +452,20 @@ function repeatKv(x: Tensor, cfg: ModelConfig): Tensor {
   return O.reshape(expanded, [B, Hkv * groups, S, hd]);
 }
 
-/** eager_attention_forward: softmax(q kᵀ / sqrt(hd) + bias) v. */
-function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | undefined): Tensor {
+/**
+ * eager_attention_forward: softmax(q kᵀ / sqrt(hd) + bias) v. The mask and the softmax run in `softmaxDtype` (float32
+ * for float16 activations, as torch's eager attention upcasts: -1e9 does not fit float16).
+ */
+function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | undefined, softmaxDtype: DType): Tensor {
   const hd = q.shape[q.rank - 1]!;
-  let scores = O.mul(O.matmul(q, O.transpose(k, [0, 1, 3, 2])), 1 / Math.sqrt(hd)); // (B, H, T, S)
+  let scores = toDtype(O.mul(O.matmul(q, O.transpose(k, [0, 1, 3, 2])), 1 / Math.sqrt(hd)), softmaxDtype); // (B,H,T,S)
   if (bias) scores = O.add(scores, bias);
-  return O.matmul(O.softmax(scores, -1), v); // (B, H, T, hd)
+  return O.matmul(toDtype(O.softmax(scores, -1), v.dtype), v); // (B, H, T, hd)
+}
+
+/** `t` in `dtype`: itself when it already is, else a Cast. */
+function toDtype(t: Tensor, dtype: DType): Tensor {
+  return t.dtype === dtype ? t : O.cast(t, dtype);
 }
 
 /**

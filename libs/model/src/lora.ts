@@ -242,12 +242,18 @@ export class GraphLoras {
     return new GraphLoras(params, byModule);
   }
 
-  /** `y` (the linear's output for input `x`) plus every adapter on `module`: y + (alpha / r) B A (x * mask). */
+  /**
+   * `y` (the linear's output for input `x`) plus every adapter on `module`: y + (alpha / r) B A (x * mask). The branch
+   * runs in the factors' dtype: a float16 `x` (float16 activations) is cast up and the product cast back, as PEFT
+   * casts the input to lora_A's dtype.
+   */
   apply(module: string, x: Tensor, y: Tensor): Tensor {
     let out = y;
     for (const { scale, a, b, drop } of this.byModule.get(module) ?? []) {
-      const xin = drop ? O.mul(x, drop) : x;
-      out = O.add(out, O.mul(linear(linear(xin, a), b), scale));
+      const xa = x.dtype === a.dtype ? x : O.cast(x, a.dtype);
+      const xin = drop ? O.mul(xa, drop) : xa;
+      const delta = O.mul(linear(linear(xin, a), b), scale);
+      out = O.add(out, delta.dtype === y.dtype ? delta : O.cast(delta, y.dtype));
     }
     return out;
   }

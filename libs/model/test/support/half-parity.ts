@@ -159,3 +159,31 @@ export async function float16ComputeParity(
     unscaled: relL2(unscaled.grads, ref.grads),
   };
 }
+
+/**
+ * The fast GPU graph (float16 weights, matmuls and activations; norms, softmax, LoRA and logits in float32) against
+ * the fp32 model: loss-scaled LoRA gradients and the loss. On the CPU provider onnxruntime runs each float16 node
+ * through inserted float32 casts, so every activation is still rounded to float16 where the GPU rounds it.
+ */
+export async function float16ActivationsParity(
+  tmp: string,
+  provider: LoadOptions['provider'] = 'cpu',
+): Promise<{ vsFp32: number; lossVsFp32: number; vsMatmulOnly: number }> {
+  const base = await CausalLM.load(MODEL, opts(tmp));
+  const tensors = lora(base);
+  await base.release();
+  const ref = await measure(MODEL, opts(tmp), tensors);
+  const matmulOnly = await measure(
+    MODEL,
+    opts(tmp, { weightsDtype: 'float16', compute: 'float16', provider }),
+    tensors,
+    2 ** 16,
+  );
+  const act16 = { weightsDtype: 'float16', activations: 'float16', provider } as const;
+  const scaled = await measure(MODEL, opts(tmp, act16), tensors, 2 ** 16);
+  return {
+    vsFp32: relL2(scaled.grads, ref.grads),
+    lossVsFp32: Math.abs(scaled.loss - ref.loss) / ref.loss,
+    vsMatmulOnly: relL2(scaled.grads, matmulOnly.grads),
+  };
+}
