@@ -99,7 +99,20 @@ const modelSection = z.strictObject({
    * (LoRA, gradients, optimizer state stay float32; README, "Half-precision frozen weights"); absent: float32.
    */
   weightsDtype: z.enum(['float32', 'bfloat16', 'float16']).optional(),
-});
+  /**
+   * 'float16': activations in float16 between the matmuls too (the fast path on GPU providers; CausalLM
+   * LoadOptions.activations); needs weightsDtype float16 or bfloat16. Absent: float32 activations.
+   */
+  activations: z.enum(['float32', 'float16']).optional(),
+})
+  .superRefine((m, ctx) => {
+    if (m.activations === 'float16' && (m.weightsDtype ?? 'float32') === 'float32')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['activations'],
+        message: 'float16 activations need weightsDtype float16 or bfloat16',
+      });
+  });
 
 const splitSection = z.strictObject({
   /** Top adapter layers (the last ones). */
@@ -110,15 +123,18 @@ const splitSection = z.strictObject({
   dropRate: z.number().min(0).lt(1).default(D.split.dropRate),
 });
 
+function loraTargets() {
+  return z
+    .array(z.enum(LORA_TARGETS))
+    .min(1)
+    .refine((t) => new Set(t).size === t.length, 'targets must not repeat');
+}
+
 const loraSection = z.strictObject({
   r: posInt().default(D.lora.r),
   alpha: posNum().default(D.lora.alpha),
   dropout: z.number().min(0).lt(1).default(D.lora.dropout),
-  targets: z
-    .array(z.enum(LORA_TARGETS))
-    .min(1)
-    .refine((t) => new Set(t).size === t.length, 'targets must not repeat')
-    .default(() => [...D.lora.targets]),
+  targets: loraTargets().default(() => [...D.lora.targets]),
 });
 
 const partitionObject = z
@@ -209,6 +225,18 @@ const alignmentSection = z.strictObject({
   batchSize: posInt().default(D.alignment.batchSize),
   /** Public dataset path; absent: the federation's public corpus. */
   publicData: z.string().min(1).optional(),
+  /**
+   * The emulator LoRA the server aligns, where it should differ from `lora` (the clients' adapter): rank, alpha,
+   * targets; absent fields (and an absent section) take `lora`'s. More capacity here changes only the server's
+   * alignment and the size of the emulator LoRA broadcast each round, not what clients train.
+   */
+  emulatorLora: z
+    .strictObject({
+      r: posInt().optional(),
+      alpha: posNum().optional(),
+      targets: loraTargets().optional(),
+    })
+    .optional(),
 });
 
 const aggregationSection = z.strictObject({

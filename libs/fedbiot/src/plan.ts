@@ -93,7 +93,7 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
     spec,
     numLayers,
     split,
-    specs: loraSpecs(split, spec.lora),
+    specs: loraSpecs(split, spec.lora, spec.alignment.emulatorLora),
     clientSettings: clientSettingsFor(spec),
     alignment: {
       lambda: spec.alignment.lambda,
@@ -108,16 +108,18 @@ export function planJob(spec: JobSpec, numLayers: number): JobPlan {
   };
 }
 
-/** How the job's model loads (CausalLM.load, loadEmulatorPackage): execution provider, threads, weight dtype. */
+/** How the job's model loads (CausalLM.load, loadEmulatorPackage): provider, threads, weight and activation dtypes. */
 export function modelLoadOptions(spec: JobSpec): {
   provider: JobSpec['model']['provider'];
   threads?: number;
   weightsDtype?: NonNullable<JobSpec['model']['weightsDtype']>;
+  activations?: NonNullable<JobSpec['model']['activations']>;
 } {
   return {
     provider: spec.model.provider,
     ...(spec.model.threads ? { threads: spec.model.threads } : {}),
     ...(spec.model.weightsDtype ? { weightsDtype: spec.model.weightsDtype } : {}),
+    ...(spec.model.activations ? { activations: spec.model.activations } : {}),
   };
 }
 

@@ -40,8 +40,16 @@ export interface LoraSettings {
 export const ADAPTER = 'adapter';
 export const EMULATOR = 'emulator';
 
-/** The adapter LoRA (clients train it) and the emulator LoRA (the server aligns it) of a split. */
-export function loraSpecs(split: ModelSplit, lora: LoraSettings): { adapter: LoraSpec; emulator: LoraSpec } {
+/**
+ * The adapter LoRA (clients train it) and the emulator LoRA (the server aligns it) of a split. `emulator` overrides
+ * the emulator LoRA's rank, alpha or targets (alignment.emulatorLora: more alignment capacity than the clients'
+ * adapter); absent fields take `lora`'s.
+ */
+export function loraSpecs(
+  split: ModelSplit,
+  lora: LoraSettings,
+  emulator: Partial<Omit<LoraSettings, 'dropout'>> = {},
+): { adapter: LoraSpec; emulator: LoraSpec } {
   return {
     adapter: {
       name: ADAPTER,
@@ -53,10 +61,10 @@ export function loraSpecs(split: ModelSplit, lora: LoraSettings): { adapter: Lor
     },
     emulator: {
       name: EMULATOR,
-      r: lora.r,
-      alpha: lora.alpha,
+      r: emulator.r ?? lora.r,
+      alpha: emulator.alpha ?? lora.alpha,
       dropout: lora.dropout,
-      targets: lora.targets,
+      targets: emulator.targets ?? lora.targets,
       layers: split.emulatorLayers,
     },
   };

@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DEFAULTS, applyOverrides, loadJobSpec, parseJobSpec, resolveJobSpec } from '../src/job-spec.js';
 import { RESULT_METHODS, evalMethodsFor } from '../src/methods.js';
+import { modelLoadOptions } from '../src/plan.js';
 import { JobSpecError } from '../src/errors.js';
 import { withTmp } from '../../../test/support/tmp.js';
 
@@ -341,4 +342,18 @@ test('data.knowledgeClients: absent by default; by-relation or iid, knowledge de
     firstProblem(other),
     /^o: data\.knowledgeClients: only applies to the knowledge demo \(data\.federation demo-knowledge, not "demo"\)/,
   );
+});
+
+test('model.activations: absent by default; float16 needs half weights (error names the field) and reaches the load options', () => {
+  const d = resolveJobSpec({}, 'd.yaml');
+  assert.equal('activations' in d.model, false);
+  assert.deepEqual(modelLoadOptions(d), { provider: 'cpu' });
+  const bad = problems(() => resolveJobSpec({ model: { activations: 'float16' } }, 'b.yaml'));
+  assert.equal(bad.length, 1, bad.join('\n'));
+  assert.match(firstProblem(bad), /^b\.yaml: model\.activations: float16 activations need weightsDtype/);
+  const ok = resolveJobSpec(
+    applyOverrides({}, ['model.provider=cuda', 'model.weightsDtype=bfloat16', 'model.activations=float16']),
+    'ok',
+  );
+  assert.deepEqual(modelLoadOptions(ok), { provider: 'cuda', weightsDtype: 'bfloat16', activations: 'float16' });
 });

@@ -100,3 +100,24 @@ test('coordinator settings come from the stage; every method row is a result row
   ]);
   assert.deepEqual(p, { testLoss: 3.25, accuracy: 0.25, tokens: 40, items: 4 });
 });
+
+test('alignment.emulatorLora: the emulator LoRA takes its rank, alpha and targets; the adapter keeps lora; errors name the field', () => {
+  const plain = planJob(spec(), 8);
+  assert.deepEqual(plain.specs.emulator.targets, plain.specs.adapter.targets);
+  assert.equal(plain.specs.emulator.r, plain.specs.adapter.r);
+  const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+  const wide = planJob(spec({ alignment: { preRounds: 2, stepsPerRound: 3, emulatorLora: { r: 32, targets: all } } }), 8);
+  assert.deepEqual(
+    [wide.specs.emulator.r, wide.specs.emulator.alpha, wide.specs.emulator.targets, wide.specs.emulator.dropout],
+    [32, plain.specs.adapter.alpha, all, plain.specs.adapter.dropout],
+  );
+  assert.deepEqual(wide.specs.adapter, plain.specs.adapter, 'what clients train does not change');
+  assert.deepEqual(wide.specs.emulator.layers, plain.specs.emulator.layers);
+  assert.throws(
+    () => spec({ alignment: { emulatorLora: { r: 0, targets: ['q_proj', 'q_proj'], rank: 4 } } }),
+    (e: Error) =>
+      /alignment\.emulatorLora\.r/.test(e.message) &&
+      /alignment\.emulatorLora\.targets/.test(e.message) &&
+      /alignment\.emulatorLora.*rank/.test(e.message),
+  );
+});
