@@ -83,28 +83,29 @@ const jobSection = z.strictObject({
   outDir: z.string().min(1).default(D.job.outDir),
 });
 
-const modelSection = z.strictObject({
-  /** A Hugging Face model folder (config.json, safetensors, tokenizer.json). */
-  checkpoint: z.string().min(1).default(D.model.checkpoint),
-  provider: z.enum(['cpu', 'webgpu', 'cuda']).default(D.model.provider),
-  /** onnxruntime intra-op threads; absent: the runtime's default. */
-  threads: posInt().optional(),
-  /**
-   * Weight dtype of the emulator package shipped to clients in a distributed job: float32 is exact (clients compute
-   * what the standalone job computes); bfloat16 / float16 halve the bytes at a small loss change (README).
-   */
-  packageDtype: z.enum(['float32', 'bfloat16', 'float16']).default(D.model.packageDtype),
-  /**
-   * Storage of the frozen weights in every process that trains or evaluates: float16 / bfloat16 halve their memory
-   * (LoRA, gradients, optimizer state stay float32; README, "Half-precision frozen weights"); absent: float32.
-   */
-  weightsDtype: z.enum(['float32', 'bfloat16', 'float16']).optional(),
-  /**
-   * 'float16': activations in float16 between the matmuls too (the fast path on GPU providers; CausalLM
-   * LoadOptions.activations); needs weightsDtype float16 or bfloat16. Absent: float32 activations.
-   */
-  activations: z.enum(['float32', 'float16']).optional(),
-})
+const modelSection = z
+  .strictObject({
+    /** A Hugging Face model folder (config.json, safetensors, tokenizer.json). */
+    checkpoint: z.string().min(1).default(D.model.checkpoint),
+    provider: z.enum(['cpu', 'webgpu', 'cuda']).default(D.model.provider),
+    /** onnxruntime intra-op threads; absent: the runtime's default. */
+    threads: posInt().optional(),
+    /**
+     * Weight dtype of the emulator package shipped to clients in a distributed job: float32 is exact (clients compute
+     * what the standalone job computes); bfloat16 / float16 halve the bytes at a small loss change (README).
+     */
+    packageDtype: z.enum(['float32', 'bfloat16', 'float16']).default(D.model.packageDtype),
+    /**
+     * Storage of the frozen weights in every process that trains or evaluates: float16 / bfloat16 halve their memory
+     * (LoRA, gradients, optimizer state stay float32; README, "Half-precision frozen weights"); absent: float32.
+     */
+    weightsDtype: z.enum(['float32', 'bfloat16', 'float16']).optional(),
+    /**
+     * 'float16': activations in float16 between the matmuls too (the fast path on GPU providers; CausalLM
+     * LoadOptions.activations); needs weightsDtype float16 or bfloat16. Absent: float32 activations.
+     */
+    activations: z.enum(['float32', 'float16']).optional(),
+  })
   .superRefine((m, ctx) => {
     if (m.activations === 'float16' && (m.weightsDtype ?? 'float32') === 'float32')
       ctx.addIssue({

@@ -106,7 +106,10 @@ test('alignment.emulatorLora: the emulator LoRA takes its rank, alpha and target
   assert.deepEqual(plain.specs.emulator.targets, plain.specs.adapter.targets);
   assert.equal(plain.specs.emulator.r, plain.specs.adapter.r);
   const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
-  const wide = planJob(spec({ alignment: { preRounds: 2, stepsPerRound: 3, emulatorLora: { r: 32, targets: all } } }), 8);
+  const wide = planJob(
+    spec({ alignment: { preRounds: 2, stepsPerRound: 3, emulatorLora: { r: 32, targets: all } } }),
+    8,
+  );
   assert.deepEqual(
     [wide.specs.emulator.r, wide.specs.emulator.alpha, wide.specs.emulator.targets, wide.specs.emulator.dropout],
     [32, plain.specs.adapter.alpha, all, plain.specs.adapter.dropout],
