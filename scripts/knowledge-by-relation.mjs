@@ -19,6 +19,7 @@ const { resolveJobSpec } = await import(join(dist, 'fedbiot/src/job-spec.js'));
 const { loadFederation } = await import(join(dist, 'fedbiot/src/federation.js'));
 const { chunks } = await import(join(dist, 'fedbiot/src/batches.js'));
 const { loadCheckpoint } = await import(join(dist, 'fedbiot/src/run-dir.js'));
+const { planJob } = await import(join(dist, 'fedbiot/src/plan.js'));
 
 const args = process.argv.slice(2);
 const flag = (name) => {
@@ -68,7 +69,8 @@ for (const run of runs) {
         const layers = [...new Set([...tensors.keys()].map((k) => Number(/layers\.(\d+)\./.exec(k)[1])))].toSorted(
           (x, y) => x - y,
         );
-        const { r, alpha, targets } = spec.lora;
+        // The emulator LoRA may differ from the adapter's (alignment.emulatorLora): the plan says each one's shape.
+        const { r, alpha, targets } = planJob(spec, lm.config.numLayers).specs[name];
         return { spec: { name, r, alpha, targets, layers, dropout: 0 }, tensors };
       };
       const emulator = lora('emulator');
