@@ -10,15 +10,14 @@
 // --variant emu (FedBiOT only): AdapEmu, the emulator layers with the emulator LoRA and the adapter LoRA of the last
 // checkpoint. --method: the results.json row that must match (default fedbiot-adapfu / fedbiot-adapemu for FedBiOT,
 // else job.method).
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { lastCheckpoint, readRunSpec } from './run-folder.mjs';
 const dist = join(import.meta.dirname, '..', 'dist', 'libs');
 const { CausalLM, readPeftAdapter, fromPeftAdapter, defaultCacheRoot } = await import(join(dist, 'model/src/index.js'));
 const { exactMatch } = await import(join(dist, 'data/src/index.js'));
-const { resolveJobSpec } = await import(join(dist, 'fedbiot/src/job-spec.js'));
 const { loadFederation } = await import(join(dist, 'fedbiot/src/federation.js'));
 const { chunks } = await import(join(dist, 'fedbiot/src/batches.js'));
-const { loadCheckpoint } = await import(join(dist, 'fedbiot/src/run-dir.js'));
 const { planJob } = await import(join(dist, 'fedbiot/src/plan.js'));
 
 const args = process.argv.slice(2);
@@ -35,11 +34,7 @@ if (runs.length === 0) {
 const RELATIONS = ['town', 'colour', 'trade'];
 const out = [];
 for (const run of runs) {
-  const resolved = JSON.parse(readFileSync(join(run, 'config.resolved.json'), 'utf8'));
-  // The resolved config names the demo federation's folder; the knowledge-demo-only settings that chose it go.
-  delete resolved.data.publicCorpus;
-  delete resolved.data.knowledgeClients;
-  const spec = resolveJobSpec(resolved, run);
+  const spec = readRunSpec(run);
   const emu = (flag('variant') ?? 'full') === 'emu';
   const method =
     flag('method') ?? (spec.job.method === 'fedbiot' ? (emu ? 'fedbiot-adapemu' : 'fedbiot-adapfu') : spec.job.method);
@@ -57,12 +52,7 @@ for (const run of runs) {
     let variant = { layers: lm.allLayers, loras: [adapter] };
     if (emu) {
       // AdapEmu (roles.ts evalVariant 'emu'): the client model's layers with the emulator and adapter LoRAs.
-      const ckDir = join(run, 'checkpoints');
-      const last = readdirSync(ckDir)
-        .filter((d) => d.startsWith('round-'))
-        .toSorted()
-        .at(-1);
-      const ck = await loadCheckpoint(join(ckDir, last));
+      const { checkpoint: ck } = await lastCheckpoint(run);
       const lora = (name) => {
         const tensors = new Map();
         for (const [k, t] of ck.tensors) if (k.startsWith(`${name}/`)) tensors.set(k.slice(name.length + 1), t);

@@ -9,14 +9,13 @@
 //   node scripts/transfer-gap.mjs RUN_DIR [RUN_DIR ...] [--public N] [--json OUT]
 // RUN_DIR: runs/<experiment>/runs/<cell> of a FedBiOT or offsite-tuning run (config.resolved.json, checkpoints/).
 // --public N: public windows measured (default 64, the first N in file order).
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { lastCheckpoint, readRunSpec } from './run-folder.mjs';
 const dist = join(import.meta.dirname, '..', 'dist', 'libs');
 const { CausalLM, defaultCacheRoot } = await import(join(dist, 'model/src/index.js'));
-const { resolveJobSpec } = await import(join(dist, 'fedbiot/src/job-spec.js'));
 const { loadFederation } = await import(join(dist, 'fedbiot/src/federation.js'));
 const { chunks, toTokenBatch } = await import(join(dist, 'fedbiot/src/batches.js'));
-const { loadCheckpoint } = await import(join(dist, 'fedbiot/src/run-dir.js'));
 const { planJob } = await import(join(dist, 'fedbiot/src/plan.js'));
 const { loraFeeds } = await import(join(dist, 'model/src/lora.js'));
 const { ops: O } = await import(join(dist, 'engine/src/index.js'));
@@ -51,21 +50,11 @@ const shapes = (loras) => {
 
 const out = [];
 for (const run of runs) {
-  const resolved = JSON.parse(readFileSync(join(run, 'config.resolved.json'), 'utf8'));
-  // The resolved config names the generated demo federation's folder (its manifest names the public corpus it was
-  // generated with); the knowledge-demo-only settings that chose it go.
-  delete resolved.data.publicCorpus;
-  delete resolved.data.knowledgeClients;
-  const spec = resolveJobSpec(resolved, run);
+  const spec = readRunSpec(run);
   const lm = await CausalLM.load(spec.model.checkpoint, { threads: 1, provider: 'cpu' });
   try {
     const plan = planJob(spec, lm.config.numLayers);
-    const ckDir = join(run, 'checkpoints');
-    const last = readdirSync(ckDir)
-      .filter((d) => d.startsWith('round-'))
-      .toSorted()
-      .at(-1);
-    const ck = await loadCheckpoint(join(ckDir, last));
+    const { name: last, checkpoint: ck } = await lastCheckpoint(run);
     const adapter = loraFrom(ck, plan.specs.adapter);
     const emulator = loraFrom(ck, plan.specs.emulator);
     if (!adapter) throw new Error(`${run}: no adapter LoRA in ${last}`);
