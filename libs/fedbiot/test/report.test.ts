@@ -259,6 +259,20 @@ test('chart geometry: points map linearly onto the axes built from nice ticks', 
   // Plot box: left 64, width 860 - 64 - 216 = 580; top 12, height 320 - 12 - 44 = 264; axes 0..10 both ways.
   const pts = /points="([^"]+)"/.exec(svg)![1];
   assert.equal(pts, '64.0,276.0 644.0,12.0 354.0,210.0');
+  // A long legend label widens the legend, and then the picture, instead of being clipped (experiment reports name
+  // series '<method>/<row>'): the label's text must start and end inside the SVG.
+  const long = 'fedbiot-favour-with-a-long-name/fedbiot-adapemu';
+  const wide = renderLineChart({
+    title: 't',
+    xLabel: 'x',
+    yLabel: 'y',
+    series: [{ name: long, points: [[1, 31.25]] }],
+  });
+  const svgWidth = Number(/<svg [^>]*width="(\d+)"/.exec(wide)![1]);
+  const labelX = Number(new RegExp(`<text x="([\\d.]+)"[^>]*>${long} 31\\.3<`).exec(wide)![1]);
+  assert.ok(labelX + 6.5 * `${long} 31.3`.length <= svgWidth, `label at ${labelX} in an SVG ${svgWidth} wide`);
+  const plotWidth = Number(/<rect x="64" y="12" width="([\d.]+)"/.exec(wide)![1]);
+  assert.ok(plotWidth >= 480, `plot ${plotWidth} px wide`);
   // A single-round series still gets a marker.
   const one = renderLineChart({ title: 't', xLabel: 'x', yLabel: 'y', series: [{ name: 'a', points: [[3, 1]] }] });
   assert.equal((one.match(/<circle /g) ?? []).length, 1);

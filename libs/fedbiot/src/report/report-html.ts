@@ -367,12 +367,21 @@ const DASHES = ['', '6 3', '2 3', '8 3 2 3'];
  * An SVG line chart: axes with "nice" ticks (1, 2, 5 x 10^k), one polyline per series (markers at each point, so a
  * single-round series still shows) and a legend on the right. Colours cycle through 10, then dash patterns vary.
  */
-export function renderLineChart(chart: ChartSpec, width = 860, height = 320): string {
-  const legendW = 200;
+export function renderLineChart(chart: ChartSpec, baseWidth = 860, height = 320): string {
+  const all = chart.series.flatMap((s) => s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)));
+  const refs = (chart.refs ?? []).filter((r) => Number.isFinite(r.value));
+  // The legend is as wide as its longest label (11 px text, about 6.5 px per character, after a 28 px line sample);
+  // a wide legend widens the picture instead of squeezing the plot below 480 px or clipping the labels.
+  const longest = Math.max(
+    0,
+    ...chart.series.map((s) => seriesLabel(s).length),
+    ...refs.map((r) => refLabel(r).length),
+  );
+  const legendW = Math.max(200, 28 + Math.ceil(6.5 * longest) + 8);
   const m = { left: 64, right: 16 + legendW, top: 12, bottom: 44 };
+  const width = Math.max(baseWidth, m.left + 480 + m.right);
   const pw = width - m.left - m.right;
   const ph = height - m.top - m.bottom;
-  const all = chart.series.flatMap((s) => s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)));
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
   const xTicks = niceTicks(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1, 8, true);
@@ -386,7 +395,6 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
   const sy = (y: number): number => m.top + ph - ((y - y0) / (y1 - y0)) * ph;
   const parts: string[] = [];
   // A long legend extends the picture downwards rather than running off it.
-  const refs = (chart.refs ?? []).filter((r) => Number.isFinite(r.value));
   const svgH = Math.max(height, m.top + 16 * (chart.series.length + refs.length) + 8);
   parts.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgH}" viewBox="0 0 ${width} ${svgH}" role="img" aria-label="${esc(chart.title)}">`,
@@ -422,7 +430,7 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
     parts.push(
       `<line class="ref" data-ref="${esc(r.name)}" x1="${m.left}" x2="${m.left + pw}" y1="${y}" y2="${y}" stroke="${color}" stroke-width="1.5" stroke-dasharray="5 4"/>`,
     );
-    const label = off ? `${r.name} ${fmtValue(r.value)} (off scale, ${off})` : `${r.name} ${fmtValue(r.value)}`;
+    const label = refLabel(r, off);
     const ly = m.top + 8 + (chart.series.length + j) * 16;
     const lx = m.left + pw + 14;
     parts.push(
@@ -443,16 +451,27 @@ export function renderLineChart(chart: ChartSpec, width = 860, height = 320): st
       );
     const ly = m.top + 8 + i * 16;
     const lx = m.left + pw + 14;
-    // The last value next to the name: curves that coincide (e.g. every method at accuracy 0 under strong DP) hide
-    // each other, the legend still tells each one's value.
-    const last = pts.at(-1);
-    const label = last === undefined ? s.name : `${s.name} ${fmtValue(last[1])}`;
+    const label = seriesLabel(s);
     parts.push(
       `<g class="legend-item"><line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/><text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${esc(label)}</text></g>`,
     );
   });
   parts.push('</svg>');
   return parts.join('\n');
+}
+
+/**
+ * A series' legend label: its name and last value. Curves that coincide (e.g. every method at accuracy 0 under strong
+ * DP) hide each other; the legend still tells each one's value.
+ */
+function seriesLabel(s: ChartSpec['series'][number]): string {
+  const last = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)).at(-1);
+  return last === undefined ? s.name : `${s.name} ${fmtValue(last[1])}`;
+}
+
+/** A reference line's legend label; `off` says on which side of the y range it lies when it lies outside. */
+function refLabel(r: NonNullable<ChartSpec['refs']>[number], off = 'above'): string {
+  return off ? `${r.name} ${fmtValue(r.value)} (off scale, ${off})` : `${r.name} ${fmtValue(r.value)}`;
 }
 
 function fmtValue(v: number): string {
