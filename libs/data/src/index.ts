@@ -99,6 +99,7 @@ export {
   KNOWLEDGE_TASK_IDS,
   knowledgeCorpora,
   knowledgePretrainingTexts,
+  knowledgePublicQuestions,
   knowledgePublicTexts,
   PRETRAINING_MIX_SEED,
   TOWNS,

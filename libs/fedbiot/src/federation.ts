@@ -13,7 +13,7 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { basename, dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import {
   chunkCorpus,
@@ -80,7 +80,25 @@ export interface FederationRecords {
   readonly clients: readonly { id: string; index: number; train: Example[]; test: Example[] }[];
   readonly globalTest: Example[];
   readonly publicTexts: string[];
+  /**
+   * Public instruction records (a .jsonl public corpus): aligned on as the clients' examples look, rendered by the
+   * job's template, every real token counted. Public text and records may both be empty, not both needed.
+   */
+  readonly publicRecords: Example[];
   readonly source: string;
+}
+
+/**
+ * A public corpus file: plain text (paragraphs separated by blank lines, cut into windows) or, for `.jsonl` /
+ * `.ndjson`, instruction records in any record format the clients' files accept.
+ */
+async function readPublicData(
+  file: string,
+  opts: JsonlReadOptions & { setting: string },
+): Promise<{ publicTexts: string[]; publicRecords: Example[] }> {
+  const ext = extname(file).toLowerCase();
+  if (ext === '.jsonl' || ext === '.ndjson') return { publicTexts: [], publicRecords: await readJsonl(file, opts) };
+  return { publicTexts: (await readText(file, { setting: opts.setting })).map((t) => t.text), publicRecords: [] };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -329,17 +347,17 @@ async function readManifestFederation(
     }
     clients.push({ id: c.id, index, train, test });
   }
-  if (only) return { clients, globalTest: [], publicTexts: [], source: dir };
+  if (only) return { clients, globalTest: [], publicTexts: [], publicRecords: [], source: dir };
   const globalTest = !parts.has('test')
     ? []
     : manifest.globalTest
       ? await readJsonl(at(manifest.globalTest), { ...opts, setting: `${manifestPath}: globalTest` })
       : clients.flatMap((c) => c.test);
-  const publicTexts =
+  const pub =
     parts.has('public') && manifest.publicCorpus && !spec.alignment.publicData
-      ? (await readText(at(manifest.publicCorpus), { setting: `${manifestPath}: publicCorpus` })).map((t) => t.text)
-      : [];
-  return { clients, globalTest, publicTexts, source: dir };
+      ? await readPublicData(at(manifest.publicCorpus), { ...opts, setting: `${manifestPath}: publicCorpus` })
+      : { publicTexts: [], publicRecords: [] };
+  return { clients, globalTest, ...pub, source: dir };
 }
 
 /**
@@ -363,6 +381,7 @@ function onlyThese(
       .map((c) => ({ ...c, train: parts.has('train') ? c.train : [], test: parts.has('test') ? c.test : [] })),
     globalTest: only || !parts.has('test') ? [] : raw.globalTest,
     publicTexts: only || !parts.has('public') ? [] : raw.publicTexts,
+    publicRecords: only || !parts.has('public') ? [] : raw.publicRecords,
     source: dir,
   };
 }
@@ -387,7 +406,7 @@ async function readPooledFederation(dir: string, spec: JobSpec): Promise<Federat
     existsSync(join(dir, 'public.txt')) && !spec.alignment.publicData
       ? (await readText(join(dir, 'public.txt'))).map((t) => t.text)
       : [];
-  return { clients, globalTest, publicTexts, source: dir };
+  return { clients, globalTest, publicTexts, publicRecords: [], source: dir };
 }
 
 /**
@@ -426,17 +445,18 @@ export async function readFederation(
     if (spec.alignment.publicData) {
       const file = resolve(spec.alignment.publicData);
       if (!existsSync(file)) throw new FederationError(`alignment.publicData: ${file} does not exist`);
-      raw = { ...raw, publicTexts: (await readText(file, { setting: 'alignment.publicData' })).map((t) => t.text) };
+      raw = { ...raw, ...(await readPublicData(file, { ...jsonlOptions(spec), setting: 'alignment.publicData' })) };
     }
     const steps = publicDataSteps(spec);
-    if (steps > 0 && raw.publicTexts.length === 0) {
+    if (steps > 0 && raw.publicTexts.length === 0 && raw.publicRecords.length === 0) {
       const where =
         manifestPath !== undefined
           ? `${manifestPath} names no "publicCorpus"`
           : `${dir} has no public.txt beside its pooled train.jsonl`;
       throw new FederationError(
         `alignment.publicData: not set, and ${where}; method ${spec.job.method} aligns the emulator on public text ` +
-          `(${steps} steps). Set alignment.publicData to a plain-text file (paragraphs separated by blank lines), ` +
+          `(${steps} steps). Set alignment.publicData to a plain-text file (paragraphs separated by blank lines) or a ` +
+          `.jsonl of instruction records, ` +
           `add the public corpus to the federation, or set alignment.preRounds and alignment.stepsPerRound to 0 ` +
           `(no alignment: the emulator stays the dropped-layer copy)`,
       );
@@ -459,7 +479,10 @@ export async function loadFederation(
     prompt: tokenizePrompt(ex, tokenizer, { template, maxLength }),
     answer: responseOf(ex),
   });
-  const publicWindows = raw.publicTexts.length > 0 ? chunkCorpus(raw.publicTexts, tokenizer, { seq: maxLength }) : [];
+  const publicWindows = [
+    ...(raw.publicTexts.length > 0 ? chunkCorpus(raw.publicTexts, tokenizer, { seq: maxLength }) : []),
+    ...raw.publicRecords.map(tok),
+  ];
   return {
     clients: raw.clients.map((c) => ({
       id: c.id,

@@ -181,7 +181,8 @@ const dataSection = z.strictObject({
   /**
    * Knowledge demo only (federation demo-knowledge): the public corpus the server aligns the emulator on. 'general'
    * (what absent means): general text without the world's facts; 'pretraining': the owner's pretraining text, the
-   * general text plus every fact statement and drill (libs/data knowledge.ts KNOWLEDGE_PUBLIC_CORPORA). Optional,
+   * general text plus every fact statement and drill; 'task': the clients' question forms about the people no
+   * client asks about, as instruction records (libs/data knowledge.ts KNOWLEDGE_PUBLIC_CORPORA). Optional,
    * not defaulted: specs without it resolve as before, so earlier runs still resume.
    */
   publicCorpus: z.enum(KNOWLEDGE_PUBLIC_CORPORA).optional(),

@@ -5,13 +5,21 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { generateWorld, knowledgeCorpora, knowledgePretrainingTexts } from '../../data/src/index.js';
+import {
+  generateWorld,
+  knowledgeCorpora,
+  knowledgePretrainingTexts,
+  knowledgePublicQuestions,
+  tokenizeExample,
+} from '../../data/src/index.js';
+import { CausalLM } from '../../model/src/index.js';
 import { knowledgeFederationDir } from '../src/demo-model.js';
-import { readFederation } from '../src/federation.js';
+import { loadFederation, readFederation } from '../src/federation.js';
 import { resolveJobSpec } from '../src/job-spec.js';
 import { withTmp } from '../../../test/support/tmp.js';
+import { repoRoot } from '../../../test/support/paths.js';
 
 const sorted = (a: readonly string[]): string[] => a.toSorted();
 const manifest = async (dir: string): Promise<{ options: unknown }> =>
@@ -51,5 +59,64 @@ test('knowledge demo public corpus: general by default (folder unchanged), the p
         );
     assert.deepEqual((await manifest(general)).options, { seed: 0 });
     assert.deepEqual((await manifest(pre)).options, { seed: 0, publicCorpus: 'pretraining' });
+  });
+});
+
+test("knowledge demo publicCorpus task: the clients' question forms about drilled people only, aligned on as client examples", async () => {
+  await withTmp('kpub-task-', async (cache) => {
+    const dir = await knowledgeFederationDir(cache, 0, 'task');
+    assert.equal(dir, join(cache, 'knowledge-federation-v2', 'seed-0-public-task'));
+    const spec = resolveJobSpec({ data: { federation: dir }, job: { method: 'fedbiot' } }, 'job.yaml');
+    const raw = await readFederation(spec, cache);
+    assert.deepEqual(raw.publicTexts, []);
+    // 120 drilled people x 3 relations x 4 phrasings, none of them a person any client asks or is tested about
+    // (the clients' files as written, which keep each record's person).
+    assert.equal(raw.publicRecords.length, 120 * 3 * 4);
+    const clientRecords: { instruction: string; person: string }[] = [];
+    for (const id of ['town', 'colour', 'trade'])
+      for (const part of ['train', 'test'])
+        for (const line of (await readFile(join(dir, 'clients', id, `${part}.jsonl`), 'utf8')).split('\n'))
+          if (line.trim()) clientRecords.push(JSON.parse(line) as { instruction: string; person: string });
+    const clientPeople = new Set(clientRecords.map((r) => r.person));
+    assert.equal(clientPeople.size, 240);
+    const publicQuestions = knowledgePublicQuestions();
+    assert.ok(publicQuestions.every((r) => !clientPeople.has(r.person)));
+    assert.equal(new Set(publicQuestions.map((r) => r.person)).size, 120);
+    // The clients' question forms: every client instruction's phrasing (the name taken out) appears publicly.
+    const form = (r: { instruction: string; person: string }): string => r.instruction.replace(r.person, '<name>');
+    const publicForms = new Set(publicQuestions.map(form));
+    for (const r of clientRecords) assert.ok(publicForms.has(form(r)), r.instruction);
+    // Loaded, each record is one alignment window tokenized exactly as a client example (template, maxLength).
+    const lm = await CausalLM.load(join(repoRoot, 'models', 'demo-deep'), { cacheRoot: join(cache, 'lm') });
+    try {
+      const data = await loadFederation(spec, lm.tokenizer!, cache, { parts: ['public'] });
+      assert.equal(data.publicWindows.length, raw.publicRecords.length);
+      const first = tokenizeExample(raw.publicRecords[0]!, lm.tokenizer!, {
+        maxLength: spec.data.maxLength,
+        template: spec.data.template,
+      });
+      assert.deepEqual(data.publicWindows[0], first);
+    } finally {
+      await lm.release();
+    }
+  });
+});
+
+test('alignment.publicData: a .jsonl of instruction records is read as records, a bad line named by file and line', async () => {
+  await withTmp('kpub-jsonl-', async (cache) => {
+    const dir = await knowledgeFederationDir(cache, 0);
+    const good = join(cache, 'public.jsonl');
+    await writeFile(
+      good,
+      '{"instruction":"Where does Zed live?","output":" Fenwick"}\n{"prompt":"Q","completion":"A"}\n',
+    );
+    const spec = (file: string) =>
+      resolveJobSpec({ data: { federation: dir }, job: { method: 'fedbiot' }, alignment: { publicData: file } }, 'j');
+    const raw = await readFederation(spec(good), cache);
+    assert.deepEqual(raw.publicTexts, []);
+    assert.equal(raw.publicRecords.length, 2);
+    const bad = join(cache, 'bad.jsonl');
+    await writeFile(bad, '{"instruction":"ok","output":"x"}\nnot json\n');
+    await assert.rejects(readFederation(spec(bad), cache), (e: Error) => e.message.includes(`${bad}:2`));
   });
 });

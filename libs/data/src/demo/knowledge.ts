@@ -326,12 +326,26 @@ export function knowledgePretrainingTexts(seed = PRETRAINING_MIX_SEED): string[]
  * - 'pretraining': the owner's own pretraining text (knowledgePretrainingTexts: general text plus every fact
  *   statement and drill, as pretraining saw them). Still no client data: the owner wrote it before any client
  *   joined; it is the closest this demo has to the paper's public data from the clients' domain.
+ * - 'task': instruction records in the clients' own question forms (all four phrasings of each relation) about the
+ *   120 drilled people, whom no client asks about (knowledgePublicQuestions): the clients' task format, answered
+ *   from facts the owner holds, with no client's people in it. Written as public/corpus.jsonl and aligned on as the
+ *   clients' examples look (the job's template).
  */
-export const KNOWLEDGE_PUBLIC_CORPORA = ['general', 'pretraining'] as const;
+export const KNOWLEDGE_PUBLIC_CORPORA = ['general', 'pretraining', 'task'] as const;
 export type KnowledgePublicCorpus = (typeof KNOWLEDGE_PUBLIC_CORPORA)[number];
 
-/** The paragraphs of the knowledge demo's public corpus of this kind (see KNOWLEDGE_PUBLIC_CORPORA). */
-export function knowledgePublicTexts(kind: KnowledgePublicCorpus = 'general'): string[] {
+/** The 'task' public corpus (KNOWLEDGE_PUBLIC_CORPORA): every client phrasing about every drilled person, shuffled. */
+export function knowledgePublicQuestions(): KnowledgeRecord[] {
+  const records: KnowledgeRecord[] = [];
+  for (const p of generateWorld().slice(CLIENT_PEOPLE))
+    for (const rel of KNOWLEDGE_TASK_IDS)
+      for (const q of QUESTIONS[rel])
+        records.push({ instruction: q(p.name), input: '', output: answerOf(p, rel), category: rel, person: p.name });
+  return shuffled(records, createRng(WORLD_SEED + 4));
+}
+
+/** The paragraphs of the knowledge demo's text public corpus of this kind ('task' is records: knowledgePublicQuestions). */
+export function knowledgePublicTexts(kind: Exclude<KnowledgePublicCorpus, 'task'> = 'general'): string[] {
   if (kind === 'general') return knowledgeCorpora().public;
   if (kind === 'pretraining') return knowledgePretrainingTexts();
   throw new RangeError(
@@ -351,7 +365,7 @@ const sha = (s: string): string => createHash('sha256').update(s, 'utf8').digest
 /**
  * Writes the knowledge federation in the manifest layout the job reads (`data.federation: <dir>`):
  * clients/<id>/{train,test}.jsonl, public/corpus.txt (general text only, or the owner's pretraining text with
- * publicCorpus 'pretraining'), world.json (the facts, for people reading along; no role reads it), manifest.json.
+ * publicCorpus 'pretraining') or public/corpus.jsonl (publicCorpus 'task'), world.json (the facts, for people reading along; no role reads it), manifest.json.
  * Same options -> same bytes.
  */
 export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFederationOptions = {}): Promise<void> {
@@ -374,8 +388,15 @@ export async function writeKnowledgeFederation(dir: string, opts: KnowledgeFeder
       train: await entry(`clients/${c.id}/train.jsonl`, jsonl(c.train), c.train.length),
       test: await entry(`clients/${c.id}/test.jsonl`, jsonl(c.test), c.test.length),
     });
-  const pub = knowledgePublicTexts(opts.publicCorpus ?? 'general');
-  const publicCorpus = await entry('public/corpus.txt', pub.join('\n\n') + '\n', pub.length);
+  const kind = opts.publicCorpus ?? 'general';
+  let publicCorpus: object;
+  if (kind === 'task') {
+    const records = knowledgePublicQuestions();
+    publicCorpus = await entry('public/corpus.jsonl', jsonl(records), records.length);
+  } else {
+    const pub = knowledgePublicTexts(kind);
+    publicCorpus = await entry('public/corpus.txt', pub.join('\n\n') + '\n', pub.length);
+  }
   await entry('world.json', JSON.stringify(fed.world, null, 1) + '\n');
   const manifest = {
     name: 'fedbiot-knowledge-federation',
