@@ -9,8 +9,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolveJobSpec } from '../../libs/fedbiot/src/job-spec.js';
-import { runJob } from '../../libs/fedbiot/src/job.js';
+import { resolveJobSpec, runJob } from '../../libs/fedbiot/src/index.js';
 import { demoJobRawSpec, tmpWithDemoFederation } from '../support/federation.js';
 import { repoRoot } from '../support/paths.js';
 
