@@ -17,7 +17,7 @@ const { CausalLM, defaultCacheRoot } = await import(join(dist, 'model/src/index.
 const { loadFederation } = await import(join(dist, 'fedbiot/src/federation.js'));
 const { chunks, toTokenBatch } = await import(join(dist, 'fedbiot/src/batches.js'));
 const { planJob } = await import(join(dist, 'fedbiot/src/plan.js'));
-const { loraFeeds } = await import(join(dist, 'model/src/lora.js'));
+const { loraFeeds, shapeOfLora } = await import(join(dist, 'model/src/lora.js'));
 const { ops: O } = await import(join(dist, 'engine/src/index.js'));
 
 const args = process.argv.slice(2);
@@ -40,13 +40,8 @@ function loraFrom(ck, spec) {
   return tensors.size ? { spec: { ...spec, dropout: 0 }, tensors } : undefined;
 }
 
-const shapes = (loras) => {
-  const m = new Map();
-  for (const l of loras)
-    for (const [n, t] of l.tensors)
-      m.set(n, n.includes('.lora_A.') ? [l.spec.r, t.length / l.spec.r] : [t.length / l.spec.r, l.spec.r]);
-  return m;
-};
+/** The graph-declared shape of every factor of `loras` (loraFeeds' first argument). */
+const shapes = (loras) => new Map(loras.flatMap((l) => [...l.tensors].map(([n, t]) => [n, shapeOfLora(n, t, l.spec)])));
 
 const out = [];
 for (const run of runs) {

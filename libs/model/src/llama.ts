@@ -217,8 +217,7 @@ class LlamaWeights {
    */
   frozenLinear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
     if (this.act === 'float16') {
-      const w16 = weight.dtype === 'float16' ? weight : O.cast(weight, 'float16');
-      return linear(x, w16, bias && O.cast(bias, 'float16'));
+      return linear(x, O.cast(weight, 'float16'), bias && O.cast(bias, 'float16'));
     }
     return weight.dtype === this.dtype ? linear(x, weight, bias) : halfLinear(x, weight, this.s.half!.compute, bias);
   }
@@ -301,7 +300,7 @@ function embedTokens({ g, w, s }: LlamaContext): Tensor {
   const ids = g.input('input_ids', 'int64', [s.batch, s.seq]);
   const table = w.get('model.embed_tokens.weight');
   const rows = s.weights.half?.compute === 'float16' && table.dtype === 'bfloat16' ? O.cast(table, 'float16') : table;
-  return toDtype(O.gather(rows, ids, 0), s.act); // (B, T, d)
+  return O.cast(O.gather(rows, ids, 0), s.act); // (B, T, d)
 }
 
 /**
@@ -325,10 +324,10 @@ function llamaAttention(
   k = rope(k, at.cos, at.sin);
   let present: { key: Tensor; value: Tensor } | undefined;
   if (s.attention.kvCache) {
-    present = { key: toDtype(k, dtype), value: toDtype(v, dtype) };
+    present = { key: O.cast(k, dtype), value: O.cast(v, dtype) };
     if (P > 0) {
-      const pk = toDtype(g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
-      const pv = toDtype(g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
+      const pk = O.cast(g.input(`past.${layer}.key`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
+      const pv = O.cast(g.input(`past.${layer}.value`, dtype, [B, cfg.numKvHeads, P, hd]), s.act);
       k = O.concat([pk, k], 2); // (B, Hkv, S, hd)
       v = O.concat([pv, v], 2);
     }
@@ -357,7 +356,7 @@ function decoderLayer(
   const { cfg, w, s } = m;
   // With float16 activations the norms run in float32 (torch's LlamaRMSNorm upcasts too) and hand float16 on.
   const norm = (t: Tensor, name: string): Tensor =>
-    toDtype(rmsNorm(toDtype(t, s.dtype), w.get(name), cfg.rmsNormEps), s.act);
+    O.cast(rmsNorm(O.cast(t, s.dtype), w.get(name), cfg.rmsNormEps), s.act);
   return m.g.scope(`layers.${layer}`, () => {
     const pre = `model.layers.${layer}`;
     const h = norm(x, `${pre}.input_layernorm.weight`);
@@ -376,9 +375,9 @@ function decoderLayer(
 function lmHead({ cfg, w, s }: LlamaContext, x: Tensor): { normed: Tensor; logits: Tensor } {
   const T = s.seq;
   const last = s.outputs.logitsFor === 'last' ? O.slice(x, [T - 1], [T], [1]) : x; // (B, 1, d) for generation
-  const normed = rmsNorm(toDtype(last, s.dtype), w.get('model.norm.weight'), cfg.rmsNormEps);
+  const normed = rmsNorm(O.cast(last, s.dtype), w.get('model.norm.weight'), cfg.rmsNormEps);
   const headName = cfg.tieWordEmbeddings || !w.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-  const logits = toDtype(w.frozenLinear(toDtype(normed, s.act), w.get(headName)), s.dtype); // (B, T, V)
+  const logits = O.cast(w.frozenLinear(O.cast(normed, s.act), w.get(headName)), s.dtype); // (B, T, V)
   return { normed, logits };
 }
 
@@ -398,18 +397,18 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
   const w = new LlamaWeights(g, cfg, weights, s.dtype, s.act, s.weights, loras);
   const m: LlamaContext = { g, cfg, w, s };
   const { cos, sin } = rotaryEmbedding(m);
-  const at: AttentionInputs = { cos: toDtype(cos, s.act), sin: toDtype(sin, s.act), bias: attentionMask(m) };
+  const at: AttentionInputs = { cos: O.cast(cos, s.act), sin: O.cast(sin, s.act), bias: attentionMask(m) };
 
   const embedded = opts.start === 'ids' ? embedTokens(m) : undefined;
-  const embeddings = embedded && toDtype(embedded, s.dtype);
-  let x = embedded ?? toDtype(g.input('hidden_in', s.dtype, [s.batch, s.seq, cfg.hiddenSize]), s.act);
+  const embeddings = embedded && O.cast(embedded, s.dtype);
+  let x = embedded ?? O.cast(g.input('hidden_in', s.dtype, [s.batch, s.seq, cfg.hiddenSize]), s.act);
   const hiddenStates: Tensor[] = [];
   const presents: { key: Tensor; value: Tensor }[] = [];
   for (const layer of opts.layers) {
     const out = decoderLayer(m, layer, x, at);
     x = out.hidden;
     if (out.present) presents.push(out.present);
-    if (s.outputs.keepHidden) hiddenStates.push(toDtype(x, s.dtype));
+    if (s.outputs.keepHidden) hiddenStates.push(O.cast(x, s.dtype));
   }
 
   let logits: Tensor | undefined;
@@ -422,7 +421,7 @@ export function buildLlama(g: Graph, cfg: ModelConfig, weights: WeightStore, opt
     graph: g,
     ...(logits ? { logits } : {}),
     ...(embeddings ? { embeddings } : {}),
-    lastHidden: toDtype(x, s.dtype),
+    lastHidden: O.cast(x, s.dtype),
     hiddenStates,
     loraParams: loras.params,
     presents,
@@ -458,14 +457,9 @@ function repeatKv(x: Tensor, cfg: ModelConfig): Tensor {
  */
 function attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | undefined, softmaxDtype: DType): Tensor {
   const hd = q.shape[q.rank - 1]!;
-  let scores = toDtype(O.mul(O.matmul(q, O.transpose(k, [0, 1, 3, 2])), 1 / Math.sqrt(hd)), softmaxDtype); // (B,H,T,S)
+  let scores = O.cast(O.mul(O.matmul(q, O.transpose(k, [0, 1, 3, 2])), 1 / Math.sqrt(hd)), softmaxDtype); // (B,H,T,S)
   if (bias) scores = O.add(scores, bias);
-  return O.matmul(toDtype(O.softmax(scores, -1), v.dtype), v); // (B, H, T, hd)
-}
-
-/** `t` in `dtype`: itself when it already is, else a Cast. */
-function toDtype(t: Tensor, dtype: DType): Tensor {
-  return t.dtype === dtype ? t : O.cast(t, dtype);
+  return O.matmul(O.cast(O.softmax(scores, -1), v.dtype), v); // (B, H, T, hd)
 }
 
 /**

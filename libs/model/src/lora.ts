@@ -250,10 +250,9 @@ export class GraphLoras {
   apply(module: string, x: Tensor, y: Tensor): Tensor {
     let out = y;
     for (const { scale, a, b, drop } of this.byModule.get(module) ?? []) {
-      const xa = x.dtype === a.dtype ? x : O.cast(x, a.dtype);
+      const xa = O.cast(x, a.dtype); // no node when x already has the factors' dtype
       const xin = drop ? O.mul(xa, drop) : xa;
-      const delta = O.mul(linear(linear(xin, a), b), scale);
-      out = O.add(out, delta.dtype === y.dtype ? delta : O.cast(delta, y.dtype));
+      out = O.add(out, O.cast(O.mul(linear(linear(xin, a), b), scale), y.dtype));
     }
     return out;
   }

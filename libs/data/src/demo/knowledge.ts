@@ -186,6 +186,15 @@ export interface KnowledgeRecord {
 const answerOf = (p: WorldPerson, rel: KnowledgeTaskId): string =>
   ' ' + (rel === 'town' ? p.town : rel === 'colour' ? p.colour : p.trade);
 
+/** The Alpaca record of question `q` about person `p`'s relation `rel` (clients' files and the 'task' public corpus). */
+const questionRecord = (p: WorldPerson, rel: KnowledgeTaskId, q: (name: string) => string): KnowledgeRecord => ({
+  instruction: q(p.name),
+  input: '',
+  output: answerOf(p, rel),
+  category: rel,
+  person: p.name,
+});
+
 export interface KnowledgeFederationOptions {
   /** Client splits (which people are train vs test) are a pure function of this seed; the world is not. Default 0. */
   readonly seed?: number;
@@ -234,22 +243,15 @@ export function generateKnowledgeFederation(opts: KnowledgeFederationOptions = {
   const clients = KNOWLEDGE_TASK_IDS.map((rel, c) => {
     const rng = createRng(seed * 1000 + 10 + c);
     const people = shuffled(asked, rng);
-    const record = (p: WorldPerson, q: (n: string) => string): KnowledgeRecord => ({
-      instruction: q(p.name),
-      input: '',
-      output: answerOf(p, rel),
-      category: rel,
-      person: p.name,
-    });
     const train = shuffled(
       people.slice(0, nTrain).flatMap((p) =>
         shuffled(QUESTIONS[rel], rng)
           .slice(0, perPerson)
-          .map((q) => record(p, q)),
+          .map((q) => questionRecord(p, rel, q)),
       ),
       rng,
     );
-    const test = people.slice(nTrain, nTrain + nTest).map((p) => record(p, pick(QUESTIONS[rel], rng)));
+    const test = people.slice(nTrain, nTrain + nTest).map((p) => questionRecord(p, rel, pick(QUESTIONS[rel], rng)));
     return { id: rel, train, test };
   });
   const split = opts.clients ?? 'by-relation';
@@ -338,9 +340,7 @@ export type KnowledgePublicCorpus = (typeof KNOWLEDGE_PUBLIC_CORPORA)[number];
 export function knowledgePublicQuestions(): KnowledgeRecord[] {
   const records: KnowledgeRecord[] = [];
   for (const p of generateWorld().slice(CLIENT_PEOPLE))
-    for (const rel of KNOWLEDGE_TASK_IDS)
-      for (const q of QUESTIONS[rel])
-        records.push({ instruction: q(p.name), input: '', output: answerOf(p, rel), category: rel, person: p.name });
+    for (const rel of KNOWLEDGE_TASK_IDS) for (const q of QUESTIONS[rel]) records.push(questionRecord(p, rel, q));
   return shuffled(records, createRng(WORLD_SEED + 4));
 }
 
